@@ -1,0 +1,118 @@
+"""Shared types that cross module boundaries: the LoRA delta and a generic name registry.
+
+Everything that merges, composes or generates adapters works on :class:`LoraDelta`, and
+:meth:`LoraModule.dense` is the one place where ``dW = scale * B @ A`` is computed.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+class AdaptforgeError(Exception):
+    """Base class of every error adaptforge raises on bad input; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class LoraModule:
+    """LoRA factors of one linear module: ``A`` is ``r x in``, ``B`` is ``out x r``."""
+
+    A: torch.Tensor
+    B: torch.Tensor
+    scale: float
+
+    def __post_init__(self) -> None:
+        if self.A.ndim != 2 or self.B.ndim != 2 or self.A.shape[0] != self.B.shape[1]:
+            raise AdaptforgeError(
+                f"LoRA factors do not fit: A is {tuple(self.A.shape)}, B is {tuple(self.B.shape)}; "
+                "expected A (r x in) and B (out x r) with the same r"
+            )
+
+    @property
+    def rank(self) -> int:
+        return int(self.A.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Shape of the dense delta, ``(out, in)``."""
+        return int(self.B.shape[0]), int(self.A.shape[1])
+
+    def dense(self) -> torch.Tensor:
+        """``scale * B @ A`` in float32 (upcast so half-precision factors merge exactly)."""
+        return (self.B.float() @ self.A.float()) * float(self.scale)
+
+
+@dataclass
+class LoraDelta:
+    """A LoRA adapter as tensors: module path (relative to the base model) -> factors."""
+
+    modules: dict[str, LoraModule] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self.modules))
+
+    def __len__(self) -> int:
+        return len(self.modules)
+
+    def __getitem__(self, name: str) -> LoraModule:
+        return self.modules[name]
+
+    @property
+    def targets(self) -> list[str]:
+        return sorted(self.modules)
+
+    @property
+    def ranks(self) -> dict[str, int]:
+        return {name: m.rank for name, m in self.modules.items()}
+
+    def dense(self, name: str) -> torch.Tensor:
+        return self.modules[name].dense()
+
+    def num_parameters(self) -> int:
+        return sum(m.A.numel() + m.B.numel() for m in self.modules.values())
+
+
+class Registry(Generic[T]):
+    """Name -> implementation table with duplicate checks and "did you mean" errors."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        if name != name.lower() or not name:
+            raise ValueError(f"{self.kind} names are lowercase and non-empty, got {name!r}")
+
+        def add(item: T) -> T:
+            if name in self._items:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._items[name] = item
+            return item
+
+        return add
+
+    def get(self, name: str) -> T:
+        try:
+            return self._items[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, self._items, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise AdaptforgeError(
+                f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self._items))}.{hint}"
+            ) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def items(self) -> Mapping[str, T]:
+        return dict(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
