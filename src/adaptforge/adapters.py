@@ -105,10 +105,6 @@ def read_adapter(folder: str | Path) -> tuple[LoraDelta, dict[str, Any]]:
     return LoraDelta(modules), config
 
 
-def _short_name(module: str) -> str:
-    return module.rsplit(".", 1)[-1]
-
-
 def peft_config_for(delta: LoraDelta, base_model: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A PEFT LoraConfig dict that reproduces every module's rank and scale exactly."""
     ranks = {name: m.rank for name, m in delta.modules.items()}
@@ -122,7 +118,8 @@ def peft_config_for(delta: LoraDelta, base_model: str, extra: Mapping[str, Any] 
         "r": r,
         "lora_alpha": scale * r,
         "use_rslora": False,
-        "target_modules": sorted({_short_name(n) for n in delta.modules}),
+        # A regex string is matched against full module paths by PEFT: exactly our modules, no others.
+        "target_modules": "^(?:" + "|".join(re.escape(n) for n in sorted(delta.modules)) + ")$",
         "lora_dropout": 0.0,
         "bias": "none",
         "fan_in_fan_out": False,

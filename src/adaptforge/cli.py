@@ -1,0 +1,278 @@
+"""``adaptforge`` command line: each verb parses, validates, and calls one library function."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network behind the user's back
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from adaptforge.core import AdaptforgeError  # noqa: E402
+
+app = typer.Typer(help="Adapt one foundation model to many tasks and manage the adapters.", no_args_is_help=True)
+library_app = typer.Typer(help="List, show, import, export and remove adapters.", no_args_is_help=True)
+app.add_typer(library_app, name="library")
+console = Console(stderr=True)
+out = Console()
+
+LibraryOpt = Annotated[Path, typer.Option("--library", "-l", help="Adapter library folder.")]
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="HF model path or name (default: embedded MiniLM).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None = None) -> Iterator[Progress]:
+    cols = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}")]
+    with Progress(*cols, console=console, transient=False) as bar:
+        bar.add_task(description, total=total, info="")
+        yield bar
+
+
+def _fail(err: Exception) -> None:
+    console.print(f"[red]error:[/red] {err}")
+    raise typer.Exit(2)
+
+
+@contextmanager
+def cli_errors() -> Iterator[None]:
+    try:
+        yield
+    except AdaptforgeError as err:
+        _fail(err)
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command("train")
+def train_cmd(
+    task_dir: Annotated[Path, typer.Argument(help="Task folder, SNI .json or .csv.")],
+    library: LibraryOpt,
+    name: Annotated[str, typer.Option("--name", help="Adapter name in the library.")],
+    model: ModelOpt = None,
+    epochs: Annotated[int, typer.Option()] = 3,
+    max_train: Annotated[int | None, typer.Option("--max-train", help="Cap on training examples.")] = None,
+    rank: Annotated[int, typer.Option()] = 8,
+    alpha: Annotated[float, typer.Option()] = 16.0,
+    lr: Annotated[float | None, typer.Option(help="Default 1e-3 (encoder) / 3e-4 (causal LM).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    max_length: Annotated[int | None, typer.Option("--max-length")] = None,
+    targets: Annotated[str | None, typer.Option(help="Comma-separated module names (default per model).")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every")] = 50,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run of the same name.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    text_col: Annotated[str, typer.Option("--text-col")] = "text",
+    label_col: Annotated[str, typer.Option("--label-col")] = "label",
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a LoRA adapter on one task and add it to the library."""
+    from adaptforge.backbone import Backbone
+    from adaptforge.library import Library
+    from adaptforge.tasks import load_task
+    from adaptforge.train.config import TrainConfig
+    from adaptforge.workflows import train_into_library
+
+    with cli_errors():
+        task = load_task(task_dir, text_col=text_col, label_col=label_col)
+        cfg = TrainConfig(
+            rank=rank, alpha=alpha, lr=lr, epochs=epochs, batch_size=batch_size, max_length=max_length,
+            max_train=max_train, seed=seed, checkpoint_every=checkpoint_every,
+            targets=tuple(t.strip() for t in targets.split(",")) if targets else None,
+        )
+        lib = Library(library)
+        backbone = Backbone.load(model)
+        with progress_bar(f"train {name}") as bar:
+            def step(done: int, total: int, loss: float) -> None:
+                bar.update(0, completed=done, total=total, info=f"loss {loss:.3f}")
+            trained = train_into_library(task, backbone, lib, name, cfg, resume=resume, progress=step,
+                                         overwrite=overwrite)
+    summary = {"adapter": trained.record.name, "id": trained.record.id, "task": task.name,
+               "n_train": trained.result.n_train, "examples_per_second": round(trained.result.examples_per_second, 1),
+               "eval": [e.to_json() for e in trained.evals]}
+    if as_json:
+        out.print_json(json.dumps(summary))
+    else:
+        for e in trained.evals:
+            out.print(f"{name} on {e.task}/{e.split}: accuracy {e.accuracy:.3f}  macro-F1 {e.macro_f1:.3f}  (n={e.n})")
+        out.print(f"added {trained.record.name} ({trained.record.id}) to {lib.root}")
+
+
+@app.command("eval")
+def eval_cmd(
+    task_dirs: Annotated[list[Path], typer.Argument(help="Task folders (or .json/.csv files).")],
+    library: Annotated[Path | None, typer.Option("--library", "-l")] = None,
+    adapter: Annotated[list[str] | None, typer.Option("--adapter", "-a", help="Adapter name; repeatable.")] = None,
+    all_adapters: Annotated[bool, typer.Option("--all-adapters", help="Every adapter in the library.")] = False,
+    zero_shot: Annotated[bool, typer.Option("--zero-shot", help="Also the base model without adapter.")] = False,
+    split: Annotated[str, typer.Option()] = "test",
+    limit: Annotated[int | None, typer.Option(help="Evaluate at most this many examples per task.")] = None,
+    model: ModelOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Evaluate adapters and/or zero-shot on tasks: accuracy and macro-F1 per cell."""
+    from adaptforge.backbone import Backbone
+    from adaptforge.library import Library
+    from adaptforge.tasks import load_tasks
+    from adaptforge.workflows import evaluate_grid
+
+    with cli_errors():
+        tasks = load_tasks(task_dirs)
+        lib = Library(library, create=False) if library else None
+        names = list(adapter or [])
+        if all_adapters:
+            if lib is None:
+                raise AdaptforgeError("--all-adapters needs --library")
+            names += [r.name for r in lib.list() if r.name not in names]
+        if names and lib is None:
+            raise AdaptforgeError("--adapter needs --library")
+        if not names:
+            zero_shot = True
+        if model is None and names:
+            model = lib.get(names[0]).base_model  # adapters know their base
+        backbone = Backbone.load(model)
+        n_cells = len(tasks) * (len(names) + int(zero_shot))
+        with progress_bar("eval", total=n_cells) as bar:
+            def cell(task: str, name: str | None) -> None:
+                bar.update(0, advance=1, info=f"{name or 'zero-shot'} on {task}")
+            results = evaluate_grid(tasks, backbone, lib, names, zero_shot=zero_shot, split=split, limit=limit,
+                                    on_cell=cell)
+    if as_json:
+        keys = ("task", "adapter", "accuracy", "macro_f1", "n")
+        out.print_json(json.dumps({"results": [{k: r.to_json()[k] for k in keys} for r in results]}))
+        return
+    out.print(grid_table(results, title=f"{split} accuracy / macro-F1"))
+
+
+def grid_table(results: list, title: str) -> Table:
+    """Adapters as rows, tasks as columns, with average, worst-task and CVaR(20%) columns."""
+    from adaptforge.evaluate import cvar, worst
+
+    tasks = list(dict.fromkeys(r.task for r in results))
+    rows = list(dict.fromkeys(r.adapter for r in results))
+    table = Table(title=title)
+    table.add_column("adapter")
+    for t in tasks:
+        table.add_column(t, justify="right")
+    for col in ("avg acc", "worst", "CVaR20"):
+        table.add_column(col, justify="right")
+    cells = {(r.adapter, r.task): r for r in results}
+    for a in rows:
+        accs = [cells[(a, t)].accuracy for t in tasks if (a, t) in cells]
+        row = [f"{cells[(a, t)].accuracy:.3f} / {cells[(a, t)].macro_f1:.3f}" if (a, t) in cells else "-" for t in tasks]
+        table.add_row(a or "(zero-shot)", *row, f"{sum(accs) / len(accs):.3f}", f"{worst(accs):.3f}", f"{cvar(accs):.3f}")
+    return table
+
+
+@library_app.command("list")
+def library_list(library: LibraryOpt, task: Annotated[str | None, typer.Option()] = None, as_json: JsonOpt = False) -> None:
+    """List adapters."""
+    from adaptforge.library import Library
+
+    with cli_errors():
+        records = Library(library, create=False).list(task=task)
+    if as_json:
+        out.print_json(json.dumps({"adapters": [r.to_json() for r in records]}))
+        return
+    table = Table(title=str(library))
+    for col in ("name", "id", "task", "method", "rank", "modules", "parents"):
+        table.add_column(col)
+    for r in records:
+        table.add_row(r.name, r.id, r.task or "-", r.method, str(r.rank), str(len(r.targets)), str(len(r.parents)))
+    out.print(table)
+
+
+@library_app.command("show")
+def library_show(name: str, library: LibraryOpt, as_json: JsonOpt = False) -> None:
+    """One adapter's record, lineage and metrics."""
+    from adaptforge.library import Library
+
+    with cli_errors():
+        lib = Library(library, create=False)
+        rec = lib.get(name)
+        info = rec.to_json()
+        info["lineage"] = [p.name for p in lib.lineage(name)]
+        info["metrics"] = [
+            {"task": m.task, "split": m.split, "metric": m.metric, "value": m.value, "n": m.n} for m in lib.metrics(name)
+        ]
+    if as_json:
+        out.print_json(json.dumps(info))
+        return
+    info.get("recipe", {}).pop("history", None)
+    out.print_json(json.dumps(info))
+
+
+@library_app.command("import")
+def library_import(
+    folder: Annotated[Path, typer.Argument(help="PEFT LoRA folder (adapter_config.json + safetensors).")],
+    library: LibraryOpt,
+    name: Annotated[str, typer.Option("--name")],
+    model: ModelOpt = None,
+    task_dir: Annotated[Path | None, typer.Option("--task", help="Task the adapter was trained for.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Import a PEFT LoRA adapter after checking it fits the base model."""
+    from adaptforge.backbone import Backbone
+    from adaptforge.library import Library
+    from adaptforge.tasks import load_task
+    from adaptforge.workflows import import_peft_folder
+
+    with cli_errors():
+        task = load_task(task_dir) if task_dir else None
+        rec = import_peft_folder(folder, Backbone.load(model), Library(library), name, task)
+    if as_json:
+        out.print_json(json.dumps(rec.to_json()))
+    else:
+        out.print(f"imported {rec.name} ({rec.id})")
+
+
+@library_app.command("export")
+def library_export(name: str, library: LibraryOpt,
+                   dest: Annotated[Path, typer.Option("--out", "-o", help="Destination folder.")]) -> None:
+    """Copy an adapter out as a PEFT folder (loadable by PeftModel.from_pretrained)."""
+    from adaptforge.library import Library
+
+    with cli_errors():
+        path = Library(library, create=False).export(name, dest)
+    out.print(f"exported {name} to {path}")
+
+
+@library_app.command("rm")
+def library_rm(name: str, library: LibraryOpt) -> None:
+    """Remove an adapter (its files and catalog row)."""
+    from adaptforge.library import Library
+
+    with cli_errors():
+        Library(library, create=False).remove(name)
+    out.print(f"removed {name}")
+
+
+@app.command("demo")
+def demo_cmd(
+    out_dir: Annotated[Path, typer.Option("--out", help="Where the library and summary go.")] = Path("out/demo"),
+    max_train: Annotated[int | None, typer.Option("--max-train")] = None,
+    epochs: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """End to end on the embedded model: zero-shot vs LoRA on the shipped tasks."""
+    from adaptforge.demo import run_demo
+
+    with cli_errors():
+        summary = run_demo(out_dir, console=out, max_train=max_train, epochs=epochs)
+    out.print(f"summary written to {summary}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,105 @@
+"""Metrics and evaluation of adapters (or none: zero-shot) on tasks.
+
+Every cell of an adapters x tasks grid is computed the same way: the adapter's dense delta is
+added to the base weights (``Backbone.applied``), the scorer produces logits for the split, and
+accuracy / macro-F1 come from the argmax.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from adaptforge.batching import batch_order, make_batch
+from adaptforge.core import LoraDelta
+from adaptforge.scorers import Scorer
+from adaptforge.tasks import Task
+
+
+def accuracy(pred: Sequence[int], gold: Sequence[int]) -> float:
+    if len(gold) == 0:
+        return float("nan")
+    return float(np.mean(np.asarray(pred) == np.asarray(gold)))
+
+
+def macro_f1(pred: Sequence[int], gold: Sequence[int], n_labels: int) -> float:
+    """Unweighted mean of per-label F1 over labels that occur in gold or predictions."""
+    p, g = np.asarray(pred), np.asarray(gold)
+    scores = []
+    for c in range(n_labels):
+        tp = int(np.sum((p == c) & (g == c)))
+        fp = int(np.sum((p == c) & (g != c)))
+        fn = int(np.sum((p != c) & (g == c)))
+        if tp + fp + fn == 0:
+            continue
+        scores.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def worst(values: Sequence[float]) -> float:
+    return float(min(values)) if values else float("nan")
+
+
+def cvar(values: Sequence[float], fraction: float = 0.2) -> float:
+    """Mean of the worst ``fraction`` of values (at least one): the tail a robust method protects."""
+    if not values:
+        return float("nan")
+    k = max(1, int(np.ceil(fraction * len(values))))
+    return float(np.mean(sorted(values)[:k]))
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    task: str
+    adapter: str | None
+    split: str
+    accuracy: float
+    macro_f1: float
+    n: int
+    loss: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def predict_logits(
+    scorer: Scorer, task: Task, split: str, model: torch.nn.Module | None = None, batch_size: int = 64,
+    limit: int | None = None, seed: int = 0, on_batch: Callable[[int], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and gold labels of a split, in the split's order (batched by length for speed)."""
+    model = model if model is not None else scorer.backbone.model
+    was_training = model.training
+    model.eval()
+    examples = task.sample(split, limit, seed=seed)
+    encoded = scorer.encode(task, examples)
+    context = scorer.label_context(model, scorer.encode_labels(task))
+    out = torch.empty(len(encoded), len(task.labels))
+    for index in batch_order(encoded.lengths(), batch_size, shuffle=False):
+        out[index] = scorer.logits(model, make_batch(encoded, index), context).float()
+        if on_batch:
+            on_batch(len(index))
+    model.train(was_training)
+    return out, torch.tensor(encoded.targets, dtype=torch.long)
+
+
+def evaluate(
+    scorer: Scorer, task: Task, split: str = "test", delta: LoraDelta | None = None, adapter: str | None = None,
+    batch_size: int = 64, limit: int | None = None, on_batch: Callable[[int], None] | None = None,
+) -> EvalResult:
+    """Evaluate ``delta`` (None: the bare base model, zero-shot) on one split of one task."""
+    with scorer.backbone.applied(delta) as model:
+        logits, gold = predict_logits(scorer, task, split, model, batch_size, limit, on_batch=on_batch)
+    return result_from_logits(task, split, adapter, logits, gold)
+
+
+def result_from_logits(task: Task, split: str, adapter: str | None, logits: torch.Tensor, gold: torch.Tensor) -> EvalResult:
+    pred = logits.argmax(-1).tolist()
+    loss = float(torch.nn.functional.cross_entropy(logits, gold)) if len(gold) else float("nan")
+    return EvalResult(
+        task=task.name, adapter=adapter, split=split, accuracy=accuracy(pred, gold.tolist()),
+        macro_f1=macro_f1(pred, gold.tolist(), len(task.labels)), n=len(gold), loss=loss,
+    )

@@ -1,0 +1,995 @@
+"""The adapter library: a folder holding ``catalog.sqlite`` and one PEFT folder per adapter.
+
+Layout::
+
+    <root>/catalog.sqlite          SQLite in WAL mode: adapters, lineage, metrics, schema_version
+    <root>/adapters/<id>/          adapter_config.json + adapter_model.safetensors (written by write_adapter)
+    <root>/adapters/.tmp-<random>/ an add in progress (or one that crashed); never read
+
+Why it is built this way:
+
+* **Atomic adds.** The adapter is written to a temp folder and fsynced; then, holding SQLite's write
+  lock (``BEGIN IMMEDIATE``), the folder is renamed to ``adapters/<id>/`` and the row, lineage and
+  metrics are inserted in one transaction. Any failure rolls the transaction back and removes the
+  folder, so readers (who only ever go through the catalog) see an adapter completely or not at all.
+  Renaming under the write lock also means :meth:`Library.gc` (which takes the same lock) can never
+  mistake another process's in-flight adapter for an orphan.
+* **Many processes.** Every operation opens its own short-lived connection (so a ``Library`` can be
+  pickled to worker processes), WAL lets readers run beside one writer, writers queue on
+  ``busy_timeout``; a name clash is detected inside the locked transaction, so of two processes
+  adding the same name exactly one wins and the other gets a clear :class:`LibraryError`.
+* **Integrity.** The sha256 of both files is stored and checked on every :meth:`Library.load` and
+  :meth:`Library.export`; the base-model fingerprint is checked on request.
+* **Lineage survives removal.** Removing (with ``force=True``) or overwriting an adapter that other
+  adapters were derived from keeps their lineage rows; the parent id is then reported as missing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import sqlite3
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adaptforge.adapters import CONFIG_FILE, WEIGHTS_FILE, AdapterFormatError, read_adapter, write_adapter
+from adaptforge.core import AdaptforgeError, LoraDelta
+
+logger = logging.getLogger(__name__)
+
+CATALOG_FILE = "catalog.sqlite"
+ADAPTERS_DIR = "adapters"
+RUNS_DIR = "runs"
+EXPORT_RECORD_FILE = "adaptforge.json"
+TMP_PREFIX = ".tmp-"
+BUSY_TIMEOUT_S = 30.0
+MAX_NAME_LENGTH = 128
+_ID = re.compile(r"^[0-9a-f]{16}$")
+_EMBEDDING_DTYPE = np.dtype("<f4")
+
+
+class LibraryError(AdaptforgeError):
+    """A library operation that cannot be done as asked (unknown name, name taken, bad input, ...)."""
+
+
+class CorruptAdapterError(LibraryError):
+    """An adapter's files no longer match the checksums recorded when it was added."""
+
+
+class BaseMismatchError(LibraryError):
+    """An adapter trained on a different base model than the one it is being loaded for."""
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    """One metric value of one adapter (or of the bare base model, ``adapter_id=None``) on a task split."""
+
+    adapter_id: str | None
+    base_fingerprint: str
+    task: str
+    split: str
+    metric: str
+    value: float
+    n: int
+    created: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "adapter_id": self.adapter_id,
+            "base_fingerprint": self.base_fingerprint,
+            "task": self.task,
+            "split": self.split,
+            "metric": self.metric,
+            "value": None if math.isnan(self.value) else self.value,
+            "n": self.n,
+            "created": self.created,
+        }
+
+
+@dataclass(frozen=True)
+class AdapterRecord:
+    """The catalog's view of one adapter. ``parents`` are ids in order; some may since have been removed."""
+
+    id: str
+    name: str
+    task: str | None
+    description: str | None
+    base_model: str
+    base_fingerprint: str
+    rank: int
+    targets: tuple[str, ...]
+    recipe: dict = field(compare=False)
+    method: str
+    params: dict = field(compare=False)
+    parents: tuple[str, ...]
+    checksum: str  # sha256 of adapter_model.safetensors
+    created: float
+    path: Path
+    embedding: np.ndarray | None = field(compare=False, repr=False)
+    config_checksum: str = ""  # sha256 of adapter_config.json
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.checksum))
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (path as a string, embedding as a list of floats or None)."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "task": self.task,
+            "description": self.description,
+            "base_model": self.base_model,
+            "base_fingerprint": self.base_fingerprint,
+            "rank": self.rank,
+            "targets": list(self.targets),
+            "recipe": self.recipe,
+            "method": self.method,
+            "params": self.params,
+            "parents": list(self.parents),
+            "checksum": self.checksum,
+            "config_checksum": self.config_checksum,
+            "created": self.created,
+            "path": str(self.path),
+            "embedding": None if self.embedding is None else [float(x) for x in self.embedding],
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# Schema. MIGRATIONS[i] takes a catalog from version i to i + 1; to change the schema, append a
+# function (never edit a shipped one). Opening a library runs the missing steps in one transaction.
+
+
+def _schema_v1(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """CREATE TABLE adapters (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            task TEXT,
+            description TEXT,
+            embedding BLOB,
+            embedding_dim INTEGER,
+            base_model TEXT NOT NULL,
+            base_fingerprint TEXT NOT NULL,
+            rank INTEGER NOT NULL,
+            targets TEXT NOT NULL,
+            recipe TEXT NOT NULL,
+            method TEXT NOT NULL,
+            params TEXT NOT NULL,
+            checksum TEXT NOT NULL,
+            config_checksum TEXT NOT NULL,
+            created REAL NOT NULL
+        )"""
+    )
+    conn.execute("CREATE INDEX adapters_task ON adapters(task)")
+    conn.execute("CREATE INDEX adapters_base ON adapters(base_fingerprint)")
+    # parent_id has no foreign key on purpose: lineage outlives a removed parent.
+    conn.execute(
+        """CREATE TABLE lineage (
+            child_id TEXT NOT NULL REFERENCES adapters(id) ON DELETE CASCADE,
+            parent_id TEXT NOT NULL,
+            position INTEGER NOT NULL,
+            PRIMARY KEY (child_id, position)
+        )"""
+    )
+    conn.execute("CREATE INDEX lineage_parent ON lineage(parent_id)")
+    conn.execute(
+        """CREATE TABLE metrics (
+            adapter_id TEXT REFERENCES adapters(id) ON DELETE CASCADE,
+            base_fingerprint TEXT NOT NULL,
+            task TEXT NOT NULL,
+            split TEXT NOT NULL,
+            metric TEXT NOT NULL,
+            value REAL,
+            n INTEGER NOT NULL,
+            created REAL NOT NULL
+        )"""
+    )
+    conn.execute("CREATE INDEX metrics_adapter ON metrics(adapter_id)")
+    conn.execute("CREATE INDEX metrics_base ON metrics(base_fingerprint)")
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_schema_v1,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_RECORD_COLUMNS = (
+    "id, name, task, description, embedding, embedding_dim, base_model, base_fingerprint, rank, targets, "
+    "recipe, method, params, checksum, config_checksum, created"
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def validate_name(name: object) -> str:
+    """Names are catalog keys, never paths: refuse anything that could be mistaken for one or for an id."""
+    if not isinstance(name, str):
+        raise LibraryError(f"adapter name must be a string, got {type(name).__name__}")
+    if not name.strip():
+        raise LibraryError("adapter name is empty or whitespace only")
+    if len(name) > MAX_NAME_LENGTH:
+        raise LibraryError(f"adapter name {name[:40]!r}... is {len(name)} characters; at most {MAX_NAME_LENGTH}")
+    if name != name.strip():
+        raise LibraryError(f"adapter name {name!r} starts or ends with whitespace")
+    if "/" in name or "\\" in name or os.sep in name or (os.altsep and os.altsep in name):
+        raise LibraryError(f"adapter name {name!r} contains a path separator")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise LibraryError(f"adapter name {name!r} contains a control character")
+    if _ID.match(name):
+        raise LibraryError(f"adapter name {name!r} looks like an adapter id (16 hex digits); choose another name")
+    return name
+
+
+def _require_text(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise LibraryError(f"{what} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
+
+
+def _dump_json(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, sort_keys=True, default=_json_default)
+    except (TypeError, ValueError) as err:
+        raise LibraryError(f"{what} must be JSON-serialisable: {err}") from None
+
+
+def _as_embedding(embedding: Any) -> np.ndarray:
+    try:
+        arr = np.asarray(embedding, dtype=np.float32)
+    except (TypeError, ValueError) as err:
+        raise LibraryError(f"embedding is not a numeric vector: {err}") from None
+    if arr.ndim == 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 1 or arr.size == 0:
+        raise LibraryError(f"embedding must be a non-empty 1-D vector, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise LibraryError("embedding holds NaN or infinite values")
+    if not np.any(arr):
+        raise LibraryError("embedding is all zeros; cosine similarity is undefined for it")
+    return arr.astype(_EMBEDDING_DTYPE, copy=False)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a directory entry (a created or renamed child) durable; a no-op where unsupported."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for child in folder.iterdir():
+        if child.is_file():
+            with open(child, "rb") as fh:
+                os.fsync(fh.fileno())
+    _fsync_dir(folder)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+class Library:
+    """A folder of adapters with a SQLite catalog; safe for several processes at once."""
+
+    def __init__(self, root: str | Path, create: bool = True) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.catalog_path = self.root / CATALOG_FILE
+        self.adapters_dir = self.root / ADAPTERS_DIR
+        if self.root.exists() and not self.root.is_dir():
+            raise LibraryError(f"library path {self.root} exists and is not a folder")
+        if not create:
+            if not self.root.is_dir():
+                raise LibraryError(f"no adapter library at {self.root}: the folder does not exist")
+            if not self.catalog_path.is_file():
+                raise LibraryError(f"no adapter library at {self.root}: {CATALOG_FILE} is missing")
+        self.adapters_dir.mkdir(parents=True, exist_ok=True)
+        self._init_schema(create)
+
+    def __repr__(self) -> str:
+        return f"Library({str(self.root)!r})"
+
+    @property
+    def runs_dir(self) -> Path:
+        """Where in-progress training runs keep resumable checkpoints (``runs/<name>``); not created here."""
+        return self.root / RUNS_DIR
+
+    def clear_run(self, name: str) -> None:
+        """Delete a run's checkpoints (``runs/<name>`` and its ``.old`` twin) once its adapter has landed."""
+        validate_name(name)
+        for folder in (self.runs_dir / name, self.runs_dir / f"{name}.old"):
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def exists(self, name_or_id: str) -> bool:
+        """Whether an adapter with this name or id is in the catalog."""
+        return name_or_id in self
+
+    def __len__(self) -> int:
+        with self._connect() as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM adapters").fetchone()[0])
+
+    def __contains__(self, name_or_id: object) -> bool:
+        if not isinstance(name_or_id, str):
+            return False
+        with self._connect() as conn:
+            return self._find(conn, name_or_id) is not None
+
+    # ---------------------------------------------------------------- connections and schema
+
+    def _open(self, create: bool = False) -> sqlite3.Connection:
+        uri = "file:" + urllib.request.pathname2url(str(self.catalog_path)) + ("?mode=rwc" if create else "?mode=rw")
+        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA synchronous = FULL")
+        return conn
+
+    @contextmanager
+    def _connect(self, create: bool = False) -> Iterator[sqlite3.Connection]:
+        """One connection per operation; SQLite errors become LibraryError naming the catalog."""
+        try:
+            conn = self._open(create)
+        except sqlite3.Error as err:
+            raise LibraryError(f"cannot open catalog {self.catalog_path}: {err}") from None
+        try:
+            yield conn
+        except sqlite3.OperationalError as err:
+            if "locked" in str(err) or "busy" in str(err):
+                raise LibraryError(
+                    f"catalog {self.catalog_path} stayed locked by another process for {BUSY_TIMEOUT_S:.0f} s"
+                ) from err
+            raise LibraryError(f"catalog {self.catalog_path}: {err}") from err
+        except sqlite3.DatabaseError as err:
+            raise LibraryError(f"catalog {self.catalog_path}: {err}") from err
+        finally:
+            conn.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that takes the write lock up front (no lock upgrade, so no deadlock)."""
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _init_schema(self, create: bool) -> None:
+        with self._connect(create=create) as conn:
+            # Switching to WAL needs an exclusive lock; another process opening the library at the same
+            # moment can hold it briefly, and this pragma does not always wait on busy_timeout.
+            deadline = time.monotonic() + BUSY_TIMEOUT_S
+            while True:
+                try:
+                    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                    break
+                except sqlite3.OperationalError as err:
+                    if "locked" not in str(err) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            if str(mode).lower() != "wal":
+                raise LibraryError(f"catalog {self.catalog_path}: cannot switch to WAL mode (got {mode!r})")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+                row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+                version = int(row[0]) if row[0] is not None else 0
+                if version > SCHEMA_VERSION:
+                    raise LibraryError(
+                        f"catalog {self.catalog_path} has schema version {version}, newer than this adaptforge "
+                        f"understands ({SCHEMA_VERSION}); upgrade adaptforge"
+                    )
+                for step in range(version, SCHEMA_VERSION):
+                    logger.info("migrating catalog %s from schema %d to %d", self.catalog_path, step, step + 1)
+                    MIGRATIONS[step](conn)
+                if version < SCHEMA_VERSION:
+                    conn.execute("DELETE FROM schema_version")
+                    conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    # ---------------------------------------------------------------- lookups
+
+    @staticmethod
+    def _find(conn: sqlite3.Connection, name_or_id: str) -> str | None:
+        """Id of the adapter with this id or name (ids win; names can never look like ids)."""
+        row = conn.execute(
+            "SELECT id FROM adapters WHERE id = ? UNION ALL SELECT id FROM adapters WHERE name = ? LIMIT 1",
+            (name_or_id, name_or_id),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def _resolve(self, conn: sqlite3.Connection, name_or_id: str, what: str = "adapter") -> str:
+        if not isinstance(name_or_id, str):
+            raise LibraryError(f"{what} must be given by name or id (a string), got {type(name_or_id).__name__}")
+        found = self._find(conn, name_or_id)
+        if found is not None:
+            return found
+        names = [r[0] for r in conn.execute("SELECT name FROM adapters")]
+        close = difflib.get_close_matches(name_or_id, names, n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise LibraryError(f"unknown {what} {name_or_id!r} in library {self.root}.{hint}")
+
+    def _records(self, conn: sqlite3.Connection, where: str = "", args: Sequence[Any] = ()) -> list[AdapterRecord]:
+        rows = conn.execute(
+            f"SELECT {_RECORD_COLUMNS} FROM adapters {where} ORDER BY created, rowid", tuple(args)
+        ).fetchall()
+        parents: dict[str, list[str]] = {}
+        for child, parent in conn.execute(
+            f"SELECT child_id, parent_id FROM lineage WHERE child_id IN (SELECT id FROM adapters {where}) "
+            "ORDER BY child_id, position",
+            tuple(args),
+        ):
+            parents.setdefault(child, []).append(parent)
+        return [self._record(row, parents.get(row[0], [])) for row in rows]
+
+    def _record(self, row: Sequence[Any], parents: Sequence[str]) -> AdapterRecord:
+        (
+            ident,
+            name,
+            task,
+            description,
+            blob,
+            dim,
+            base_model,
+            base_fp,
+            rank,
+            targets,
+            recipe,
+            method,
+            params,
+            checksum,
+            config_checksum,
+            created,
+        ) = row
+        embedding = None
+        if blob is not None:
+            embedding = np.frombuffer(blob, dtype=_EMBEDDING_DTYPE).astype(np.float32)
+            if embedding.size != dim:
+                raise LibraryError(
+                    f"catalog {self.catalog_path}: adapter {name!r} embedding has {embedding.size} "
+                    f"values but dim {dim} is recorded"
+                )
+            embedding.flags.writeable = False
+        return AdapterRecord(
+            id=ident,
+            name=name,
+            task=task,
+            description=description,
+            base_model=base_model,
+            base_fingerprint=base_fp,
+            rank=int(rank),
+            targets=tuple(json.loads(targets)),
+            recipe=json.loads(recipe),
+            method=method,
+            params=json.loads(params),
+            parents=tuple(parents),
+            checksum=checksum,
+            created=float(created),
+            path=self.adapters_dir / ident,
+            embedding=embedding,
+            config_checksum=config_checksum,
+        )
+
+    def get(self, name_or_id: str) -> AdapterRecord:
+        """The record of one adapter by name or id; unknown -> LibraryError with close-name suggestions."""
+        with self._connect() as conn:
+            ident = self._resolve(conn, name_or_id)
+            return self._records(conn, "WHERE id = ?", (ident,))[0]
+
+    def list(self, task: str | None = None, base_fingerprint: str | None = None) -> list[AdapterRecord]:
+        """All adapters (optionally of one task and/or one base), oldest first."""
+        clauses, args = [], []
+        if task is not None:
+            clauses.append("task = ?")
+            args.append(task)
+        if base_fingerprint is not None:
+            clauses.append("base_fingerprint = ?")
+            args.append(base_fingerprint)
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        with self._connect() as conn:
+            return self._records(conn, where, args)
+
+    def lineage(self, name_or_id: str) -> list[AdapterRecord]:
+        """Parent records in order. Parents removed since are skipped (with a warning); ``parents`` keeps their ids."""
+        with self._connect() as conn:
+            ident = self._resolve(conn, name_or_id)
+            record = self._records(conn, "WHERE id = ?", (ident,))[0]
+            if not record.parents:
+                return []
+            marks = ",".join("?" * len(record.parents))
+            found = {r.id: r for r in self._records(conn, f"WHERE id IN ({marks})", record.parents)}
+        missing = [p for p in record.parents if p not in found]
+        if missing:
+            logger.warning("adapter %r: parent(s) %s are no longer in the library", record.name, ", ".join(missing))
+        return [found[p] for p in record.parents if p in found]
+
+    def children(self, name_or_id: str) -> list[AdapterRecord]:
+        """Adapters that list this one as a parent, oldest first."""
+        with self._connect() as conn:
+            ident = self._resolve(conn, name_or_id)
+            return self._records(conn, "WHERE id IN (SELECT child_id FROM lineage WHERE parent_id = ?)", (ident,))
+
+    # ---------------------------------------------------------------- adding
+
+    def add(
+        self,
+        delta: LoraDelta,
+        *,
+        name: str,
+        base_model: str,
+        base_fingerprint: str,
+        task: str | None = None,
+        description: str | None = None,
+        embedding: np.ndarray | None = None,
+        recipe: dict | None = None,
+        method: str = "train",
+        params: dict | None = None,
+        parents: Sequence[str] = (),
+        metrics: Sequence[MetricRow] = (),
+        overwrite: bool = False,
+    ) -> AdapterRecord:
+        """Store ``delta`` atomically under ``name``; returns its record.
+
+        ``parents`` may be names or ids (stored as ids, in order). ``metrics`` rows are stored against the
+        new adapter whatever their ``adapter_id``. ``overwrite=True`` replaces an adapter of the same name
+        in the same transaction (new id; the old adapter's metrics go with it, lineage rows that name it
+        as a parent stay).
+        """
+        validate_name(name)
+        _require_text(base_model, "base_model")
+        _require_text(base_fingerprint, "base_fingerprint")
+        _require_text(method, "method")
+        if not isinstance(delta, LoraDelta) or len(delta) == 0:
+            raise LibraryError(f"adapter {name!r}: delta must be a LoraDelta with at least one module")
+        if isinstance(parents, str):
+            raise LibraryError("parents must be a sequence of names or ids, not a single string")
+        parents = tuple(parents)
+        if task is not None:
+            _require_text(task, "task")
+        vector = None if embedding is None else _as_embedding(embedding)
+        recipe_json = _dump_json(recipe or {}, "recipe")
+        params_json = _dump_json(params or {}, "params")
+        targets_json = json.dumps(delta.targets)
+        metric_rows = [self._check_metric_row(m) for m in metrics]
+        rank = max(delta.ranks.values())
+
+        # Fail fast (before writing any file) on the common mistakes; re-checked under the write lock.
+        with self._connect() as conn:
+            if not overwrite and self._name_taken(conn, name):
+                raise self._name_taken_error(name)
+            for parent in parents:
+                self._resolve(conn, parent, "parent adapter")
+
+        ident = _new_id()
+        tmp = self.adapters_dir / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+        final = self.adapters_dir / ident
+        try:
+            write_adapter(delta, tmp, base_model)
+            _fsync_tree(tmp)
+            checksum = _sha256(tmp / WEIGHTS_FILE)
+            config_checksum = _sha256(tmp / CONFIG_FILE)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+        created = time.time()
+        replaced: str | None = None
+        renamed = committed = False
+        try:
+            with self._connect() as conn:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    existing = conn.execute("SELECT id FROM adapters WHERE name = ?", (name,)).fetchone()
+                    if existing is not None and not overwrite:
+                        raise self._name_taken_error(name)
+                    parent_ids = [self._resolve(conn, p, "parent adapter") for p in parents]
+                    if existing is not None:
+                        replaced = str(existing[0])
+                        if replaced in parent_ids:
+                            raise LibraryError(
+                                f"cannot overwrite adapter {name!r} with an adapter derived from it: the lineage "
+                                "would point at a removed adapter; choose a new name"
+                            )
+                    os.rename(tmp, final)
+                    renamed = True
+                    _fsync_dir(self.adapters_dir)
+                    if replaced is not None:
+                        self._warn_orphaned_children(conn, replaced, name)
+                        conn.execute("DELETE FROM adapters WHERE id = ?", (replaced,))
+                    conn.execute(
+                        f"INSERT INTO adapters ({_RECORD_COLUMNS}) VALUES ({','.join('?' * 16)})",
+                        (
+                            ident,
+                            name,
+                            task,
+                            description,
+                            None if vector is None else vector.tobytes(),
+                            None if vector is None else int(vector.size),
+                            base_model,
+                            base_fingerprint,
+                            rank,
+                            targets_json,
+                            recipe_json,
+                            method,
+                            params_json,
+                            checksum,
+                            config_checksum,
+                            created,
+                        ),
+                    )
+                    conn.executemany(
+                        "INSERT INTO lineage (child_id, parent_id, position) VALUES (?, ?, ?)",
+                        [(ident, p, i) for i, p in enumerate(parent_ids)],
+                    )
+                    self._insert_metrics(conn, [(ident, m) for m in metric_rows])
+                    conn.execute("COMMIT")
+                    committed = True
+                except sqlite3.IntegrityError as err:
+                    if "adapters.name" in str(err):
+                        raise self._name_taken_error(name) from None
+                    raise
+                finally:
+                    if not committed and conn.in_transaction:
+                        conn.execute("ROLLBACK")
+        except BaseException:
+            if not committed:
+                shutil.rmtree(final if renamed else tmp, ignore_errors=True)
+            raise
+
+        if replaced is not None:
+            shutil.rmtree(self.adapters_dir / replaced, ignore_errors=True)
+            logger.info("replaced adapter %r (%s -> %s) in %s", name, replaced, ident, self.root)
+        else:
+            logger.info("added adapter %r (%s) to %s", name, ident, self.root)
+        return AdapterRecord(
+            id=ident,
+            name=name,
+            task=task,
+            description=description,
+            base_model=base_model,
+            base_fingerprint=base_fingerprint,
+            rank=rank,
+            targets=tuple(delta.targets),
+            recipe=json.loads(recipe_json),
+            method=method,
+            params=json.loads(params_json),
+            parents=tuple(parent_ids),
+            checksum=checksum,
+            created=created,
+            path=final,
+            embedding=None if vector is None else self._frozen(vector),
+            config_checksum=config_checksum,
+        )
+
+    @staticmethod
+    def _frozen(vector: np.ndarray) -> np.ndarray:
+        out = np.array(vector, dtype=np.float32)
+        out.flags.writeable = False
+        return out
+
+    @staticmethod
+    def _name_taken(conn: sqlite3.Connection, name: str) -> bool:
+        return conn.execute("SELECT 1 FROM adapters WHERE name = ?", (name,)).fetchone() is not None
+
+    def _name_taken_error(self, name: str) -> LibraryError:
+        return LibraryError(f"adapter name {name!r} already exists in {self.root}; pass overwrite=True to replace it")
+
+    def _warn_orphaned_children(self, conn: sqlite3.Connection, ident: str, name: str) -> None:
+        children = [
+            r[0]
+            for r in conn.execute(
+                "SELECT name FROM adapters WHERE id IN (SELECT child_id FROM lineage WHERE parent_id = ?)", (ident,)
+            )
+        ]
+        if children:
+            logger.warning(
+                "adapter %r (%s) is a parent of %s; their lineage keeps its id, now missing",
+                name,
+                ident,
+                ", ".join(repr(c) for c in children),
+            )
+
+    # ---------------------------------------------------------------- loading, export, integrity
+
+    def _verify(self, record: AdapterRecord) -> None:
+        for filename, expected in ((WEIGHTS_FILE, record.checksum), (CONFIG_FILE, record.config_checksum)):
+            path = record.path / filename
+            try:
+                actual = _sha256(path)
+            except FileNotFoundError:
+                raise CorruptAdapterError(
+                    f"adapter {record.name!r} ({record.id}): {filename} is missing at {path}"
+                ) from None
+            if actual != expected:
+                raise CorruptAdapterError(
+                    f"adapter {record.name!r} ({record.id}): {filename} at {path} has sha256 {actual[:16]}..., "
+                    f"the catalog recorded {expected[:16]}...; the file is corrupted or was modified"
+                )
+
+    def load(self, name_or_id: str, expected_fingerprint: str | None = None) -> tuple[LoraDelta, AdapterRecord]:
+        """The adapter's tensors and record, after checking both checksums and (if given) the base fingerprint."""
+        record = self.get(name_or_id)
+        self._verify(record)
+        if expected_fingerprint is not None and expected_fingerprint != record.base_fingerprint:
+            raise BaseMismatchError(
+                f"adapter {record.name!r} was made for base model {record.base_model!r} with fingerprint "
+                f"{record.base_fingerprint}, but the loaded base has fingerprint {expected_fingerprint}"
+            )
+        try:
+            delta, _ = read_adapter(record.path)
+        except AdapterFormatError as err:
+            raise CorruptAdapterError(f"adapter {record.name!r} ({record.id}): {err}") from None
+        return delta, record
+
+    def verify(self, name_or_id: str | None = None) -> list[str]:
+        """Check checksums of one or all adapters; returns one message per problem (empty: all good)."""
+        records = [self.get(name_or_id)] if name_or_id is not None else self.list()
+        problems = []
+        for record in records:
+            try:
+                self._verify(record)
+            except CorruptAdapterError as err:
+                problems.append(str(err))
+        return problems
+
+    def export(self, name_or_id: str, dest: str | Path) -> Path:
+        """Copy the verified PEFT folder to ``dest`` (new or empty) plus ``adaptforge.json`` with the record."""
+        record = self.get(name_or_id)
+        self._verify(record)
+        dest = Path(dest).expanduser().resolve()
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+            raise LibraryError(f"export destination {dest} exists and is not an empty folder")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.parent / f"{TMP_PREFIX}{dest.name}-{uuid.uuid4().hex[:8]}"
+        try:
+            tmp.mkdir()
+            for filename in (CONFIG_FILE, WEIGHTS_FILE):
+                shutil.copyfile(record.path / filename, tmp / filename)
+            (tmp / EXPORT_RECORD_FILE).write_text(json.dumps(record.to_json(), indent=2, sort_keys=True))
+            _fsync_tree(tmp)
+            if dest.exists():
+                dest.rmdir()
+            os.rename(tmp, dest)
+            _fsync_dir(dest.parent)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if _sha256(dest / WEIGHTS_FILE) != record.checksum:
+            raise CorruptAdapterError(f"adapter {record.name!r}: the exported copy at {dest} differs from the library")
+        logger.info("exported adapter %r to %s", record.name, dest)
+        return dest
+
+    # ---------------------------------------------------------------- removal and garbage collection
+
+    def remove(self, name_or_id: str, force: bool = False) -> None:
+        """Delete an adapter, its metrics and its folder.
+
+        Refused while other adapters list it as a parent, unless ``force=True``; their lineage rows then
+        keep its id (reported as missing by :meth:`lineage`).
+        """
+        with self._transaction() as conn:
+            ident = self._resolve(conn, name_or_id)
+            name = conn.execute("SELECT name FROM adapters WHERE id = ?", (ident,)).fetchone()[0]
+            children = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT name FROM adapters WHERE id IN (SELECT child_id FROM lineage WHERE parent_id = ?)", (ident,)
+                )
+            ]
+            if children and not force:
+                raise LibraryError(
+                    f"adapter {name!r} is a parent of {', '.join(repr(c) for c in children)}; "
+                    "remove those first or pass force=True (their lineage will show it as missing)"
+                )
+            conn.execute("DELETE FROM adapters WHERE id = ?", (ident,))
+        shutil.rmtree(self.adapters_dir / ident, ignore_errors=True)
+        logger.info("removed adapter %r (%s) from %s", name, ident, self.root)
+
+    def gc(self, min_age: float = 3600.0) -> list[Path]:
+        """Remove temp folders (adapters and runs) older than ``min_age`` seconds and adapter folders with no row.
+
+        Holds the write lock while scanning, so no other process can be between rename and commit. Temp
+        folders younger than ``min_age`` may belong to an add still writing and are kept.
+        """
+        removed: list[Path] = []
+        now = time.time()
+        if self.runs_dir.is_dir():  # checkpoint swaps interrupted long ago (see train.checkpoint)
+            for entry in sorted(self.runs_dir.glob(f"{TMP_PREFIX}*")):
+                if entry.is_dir() and now - entry.stat().st_mtime >= min_age:
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(entry)
+        with self._transaction() as conn:
+            known = {r[0] for r in conn.execute("SELECT id FROM adapters")}
+            for entry in sorted(self.adapters_dir.iterdir()):
+                if not entry.is_dir():
+                    continue
+                if entry.name.startswith(TMP_PREFIX):
+                    try:
+                        age = now - entry.stat().st_mtime
+                    except FileNotFoundError:
+                        continue
+                    if age < min_age:
+                        continue
+                elif entry.name in known:
+                    continue
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+                logger.info("gc: removed %s", entry)
+            missing = [i for i in known if not (self.adapters_dir / i).is_dir()]
+        for ident in missing:
+            logger.warning("gc: adapter %s has a catalog row but no folder in %s", ident, self.adapters_dir)
+        return removed
+
+    # ---------------------------------------------------------------- metrics
+
+    @staticmethod
+    def _check_metric_row(row: MetricRow) -> MetricRow:
+        if not isinstance(row, MetricRow):
+            raise LibraryError(f"metrics must be MetricRow objects, got {type(row).__name__}")
+        _require_text(row.base_fingerprint, "metric base_fingerprint")
+        _require_text(row.task, "metric task")
+        _require_text(row.split, "metric split")
+        _require_text(row.metric, "metric name")
+        try:
+            float(row.value)
+        except (TypeError, ValueError):
+            raise LibraryError(f"metric {row.metric!r} value {row.value!r} is not a number") from None
+        if not isinstance(row.n, (int, np.integer)) or isinstance(row.n, bool) or row.n < 0:
+            raise LibraryError(f"metric {row.metric!r}: n must be a non-negative integer, got {row.n!r}")
+        return row
+
+    @staticmethod
+    def _insert_metrics(conn: sqlite3.Connection, rows: Sequence[tuple[str | None, MetricRow]]) -> None:
+        # SQLite has no NaN (it would store NULL anyway); NULL is read back as NaN.
+        conn.executemany(
+            "INSERT INTO metrics (adapter_id, base_fingerprint, task, split, metric, value, n, created) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    ident,
+                    m.base_fingerprint,
+                    m.task,
+                    m.split,
+                    m.metric,
+                    None if math.isnan(float(m.value)) else float(m.value),
+                    int(m.n),
+                    float(m.created),
+                )
+                for ident, m in rows
+            ],
+        )
+
+    def record_metrics(
+        self,
+        adapter: str | None,
+        base_fingerprint: str,
+        task: str,
+        split: str,
+        metrics: Mapping[str, float],
+        n: int,
+    ) -> None:
+        """Store one row per metric; ``adapter=None`` records the bare base model (zero-shot)."""
+        if not metrics:
+            raise LibraryError("record_metrics: no metrics given")
+        created = time.time()
+        rows = [
+            self._check_metric_row(MetricRow(None, base_fingerprint, task, split, str(k), v, n, created))
+            for k, v in metrics.items()
+        ]
+        with self._transaction() as conn:
+            ident = None if adapter is None else self._resolve(conn, adapter)
+            self._insert_metrics(conn, [(ident, m) for m in rows])
+
+    def metrics(
+        self,
+        name_or_id: str | None = None,
+        base_fingerprint: str | None = None,
+        *,
+        task: str | None = None,
+        split: str | None = None,
+        zero_shot: bool = False,
+    ) -> list[MetricRow]:
+        """Metric rows, oldest first: of one adapter, or all (``zero_shot=True``: only adapter-less rows)."""
+        clauses, args = [], []
+        with self._connect() as conn:
+            if name_or_id is not None:
+                clauses.append("adapter_id = ?")
+                args.append(self._resolve(conn, name_or_id))
+            elif zero_shot:
+                clauses.append("adapter_id IS NULL")
+            for column, value in (("base_fingerprint", base_fingerprint), ("task", task), ("split", split)):
+                if value is not None:
+                    clauses.append(f"{column} = ?")
+                    args.append(value)
+            where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+            rows = conn.execute(
+                "SELECT adapter_id, base_fingerprint, task, split, metric, value, n, created FROM metrics "
+                f"{where} ORDER BY created, rowid",
+                args,
+            ).fetchall()
+        return [
+            MetricRow(a, fp, t, s, m, float("nan") if v is None else float(v), int(n), float(c))
+            for a, fp, t, s, m, v, n, c in rows
+        ]
+
+    # ---------------------------------------------------------------- similarity
+
+    def similar(
+        self, embedding: np.ndarray, k: int = 5, base_fingerprint: str | None = None
+    ) -> list[tuple[AdapterRecord, float]]:
+        """The ``k`` adapters whose description embeddings are closest (cosine) to ``embedding``, best first.
+
+        Adapters without an embedding, or with one of a different dimension, are not candidates.
+        """
+        if k < 1:
+            raise LibraryError(f"similar: k must be at least 1, got {k}")
+        query = _as_embedding(embedding).astype(np.float64)
+        query /= np.linalg.norm(query)
+        where = "WHERE embedding IS NOT NULL AND embedding_dim = ?"
+        args: list[Any] = [int(query.size)]
+        if base_fingerprint is not None:
+            where += " AND base_fingerprint = ?"
+            args.append(base_fingerprint)
+        with self._connect() as conn:
+            records = self._records(conn, where, args)
+            skipped = conn.execute(
+                "SELECT COUNT(*) FROM adapters WHERE embedding IS NOT NULL AND embedding_dim != ?", (int(query.size),)
+            ).fetchone()[0]
+        if skipped:
+            logger.warning("similar: %d adapter(s) have embeddings of another dimension than %d", skipped, query.size)
+        if not records:
+            return []
+        matrix = np.stack([r.embedding for r in records]).astype(np.float64)  # type: ignore[misc]
+        scores = matrix @ query / np.linalg.norm(matrix, axis=1)
+        order = sorted(range(len(records)), key=lambda i: (-scores[i], records[i].created))
+        return [(records[i], float(scores[i])) for i in order[:k]]

@@ -1,0 +1,143 @@
+"""Pure tensor algebra for merging: sparsify, elect a sign, combine, localize.
+
+Every function takes plain tensors (task tensors stacked on dim 0 where there are several) and
+returns new tensors; nothing here knows about LoRA, modules or files. The methods in
+:mod:`adaptforge.merge.methods` are compositions of these functions.
+
+References: task arithmetic https://arxiv.org/abs/2212.04089, TIES https://arxiv.org/abs/2306.01708,
+DARE https://arxiv.org/abs/2311.03099, TALL masks / consensus https://arxiv.org/abs/2405.07813.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+
+SignMethod = Literal["total", "count"]
+Sparsify = Literal["none", "magnitude", "random"]
+
+
+def keep_count(numel: int, density: float) -> int:
+    """``floor(density * numel)``, guarded against float round-off (``0.29 * 100`` keeps 29, not 28)."""
+    return min(numel, int(density * numel + 1e-9))
+
+
+def magnitude_trim(x: torch.Tensor, density: float) -> torch.Tensor:
+    """Keep the ``k = floor(density * numel)`` entries of largest ``|x|`` and zero the rest (TIES "trim").
+
+    Ties at the threshold are broken by ``torch.topk``. ``density >= 1`` returns ``x`` unchanged.
+    TIES: https://arxiv.org/abs/2306.01708
+    """
+    if density >= 1:
+        return x.clone()
+    k = keep_count(x.numel(), density)
+    flat = x.reshape(-1)
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    mask[torch.topk(flat.abs(), k).indices] = True
+    return (flat * mask).reshape(x.shape)
+
+
+def random_drop(
+    x: torch.Tensor, density: float, generator: torch.Generator, rescale: bool = True
+) -> torch.Tensor:
+    """Keep each entry with probability ``density`` (Bernoulli, from ``generator``) and, with ``rescale``,
+    divide the kept entries by ``density`` so that ``E[out] = x`` (DARE "drop and rescale").
+
+    ``density >= 1`` returns ``x`` unchanged and draws nothing. DARE: https://arxiv.org/abs/2311.03099
+    """
+    if density >= 1:
+        return x.clone()
+    keep = torch.bernoulli(torch.full_like(x, density), generator=generator)
+    out = x * keep
+    return out / density if rescale else out
+
+
+def elect_sign(stacked: torch.Tensor, method: SignMethod = "total") -> torch.Tensor:
+    """Elected sign per entry of ``stacked`` (tasks on dim 0), as +1/-1 of shape ``stacked.shape[1:]``.
+
+    ``total``: ``sign(sum_t x_t)`` (TIES, sign of the total mass); ``count``: ``sign(sum_t sign(x_t))``
+    (the most frequent sign). A tie or all-zero entry elects +1. TIES: https://arxiv.org/abs/2306.01708
+    """
+    if method == "total":
+        score = stacked.sum(dim=0)
+    elif method == "count":
+        score = stacked.sign().sum(dim=0)
+    else:
+        raise ValueError(f"sign election method is 'total' or 'count', got {method!r}")
+    return torch.where(score >= 0, 1.0, -1.0).to(stacked.dtype)
+
+
+def agreement_mask(stacked: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+    """``sign(x_t) == sign`` per task and entry (zeros never agree), boolean of ``stacked``'s shape."""
+    return stacked.sign() == sign
+
+
+def disjoint_mean(stacked: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``sum_t m_t * x_t / max(1, sum_t m_t)``: the mean over the tasks kept by ``mask`` (TIES step 3).
+
+    TIES: https://arxiv.org/abs/2306.01708
+    """
+    kept = mask.to(stacked.dtype)
+    return (stacked * kept).sum(dim=0) / kept.sum(dim=0).clamp(min=1.0)
+
+
+def weighted_sum(stacked: torch.Tensor, weights: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """``sum_t w_t * x_t`` (task arithmetic, https://arxiv.org/abs/2212.04089)."""
+    return (stacked * _expand(weights, stacked)).sum(dim=0)
+
+
+def tall_masks(stacked: torch.Tensor, merged: torch.Tensor, lam: float) -> torch.Tensor:
+    """TALL task masks ``m_t = |tau_t| >= lam * |tau_merged - tau_t|`` (boolean, tasks on dim 0).
+
+    An entry belongs to task t when the task's own update dominates what the other tasks add there.
+    TALL masks: https://arxiv.org/abs/2405.07813
+    """
+    return stacked.abs() >= lam * (merged.unsqueeze(0) - stacked).abs()
+
+
+def consensus_mask(masks: torch.Tensor, k: int) -> torch.Tensor:
+    """Entries kept by at least ``k`` task masks (masks on dim 0); ``k = 2`` drops "selfish" and unused
+    weights (consensus merging, https://arxiv.org/abs/2405.07813)."""
+    return masks.sum(dim=0) >= k
+
+
+def sparsify_merge(
+    stacked: torch.Tensor,
+    weights: Sequence[float] | torch.Tensor,
+    sparsify: Sparsify = "none",
+    density: float = 1.0,
+    sign_method: SignMethod | None = None,
+    generator: torch.Generator | None = None,
+    rescale: bool = True,
+) -> torch.Tensor:
+    """Generalized task arithmetic on one stack of task tensors: sparsify x sign consensus x rescale.
+
+    1. sparsify each ``x_t``: ``magnitude`` trims to ``density`` (TIES), ``random`` drops with
+       probability ``1 - density`` and (``rescale``) divides by ``density`` (DARE);
+    2. without ``sign_method``: ``sum_t w_t x_t`` (task arithmetic, DARE-linear);
+       with it: elect ``sign`` on the unweighted sparse ``x_t`` and return
+       ``sum_t w_t x_t [sign(x_t) = sign] / #{t: sign(x_t) = sign}`` (TIES, DARE-TIES).
+    Tasks are sparsified in stack order, so a seeded ``generator`` gives a reproducible result.
+    Papers: 2212.04089, 2306.01708, 2311.03099 (arxiv.org/abs/...).
+    """
+    if sparsify == "magnitude":
+        stacked = torch.stack([magnitude_trim(x, density) for x in stacked])
+    elif sparsify == "random":
+        if generator is None:
+            raise ValueError("random sparsification needs a seeded torch.Generator")
+        stacked = torch.stack([random_drop(x, density, generator, rescale) for x in stacked])
+    elif sparsify != "none":
+        raise ValueError(f"sparsify is 'none', 'magnitude' or 'random', got {sparsify!r}")
+    if sign_method is None:
+        return weighted_sum(stacked, weights)
+    mask = agreement_mask(stacked, elect_sign(stacked, sign_method))
+    return disjoint_mean(stacked * _expand(weights, stacked), mask)
+
+
+def _expand(weights: Sequence[float] | torch.Tensor, stacked: torch.Tensor) -> torch.Tensor:
+    w = torch.as_tensor(weights, dtype=stacked.dtype, device=stacked.device)
+    if w.shape != stacked.shape[:1]:
+        raise ValueError(f"{w.numel()} weights for {stacked.shape[0]} task tensors")
+    return w.reshape(-1, *([1] * (stacked.ndim - 1)))

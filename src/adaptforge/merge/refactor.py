@@ -1,0 +1,66 @@
+"""From a weighted sum of LoRA modules (or a dense delta) back to one LoRA module.
+
+``sum_i w_i s_i B_i A_i`` is exactly one LoRA module of rank ``R = sum_i r_i`` (rank concatenation).
+To a smaller rank ``r`` it is re-factored by truncated SVD without forming the ``out x in`` matrix:
+``B = Q_b R_b`` and ``A^T = Q_a R_a`` (thin QR), so ``B A = Q_b (R_b R_a^T) Q_a^T`` and only the small
+``R x R`` core is decomposed. The relative Frobenius error of a rank-``r`` truncation follows from the
+singular values: ``sqrt(sum_{i>r} s_i^2 / sum_i s_i^2)`` (Eckart-Young). The convention for the
+factors matches PEFT's SVD merges: ``B = U_r diag(s_r)``, ``A = V_r^T``, scale 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from adaptforge.core import LoraModule
+
+_WORK = torch.float64  # QR and SVD run in float64; the factors are returned in float32
+
+
+def concat_modules(modules: Sequence[LoraModule], weights: Sequence[float]) -> LoraModule:
+    """Exact rank concatenation: ``A = vstack(w_i s_i A_i)``, ``B = hstack(B_i)``, scale 1, so that
+    ``B @ A = sum_i w_i s_i B_i A_i`` with rank ``sum_i r_i`` (PEFT's ``cat``; task arithmetic,
+    https://arxiv.org/abs/2212.04089)."""
+    if len(modules) != len(weights) or not modules:
+        raise ValueError(f"{len(weights)} weights for {len(modules)} modules")
+    A = torch.cat([m.A.float() * (float(w) * float(m.scale)) for m, w in zip(modules, weights, strict=True)], dim=0)
+    B = torch.cat([m.B.float() for m in modules], dim=1)
+    return LoraModule(A=A, B=B, scale=1.0)
+
+
+def truncation_error(singular_values: torch.Tensor, rank: int) -> float:
+    """Relative Frobenius error ``||M - M_r|| / ||M||`` of keeping the top ``rank`` singular values (0 for M = 0)."""
+    energy = singular_values.double().pow(2)
+    total = float(energy.sum())
+    return 0.0 if total == 0.0 else float(energy[rank:].sum() / total) ** 0.5
+
+
+def _truncate(U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor, rank: int) -> tuple[LoraModule, float]:
+    rank = max(1, min(rank, S.numel()))
+    B = (U[:, :rank] * S[:rank]).float()
+    A = Vh[:rank].float()
+    return LoraModule(A=A.contiguous(), B=B.contiguous(), scale=1.0), truncation_error(S, rank)
+
+
+def lowrank_svd(module: LoraModule, rank: int) -> tuple[LoraModule, float]:
+    """Best rank-``rank`` LoRA module for ``s B A`` (truncated SVD through QR of the factors, never
+    forming the dense ``out x in`` matrix), and its relative Frobenius error.
+
+    ``B = Q_b R_b``, ``A^T = Q_a R_a``, ``R_b R_a^T = U S V^T``, so ``s B A = (Q_b U) (s S) (Q_a V)^T``.
+    The output rank is ``min(rank, R, out, in)``: asking for more than the module holds is exact.
+    """
+    Qb, Rb = torch.linalg.qr(module.B.to(_WORK))
+    Qa, Ra = torch.linalg.qr(module.A.to(_WORK).T)
+    U, S, Vh = torch.linalg.svd((Rb @ Ra.T) * float(module.scale), full_matrices=False)
+    return _truncate(Qb @ U, S, Vh @ Qa.T, rank)
+
+
+def dense_svd(delta: torch.Tensor, rank: int) -> tuple[LoraModule, float]:
+    """Best rank-``rank`` LoRA module for a dense ``out x in`` delta (truncated SVD), and its relative
+    Frobenius error; used by methods whose merge is elementwise on dense ``dW`` (TIES, DARE, TALL)."""
+    if delta.ndim != 2:
+        raise ValueError(f"a dense delta is a matrix, got shape {tuple(delta.shape)}")
+    U, S, Vh = torch.linalg.svd(delta.to(_WORK), full_matrices=False)
+    return _truncate(U, S, Vh, rank)

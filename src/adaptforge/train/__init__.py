@@ -1,0 +1,1 @@
+"""Training: LoRA adapters per task, and task samplers for multi-task training."""

@@ -1,0 +1,104 @@
+"""Resumable training checkpoints, stored with safetensors (no pickle) and written atomically.
+
+A checkpoint holds the LoRA parameters, the AdamW moments, the global torch RNG state (dropout),
+the step and the resolved config; the data order is a pure function of (seed, epoch), so a
+resumed run replays exactly the batches the killed one would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from adaptforge.core import AdaptforgeError
+
+STATE_FILE = "state.safetensors"
+META_FILE = "state.json"
+
+
+@dataclass
+class Checkpoint:
+    step: int
+    meta: dict[str, Any]
+    params: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    rng: torch.Tensor
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(folder: Path, step: int, meta: dict[str, Any], model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer) -> None:
+    """Write to a temporary sibling folder, fsync, then swap it in with a rename."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    params = dict(model.named_parameters())
+    tensors: dict[str, torch.Tensor] = {f"param/{n}": params[n].detach().clone() for n in names}
+    opt_state = optimizer.state_dict()
+    for idx, state in opt_state["state"].items():
+        for key, value in state.items():
+            tensors[f"opt/{names[idx]}/{key}"] = torch.as_tensor(value).clone()
+    tensors["rng/torch"] = torch.get_rng_state()
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in opt_state["param_groups"]]
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-ckpt-", dir=folder.parent))
+    save_file(tensors, str(tmp / STATE_FILE))
+    (tmp / META_FILE).write_text(json.dumps({"step": step, "param_names": names, "groups": groups, **meta}, indent=1))
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    _fsync_dir(folder.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(folder: Path) -> Checkpoint | None:
+    """The last complete checkpoint in ``folder`` (or its ``.old`` twin if a swap was interrupted)."""
+    for candidate in (folder, folder.with_name(folder.name + ".old")):
+        if (candidate / META_FILE).is_file() and (candidate / STATE_FILE).is_file():
+            break
+    else:
+        return None
+    try:
+        meta = json.loads((candidate / META_FILE).read_text())
+        tensors = load_file(str(candidate / STATE_FILE))
+    except Exception as err:
+        raise AdaptforgeError(f"{candidate}: checkpoint is unreadable ({err}); delete it to start over") from None
+    names = meta["param_names"]
+    params = {n: tensors[f"param/{n}"] for n in names}
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for idx, name in enumerate(names):
+        prefix = f"opt/{name}/"
+        entry = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if entry:
+            state[idx] = entry
+    groups = [{**g, "params": list(range(len(names)))} for g in meta["groups"]]
+    return Checkpoint(meta["step"], meta, params, {"state": state, "param_groups": groups}, tensors["rng/torch"])
+
+
+def restore(checkpoint: Checkpoint, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    params = dict(model.named_parameters())
+    missing = [n for n in checkpoint.params if n not in params]
+    if missing:
+        raise AdaptforgeError(f"checkpoint has parameters the model lacks, e.g. {missing[0]!r}")
+    with torch.no_grad():
+        for name, value in checkpoint.params.items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(checkpoint.optimizer)
+    torch.set_rng_state(checkpoint.rng)

@@ -1,0 +1,114 @@
+"""Library-level operations that the CLI (and users' scripts) call: each one reads from and writes
+to the adapter library with its recipe, so every result can be traced back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from adaptforge.adapters import check_compatible, read_adapter
+from adaptforge.backbone import Backbone
+from adaptforge.core import AdaptforgeError
+from adaptforge.evaluate import EvalResult, evaluate
+from adaptforge.library import AdapterRecord, Library, MetricRow
+from adaptforge.scorers import Scorer, make_scorer
+from adaptforge.tasks import Task
+from adaptforge.train.config import TrainConfig
+from adaptforge.train.trainer import ProgressFn, TrainResult, train
+
+log = logging.getLogger(__name__)
+
+
+def describe(scorer: Scorer, task: Task) -> np.ndarray:
+    """Embedding of a task's description and label set, stored in the catalog for retrieval."""
+    text = f"{task.description} Labels: {', '.join(task.labels)}."
+    return scorer.embed_texts([text])[0].numpy().astype(np.float32)
+
+
+def metric_values(result: EvalResult) -> dict[str, float]:
+    return {"accuracy": result.accuracy, "macro_f1": result.macro_f1, "loss": result.loss}
+
+
+@dataclass
+class TrainedAdapter:
+    record: AdapterRecord
+    result: TrainResult
+    evals: list[EvalResult]
+
+
+def train_into_library(
+    task: Task, backbone: Backbone, library: Library, name: str, cfg: TrainConfig | None = None, *,
+    resume: bool = False, eval_splits: Sequence[str] = ("dev",), eval_limit: int | None = None,
+    progress: ProgressFn | None = None, overwrite: bool = False,
+) -> TrainedAdapter:
+    """Train, evaluate on ``eval_splits``, and add the adapter with its recipe and metrics.
+
+    Checkpoints live in ``<library>/runs/<name>`` until the adapter has landed, so a killed run
+    resumes with ``resume=True`` and a finished one leaves nothing behind.
+    """
+    if not overwrite and library.exists(name):
+        raise AdaptforgeError(f"adapter name {name!r} already exists in {library.root}; choose another or overwrite")
+    run_dir = library.runs_dir / name
+    result = train(task, backbone, cfg, checkpoint_dir=run_dir, resume=resume, progress=progress)
+    scorer = make_scorer(backbone, result.config.max_length, result.config.temperature)
+    evals = [
+        evaluate(scorer, task, split, result.delta, adapter=name, limit=eval_limit)
+        for split in eval_splits if split in task.splits
+    ]
+    metrics = [MetricRow(None, backbone.fingerprint, ev.task, ev.split, metric, value, ev.n)
+               for ev in evals for metric, value in metric_values(ev).items()]
+    recipe = {"kind": "train", "config": result.config.to_dict(), "task": task.name, "task_version": task.version,
+              "n_train": result.n_train, "seconds": round(result.seconds, 2), "history": result.history,
+              "resumed_from": result.resumed_from}
+    record = library.add(
+        result.delta, name=name, base_model=backbone.name, base_fingerprint=backbone.fingerprint, task=task.name,
+        description=task.description, embedding=describe(scorer, task), recipe=recipe, method="train",
+        params={"labels": list(task.labels)}, metrics=metrics, overwrite=overwrite,
+    )
+    library.clear_run(name)
+    return TrainedAdapter(record, result, evals)
+
+
+def import_peft_folder(folder: str | Path, backbone: Backbone, library: Library, name: str,
+                       task: Task | None = None) -> AdapterRecord:
+    """Import a LoRA folder made by PEFT (or anyone) after checking it fits ``backbone``."""
+    delta, config = read_adapter(folder)
+    check_compatible(delta, backbone.model, what=str(folder))
+    embedding = describe(make_scorer(backbone), task) if task else None
+    return library.add(
+        delta, name=name, base_model=backbone.name, base_fingerprint=backbone.fingerprint,
+        task=task.name if task else None, description=task.description if task else None, embedding=embedding,
+        recipe={"kind": "import", "source": str(Path(folder).resolve()), "peft_config": config}, method="import",
+    )
+
+
+def evaluate_grid(
+    tasks: Sequence[Task], backbone: Backbone, library: Library | None, adapters: Sequence[str], *,
+    zero_shot: bool, split: str = "test", limit: int | None = None, record: bool = True,
+    on_cell: Callable[[str, str | None], None] | None = None, scorer: Scorer | None = None,
+) -> list[EvalResult]:
+    """Every (adapter or zero-shot) x task cell; metrics are written to the library when given."""
+    scorer = scorer or make_scorer(backbone)
+    columns: list[str | None] = ([None] if zero_shot else []) + list(adapters)
+    results = []
+    for adapter in columns:
+        delta = None
+        adapter_id = None
+        if adapter is not None:
+            if library is None:
+                raise AdaptforgeError("evaluating a named adapter needs --library")
+            delta, rec = library.load(adapter, expected_fingerprint=backbone.fingerprint)
+            adapter_id = rec.id
+        for task in tasks:
+            if on_cell:
+                on_cell(task.name, adapter)
+            res = evaluate(scorer, task, split, delta, adapter=adapter, limit=limit)
+            results.append(res)
+            if record and library is not None:
+                library.record_metrics(adapter_id, backbone.fingerprint, task.name, split, metric_values(res), res.n)
+    return results

@@ -1,0 +1,365 @@
+"""The adapter library against real SQLite, real files and real processes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from adaptforge.adapters import CONFIG_FILE, WEIGHTS_FILE, read_adapter
+from adaptforge.core import LoraDelta, LoraModule
+from adaptforge.library import (
+    BaseMismatchError,
+    CorruptAdapterError,
+    Library,
+    LibraryError,
+    MetricRow,
+)
+
+FP = "fp-base-1"
+BASE = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def make_delta(seed: int) -> LoraDelta:
+    """Two modules with different ranks and scales, so rank/alpha patterns are exercised."""
+    torch.manual_seed(seed)
+    return LoraDelta(
+        {
+            "blocks.0.q": LoraModule(A=torch.randn(4, 8), B=torch.randn(6, 4), scale=2.0),
+            "blocks.1.v": LoraModule(A=torch.randn(2, 8), B=torch.randn(8, 2), scale=0.5),
+        }
+    )
+
+
+def assert_same(a: LoraDelta, b: LoraDelta) -> None:
+    assert a.targets == b.targets
+    for name in a:
+        assert torch.equal(a[name].A, b[name].A)
+        assert torch.equal(a[name].B, b[name].B)
+        assert a[name].scale == pytest.approx(b[name].scale, rel=0, abs=1e-12)
+
+
+def catalog_count(lib: Library, table: str = "adapters") -> int:
+    conn = sqlite3.connect(lib.root / "catalog.sqlite")
+    try:
+        return conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def adapter_folders(lib: Library) -> list[str]:
+    return sorted(p.name for p in (lib.root / "adapters").iterdir())
+
+
+@pytest.fixture()
+def lib(tmp_path: Path) -> Library:
+    return Library(tmp_path / "lib")
+
+
+def test_add_get_load_roundtrip(lib: Library) -> None:
+    delta = make_delta(0)
+    emb = np.arange(1, 5, dtype=np.float32)
+    rec = lib.add(
+        delta,
+        name="sst2",
+        base_model=BASE,
+        base_fingerprint=FP,
+        task="sst2",
+        description="sentiment",
+        embedding=emb,
+        recipe={"lr": 1e-3, "steps": 10},
+        params={"seed": 0},
+    )
+    assert len(rec.id) == 16 and rec.path == lib.root / "adapters" / rec.id
+    assert rec.rank == 4 and rec.targets == ("blocks.0.q", "blocks.1.v")
+    assert rec.checksum == hashlib.sha256((rec.path / WEIGHTS_FILE).read_bytes()).hexdigest()
+    assert rec.config_checksum == hashlib.sha256((rec.path / CONFIG_FILE).read_bytes()).hexdigest()
+
+    got = lib.get("sst2")
+    assert got == rec and lib.get(rec.id) == rec
+    assert got.recipe == {"lr": 1e-3, "steps": 10} and got.params == {"seed": 0} and got.method == "train"
+    assert got.embedding is not None and np.array_equal(got.embedding, emb) and got.embedding.dtype == np.float32
+    loaded, rec2 = lib.load("sst2", expected_fingerprint=FP)
+    assert_same(loaded, delta)
+    assert rec2 == rec
+    assert json.loads(json.dumps(rec.to_json()))["embedding"] == [1.0, 2.0, 3.0, 4.0]
+    assert "sst2" in lib and rec.id in lib and "nope" not in lib and len(lib) == 1
+
+    # A second Library object on the same folder (create=False) sees the same catalog.
+    again = Library(lib.root, create=False)
+    assert again.list() == [rec]
+
+
+def test_schema_wal_and_missing_library(tmp_path: Path, lib: Library) -> None:
+    conn = sqlite3.connect(lib.root / "catalog.sqlite")
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.execute("UPDATE schema_version SET version = 99")
+    conn.commit()
+    conn.close()
+    with pytest.raises(LibraryError, match="schema version 99"):
+        Library(lib.root)
+    missing = tmp_path / "nowhere"
+    with pytest.raises(LibraryError, match=str(missing)):
+        Library(missing, create=False)
+    assert not missing.exists()
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "a/b", "a\\b", "x" * 129, " lead", "tab\tin", "0123456789abcdef"])
+def test_bad_names_refused(lib: Library, bad: str) -> None:
+    with pytest.raises(LibraryError, match="adapter name"):
+        lib.add(make_delta(0), name=bad, base_model=BASE, base_fingerprint=FP)
+    assert adapter_folders(lib) == [] and catalog_count(lib) == 0
+
+
+def test_unknown_name_suggests(lib: Library) -> None:
+    lib.add(make_delta(0), name="sentiment-sst2", base_model=BASE, base_fingerprint=FP)
+    with pytest.raises(LibraryError, match="Did you mean 'sentiment-sst2'"):
+        lib.get("sentiment-sst")
+
+
+def test_lineage_metrics_and_list(lib: Library) -> None:
+    a = lib.add(make_delta(1), name="a", base_model=BASE, base_fingerprint=FP, task="t1")
+    b = lib.add(
+        make_delta(2),
+        name="b",
+        base_model=BASE,
+        base_fingerprint=FP,
+        task="t2",
+        metrics=[MetricRow(None, FP, "t2", "dev", "accuracy", 0.75, 40)],
+    )
+    merged = lib.add(
+        make_delta(3),
+        name="ab-ties",
+        base_model=BASE,
+        base_fingerprint=FP,
+        method="ties",
+        params={"density": 0.2},
+        parents=["b", a.id],
+    )
+    assert merged.parents == (b.id, a.id) and lib.get("ab-ties").parents == (b.id, a.id)
+    assert [r.name for r in lib.lineage("ab-ties")] == ["b", "a"]
+    assert [r.name for r in lib.children("a")] == ["ab-ties"]
+    assert [r.name for r in lib.list()] == ["a", "b", "ab-ties"]
+    assert [r.name for r in lib.list(task="t2")] == ["b"]
+
+    with pytest.raises(LibraryError, match="unknown parent adapter 'zzz'"):
+        lib.add(make_delta(4), name="c", base_model=BASE, base_fingerprint=FP, parents=["a", "zzz"])
+    assert "c" not in lib and len(adapter_folders(lib)) == 3
+
+    lib.record_metrics("ab-ties", FP, "t1", "test", {"accuracy": 0.5, "macro_f1": float("nan")}, n=10)
+    lib.record_metrics(None, FP, "t1", "test", {"accuracy": 0.25}, n=10)
+    lib.record_metrics(None, "other-fp", "t1", "test", {"accuracy": 0.1}, n=10)
+    rows = lib.metrics("ab-ties")
+    assert [(r.metric, r.task, r.split, r.n) for r in rows] == [
+        ("accuracy", "t1", "test", 10),
+        ("macro_f1", "t1", "test", 10),
+    ]
+    assert rows[0].value == 0.5 and math.isnan(rows[1].value) and rows[0].adapter_id == merged.id
+    assert [(r.adapter_id, r.value) for r in lib.metrics("b")] == [(b.id, 0.75)]
+    zero = lib.metrics(base_fingerprint=FP, zero_shot=True)
+    assert [(r.adapter_id, r.value) for r in zero] == [(None, 0.25)]
+    assert len(lib.metrics()) == 5 and len(lib.metrics(base_fingerprint="other-fp")) == 1
+
+    # A parent cannot be removed silently; with force the child's lineage keeps the id.
+    with pytest.raises(LibraryError, match="parent of 'ab-ties'"):
+        lib.remove("a")
+    lib.remove("a", force=True)
+    assert "a" not in lib and not a.path.exists()
+    assert lib.get("ab-ties").parents == (b.id, a.id)
+    assert [r.name for r in lib.lineage("ab-ties")] == ["b"]
+    lib.remove("ab-ties")
+    assert lib.metrics(zero_shot=True) and catalog_count(lib, "metrics") == 3  # b's row and two zero-shot rows
+    assert catalog_count(lib, "lineage") == 0
+
+
+def test_similar_ranks_by_cosine(lib: Library) -> None:
+    vectors = {"x": [1.0, 0.0, 0.0], "xy": [1.0, 1.0, 0.0], "y": [0.0, 1.0, 0.0], "negx": [-1.0, 0.0, 0.1]}
+    for name, vec in vectors.items():
+        lib.add(make_delta(0), name=name, base_model=BASE, base_fingerprint=FP, embedding=np.array(vec))
+    lib.add(make_delta(0), name="other-base", base_model=BASE, base_fingerprint="fp-2", embedding=np.array([1, 0, 0]))
+    lib.add(make_delta(0), name="no-emb", base_model=BASE, base_fingerprint=FP)
+    lib.add(make_delta(0), name="dim4", base_model=BASE, base_fingerprint=FP, embedding=np.ones(4))
+    hits = lib.similar(np.array([2.0, 0.5, 0.0]), k=3, base_fingerprint=FP)
+    assert [r.name for r, _ in hits] == ["x", "xy", "y"]
+    assert hits[0][1] == pytest.approx(2 / math.sqrt(4.25), abs=1e-6)
+    assert hits[0][1] > hits[1][1] > hits[2][1]
+    assert {r.name for r, _ in lib.similar(np.array([1.0, 0.0, 0.0]), k=10)} == {"x", "xy", "y", "negx", "other-base"}
+    with pytest.raises(LibraryError, match="all zeros"):
+        lib.similar(np.zeros(3))
+
+
+def test_corrupted_file_refused(lib: Library) -> None:
+    rec = lib.add(make_delta(0), name="victim", base_model=BASE, base_fingerprint=FP)
+    weights = rec.path / WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # flip bits inside the tensor data: still parses, wrong values
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CorruptAdapterError, match=r"'victim'.*adapter_model\.safetensors"):
+        lib.load("victim")
+    with pytest.raises(CorruptAdapterError):
+        lib.export("victim", lib.root.parent / "out")
+    assert len(lib.verify()) == 1
+
+    rec2 = lib.add(make_delta(1), name="victim2", base_model=BASE, base_fingerprint=FP)
+    config = rec2.path / CONFIG_FILE
+    cfg = json.loads(config.read_text())
+    cfg["lora_alpha"] = cfg["lora_alpha"] + 1.0  # a scale changed behind the catalog's back
+    config.write_text(json.dumps(cfg))
+    with pytest.raises(CorruptAdapterError, match=r"'victim2'.*adapter_config\.json"):
+        lib.load("victim2")
+
+
+def test_wrong_fingerprint_refused(lib: Library) -> None:
+    lib.add(make_delta(0), name="a", base_model=BASE, base_fingerprint=FP)
+    with pytest.raises(BaseMismatchError) as info:
+        lib.load("a", expected_fingerprint="fp-other")
+    assert FP in str(info.value) and "fp-other" in str(info.value) and BASE in str(info.value)
+
+
+def test_duplicate_name_refused_and_overwrite(lib: Library) -> None:
+    first = lib.add(
+        make_delta(0),
+        name="dup",
+        base_model=BASE,
+        base_fingerprint=FP,
+        metrics=[MetricRow(None, FP, "t", "dev", "accuracy", 0.5, 4)],
+    )
+    with pytest.raises(LibraryError, match=f"adapter name 'dup' already exists in {lib.root}"):
+        lib.add(make_delta(1), name="dup", base_model=BASE, base_fingerprint=FP)
+    assert adapter_folders(lib) == [first.id] and catalog_count(lib) == 1
+
+    second = lib.add(make_delta(1), name="dup", base_model=BASE, base_fingerprint=FP, overwrite=True)
+    assert second.id != first.id
+    assert adapter_folders(lib) == [second.id] and catalog_count(lib) == 1
+    assert catalog_count(lib, "metrics") == 0  # the replaced adapter's metrics went with it
+    delta, rec = lib.load("dup")
+    assert_same(delta, make_delta(1)) and rec.id == second.id
+    with pytest.raises(LibraryError, match="derived from it"):
+        lib.add(make_delta(2), name="dup", base_model=BASE, base_fingerprint=FP, parents=["dup"], overwrite=True)
+    assert adapter_folders(lib) == [second.id]
+
+
+def test_failure_mid_add_leaves_nothing(lib: Library) -> None:
+    lib.add(make_delta(0), name="ok", base_model=BASE, base_fingerprint=FP)
+    before = adapter_folders(lib)
+    conn = sqlite3.connect(lib.root / "catalog.sqlite")
+    conn.execute(
+        "CREATE TRIGGER boom BEFORE INSERT ON metrics WHEN NEW.metric = 'boom' "
+        "BEGIN SELECT RAISE(ABORT, 'boom trigger'); END"
+    )
+    conn.commit()
+    conn.close()
+    with pytest.raises(LibraryError, match="boom trigger"):
+        lib.add(
+            make_delta(1),
+            name="half",
+            base_model=BASE,
+            base_fingerprint=FP,
+            parents=["ok"],
+            metrics=[MetricRow(None, FP, "t", "dev", "boom", 1.0, 1)],
+        )
+    assert adapter_folders(lib) == before
+    assert catalog_count(lib) == 1 and catalog_count(lib, "lineage") == 0 and catalog_count(lib, "metrics") == 0
+    assert "half" not in lib
+
+
+def test_gc_removes_stale_tmp_and_orphans(lib: Library) -> None:
+    keep = lib.add(make_delta(0), name="keep", base_model=BASE, base_fingerprint=FP)
+    adapters = lib.root / "adapters"
+    stale, fresh, orphan = adapters / ".tmp-stale", adapters / ".tmp-fresh", adapters / "00000000deadbeef"
+    for folder in (stale, fresh, orphan):
+        folder.mkdir()
+        (folder / WEIGHTS_FILE).write_bytes(b"partial")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    assert [r.name for r in lib.list()] == ["keep"]  # reads ignore all three
+    removed = lib.gc()
+    assert sorted(removed) == sorted([stale, orphan])
+    assert adapter_folders(lib) == sorted([".tmp-fresh", keep.id])
+    assert lib.gc(min_age=0) == [fresh]
+    # Run checkpoints: clear_run removes a finished run; gc removes long-interrupted checkpoint temp folders.
+    run, run_tmp = lib.runs_dir / "keep", lib.runs_dir / ".tmp-ckpt-x"
+    run.mkdir(parents=True)
+    run_tmp.mkdir()
+    os.utime(run_tmp, (old, old))
+    assert lib.gc() == [run_tmp] and run.is_dir()
+    lib.clear_run("keep")
+    assert not run.exists() and lib.exists("keep") and lib.exists(keep.id) and not lib.exists("gone")
+    assert_same(lib.load("keep")[0], make_delta(0))
+
+
+def test_export_is_a_peft_folder(lib: Library, tmp_path: Path) -> None:
+    delta = make_delta(5)
+    lib.add(delta, name="exp", base_model=BASE, base_fingerprint=FP, task="t", embedding=np.ones(3))
+    dest = lib.export("exp", tmp_path / "exported")
+    assert sorted(p.name for p in dest.iterdir()) == sorted([CONFIG_FILE, WEIGHTS_FILE, "adaptforge.json"])
+    read, config = read_adapter(dest)
+    assert_same(read, delta)
+    assert config["base_model_name_or_path"] == BASE
+    meta = json.loads((dest / "adaptforge.json").read_text())
+    assert meta["name"] == "exp" and meta["base_fingerprint"] == FP and meta["embedding"] == [1.0, 1.0, 1.0]
+    with pytest.raises(LibraryError, match="not an empty folder"):
+        lib.export("exp", dest)
+    # Exported folders read back into the library unchanged.
+    lib.add(read, name="exp-again", base_model=config["base_model_name_or_path"], base_fingerprint=FP, method="import")
+    assert_same(lib.load("exp-again")[0], delta)
+
+
+def _worker(root: str, worker: int, count: int, barrier: object, out: object) -> None:
+    lib = Library(root)
+    barrier.wait()  # type: ignore[attr-defined]
+    names = []
+    for i in range(count):
+        seed = 1000 * worker + i
+        row = MetricRow(None, FP, "t", "dev", "acc", seed, 1)
+        lib.add(
+            make_delta(seed),
+            name=f"w{worker}-{i}",
+            base_model=BASE,
+            base_fingerprint=FP,
+            embedding=np.full(3, float(seed + 1)),
+            metrics=[row],
+        )
+        names.append(f"w{worker}-{i}")
+    try:
+        lib.add(make_delta(worker), name="contested", base_model=BASE, base_fingerprint=FP)
+        contested = "won"
+    except LibraryError as err:
+        contested = str(err)
+    out.put((worker, names, contested))  # type: ignore[attr-defined]
+
+
+def test_two_processes_write_at_once(tmp_path: Path) -> None:
+    root = tmp_path / "shared"  # neither process finds a library: creation races too
+    ctx = multiprocessing.get_context("spawn")
+    barrier, out = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(str(root), w, 10, barrier, out)) for w in (1, 2)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    contested = sorted(r[2] for r in results)
+    assert contested[1] == "won" and "adapter name 'contested' already exists" in contested[0]
+
+    lib = Library(root, create=False)
+    records = lib.list()
+    assert len(records) == 21 and len({r.id for r in records}) == 21
+    assert sorted(adapter_folders(lib)) == sorted(r.id for r in records)
+    for worker in (1, 2):
+        for i in range(10):
+            delta, _ = lib.load(f"w{worker}-{i}", expected_fingerprint=FP)
+            assert_same(delta, make_delta(1000 * worker + i))
+    assert catalog_count(lib, "metrics") == 20
+    assert lib.verify() == []
