@@ -1,6 +1,6 @@
 """LoRA vs zero-shot on the embedded model: test accuracy per task, 1000 training examples each.
 
-    python benchmarks/lora_quality.py [--tasks ...] [--n 1000] [--epochs 3] [--json out.json]
+python benchmarks/lora_quality.py [--tasks ...] [--n 1000] [--epochs 3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -44,10 +44,22 @@ def main() -> None:
         result = train(task, backbone, cfg)
         seconds = time.perf_counter() - t0
         tuned = evaluate(scorer, task, "test", result.delta)
-        rows.append({"task": name, "zero_shot": zero.accuracy, "lora": tuned.accuracy, "zero_shot_f1": zero.macro_f1,
-                     "lora_f1": tuned.macro_f1, "n_test": zero.n, "train_seconds": round(seconds, 1)})
-        print(f"{name:<22}{zero.accuracy:>10.3f}{tuned.accuracy:>8.3f}{tuned.accuracy - zero.accuracy:>+8.3f}"
-              f"{zero.macro_f1:>9.3f}{tuned.macro_f1:>9.3f}{seconds:>9.0f}", flush=True)
+        rows.append(
+            {
+                "task": name,
+                "zero_shot": zero.accuracy,
+                "lora": tuned.accuracy,
+                "zero_shot_f1": zero.macro_f1,
+                "lora_f1": tuned.macro_f1,
+                "n_test": zero.n,
+                "train_seconds": round(seconds, 1),
+            }
+        )
+        print(
+            f"{name:<22}{zero.accuracy:>10.3f}{tuned.accuracy:>8.3f}{tuned.accuracy - zero.accuracy:>+8.3f}"
+            f"{zero.macro_f1:>9.3f}{tuned.macro_f1:>9.3f}{seconds:>9.0f}",
+            flush=True,
+        )
     mz = sum(r["zero_shot"] for r in rows) / len(rows)
     ml = sum(r["lora"] for r in rows) / len(rows)
     print(f"{'average':<22}{mz:>10.3f}{ml:>8.3f}{ml - mz:>+8.3f}")

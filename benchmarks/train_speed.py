@@ -40,11 +40,18 @@ def plain_peft_loop(task: Task, backbone: Backbone, cfg: TrainConfig, dynamic: b
     targets = torch.tensor([task.labels.index(e.label) for e in examples])
     padding = False if dynamic else "max_length"
     enc = tok(texts, truncation=True, max_length=cfg.max_length, padding=padding)
-    rows = [{"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i], "labels": int(targets[i])}
-            for i in range(len(texts))]
+    rows = [
+        {"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i], "labels": int(targets[i])}
+        for i in range(len(texts))
+    ]
     collate = DataCollatorWithPadding(tok) if dynamic else None
-    loader = torch.utils.data.DataLoader(rows, batch_size=cfg.batch_size, shuffle=True,
-                                         collate_fn=collate or _stack, generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader(
+        rows,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        collate_fn=collate or _stack,
+        generator=torch.Generator().manual_seed(0),
+    )
     label_enc = tok(list(task.labels), padding=True, return_tensors="pt")
     torch.manual_seed(cfg.seed)
     peft_model = get_peft_model(model, lora_config(cfg))
@@ -87,8 +94,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     backbone = Backbone.load()
-    cfg = TrainConfig(epochs=1, max_train=args.n, batch_size=args.batch_size, max_length=args.max_length,
-                      checkpoint_every=0).resolved(backbone.kind, backbone.default_targets())
+    cfg = TrainConfig(
+        epochs=1, max_train=args.n, batch_size=args.batch_size, max_length=args.max_length, checkpoint_every=0
+    ).resolved(backbone.kind, backbone.default_targets())
     rows = []
     print(f"torch threads {torch.get_num_threads()}, batch {args.batch_size}, max_length {args.max_length}, n {args.n}")
     print(f"{'task':<22}{'adaptforge ex/s':>16}{'plain ex/s':>12}{'plain+dyn ex/s':>16}{'ratio':>8}{'ratio dyn':>10}")
@@ -99,15 +107,25 @@ def main() -> None:
             best["ours"] = max(best["ours"], train(task, backbone, cfg).examples_per_second)
             best["plain"] = max(best["plain"], plain_peft_loop(task, backbone, cfg, dynamic=False))
             best["dynamic"] = max(best["dynamic"], plain_peft_loop(task, backbone, cfg, dynamic=True))
-        row = {"task": name, **{k: round(v, 1) for k, v in best.items()},
-               "ratio": round(best["ours"] / best["plain"], 2), "ratio_dynamic": round(best["ours"] / best["dynamic"], 2)}
+        row = {
+            "task": name,
+            **{k: round(v, 1) for k, v in best.items()},
+            "ratio": round(best["ours"] / best["plain"], 2),
+            "ratio_dynamic": round(best["ours"] / best["dynamic"], 2),
+        }
         rows.append(row)
-        print(f"{name:<22}{row['ours']:>16}{row['plain']:>12}{row['dynamic']:>16}{row['ratio']:>8}{row['ratio_dynamic']:>10}")
+        print(
+            f"{name:<22}{row['ours']:>16}{row['plain']:>12}{row['dynamic']:>16}{row['ratio']:>8}{row['ratio_dynamic']:>10}"
+        )
     geo = torch.tensor([r["ratio"] for r in rows]).log().mean().exp().item()
     geo_dyn = torch.tensor([r["ratio_dynamic"] for r in rows]).log().mean().exp().item()
-    print(f"geometric mean ratio vs plain (max_length padding): {geo:.2f}x; vs plain with dynamic padding: {geo_dyn:.2f}x")
+    print(
+        f"geometric mean ratio vs plain (max_length padding): {geo:.2f}x; vs plain with dynamic padding: {geo_dyn:.2f}x"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "geomean_ratio": geo, "geomean_ratio_dynamic": geo_dyn}, indent=2))
+        args.json.write_text(
+            json.dumps({"rows": rows, "geomean_ratio": geo, "geomean_ratio_dynamic": geo_dyn}, indent=2)
+        )
 
 
 if __name__ == "__main__":

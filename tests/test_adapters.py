@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from conftest import small_task
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from adaptforge.adapters import AdapterFormatError, IncompatibleAdapterError, read_adapter, write_adapter
@@ -17,16 +18,17 @@ from adaptforge.scorers import make_scorer
 from adaptforge.train.config import TrainConfig
 from adaptforge.train.trainer import train
 from adaptforge.workflows import import_peft_folder
-from conftest import small_task
 
 
 def random_delta(seed: int = 0) -> LoraDelta:
     g = torch.Generator().manual_seed(seed)
-    return LoraDelta({
-        "layer.0.q": LoraModule(torch.randn(4, 16, generator=g), torch.randn(8, 4, generator=g), 2.0),
-        "layer.1.q": LoraModule(torch.randn(2, 16, generator=g), torch.randn(8, 2, generator=g), 0.75),
-        "layer.10.v": LoraModule(torch.randn(4, 16, generator=g), torch.randn(8, 4, generator=g), 2.0),
-    })
+    return LoraDelta(
+        {
+            "layer.0.q": LoraModule(torch.randn(4, 16, generator=g), torch.randn(8, 4, generator=g), 2.0),
+            "layer.1.q": LoraModule(torch.randn(2, 16, generator=g), torch.randn(8, 2, generator=g), 0.75),
+            "layer.10.v": LoraModule(torch.randn(4, 16, generator=g), torch.randn(8, 4, generator=g), 2.0),
+        }
+    )
 
 
 def test_write_read_round_trip_keeps_ranks_and_scales(tmp_path):
@@ -74,8 +76,14 @@ def test_peft_loads_an_adaptforge_adapter_with_the_same_scores(minilm, tmp_path)
 
 def test_a_peft_made_adapter_imports_and_scores_the_same(minilm, tmp_path):
     task = small_task("sst2", n_train=8, n_test=24)
-    config = LoraConfig(r=4, lora_alpha=12, use_rslora=True, target_modules=["query", "value"],
-                        rank_pattern={"layer.0.attention.self.query": 2}, alpha_pattern={"value": 3.0})
+    config = LoraConfig(
+        r=4,
+        lora_alpha=12,
+        use_rslora=True,
+        target_modules=["query", "value"],
+        rank_pattern={"layer.0.attention.self.query": 2},
+        alpha_pattern={"value": 3.0},
+    )
     torch.manual_seed(1)
     peft_model = get_peft_model(copy.deepcopy(minilm.model), config)
     with torch.no_grad():
@@ -84,7 +92,7 @@ def test_a_peft_made_adapter_imports_and_scores_the_same(minilm, tmp_path):
                 p.normal_(0, 0.05)
     peft_model.save_pretrained(tmp_path / "peft")
     lib = Library(tmp_path / "lib")
-    rec = import_peft_folder(tmp_path / "peft" , minilm, lib, "imported", task=task)
+    rec = import_peft_folder(tmp_path / "peft", minilm, lib, "imported", task=task)
     assert rec.method == "import" and rec.embedding is not None
     delta, _ = lib.load("imported", expected_fingerprint=minilm.fingerprint)
     assert delta["encoder.layer.0.attention.self.query"].rank == 2
@@ -95,9 +103,11 @@ def test_a_peft_made_adapter_imports_and_scores_the_same(minilm, tmp_path):
 def test_adapter_for_another_base_is_refused(minilm, tiny_llama, tmp_path):
     task = small_task("sst2", n_train=16, n_test=8)
     result = train(task, tiny_llama, TrainConfig(epochs=1, batch_size=8))
-    with pytest.raises(IncompatibleAdapterError, match="does not exist in the base model"):
-        with minilm.applied(result.delta):
-            pass
+    with (
+        pytest.raises(IncompatibleAdapterError, match="does not exist in the base model"),
+        minilm.applied(result.delta),
+    ):
+        pass
     write_adapter(result.delta, tmp_path / "llama-adapter", base_model=tiny_llama.path)
     with pytest.raises(IncompatibleAdapterError, match="model.layers.0.self_attn"):
         import_peft_folder(tmp_path / "llama-adapter", minilm, Library(tmp_path / "lib"), "x")
@@ -111,6 +121,8 @@ def test_adapter_for_another_base_is_refused(minilm, tiny_llama, tmp_path):
 def test_shape_mismatch_names_the_module(minilm):
     name = "encoder.layer.0.attention.self.query"
     bad = LoraDelta({name: LoraModule(torch.zeros(2, 100), torch.zeros(384, 2), 1.0)})
-    with pytest.raises(IncompatibleAdapterError, match=r"encoder.layer.0.attention.self.query.*\(384, 100\)"):
-        with minilm.applied(bad):
-            pass
+    with (
+        pytest.raises(IncompatibleAdapterError, match=r"encoder.layer.0.attention.self.query.*\(384, 100\)"),
+        minilm.applied(bad),
+    ):
+        pass

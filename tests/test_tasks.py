@@ -38,8 +38,10 @@ def make_folder(root: Path, meta: object = None, splits: dict[str, list[object]]
         meta = {"name": "toy", "description": "Classify the toy text.", "labels": LABELS}
     (root / "task.json").write_text(meta if isinstance(meta, str) else json.dumps(meta), encoding="utf-8")
     if splits is None:
-        splits = {"train": [{"text": f"t{i}", "label": LABELS[i % 3]} for i in range(9)],
-                  "test": [{"text": f"s{i}", "label": LABELS[i % 3]} for i in range(3)]}
+        splits = {
+            "train": [{"text": f"t{i}", "label": LABELS[i % 3]} for i in range(9)],
+            "test": [{"text": f"s{i}", "label": LABELS[i % 3]} for i in range(3)],
+        }
     for split, records in splits.items():
         lines = [r if isinstance(r, str) else json.dumps(r) for r in records]
         (root / f"{split}.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
@@ -166,8 +168,11 @@ def test_labels_not_a_list_of_strings(tmp_path, labels):
 
 
 def test_single_label_is_rejected(tmp_path):
-    folder = make_folder(tmp_path / "toy", meta={"name": "toy", "description": "d", "labels": ["pos"]},
-                         splits={"train": [{"text": "a", "label": "pos"}]})
+    folder = make_folder(
+        tmp_path / "toy",
+        meta={"name": "toy", "description": "d", "labels": ["pos"]},
+        splits={"train": [{"text": "a", "label": "pos"}]},
+    )
     raises(["task.json", "field 'labels'", "at least 2"], load_task, folder)
 
 
@@ -221,8 +226,16 @@ def test_not_a_task_folder_and_unknown_formats(tmp_path):
 
 
 def test_extra_task_json_keys_are_allowed_and_kept(tmp_path):
-    meta = {"name": "toy", "description": "d", "labels": LABELS, "source": "here", "license": "MIT", "version": "2",
-            "sizes": {"train": 9}, "anything": [1, 2]}
+    meta = {
+        "name": "toy",
+        "description": "d",
+        "labels": LABELS,
+        "source": "here",
+        "license": "MIT",
+        "version": "2",
+        "sizes": {"train": 9},
+        "anything": [1, 2],
+    }
     task = load_task(make_folder(tmp_path / "toy", meta=meta))
     assert (task.source, task.license, task.version) == ("here", "MIT", "2")
 
@@ -243,8 +256,9 @@ def sni_payload(n: int = 40, labels: tuple[str, ...] = ("POS", "NEG")) -> dict[s
         "Source": ["sst2"],
         "Definition": ["Classify the sentence as POS or NEG.", "Answer with one word."],
         "Positive Examples": [{"input": "great", "output": "POS", "explanation": "it is positive"}],
-        "Instances": [{"id": f"x-{i}", "input": f"sentence {i}", "output": [labels[i % len(labels)]]}
-                      for i in range(n)],
+        "Instances": [
+            {"id": f"x-{i}", "input": f"sentence {i}", "output": [labels[i % len(labels)]]} for i in range(n)
+        ],
     }
 
 
@@ -305,16 +319,23 @@ def test_sni_errors(tmp_path):
 
     payload = sni_payload(10)
     payload["Instances"][4]["output"] = ["MAYBE"]
-    raises(["bad.json", "Instances[4].output", "'MAYBE'", "['POS', 'NEG']"], load_task, write_json(path, payload),
-           labels=["POS", "NEG"])
+    raises(
+        ["bad.json", "Instances[4].output", "'MAYBE'", "['POS', 'NEG']"],
+        load_task,
+        write_json(path, payload),
+        labels=["POS", "NEG"],
+    )
 
     payload = sni_payload(10)
     del payload["Definition"]
     raises(["bad.json", "field 'Definition'"], load_task, write_json(path, payload))
 
     raises(["bad.json", "field 'Instances'"], load_task, write_json(path, {"Definition": ["x"]}))
-    raises(["bad.json", "field 'Instances'", "non-empty"], load_task,
-           write_json(path, {"Definition": ["x"], "Instances": []}))
+    raises(
+        ["bad.json", "field 'Instances'", "non-empty"],
+        load_task,
+        write_json(path, {"Definition": ["x"], "Instances": []}),
+    )
 
 
 # --------------------------------------------------------------------------------------------- CSV
@@ -349,8 +370,11 @@ def test_csv_split_column(tmp_path):
     assert task.split("test") == (Example("d", "y"),)
 
     rows[2][2] = "holdout"
-    raises(["s.csv", "line 4", "field 'split'", "'holdout'"], load_task, write_csv(tmp_path / "s.csv",
-                                                                                    ["text", "label", "split"], rows))
+    raises(
+        ["s.csv", "line 4", "field 'split'", "'holdout'"],
+        load_task,
+        write_csv(tmp_path / "s.csv", ["text", "label", "split"], rows),
+    )
     only_dev = [["a", "x", "dev"], ["b", "y", "dev"]]
     raises(["s.csv", "train or test"], load_task, write_csv(tmp_path / "s.csv", ["text", "label", "split"], only_dev))
 
@@ -431,9 +455,15 @@ def test_task_is_immutable_and_validated():
 
 
 def test_write_task_round_trip_and_stale_files(tmp_path):
-    task = Task("round", "Ünïcödé description", ("b", "a"),
-                {"train": (Example("line\nbreak \"quoted\"", "a"), Example("ünï", "b")),
-                 "test": (Example("x", "b"),)}, source="src", license="lic", version="1.2")
+    task = Task(
+        "round",
+        "Ünïcödé description",
+        ("b", "a"),
+        {"train": (Example('line\nbreak "quoted"', "a"), Example("ünï", "b")), "test": (Example("x", "b"),)},
+        source="src",
+        license="lic",
+        version="1.2",
+    )
     folder = tmp_path / "nested" / "round"
     (folder).mkdir(parents=True)
     (folder / "dev.jsonl").write_text('{"text": "stale", "label": "a"}\n')

@@ -10,13 +10,13 @@ import time
 
 import pytest
 import torch
+from conftest import small_task, task_dir
 
 from adaptforge.core import AdaptforgeError
 from adaptforge.evaluate import evaluate
 from adaptforge.scorers import make_scorer
 from adaptforge.train.config import TrainConfig
 from adaptforge.train.trainer import train
-from conftest import small_task, task_dir
 
 
 def assert_same_delta(a, b) -> None:
@@ -46,7 +46,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(minilm, tmp_path)
     assert len(first.history) == 3
     resumed = train(task, minilm, cfg, checkpoint_dir=tmp_path / "ckpt", resume=True)
     assert resumed.resumed_from == 3
-    assert [round(x, 6) for _, x in resumed.history] == [round(x, 6) for _, x in full.history]
+    assert [round(h[2], 6) for h in resumed.history] == [round(h[2], 6) for h in full.history]
     assert_same_delta(full.delta, resumed.delta)
 
 
@@ -54,8 +54,13 @@ def test_resume_refuses_a_changed_config(minilm, tmp_path):
     task = small_task("sst2", n_train=32, n_test=8)
     train(task, minilm, TrainConfig(epochs=1, batch_size=16, checkpoint_every=1), checkpoint_dir=tmp_path, stop_after=1)
     with pytest.raises(AdaptforgeError, match="different config"):
-        train(task, minilm, TrainConfig(epochs=1, batch_size=16, checkpoint_every=1, lr=5e-4),
-              checkpoint_dir=tmp_path, resume=True)
+        train(
+            task,
+            minilm,
+            TrainConfig(epochs=1, batch_size=16, checkpoint_every=1, lr=5e-4),
+            checkpoint_dir=tmp_path,
+            resume=True,
+        )
 
 
 def test_causal_lm_trains_and_scores(tiny_llama):
@@ -78,8 +83,14 @@ def test_config_rejects_unknown_keys_and_bad_values():
 
 
 def _run_cli(args, env, **kw):
-    return subprocess.Popen([sys.executable, "-m", "adaptforge.cli", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "adaptforge.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def test_killed_training_process_resumes_to_the_same_adapter(tiny_llama_dir, tmp_path):
@@ -87,8 +98,21 @@ def test_killed_training_process_resumes_to_the_same_adapter(tiny_llama_dir, tmp
     from adaptforge.library import Library
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    common = [str(task_dir("sst2")), "--model", str(tiny_llama_dir), "--max-train", "96", "--epochs", "3",
-              "--batch-size", "8", "--checkpoint-every", "4", "--seed", "3"]
+    common = [
+        str(task_dir("sst2")),
+        "--model",
+        str(tiny_llama_dir),
+        "--max-train",
+        "96",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--checkpoint-every",
+        "4",
+        "--seed",
+        "3",
+    ]
     ref = _run_cli(["train", *common, "--library", str(tmp_path / "ref"), "--name", "a"], env)
     assert ref.wait(timeout=600) == 0, ref.stderr.read()
 

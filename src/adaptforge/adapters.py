@@ -135,7 +135,9 @@ def peft_config_for(delta: LoraDelta, base_model: str, extra: Mapping[str, Any] 
     return config
 
 
-def write_adapter(delta: LoraDelta, folder: str | Path, base_model: str, extra: Mapping[str, Any] | None = None) -> Path:
+def write_adapter(
+    delta: LoraDelta, folder: str | Path, base_model: str, extra: Mapping[str, Any] | None = None
+) -> Path:
     """Write ``delta`` as a PEFT LoRA folder (creating it); returns the folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -67,7 +67,11 @@ def fingerprint(model: torch.nn.Module, config: Any) -> str:
     architecture (fine-tuned weights differ almost everywhere).
     """
     h = hashlib.sha256()
-    cfg = {k: v for k, v in config.to_dict().items() if k not in {"transformers_version", "_name_or_path", "torch_dtype", "dtype"}}
+    cfg = {
+        k: v
+        for k, v in config.to_dict().items()
+        if k not in {"transformers_version", "_name_or_path", "torch_dtype", "dtype"}
+    }
     h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
         h.update(f"{name}:{tuple(tensor.shape)}".encode())

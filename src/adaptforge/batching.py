@@ -53,7 +53,11 @@ def pad(seqs: Sequence[Sequence[int]], pad_id: int, left: bool = False) -> tuple
 
 
 def batch_order(
-    lengths: Sequence[int], batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
+    lengths: Sequence[int],
+    batch_size: int,
+    *,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
     bucket_batches: int = 50,
 ) -> list[list[int]]:
     """Split example indices into batches of similar length.

@@ -26,14 +26,21 @@ console = Console(stderr=True)
 out = Console()
 
 LibraryOpt = Annotated[Path, typer.Option("--library", "-l", help="Adapter library folder.")]
-ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="HF model path or name (default: embedded MiniLM).")]
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", "-m", help="HF model path or name (default: embedded MiniLM).")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 
 
 @contextmanager
 def progress_bar(description: str, total: int | None = None) -> Iterator[Progress]:
-    cols = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("{task.fields[info]}")]
+    cols = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+    ]
     with Progress(*cols, console=console, transient=False) as bar:
         bar.add_task(description, total=total, info="")
         yield bar
@@ -54,7 +61,9 @@ def cli_errors() -> Iterator[None]:
 
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
 
 
 @app.command("train")
@@ -89,20 +98,35 @@ def train_cmd(
     with cli_errors():
         task = load_task(task_dir, text_col=text_col, label_col=label_col)
         cfg = TrainConfig(
-            rank=rank, alpha=alpha, lr=lr, epochs=epochs, batch_size=batch_size, max_length=max_length,
-            max_train=max_train, seed=seed, checkpoint_every=checkpoint_every,
+            rank=rank,
+            alpha=alpha,
+            lr=lr,
+            epochs=epochs,
+            batch_size=batch_size,
+            max_length=max_length,
+            max_train=max_train,
+            seed=seed,
+            checkpoint_every=checkpoint_every,
             targets=tuple(t.strip() for t in targets.split(",")) if targets else None,
         )
         lib = Library(library)
         backbone = Backbone.load(model)
         with progress_bar(f"train {name}") as bar:
+
             def step(done: int, total: int, loss: float) -> None:
                 bar.update(0, completed=done, total=total, info=f"loss {loss:.3f}")
-            trained = train_into_library(task, backbone, lib, name, cfg, resume=resume, progress=step,
-                                         overwrite=overwrite)
-    summary = {"adapter": trained.record.name, "id": trained.record.id, "task": task.name,
-               "n_train": trained.result.n_train, "examples_per_second": round(trained.result.examples_per_second, 1),
-               "eval": [e.to_json() for e in trained.evals]}
+
+            trained = train_into_library(
+                task, backbone, lib, name, cfg, resume=resume, progress=step, overwrite=overwrite
+            )
+    summary = {
+        "adapter": trained.record.name,
+        "id": trained.record.id,
+        "task": task.name,
+        "n_train": trained.result.n_train,
+        "examples_per_second": round(trained.result.examples_per_second, 1),
+        "eval": [e.to_json() for e in trained.evals],
+    }
     if as_json:
         out.print_json(json.dumps(summary))
     else:
@@ -146,10 +170,13 @@ def eval_cmd(
         backbone = Backbone.load(model)
         n_cells = len(tasks) * (len(names) + int(zero_shot))
         with progress_bar("eval", total=n_cells) as bar:
+
             def cell(task: str, name: str | None) -> None:
                 bar.update(0, advance=1, info=f"{name or 'zero-shot'} on {task}")
-            results = evaluate_grid(tasks, backbone, lib, names, zero_shot=zero_shot, split=split, limit=limit,
-                                    on_cell=cell)
+
+            results = evaluate_grid(
+                tasks, backbone, lib, names, zero_shot=zero_shot, split=split, limit=limit, on_cell=cell
+            )
     if as_json:
         keys = ("task", "adapter", "accuracy", "macro_f1", "n")
         out.print_json(json.dumps({"results": [{k: r.to_json()[k] for k in keys} for r in results]}))
@@ -172,13 +199,19 @@ def grid_table(results: list, title: str) -> Table:
     cells = {(r.adapter, r.task): r for r in results}
     for a in rows:
         accs = [cells[(a, t)].accuracy for t in tasks if (a, t) in cells]
-        row = [f"{cells[(a, t)].accuracy:.3f} / {cells[(a, t)].macro_f1:.3f}" if (a, t) in cells else "-" for t in tasks]
-        table.add_row(a or "(zero-shot)", *row, f"{sum(accs) / len(accs):.3f}", f"{worst(accs):.3f}", f"{cvar(accs):.3f}")
+        row = [
+            f"{cells[(a, t)].accuracy:.3f} / {cells[(a, t)].macro_f1:.3f}" if (a, t) in cells else "-" for t in tasks
+        ]
+        table.add_row(
+            a or "(zero-shot)", *row, f"{sum(accs) / len(accs):.3f}", f"{worst(accs):.3f}", f"{cvar(accs):.3f}"
+        )
     return table
 
 
 @library_app.command("list")
-def library_list(library: LibraryOpt, task: Annotated[str | None, typer.Option()] = None, as_json: JsonOpt = False) -> None:
+def library_list(
+    library: LibraryOpt, task: Annotated[str | None, typer.Option()] = None, as_json: JsonOpt = False
+) -> None:
     """List adapters."""
     from adaptforge.library import Library
 
@@ -206,7 +239,8 @@ def library_show(name: str, library: LibraryOpt, as_json: JsonOpt = False) -> No
         info = rec.to_json()
         info["lineage"] = [p.name for p in lib.lineage(name)]
         info["metrics"] = [
-            {"task": m.task, "split": m.split, "metric": m.metric, "value": m.value, "n": m.n} for m in lib.metrics(name)
+            {"task": m.task, "split": m.split, "metric": m.metric, "value": m.value, "n": m.n}
+            for m in lib.metrics(name)
         ]
     if as_json:
         out.print_json(json.dumps(info))
@@ -240,8 +274,9 @@ def library_import(
 
 
 @library_app.command("export")
-def library_export(name: str, library: LibraryOpt,
-                   dest: Annotated[Path, typer.Option("--out", "-o", help="Destination folder.")]) -> None:
+def library_export(
+    name: str, library: LibraryOpt, dest: Annotated[Path, typer.Option("--out", "-o", help="Destination folder.")]
+) -> None:
     """Copy an adapter out as a PEFT folder (loadable by PeftModel.from_pretrained)."""
     from adaptforge.library import Library
 

@@ -32,8 +32,9 @@ def shipped_tasks(names: tuple[str, ...] = DEMO_TASKS) -> list[Task]:
     return [load_task(shipped_tasks_dir() / name) for name in names]
 
 
-def run_demo(out_dir: Path, console: Console | None = None, max_train: int | None = None,
-             epochs: int | None = None) -> Path:
+def run_demo(
+    out_dir: Path, console: Console | None = None, max_train: int | None = None, epochs: int | None = None
+) -> Path:
     console = console or Console()
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -51,25 +52,45 @@ def run_demo(out_dir: Path, console: Console | None = None, max_train: int | Non
         tuned = evaluate(scorer, task, "test", delta, adapter=trained.record.name)
         for res, adapter_id in ((zero, None), (tuned, trained.record.id)):
             library.record_metrics(adapter_id, backbone.fingerprint, task.name, "test", metric_values(res), res.n)
-        rows.append({"task": task.name, "n_train": trained.result.n_train, "n_test": zero.n,
-                     "zero_shot_accuracy": zero.accuracy, "lora_accuracy": tuned.accuracy,
-                     "zero_shot_macro_f1": zero.macro_f1, "lora_macro_f1": tuned.macro_f1,
-                     "train_seconds": round(trained.result.seconds, 1)})
-        console.print(f"  {task.name}: zero-shot {zero.accuracy:.3f} -> LoRA {tuned.accuracy:.3f}"
-                      f"  ({trained.result.seconds:.0f}s training)")
+        rows.append(
+            {
+                "task": task.name,
+                "n_train": trained.result.n_train,
+                "n_test": zero.n,
+                "zero_shot_accuracy": zero.accuracy,
+                "lora_accuracy": tuned.accuracy,
+                "zero_shot_macro_f1": zero.macro_f1,
+                "lora_macro_f1": tuned.macro_f1,
+                "train_seconds": round(trained.result.seconds, 1),
+            }
+        )
+        console.print(
+            f"  {task.name}: zero-shot {zero.accuracy:.3f} -> LoRA {tuned.accuracy:.3f}"
+            f"  ({trained.result.seconds:.0f}s training)"
+        )
     table = Table(title="test accuracy: zero-shot vs LoRA")
     for col in ("task", "train n", "zero-shot", "LoRA", "gain"):
         table.add_column(col, justify="right" if col != "task" else "left")
     for r in rows:
-        table.add_row(r["task"], str(r["n_train"]), f"{r['zero_shot_accuracy']:.3f}", f"{r['lora_accuracy']:.3f}",
-                      f"{r['lora_accuracy'] - r['zero_shot_accuracy']:+.3f}")
+        table.add_row(
+            r["task"],
+            str(r["n_train"]),
+            f"{r['zero_shot_accuracy']:.3f}",
+            f"{r['lora_accuracy']:.3f}",
+            f"{r['lora_accuracy'] - r['zero_shot_accuracy']:+.3f}",
+        )
     mean_zero = sum(r["zero_shot_accuracy"] for r in rows) / len(rows)
     mean_lora = sum(r["lora_accuracy"] for r in rows) / len(rows)
     table.add_row("average", "", f"{mean_zero:.3f}", f"{mean_lora:.3f}", f"{mean_lora - mean_zero:+.3f}")
     console.print(table)
-    summary = {"model": backbone.name, "fingerprint": backbone.fingerprint, "library": str(library.root),
-               "tasks": rows, "average": {"zero_shot_accuracy": mean_zero, "lora_accuracy": mean_lora},
-               "seconds": round(time.perf_counter() - t0, 1)}
+    summary = {
+        "model": backbone.name,
+        "fingerprint": backbone.fingerprint,
+        "library": str(library.root),
+        "tasks": rows,
+        "average": {"zero_shot_accuracy": mean_zero, "lora_accuracy": mean_lora},
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
     path = out_dir / "summary.json"
     path.write_text(json.dumps(summary, indent=2))
     return path

@@ -67,8 +67,14 @@ class EvalResult:
 
 @torch.no_grad()
 def predict_logits(
-    scorer: Scorer, task: Task, split: str, model: torch.nn.Module | None = None, batch_size: int = 64,
-    limit: int | None = None, seed: int = 0, on_batch: Callable[[int], None] | None = None,
+    scorer: Scorer,
+    task: Task,
+    split: str,
+    model: torch.nn.Module | None = None,
+    batch_size: int = 64,
+    limit: int | None = None,
+    seed: int = 0,
+    on_batch: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and gold labels of a split, in the split's order (batched by length for speed)."""
     model = model if model is not None else scorer.backbone.model
@@ -87,8 +93,14 @@ def predict_logits(
 
 
 def evaluate(
-    scorer: Scorer, task: Task, split: str = "test", delta: LoraDelta | None = None, adapter: str | None = None,
-    batch_size: int = 64, limit: int | None = None, on_batch: Callable[[int], None] | None = None,
+    scorer: Scorer,
+    task: Task,
+    split: str = "test",
+    delta: LoraDelta | None = None,
+    adapter: str | None = None,
+    batch_size: int = 64,
+    limit: int | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> EvalResult:
     """Evaluate ``delta`` (None: the bare base model, zero-shot) on one split of one task."""
     with scorer.backbone.applied(delta) as model:
@@ -96,10 +108,17 @@ def evaluate(
     return result_from_logits(task, split, adapter, logits, gold)
 
 
-def result_from_logits(task: Task, split: str, adapter: str | None, logits: torch.Tensor, gold: torch.Tensor) -> EvalResult:
+def result_from_logits(
+    task: Task, split: str, adapter: str | None, logits: torch.Tensor, gold: torch.Tensor
+) -> EvalResult:
     pred = logits.argmax(-1).tolist()
     loss = float(torch.nn.functional.cross_entropy(logits, gold)) if len(gold) else float("nan")
     return EvalResult(
-        task=task.name, adapter=adapter, split=split, accuracy=accuracy(pred, gold.tolist()),
-        macro_f1=macro_f1(pred, gold.tolist(), len(task.labels)), n=len(gold), loss=loss,
+        task=task.name,
+        adapter=adapter,
+        split=split,
+        accuracy=accuracy(pred, gold.tolist()),
+        macro_f1=macro_f1(pred, gold.tolist(), len(task.labels)),
+        n=len(gold),
+        loss=loss,
     )

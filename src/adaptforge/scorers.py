@@ -128,7 +128,9 @@ class CausalLMScorer(Scorer):
 
     def encode(self, task: Task, examples: Sequence[Example]) -> EncodedSplit:
         head, tail = self.PROMPT.split("{text}")
-        head_ids = self.tokenizer(head.format(description=task.description.strip()), add_special_tokens=True)["input_ids"]
+        head_ids = self.tokenizer(head.format(description=task.description.strip()), add_special_tokens=True)[
+            "input_ids"
+        ]
         tail_ids = self.tokenizer(tail, add_special_tokens=False)["input_ids"]
         budget = max(1, self.max_length - len(head_ids) - len(tail_ids))
         texts = self.tokenizer([e.text for e in examples], add_special_tokens=False)["input_ids"]

@@ -47,8 +47,16 @@ SPLITS: tuple[str, ...] = ("train", "dev", "test")
 MAX_INFERRED_LABELS = 50
 """More distinct outputs than this, with no explicit ``labels``, means the data is generative, not classification."""
 
-_SPLIT_ALIASES = {"train": "train", "training": "train", "dev": "dev", "valid": "dev", "validation": "dev",
-                  "val": "dev", "test": "test", "testing": "test"}
+_SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "dev": "dev",
+    "valid": "dev",
+    "validation": "dev",
+    "val": "dev",
+    "test": "test",
+    "testing": "test",
+}
 _SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 
 
@@ -111,12 +119,15 @@ class Task:
             raise TaskFormatError(f"task {self.name!r}: {problem}")
         allowed = set(labels)
         if not isinstance(self.splits, Mapping):
-            raise TaskFormatError(f"task {self.name!r}: splits must be a mapping of split name to examples, "
-                                  f"got {type(self.splits).__name__}")
+            raise TaskFormatError(
+                f"task {self.name!r}: splits must be a mapping of split name to examples, "
+                f"got {type(self.splits).__name__}"
+            )
         unknown = sorted(set(self.splits) - set(SPLITS))
         if unknown:
-            raise TaskFormatError(f"task {self.name!r}: unknown split(s) {', '.join(unknown)}; "
-                                  f"splits are {', '.join(SPLITS)}")
+            raise TaskFormatError(
+                f"task {self.name!r}: unknown split(s) {', '.join(unknown)}; splits are {', '.join(SPLITS)}"
+            )
         splits: dict[str, tuple[Example, ...]] = {}
         for split in SPLITS:
             if split not in self.splits:
@@ -124,11 +135,15 @@ class Task:
             examples = tuple(self.splits[split])
             for i, example in enumerate(examples):
                 if not isinstance(example, Example):
-                    raise TaskFormatError(f"task {self.name!r}, split {split!r}, example {i}: expected an Example, "
-                                          f"got {type(example).__name__}")
+                    raise TaskFormatError(
+                        f"task {self.name!r}, split {split!r}, example {i}: expected an Example, "
+                        f"got {type(example).__name__}"
+                    )
                 if example.label not in allowed:
-                    raise TaskFormatError(f"task {self.name!r}, split {split!r}, example {i}: label "
-                                          f"{example.label!r} is not one of {list(labels)}")
+                    raise TaskFormatError(
+                        f"task {self.name!r}, split {split!r}, example {i}: label "
+                        f"{example.label!r} is not one of {list(labels)}"
+                    )
             splits[split] = examples
         object.__setattr__(self, "labels", labels)
         object.__setattr__(self, "splits", MappingProxyType(splits))
@@ -140,8 +155,17 @@ class Task:
         return f"Task(name={self.name!r}, labels={self.labels!r}, splits({sizes}))"
 
     def __hash__(self) -> int:
-        return hash((self.name, self.description, self.labels, tuple(self.splits.items()), self.source,
-                     self.license, self.version))
+        return hash(
+            (
+                self.name,
+                self.description,
+                self.labels,
+                tuple(self.splits.items()),
+                self.source,
+                self.license,
+                self.version,
+            )
+        )
 
     def split(self, name: str) -> tuple[Example, ...]:
         """The examples of one split; a missing split is an error that lists the ones present."""
@@ -186,8 +210,9 @@ class Task:
                 merged.pop(name, None)
             else:
                 merged[name] = examples
-        return Task(self.name, self.description, self.labels, merged, self.source, self.license, self.version,
-                    self.path)
+        return Task(
+            self.name, self.description, self.labels, merged, self.source, self.license, self.version, self.path
+        )
 
     def fingerprint(self) -> str:
         """A short content hash (name, description, labels, all examples): identifies the data when ``version``
@@ -245,8 +270,10 @@ def _split_examples(examples: Sequence[Example], seed: int, file: Path) -> dict[
     """Deterministic stratified 80/10/10 train/dev/test split of a single-file task."""
     total = len(examples)
     if total < 3:
-        raise TaskFormatError(f"{file}: only {total} example(s); at least 3 are needed to split into train/dev/test "
-                              "(or assign splits yourself, e.g. with a 'split' column in a CSV)")
+        raise TaskFormatError(
+            f"{file}: only {total} example(s); at least 3 are needed to split into train/dev/test "
+            "(or assign splits yourself, e.g. with a 'split' column in a CSV)"
+        )
     n_dev = max(1, round(total * _SPLIT_FRACTIONS[1]))
     n_test = max(1, round(total * _SPLIT_FRACTIONS[2]))
     rng = random.Random(seed)
@@ -338,36 +365,49 @@ def _read_jsonl(path: Path, labels: Sequence[str], text_col: str, label_col: str
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise TaskFormatError(f"{_where(path, lineno)}: invalid JSON ({exc.msg}, column {exc.colno}); "
-                                  f'expected one object like {{"{text_col}": ..., "{label_col}": ...}} per line'
-                                  ) from None
+            raise TaskFormatError(
+                f"{_where(path, lineno)}: invalid JSON ({exc.msg}, column {exc.colno}); "
+                f'expected one object like {{"{text_col}": ..., "{label_col}": ...}} per line'
+            ) from None
         if not isinstance(record, dict):
             raise TaskFormatError(f"{_where(path, lineno)}: expected a JSON object, got {type(record).__name__}")
         for key in (text_col, label_col):
             if key not in record:
-                raise TaskFormatError(f"{_where(path, lineno, key)}: missing field; the record has "
-                                      f"{sorted(record) or 'no fields'}")
+                raise TaskFormatError(
+                    f"{_where(path, lineno, key)}: missing field; the record has {sorted(record) or 'no fields'}"
+                )
         text, label = record[text_col], record[label_col]
         if not isinstance(text, str):
-            raise TaskFormatError(f"{_where(path, lineno, text_col)}: expected a string, got "
-                                  f"{type(text).__name__} {text!r}")
+            raise TaskFormatError(
+                f"{_where(path, lineno, text_col)}: expected a string, got {type(text).__name__} {text!r}"
+            )
         if not isinstance(label, str):
-            raise TaskFormatError(f"{_where(path, lineno, label_col)}: expected a string, got "
-                                  f"{type(label).__name__} {label!r}")
+            raise TaskFormatError(
+                f"{_where(path, lineno, label_col)}: expected a string, got {type(label).__name__} {label!r}"
+            )
         _check_label(label, labels, _where(path, lineno, label_col))
         examples.append(Example(text, label))
     if not examples:
-        raise TaskFormatError(f"{path}: split file is empty; expected at least one record (delete the file to "
-                              "leave the split out)")
+        raise TaskFormatError(
+            f"{path}: split file is empty; expected at least one record (delete the file to leave the split out)"
+        )
     return tuple(examples)
 
 
-def _load_folder(folder: Path, text_col: str, label_col: str, name: str | None, description: str | None,
-                 labels: tuple[str, ...] | None) -> Task:
+def _load_folder(
+    folder: Path,
+    text_col: str,
+    label_col: str,
+    name: str | None,
+    description: str | None,
+    labels: tuple[str, ...] | None,
+) -> Task:
     meta_path = folder / "task.json"
     if not meta_path.is_file():
-        raise TaskFormatError(f"{folder}: not a task folder (no task.json); expected task.json plus "
-                              f"{', '.join(s + '.jsonl' for s in SPLITS)}")
+        raise TaskFormatError(
+            f"{folder}: not a task folder (no task.json); expected task.json plus "
+            f"{', '.join(s + '.jsonl' for s in SPLITS)}"
+        )
     meta = _parse_json(meta_path)
     if not isinstance(meta, dict):
         raise TaskFormatError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
@@ -396,8 +436,9 @@ def _load_folder(folder: Path, text_col: str, label_col: str, name: str | None, 
     task_description = text_field("description", description)
     if labels is None:
         if "labels" not in meta:
-            raise TaskFormatError(f"{_where(meta_path, field_='labels')}: missing field; expected a list of "
-                                  "label strings")
+            raise TaskFormatError(
+                f"{_where(meta_path, field_='labels')}: missing field; expected a list of label strings"
+            )
         raw = meta["labels"]
         if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
             raise TaskFormatError(f"{_where(meta_path, field_='labels')}: expected a list of strings, got {raw!r}")
@@ -410,22 +451,33 @@ def _load_folder(folder: Path, text_col: str, label_col: str, name: str | None, 
 
     present = [s for s in SPLITS if (folder / f"{s}.jsonl").is_file()]
     if "train" not in present and "test" not in present:
-        raise TaskFormatError(f"{folder}: a task folder needs train.jsonl or test.jsonl (found "
-                              f"{', '.join(p + '.jsonl' for p in present) or 'neither'})")
+        raise TaskFormatError(
+            f"{folder}: a task folder needs train.jsonl or test.jsonl (found "
+            f"{', '.join(p + '.jsonl' for p in present) or 'neither'})"
+        )
     splits = {s: _read_jsonl(folder / f"{s}.jsonl", labels, text_col, label_col) for s in present}
-    return Task(task_name, task_description, labels, splits, source=optional_field("source"),
-                license=optional_field("license"), version=optional_field("version"), path=folder)
+    return Task(
+        task_name,
+        task_description,
+        labels,
+        splits,
+        source=optional_field("source"),
+        license=optional_field("license"),
+        version=optional_field("version"),
+        path=folder,
+    )
 
 
 # ------------------------------------------------------------------------------------- Super-NaturalInstructions
 
 
-def _load_sni(path: Path, name: str | None, description: str | None, labels: tuple[str, ...] | None,
-              seed: int) -> Task:
+def _load_sni(path: Path, name: str | None, description: str | None, labels: tuple[str, ...] | None, seed: int) -> Task:
     data = _parse_json(path)
     if not isinstance(data, dict) or "Instances" not in data:
-        raise TaskFormatError(f"{_where(path, field_='Instances')}: missing; expected a Super-NaturalInstructions "
-                              "task (an object with 'Definition' and 'Instances')")
+        raise TaskFormatError(
+            f"{_where(path, field_='Instances')}: missing; expected a Super-NaturalInstructions "
+            "task (an object with 'Definition' and 'Instances')"
+        )
     if description is None:
         definition = data.get("Definition")
         if isinstance(definition, str):
@@ -433,12 +485,16 @@ def _load_sni(path: Path, name: str | None, description: str | None, labels: tup
         elif isinstance(definition, list) and definition and all(isinstance(x, str) for x in definition):
             description = "\n".join(x.strip() for x in definition)
         else:
-            raise TaskFormatError(f"{_where(path, field_='Definition')}: expected a string or a non-empty list of "
-                                  f"strings, got {definition!r}")
+            raise TaskFormatError(
+                f"{_where(path, field_='Definition')}: expected a string or a non-empty list of "
+                f"strings, got {definition!r}"
+            )
     instances = data["Instances"]
     if not isinstance(instances, list) or not instances:
-        raise TaskFormatError(f"{_where(path, field_='Instances')}: expected a non-empty list of "
-                              '{"input": ..., "output": [...]} objects')
+        raise TaskFormatError(
+            f"{_where(path, field_='Instances')}: expected a non-empty list of "
+            '{"input": ..., "output": [...]} objects'
+        )
     pairs: list[tuple[str, str]] = []
     for i, inst in enumerate(instances):
         where = f"Instances[{i}]"
@@ -453,8 +509,10 @@ def _load_sni(path: Path, name: str | None, description: str | None, labels: tup
         if isinstance(output, list) and output:
             output = output[0]
         if not isinstance(output, str):
-            raise TaskFormatError(f"{_where(path, field_=f'{where}.output')}: expected a non-empty list of strings "
-                                  f"(the first is the label), got {inst['output']!r}")
+            raise TaskFormatError(
+                f"{_where(path, field_=f'{where}.output')}: expected a non-empty list of strings "
+                f"(the first is the label), got {inst['output']!r}"
+            )
         pairs.append((text, output))
     if labels is None:
         labels = _infer_labels((label for _, label in pairs), path, "Instances[*].output")
@@ -465,15 +523,28 @@ def _load_sni(path: Path, name: str | None, description: str | None, labels: tup
     source = data.get("Source")
     if isinstance(source, list) and all(isinstance(x, str) for x in source):
         source = ", ".join(source)
-    return Task(name or path.stem, description, labels, _split_examples(examples, seed, path),
-                source=source if isinstance(source, str) and source else None, path=path)
+    return Task(
+        name or path.stem,
+        description,
+        labels,
+        _split_examples(examples, seed, path),
+        source=source if isinstance(source, str) and source else None,
+        path=path,
+    )
 
 
 # --------------------------------------------------------------------------------------------- CSV
 
 
-def _load_csv(path: Path, text_col: str, label_col: str, name: str | None, description: str | None,
-              labels: tuple[str, ...] | None, seed: int) -> Task:
+def _load_csv(
+    path: Path,
+    text_col: str,
+    label_col: str,
+    name: str | None,
+    description: str | None,
+    labels: tuple[str, ...] | None,
+    seed: int,
+) -> Task:
     try:
         handle = path.open(encoding="utf-8-sig", newline="")
     except OSError as exc:
@@ -493,13 +564,15 @@ def _load_csv(path: Path, text_col: str, label_col: str, name: str | None, descr
                     header = [h.strip() for h in row]
                     missing = [c for c in (text_col, label_col) if c not in header]
                     if missing:
-                        raise TaskFormatError(f"{_where(path, line, missing[0])}: column not found in the header "
-                                              f"{header}")
+                        raise TaskFormatError(
+                            f"{_where(path, line, missing[0])}: column not found in the header {header}"
+                        )
                     cols = header.index(text_col), header.index(label_col)
                     split_col = header.index("split") if "split" in header else None
                 elif len(row) != len(header):
-                    raise TaskFormatError(f"{_where(path, line)}: {len(row)} fields, expected {len(header)} as in "
-                                          "the header")
+                    raise TaskFormatError(
+                        f"{_where(path, line)}: {len(row)} fields, expected {len(header)} as in the header"
+                    )
                 else:
                     split = None if split_col is None else row[split_col].strip()
                     rows.append((line, row[cols[0]], row[cols[1]].strip(), split))
@@ -516,8 +589,10 @@ def _load_csv(path: Path, text_col: str, label_col: str, name: str | None, descr
         if not label:
             raise TaskFormatError(f"{_where(path, line, label_col)}: empty label")
         if split is not None and split.lower() not in _SPLIT_ALIASES:
-            raise TaskFormatError(f"{_where(path, line, 'split')}: {split!r} is not a split; expected one of "
-                                  f"{', '.join(SPLITS)} (or validation/val/valid for dev)")
+            raise TaskFormatError(
+                f"{_where(path, line, 'split')}: {split!r} is not a split; expected one of "
+                f"{', '.join(SPLITS)} (or validation/val/valid for dev)"
+            )
     if labels is None:
         labels = _infer_labels((label for _, _, label, _ in rows), path, label_col)
     else:
@@ -530,8 +605,9 @@ def _load_csv(path: Path, text_col: str, label_col: str, name: str | None, descr
         for _, text, label, split in rows:
             grouped.setdefault(_SPLIT_ALIASES[str(split).lower()], []).append(Example(text, label))
         if "train" not in grouped and "test" not in grouped:
-            raise TaskFormatError(f"{_where(path, field_='split')}: no row is in train or test; a task needs one "
-                                  "of them")
+            raise TaskFormatError(
+                f"{_where(path, field_='split')}: no row is in train or test; a task needs one of them"
+            )
         splits = {s: tuple(grouped[s]) for s in SPLITS if s in grouped}
     return Task(name or path.stem, description if description is not None else "", labels, splits, path=path)
 
@@ -540,8 +616,14 @@ def _load_csv(path: Path, text_col: str, label_col: str, name: str | None, descr
 
 
 def load_task(
-    path: str | Path, *, text_col: str = "text", label_col: str = "label", name: str | None = None,
-    description: str | None = None, labels: Sequence[str] | None = None, seed: int = 0,
+    path: str | Path,
+    *,
+    text_col: str = "text",
+    label_col: str = "label",
+    name: str | None = None,
+    description: str | None = None,
+    labels: Sequence[str] | None = None,
+    seed: int = 0,
 ) -> Task:
     """Load one task from a task folder, a Super-NaturalInstructions ``*.json`` or a ``*.csv``.
 
@@ -564,8 +646,10 @@ def load_task(
         return _load_sni(path, name, description, label_tuple, seed)
     if suffix == ".csv":
         return _load_csv(path, text_col, label_col, name, description, label_tuple, seed)
-    raise TaskFormatError(f"{path}: unsupported task format {suffix or '(no suffix)'!r}; expected a task folder, "
-                          "a Super-NaturalInstructions .json or a .csv")
+    raise TaskFormatError(
+        f"{path}: unsupported task format {suffix or '(no suffix)'!r}; expected a task folder, "
+        "a Super-NaturalInstructions .json or a .csv"
+    )
 
 
 def load_tasks(paths: Sequence[str | Path]) -> list[Task]:
@@ -577,8 +661,9 @@ def load_tasks(paths: Sequence[str | Path]) -> list[Task]:
     for p in paths:
         task = load_task(p)
         if task.name in seen:
-            raise TaskFormatError(f"two tasks are named {task.name!r}: {seen[task.name]} and {task.path}; "
-                                  "task names must be unique")
+            raise TaskFormatError(
+                f"two tasks are named {task.name!r}: {seen[task.name]} and {task.path}; task names must be unique"
+            )
         seen[task.name] = task.path
         tasks.append(task)
     return tasks
@@ -598,8 +683,9 @@ def write_task(task: Task, folder: Path) -> Path:
     """
     empty = [s for s, examples in task.splits.items() if not examples]
     if empty:
-        raise TaskFormatError(f"task {task.name!r}: cannot write empty split(s) {', '.join(empty)}; drop them "
-                              "with with_splits(name=None)")
+        raise TaskFormatError(
+            f"task {task.name!r}: cannot write empty split(s) {', '.join(empty)}; drop them with with_splits(name=None)"
+        )
     if "train" not in task.splits and "test" not in task.splits:
         raise TaskFormatError(f"task {task.name!r}: a task folder needs a train or test split")
     folder = Path(folder)

@@ -42,9 +42,17 @@ class TrainedAdapter:
 
 
 def train_into_library(
-    task: Task, backbone: Backbone, library: Library, name: str, cfg: TrainConfig | None = None, *,
-    resume: bool = False, eval_splits: Sequence[str] = ("dev",), eval_limit: int | None = None,
-    progress: ProgressFn | None = None, overwrite: bool = False,
+    task: Task,
+    backbone: Backbone,
+    library: Library,
+    name: str,
+    cfg: TrainConfig | None = None,
+    *,
+    resume: bool = False,
+    eval_splits: Sequence[str] = ("dev",),
+    eval_limit: int | None = None,
+    progress: ProgressFn | None = None,
+    overwrite: bool = False,
 ) -> TrainedAdapter:
     """Train, evaluate on ``eval_splits``, and add the adapter with its recipe and metrics.
 
@@ -58,39 +66,74 @@ def train_into_library(
     scorer = make_scorer(backbone, result.config.max_length, result.config.temperature)
     evals = [
         evaluate(scorer, task, split, result.delta, adapter=name, limit=eval_limit)
-        for split in eval_splits if split in task.splits
+        for split in eval_splits
+        if split in task.splits
     ]
-    metrics = [MetricRow(None, backbone.fingerprint, ev.task, ev.split, metric, value, ev.n)
-               for ev in evals for metric, value in metric_values(ev).items()]
-    recipe = {"kind": "train", "config": result.config.to_dict(), "task": task.name, "task_version": task.version,
-              "n_train": result.n_train, "seconds": round(result.seconds, 2), "history": result.history,
-              "resumed_from": result.resumed_from}
+    metrics = [
+        MetricRow(None, backbone.fingerprint, ev.task, ev.split, metric, value, ev.n)
+        for ev in evals
+        for metric, value in metric_values(ev).items()
+    ]
+    recipe = {
+        "kind": "train",
+        "config": result.config.to_dict(),
+        "task": task.name,
+        "task_version": task.version,
+        "n_train": result.n_train,
+        "seconds": round(result.seconds, 2),
+        "history": result.history,
+        "resumed_from": result.resumed_from,
+    }
     record = library.add(
-        result.delta, name=name, base_model=backbone.name, base_fingerprint=backbone.fingerprint, task=task.name,
-        description=task.description, embedding=describe(scorer, task), recipe=recipe, method="train",
-        params={"labels": list(task.labels)}, metrics=metrics, overwrite=overwrite,
+        result.delta,
+        name=name,
+        base_model=backbone.name,
+        base_fingerprint=backbone.fingerprint,
+        task=task.name,
+        description=task.description,
+        embedding=describe(scorer, task),
+        recipe=recipe,
+        method="train",
+        params={"labels": list(task.labels)},
+        metrics=metrics,
+        overwrite=overwrite,
     )
     library.clear_run(name)
     return TrainedAdapter(record, result, evals)
 
 
-def import_peft_folder(folder: str | Path, backbone: Backbone, library: Library, name: str,
-                       task: Task | None = None) -> AdapterRecord:
+def import_peft_folder(
+    folder: str | Path, backbone: Backbone, library: Library, name: str, task: Task | None = None
+) -> AdapterRecord:
     """Import a LoRA folder made by PEFT (or anyone) after checking it fits ``backbone``."""
     delta, config = read_adapter(folder)
     check_compatible(delta, backbone.model, what=str(folder))
     embedding = describe(make_scorer(backbone), task) if task else None
     return library.add(
-        delta, name=name, base_model=backbone.name, base_fingerprint=backbone.fingerprint,
-        task=task.name if task else None, description=task.description if task else None, embedding=embedding,
-        recipe={"kind": "import", "source": str(Path(folder).resolve()), "peft_config": config}, method="import",
+        delta,
+        name=name,
+        base_model=backbone.name,
+        base_fingerprint=backbone.fingerprint,
+        task=task.name if task else None,
+        description=task.description if task else None,
+        embedding=embedding,
+        recipe={"kind": "import", "source": str(Path(folder).resolve()), "peft_config": config},
+        method="import",
     )
 
 
 def evaluate_grid(
-    tasks: Sequence[Task], backbone: Backbone, library: Library | None, adapters: Sequence[str], *,
-    zero_shot: bool, split: str = "test", limit: int | None = None, record: bool = True,
-    on_cell: Callable[[str, str | None], None] | None = None, scorer: Scorer | None = None,
+    tasks: Sequence[Task],
+    backbone: Backbone,
+    library: Library | None,
+    adapters: Sequence[str],
+    *,
+    zero_shot: bool,
+    split: str = "test",
+    limit: int | None = None,
+    record: bool = True,
+    on_cell: Callable[[str, str | None], None] | None = None,
+    scorer: Scorer | None = None,
 ) -> list[EvalResult]:
     """Every (adapter or zero-shot) x task cell; metrics are written to the library when given."""
     scorer = scorer or make_scorer(backbone)

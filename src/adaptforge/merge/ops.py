@@ -39,9 +39,7 @@ def magnitude_trim(x: torch.Tensor, density: float) -> torch.Tensor:
     return (flat * mask).reshape(x.shape)
 
 
-def random_drop(
-    x: torch.Tensor, density: float, generator: torch.Generator, rescale: bool = True
-) -> torch.Tensor:
+def random_drop(x: torch.Tensor, density: float, generator: torch.Generator, rescale: bool = True) -> torch.Tensor:
     """Keep each entry with probability ``density`` (Bernoulli, from ``generator``) and, with ``rescale``,
     divide the kept entries by ``density`` so that ``E[out] = x`` (DARE "drop and rescale").
 
@@ -103,10 +101,42 @@ def consensus_mask(masks: torch.Tensor, k: int) -> torch.Tensor:
     return masks.sum(dim=0) >= k
 
 
+def sparsify(
+    x: torch.Tensor,
+    method: Sparsify,
+    density: float,
+    generator: torch.Generator | None = None,
+    rescale: bool = True,
+) -> torch.Tensor:
+    """One task tensor sparsified: ``magnitude`` trims to ``density`` (TIES), ``random`` drops with
+    probability ``1 - density`` and, with ``rescale``, divides by ``density`` (DARE); ``none`` copies."""
+    if method == "none":
+        return x.clone()
+    if method == "magnitude":
+        return magnitude_trim(x, density)
+    if method == "random":
+        if generator is None:
+            raise ValueError("random sparsification needs a seeded torch.Generator")
+        return random_drop(x, density, generator, rescale)
+    raise ValueError(f"sparsify is 'none', 'magnitude' or 'random', got {method!r}")
+
+
+def combine(
+    stacked: torch.Tensor, weights: Sequence[float] | torch.Tensor, sign_method: SignMethod | None = None
+) -> torch.Tensor:
+    """Combine (already sparsified) task tensors: ``sum_t w_t x_t`` without ``sign_method``; with it,
+    elect the sign on the unweighted ``x_t`` and take the disjoint mean of the weighted ones,
+    ``sum_t w_t x_t [sign(x_t) = sign] / #{t: sign(x_t) = sign}`` (TIES, https://arxiv.org/abs/2306.01708)."""
+    if sign_method is None:
+        return weighted_sum(stacked, weights)
+    mask = agreement_mask(stacked, elect_sign(stacked, sign_method))
+    return disjoint_mean(stacked * _expand(weights, stacked), mask)
+
+
 def sparsify_merge(
     stacked: torch.Tensor,
     weights: Sequence[float] | torch.Tensor,
-    sparsify: Sparsify = "none",
+    method: Sparsify = "none",
     density: float = 1.0,
     sign_method: SignMethod | None = None,
     generator: torch.Generator | None = None,
@@ -114,26 +144,12 @@ def sparsify_merge(
 ) -> torch.Tensor:
     """Generalized task arithmetic on one stack of task tensors: sparsify x sign consensus x rescale.
 
-    1. sparsify each ``x_t``: ``magnitude`` trims to ``density`` (TIES), ``random`` drops with
-       probability ``1 - density`` and (``rescale``) divides by ``density`` (DARE);
-    2. without ``sign_method``: ``sum_t w_t x_t`` (task arithmetic, DARE-linear);
-       with it: elect ``sign`` on the unweighted sparse ``x_t`` and return
-       ``sum_t w_t x_t [sign(x_t) = sign] / #{t: sign(x_t) = sign}`` (TIES, DARE-TIES).
+    ``none`` + no sign = task arithmetic (2212.04089); ``magnitude`` + sign = TIES (2306.01708);
+    ``random`` (+ sign) = DARE-linear (DARE-TIES) (2311.03099), all at https://arxiv.org/abs/<id>.
     Tasks are sparsified in stack order, so a seeded ``generator`` gives a reproducible result.
-    Papers: 2212.04089, 2306.01708, 2311.03099 (arxiv.org/abs/...).
     """
-    if sparsify == "magnitude":
-        stacked = torch.stack([magnitude_trim(x, density) for x in stacked])
-    elif sparsify == "random":
-        if generator is None:
-            raise ValueError("random sparsification needs a seeded torch.Generator")
-        stacked = torch.stack([random_drop(x, density, generator, rescale) for x in stacked])
-    elif sparsify != "none":
-        raise ValueError(f"sparsify is 'none', 'magnitude' or 'random', got {sparsify!r}")
-    if sign_method is None:
-        return weighted_sum(stacked, weights)
-    mask = agreement_mask(stacked, elect_sign(stacked, sign_method))
-    return disjoint_mean(stacked * _expand(weights, stacked), mask)
+    sparse = torch.stack([sparsify(x, method, density, generator, rescale) for x in stacked])
+    return combine(sparse, weights, sign_method)
 
 
 def _expand(weights: Sequence[float] | torch.Tensor, stacked: torch.Tensor) -> torch.Tensor:

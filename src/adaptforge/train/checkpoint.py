@@ -41,8 +41,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(folder: Path, step: int, meta: dict[str, Any], model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer) -> None:
+def save_checkpoint(
+    folder: Path, step: int, meta: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> None:
     """Write to a temporary sibling folder, fsync, then swap it in with a rename."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -85,7 +86,7 @@ def load_checkpoint(folder: Path) -> Checkpoint | None:
     state: dict[int, dict[str, torch.Tensor]] = {}
     for idx, name in enumerate(names):
         prefix = f"opt/{name}/"
-        entry = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        entry = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         if entry:
             state[idx] = entry
     groups = [{**g, "params": list(range(len(names)))} for g in meta["groups"]]

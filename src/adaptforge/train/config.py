@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from adaptforge.core import AdaptforgeError
@@ -35,15 +35,28 @@ class TrainConfig:
     temperature: float = 0.05  # encoder scorer: cosine / temperature
     seed: int = 0
     checkpoint_every: int = 50  # steps between resumable checkpoints (0: never)
+    # Multi-task training: which task each step's batch comes from (see train/samplers.py).
+    sampler: str = "uniform"
+    sampler_options: dict[str, Any] = field(default_factory=dict)
+    steps: int | None = None  # None: epochs x (batches in one pass over every task)
+    eval_every: int = 0  # steps between dev-loss checks of every task (curves, adaptive samplers); 0: never
+    eval_examples: int = 64  # dev examples per task in those checks
 
     def __post_init__(self) -> None:
         checks = {
-            "rank": self.rank >= 1, "alpha": self.alpha > 0, "dropout": 0 <= self.dropout < 1,
-            "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1,
-            "warmup_ratio": 0 <= self.warmup_ratio < 1, "temperature": self.temperature > 0,
+            "rank": self.rank >= 1,
+            "alpha": self.alpha > 0,
+            "dropout": 0 <= self.dropout < 1,
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 1,
+            "warmup_ratio": 0 <= self.warmup_ratio < 1,
+            "temperature": self.temperature > 0,
             "checkpoint_every": self.checkpoint_every >= 0,
-            "lr": self.lr is None or self.lr > 0, "max_train": self.max_train is None or self.max_train >= 1,
+            "lr": self.lr is None or self.lr > 0,
+            "max_train": self.max_train is None or self.max_train >= 1,
             "max_length": self.max_length is None or self.max_length >= 8,
+            "steps": self.steps is None or self.steps >= 1, "eval_every": self.eval_every >= 0,
+            "eval_examples": self.eval_examples >= 1,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -70,5 +83,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        d["sampler_options"] = dict(self.sampler_options)
         d["targets"] = list(self.targets) if self.targets is not None else None
         return d

@@ -406,9 +406,7 @@ class TaskSampler(ABC):
         if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
             raise AdaptforgeError(f"{self.name} sampler: not a sampler state (format {STATE_FORMAT} expected)")
         if state.get("sampler") != self.name:
-            raise AdaptforgeError(
-                f"{self.name} sampler: the state was written by the {state.get('sampler')!r} sampler"
-            )
+            raise AdaptforgeError(f"{self.name} sampler: the state was written by the {state.get('sampler')!r} sampler")
         names = [t.name for t in self.tasks]
         if list(state.get("tasks", [])) != names:
             raise AdaptforgeError(

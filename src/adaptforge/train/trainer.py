@@ -1,8 +1,11 @@
-"""Single-task LoRA training, top to bottom.
+"""LoRA training, single-task or multi-task, top to bottom.
 
-LoRA layers are injected with PEFT into the backbone for the duration of the run and removed
-afterwards (``unload``), so the shared backbone is unchanged and no model copy is made. The result
-is a :class:`LoraDelta` read from the trained LoRA layers with PEFT's own per-module scaling.
+One loop serves both: each task is a stream of batches whose order is a pure function of
+(seed, task index, epoch), and a task sampler (train/samplers.py) picks the stream of every step;
+single-task training is the one-stream case. LoRA layers are injected with PEFT into the backbone
+for the duration of the run and removed afterwards (``unload``), so the shared backbone is
+unchanged and no model copy is made. The result is a :class:`LoraDelta` read from the trained
+LoRA layers with PEFT's own per-module scaling.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from adaptforge.backbone import Backbone
-from adaptforge.batching import batch_order, make_batch
+from adaptforge.batching import Batch, EncodedSplit, batch_order, make_batch
 from adaptforge.core import AdaptforgeError, LoraDelta, LoraModule
-from adaptforge.scorers import Scorer, make_scorer
+from adaptforge.evaluate import predict_logits
+from adaptforge.scorers import LabelInputs, Scorer, make_scorer
 from adaptforge.tasks import Task
 from adaptforge.train.checkpoint import load_checkpoint, restore, save_checkpoint
 from adaptforge.train.config import TrainConfig
+from adaptforge.train.samplers import TaskInfo, TaskSampler, make_sampler
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[int, int, float], None]  # (step, total_steps, loss)
@@ -34,7 +39,10 @@ ProgressFn = Callable[[int, int, float], None]  # (step, total_steps, loss)
 class TrainResult:
     delta: LoraDelta
     config: TrainConfig
-    history: list[tuple[int, float]] = field(default_factory=list)  # (step, batch loss)
+    tasks: list[str] = field(default_factory=list)
+    history: list[tuple[int, int, float]] = field(default_factory=list)  # (step, task index, batch loss)
+    curves: dict[str, list[tuple[int, float, float]]] = field(default_factory=dict)  # task -> (step, dev loss, acc)
+    draws: list[int] = field(default_factory=list)  # batches drawn per task
     n_train: int = 0
     seconds: float = 0.0
     examples_per_second: float = 0.0
@@ -43,8 +51,12 @@ class TrainResult:
 
 def lora_config(cfg: TrainConfig) -> LoraConfig:
     return LoraConfig(
-        r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.targets or ()),
-        use_rslora=cfg.use_rslora, bias="none",
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.targets or ()),
+        use_rslora=cfg.use_rslora,
+        bias="none",
     )
 
 
@@ -56,7 +68,7 @@ def extract_delta(peft_model: torch.nn.Module, adapter: str = "default") -> Lora
         lora_a = getattr(module, "lora_A", None)
         if not isinstance(lora_a, torch.nn.ModuleDict) or adapter not in lora_a:
             continue
-        rel = name[len(prefix):] if name.startswith(prefix) else name
+        rel = name[len(prefix) :] if name.startswith(prefix) else name
         modules[rel] = LoraModule(
             A=lora_a[adapter].weight.detach().clone(),
             B=module.lora_B[adapter].weight.detach().clone(),
@@ -75,79 +87,148 @@ def lr_factor(step: int, total: int, warmup_ratio: float) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-def data_fingerprint(task: Task, n: int, cfg: TrainConfig) -> str:
-    h = hashlib.sha256(f"{task.name}|{n}|{cfg.seed}|{cfg.max_train}".encode())
-    for e in task.sample("train", cfg.max_train, seed=cfg.seed):
-        h.update(f"{e.label}\t{e.text}\n".encode())
+@dataclass
+class TaskStream:
+    """One task's tokenized training data; batch ``k`` of the stream is fixed by (seed, index, k)."""
+
+    task: Task
+    index: int
+    encoded: EncodedSplit
+    labels: LabelInputs
+    batch_size: int
+    seed: int
+    _order: tuple[int, list[list[int]]] | None = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.encoded) / self.batch_size)
+
+    def batch(self, draw: int) -> Batch:
+        epoch, pos = divmod(draw, self.steps_per_epoch)
+        if self._order is None or self._order[0] != epoch:
+            gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch + 7_919 * self.index)
+            self._order = (epoch, batch_order(self.encoded.lengths(), self.batch_size, shuffle=True, generator=gen))
+        return make_batch(self.encoded, self._order[1][pos])
+
+
+def data_fingerprint(tasks: list[Task], cfg: TrainConfig) -> str:
+    h = hashlib.sha256(f"{cfg.seed}|{cfg.max_train}".encode())
+    for task in tasks:
+        h.update(f"|{task.name}|".encode())
+        for e in task.sample("train", cfg.max_train, seed=cfg.seed):
+            h.update(f"{e.label}\t{e.text}\n".encode())
     return h.hexdigest()[:16]
 
 
-def train(
-    task: Task, backbone: Backbone, cfg: TrainConfig | None = None, *, checkpoint_dir: Path | None = None,
-    resume: bool = False, progress: ProgressFn | None = None, stop_after: int | None = None,
+def dev_check(scorer: Scorer, model: torch.nn.Module, task: Task, n: int, seed: int) -> tuple[float, float]:
+    """Dev loss and accuracy on a fixed sample, without touching the dropout RNG."""
+    split = "dev" if "dev" in task.splits else "train"
+    logits, gold = predict_logits(scorer, task, split, model, limit=n, seed=seed)
+    loss = float(torch.nn.functional.cross_entropy(logits, gold))
+    return loss, float((logits.argmax(-1) == gold).float().mean())
+
+
+def train(task: Task, backbone: Backbone, cfg: TrainConfig | None = None, **kwargs) -> TrainResult:
+    """Train one LoRA adapter on ``task``'s train split (see :func:`train_tasks` for the options)."""
+    return train_tasks([task], backbone, cfg, **kwargs)
+
+
+def train_tasks(
+    tasks: list[Task],
+    backbone: Backbone,
+    cfg: TrainConfig | None = None,
+    *,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    progress: ProgressFn | None = None,
+    stop_after: int | None = None,
     scorer: Scorer | None = None,
 ) -> TrainResult:
-    """Train one LoRA adapter on ``task``'s train split.
+    """Train one LoRA adapter on the train splits of ``tasks``, the sampler choosing each step's task.
 
     ``checkpoint_dir`` with ``resume=True`` continues from the last checkpoint there (same final
     weights as an uninterrupted run with the same seed). ``stop_after`` ends the run after that many
     steps, leaving its checkpoint behind, which is how tests simulate a killed run.
     """
+    if not tasks:
+        raise AdaptforgeError("train: no tasks given")
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise AdaptforgeError(f"train: task names must be unique, got {names}")
     cfg = (cfg or TrainConfig()).resolved(backbone.kind, backbone.default_targets())
     scorer = scorer or make_scorer(backbone, cfg.max_length, cfg.temperature)
-    examples = task.sample("train", cfg.max_train, seed=cfg.seed)
-    encoded, labels = scorer.encode(task, examples), scorer.encode_labels(task)
-    lengths = encoded.lengths()
-    steps_per_epoch = math.ceil(len(encoded) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    meta = {"config": cfg.to_dict(), "task": task.name, "base": backbone.fingerprint,
-            "data": data_fingerprint(task, len(encoded), cfg)}
+    streams = []
+    for i, task in enumerate(tasks):
+        examples = task.sample("train", cfg.max_train, seed=cfg.seed)
+        streams.append(
+            TaskStream(task, i, scorer.encode(task, examples), scorer.encode_labels(task), cfg.batch_size, cfg.seed)
+        )
+    sampler: TaskSampler = make_sampler(
+        cfg.sampler,
+        [TaskInfo(s.task.name, len(s.encoded), len(s.task.labels)) for s in streams],
+        cfg.sampler_options,
+        seed=cfg.seed,
+    )
+    total = cfg.steps or cfg.epochs * sum(s.steps_per_epoch for s in streams)
+    meta = {"config": cfg.to_dict(), "tasks": names, "base": backbone.fingerprint, "data": data_fingerprint(tasks, cfg)}
 
     torch.manual_seed(cfg.seed)
     model = get_peft_model(backbone.model, lora_config(cfg))
     try:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        start, resumed_from, history = 0, None, []
+        start, resumed_from = 0, None
+        history: list[tuple[int, int, float]] = []
+        curves: dict[str, list[tuple[int, float, float]]] = {n: [] for n in names}
+        draws = [0] * len(streams)
         if resume and checkpoint_dir is not None:
             ckpt = load_checkpoint(checkpoint_dir)
             if ckpt is not None:
-                for key in ("config", "task", "base", "data"):
+                for key in ("config", "tasks", "base", "data"):
                     if ckpt.meta.get(key) != meta[key]:
                         raise AdaptforgeError(
                             f"{checkpoint_dir}: checkpoint was made with a different {key}; "
                             "resume with the same settings or delete the checkpoint"
                         )
                 restore(ckpt, model, optimizer)
+                sampler.load_state_dict(ckpt.meta["sampler"])
                 start = resumed_from = ckpt.step
-                history = [tuple(x) for x in ckpt.meta.get("history", [])]
-                log.info("resuming %s from step %d/%d", task.name, start, total)
+                history = [tuple(x) for x in ckpt.meta["history"]]
+                curves = {k: [tuple(x) for x in v] for k, v in ckpt.meta["curves"].items()}
+                draws = list(ckpt.meta["draws"])
+                log.info("resuming %s from step %d/%d", "+".join(names), start, total)
         model.train()
         t0, seen = time.perf_counter(), 0
-        order: list[list[int]] = []
         for step in range(start, total):
-            epoch, pos = divmod(step, steps_per_epoch)
-            if pos == 0 or not order:
-                gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-                order = batch_order(lengths, cfg.batch_size, shuffle=True, generator=gen)
-            batch = make_batch(encoded, order[pos])
+            i = sampler.next()
+            batch = streams[i].batch(draws[i])
+            draws[i] += 1
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * lr_factor(step, total, cfg.warmup_ratio)
-            loss = scorer.loss(model, batch, labels)
+            loss = scorer.loss(model, batch, streams[i].labels)
             loss.backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             seen += len(batch.index)
-            history.append((step, loss.item()))
-            if progress:
-                progress(step + 1, total, history[-1][1])
+            history.append((step, i, loss.item()))
+            sampler.observe(i, history[-1][2], step)
             done = step + 1
-            if checkpoint_dir is not None and cfg.checkpoint_every and (
-                done % cfg.checkpoint_every == 0 or done == stop_after
+            if cfg.eval_every and (done % cfg.eval_every == 0 or done == total):
+                dev = {s.index: dev_check(scorer, model, s.task, cfg.eval_examples, cfg.seed) for s in streams}
+                for s in streams:
+                    curves[s.task.name].append((done, *dev[s.index]))
+                sampler.observe_eval({k: v[0] for k, v in dev.items()})
+            if progress:
+                progress(done, total, history[-1][2])
+            if (
+                checkpoint_dir is not None
+                and cfg.checkpoint_every
+                and (done % cfg.checkpoint_every == 0 or done == stop_after)
             ):
-                save_checkpoint(checkpoint_dir, done, {**meta, "history": history}, model, optimizer)
+                state = {**meta, "history": history, "curves": curves, "draws": draws, "sampler": sampler.state_dict()}
+                save_checkpoint(checkpoint_dir, done, state, model, optimizer)
             if stop_after is not None and done >= stop_after:
                 break
         seconds = time.perf_counter() - t0
@@ -156,4 +237,15 @@ def train(
         model.unload()
         backbone.model.eval()
         backbone.model.requires_grad_(False)
-    return TrainResult(delta, cfg, history, len(encoded), seconds, seen / seconds if seconds > 0 else 0.0, resumed_from)
+    return TrainResult(
+        delta,
+        cfg,
+        names,
+        history,
+        curves,
+        draws,
+        sum(len(s.encoded) for s in streams),
+        seconds,
+        seen / seconds if seconds > 0 else 0.0,
+        resumed_from,
+    )

@@ -1,0 +1,270 @@
+"""Task arithmetic, TIES and DARE as settings of one generalized task-arithmetic merge.
+
+A method is a choice of sparsification (none, magnitude trim, random drop-and-rescale), sign
+consensus (none, or elect a sign and take the disjoint mean) and the space it works in:
+
+- ``dense``: on each module's ``dW_i = s_i B_i A_i``, built one module at a time; the merged ``dW``
+  goes back to LoRA by truncated SVD to ``rank`` (default: the largest input rank of that module),
+  and the relative Frobenius error is reported. Without sparsification or consensus (task
+  arithmetic) the sum is formed exactly by rank concatenation instead, and is SVD-truncated through
+  QR of the factors (no dense matrix) only when ``rank`` is given.
+- ``factors``: on ``A_i`` and ``B_i`` separately, as PEFT's factor-space combination types do. With
+  ``c_i = w_i s_i``: ``A = op(sign(c_i) sqrt|c_i| A_i)``, ``B = op(sqrt|c_i| B_i)``; note
+  ``(sum B)(sum A) != sum B A``, so this is an approximation of the weighted sum by design. The output
+  rank is the largest input rank (smaller factors are zero-padded, which leaves ``dW_i`` unchanged);
+  ``rank`` truncates it by SVD through QR of the factors.
+
+Random drops draw from one ``torch.Generator`` seeded with ``seed``, consumed module by module in
+sorted module order and, per module, adapter by adapter (in factor space: all A's, then all B's).
+Papers: task arithmetic https://arxiv.org/abs/2212.04089, TIES https://arxiv.org/abs/2306.01708,
+DARE https://arxiv.org/abs/2311.03099.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+
+from adaptforge.core import AdaptforgeError, LoraDelta, LoraModule
+from adaptforge.merge.base import (
+    MergeMethod,
+    MergeParams,
+    MergeResult,
+    check_density,
+    check_sign_method,
+    register_method,
+)
+from adaptforge.merge.ops import SignMethod, Sparsify, combine, sparsify
+from adaptforge.merge.refactor import concat_modules, dense_svd, lowrank_svd
+
+TASK_ARITHMETIC_URL = "https://arxiv.org/abs/2212.04089"
+TIES_URL = "https://arxiv.org/abs/2306.01708"
+DARE_URL = "https://arxiv.org/abs/2311.03099"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MagnitudeParams(MergeParams):
+    """Adds ``density``: the fraction of entries of each task tensor kept by magnitude (TIES uses 0.2)."""
+
+    density: float = 0.2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_density(self.density)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TiesParams(MagnitudeParams):
+    """Adds ``majority_sign``: elect the sign by ``total`` mass (TIES) or by ``count`` of signs."""
+
+    majority_sign: SignMethod = "total"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_sign_method(self.majority_sign)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DareParams(MergeParams):
+    """Adds ``density`` (probability of keeping an entry; kept entries are divided by it) and ``seed``."""
+
+    density: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_density(self.density)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise AdaptforgeError(f"seed must be an integer, got {self.seed!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DareTiesParams(DareParams):
+    """DARE's drop-and-rescale followed by TIES's sign election (``majority_sign``: ``total`` or ``count``)."""
+
+    majority_sign: SignMethod = "total"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_sign_method(self.majority_sign)
+
+
+class GeneralizedTaskArithmetic(MergeMethod):
+    """One implementation for the whole family; subclasses only choose the class attributes below."""
+
+    sparsify: ClassVar[Sparsify] = "none"
+    sign_consensus: ClassVar[bool] = False
+    space: ClassVar[Literal["dense", "factors"]] = "dense"
+
+    def _merge(self, deltas: list[LoraDelta], weights: list[float], params: MergeParams) -> MergeResult:
+        density = float(getattr(params, "density", 1.0))
+        sign: SignMethod | None = getattr(params, "majority_sign", "total") if self.sign_consensus else None
+        generator = None
+        if self.sparsify == "random":
+            generator = torch.Generator().manual_seed(int(getattr(params, "seed", 0)))
+        modules: dict[str, LoraModule] = {}
+        errors: dict[str, float] = {}
+        for name in deltas[0]:  # sorted module order; one module x N adapters in memory at a time
+            inputs = [d[name] for d in deltas]
+            if self.space == "factors":
+                module = self._merge_factors(inputs, weights, density, sign, generator)
+                if params.rank is not None:
+                    module, errors[name] = lowrank_svd(module, params.rank)
+            elif self.sparsify == "none" and sign is None:
+                module = concat_modules(inputs, weights)
+                if params.rank is not None:
+                    module, errors[name] = lowrank_svd(module, params.rank)
+            else:
+                stacked = torch.stack([m.dense() for m in inputs])
+                sparse = torch.stack([sparsify(x, self.sparsify, density, generator) for x in stacked])
+                merged = combine(sparse, weights, sign)
+                module, errors[name] = dense_svd(merged, params.rank or max(m.rank for m in inputs))
+            modules[name] = module
+        return MergeResult(LoraDelta(modules), errors, {"space": self.space})
+
+    def _merge_factors(
+        self,
+        inputs: list[LoraModule],
+        weights: list[float],
+        density: float,
+        sign: SignMethod | None,
+        generator: torch.Generator | None,
+    ) -> LoraModule:
+        coef = [w * float(m.scale) for w, m in zip(weights, inputs, strict=True)]
+        weights_a = [math.copysign(math.sqrt(abs(c)), c) for c in coef]
+        weights_b = [math.sqrt(abs(c)) for c in coef]
+        rank = max(m.rank for m in inputs)
+        # Sparsify each factor at its own size, A's first, then pad to the common rank with zeros.
+        sparse_a = [_pad(sparsify(m.A.float(), self.sparsify, density, generator), rank, 0) for m in inputs]
+        sparse_b = [_pad(sparsify(m.B.float(), self.sparsify, density, generator), rank, 1) for m in inputs]
+        A = combine(torch.stack(sparse_a), weights_a, sign)
+        B = combine(torch.stack(sparse_b), weights_b, sign)
+        return LoraModule(A=A.contiguous(), B=B.contiguous(), scale=1.0)
+
+
+def _pad(x: torch.Tensor, rank: int, dim: int) -> torch.Tensor:
+    """Zero rows (``dim=0``, for A) or columns (``dim=1``, for B) up to ``rank``: ``B A`` is unchanged."""
+    missing = rank - x.shape[dim]
+    if missing == 0:
+        return x
+    shape = (missing, x.shape[1]) if dim == 0 else (x.shape[0], missing)
+    return torch.cat([x, x.new_zeros(shape)], dim=dim)
+
+
+@register_method
+class TaskArithmetic(GeneralizedTaskArithmetic):
+    """Task arithmetic, ``dW = scaling * sum_i w_i dW_i`` (https://arxiv.org/abs/2212.04089).
+
+    Exact: the result is the rank concatenation ``A = vstack(scaling w_i s_i A_i)``, ``B = hstack(B_i)``
+    (PEFT's ``cat``). With ``rank`` it is truncated by SVD computed from the factors, never the dense
+    matrix (PEFT's ``svd``), and the error is reported.
+    """
+
+    name = "task_arithmetic"
+    reference_url = TASK_ARITHMETIC_URL
+
+
+@register_method
+class Linear(TaskArithmetic):
+    """Same as ``task_arithmetic`` (exact weighted sum of dense deltas). PEFT's ``linear``, which mixes
+    A and B separately, is ``linear_factors``."""
+
+    name = "linear"
+
+
+@register_method
+class LinearFactors(GeneralizedTaskArithmetic):
+    """Weighted sum in factor space, ``A = sum_i sign(c_i) sqrt|c_i| A_i``, ``B = sum_i sqrt|c_i| B_i``
+    with ``c_i = scaling w_i s_i``; equals PEFT's ``linear``. Not the weighted sum of ``dW_i`` unless
+    one adapter is given; output rank is the largest input rank (https://arxiv.org/abs/2212.04089)."""
+
+    name = "linear_factors"
+    reference_url = TASK_ARITHMETIC_URL
+    space = "factors"
+
+
+@register_method
+class MagnitudePrune(GeneralizedTaskArithmetic):
+    """On dense ``dW_i``: trim each to ``density`` by magnitude, then ``scaling * sum_i w_i trim(dW_i)``;
+    truncated SVD to ``rank`` (default: largest input rank). PEFT's ``magnitude_prune_svd``."""
+
+    name = "magnitude_prune"
+    reference_url = TIES_URL
+    params_type = MagnitudeParams
+    sparsify = "magnitude"
+
+
+@register_method
+class MagnitudePruneFactors(MagnitudePrune):
+    """``magnitude_prune`` applied to A and B separately (PEFT's ``magnitude_prune``); output rank is
+    the largest input rank."""
+
+    name = "magnitude_prune_factors"
+    space = "factors"
+
+
+@register_method
+class Ties(GeneralizedTaskArithmetic):
+    """TIES on dense ``dW_i`` (https://arxiv.org/abs/2306.01708): trim each to ``density`` by magnitude,
+    elect the sign per entry on the trimmed deltas, then ``scaling * sum_i w_i t_i [agree] / #agree``
+    (the disjoint mean, so equal weights give the paper's mean times lambda = ``w * scaling``).
+    Back to LoRA by truncated SVD to ``rank`` (default: largest input rank, as PEFT's ``ties_svd``)."""
+
+    name = "ties"
+    reference_url = TIES_URL
+    params_type = TiesParams
+    sparsify = "magnitude"
+    sign_consensus = True
+
+
+@register_method
+class TiesFactors(Ties):
+    """TIES on A and B separately, as PEFT's ``ties`` combination type; output rank is the largest input
+    rank (https://arxiv.org/abs/2306.01708)."""
+
+    name = "ties_factors"
+    space = "factors"
+
+
+@register_method
+class DareLinear(GeneralizedTaskArithmetic):
+    """DARE on dense ``dW_i`` (https://arxiv.org/abs/2311.03099): keep each entry with probability
+    ``density`` (seeded), divide by ``density``, then ``scaling * sum_i w_i dare(dW_i)``. Back to LoRA
+    by truncated SVD to ``rank`` (default: largest input rank, as PEFT's ``dare_linear_svd``)."""
+
+    name = "dare_linear"
+    reference_url = DARE_URL
+    params_type = DareParams
+    sparsify = "random"
+
+
+@register_method
+class DareLinearFactors(DareLinear):
+    """``dare_linear`` on A and B separately, as PEFT's ``dare_linear``; output rank is the largest input rank."""
+
+    name = "dare_linear_factors"
+    space = "factors"
+
+
+@register_method
+class DareTies(GeneralizedTaskArithmetic):
+    """DARE drop-and-rescale, then TIES sign election and disjoint mean, on dense ``dW_i``
+    (https://arxiv.org/abs/2311.03099). Back to LoRA by truncated SVD to ``rank`` (default: largest
+    input rank, as PEFT's ``dare_ties_svd``)."""
+
+    name = "dare_ties"
+    reference_url = DARE_URL
+    params_type = DareTiesParams
+    sparsify = "random"
+    sign_consensus = True
+
+
+@register_method
+class DareTiesFactors(DareTies):
+    """``dare_ties`` on A and B separately, as PEFT's ``dare_ties``; output rank is the largest input rank."""
+
+    name = "dare_ties_factors"
+    space = "factors"

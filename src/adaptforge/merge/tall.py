@@ -1,0 +1,67 @@
+"""Consensus merging with TALL masks (Wang et al., https://arxiv.org/abs/2405.07813), on dense deltas."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import cast
+
+import torch
+
+from adaptforge.core import AdaptforgeError, LoraDelta, LoraModule
+from adaptforge.merge.base import MergeMethod, MergeParams, MergeResult, is_finite_number, register_method
+from adaptforge.merge.ops import consensus_mask, tall_masks
+from adaptforge.merge.refactor import dense_svd
+
+
+@dataclass(frozen=True, kw_only=True)
+class TallParams(MergeParams):
+    """Adds ``tall_lambda`` (the paper tunes it per task in [0.2, 0.6]; 0.4 is the middle) and
+    ``min_agree``, the number of task masks that must keep an entry (the paper's k = 2)."""
+
+    tall_lambda: float = 0.4
+    min_agree: int = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not is_finite_number(self.tall_lambda) or self.tall_lambda < 0:
+            raise AdaptforgeError(f"tall_lambda must be a number >= 0, got {self.tall_lambda!r}")
+        if not isinstance(self.min_agree, int) or isinstance(self.min_agree, bool) or self.min_agree < 1:
+            raise AdaptforgeError(f"min_agree must be an integer >= 1, got {self.min_agree!r}")
+
+
+@register_method
+class TallConsensus(MergeMethod):
+    """Consensus task arithmetic on dense ``dW`` (https://arxiv.org/abs/2405.07813).
+
+    With ``tau_t = scaling w_t dW_t`` and ``tau = sum_t tau_t``: task masks
+    ``m_t = |tau_t| >= tall_lambda |tau - tau_t|``, consensus ``c = [sum_t m_t >= min_agree]``, and the
+    result is ``c * tau``. Entries used by no task or by one task only ("selfish") are removed.
+    Built one module at a time; back to LoRA by truncated SVD to ``rank`` (default: largest input
+    rank), with the error reported. ``info["kept_fraction"]`` gives the share of entries kept per module.
+    """
+
+    name = "tall"
+    reference_url = "https://arxiv.org/abs/2405.07813"
+    params_type = TallParams
+
+    def validate(self, deltas: list[LoraDelta], params: MergeParams) -> None:
+        min_agree = cast(TallParams, params).min_agree
+        if min_agree > len(deltas):
+            raise AdaptforgeError(
+                f"min_agree={min_agree} but only {len(deltas)} adapters: every entry would be removed; "
+                f"use min_agree <= {len(deltas)}"
+            )
+
+    def _merge(self, deltas: list[LoraDelta], weights: list[float], params: MergeParams) -> MergeResult:
+        tall = cast(TallParams, params)
+        modules: dict[str, LoraModule] = {}
+        errors: dict[str, float] = {}
+        kept: dict[str, float] = {}
+        for name in deltas[0]:
+            inputs = [d[name] for d in deltas]
+            tau = torch.stack([w * m.dense() for w, m in zip(weights, inputs, strict=True)])
+            merged = tau.sum(dim=0)
+            keep = consensus_mask(tall_masks(tau, merged, tall.tall_lambda), tall.min_agree)
+            kept[name] = float(keep.float().mean())
+            modules[name], errors[name] = dense_svd(merged * keep, tall.rank or max(m.rank for m in inputs))
+        return MergeResult(LoraDelta(modules), errors, {"space": "dense", "kept_fraction": kept})
