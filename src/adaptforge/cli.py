@@ -68,7 +68,7 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> N
 
 @app.command("train")
 def train_cmd(
-    task_dir: Annotated[Path, typer.Argument(help="Task folder, SNI .json or .csv.")],
+    task_dirs: Annotated[list[Path], typer.Argument(help="Task folder(s), SNI .json or .csv.")],
     library: LibraryOpt,
     name: Annotated[str, typer.Option("--name", help="Adapter name in the library.")],
     model: ModelOpt = None,
@@ -86,9 +86,18 @@ def train_cmd(
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
     text_col: Annotated[str, typer.Option("--text-col")] = "text",
     label_col: Annotated[str, typer.Option("--label-col")] = "label",
+    multitask: Annotated[bool, typer.Option("--multitask", help="One adapter on all given tasks.")] = False,
+    sampler: Annotated[str, typer.Option(help="Task sampler: uniform, proportional, temperature, group_dro, mpts.")] = (
+        "uniform"
+    ),
+    sampler_opt: Annotated[
+        list[str] | None, typer.Option("--sampler-opt", help="Sampler option key=value; repeatable.")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Total steps (default: epochs over all data).")] = None,
+    eval_every: Annotated[int, typer.Option("--eval-every", help="Steps between dev checks (curves).")] = 0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train a LoRA adapter on one task and add it to the library."""
+    """Train a LoRA adapter on one task (or, with --multitask, on several) and add it to the library."""
     from adaptforge.backbone import Backbone
     from adaptforge.library import Library
     from adaptforge.tasks import load_task
@@ -96,7 +105,9 @@ def train_cmd(
     from adaptforge.workflows import train_into_library
 
     with cli_errors():
-        task = load_task(task_dir, text_col=text_col, label_col=label_col)
+        if len(task_dirs) > 1 and not multitask:
+            raise AdaptforgeError("several tasks given: pass --multitask to train one adapter on all of them")
+        tasks = [load_task(d, text_col=text_col, label_col=label_col) for d in task_dirs]
         cfg = TrainConfig(
             rank=rank,
             alpha=alpha,
@@ -108,6 +119,10 @@ def train_cmd(
             seed=seed,
             checkpoint_every=checkpoint_every,
             targets=tuple(t.strip() for t in targets.split(",")) if targets else None,
+            sampler=sampler,
+            sampler_options=parse_options(sampler_opt or []),
+            steps=steps,
+            eval_every=eval_every,
         )
         lib = Library(library)
         backbone = Backbone.load(model)
@@ -117,12 +132,12 @@ def train_cmd(
                 bar.update(0, completed=done, total=total, info=f"loss {loss:.3f}")
 
             trained = train_into_library(
-                task, backbone, lib, name, cfg, resume=resume, progress=step, overwrite=overwrite
+                tasks, backbone, lib, name, cfg, resume=resume, progress=step, overwrite=overwrite
             )
     summary = {
         "adapter": trained.record.name,
         "id": trained.record.id,
-        "task": task.name,
+        "tasks": [t.name for t in tasks],
         "n_train": trained.result.n_train,
         "examples_per_second": round(trained.result.examples_per_second, 1),
         "eval": [e.to_json() for e in trained.evals],
@@ -133,6 +148,20 @@ def train_cmd(
         for e in trained.evals:
             out.print(f"{name} on {e.task}/{e.split}: accuracy {e.accuracy:.3f}  macro-F1 {e.macro_f1:.3f}  (n={e.n})")
         out.print(f"added {trained.record.name} ({trained.record.id}) to {lib.root}")
+
+
+def parse_options(pairs: list[str]) -> dict[str, object]:
+    """``key=value`` strings to a dict; values parsed as JSON where they can be (numbers, true, lists)."""
+    options: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise AdaptforgeError(f"option {pair!r}: expected key=value")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
 
 
 @app.command("eval")

@@ -19,7 +19,7 @@ from adaptforge.library import AdapterRecord, Library, MetricRow
 from adaptforge.scorers import Scorer, make_scorer
 from adaptforge.tasks import Task
 from adaptforge.train.config import TrainConfig
-from adaptforge.train.trainer import ProgressFn, TrainResult, train
+from adaptforge.train.trainer import ProgressFn, TrainResult, train_tasks
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class TrainedAdapter:
 
 
 def train_into_library(
-    task: Task,
+    tasks: Task | Sequence[Task],
     backbone: Backbone,
     library: Library,
     name: str,
@@ -54,18 +54,19 @@ def train_into_library(
     progress: ProgressFn | None = None,
     overwrite: bool = False,
 ) -> TrainedAdapter:
-    """Train, evaluate on ``eval_splits``, and add the adapter with its recipe and metrics.
+    """Train (one task, or several with the config's sampler), evaluate, and add the adapter.
 
     Checkpoints live in ``<library>/runs/<name>`` until the adapter has landed, so a killed run
     resumes with ``resume=True`` and a finished one leaves nothing behind.
     """
+    tasks = [tasks] if isinstance(tasks, Task) else list(tasks)
     if not overwrite and library.exists(name):
         raise AdaptforgeError(f"adapter name {name!r} already exists in {library.root}; choose another or overwrite")
-    run_dir = library.runs_dir / name
-    result = train(task, backbone, cfg, checkpoint_dir=run_dir, resume=resume, progress=progress)
+    result = train_tasks(tasks, backbone, cfg, checkpoint_dir=library.runs_dir / name, resume=resume, progress=progress)
     scorer = make_scorer(backbone, result.config.max_length, result.config.temperature)
     evals = [
         evaluate(scorer, task, split, result.delta, adapter=name, limit=eval_limit)
+        for task in tasks
         for split in eval_splits
         if split in task.splits
     ]
@@ -74,14 +75,16 @@ def train_into_library(
         for ev in evals
         for metric, value in metric_values(ev).items()
     ]
+    single = tasks[0] if len(tasks) == 1 else None
     recipe = {
-        "kind": "train",
+        "kind": "train" if single else "train_multitask",
         "config": result.config.to_dict(),
-        "task": task.name,
-        "task_version": task.version,
+        "tasks": [{"name": t.name, "version": t.version, "fingerprint": t.fingerprint()} for t in tasks],
         "n_train": result.n_train,
         "seconds": round(result.seconds, 2),
         "history": result.history,
+        "curves": result.curves,
+        "draws": dict(zip(result.tasks, result.draws, strict=True)),
         "resumed_from": result.resumed_from,
     }
     record = library.add(
@@ -89,12 +92,12 @@ def train_into_library(
         name=name,
         base_model=backbone.name,
         base_fingerprint=backbone.fingerprint,
-        task=task.name,
-        description=task.description,
-        embedding=describe(scorer, task),
+        task=single.name if single else "+".join(t.name for t in tasks),
+        description=single.description if single else None,
+        embedding=describe(scorer, single) if single else None,
         recipe=recipe,
-        method="train",
-        params={"labels": list(task.labels)},
+        method="train" if single else "train_multitask",
+        params={"labels": {t.name: list(t.labels) for t in tasks}},
         metrics=metrics,
         overwrite=overwrite,
     )

@@ -55,7 +55,8 @@ class TrainConfig:
             "lr": self.lr is None or self.lr > 0,
             "max_train": self.max_train is None or self.max_train >= 1,
             "max_length": self.max_length is None or self.max_length >= 8,
-            "steps": self.steps is None or self.steps >= 1, "eval_every": self.eval_every >= 0,
+            "steps": self.steps is None or self.steps >= 1,
+            "eval_every": self.eval_every >= 0,
             "eval_examples": self.eval_examples >= 1,
         }
         bad = [k for k, ok in checks.items() if not ok]
