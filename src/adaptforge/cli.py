@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,6 +62,8 @@ def cli_errors() -> Iterator[None]:
 
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    # PEFT calls a transformers method that transformers deprecates; the warning is for PEFT's authors.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -336,6 +339,141 @@ def demo_cmd(
     with cli_errors():
         summary = run_demo(out_dir, console=out, max_train=max_train, epochs=epochs)
     out.print(f"summary written to {summary}")
+
+
+@app.command("merge")
+def merge_cmd(
+    names: Annotated[list[str] | None, typer.Argument(help="Adapters to merge (names or ids), in order.")] = None,
+    library: Annotated[Path | None, typer.Option("--library", "-l", help="Adapter library folder.")] = None,
+    out_name: Annotated[str | None, typer.Option("--out", "-o", help="Name of the merged adapter.")] = None,
+    recipe_file: Annotated[
+        Path | None, typer.Option("--recipe", help="YAML recipe: method, adapters, params, out, data.")
+    ] = None,
+    method: Annotated[str | None, typer.Option(help="Merge method (default task_arithmetic); see --list.")] = None,
+    weights: Annotated[str | None, typer.Option(help="Comma-separated weights, one per adapter.")] = None,
+    density: Annotated[float | None, typer.Option(help="Fraction kept (TIES, DARE), in (0, 1].")] = None,
+    scaling: Annotated[float | None, typer.Option(help="Global factor on the merged delta.")] = None,
+    rank: Annotated[int | None, typer.Option(help="Output rank (SVD re-factoring, error reported).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of random methods (DARE) and data sampling.")] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", help="Other method parameter key=value.")] = None,
+    data: Annotated[
+        list[Path] | None, typer.Option("--data", help="Task folder a data-driven method fits on; repeatable.")
+    ] = None,
+    retain: Annotated[
+        list[Path] | None, typer.Option("--retain", help="base_interp: task whose base accuracy is kept.")
+    ] = None,
+    model: ModelOpt = None,
+    eval_dirs: Annotated[list[Path] | None, typer.Option("--eval", help="Evaluate on this task; repeatable.")] = None,
+    split: Annotated[str, typer.Option(help="Split evaluated by --eval.")] = "test",
+    limit: Annotated[int | None, typer.Option(help="Evaluate at most this many examples per task.")] = None,
+    dense_out: Annotated[
+        Path | None, typer.Option("--dense-out", help="Also write base + merged delta as a full HF model here.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    list_methods: Annotated[bool, typer.Option("--list", help="List merge methods and exit.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Merge adapters into one (with lineage), optionally evaluate it and write a dense model."""
+    from adaptforge.library import Library
+    from adaptforge.merge import MERGE_METHODS
+    from adaptforge.merging import MergeRecipe, RecipeError, merge_into_library
+    from adaptforge.tasks import load_task, load_tasks
+
+    if list_methods:
+        for name, cls in MERGE_METHODS.items().items():
+            fields = ", ".join(cls.params_type.__dataclass_fields__)
+            data_note = " (needs --data)" if cls.needs_data else ""
+            out.print(f"{name}{data_note}: {cls.reference_url}  params: {fields}")
+        return
+    with cli_errors():
+        flags = {"density": density, "scaling": scaling, "rank": rank, "seed": seed}
+        params: dict[str, object] = {k: v for k, v in flags.items() if v is not None}
+        if weights is not None:
+            try:
+                params["weights"] = [float(w) for w in weights.split(",")]
+            except ValueError:
+                raise AdaptforgeError(
+                    f"--weights {weights!r}: expected comma-separated numbers, e.g. 0.5,0.5"
+                ) from None
+        params.update(parse_options(param or []))
+        if recipe_file is not None:
+            given = [f"--{k}" for k, v in {"method": method, "weights": weights, **flags}.items() if v is not None]
+            given += ["NAME..."] * bool(names) + ["--param"] * bool(param) + ["--data"] * bool(data)
+            given += ["--retain"] * bool(retain)
+            if given:
+                raise RecipeError(
+                    f"--recipe holds method, adapters, params and data; drop {', '.join(given)} "
+                    "(runtime options such as --library, --eval, --dense-out stay on the command line)"
+                )
+            recipe = MergeRecipe.from_yaml(recipe_file)
+            if out_name is not None and out_name != recipe.out:
+                raise RecipeError(f"{recipe_file}: key 'out' is {recipe.out!r} but --out says {out_name!r}; give one")
+        else:
+            data_paths = [str(Path(d).resolve()) for d in [*(data or []), *(retain or [])]]
+            if retain:
+                retained = [load_task(d).name for d in retain]
+                previous = params.get("retention") or []
+                params["retention"] = [*previous, *retained] if isinstance(previous, list) else retained
+            if out_name is None:
+                raise AdaptforgeError("--out NAME is required: the name of the merged adapter")
+            raw = {
+                "method": method or "task_arithmetic",
+                "adapters": list(names or []),
+                "params": params,
+                "out": out_name,
+                "data": data_paths,
+            }
+            recipe = MergeRecipe.from_mapping(raw, where="merge")
+        if library is None:
+            raise AdaptforgeError("--library LIB is required: the library holding the adapters")
+        lib = Library(library, create=False)
+        eval_tasks = load_tasks(eval_dirs) if eval_dirs else []
+        outcome = merge_into_library(
+            recipe,
+            lib,
+            model=model,
+            eval_tasks=eval_tasks,
+            split=split,
+            limit=limit,
+            dense_out=dense_out,
+            overwrite=overwrite,
+            notify=lambda msg: console.print(f"[dim]{msg}[/dim]"),
+        )
+    summary = outcome.to_json()
+    if as_json:
+        out.print_json(json.dumps(summary, default=str))
+        return
+    err = summary["reconstruction_error"]
+    exact = "exact" if err is None else f"SVD re-factoring error max {err['max']:.3g}, mean {err['mean']:.3g}"
+    out.print(
+        f"merged {', '.join(recipe.adapters)} with {recipe.method} into {outcome.record.name} ({outcome.record.id}); "
+        f"rank {outcome.record.rank}, {exact}, {summary['seconds']:.1f}s"
+    )
+    if outcome.dense_path is not None:
+        out.print(f"dense model written to {outcome.dense_path}")
+    if outcome.report is not None:
+        out.print(merge_table(outcome.report, title=f"{outcome.record.name} on {split}"))
+
+
+def merge_table(report: object, title: str) -> Table:
+    """Per task: merged accuracy, the task's own adapter, normalized accuracy; then average and worst."""
+    from adaptforge.merging import MergeReport
+
+    assert isinstance(report, MergeReport)
+    table = Table(title=title)
+    for col in ("task", "n", "accuracy", "own adapter", "normalized"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    for r in report.rows:
+        own = f"{r.reference_accuracy:.3f} ({r.reference})" if r.reference_accuracy is not None else "-"
+        norm = f"{r.normalized:.3f}" if r.normalized is not None else "-"
+        table.add_row(r.task + (" (routed)" if r.routed else ""), str(r.n), f"{r.accuracy:.3f}", own, norm)
+    avg_norm = report.average_normalized
+    table.add_row("average", "", f"{report.average_accuracy:.3f}", "", "-" if avg_norm is None else f"{avg_norm:.3f}")
+    low = report.worst_task
+    if low is not None:
+        norm = "-" if low.normalized is None else f"{low.normalized:.3f}"
+        table.add_row(f"worst: {low.task}", "", f"{low.accuracy:.3f}", "", norm)
+    return table
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from adaptforge.backbone import Backbone
@@ -47,7 +48,15 @@ def run_demo(
     rows = []
     for task in tasks:
         zero = evaluate(scorer, task, "test")
-        trained = train_into_library(task, backbone, library, f"{task.name}-lora", cfg, eval_splits=(), overwrite=True)
+        with Progress(*Progress.get_default_columns(), console=console, transient=True) as bar:
+            bar_id = bar.add_task(f"train {task.name}", total=None)
+
+            def step(done: int, total: int, loss: float, bar: Progress = bar, bar_id: TaskID = bar_id) -> None:
+                bar.update(bar_id, completed=done, total=total)
+
+            trained = train_into_library(
+                task, backbone, library, f"{task.name}-lora", cfg, eval_splits=(), overwrite=True, progress=step
+            )
         delta, _ = library.load(trained.record.id, expected_fingerprint=backbone.fingerprint)  # the stored copy
         tuned = evaluate(scorer, task, "test", delta, adapter=trained.record.name)
         for res, adapter_id in ((zero, None), (tuned, trained.record.id)):
@@ -91,6 +100,57 @@ def run_demo(
         "average": {"zero_shot_accuracy": mean_zero, "lora_accuracy": mean_lora},
         "seconds": round(time.perf_counter() - t0, 1),
     }
+    summary["merge"] = demo_merge_step(tasks, backbone, library, console)
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
     path = out_dir / "summary.json"
     path.write_text(json.dumps(summary, indent=2))
     return path
+
+
+# Merge step (issue 4). Scalings are the dev-tuned values of benchmarks/merge_quality.py on this suite.
+DEMO_MERGES: tuple[tuple[str, dict[str, float]], ...] = (
+    ("task_arithmetic", {"scaling": 0.35}),
+    ("ties", {"density": 0.2, "scaling": 1.0}),
+)
+
+
+def demo_merge_step(
+    tasks: list[Task], backbone: Backbone, library: Library, console: Console, adapters: list[str] | None = None
+) -> list[dict]:
+    """Merge the per-task adapters (default ``<task>-lora``) into one with each of :data:`DEMO_MERGES`
+    (lineage in the library), evaluate on every task's test split and print normalized accuracy (merged /
+    the task's own adapter, whose test accuracy the training step recorded)."""
+    from adaptforge.merging import MergeRecipe, merge_into_library
+
+    adapters = adapters or [f"{task.name}-lora" for task in tasks]
+    rows = []
+    for method, params in DEMO_MERGES:
+        name = f"demo-{method.replace('_', '-')}"
+        recipe = MergeRecipe.from_mapping(
+            {"method": method, "adapters": adapters, "params": params, "out": name}, where="demo"
+        )
+        outcome = merge_into_library(recipe, library, backbone=backbone, eval_tasks=tasks, overwrite=True)
+        assert outcome.report is not None
+        report = outcome.report.to_json()
+        rows.append({"method": method, "adapter": name, "id": outcome.record.id, "params": params, **report})
+        console.print(
+            f"  merged {len(adapters)} adapters with {method}: average normalized accuracy "
+            f"{report['average_normalized_accuracy']:.3f} ({outcome.seconds:.0f}s with evaluation)"
+        )
+    table = Table(title="merged adapter, test accuracy normalized by each task's own adapter")
+    table.add_column("method")
+    for task in tasks:
+        table.add_column(task.name, justify="right")
+    for col in ("avg acc", "avg norm", "worst"):
+        table.add_column(col, justify="right")
+    for row in rows:
+        norms = {r["task"]: r["normalized_accuracy"] for r in row["tasks"]}
+        table.add_row(
+            row["method"],
+            *[f"{norms[t.name]:.3f}" if norms.get(t.name) is not None else "-" for t in tasks],
+            f"{row['average_accuracy']:.3f}",
+            f"{row['average_normalized_accuracy']:.3f}",
+            f"{row['worst_task']} {row['worst_normalized_accuracy']:.3f}",
+        )
+    console.print(table)
+    return rows

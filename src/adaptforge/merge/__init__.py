@@ -2,6 +2,9 @@
 
 ``MERGE_METHODS`` maps a name to a :class:`MergeMethod` class; ``merge(name, deltas, params)`` runs
 one. ``ops`` holds the tensor algebra, ``refactor`` the exact and low-rank ways back to LoRA factors.
+Data-driven methods (``needs_data``: atlas, dawin, base_interp) are fitted with
+``fit(deltas, params, scorer, tasks)``; ``run(name, deltas, params, scorer, tasks)`` calls either kind.
+Per-input merging goes through a :class:`Router` (``ROUTERS``) and :func:`evaluate_routed`.
 """
 
 from adaptforge.merge.base import (
@@ -20,10 +23,28 @@ from adaptforge.merge.generalized import (
     MagnitudeParams,
     TiesParams,
 )
+from adaptforge.merge.interp import BaseInterpolation, BaseInterpParams
+from adaptforge.merge.learned import Atlas, AtlasParams, DataMergeMethod, DataParams, run
+from adaptforge.merge.lowrank import LoraMixture
+from adaptforge.merge.routing import ROUTERS, Dawin, DawinParams, EntropyRouter, Router, evaluate_routed
 from adaptforge.merge.tall import TallParams
 
 __all__ = [
     "MERGE_METHODS",
+    "ROUTERS",
+    "Atlas",
+    "AtlasParams",
+    "BaseInterpParams",
+    "BaseInterpolation",
+    "DataMergeMethod",
+    "DataParams",
+    "Dawin",
+    "DawinParams",
+    "EntropyRouter",
+    "LoraMixture",
+    "Router",
+    "evaluate_routed",
+    "run",
     "DareParams",
     "DareTiesParams",
     "GeneralizedTaskArithmetic",

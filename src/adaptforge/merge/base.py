@@ -15,9 +15,12 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from adaptforge.core import AdaptforgeError, LoraDelta, Registry
+
+if TYPE_CHECKING:
+    from adaptforge.merge.routing import Router
 
 P = TypeVar("P", bound="MergeParams")
 M = TypeVar("M", bound="type[MergeMethod]")
@@ -84,11 +87,15 @@ def check_sign_method(method: object) -> None:
 @dataclass
 class MergeResult:
     """A merged adapter, the relative Frobenius error of re-factoring each module to its rank (empty
-    when the result is exact), and method-specific information (method, params, statistics)."""
+    when the result is exact), and method-specific information (method, params, statistics).
+
+    ``router`` is set by per-input methods (DaWin): the merge is then the router's per-input mixture,
+    and ``delta`` its static fallback (documented by the method)."""
 
     delta: LoraDelta
     reconstruction_error: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    router: Router | None = None
 
 
 def check_mergeable(deltas: Sequence[LoraDelta], weights: Sequence[float] | None) -> list[float]:

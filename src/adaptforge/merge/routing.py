@@ -1,0 +1,232 @@
+"""Per-input merging: routers that weight the adapters for each input, and DaWin.
+
+A :class:`Router` holds the adapters it mixes and returns, for a list of examples of a task, one
+coefficient row per example (``n x adapters``). :func:`evaluate_routed` scores each example with the
+base model plus ``sum_i c_i dW_i`` for its own row (low-rank hooks, no weight rewrites), so any scorer
+works unchanged: the label side of the scorer sees the same per-input model as the text side.
+Routers are registered in :data:`ROUTERS` so evaluation and serving can build them by name.
+
+DaWin (Oh et al. 2024, "DaWin: Training-free Dynamic Weight Interpolation for Robust Adaptation",
+https://arxiv.org/abs/2410.03782) weights each adapter by the confidence of its own prediction on
+the input: ``c_i(x) = scaling * softmax_i(log w_i - H_i(x) / T)`` with ``H_i`` the entropy of
+adapter ``i``'s label distribution on ``x``. No training; it costs one pass per adapter plus the
+routed pass.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, cast
+
+import torch
+
+from adaptforge.batching import batch_order, make_batch
+from adaptforge.core import AdaptforgeError, LoraDelta, Registry
+from adaptforge.evaluate import EvalResult, result_from_logits
+from adaptforge.merge.base import MergeParams, MergeResult, is_finite_number, register_method
+from adaptforge.merge.learned import DataMergeMethod, DataParams, truncate
+from adaptforge.merge.lowrank import LoraMixture, fold
+from adaptforge.scorers import Scorer
+from adaptforge.tasks import Example, Task
+
+log = logging.getLogger(__name__)
+
+DAWIN_URL = "https://arxiv.org/abs/2410.03782"
+
+
+class Router(ABC):
+    """Per-input coefficients over a fixed list of adapters."""
+
+    name: ClassVar[str]
+    reference_url: ClassVar[str]
+
+    def __init__(self, deltas: Sequence[LoraDelta]) -> None:
+        if not deltas:
+            raise AdaptforgeError("a router needs at least one adapter")
+        self.deltas = list(deltas)
+
+    @abstractmethod
+    def route(self, scorer: Scorer, task: Task, examples: Sequence[Example]) -> torch.Tensor:
+        """``[len(examples), len(deltas)]`` coefficients; row ``j`` is the merge used for example ``j``."""
+
+    def describe(self) -> dict[str, object]:
+        """JSON-able settings (stored in the merged adapter's recipe so the router can be rebuilt)."""
+        return {"router": self.name}
+
+
+ROUTERS: Registry[type[Router]] = Registry("router")
+
+
+@torch.no_grad()
+def logits_for(
+    scorer: Scorer, task: Task, examples: Sequence[Example], model: torch.nn.Module, batch_size: int = 64
+) -> torch.Tensor:
+    """``[n, labels]`` logits of ``examples`` in their order (batched by length)."""
+    encoded = scorer.encode(task, examples)
+    context = scorer.label_context(model, scorer.encode_labels(task))
+    out = torch.empty(len(encoded), len(task.labels))
+    for index in batch_order(encoded.lengths(), batch_size, shuffle=False):
+        out[index] = scorer.logits(model, make_batch(encoded, index), context).float()
+    return out
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (nats) of ``softmax(logits)`` per row."""
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1)
+
+
+def entropy_weights(
+    adapter_logits: Sequence[torch.Tensor], temperature: float, prior: Sequence[float] | None = None
+) -> torch.Tensor:
+    """DaWin weights ``softmax_i(log w_i - H_i / T)`` per example (rows sum to 1), from each adapter's logits.
+
+    https://arxiv.org/abs/2410.03782
+    """
+    if temperature <= 0:
+        raise AdaptforgeError(f"temperature must be > 0, got {temperature!r}")
+    scores = torch.stack([-entropy(x) / temperature for x in adapter_logits], dim=1)
+    if prior is not None:
+        scores = scores + torch.log(torch.tensor(list(prior), dtype=scores.dtype))
+    return torch.softmax(scores, dim=1).float()
+
+
+@ROUTERS.register("entropy")
+class EntropyRouter(Router):
+    """DaWin's router (https://arxiv.org/abs/2410.03782): each adapter weighted by ``w_i exp(-H_i(x)/T)``,
+    normalized over adapters, times ``scaling``."""
+
+    name = "entropy"
+    reference_url = DAWIN_URL
+
+    def __init__(
+        self,
+        deltas: Sequence[LoraDelta],
+        temperature: float = 0.1,
+        scaling: float = 1.0,
+        prior: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__(deltas)
+        if not is_finite_number(temperature) or temperature <= 0:
+            raise AdaptforgeError(f"temperature must be a number > 0, got {temperature!r}")
+        if prior is not None and (len(prior) != len(self.deltas) or any(w <= 0 for w in prior)):
+            raise AdaptforgeError(f"DaWin prior weights must be one positive number per adapter, got {list(prior)}")
+        self.temperature = float(temperature)
+        self.scaling = float(scaling)
+        self.prior = None if prior is None else [float(w) for w in prior]
+
+    def adapter_logits(self, scorer: Scorer, task: Task, examples: Sequence[Example]) -> list[torch.Tensor]:
+        """Each adapter's own logits on ``examples`` (one batched pass per adapter)."""
+        out = []
+        for delta in self.deltas:
+            with scorer.backbone.applied(delta) as model:
+                out.append(logits_for(scorer, task, examples, model))
+        return out
+
+    def from_logits(self, adapter_logits: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.scaling * entropy_weights(adapter_logits, self.temperature, self.prior)
+
+    def route(self, scorer: Scorer, task: Task, examples: Sequence[Example]) -> torch.Tensor:
+        return self.from_logits(self.adapter_logits(scorer, task, examples))
+
+    def describe(self) -> dict[str, object]:
+        return {"router": self.name, "temperature": self.temperature, "scaling": self.scaling, "prior": self.prior}
+
+
+@torch.no_grad()
+def evaluate_routed(
+    scorer: Scorer,
+    task: Task,
+    router: Router,
+    split: str = "test",
+    limit: int | None = None,
+    adapter: str | None = None,
+    coefficients: torch.Tensor | None = None,
+    seed: int = 0,
+) -> tuple[EvalResult, torch.Tensor]:
+    """Evaluate the per-input merge of ``router`` on a split (the same examples as :func:`~adaptforge.evaluate.evaluate`
+    with that ``limit``); returns the result and the ``n x adapters`` coefficients used.
+
+    ``coefficients`` skips routing (e.g. when the adapters' logits are already known). Each example is
+    scored with its own merged model through :class:`~adaptforge.merge.lowrank.LoraMixture`: the
+    coefficient row is broadcast to every target module.
+    """
+    examples = task.sample(split, limit, seed=seed)
+    coefs = router.route(scorer, task, examples) if coefficients is None else coefficients
+    if tuple(coefs.shape) != (len(examples), len(router.deltas)):
+        raise AdaptforgeError(
+            f"routing coefficients have shape {tuple(coefs.shape)}; expected ({len(examples)}, {len(router.deltas)})"
+        )
+    model = scorer.backbone.model
+    encoded = scorer.encode(task, examples)
+    labels = scorer.encode_labels(task)
+    n_modules = len(router.deltas[0])
+    logits = torch.empty(len(examples), len(task.labels))
+    was_training = model.training
+    model.eval()
+    try:
+        with LoraMixture(model, router.deltas, torch.zeros(n_modules, len(router.deltas))) as mixture:
+            for j in range(len(examples)):
+                mixture.set_coefficients(coefs[j].float().expand(n_modules, -1))
+                context = scorer.label_context(model, labels)
+                logits[j] = scorer.logits(model, make_batch(encoded, [j]), context)[0].float()
+    finally:
+        model.train(was_training)
+    return result_from_logits(task, split, adapter, logits, torch.tensor(encoded.targets, dtype=torch.long)), coefs
+
+
+@dataclass(frozen=True, kw_only=True)
+class DawinParams(DataParams):
+    """Adds ``temperature`` T of the entropy weights (smaller: closer to picking the most confident
+    adapter). ``weights`` are a prior (positive); ``scaling`` multiplies the normalized weights. The
+    data (inputs only, labels unused) give the static fallback: the mean routing weights."""
+
+    temperature: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not is_finite_number(self.temperature) or self.temperature <= 0:
+            raise AdaptforgeError(f"temperature must be a number > 0, got {self.temperature!r}")
+
+
+@register_method
+class Dawin(DataMergeMethod):
+    """DaWin multi-adapter interpolation (https://arxiv.org/abs/2410.03782): per input ``x``, the model is
+    ``W + scaling * sum_i c_i(x) dW_i`` with ``c(x) = softmax_i(log w_i - H_i(x) / T)`` from each adapter's
+    prediction entropy; training-free. Per-input weights cannot be one adapter, so the result carries
+    ``router`` (used by ``--eval`` and :func:`evaluate_routed`) and, as its ``delta``, the static merge
+    with the routing weights averaged over the given tasks' inputs (exact rank concatenation)."""
+
+    name = "dawin"
+    reference_url = DAWIN_URL
+    params_type = DawinParams
+
+    def validate(self, deltas: list[LoraDelta], params: MergeParams) -> None:
+        if params.weights is not None and any(w <= 0 for w in params.weights):
+            raise AdaptforgeError(f"dawin: weights are a prior and must be positive, got {list(params.weights)}")
+
+    def _fit(
+        self, deltas: list[LoraDelta], weights: list[float], params: MergeParams, scorer: Scorer, tasks: list[Task]
+    ) -> MergeResult:
+        p = cast(DawinParams, params)
+        prior = list(p.weights) if p.weights is not None else None
+        router = EntropyRouter(deltas, temperature=p.temperature, scaling=p.scaling, prior=prior)
+        per_task: dict[str, list[float]] = {}
+        rows = []
+        for task in tasks:
+            coefs = router.route(scorer, task, task.sample(p.split, p.examples_per_task, seed=p.seed))
+            per_task[task.name] = [round(float(v), 5) for v in coefs.mean(dim=0)]
+            rows.append(coefs)
+        mean = torch.cat(rows).mean(dim=0)
+        n_modules = len(deltas[0])
+        delta, errors = truncate(fold(deltas, mean.expand(n_modules, -1)), p.rank)
+        info = {
+            "router": router.describe(),
+            "mean_weights": [round(float(v), 5) for v in mean],
+            "mean_weights_per_task": per_task,
+            "delta": "static merge with the mean routing weights; evaluate with the router for DaWin itself",
+        }
+        return MergeResult(delta, errors, info, router=router)

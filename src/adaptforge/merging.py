@@ -1,0 +1,475 @@
+"""``adaptforge merge`` as a library operation: recipe in, merged adapter (with lineage) out, evaluated.
+
+A :class:`MergeRecipe` says what to do (``method``, ``adapters``, ``params``, ``out`` and, for
+data-driven methods, ``data``: task folders); where and how to run (library, model, evaluation
+tasks, dense output) are arguments of :func:`merge_into_library`, never recipe keys. Everything is
+validated before anything is written: a failed merge leaves the library and the file system as
+they were. The catalog row of the result stores the resolved recipe, the parents (input ids in
+order), the method, its typed params and the reconstruction error.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from adaptforge.backbone import Backbone
+from adaptforge.core import AdaptforgeError, LoraDelta
+from adaptforge.evaluate import EvalResult, evaluate, worst
+from adaptforge.library import AdapterRecord, Library, validate_name
+from adaptforge.merge import MERGE_METHODS, MergeParams, MergeResult, Router, evaluate_routed, run
+from adaptforge.scorers import Scorer, make_scorer
+from adaptforge.tasks import Task, load_task
+from adaptforge.workflows import metric_values
+
+log = logging.getLogger(__name__)
+
+RECIPE_KEYS = ("method", "adapters", "params", "out", "data")
+REQUIRED_KEYS = ("method", "adapters", "out")
+RUNTIME_KEYS = {"library", "model", "eval", "dense_out", "overwrite", "split", "limit", "json"}
+RECIPE_FILE = "merge_recipe.yaml"
+
+
+class RecipeError(AdaptforgeError):
+    """A merge recipe that is not valid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class MergeRecipe:
+    """What to merge: a registered ``method``, ``adapters`` (names or ids, in order), ``params`` (the
+    method's typed params as a mapping), ``out`` (the new adapter's name) and ``data`` (task folders the
+    data-driven methods fit on; relative paths are relative to the recipe file)."""
+
+    method: str
+    adapters: tuple[str, ...]
+    out: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    data: tuple[str, ...] = ()
+
+    @classmethod
+    def from_mapping(cls, raw: object, where: str = "recipe", base_dir: Path | None = None) -> MergeRecipe:
+        if not isinstance(raw, Mapping):
+            raise RecipeError(
+                f"{where}: expected a mapping with keys {', '.join(RECIPE_KEYS)}, got {type(raw).__name__}"
+            )
+        for key in raw:
+            if key in RUNTIME_KEYS:
+                flag = "--" + str(key).replace("_", "-")
+                raise RecipeError(f"{where}: key {key!r} is a runtime option, not part of a recipe; pass {flag}")
+            if key not in RECIPE_KEYS:
+                close = difflib.get_close_matches(str(key), RECIPE_KEYS, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise RecipeError(f"{where}: unknown key {key!r}; a recipe has {', '.join(RECIPE_KEYS)}.{hint}")
+        for key in REQUIRED_KEYS:
+            if raw.get(key) is None:
+                raise RecipeError(f"{where}: missing key {key!r}")
+        method = raw["method"]
+        if not isinstance(method, str):
+            raise RecipeError(f"{where}: key 'method' must be a method name, got {method!r}")
+        try:
+            impl = MERGE_METHODS.get(method)()
+        except AdaptforgeError as err:
+            raise RecipeError(f"{where}: key 'method': {err}") from None
+        adapters = raw["adapters"]
+        if isinstance(adapters, str) or not isinstance(adapters, Sequence):
+            raise RecipeError(f"{where}: key 'adapters' must be a list of adapter names, got {adapters!r}")
+        if not adapters:
+            raise RecipeError(f"{where}: key 'adapters': nothing to merge, the list of adapters is empty")
+        if not all(isinstance(a, str) and a.strip() for a in adapters):
+            raise RecipeError(f"{where}: key 'adapters' must hold adapter names (strings), got {list(adapters)!r}")
+        params = raw.get("params") or {}
+        if not isinstance(params, Mapping):
+            raise RecipeError(f"{where}: key 'params' must be a mapping of parameter names to values, got {params!r}")
+        try:
+            impl.parse_params(params)
+        except AdaptforgeError as err:
+            raise RecipeError(f"{where}: key 'params': {err}") from None
+        out = raw["out"]
+        try:
+            validate_name(out)
+        except AdaptforgeError as err:
+            raise RecipeError(f"{where}: key 'out': {err}") from None
+        data = raw.get("data") or []
+        if isinstance(data, str) or not isinstance(data, Sequence) or not all(isinstance(d, str) for d in data):
+            raise RecipeError(f"{where}: key 'data' must be a list of task folders, got {data!r}")
+        if base_dir is not None:
+            data = [str((base_dir / d).resolve()) if not Path(d).is_absolute() else d for d in data]
+        if impl.needs_data and not data:
+            raise RecipeError(f"{where}: method {method!r} learns from data; key 'data' must list task folders")
+        if data and not impl.needs_data:
+            raise RecipeError(f"{where}: key 'data': method {method!r} does not use data; remove the key")
+        return cls(method, tuple(adapters), out, dict(params), tuple(data))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> MergeRecipe:
+        path = Path(path)
+        if not path.is_file():
+            raise RecipeError(f"{path}: recipe file not found")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark is not None else ""
+            raise RecipeError(f"{path}:{line} invalid YAML ({getattr(err, 'problem', err)})") from None
+        return cls.from_mapping(raw, where=str(path), base_dir=path.parent)
+
+    def typed_params(self) -> MergeParams:
+        return MERGE_METHODS.get(self.method)().parse_params(self.params)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved recipe: params with every default filled in (what actually ran)."""
+        return {
+            "method": self.method,
+            "adapters": list(self.adapters),
+            "params": self.typed_params().to_dict(),
+            "out": self.out,
+            "data": list(self.data),
+        }
+
+
+@dataclass(frozen=True)
+class TaskScore:
+    """The merged adapter on one task, next to that task's own adapter (``reference``) when the library has one."""
+
+    task: str
+    split: str
+    n: int
+    accuracy: float
+    macro_f1: float
+    reference: str | None = None
+    reference_accuracy: float | None = None
+    routed: bool = False
+
+    @property
+    def normalized(self) -> float | None:
+        if self.reference_accuracy is None or self.reference_accuracy == 0:
+            return None
+        return self.accuracy / self.reference_accuracy
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "split": self.split,
+            "n": self.n,
+            "accuracy": self.accuracy,
+            "macro_f1": self.macro_f1,
+            "reference": self.reference,
+            "reference_accuracy": self.reference_accuracy,
+            "normalized_accuracy": self.normalized,
+            "routed": self.routed,
+        }
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    rows: tuple[TaskScore, ...]
+
+    @property
+    def average_accuracy(self) -> float:
+        return sum(r.accuracy for r in self.rows) / len(self.rows) if self.rows else math.nan
+
+    @property
+    def average_normalized(self) -> float | None:
+        values = [r.normalized for r in self.rows if r.normalized is not None]
+        return sum(values) / len(values) if values else None
+
+    @property
+    def worst_task(self) -> TaskScore | None:
+        """Lowest normalized accuracy (or accuracy, when no task has a reference)."""
+        if not self.rows:
+            return None
+        if any(r.normalized is not None for r in self.rows):
+            return min((r for r in self.rows if r.normalized is not None), key=lambda r: r.normalized or 0.0)
+        return min(self.rows, key=lambda r: r.accuracy)
+
+    def to_json(self) -> dict[str, Any]:
+        low = self.worst_task
+        return {
+            "tasks": [r.to_json() for r in self.rows],
+            "average_accuracy": self.average_accuracy,
+            "average_normalized_accuracy": self.average_normalized,
+            "worst_task": None if low is None else low.task,
+            "worst_accuracy": worst([r.accuracy for r in self.rows]),
+            "worst_normalized_accuracy": None if low is None else low.normalized,
+        }
+
+
+@dataclass
+class MergeOutcome:
+    record: AdapterRecord
+    result: MergeResult
+    recipe: dict[str, Any]
+    seconds: float
+    dense_path: Path | None = None
+    report: MergeReport | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        errors = list(self.result.reconstruction_error.values())
+        return {
+            "adapter": self.record.name,
+            "id": self.record.id,
+            "method": self.record.method,
+            "params": self.record.params,
+            "parents": list(self.record.parents),
+            "parent_names": self.recipe["adapters"],
+            "rank": self.record.rank,
+            "reconstruction_error": {"max": max(errors), "mean": sum(errors) / len(errors)} if errors else None,
+            "seconds": round(self.seconds, 3),
+            "dense_out": None if self.dense_path is None else str(self.dense_path),
+            "routed": self.result.router is not None,
+            "eval": None if self.report is None else self.report.to_json(),
+        }
+
+
+Notify = Callable[[str], None]
+
+
+def _check_inputs(recipe: MergeRecipe, library: Library, overwrite: bool) -> list[AdapterRecord]:
+    """Records of the inputs, after the checks that need no tensors (unknown names, bases, output name)."""
+    records = [library.get(name) for name in recipe.adapters]
+    seen: dict[str, str] = {}
+    for name, rec in zip(recipe.adapters, records, strict=True):
+        if rec.id in seen:
+            raise AdaptforgeError(f"adapter {rec.name!r} is given twice ({seen[rec.id]!r} and {name!r}); give it once")
+        seen[rec.id] = name
+    first = records[0]
+    for rec in records[1:]:
+        if rec.base_fingerprint != first.base_fingerprint:
+            raise AdaptforgeError(
+                f"adapters {first.name!r} and {rec.name!r} were trained on different base models: {first.name!r} on "
+                f"{first.base_model!r} (fingerprint {first.base_fingerprint}), {rec.name!r} on {rec.base_model!r} "
+                f"(fingerprint {rec.base_fingerprint}); merge adapters of one base model only"
+            )
+    if library.exists(recipe.out):
+        if not overwrite:
+            raise AdaptforgeError(f"adapter name {recipe.out!r} already exists in {library.root}; choose another --out")
+        if library.get(recipe.out).id in seen:
+            raise AdaptforgeError(f"--out {recipe.out!r} is one of the inputs; choose a new name")
+    return records
+
+
+def _check_dense_out(folder: Path | None) -> Path | None:
+    if folder is None:
+        return None
+    folder = Path(folder).expanduser().resolve()
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise AdaptforgeError(f"--dense-out {folder} exists and is not an empty folder")
+    return folder
+
+
+def save_dense(backbone: Backbone, delta: LoraDelta, folder: Path, recipe: Mapping[str, Any]) -> Path:
+    """Write ``W_base + dW`` as a full model with ``save_pretrained`` (plus tokenizer and the recipe);
+    ``AutoModel`` / ``AutoModelForCausalLM`` load it. Written to a temp folder first, then renamed."""
+    tmp = _write_dense_tmp(backbone, delta, folder, recipe)
+    return _finish_dense(tmp, folder)
+
+
+def _write_dense_tmp(backbone: Backbone, delta: LoraDelta, folder: Path, recipe: Mapping[str, Any]) -> Path:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        with backbone.applied(delta) as model:
+            model.save_pretrained(tmp)
+        backbone.tokenizer.save_pretrained(tmp)
+        (tmp / RECIPE_FILE).write_text(yaml.safe_dump(dict(recipe), sort_keys=False))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp
+
+
+def _finish_dense(tmp: Path, folder: Path) -> Path:
+    try:
+        if folder.exists():
+            folder.rmdir()  # checked empty before the merge
+        os.rename(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def merge_into_library(
+    recipe: MergeRecipe,
+    library: Library,
+    *,
+    model: str | None = None,
+    backbone: Backbone | None = None,
+    eval_tasks: Sequence[Task] = (),
+    split: str = "test",
+    limit: int | None = None,
+    dense_out: str | Path | None = None,
+    overwrite: bool = False,
+    notify: Notify | None = None,
+) -> MergeOutcome:
+    """Load the recipe's adapters (checksums and base fingerprints verified), merge, add the result with
+    lineage, optionally write a dense model and evaluate on ``eval_tasks``. Nothing is written unless the
+    merge succeeds."""
+    say = notify or (lambda msg: log.info("%s", msg))
+    start = time.perf_counter()
+    params = recipe.typed_params()
+    impl = MERGE_METHODS.get(recipe.method)
+    records = _check_inputs(recipe, library, overwrite)
+    dense_path = _check_dense_out(Path(dense_out) if dense_out is not None else None)
+    data_tasks = [load_task(d) for d in recipe.data]
+    fingerprint = records[0].base_fingerprint
+    if backbone is None and (impl.needs_data or eval_tasks or dense_path is not None or model is not None):
+        say(f"loading base model {model or records[0].base_model}")
+        backbone = Backbone.load(model or records[0].base_model)
+    if backbone is not None and backbone.fingerprint != fingerprint:
+        raise AdaptforgeError(
+            f"adapter {records[0].name!r} was trained on base fingerprint {fingerprint}, but the loaded model "
+            f"{backbone.name!r} has fingerprint {backbone.fingerprint}; pass the adapters' base with --model"
+        )
+    deltas = [library.load(rec.id, expected_fingerprint=fingerprint)[0] for rec in records]
+    scorer = make_scorer(backbone) if backbone is not None else None
+    say(f"merging {len(deltas)} adapters with {recipe.method}")
+    merge_start = time.perf_counter()
+    result = run(recipe.method, deltas, params, scorer, data_tasks or None)
+    merge_seconds = time.perf_counter() - merge_start
+    resolved = _resolved_recipe(recipe, records, data_tasks, result, merge_seconds)
+    tasks = list(dict.fromkeys(r.task for r in records if r.task))
+    dense_tmp = None
+    if dense_path is not None:  # written before the catalog row, so a failure here leaves nothing behind
+        assert backbone is not None
+        dense_tmp = _write_dense_tmp(backbone, result.delta, dense_path, resolved)
+    try:
+        record = library.add(
+            result.delta,
+            name=recipe.out,
+            base_model=records[0].base_model,
+            base_fingerprint=fingerprint,
+            task="+".join(tasks) if tasks else None,
+            description=f"{recipe.method} merge of {', '.join(r.name for r in records)}",
+            recipe=resolved,
+            method=recipe.method,
+            params=params.to_dict(),
+            parents=[r.id for r in records],
+            overwrite=overwrite,
+        )
+    except BaseException:
+        if dense_tmp is not None:
+            shutil.rmtree(dense_tmp, ignore_errors=True)
+        raise
+    say(f"added {record.name} ({record.id}) to {library.root}")
+    if dense_tmp is not None and dense_path is not None:
+        _finish_dense(dense_tmp, dense_path)
+        say(f"wrote dense model to {dense_path}")
+    outcome = MergeOutcome(record, result, resolved, time.perf_counter() - start, dense_path)
+    if eval_tasks:
+        assert backbone is not None and scorer is not None
+        outcome.report = evaluate_merge(
+            library, record, scorer, eval_tasks, split=split, limit=limit, router=result.router, notify=say
+        )
+    outcome.seconds = time.perf_counter() - start
+    return outcome
+
+
+def _resolved_recipe(
+    recipe: MergeRecipe, records: Sequence[AdapterRecord], tasks: Sequence[Task], result: MergeResult, seconds: float
+) -> dict[str, Any]:
+    errors = result.reconstruction_error
+    info = {k: v for k, v in result.info.items() if k not in ("method", "params")}
+    return {
+        "kind": "merge",
+        **recipe.to_dict(),
+        "adapter_ids": [r.id for r in records],
+        "data": [
+            {"path": p, "name": t.name, "fingerprint": t.fingerprint()} for p, t in zip(recipe.data, tasks, strict=True)
+        ],
+        "reconstruction_error": {
+            "max": max(errors.values()) if errors else 0.0,
+            "mean": sum(errors.values()) / len(errors) if errors else 0.0,
+            "per_module": errors,
+            "exact": not errors,
+        },
+        "router": result.router.describe() if result.router is not None else None,
+        "info": info,
+        "seconds": round(seconds, 3),
+    }
+
+
+def _is_merge(record: AdapterRecord) -> bool:
+    return record.method in MERGE_METHODS
+
+
+def find_reference(library: Library, task: str, fingerprint: str, prefer: Sequence[str] = ()) -> AdapterRecord | None:
+    """The task's own adapter: a non-merged adapter whose ``task`` is ``task`` (the given ``prefer`` ids,
+    e.g. the merge's parents, first; then the newest in the library)."""
+    for ident in prefer:
+        if library.exists(ident):
+            rec = library.get(ident)
+            if rec.task == task and not _is_merge(rec) and rec.base_fingerprint == fingerprint:
+                return rec
+    candidates = [r for r in library.list(task=task, base_fingerprint=fingerprint) if not _is_merge(r)]
+    return max(candidates, key=lambda r: r.created) if candidates else None
+
+
+def reference_accuracy(
+    library: Library, ref: AdapterRecord, scorer: Scorer, task: Task, split: str, limit: int | None, n: int
+) -> float:
+    """The reference adapter's accuracy on the same examples: its recorded metric when one was recorded on
+    ``n`` examples of that split, else evaluated now (and recorded)."""
+    fingerprint = scorer.backbone.fingerprint
+    rows = [
+        m
+        for m in library.metrics(ref.id, fingerprint, task=task.name, split=split)
+        if m.metric == "accuracy" and m.n == n and not math.isnan(m.value)
+    ]
+    if rows:
+        return rows[-1].value
+    delta, _ = library.load(ref.id, expected_fingerprint=fingerprint)
+    res = evaluate(scorer, task, split, delta, adapter=ref.name, limit=limit)
+    library.record_metrics(ref.id, fingerprint, task.name, split, metric_values(res), res.n)
+    return res.accuracy
+
+
+def evaluate_merge(
+    library: Library,
+    record: AdapterRecord,
+    scorer: Scorer,
+    tasks: Sequence[Task],
+    *,
+    split: str = "test",
+    limit: int | None = None,
+    router: Router | None = None,
+    notify: Notify | None = None,
+) -> MergeReport:
+    """Accuracy of the merged adapter (the stored copy, or the router's per-input merge) on each task, and
+    normalized accuracy against each task's own adapter; all results recorded in the library (routed ones
+    as ``routed_*`` metrics, the normalized accuracy as ``normalized_accuracy``)."""
+    fingerprint = scorer.backbone.fingerprint
+    delta, _ = library.load(record.id, expected_fingerprint=fingerprint)
+    rows = []
+    for task in tasks:
+        if notify:
+            notify(f"evaluating {record.name} on {task.name}/{split}")
+        res: EvalResult
+        if router is not None:
+            res, _ = evaluate_routed(scorer, task, router, split, limit, adapter=record.name)
+            prefix = "routed_"
+        else:
+            res = evaluate(scorer, task, split, delta, adapter=record.name, limit=limit)
+            prefix = ""
+        ref = find_reference(library, task.name, fingerprint, prefer=record.parents)
+        ref_acc = reference_accuracy(library, ref, scorer, task, split, limit, res.n) if ref is not None else None
+        score = TaskScore(
+            task.name, split, res.n, res.accuracy, res.macro_f1, ref and ref.name, ref_acc, router is not None
+        )
+        values = {prefix + k: v for k, v in metric_values(res).items()}
+        if score.normalized is not None:
+            values[prefix + "normalized_accuracy"] = score.normalized
+        library.record_metrics(record.id, fingerprint, task.name, split, values, res.n)
+        rows.append(score)
+    return MergeReport(tuple(rows))

@@ -1,0 +1,363 @@
+"""``adaptforge merge`` end to end: lineage, identity through the library, recipes, bad inputs, eval, dense output.
+
+Three tiny adapters are trained for real on the embedded MiniLM (32 examples, one epoch) into a
+library shared by the module; tests that need a fresh library copy it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import small_task
+from typer.testing import CliRunner
+
+from adaptforge.cli import app
+from adaptforge.core import LoraDelta, LoraModule
+from adaptforge.library import Library
+from adaptforge.tasks import write_task
+
+runner = CliRunner()
+TASKS = ("sst2", "subjectivity", "agnews")
+
+
+def run(*args: object, ok: bool = True):
+    result = runner.invoke(app, [str(a) for a in args])
+    if ok:
+        assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, minilm):
+    from adaptforge.train.config import TrainConfig
+    from adaptforge.workflows import train_into_library
+
+    root = tmp_path_factory.mktemp("merge-cli")
+    lib = Library(root / "lib")
+    dirs = {}
+    cfg = TrainConfig(max_train=32, epochs=1, batch_size=16, rank=4, targets=("query", "value"))
+    for name in TASKS:
+        task = small_task(name, n_train=32, n_test=24)
+        dirs[name] = write_task(task, root / "tasks" / name)
+        train_into_library(task, minilm, lib, f"{name}-a", cfg, eval_splits=())
+    return lib, dirs
+
+
+@pytest.fixture
+def lib(setup, tmp_path) -> Library:
+    """A private copy of the shared library, so tests can write without affecting each other."""
+    shutil.copytree(setup[0].root, tmp_path / "lib")
+    return Library(tmp_path / "lib")
+
+
+def said(result, pattern: str) -> bool:
+    """``pattern`` (a regex without whitespace escapes) occurs in the output, whitespace ignored on both
+    sides (Rich wraps long lines)."""
+    return re.search(re.sub(r"\s+", "", pattern), re.sub(r"\s+", "", result.output)) is not None
+
+
+def snapshot(lib: Library) -> tuple[list[str], list[str]]:
+    return sorted(r.name for r in lib.list()), sorted(p.name for p in lib.adapters_dir.iterdir())
+
+
+def test_merge_writes_lineage_and_resolved_recipe(lib):
+    out = json.loads(
+        run(
+            "merge",
+            "sst2-a",
+            "subjectivity-a",
+            "agnews-a",
+            "--method",
+            "ties",
+            "--density",
+            "0.2",
+            "--library",
+            lib.root,
+            "--out",
+            "m",
+            "--json",
+        ).stdout
+    )
+    ids = [lib.get(n).id for n in ("sst2-a", "subjectivity-a", "agnews-a")]
+    rec = lib.get("m")
+    assert (
+        out["parents"] == ids
+        and list(rec.parents) == ids
+        and out["parent_names"] == ["sst2-a", "subjectivity-a", "agnews-a"]
+    )
+    assert rec.method == "ties" and rec.params["density"] == 0.2 and rec.params["majority_sign"] == "total"
+    assert rec.recipe["kind"] == "merge" and rec.recipe["method"] == "ties" and rec.recipe["adapter_ids"] == ids
+    assert rec.recipe["params"] == rec.params  # the resolved params, every default filled in
+    err = rec.recipe["reconstruction_error"]
+    assert not err["exact"] and 0.0 <= err["mean"] <= err["max"] <= 1.0 and len(err["per_module"]) == len(rec.targets)
+    assert [p.name for p in lib.lineage("m")][:3] == ["sst2-a", "subjectivity-a", "agnews-a"]
+    assert rec.task == "sst2+subjectivity+agnews" and rec.rank == 4  # TIES default rank: the largest input rank
+
+
+@pytest.mark.parametrize("weight", [1.0, -1.0])
+def test_one_adapter_at_weight_one_is_itself_through_the_library(lib, weight):
+    run("merge", "sst2-a", "--weights", str(weight), "--library", lib.root, "--out", "same")
+    merged, rec = lib.load("same")
+    original, _ = lib.load("sst2-a")
+    assert rec.recipe["reconstruction_error"]["exact"]
+    for name in original:
+        torch.testing.assert_close(merged.dense(name), weight * original.dense(name), rtol=1e-6, atol=1e-7)
+
+
+def test_bad_inputs_are_clear_errors_and_write_nothing(lib):
+    foreign = LoraDelta({n: LoraModule(m.A, m.B, m.scale) for n, m in lib.load("sst2-a")[0].modules.items()})
+    lib.add(foreign, name="foreign", base_model="other-model", base_fingerprint="f" * 32)
+    own = lib.get("sst2-a")
+    first = foreign.targets[0]
+    lib.add(
+        LoraDelta({first: foreign[first]}),
+        name="fewer",
+        base_model=own.base_model,
+        base_fingerprint=own.base_fingerprint,
+    )
+    before = snapshot(lib)
+    cases = [
+        (["nope-a", "sst2-a"], "unknown adapter 'nope-a'"),
+        (["sst2-a", "foreign"], r"'sst2-a' and 'foreign' were trained on different base models: .*'other-model'"),
+        (["sst2-a", "agnews-a", "--method", "ties", "--density", "1.5"], r"density .* must be in \(0, 1\], got 1.5"),
+        (["sst2-a", "agnews-a", "--weights", "0.5,0.3,0.2"], "3 weights for 2 adapters"),
+        (["--method", "ties"], "nothing to merge"),
+        (["sst2-a", "agnews-a", "--method", "tie"], "Did you mean 'ties'"),
+        (["sst2-a", "agnews-a", "--method", "task_arithmetic", "--density", "0.2"], "unknown parameter 'density'"),
+        (["sst2-a", "agnews-a", "--weights", "a,b"], "expected comma-separated numbers"),
+        (["sst2-a", "sst2-a"], "given twice"),
+        (["sst2-a", "fewer"], r"adapters 0 and 1 target different modules"),
+        (["sst2-a", "agnews-a", "--method", "atlas"], "learns from data"),
+    ]
+    for args, message in cases:
+        result = run("merge", *args, "--library", lib.root, "--out", "bad", ok=False)
+        assert result.exit_code == 2, (args, result.output)
+        assert said(result, message), (args, result.output)
+        assert snapshot(lib) == before, args
+    exists = run("merge", "sst2-a", "--library", lib.root, "--out", "agnews-a", ok=False)
+    assert exists.exit_code == 2 and said(exists, "already exists") and snapshot(lib) == before
+
+
+def test_recipe_yaml_validation_and_run(lib, tmp_path):
+    def write(recipe: dict) -> Path:
+        path = tmp_path / "merge.yaml"
+        path.write_text(yaml.safe_dump(recipe))
+        return path
+
+    good = {
+        "method": "dare_ties",
+        "adapters": ["sst2-a", "agnews-a"],
+        "params": {"density": 0.5, "seed": 3},
+        "out": "from-recipe",
+    }
+    for bad, message in [
+        ({**good, "densty": 0.2}, "unknown key 'densty'"),
+        ({**good, "params": {"densty": 0.2}}, "key 'params': merge method 'dare_ties': unknown parameter 'densty'"),
+        ({**good, "library": "x"}, "key 'library' is a runtime option"),
+        ({k: v for k, v in good.items() if k != "method"}, "missing key 'method'"),
+        ({**good, "adapters": []}, "key 'adapters': nothing to merge"),
+        ({**good, "adapters": "sst2-a"}, "key 'adapters' must be a list"),
+        ({**good, "out": "a/b"}, "key 'out'"),
+    ]:
+        result = run("merge", "--recipe", write(bad), "--library", lib.root, ok=False)
+        assert result.exit_code == 2 and said(result, re.escape(message.replace(" ", ""))), (bad, result.output)
+    mixed = run("merge", "sst2-a", "--recipe", write(good), "--library", lib.root, ok=False)
+    assert mixed.exit_code == 2 and said(mixed, re.escape("dropNAME..."))
+    assert lib.list() and not lib.exists("from-recipe")
+
+    run("merge", "--recipe", write(good), "--library", lib.root)
+    rec = lib.get("from-recipe")
+    assert rec.method == "dare_ties" and rec.params["seed"] == 3 and rec.params["majority_sign"] == "total"
+    assert rec.recipe["adapters"] == ["sst2-a", "agnews-a"] and rec.recipe["params"] == rec.params
+    # The same recipe through flags gives the same tensors (seeded DARE).
+    run(
+        "merge",
+        "sst2-a",
+        "agnews-a",
+        "--method",
+        "dare_ties",
+        "--density",
+        "0.5",
+        "--seed",
+        "3",
+        "--library",
+        lib.root,
+        "--out",
+        "from-flags",
+    )
+    a, b = lib.load("from-recipe")[0], lib.load("from-flags")[0]
+    for name in a:
+        assert torch.equal(a.dense(name), b.dense(name))
+
+
+def test_eval_prints_normalized_accuracy_and_records_it(lib, setup):
+    dirs = setup[1]
+    out = json.loads(
+        run(
+            "merge",
+            "sst2-a",
+            "subjectivity-a",
+            "--method",
+            "task_arithmetic",
+            "--scaling",
+            "0.5",
+            "--library",
+            lib.root,
+            "--out",
+            "ta",
+            "--eval",
+            dirs["sst2"],
+            "--eval",
+            dirs["subjectivity"],
+            "--eval",
+            dirs["agnews"],
+            "--json",
+        ).stdout
+    )
+    report = out["eval"]
+    rows = {r["task"]: r for r in report["tasks"]}
+    assert set(rows) == {"sst2", "subjectivity", "agnews"} and all(r["n"] == 24 for r in rows.values())
+    assert rows["sst2"]["reference"] == "sst2-a" and rows["agnews"]["reference"] == "agnews-a"
+    for r in rows.values():
+        assert r["normalized_accuracy"] == pytest.approx(r["accuracy"] / r["reference_accuracy"])
+    assert report["average_accuracy"] == pytest.approx(sum(r["accuracy"] for r in rows.values()) / 3)
+    assert report["worst_task"] in rows
+    recorded = {(m.task, m.metric) for m in lib.metrics("ta")}
+    assert {("sst2", "accuracy"), ("agnews", "normalized_accuracy")} <= recorded
+    # The references' accuracies were evaluated once and recorded; a second eval reuses them.
+    assert any(m.task == "agnews" and m.metric == "accuracy" for m in lib.metrics("agnews-a"))
+    table = run("merge", "sst2-a", "agnews-a", "--library", lib.root, "--out", "ta2", "--eval", dirs["agnews"])
+    assert said(table, "normalized") and said(table, "worst: agnews")
+
+
+def test_dense_out_loads_with_automodel_and_scores_like_the_lora(lib, setup, minilm, tmp_path):
+    from transformers import AutoModel
+
+    from adaptforge.backbone import Backbone
+    from adaptforge.evaluate import predict_logits
+    from adaptforge.scorers import make_scorer
+    from adaptforge.tasks import load_task
+
+    dense = tmp_path / "dense"
+    run("merge", "sst2-a", "agnews-a", "--method", "ties", "--library", lib.root, "--out", "d", "--dense-out", dense)
+    assert (dense / "config.json").is_file() and (dense / "merge_recipe.yaml").is_file()
+    assert isinstance(AutoModel.from_pretrained(dense), torch.nn.Module)
+    task = load_task(setup[1]["sst2"])
+    delta, _ = lib.load("d")
+    scorer = make_scorer(minilm)
+    with minilm.applied(delta) as model:
+        lora_logits, _ = predict_logits(scorer, task, "test", model)
+    dense_backbone = Backbone.load(str(dense))
+    dense_logits, _ = predict_logits(make_scorer(dense_backbone), task, "test")
+    torch.testing.assert_close(dense_logits, lora_logits, rtol=1e-4, atol=1e-4)
+    taken = run("merge", "sst2-a", "--library", lib.root, "--out", "d2", "--dense-out", dense, ok=False)
+    assert taken.exit_code == 2 and said(taken, "not an empty folder") and not lib.exists("d2")
+
+
+def test_data_driven_methods_through_the_cli(lib, setup):
+    dirs = setup[1]
+    out = json.loads(
+        run(
+            "merge",
+            "sst2-a",
+            "agnews-a",
+            "--method",
+            "atlas",
+            "--data",
+            dirs["sst2"],
+            "--data",
+            dirs["agnews"],
+            "--param",
+            "steps=1",
+            "--param",
+            "examples_per_task=8",
+            "--library",
+            lib.root,
+            "--out",
+            "at",
+            "--json",
+        ).stdout
+    )
+    rec = lib.get("at")
+    assert rec.method == "atlas" and rec.params["steps"] == 1 and out["reconstruction_error"] is None
+    assert [d["name"] for d in rec.recipe["data"]] == ["sst2", "agnews"] and "coefficients" in rec.recipe["info"]
+    routed = json.loads(
+        run(
+            "merge",
+            "sst2-a",
+            "agnews-a",
+            "--method",
+            "dawin",
+            "--data",
+            dirs["sst2"],
+            "--param",
+            "examples_per_task=4",
+            "--library",
+            lib.root,
+            "--out",
+            "dw",
+            "--eval",
+            dirs["agnews"],
+            "--limit",
+            "8",
+            "--json",
+        ).stdout
+    )
+    assert (
+        routed["routed"]
+        and routed["eval"]["tasks"][0]["routed"]
+        and lib.get("dw").recipe["router"]["router"] == ("entropy")
+    )
+    assert {m.metric for m in lib.metrics("dw")} >= {"routed_accuracy", "routed_normalized_accuracy"}
+    run(
+        "merge",
+        "sst2-a",
+        "--method",
+        "base_interp",
+        "--data",
+        dirs["sst2"],
+        "--retain",
+        dirs["subjectivity"],
+        "--param",
+        "grid=[0.5]",
+        "--param",
+        "examples_per_task=8",
+        "--library",
+        lib.root,
+        "--out",
+        "bi",
+    )
+    rec = lib.get("bi")
+    assert rec.params["retention"] == ["subjectivity"] and rec.recipe["info"]["alpha"] in (0.0, 0.5)
+    missing = run("merge", "sst2-a", "--method", "atlas", "--library", lib.root, "--out", "x", ok=False)
+    assert missing.exit_code == 2 and said(missing, "learns from data") and not lib.exists("x")
+
+
+def test_demo_merge_step_prints_its_table(lib, setup, minilm):
+    from rich.console import Console
+
+    from adaptforge.demo import DEMO_MERGES, demo_merge_step
+    from adaptforge.tasks import load_task
+
+    tasks = [load_task(setup[1][name]) for name in TASKS]
+    console = Console(record=True, width=200)
+    rows = demo_merge_step(tasks, minilm, lib, console, adapters=[f"{n}-a" for n in TASKS])
+    assert [r["method"] for r in rows] == [m for m, _ in DEMO_MERGES]
+    for row in rows:
+        assert lib.get(row["adapter"]).method == row["method"] and len(row["tasks"]) == 3
+        assert row["average_normalized_accuracy"] is not None
+    assert "avg norm" in console.export_text()
