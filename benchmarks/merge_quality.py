@@ -222,13 +222,14 @@ def main() -> None:
 
     best_static = max(tuned, key=lambda m: max(r["dev"] for r in tuned[m]["dev_curve"]))  # chosen on dev
 
-    def base_interp() -> dict[str, Any]:
+    def base_interp(rule: str) -> dict[str, Any]:
         inner_params = {k: v for k, v in tuned[best_static]["params"].items() if k != "scaling"}
         params = {
             "inner": best_static,
             "inner_params": inner_params,
             "scaling": tuned[best_static]["params"]["scaling"],
             "retention": [t.name for t in retention],
+            "retention_rule": rule,
             "tolerance": args.tolerance,
             "grid": [0.25, 0.5, 0.75, 1.0],
             "examples_per_task": args.dev_limit,
@@ -239,7 +240,8 @@ def main() -> None:
             "params": params,
             "alpha": res.info["alpha"],
             "dev_curve": [
-                {k: r[k] for k in ("alpha", "target_accuracy", "retention_accuracy")} for r in res.info["curve"]
+                {k: r[k] for k in ("alpha", "target_accuracy", "retention_accuracy", "per_task")}
+                for r in res.info["curve"]
             ],
             "test": test_accs(res.delta),
             "retention_test": {
@@ -249,10 +251,10 @@ def main() -> None:
             },
         }
 
-    log.info("base_interp on %s", best_static)
-    results["base_interp"] = cache.get_or(
-        f"base_interp_{best_static}_{args.tolerance}_{args.dev_limit}_{args.test_limit}", base_interp
-    )
+    for rule, label in (("mean", "base_interp"), ("each", "base_interp_each")):
+        log.info("base_interp (%s) on %s", rule, best_static)
+        key = f"base_interp_{best_static}_{args.tolerance}_{args.dev_limit}_{args.test_limit}"
+        results[label] = cache.get_or(key if rule == "mean" else f"{key}_each", lambda rule=rule: base_interp(rule))
 
     summary = summarize(results, [t.name for t in tasks])
     report = {
@@ -314,8 +316,9 @@ def markdown(summary: dict[str, dict[str, Any]], results: dict[str, dict[str, An
         params = ", ".join(
             f"{k}={v}" for k, v in res.get("params", {}).items() if k not in ("inner_params", "retention")
         )
-        if method == "base_interp":
-            params = f"alpha={res['alpha']} on {params}"
+        if method.startswith("base_interp"):
+            keep = ("inner", "scaling", "retention_rule", "tolerance")
+            params = f"alpha={res['alpha']} on " + ", ".join(f"{k}={res['params'][k]}" for k in keep)
         cells = [f"{res['test'][t]:.3f}" for t in tasks]
         worst = f"{SHORT.get(s['worst_task'], s['worst_task'])} {s['worst_normalized']:.3f}"
         lines.append(

@@ -7,7 +7,9 @@ A tiny LLaMA-style model is built from a config and saved with ``save_pretrained
 fails on BERT-family models, so the comparison uses LLaMA). ``--adapters`` PEFT LoRA adapters (rank
 ``--rank`` on q/k/v/o/gate/up/down, random ``lora_B``) are created on it and saved; adaptforge reads the
 same folders. mergekit merges full models, so each adapter is also materialized as base + dW with
-``save_pretrained`` (not timed: mergekit's LoRA input path does the same work before merging).
+``save_pretrained`` (not timed: mergekit's LoRA input path does the same work before merging). The
+base's target weights are zero so that base + dW - base is exactly dW in float32: otherwise rounding
+in the materialized models flips a few entries at the TIES trim threshold (~1e-3 relative difference).
 
 Timed, each the median of ``--repeats`` runs, all on ``--threads`` torch threads:
 - adaptforge: ``merge(method, deltas, params)`` in memory, and end to end from the PEFT folders
@@ -78,7 +80,12 @@ def build(root: Path, args: argparse.Namespace) -> tuple[Path, list[Path], list[
     )
     torch.manual_seed(0)
     base_dir = root / "base"
-    LlamaForCausalLM(config).save_pretrained(base_dir)
+    base = LlamaForCausalLM(config)
+    with torch.no_grad():  # zero target weights: base + dW is then exact in float32, so mergekit sees dW exactly
+        for name, module in base.named_modules():
+            if name.rsplit(".", 1)[-1] in TARGETS:
+                module.weight.zero_()
+    base.save_pretrained(base_dir)
     model = get_peft_model(
         LlamaForCausalLM.from_pretrained(base_dir),
         LoraConfig(r=args.rank, lora_alpha=2 * args.rank, target_modules=TARGETS),

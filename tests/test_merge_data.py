@@ -164,7 +164,12 @@ def test_base_interp_picks_the_best_allowed_alpha(minilm, scorer, deltas, tasks)
         torch.testing.assert_close(
             result.delta.dense(name), scale_delta(inner.delta, best["alpha"]).dense(name), rtol=1e-5, atol=1e-6
         )
+    strict = run("base_interp", deltas, {**params, "retention_rule": "each", "tolerance": 0.05}, scorer, tasks)
+    rows = strict.info["curve"]
+    keeps = [r for r in rows if r["per_task"]["subjectivity"] >= rows[0]["per_task"]["subjectivity"] - 0.05 - 1e-9]
+    assert strict.info["alpha"] == max(keeps, key=lambda r: (r["target_accuracy"], -r["alpha"]))["alpha"]
     for bad, message in [
+        ({"retention": ["subjectivity"], "retention_rule": "all"}, "retention_rule must be"),
         ({}, "needs retention tasks"),
         ({"retention": ["nope"]}, "not among the data"),
         ({"retention": ["sst2", "subjectivity"]}, "give at least one target task"),

@@ -3,8 +3,10 @@
 ``W(alpha) = W_base + alpha * dW`` is the weight-space interpolation of WiSE-FT (Wortsman et al. 2022,
 https://arxiv.org/abs/2109.01903) and of "merge pre- and post-tuning weights" to keep an aligned
 model's safety (Farn et al. 2024, https://arxiv.org/abs/2412.19512). ``alpha`` is chosen on a grid:
-the largest mean target-task accuracy among the values whose mean retention-task accuracy stays
-within ``tolerance`` of the base model's (``alpha = 0``, always allowed), on the ``dev`` splits.
+the largest mean target-task accuracy among the values whose retention-task accuracy stays within
+``tolerance`` of the base model's (``alpha = 0``, always allowed), on the ``dev`` splits: the mean over
+retention tasks (``retention_rule="mean"``) or every retention task on its own (``"each"``, stricter:
+one task may not pay for another's gain).
 """
 
 from __future__ import annotations
@@ -34,13 +36,15 @@ DEFAULT_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 class BaseInterpParams(DataParams):
     """``inner``/``inner_params``: the merge whose delta is shrunk (``task_arithmetic`` of one adapter is
     the adapter itself); ``weights`` and ``scaling`` go to it. ``retention``: names of the given tasks
-    whose accuracy must stay within ``tolerance`` (absolute, mean over those tasks) of the base model's;
-    the other tasks are the targets. ``grid``: the alphas tried."""
+    whose accuracy must stay within ``tolerance`` (absolute; of the mean over those tasks, or of each task
+    with ``retention_rule="each"``) of the base model's; the other tasks are the targets. ``grid``: the
+    alphas tried."""
 
     inner: str = "task_arithmetic"
     inner_params: Mapping[str, Any] = field(default_factory=dict)
     retention: tuple[str, ...] = ()
     tolerance: float = 0.01
+    retention_rule: str = "mean"
     grid: tuple[float, ...] = DEFAULT_GRID
     examples_per_task: int | None = 200
 
@@ -59,6 +63,8 @@ class BaseInterpParams(DataParams):
         if isinstance(self.retention, str) or not all(isinstance(t, str) for t in self.retention):
             raise AdaptforgeError(f"retention must be a list of task names, got {self.retention!r}")
         object.__setattr__(self, "retention", tuple(self.retention))
+        if self.retention_rule not in ("mean", "each"):
+            raise AdaptforgeError(f"retention_rule must be 'mean' or 'each', got {self.retention_rule!r}")
         if not is_finite_number(self.tolerance) or self.tolerance < 0:
             raise AdaptforgeError(f"tolerance must be a number >= 0, got {self.tolerance!r}")
         if isinstance(self.grid, (str, bytes)) or not self.grid or not all(is_finite_number(a) for a in self.grid):
@@ -131,8 +137,14 @@ class BaseInterpolation(DataMergeMethod):
             }
             curve.append(row)
             log.info("base_interp alpha=%.2f target %.4f retention %.4f", alpha, *list(row.values())[1:3])
-        floor = curve[0]["retention_accuracy"] - p.tolerance  # alpha = 0 is first: the grid is sorted
-        allowed = [r for r in curve if r["retention_accuracy"] >= floor - 1e-12]
+        base = curve[0]  # alpha = 0 is first: the grid is sorted
+
+        def keeps(row: dict[str, Any]) -> bool:
+            if p.retention_rule == "each":
+                return all(row["per_task"][n] >= base["per_task"][n] - p.tolerance - 1e-9 for n in p.retention)
+            return row["retention_accuracy"] >= base["retention_accuracy"] - p.tolerance - 1e-12
+
+        allowed = [r for r in curve if keeps(r)]
         best = max(allowed, key=lambda r: (r["target_accuracy"], -r["alpha"]))
         alpha = float(best["alpha"])
         info = {

@@ -27,15 +27,22 @@ def keep_count(numel: int, density: float) -> int:
 def magnitude_trim(x: torch.Tensor, density: float) -> torch.Tensor:
     """Keep the ``k = floor(density * numel)`` entries of largest ``|x|`` and zero the rest (TIES "trim").
 
-    Ties at the threshold are broken by ``torch.topk``. ``density >= 1`` returns ``x`` unchanged.
-    TIES: https://arxiv.org/abs/2306.01708
+    The threshold is the k-th largest magnitude (``kthvalue``, cheaper than sorting or ``topk``); entries
+    tied with it are kept in index order until exactly ``k`` are kept. ``density >= 1`` returns ``x``
+    unchanged. TIES: https://arxiv.org/abs/2306.01708
     """
     if density >= 1:
         return x.clone()
     k = keep_count(x.numel(), density)
     flat = x.reshape(-1)
-    mask = torch.zeros_like(flat, dtype=torch.bool)
-    mask[torch.topk(flat.abs(), k).indices] = True
+    if k == 0:
+        return torch.zeros_like(x)
+    mag = flat.abs()
+    threshold = torch.kthvalue(mag, flat.numel() - k + 1).values
+    mask = mag > threshold
+    missing = k - int(mask.sum())
+    if missing > 0:  # ties at the threshold: the first ones by index
+        mask[torch.nonzero(mag == threshold).reshape(-1)[:missing]] = True
     return (flat * mask).reshape(x.shape)
 
 

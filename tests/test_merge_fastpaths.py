@@ -1,0 +1,49 @@
+"""The fast paths of the merge algebra against their slow definitions: threshold trim vs sort, and the
+Gram-matrix truncated SVD vs ``torch.linalg.svd`` (wide, tall, rank-deficient, ties at the threshold)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adaptforge.merge.ops import keep_count, magnitude_trim
+from adaptforge.merge.refactor import dense_svd, truncation_error
+
+
+@pytest.mark.parametrize("density", [0.05, 0.2, 0.5, 0.9])
+def test_trim_matches_sorting(density):
+    x = torch.randn(37, 23, generator=torch.Generator().manual_seed(0))
+    k = keep_count(x.numel(), density)
+    order = x.reshape(-1).abs().argsort(descending=True)[:k]
+    expected = torch.zeros(x.numel())
+    expected[order] = x.reshape(-1)[order]
+    assert torch.equal(magnitude_trim(x, density), expected.reshape(x.shape))
+
+
+def test_trim_keeps_exactly_k_with_ties_in_index_order():
+    x = torch.tensor([1.0, -2.0, 2.0, 2.0, -2.0, 0.5])
+    assert torch.equal(magnitude_trim(x, 0.5), torch.tensor([0.0, -2.0, 2.0, 2.0, 0.0, 0.0]))
+    assert torch.count_nonzero(magnitude_trim(torch.ones(10), 0.3)) == 3
+    assert torch.count_nonzero(magnitude_trim(torch.ones(10), 0.05)) == 0  # floor(0.5) = 0 entries
+
+
+@pytest.mark.parametrize("shape", [(40, 12), (12, 40), (25, 25)])
+@pytest.mark.parametrize("true_rank", [3, 12])
+def test_gram_svd_matches_the_full_svd(shape, true_rank):
+    g = torch.Generator().manual_seed(1)
+    m = torch.randn(shape[0], true_rank, generator=g, dtype=torch.float64) @ torch.randn(
+        true_rank, shape[1], generator=g, dtype=torch.float64
+    )
+    singular = torch.linalg.svdvals(m)
+    for rank in (1, 3, 8):
+        module, err = dense_svd(m, rank)
+        U, S, Vh = torch.linalg.svd(m, full_matrices=False)
+        best = (U[:, :rank] * S[:rank]) @ Vh[:rank]
+        torch.testing.assert_close(module.dense().double(), best, rtol=1e-5, atol=1e-5 * float(S[0]))
+        assert err == pytest.approx(truncation_error(singular, rank), rel=1e-6, abs=1e-7)
+        assert (
+            torch.allclose(
+                module.A.double() @ module.A.double().T, torch.eye(module.rank, dtype=torch.float64), atol=1e-5
+            )
+            or true_rank < rank
+        )  # A = V_r^T has orthonormal rows (PEFT's convention)
