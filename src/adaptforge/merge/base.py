@@ -30,6 +30,21 @@ def is_finite_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+D = TypeVar("D")
+
+
+def params_from_dict(cls: type[D], data: Mapping[str, Any]) -> D:
+    """Build the params dataclass ``cls`` from a recipe mapping; an unknown key is an error naming the
+    closest known key (shared by merge methods and composers)."""
+    known = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise AdaptforgeError(f"unknown parameter {key!r}; known: {', '.join(known)}.{hint}")
+    return cls(**dict(data))
+
+
 @dataclass(frozen=True, kw_only=True)
 class MergeParams:
     """Parameters every method takes.
@@ -58,13 +73,7 @@ class MergeParams:
     @classmethod
     def from_dict(cls: type[P], data: Mapping[str, Any]) -> P:
         """Build from a recipe mapping; an unknown key is an error naming the closest known key."""
-        known = [f.name for f in fields(cls)]
-        for key in data:
-            if key not in known:
-                close = difflib.get_close_matches(str(key), known, n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise AdaptforgeError(f"unknown parameter {key!r}; known: {', '.join(known)}.{hint}")
-        return cls(**dict(data))
+        return params_from_dict(cls, data)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

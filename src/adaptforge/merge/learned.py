@@ -221,12 +221,7 @@ class Atlas(DataMergeMethod):
             with LoraMixture(model, deltas, coef):
                 for step in range(p.steps):
                     optimizer.zero_grad(set_to_none=True)
-                    total = 0.0
-                    for t, (encoded, labels) in enumerate(data):
-                        index = _next_batch(orders[t], cursors, t, p.batch_size)
-                        loss = scorer.loss(model, make_batch(encoded, index), labels) / len(data)
-                        loss.backward()  # per task: activations of one task's batch in memory at a time
-                        total += float(loss.detach())
+                    total = accumulate_step(scorer, model, data, orders, cursors, p.batch_size)
                     optimizer.step()
                     curve.append(round(total, 5))
                     log.info("atlas step %d/%d: mean task loss %.4f", step + 1, p.steps, total)
@@ -244,6 +239,27 @@ class Atlas(DataMergeMethod):
         if any(not math.isfinite(v) for v in curve):
             raise AdaptforgeError("atlas: the loss became non-finite; lower lr")
         return MergeResult(delta, errors, info)
+
+
+def accumulate_step(
+    scorer: Scorer,
+    model: torch.nn.Module,
+    data: Sequence[tuple[EncodedSplit, LabelInputs]],
+    orders: Sequence[list[int]],
+    cursors: list[int],
+    batch_size: int,
+) -> float:
+    """Backpropagate the mean over tasks of one batch loss per task and return it; the caller zeroes the
+    gradients and steps the optimizer. Each task's batch is the next ``batch_size`` of its fixed shuffled
+    ``orders[t]`` (``cursors`` advance), and is backpropagated before the next task's batch, so only one
+    task's activations are in memory at a time. Shared by aTLAS merging and few-shot aTLAS composition."""
+    total = 0.0
+    for t, (encoded, labels) in enumerate(data):
+        index = _next_batch(orders[t], cursors, t, batch_size)
+        loss = scorer.loss(model, make_batch(encoded, index), labels) / len(data)
+        loss.backward()
+        total += float(loss.detach())
+    return total
 
 
 def _next_batch(order: list[int], cursors: list[int], t: int, size: int) -> list[int]:

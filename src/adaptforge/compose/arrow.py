@@ -1,0 +1,153 @@
+"""Arrow: route every token, at every adapted layer, to the adapters whose input directions it aligns with.
+
+Arrow (Ostapenko et al. 2024, "Towards Modular LLMs by Building and Reusing a Library of LoRAs",
+https://arxiv.org/abs/2405.11157) needs no training and no labels. For each target module ``m`` and
+adapter ``i``, the prototype ``v_{i,m}`` is the top right singular vector of ``dW_{i,m} = s_i B_i A_i``: the
+input direction the adapter changes most. A token's input ``x`` to module ``m`` scores every adapter by
+``|<v_{i,m}, x>|`` (absolute value: a singular vector's sign is arbitrary), keeps the ``top_k`` best, and
+weights them by ``softmax(score / temperature)`` over those, so the module computes
+
+    y = W x + sum_{i in top_k(x)} g_i(x) s_i B_i A_i x.
+
+Prototypes come from the LoRA factors (QR of ``B`` and ``A^T``, SVD of the small core; never a dense SVD
+of the ``out x in`` delta) and the mixture runs in low-rank form through forward hooks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import torch
+
+from adaptforge.adapters import check_compatible
+from adaptforge.compose.base import (
+    Candidate,
+    ComposeParams,
+    Composer,
+    ComposeResult,
+    check_int,
+    check_number,
+    deltas_of,
+    register_composer,
+)
+from adaptforge.compose.shots import Shots
+from adaptforge.core import AdaptforgeError, LoraDelta, LoraModule
+from adaptforge.merge.lowrank import fold
+from adaptforge.merge.refactor import lowrank_svd
+from adaptforge.scorers import Scorer
+
+ARROW_URL = "https://arxiv.org/abs/2405.11157"
+
+
+def arrow_prototype(module: LoraModule) -> torch.Tensor:
+    """Unit top right singular vector (length ``in``) of ``s B A``, from the rank-1 truncation computed
+    through QR of the factors (:func:`~adaptforge.merge.refactor.lowrank_svd`). Its sign is arbitrary."""
+    top, _ = lowrank_svd(module, 1)
+    return top.A[0].float()
+
+
+class ArrowRouting:
+    """Per-token top-k routing over ``deltas`` at every target module (Arrow). Prototypes and the
+    concatenated factors are computed once; :meth:`applied` installs the hooks on a model."""
+
+    def __init__(self, deltas: Sequence[LoraDelta], top_k: int = 4, temperature: float = 1.0) -> None:
+        if not deltas:
+            raise AdaptforgeError("Arrow routing needs at least one adapter")
+        check_int(top_k, "top_k", minimum=1)
+        check_number(temperature, "temperature", minimum=0.0, strict=True)
+        self.deltas = list(deltas)
+        self.modules: list[str] = list(deltas[0])
+        for i, delta in enumerate(self.deltas):
+            if list(delta) != self.modules:
+                raise AdaptforgeError(f"adapter {i} targets other modules than adapter 0; route adapters of one kind")
+        self.top_k = min(top_k, len(self.deltas))
+        self.temperature = float(temperature)
+        self.prototypes: dict[str, torch.Tensor] = {}  # module -> [adapters, in]
+        self._factors: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        for name in self.modules:
+            parts = [d[name] for d in self.deltas]
+            self.prototypes[name] = torch.stack([arrow_prototype(m) for m in parts])
+            A = torch.cat([m.A.float() * float(m.scale) for m in parts])
+            B = torch.cat([m.B.float() for m in parts], dim=1)
+            owner = torch.cat([torch.full((m.rank,), i, dtype=torch.long) for i, m in enumerate(parts)])
+            self._factors[name] = (A, B, owner)
+
+    def gates(self, module: str, x: torch.Tensor) -> torch.Tensor:
+        """``[..., adapters]`` routing weights of the inputs ``x`` (``[..., in]``) to ``module``: softmax of
+        ``|<v_i, x>| / temperature`` over the ``top_k`` adapters, zero elsewhere; each token's row sums to 1."""
+        scores = (x.float() @ self.prototypes[module].T).abs()
+        top, index = scores.topk(self.top_k, dim=-1)
+        return torch.zeros_like(scores).scatter(-1, index, torch.softmax(top / self.temperature, dim=-1))
+
+    def _hook(self, name: str, dtype: torch.dtype) -> Any:
+        A, B, owner = (t.to(dtype) if t.is_floating_point() else t for t in self._factors[name])
+
+        def hook(module: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+            x = args[0].to(dtype)
+            gate = self.gates(name, x).to(dtype)[..., owner]  # one weight per rank component
+            return output + ((x @ A.T) * gate) @ B.T
+
+        return hook
+
+    @contextlib.contextmanager
+    def applied(self, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+        """``model`` with Arrow's hooks on every target module (removed on exit; weights untouched)."""
+        for i, delta in enumerate(self.deltas):
+            check_compatible(delta, model, what=f"adapter {i}")
+        named = dict(model.named_modules())
+        handles = []
+        try:
+            for name in self.modules:
+                target = named[name]
+                handles.append(target.register_forward_hook(self._hook(name, target.weight.dtype)))
+            yield model
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def describe(self) -> dict[str, object]:
+        """JSON-able settings (stored with the composed adapter so the routing can be rebuilt)."""
+        return {"router": "arrow", "top_k": self.top_k, "temperature": self.temperature, "adapters": len(self.deltas)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArrowParams(ComposeParams):
+    """``top_k``: adapters mixed per token and layer (capped at the number of candidates; the paper uses 4);
+    ``temperature`` of the softmax over their scores."""
+
+    top_k: int = 4
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int(self.top_k, "top_k", minimum=1)
+        check_number(self.temperature, "temperature", minimum=0.0, strict=True)
+
+
+@register_composer
+class Arrow(Composer):
+    """Arrow routing (https://arxiv.org/abs/2405.11157): training-free, label-free per-token routing over the
+    candidates, so it works at k = 0 (shots are not used). Per-token weights are not one adapter: the result
+    carries ``routing`` (used by :func:`~adaptforge.compose.base.evaluate_composed`) and, as its ``delta``,
+    the static fallback: the uniform mean of the candidates (exact rank concatenation)."""
+
+    name = "arrow"
+    reference_url = ARROW_URL
+    params_type = ArrowParams
+
+    def _compose(
+        self, candidates: list[Candidate], scorer: Scorer, shots: Shots, params: ComposeParams
+    ) -> ComposeResult:
+        p = cast(ArrowParams, params)
+        deltas = deltas_of(candidates)
+        routing = ArrowRouting(deltas, top_k=p.top_k, temperature=p.temperature)
+        n = len(deltas)
+        delta = fold(deltas, torch.full((len(deltas[0]), n), 1.0 / n))
+        info = {
+            "routing": routing.describe(),
+            "delta": "static fallback (uniform mean); evaluate with the routing for Arrow itself",
+        }
+        return ComposeResult(delta, [1.0 / n] * n, info, routing=routing)
