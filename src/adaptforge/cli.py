@@ -455,6 +455,132 @@ def merge_cmd(
         out.print(merge_table(outcome.report, title=f"{outcome.record.name} on {split}"))
 
 
+@app.command("compose")
+def compose_cmd(
+    task_dir: Annotated[
+        Path, typer.Argument(help="The new task: folder, SNI .json or .csv (description, labels, shots).")
+    ],
+    library: LibraryOpt,
+    out_name: Annotated[str, typer.Option("--out", "-o", help="Name of the composed adapter.")],
+    method: Annotated[str, typer.Option(help="lorahub | atlas | arrow | retrieval (see --list).")] = "lorahub",
+    shots: Annotated[int, typer.Option("--shots", "-k", help="Labelled train examples used (0: none).")] = 16,
+    candidates: Annotated[int, typer.Option(help="Library adapters retrieved as candidates.")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed of the shot sample and the method.")] = 0,
+    param: Annotated[list[str] | None, typer.Option("--param", help="Method parameter key=value.")] = None,
+    model: ModelOpt = None,
+    split: Annotated[str, typer.Option(help="Split on which zero-shot and the result are compared.")] = "test",
+    no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the zero-shot vs composed evaluation.")] = False,
+    limit: Annotated[int | None, typer.Option(help="Evaluate at most this many examples.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    list_methods: Annotated[bool, typer.Option("--list", help="List compose methods and exit.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """An adapter for a new task from k labelled examples and the library's adapters (with lineage)."""
+    from adaptforge.compose import COMPOSERS
+    from adaptforge.composing import compose_into_library
+    from adaptforge.library import Library
+    from adaptforge.tasks import load_task
+
+    if list_methods:
+        for name, cls in COMPOSERS.items().items():
+            fields = ", ".join(cls.params_type.__dataclass_fields__)
+            need = " (needs --shots > 0)" if cls.needs_shots else ""
+            out.print(f"{name}{need}: {cls.reference_url}  params: {fields}")
+        return
+    with cli_errors():
+        task = load_task(task_dir)
+        lib = Library(library, create=False)
+        outcome = compose_into_library(
+            task,
+            lib,
+            out_name,
+            method=method,
+            shots=shots,
+            candidates=candidates,
+            seed=seed,
+            params=parse_options(param or []),
+            model=model,
+            eval_split=None if no_eval else split,
+            limit=limit,
+            overwrite=overwrite,
+            notify=lambda msg: console.print(f"[dim]{msg}[/dim]"),
+        )
+    _print_new_task(outcome, as_json)
+
+
+@app.command("generate")
+def generate_cmd(
+    library: LibraryOpt,
+    out_name: Annotated[str, typer.Option("--out", "-o", help="Name of the generated adapter.")],
+    description: Annotated[str, typer.Option(help="The new task's description (instruction).")],
+    labels: Annotated[str, typer.Option(help="Comma-separated label strings, in order.")],
+    task_name: Annotated[str | None, typer.Option("--task", help="Task name recorded (default: --out).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Sample the generator with this seed (default: its mean).")] = None,
+    model: ModelOpt = None,
+    eval_dir: Annotated[Path | None, typer.Option("--eval", help="Task folder to compare with zero-shot.")] = None,
+    split: Annotated[str, typer.Option(help="Split evaluated by --eval.")] = "test",
+    limit: Annotated[int | None, typer.Option(help="Evaluate at most this many examples.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """An adapter for a task never trained on, from its description and labels (generator over the library)."""
+    from adaptforge.composing import generate_into_library
+    from adaptforge.library import Library
+    from adaptforge.tasks import load_task
+
+    with cli_errors():
+        names = [x.strip() for x in labels.split(",")]
+        if len(names) < 2 or any(not x for x in names):
+            raise AdaptforgeError(f"--labels {labels!r}: expected at least two comma-separated non-empty labels")
+        lib = Library(library, create=False)
+        outcome = generate_into_library(
+            description,
+            names,
+            lib,
+            out_name,
+            task_name=task_name,
+            seed=seed,
+            model=model,
+            eval_task=load_task(eval_dir) if eval_dir is not None else None,
+            eval_split=split,
+            limit=limit,
+            overwrite=overwrite,
+            notify=lambda msg: console.print(f"[dim]{msg}[/dim]"),
+        )
+    _print_new_task(outcome, as_json)
+
+
+def _print_new_task(outcome: object, as_json: bool) -> None:
+    from adaptforge.composing import NewTaskOutcome
+
+    assert isinstance(outcome, NewTaskOutcome)
+    if as_json:
+        out.print_json(json.dumps(outcome.to_json(), default=str))
+        return
+    record = outcome.record
+    out.print(f"{outcome.method}: added {record.name} ({record.id}), rank {record.rank}, {outcome.seconds:.1f}s")
+    if outcome.candidates:
+        weights = outcome.info.get("weights", {})
+        table = Table(title="candidates")
+        for col in ("adapter", "task", "similarity", "shot loss", "weight"):
+            table.add_column(col, justify="left" if col in ("adapter", "task") else "right")
+        for c in outcome.candidates:
+            table.add_row(
+                c.name,
+                c.task or "-",
+                "-" if c.similarity is None else f"{c.similarity:.3f}",
+                "-" if c.shot_loss is None else f"{c.shot_loss:.3f}",
+                f"{weights.get(c.name, 0.0):+.3f}",
+            )
+        out.print(table)
+    if outcome.evals:
+        zero, new = outcome.evals["zero_shot"], outcome.evals["adapter"]
+        out.print(
+            f"{new.task} ({new.split}, n={new.n}): zero-shot {zero.accuracy:.3f} -> {record.name} {new.accuracy:.3f} "
+            f"({new.accuracy - zero.accuracy:+.3f}); macro-F1 {zero.macro_f1:.3f} -> {new.macro_f1:.3f}"
+        )
+
+
 def merge_table(report: object, title: str) -> Table:
     """Per task: merged accuracy, the task's own adapter, normalized accuracy; then average and worst."""
     from adaptforge.merging import MergeReport
