@@ -18,6 +18,10 @@ demo: $(STAMP)
 	$(VENV)/bin/adaptforge demo --out out/demo
 
 test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+# Also the slow end-to-end checks (the demo pipeline on little data; minutes on 2 cores).
+test-all: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

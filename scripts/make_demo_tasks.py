@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from adaptforge.demo import DEMO_TASKS, shipped_tasks_dir
+from adaptforge.demo import DEMO_NEW_TASK, DEMO_TASKS, shipped_tasks_dir
 from adaptforge.tasks import load_task, write_task
 
 SIZES = {"train": 400, "dev": 100, "test": 300}
@@ -22,7 +22,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/tasks")
     args = parser.parse_args()
-    for name in DEMO_TASKS:
+    for name in (*DEMO_TASKS, DEMO_NEW_TASK):
         task = load_task(args.shared / name)
         small = task.with_splits(**{split: task.sample(split, n, seed=0) for split, n in SIZES.items()})
         folder = write_task(small, shipped_tasks_dir() / name)

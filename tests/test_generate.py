@@ -30,7 +30,7 @@ from adaptforge.workflows import train_into_library
 
 SHAPES = {"layers.0.q": (12, 10), "layers.1.v": (8, 12)}  # module -> (out, in)
 RANK, DIM = 2, 8
-FAST = GeneratorConfig(steps=800, hidden_dim=32, latent_dim=2, cond_dim=8)
+FAST = GeneratorConfig(steps=800, hidden_dim=32, latent_dim=2, cond_dim=8, condition_noise=0.0)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -154,6 +154,19 @@ def test_generator_reproduces_a_training_task_and_interpolates(world, samples, g
     )
     assert generator.info["train_reconstruction_error"] < 0.15
     assert generator.info["n_samples"] == 12 and generator.info["curve"][-1][1] < generator.info["curve"][0][1]
+
+
+def test_condition_noise_shrinks_a_novel_condition_to_the_mean_adapter(world):
+    """A condition unlike any in the library (orthogonal to all of them) should give about the mean adapter: the
+    default training noise on the condition does that; without it the untrained projection adds arbitrary terms."""
+    w, emb = world
+    samples = GeneratorSamples.from_deltas([adapter_of(w, e) for e in emb], emb)
+    novel = emb.mean(0) + 0.8 * np.linalg.svd(emb - emb.mean(0))[2][-1]
+    plain = LoraGenerator.fit(samples, FAST).generate_detailed(novel)
+    noisy = LoraGenerator.fit(samples, GeneratorConfig.from_dict({**FAST.to_dict(), "condition_noise": 3.0}))
+    shrunk = noisy.generate_detailed(novel)
+    assert GeneratorConfig().condition_noise == 3.0
+    assert np.abs(shrunk.weights - 1 / 6).max() < 0.05 < np.abs(plain.weights - 1 / 6).max()
 
 
 def test_generation_is_deterministic_and_seeded_samples_differ(world):

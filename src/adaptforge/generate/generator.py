@@ -7,6 +7,11 @@ task from its condition. Here the condition is the description embedding the lib
 set (``basis.py``) rather than raw factors, which are not comparable across independently initialised adapters.
 Generation decodes ``z = 0`` (the prior mean) by default, or ``z ~ N(0, I)`` with a seed, then maps coordinates
 back to a LoRA adapter of the library's layout.
+
+Defaults were chosen by a leave-one-task-out check on MiniLM (12 held-out tasks, 33 library adapters): dense
+deltas per module, a linear decoder and condition noise 3.0 (which shrinks unfamiliar descriptions toward the
+mean adapter) scored best among the CVAE settings; an MLP decoder, whole-adapter PCA and raw factors were no
+better. All settings were within about one accuracy point of each other and of zero-shot + 1.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ class GeneratorConfig:
     hidden_dim: int = 64  # width of the encoder's (and an mlp decoder's) hidden layer
     cond_dim: int = 16  # the description embedding is projected to this size
     beta: float = 1.0  # KL weight of the ELBO
-    condition_noise: float = 0.0  # training noise on the normalised condition (ridge-like shrinkage to the mean)
+    condition_noise: float = 3.0  # training noise on the normalised condition (ridge-like shrinkage to the mean)
     lr: float = 3e-3  # Adam(W)
     weight_decay: float = 1e-4
     steps: int = 1500  # optimizer steps

@@ -1,0 +1,35 @@
+"""The main job end to end, with little training so it stays a test (the real run is `make demo`)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from rich.console import Console
+
+from adaptforge.demo import DEMO_NEW_TASK, DEMO_TASKS, run_demo
+from adaptforge.library import Library
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path):
+    console = Console(file=io.StringIO(), record=True, width=160)
+    path = run_demo(tmp_path / "demo", console=console, max_train=24, epochs=1)
+    summary = json.loads(path.read_text())
+    assert [r["task"] for r in summary["tasks"]] == list(DEMO_TASKS)
+    for row in summary["tasks"]:
+        assert 0 <= row["zero_shot_accuracy"] <= 1 and 0 <= row["lora_accuracy"] <= 1 and row["n_test"] == 300
+    library = Library(tmp_path / "demo" / "library", create=False)
+    names = {r.name for r in library.list()}
+    assert {f"{t}-lora" for t in DEMO_TASKS} <= names
+    merged = [r for r in library.list() if r.recipe.get("kind") == "merge"]
+    assert merged and all(len(library.lineage(r.name)) == len(DEMO_TASKS) for r in merged)
+    new = summary["new_task"]
+    assert new["task"] == DEMO_NEW_TASK and DEMO_NEW_TASK not in DEMO_TASKS
+    for key in ("atlas", "generate"):
+        record = library.get(new[f"{key}_adapter"])
+        assert record.task == DEMO_NEW_TASK and 0 <= new[f"{key}_accuracy"] <= 1
+        assert {p.task for p in library.lineage(record.name)} <= set(DEMO_TASKS)
+    text = console.export_text()
+    assert "zero-shot vs LoRA" in text and f"new task {DEMO_NEW_TASK}" in text
