@@ -45,9 +45,10 @@ from adaptforge.compose import (  # noqa: E402
     train_on_shots,
 )
 from adaptforge.compose.baselines import SHOT_TRAIN_DEFAULTS  # noqa: E402
+from adaptforge.composing import library_generator  # noqa: E402
 from adaptforge.demo import shipped_tasks_dir  # noqa: E402
 from adaptforge.evaluate import EvalResult, evaluate  # noqa: E402
-from adaptforge.generate import LoraGenerator, collect_samples  # noqa: E402
+from adaptforge.generate import GeneratorConfig, LoraGenerator  # noqa: E402
 from adaptforge.library import Library  # noqa: E402
 from adaptforge.scorers import Scorer, make_scorer  # noqa: E402
 from adaptforge.tasks import Task, load_task  # noqa: E402
@@ -110,7 +111,7 @@ def run_cell(
         result = test(delta)
     elif method == "generate":
         generator = generators[task.name]
-        delta = generator.generate(describe(scorer, task.with_splits(train=None, dev=None, test=None)))
+        delta = generator.generate(describe(scorer, task))
         fit_s = time.perf_counter() - t0
         result = test(delta)
     else:
@@ -133,17 +134,10 @@ def run_cell(
     }
 
 
-def fit_generator(library: Library, backbone: Backbone, held_out: str, seed: int, out: Path) -> LoraGenerator:
-    """The generator of the library without ``held_out``'s adapters (cached on disk per task and seed)."""
-    from adaptforge.generate import GeneratorConfig
-
-    folder = out / "generators" / f"{held_out}-s{seed}"
-    if folder.is_dir():
-        return LoraGenerator.load(folder)
-    samples = collect_samples(library, backbone.fingerprint, exclude_tasks={held_out})
-    generator = LoraGenerator.fit(samples, GeneratorConfig(seed=seed))
-    generator.save(folder)
-    return generator
+def fit_generator(library: Library, backbone: Backbone, held_out: str, seed: int) -> LoraGenerator:
+    """The generator of the library without ``held_out``'s adapters (cached in the library by
+    :func:`~adaptforge.composing.library_generator`, keyed by its adapters and config)."""
+    return library_generator(library, backbone, GeneratorConfig(seed=seed), exclude_tasks=[held_out])[0]
 
 
 def mean(values: list[float]) -> float:
@@ -233,7 +227,7 @@ def main() -> None:
                     if method == "zero_shot" and seed != seeds[0]:
                         continue  # deterministic: one row per task
                     if method == "generate" and task.name not in generators:
-                        generators[task.name] = fit_generator(library, backbone, task.name, seed, args.out)
+                        generators[task.name] = fit_generator(library, backbone, task.name, seed)
                     row = run_cell(method, task, k, seed, library, backbone, scorer, generators, args)
                     rows.append(row)
                     with log_path.open("a") as fh:

@@ -33,6 +33,31 @@ def small_task(name: str, n_train: int = 64, n_test: int = 64, seed: int = 0):
     )
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module: its batches are tiny, small LAPACK calls are ~100x slower with two
+    OpenMP threads on a loaded 2-core box, and extra threads only spin. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_cli(*args: object, ok: bool = True):
+    """Invoke the real ``adaptforge`` CLI in-process (arguments stringified); ``ok`` asserts exit code 0."""
+    from typer.testing import CliRunner
+
+    from adaptforge.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if ok:
+        assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
 @pytest.fixture(scope="session")
 def minilm():
     from adaptforge.backbone import Backbone

@@ -5,19 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import run_cli as run
 from conftest import task_dir
-from typer.testing import CliRunner
-
-from adaptforge.cli import app
-
-runner = CliRunner()
-
-
-def run(*args: str, ok: bool = True):
-    result = runner.invoke(app, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, result.output + repr(result.exception)
-    return result
 
 
 @pytest.fixture(scope="module")

@@ -33,12 +33,7 @@ RANK, DIM = 2, 8
 FAST = GeneratorConfig(steps=800, hidden_dim=32, latent_dim=2, cond_dim=8, condition_noise=0.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def linear_world(seed: int = 0) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]], np.ndarray]:

@@ -14,31 +14,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import run_cli as run
 from conftest import small_task
-from typer.testing import CliRunner
 
-from adaptforge.cli import app
 from adaptforge.core import LoraDelta, LoraModule
 from adaptforge.library import Library
 from adaptforge.tasks import write_task
 
-runner = CliRunner()
 TASKS = ("sst2", "subjectivity", "agnews")
 
 
-def run(*args: object, ok: bool = True):
-    result = runner.invoke(app, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, result.output + repr(result.exception)
-    return result
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

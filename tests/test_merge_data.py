@@ -23,12 +23,7 @@ from adaptforge.scorers import make_scorer
 MODULES = ["encoder.layer.0.attention.self.query", "encoder.layer.1.attention.self.value"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -25,13 +25,7 @@ from adaptforge.merge.refactor import concat_modules, dense_svd, lowrank_svd, tr
 T = torch.tensor
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small LAPACK calls are ~100x slower with 2 OpenMP threads on a loaded CI box; one is plenty here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # Three task tensors of three entries: column sums -2, 1, 1; sign counts +1, -1, -1.

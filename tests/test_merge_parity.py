@@ -31,13 +31,7 @@ PREFIX = "base_model.model."
 _names = (f"merged{i}" for i in itertools.count())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small LAPACK calls are ~100x slower with 2 OpenMP threads on a loaded CI box; one is plenty here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -32,10 +32,10 @@ from adaptforge.compose import (
 from adaptforge.core import AdaptforgeError
 from adaptforge.evaluate import EvalResult, evaluate
 from adaptforge.generate import GeneratorConfig, LoraGenerator, collect_samples
-from adaptforge.library import AdapterRecord, Library, validate_name
+from adaptforge.library import AdapterRecord, Library
 from adaptforge.scorers import Scorer, make_scorer
 from adaptforge.tasks import Task
-from adaptforge.workflows import describe, metric_values
+from adaptforge.workflows import check_new_name, describe, metric_values
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +68,6 @@ class NewTaskOutcome:
             "info": self.info,
             "eval": {k: v.to_json() for k, v in self.evals.items()},
         }
-
-
-def _check_out(library: Library, name: str, overwrite: bool) -> None:
-    validate_name(name)
-    if library.exists(name) and not overwrite:
-        raise AdaptforgeError(f"adapter name {name!r} already exists in {library.root}; choose another or overwrite")
 
 
 def _backbone(library: Library, model: str | None, backbone: Backbone | None, notify: Notify) -> Backbone:
@@ -133,7 +127,7 @@ def compose_into_library(
     """
     say = notify or (lambda msg: log.info("%s", msg))
     start = time.perf_counter()
-    _check_out(library, out, overwrite)
+    check_new_name(library, out, overwrite)
     composer = COMPOSERS.get(method)
     drawn: Shots = draw_shots(task, shots, seed=seed)
     if composer.needs_shots and drawn.k == 0:
@@ -245,7 +239,7 @@ def generate_into_library(
     style, see :mod:`adaptforge.generate`); ``eval_task`` (optional) reports zero-shot vs generated."""
     say = notify or (lambda msg: log.info("%s", msg))
     start = time.perf_counter()
-    _check_out(library, out, overwrite)
+    check_new_name(library, out, overwrite)
     if not isinstance(description, str) or not description.strip():
         raise AdaptforgeError("--description must be a non-empty task description")
     task = Task(task_name or out, description.strip(), tuple(labels), {})
@@ -259,12 +253,12 @@ def generate_into_library(
     generator, records, folder = library_generator(library, backbone, config, notify=say)
     embedding = describe(scorer, task)
     delta = generator.generate(embedding, seed=seed)
-    adapter_params = sum(library.load(r.id)[0].num_parameters() for r in records)
+    sizes = generator.sizes()
     info = {
         "generator": str(folder.relative_to(library.root)),
-        "generator_parameters": generator.num_parameters(),
+        "generator_parameters": sizes["generator_parameters"],
         "training_adapters": len(records),
-        "training_adapter_parameters": adapter_params,
+        "training_adapter_parameters": sizes["library_parameters"],
         "seed": seed,
         "generator_info": generator.info,
     }

@@ -15,7 +15,7 @@ from adaptforge.adapters import check_compatible, read_adapter
 from adaptforge.backbone import Backbone
 from adaptforge.core import AdaptforgeError
 from adaptforge.evaluate import EvalResult, evaluate
-from adaptforge.library import AdapterRecord, Library, MetricRow
+from adaptforge.library import AdapterRecord, Library, MetricRow, validate_name
 from adaptforge.scorers import Scorer, make_scorer
 from adaptforge.tasks import Task
 from adaptforge.train.config import TrainConfig
@@ -28,6 +28,13 @@ def describe(scorer: Scorer, task: Task) -> np.ndarray:
     """Embedding of a task's description and label set, stored in the catalog for retrieval."""
     text = f"{task.description} Labels: {', '.join(task.labels)}."
     return scorer.embed_texts([text])[0].numpy().astype(np.float32)
+
+
+def check_new_name(library: Library, name: str, overwrite: bool) -> None:
+    """Refuse an output name that is taken (unless overwriting), before any work is done."""
+    validate_name(name)
+    if library.exists(name) and not overwrite:
+        raise AdaptforgeError(f"adapter name {name!r} already exists in {library.root}; choose another or overwrite")
 
 
 def metric_values(result: EvalResult) -> dict[str, float]:
@@ -60,8 +67,7 @@ def train_into_library(
     resumes with ``resume=True`` and a finished one leaves nothing behind.
     """
     tasks = [tasks] if isinstance(tasks, Task) else list(tasks)
-    if not overwrite and library.exists(name):
-        raise AdaptforgeError(f"adapter name {name!r} already exists in {library.root}; choose another or overwrite")
+    check_new_name(library, name, overwrite)
     result = train_tasks(tasks, backbone, cfg, checkpoint_dir=library.runs_dir / name, resume=resume, progress=progress)
     scorer = make_scorer(backbone, result.config.max_length, result.config.temperature)
     evals = [
