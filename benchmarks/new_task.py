@@ -10,6 +10,7 @@ and each method builds an adapter for it, evaluated on its test split (the same 
 - ``shot_lora``: a LoRA trained on the k shots only (k > 0);
 - ``retrieval``: the best candidate by description similarity (k = 0) or by shot loss (k > 0);
 - ``lorahub`` / ``atlas``: compose the ``--candidates`` retrieved adapters from the shots (k > 0);
+- ``tuned``: the retrieved adapter plus a LoRA trained on the shots on top of it (k > 0);
 - ``arrow``: per-token routing over the candidates, no shots used (reported at k = 0);
 - ``generate``: the conditional generator trained on the other tasks' adapters, from the description (k = 0).
 
@@ -57,7 +58,7 @@ from adaptforge.workflows import describe, train_into_library  # noqa: E402
 
 TASKS = "sst2,agnews,trec_question_type,tweet_emotion,dbpedia,mnli,subjectivity,tweet_hate"
 ZERO_K = ("zero_shot", "retrieval", "arrow", "generate")
-FEW_K = ("retrieval", "lorahub", "atlas", "shot_lora", "prototype")
+FEW_K = ("retrieval", "lorahub", "atlas", "tuned", "shot_lora", "prototype")
 
 log = logging.getLogger("new_task")
 
@@ -106,7 +107,7 @@ def run_cell(
         result = prototype_eval(scorer, task, shots, "test", limit=args.test_limit)
         fit_s = time.perf_counter() - t0
     elif method == "shot_lora":
-        delta = train_on_shots(backbone, shots, TrainConfig(seed=seed, **SHOT_TRAIN_DEFAULTS))
+        delta = train_on_shots(backbone, shots, TrainConfig(seed=seed, **SHOT_TRAIN_DEFAULTS)).delta
         fit_s = time.perf_counter() - t0
         result = test(delta)
     elif method == "generate":

@@ -12,17 +12,44 @@ from conftest import task_dir
 @pytest.fixture(scope="module")
 def trained_library(tmp_path_factory):
     lib = tmp_path_factory.mktemp("cli") / "lib"
-    run("train", task_dir("sst2"), "--library", lib, "--name", "sst2-a", "--max-train", "32", "--epochs", "1",
-        "--batch-size", "16")
+    run(
+        "train",
+        task_dir("sst2"),
+        "--library",
+        lib,
+        "--name",
+        "sst2-a",
+        "--max-train",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+    )
     return lib
 
 
 def test_eval_json_contract(trained_library):
-    out = run("eval", task_dir("sst2"), task_dir("subjectivity"), "--library", trained_library, "--adapter", "sst2-a",
-              "--zero-shot", "--limit", "20", "--json").stdout
+    out = run(
+        "eval",
+        task_dir("sst2"),
+        task_dir("subjectivity"),
+        "--library",
+        trained_library,
+        "--adapter",
+        "sst2-a",
+        "--zero-shot",
+        "--limit",
+        "20",
+        "--json",
+    ).stdout
     results = json.loads(out)["results"]
     assert {(r["task"], r["adapter"]) for r in results} == {
-        ("sst2", None), ("subjectivity", None), ("sst2", "sst2-a"), ("subjectivity", "sst2-a")}
+        ("sst2", None),
+        ("subjectivity", None),
+        ("sst2", "sst2-a"),
+        ("subjectivity", "sst2-a"),
+    }
     for r in results:
         assert set(r) == {"task", "adapter", "accuracy", "macro_f1", "n"} and r["n"] == 20
         assert 0.0 <= r["accuracy"] <= 1.0
@@ -39,8 +66,9 @@ def test_library_list_export_import_rm(trained_library, tmp_path):
     run("library", "import", tmp_path / "exported", "--library", other, "--name", "again", "--task", task_dir("sst2"))
     again = json.loads(run("library", "show", "again", "--library", other, "--json").stdout)
     assert again["method"] == "import" and again["task"] == "sst2"
-    a = json.loads(run("eval", task_dir("sst2"), "--library", trained_library, "-a", "sst2-a", "--limit", "16",
-                       "--json").stdout)
+    a = json.loads(
+        run("eval", task_dir("sst2"), "--library", trained_library, "-a", "sst2-a", "--limit", "16", "--json").stdout
+    )
     b = json.loads(run("eval", task_dir("sst2"), "--library", other, "-a", "again", "--limit", "16", "--json").stdout)
     assert a["results"][0]["accuracy"] == b["results"][0]["accuracy"]
     run("library", "rm", "again", "--library", other)

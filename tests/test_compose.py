@@ -39,7 +39,7 @@ from adaptforge.scorers import make_scorer
 from adaptforge.train.config import TrainConfig
 from adaptforge.workflows import describe, train_into_library
 
-CHEAP = {"lorahub": {"budget": 4}, "atlas": {"steps": 2}, "arrow": {}, "retrieval": {}}
+CHEAP = {"lorahub": {"budget": 4}, "atlas": {"steps": 2}, "arrow": {}, "retrieval": {}, "tuned": {"epochs": 1}}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -253,6 +253,25 @@ def test_atlas_few_shot_lowers_the_loss_and_keeps_the_best_holdout_coefficients(
         assert float(mean_loss(scorer, model, encoded, labels)) == pytest.approx(min(held), rel=1e-3, abs=1e-4)
 
 
+def test_tuned_is_the_inner_adapter_plus_a_lora_that_lowers_the_shot_loss(minilm, scorer, candidates, sst2):
+    shots = draw_shots(sst2, 16, seed=2)
+    inner = compose("retrieval", candidates, scorer, shots, {"seed": 0})
+    tuned = compose("tuned", candidates, scorer, shots, {"seed": 0, "epochs": 3, "lr": 5e-3})
+    assert tuned.info["inner"]["chosen"] == inner.info["chosen"] and tuned.weights == inner.weights
+    assert tuned.info["tune"]["steps"] == 6 and tuned.info["tune"]["config"]["targets"] == inner.delta.targets
+    encoded, labels = encode_examples(scorer, sst2, shots.examples)
+    losses = []
+    for delta in (inner.delta, tuned.delta):
+        with minilm.applied(delta) as model, torch.no_grad():
+            losses.append(float(mean_loss(scorer, model, encoded, labels)))
+    assert losses[1] < losses[0]
+    # the stored adapter is the inner one exactly plus the trained one: rank r_inner + r_tuned per module
+    for name in inner.delta:
+        assert tuned.delta[name].rank == inner.delta[name].rank + 8
+    with pytest.raises(AdaptforgeError, match="inner must be one of"):
+        compose("tuned", candidates, scorer, shots, {"inner": "arrow"})
+
+
 # --------------------------------------------------------------------------------------------- Arrow
 
 
@@ -328,7 +347,7 @@ def test_every_method_runs_on_a_causal_lm(tiny_llama):
         expected, _ = predict_logits(causal, task, "test", model, limit=4)
     torch.testing.assert_close(routed, expected, rtol=1e-4, atol=1e-4)
     assert prototype_eval(causal, task, shots, "test", limit=8).n == 8
-    delta = train_on_shots(tiny_llama, shots, TrainConfig(epochs=1, batch_size=8, checkpoint_every=0))
+    delta = train_on_shots(tiny_llama, shots, TrainConfig(epochs=1, batch_size=8, checkpoint_every=0)).delta
     suffixes = tiny_llama.default_targets()
     assert set(delta.targets) == {n for n, _ in tiny_llama.model.named_modules() if n.endswith(suffixes)}
     with pytest.raises(AdaptforgeError, match="no shots"):

@@ -51,8 +51,25 @@ def names(lib: Library) -> list[str]:
 
 def test_compose_lorahub_stores_lineage_recipe_and_reports_zero_shot(lib, setup):
     before = names(lib)
-    out = run("compose", setup[1], "--library", lib.root, "--shots", "8", "--method", "lorahub", "--out", "mr",
-              "--candidates", "3", "--param", "budget=8", "--limit", "32", "--json").stdout
+    out = run(
+        "compose",
+        setup[1],
+        "--library",
+        lib.root,
+        "--shots",
+        "8",
+        "--method",
+        "lorahub",
+        "--out",
+        "mr",
+        "--candidates",
+        "3",
+        "--param",
+        "budget=8",
+        "--limit",
+        "32",
+        "--json",
+    ).stdout
     got = json.loads(out)
     assert names(lib) == sorted([*before, "mr"])
     record = lib.get("mr")
@@ -71,8 +88,23 @@ def test_compose_lorahub_stores_lineage_recipe_and_reports_zero_shot(lib, setup)
 
 def test_compose_is_reproducible_for_a_seed(lib, setup):
     for name in ("a", "b"):
-        run("compose", setup[1], "--library", lib.root, "--shots", "8", "--out", name, "--candidates", "3",
-            "--param", "budget=6", "--no-eval", "--seed", "3")
+        run(
+            "compose",
+            setup[1],
+            "--library",
+            lib.root,
+            "--shots",
+            "8",
+            "--out",
+            name,
+            "--candidates",
+            "3",
+            "--param",
+            "budget=6",
+            "--no-eval",
+            "--seed",
+            "3",
+        )
     assert lib.get("a").recipe["weights"] == lib.get("b").recipe["weights"]
     da, _ = lib.load("a")
     db, _ = lib.load("b")
@@ -81,19 +113,57 @@ def test_compose_is_reproducible_for_a_seed(lib, setup):
 
 
 def test_compose_without_shots_retrieval_and_arrow(lib, setup):
-    got = json.loads(run("compose", setup[1], "--library", lib.root, "--shots", "0", "--method", "retrieval",
-                         "--out", "mr-r", "--limit", "16", "--json").stdout)
+    got = json.loads(
+        run(
+            "compose",
+            setup[1],
+            "--library",
+            lib.root,
+            "--shots",
+            "0",
+            "--method",
+            "retrieval",
+            "--out",
+            "mr-r",
+            "--limit",
+            "16",
+            "--json",
+        ).stdout
+    )
     best = max(got["candidates"], key=lambda c: c["similarity"])
     assert lib.get("mr-r").recipe["weights"][best["name"]] == 1.0
     assert [p.name for p in lib.lineage("mr-r")] == [best["name"]]
-    arrow = json.loads(run("compose", setup[1], "--library", lib.root, "--shots", "0", "--method", "arrow",
-                           "--out", "mr-a", "--limit", "16", "--json").stdout)
+    arrow = json.loads(
+        run(
+            "compose",
+            setup[1],
+            "--library",
+            lib.root,
+            "--shots",
+            "0",
+            "--method",
+            "arrow",
+            "--out",
+            "mr-a",
+            "--limit",
+            "16",
+            "--json",
+        ).stdout
+    )
     assert arrow["info"]["routing"]["top_k"] >= 1 and arrow["eval"]["adapter"]["n"] == 16
 
 
 def test_generate_from_description_reuses_its_generator(lib, setup):
-    args = ["generate", "--library", lib.root, "--description", "Is the sentiment of this movie review positive?",
-            "--labels", "negative,positive", "--json"]
+    args = [
+        "generate",
+        "--library",
+        lib.root,
+        "--description",
+        "Is the sentiment of this movie review positive?",
+        "--labels",
+        "negative,positive",
+        "--json",
+    ]
     first = json.loads(run(*args, "--out", "gen-1", "--eval", setup[1], "--limit", "16").stdout)
     assert first["eval"]["adapter"]["n"] == 16
     record = lib.get("gen-1")
@@ -133,6 +203,18 @@ def test_generate_bad_inputs(lib, setup, tmp_path):
     empty = Library(tmp_path / "empty")
     result = run("generate", "--library", empty.root, "--out", "g", "--description", "x", "--labels", "a,b", ok=False)
     assert result.exit_code == 2 and "no adapters" in result.output
-    result = run("generate", "--library", lib.root, "--out", "g", "--description", "Sentiment?", "--labels",
-                 "bad,good", "--eval", setup[1], ok=False)
+    result = run(
+        "generate",
+        "--library",
+        lib.root,
+        "--out",
+        "g",
+        "--description",
+        "Sentiment?",
+        "--labels",
+        "bad,good",
+        "--eval",
+        setup[1],
+        ok=False,
+    )
     assert result.exit_code == 2 and "labels" in result.output and "g" not in names(lib)

@@ -462,7 +462,7 @@ def compose_cmd(
     ],
     library: LibraryOpt,
     out_name: Annotated[str, typer.Option("--out", "-o", help="Name of the composed adapter.")],
-    method: Annotated[str, typer.Option(help="lorahub | atlas | arrow | retrieval (see --list).")] = "lorahub",
+    method: Annotated[str, typer.Option(help="lorahub | atlas | tuned | arrow | retrieval (see --list).")] = "lorahub",
     shots: Annotated[int, typer.Option("--shots", "-k", help="Labelled train examples used (0: none).")] = 16,
     candidates: Annotated[int, typer.Option(help="Library adapters retrieved as candidates.")] = 20,
     seed: Annotated[int, typer.Option(help="Seed of the shot sample and the method.")] = 0,

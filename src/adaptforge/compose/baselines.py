@@ -18,12 +18,12 @@ import torch.nn.functional as F
 
 from adaptforge.backbone import Backbone
 from adaptforge.compose.shots import Shots
-from adaptforge.core import AdaptforgeError, LoraDelta
+from adaptforge.core import AdaptforgeError
 from adaptforge.evaluate import EvalResult, result_from_logits
 from adaptforge.scorers import Scorer
 from adaptforge.tasks import Example, Task
 from adaptforge.train.config import TrainConfig
-from adaptforge.train.trainer import train_tasks
+from adaptforge.train.trainer import TrainResult, train_tasks
 
 PROTOTYPE_TEMPERATURE = 0.05  # cosine / temperature gives the logits (the encoder scorer's default)
 
@@ -78,13 +78,15 @@ def prototype_eval(
     return result_from_logits(task, split, "prototypes", logits, gold)
 
 
-def train_on_shots(backbone: Backbone, shots: Shots, cfg: TrainConfig | None = None) -> LoraDelta:
+def train_on_shots(
+    backbone: Backbone, shots: Shots, cfg: TrainConfig | None = None, scorer: Scorer | None = None
+) -> TrainResult:
     """A LoRA trained on ``shots.examples`` only (fit and held-out alike: plain training has no early
     stopping). ``cfg=None`` uses :data:`SHOT_TRAIN_DEFAULTS` with ``seed = shots.seed``; a given ``cfg`` is
     used as is (``TrainConfig()``'s full-data defaults take only ~3 steps on 16 shots). The train split is
-    replaced by the shots."""
+    replaced by the shots; ``scorer`` (default: the backbone's) defines the loss."""
     if shots.k == 0:
         raise AdaptforgeError(f"train_on_shots: task {shots.task.name!r} has no shots (k = 0); nothing to train on")
     cfg = cfg or TrainConfig(seed=shots.seed, **SHOT_TRAIN_DEFAULTS)
     task = shots.task.with_splits(train=shots.examples)
-    return train_tasks([task], backbone, cfg).delta
+    return train_tasks([task], backbone, cfg, scorer=scorer)
