@@ -12,8 +12,9 @@ base's target weights are zero so that base + dW - base is exactly dW in float32
 in the materialized models flips a few entries at the TIES trim threshold (~1e-3 relative difference).
 
 Timed, each the median of ``--repeats`` runs, all on ``--threads`` torch threads:
-- adaptforge: ``merge(method, deltas, params)`` in memory, and end to end from the PEFT folders
-  (read, merge, write a PEFT folder);
+- adaptforge: ``merge(method, deltas, params)`` in memory; end to end from the PEFT folders to a PEFT
+  folder (read, merge, re-factor to LoRA, write); and from the PEFT folders to a dense model folder,
+  mergekit's output (read, merge at full rank, which skips the SVD, add to the base, ``save_pretrained``);
 - PEFT: ``add_weighted_adapter`` on the loaded PeftModel (in memory), the matching combination type;
 - mergekit: ``run_merge`` from model folders to an output folder (its only mode), ``--mergekit-path``
   being a folder where ``pip install --no-deps --target`` put mergekit 0.1.5 and immutables.
@@ -193,12 +194,26 @@ def main() -> None:
                 write_adapter(merge(ours, loaded, params).delta, root / "ours-out", base_model=str(base))
 
             t_e2e, _ = timed(end_to_end, args.repeats)
+
+            def to_dense_model(ours: str = ours, params: dict[str, Any] = params) -> None:
+                """mergekit's output: a full model folder, base + the exact merged dW (no re-factoring)."""
+                loaded = [read_adapter(d)[0] for d in adapter_dirs]
+                merged = merge(ours, loaded, {**params, "rank": 2 * args.hidden}).delta
+                full = LlamaForCausalLM.from_pretrained(base)
+                named = dict(full.named_modules())
+                with torch.no_grad():
+                    for mod in merged:
+                        named[mod].weight.add_(merged.dense(mod))
+                full.save_pretrained(root / "ours-dense")
+
+            t_dense, _ = timed(to_dense_model, args.repeats)
             t_peft = peft_time(model, names, peft_type, peft_kwargs, args.repeats)
             row: dict[str, Any] = {
                 "method": ours,
                 "peft": peft_type,
                 "ours_s": t_ours,
                 "ours_end_to_end_s": t_e2e,
+                "ours_dense_model_s": t_dense,
                 "peft_s": t_peft,
                 "mergekit": mk_method,
                 "mergekit_s": None,
@@ -223,14 +238,18 @@ def main() -> None:
         f"{len(TARGETS)} targets/layer, {args.threads} thread(s), median of {args.repeats}"
     )
     print(f"\n{setting}\n")
-    print("| adaptforge | in memory s | from/to PEFT folders s | PEFT | PEFT s | mergekit | mergekit s | vs mergekit |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| adaptforge | in memory s | PEFT folders -> PEFT folder s | PEFT folders -> dense model s | PEFT | PEFT s "
+        "| mergekit | mergekit s | mergekit / ours (LoRA out) | mergekit / ours (dense out) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         mk = "-" if r["mergekit_s"] is None else f"{r['mergekit_s']:.3f}"
-        speedup = "-" if r["mergekit_s"] is None else f"{r['mergekit_s'] / r['ours_end_to_end_s']:.1f}x"
+        lora_x = "-" if r["mergekit_s"] is None else f"{r['mergekit_s'] / r['ours_end_to_end_s']:.1f}x"
+        dense_x = "-" if r["mergekit_s"] is None else f"{r['mergekit_s'] / r['ours_dense_model_s']:.1f}x"
         print(
-            f"| {r['method']} | {r['ours_s']:.3f} | {r['ours_end_to_end_s']:.3f} | {r['peft']} | {r['peft_s']:.3f} | "
-            f"{r['mergekit'] or '-'} | {mk} | {speedup} |"
+            f"| {r['method']} | {r['ours_s']:.3f} | {r['ours_end_to_end_s']:.3f} | {r['ours_dense_model_s']:.3f} "
+            f"| {r['peft']} | {r['peft_s']:.3f} | {r['mergekit'] or '-'} | {mk} | {lora_x} | {dense_x} |"
         )
     if args.json:
         args.json.write_text(json.dumps({"setting": setting, "rows": rows}, indent=1))

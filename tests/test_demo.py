@@ -8,7 +8,7 @@ import json
 import pytest
 from rich.console import Console
 
-from adaptforge.demo import DEMO_NEW_TASK, DEMO_TASKS, run_demo
+from adaptforge.demo import DEMO_COMPOSE_METHOD, DEMO_NEW_TASK, DEMO_TASKS, run_demo
 from adaptforge.library import Library
 
 
@@ -27,7 +27,7 @@ def test_demo_runs_end_to_end(tmp_path):
     assert merged and all(len(library.lineage(r.name)) == len(DEMO_TASKS) for r in merged)
     new = summary["new_task"]
     assert new["task"] == DEMO_NEW_TASK and DEMO_NEW_TASK not in DEMO_TASKS
-    for key in ("atlas", "generate"):
+    for key in (DEMO_COMPOSE_METHOD, "generate"):
         record = library.get(new[f"{key}_adapter"])
         assert record.task == DEMO_NEW_TASK and 0 <= new[f"{key}_accuracy"] <= 1
         assert {p.task for p in library.lineage(record.name)} <= set(DEMO_TASKS)

@@ -40,7 +40,7 @@ def test_gram_svd_matches_the_full_svd(shape, true_rank):
         U, S, Vh = torch.linalg.svd(m, full_matrices=False)
         best = (U[:, :rank] * S[:rank]) @ Vh[:rank]
         torch.testing.assert_close(module.dense().double(), best, rtol=1e-5, atol=1e-5 * float(S[0]))
-        assert err == pytest.approx(truncation_error(singular, rank), rel=1e-6, abs=1e-7)
+        assert err == pytest.approx(truncation_error(singular, rank), rel=1e-5, abs=1e-6)  # float32 residual
         assert (
             torch.allclose(
                 module.A.double() @ module.A.double().T, torch.eye(module.rank, dtype=torch.float64), atol=1e-5

@@ -162,22 +162,22 @@ def demo_merge_step(
 
 
 DEMO_COMPOSE_SHOTS = 16
-# Few-shot aTLAS: the best composition in benchmarks/new_task.py (LoraHub often keeps the base model).
-DEMO_COMPOSE_METHOD = "atlas"
+# Retrieval + a LoRA tuned on the shots on top: the best k=16 method in benchmarks/new_task.py (few-shot
+# aTLAS is second; LoraHub often keeps the base model). See BENCHMARKS.md.
+DEMO_COMPOSE_METHOD = "tuned"
 
 
 def demo_compose_step(backbone: Backbone, library: Library, console: Console) -> dict:
     """A task the library has never seen (:data:`DEMO_NEW_TASK`): compose its adapter from
-    :data:`DEMO_COMPOSE_SHOTS` labelled examples (few-shot aTLAS over the library), and generate one from
-    its description
-    alone; print zero-shot vs both on its test split."""
+    :data:`DEMO_COMPOSE_SHOTS` labelled examples and the library (:data:`DEMO_COMPOSE_METHOD`), and
+    generate one from its description alone; print zero-shot vs both on its test split."""
     from adaptforge.composing import compose_into_library, generate_into_library
 
     task = load_task(shipped_tasks_dir() / DEMO_NEW_TASK)
     composed = compose_into_library(
         task,
         library,
-        f"{task.name}-atlas",
+        f"{task.name}-{DEMO_COMPOSE_METHOD}",
         method=DEMO_COMPOSE_METHOD,
         shots=DEMO_COMPOSE_SHOTS,
         backbone=backbone,

@@ -13,6 +13,8 @@ import numpy as np
 
 from adaptforge.adapters import check_compatible, read_adapter
 from adaptforge.backbone import Backbone
+from adaptforge.compose.arrow import ArrowRouting
+from adaptforge.compose.base import evaluate_routed
 from adaptforge.core import AdaptforgeError
 from adaptforge.evaluate import EvalResult, evaluate
 from adaptforge.library import AdapterRecord, Library, MetricRow, validate_name
@@ -131,6 +133,27 @@ def import_peft_folder(
     )
 
 
+def stored_routing(library: Library, record: AdapterRecord, backbone: Backbone) -> ArrowRouting | None:
+    """The per-input router of a stored routed composition (``adaptforge compose --method arrow``), rebuilt
+    from the candidates named in its recipe (Arrow's prototypes are a deterministic function of them);
+    ``None`` for a static adapter. Its stored tensors are only the static fallback, so evaluating it
+    without the router would measure something else."""
+    routing = (record.recipe or {}).get("routing")
+    if not routing:
+        return None
+    if routing.get("router") != "arrow":
+        raise AdaptforgeError(f"adapter {record.name!r}: unknown router {routing.get('router')!r} in its recipe")
+    names = [c["name"] for c in record.recipe.get("candidates", [])]
+    missing = [n for n in names if not library.exists(n)]
+    if not names or missing:
+        raise AdaptforgeError(
+            f"adapter {record.name!r} routes per token over {names} but {missing or 'none'} of them are not in "
+            f"the library {library.root}; re-add them or compose it again"
+        )
+    deltas = [library.load(n, expected_fingerprint=backbone.fingerprint)[0] for n in names]
+    return ArrowRouting(deltas, top_k=int(routing["top_k"]), temperature=float(routing["temperature"]))
+
+
 def evaluate_grid(
     tasks: Sequence[Task],
     backbone: Backbone,
@@ -144,22 +167,29 @@ def evaluate_grid(
     on_cell: Callable[[str, str | None], None] | None = None,
     scorer: Scorer | None = None,
 ) -> list[EvalResult]:
-    """Every (adapter or zero-shot) x task cell; metrics are written to the library when given."""
+    """Every (adapter or zero-shot) x task cell; metrics are written to the library when given. A stored
+    routed composition (Arrow) is evaluated through its router (:func:`stored_routing`)."""
+
     scorer = scorer or make_scorer(backbone)
     columns: list[str | None] = ([None] if zero_shot else []) + list(adapters)
     results = []
     for adapter in columns:
         delta = None
         adapter_id = None
+        routing: ArrowRouting | None = None
         if adapter is not None:
             if library is None:
                 raise AdaptforgeError("evaluating a named adapter needs --library")
             delta, rec = library.load(adapter, expected_fingerprint=backbone.fingerprint)
             adapter_id = rec.id
+            routing = stored_routing(library, rec, backbone)
         for task in tasks:
             if on_cell:
                 on_cell(task.name, adapter)
-            res = evaluate(scorer, task, split, delta, adapter=adapter, limit=limit)
+            if routing is not None:
+                res = evaluate_routed(scorer, task, routing, split, limit, adapter)
+            else:
+                res = evaluate(scorer, task, split, delta, adapter=adapter, limit=limit)
             results.append(res)
             if record and library is not None:
                 library.record_metrics(adapter_id, backbone.fingerprint, task.name, split, metric_values(res), res.n)

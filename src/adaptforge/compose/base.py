@@ -269,6 +269,19 @@ def evaluate_composed(
     delta added to the base weights (same examples as :func:`~adaptforge.evaluate.evaluate` with ``limit``)."""
     if result.routing is None:
         return evaluate(scorer, task, split, result.delta, adapter=adapter, limit=limit)
-    with result.routing.applied(scorer.backbone.model) as model:
+    return evaluate_routed(scorer, task, result.routing, split, limit, adapter)
+
+
+def evaluate_routed(
+    scorer: Scorer,
+    task: Task,
+    routing: ArrowRouting,
+    split: str = "test",
+    limit: int | None = None,
+    adapter: str | None = None,
+) -> EvalResult:
+    """Evaluate the base model with ``routing``'s per-token hooks on one split (same examples as
+    :func:`~adaptforge.evaluate.evaluate` with ``limit``)."""
+    with routing.applied(scorer.backbone.model) as model:
         logits, gold = predict_logits(scorer, task, split, model, limit=limit)
     return result_from_logits(task, split, adapter, logits, gold)

@@ -61,27 +61,35 @@ def dense_svd(delta: torch.Tensor, rank: int) -> tuple[LoraModule, float]:
     """Best rank-``rank`` LoRA module for a dense ``out x in`` delta (truncated SVD), and its relative
     Frobenius error; used by methods whose merge is elementwise on dense ``dW`` (TIES, DARE, TALL).
 
-    Computed from the eigendecomposition of the smaller Gram matrix in float64 (``M^T M = V S^2 V^T``,
-    then ``B = M V_r``, ``A = V_r^T``; or ``M M^T`` when ``out < in``), which gives the same truncation
-    as a full SVD (Eckart-Young) in about a third of the time: only the kept directions are formed, and
-    ``B = M V_r`` is the exact projection of ``M`` on them whatever the conditioning.
+    Computed from the eigendecomposition of the smaller Gram matrix (``M^T M = V S^2 V^T``, then
+    ``B = M V_r``, ``A = V_r^T``; or ``M M^T`` when ``out < in``), which gives the same truncation as a
+    full SVD (Eckart-Young) in a fraction of the time: only the kept directions are formed, and
+    ``B = M V_r`` is the exact projection of ``M`` on them whatever the conditioning. The Gram matrix is
+    formed and decomposed in float32 (2x faster than float64): an error in the kept directions moves
+    the projection only at second order, measured at ~2e-6 relative to the float64 result on TIES
+    merges, inside the 1e-5 parity with PEFT's full SVD. The error is measured on the residual
+    ``M - B A`` itself (float32 eigenvalues cannot resolve a residual below ~3e-4 of ``||M||``).
     """
     if delta.ndim != 2:
         raise ValueError(f"a dense delta is a matrix, got shape {tuple(delta.shape)}")
-    M = delta.to(_WORK)
+    M = delta.float()
     out_dim, in_dim = M.shape
     rank = max(1, min(rank, out_dim, in_dim))
+    if rank == min(out_dim, in_dim):  # full rank: M itself times an identity, exact and free
+        eye = torch.eye(rank, dtype=M.dtype)
+        B, A = (M, eye) if in_dim <= out_dim else (eye, M)
+        return LoraModule(A=A.contiguous(), B=B.contiguous(), scale=1.0), 0.0
     if in_dim <= out_dim:
-        eigvals, vecs = torch.linalg.eigh(M.T @ M)  # ascending
+        vecs = torch.linalg.eigh(M.T @ M).eigenvectors  # ascending eigenvalues
         V = vecs[:, -rank:].flip(1)
         B, A = M @ V, V.T
     else:
-        eigvals, vecs = torch.linalg.eigh(M @ M.T)
+        vecs = torch.linalg.eigh(M @ M.T).eigenvectors
         U = vecs[:, -rank:].flip(1)
         rows = U.T @ M  # diag(s) V^T
         norms = rows.norm(dim=1, keepdim=True)
-        A = torch.where(norms > 0, rows / norms.clamp(min=torch.finfo(_WORK).tiny), torch.zeros_like(rows))
+        A = torch.where(norms > 0, rows / norms.clamp(min=torch.finfo(M.dtype).tiny), torch.zeros_like(rows))
         B = U * norms.T
-    singular = eigvals.clamp(min=0).flip(0).sqrt()
-    module = LoraModule(A=A.float().contiguous(), B=B.float().contiguous(), scale=1.0)
-    return module, truncation_error(singular, rank)
+    module = LoraModule(A=A.contiguous(), B=B.contiguous(), scale=1.0)
+    norm = float(M.norm())
+    return module, 0.0 if norm == 0.0 else float(torch.dist(M, B @ A)) / norm
