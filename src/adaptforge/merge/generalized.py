@@ -37,7 +37,7 @@ from adaptforge.merge.base import (
     check_sign_method,
     register_method,
 )
-from adaptforge.merge.ops import SignMethod, Sparsify, combine, sparsify
+from adaptforge.merge.ops import SignMethod, Sparsify, combine, random_drop, sparsify
 from adaptforge.merge.refactor import concat_modules, dense_svd, lowrank_svd
 
 TASK_ARITHMETIC_URL = "https://arxiv.org/abs/2212.04089"
@@ -119,8 +119,15 @@ class GeneralizedTaskArithmetic(MergeMethod):
                     module, errors[name] = lowrank_svd(module, params.rank)
             else:
                 stacked = torch.stack([m.dense() for m in inputs])
-                sparse = torch.stack([sparsify(x, self.sparsify, density, generator) for x in stacked])
-                merged = combine(sparse, weights, sign)
+                if self.sparsify == "random" and density < 1:
+                    # DARE: drop in place and rescale once after combining (combine is homogeneous in
+                    # the inputs); one draw for the stack is the same stream as one per adapter in order
+                    assert generator is not None
+                    dropped = random_drop(stacked, density, generator, rescale=False)
+                    merged = combine(dropped, weights, sign) / density
+                else:
+                    sparse = torch.stack([sparsify(x, self.sparsify, density, generator) for x in stacked])
+                    merged = combine(sparse, weights, sign)
                 module, errors[name] = dense_svd(merged, params.rank or max(m.rank for m in inputs))
             modules[name] = module
         return MergeResult(LoraDelta(modules), errors, {"space": self.space})
