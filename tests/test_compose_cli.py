@@ -89,6 +89,19 @@ def test_compose_lorahub_stores_lineage_recipe_and_reports_zero_shot(lib, setup)
     assert again["results"][0]["accuracy"] == pytest.approx(got["eval"]["adapter"]["accuracy"])
 
 
+def test_compose_tuned_stores_the_sum_with_the_retrieved_parent(lib, setup):
+    args = ["--library", lib.root, "--shots", "8", "--candidates", "3", "--limit", "32", "--json", "--out", "mr-t"]
+    got = json.loads(run("compose", setup[1], *args, "--method", "tuned", "--param", "epochs=2").stdout)
+    record = lib.get("mr-t")
+    chosen = record.recipe["info"]["inner"]["chosen"]
+    assert [p.name for p in lib.lineage("mr-t")] == [chosen] and record.recipe["info"]["tune"]["steps"] == 2
+    parent, _ = lib.load(chosen)
+    tuned, _ = lib.load("mr-t")
+    assert all(tuned[m].rank == parent[m].rank + 8 for m in parent)  # the parent's factors plus the new LoRA
+    again = json.loads(run("eval", setup[1], "--library", lib.root, "-a", "mr-t", "--limit", "32", "--json").stdout)
+    assert again["results"][0]["accuracy"] == pytest.approx(got["eval"]["adapter"]["accuracy"])
+
+
 def test_compose_is_reproducible_for_a_seed(lib, setup):
     for name in ("a", "b"):
         run(
