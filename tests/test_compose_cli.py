@@ -129,43 +129,15 @@ def test_compose_is_reproducible_for_a_seed(lib, setup):
 
 
 def test_compose_without_shots_retrieval_and_arrow(lib, setup, minilm):
-    got = json.loads(
-        run(
-            "compose",
-            setup[1],
-            "--library",
-            lib.root,
-            "--shots",
-            "0",
-            "--method",
-            "retrieval",
-            "--out",
-            "mr-r",
-            "--limit",
-            "16",
-            "--json",
-        ).stdout
-    )
+    def compose0(method: str, out: str) -> dict:
+        args = ["--library", lib.root, "--shots", "0", "--limit", "16", "--json"]
+        return json.loads(run("compose", setup[1], *args, "--method", method, "--out", out).stdout)
+
+    got = compose0("retrieval", "mr-r")
     best = max(got["candidates"], key=lambda c: c["similarity"])
     assert lib.get("mr-r").recipe["weights"][best["name"]] == 1.0
     assert [p.name for p in lib.lineage("mr-r")] == [best["name"]]
-    arrow = json.loads(
-        run(
-            "compose",
-            setup[1],
-            "--library",
-            lib.root,
-            "--shots",
-            "0",
-            "--method",
-            "arrow",
-            "--out",
-            "mr-a",
-            "--limit",
-            "16",
-            "--json",
-        ).stdout
-    )
+    arrow = compose0("arrow", "mr-a")
     assert arrow["info"]["routing"]["top_k"] >= 1 and arrow["eval"]["adapter"]["n"] == 16
     # `adaptforge eval` of the stored Arrow adapter routes per token (rebuilt from its candidates), as
     # compose measured it, not through the static fallback tensors stored for it
