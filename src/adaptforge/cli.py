@@ -23,8 +23,18 @@ from adaptforge.core import AdaptforgeError  # noqa: E402
 app = typer.Typer(help="Adapt one foundation model to many tasks and manage the adapters.", no_args_is_help=True)
 library_app = typer.Typer(help="List, show, import, export and remove adapters.", no_args_is_help=True)
 app.add_typer(library_app, name="library")
-console = Console(stderr=True)
-out = Console()
+
+
+def wide_when_piped(c: Console) -> Console:
+    """Off a terminal rich assumes 80 columns and truncates the wide merge and eval tables; pipes and
+    logs get 160 unless ``COLUMNS`` says otherwise."""
+    if not c.is_terminal and "COLUMNS" not in os.environ:
+        c.width = 160
+    return c
+
+
+console = wide_when_piped(Console(stderr=True))
+out = wide_when_piped(Console())
 
 LibraryOpt = Annotated[Path, typer.Option("--library", "-l", help="Adapter library folder.")]
 ModelOpt = Annotated[
