@@ -27,7 +27,6 @@ Why it is built this way:
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import logging
 import math
@@ -48,6 +47,7 @@ import numpy as np
 
 from adaptforge.adapters import CONFIG_FILE, WEIGHTS_FILE, AdapterFormatError, read_adapter, write_adapter
 from adaptforge.core import AdaptforgeError, LoraDelta
+from adaptforge.durable import fsync_dir, fsync_tree, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -273,37 +273,6 @@ def _as_embedding(embedding: Any) -> np.ndarray:
     if not np.any(arr):
         raise LibraryError("embedding is all zeros; cosine similarity is undefined for it")
     return arr.astype(_EMBEDDING_DTYPE, copy=False)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a directory entry (a created or renamed child) durable; a no-op where unsupported."""
-    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(folder: Path) -> None:
-    for child in folder.iterdir():
-        if child.is_file():
-            with open(child, "rb") as fh:
-                os.fsync(fh.fileno())
-    _fsync_dir(folder)
 
 
 def _new_id() -> str:
@@ -615,9 +584,9 @@ class Library:
         final = self.adapters_dir / ident
         try:
             write_adapter(delta, tmp, base_model)
-            _fsync_tree(tmp)
-            checksum = _sha256(tmp / WEIGHTS_FILE)
-            config_checksum = _sha256(tmp / CONFIG_FILE)
+            fsync_tree(tmp)
+            checksum = sha256_file(tmp / WEIGHTS_FILE)
+            config_checksum = sha256_file(tmp / CONFIG_FILE)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -642,7 +611,7 @@ class Library:
                             )
                     os.rename(tmp, final)
                     renamed = True
-                    _fsync_dir(self.adapters_dir)
+                    fsync_dir(self.adapters_dir)
                     if replaced is not None:
                         self._warn_orphaned_children(conn, replaced, name)
                         conn.execute("DELETE FROM adapters WHERE id = ?", (replaced,))
@@ -745,7 +714,7 @@ class Library:
         for filename, expected in ((WEIGHTS_FILE, record.checksum), (CONFIG_FILE, record.config_checksum)):
             path = record.path / filename
             try:
-                actual = _sha256(path)
+                actual = sha256_file(path)
             except FileNotFoundError:
                 raise CorruptAdapterError(
                     f"adapter {record.name!r} ({record.id}): {filename} is missing at {path}"
@@ -796,15 +765,15 @@ class Library:
             for filename in (CONFIG_FILE, WEIGHTS_FILE):
                 shutil.copyfile(record.path / filename, tmp / filename)
             (tmp / EXPORT_RECORD_FILE).write_text(json.dumps(record.to_json(), indent=2, sort_keys=True))
-            _fsync_tree(tmp)
+            fsync_tree(tmp)
             if dest.exists():
                 dest.rmdir()
             os.rename(tmp, dest)
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        if _sha256(dest / WEIGHTS_FILE) != record.checksum:
+        if sha256_file(dest / WEIGHTS_FILE) != record.checksum:
             raise CorruptAdapterError(f"adapter {record.name!r}: the exported copy at {dest} differs from the library")
         logger.info("exported adapter %r to %s", record.name, dest)
         return dest

@@ -17,7 +17,6 @@ better. All settings were within about one accuracy point of each other and of z
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from adaptforge.generate.storage import (
     tensor,
     write_generator_files,
 )
+from adaptforge.merge.base import is_finite_number, params_from_dict
 from adaptforge.scorers import Scorer
 from adaptforge.tasks import Task
 
@@ -78,7 +78,7 @@ class GeneratorConfig:
                 raise AdaptforgeError(f"generator config: {key} must be a positive integer, got {value!r}")
         for key, positive in (("beta", False), ("lr", True), ("weight_decay", False), ("condition_noise", False)):
             value = getattr(self, key)
-            if not _is_number(value) or value < 0 or (positive and value == 0):
+            if not is_finite_number(value) or value < 0 or (positive and value == 0):
                 bound = "> 0" if positive else ">= 0"
                 raise AdaptforgeError(f"generator config: {key} must be a finite number {bound}, got {value!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
@@ -87,13 +87,7 @@ class GeneratorConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GeneratorConfig:
         """Build from a mapping; unknown keys are errors (with the closest known key as a hint)."""
-        fields = [f.name for f in dataclasses.fields(cls)]
-        for key in data:
-            if key not in fields:
-                close = difflib.get_close_matches(str(key), fields, n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise AdaptforgeError(f"generator config: unknown key {key!r}.{hint} Known: {', '.join(fields)}")
-        return cls(**dict(data))
+        return params_from_dict(cls, data, owner="generator config")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -102,10 +96,6 @@ class GeneratorConfig:
         return CvaeTraining(
             self.beta, self.lr, self.weight_decay, self.steps, self.batch_size, self.seed, self.condition_noise
         )
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
 
 
 @dataclass

@@ -7,7 +7,6 @@ safetensors file's sha256, so a truncated or modified tensor file is detected on
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from adaptforge.core import AdaptforgeError
+from adaptforge.durable import fsync_dir, fsync_tree, sha256_file
 
 META_FILE = "generator.json"
 TENSORS_FILE = "generator.safetensors"
@@ -30,22 +30,6 @@ class GeneratorFileError(AdaptforgeError):
     """A generator folder that is missing, incomplete, corrupt or of another format."""
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_generator_files(folder: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
     """Write ``meta`` and ``tensors`` as a generator folder, replacing any previous one atomically."""
     folder = Path(folder)
@@ -55,14 +39,13 @@ def write_generator_files(folder: Path, meta: dict[str, Any], tensors: dict[str,
     try:
         tmp.mkdir()
         save_file({k: t.detach().contiguous().cpu() for k, t in tensors.items()}, str(tmp / TENSORS_FILE))
-        full = {"format": FORMAT, "version": VERSION, **meta, "tensors_sha256": _sha256(tmp / TENSORS_FILE)}
+        full = {"format": FORMAT, "version": VERSION, **meta, "tensors_sha256": sha256_file(tmp / TENSORS_FILE)}
         (tmp / META_FILE).write_text(json.dumps(full, indent=1, sort_keys=True))
-        for path in (tmp / TENSORS_FILE, tmp / META_FILE, tmp):
-            _fsync(path)
+        fsync_tree(tmp)
         if folder.exists():
             os.rename(folder, old)
         os.rename(tmp, folder)
-        _fsync(folder.parent)
+        fsync_dir(folder.parent)
     except BaseException:
         if old.exists() and not folder.exists():
             os.rename(old, folder)
@@ -89,7 +72,7 @@ def read_generator_files(folder: Path) -> tuple[dict[str, Any], dict[str, torch.
             f"{meta_path}: field 'version' is {meta.get('version')!r}; this reader knows {VERSION}"
         )
     expected = meta.get("tensors_sha256")
-    actual = _sha256(tensors_path)
+    actual = sha256_file(tensors_path)
     if actual != expected:
         raise GeneratorFileError(
             f"{tensors_path}: sha256 {actual[:16]}... does not match {str(expected)[:16]}... recorded in {META_FILE} "

@@ -33,15 +33,17 @@ def is_finite_number(value: object) -> bool:
 D = TypeVar("D")
 
 
-def params_from_dict(cls: type[D], data: Mapping[str, Any]) -> D:
+def params_from_dict(cls: type[D], data: Mapping[str, Any], owner: str | None = None) -> D:
     """Build the params dataclass ``cls`` from a recipe mapping; an unknown key is an error naming the
-    closest known key (shared by merge methods and composers)."""
+    closest known key, prefixed with ``owner`` when given (shared by merge methods, composers and the
+    generator config)."""
     known = [f.name for f in fields(cls)]  # type: ignore[arg-type]
     for key in data:
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise AdaptforgeError(f"unknown parameter {key!r}; known: {', '.join(known)}.{hint}")
+            prefix = f"{owner}: " if owner else ""
+            raise AdaptforgeError(f"{prefix}unknown parameter {key!r}; known: {', '.join(known)}.{hint}")
     return cls(**dict(data))
 
 

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from adaptforge.core import AdaptforgeError
+from adaptforge.durable import fsync_dir, fsync_tree
 
 STATE_FILE = "state.safetensors"
 META_FILE = "state.json"
@@ -31,14 +32,6 @@ class Checkpoint:
     params: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
     rng: torch.Tensor
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(
@@ -58,14 +51,12 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-ckpt-", dir=folder.parent))
     save_file(tensors, str(tmp / STATE_FILE))
     (tmp / META_FILE).write_text(json.dumps({"step": step, "param_names": names, "groups": groups, **meta}, indent=1))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    fsync_tree(tmp)
     old = folder.with_name(folder.name + ".old")
     if folder.exists():
         os.replace(folder, old)
     os.replace(tmp, folder)
-    _fsync_dir(folder.parent)
+    fsync_dir(folder.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 
