@@ -60,10 +60,7 @@ class NewTaskOutcome:
             "id": self.record.id,
             "method": self.method,
             "parents": list(self.record.parents),
-            "candidates": [
-                {"name": c.name, "task": c.task, "similarity": c.similarity, "shot_loss": c.shot_loss}
-                for c in self.candidates
-            ],
+            "candidates": [c.summary() for c in self.candidates],
             "seconds": round(self.seconds, 2),
             "info": self.info,
             "eval": {k: v.to_json() for k, v in self.evals.items()},
@@ -149,9 +146,7 @@ def compose_into_library(
         "method": method,
         "task": {"name": task.name, "fingerprint": task.fingerprint(), "path": str(task.path) if task.path else None},
         "shots": {"k": drawn.k, "seed": seed, "fit": len(drawn.fit), "holdout": len(drawn.holdout)},
-        "candidates": [
-            {"name": c.name, "task": c.task, "similarity": c.similarity, "shot_loss": c.shot_loss} for c in found
-        ],
+        "candidates": [c.summary() for c in found],
         "weights": dict(zip([c.name for c in found], result.weights, strict=True)),
         "routing": result.routing.describe() if result.routing is not None else None,
         "info": result.info,

@@ -52,6 +52,10 @@ class Candidate:
     similarity: float | None = None
     shot_loss: float | None = None
 
+    def summary(self) -> dict[str, Any]:
+        """Everything but the tensors, as JSON (recipes and ``--json`` output)."""
+        return {"name": self.name, "task": self.task, "similarity": self.similarity, "shot_loss": self.shot_loss}
+
 
 @dataclass
 class ComposeResult:
