@@ -12,6 +12,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,104 @@ class IncompatibleAdapterError(AdaptforgeError):
     """An adapter that does not fit the base model it is being applied to."""
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class PeftLoraConfig:
+    """The fields of a PEFT ``adapter_config.json`` that decide what a LoRA folder means, validated once.
+
+    Defaults are PEFT's (``r`` 8, ``lora_alpha`` 8). Every bad field is refused with its name and what was
+    expected, so no malformed config reaches the arithmetic (where it would fail with a traceback or,
+    worse, silently scale the adapter wrongly).
+    """
+
+    r: int = 8
+    lora_alpha: float = 8.0
+    use_rslora: bool = False
+    rank_pattern: Mapping[str, int] = field(default_factory=dict)
+    alpha_pattern: Mapping[str, float] = field(default_factory=dict)
+    target_modules: str | tuple[str, ...] | None = None
+    base_model_name_or_path: str | None = None
+
+    @classmethod
+    def parse(cls, raw: object, where: Path | str) -> PeftLoraConfig:
+        if not isinstance(raw, dict):
+            raise AdapterFormatError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+
+        def bad(key: str, expected: str) -> AdapterFormatError:
+            return AdapterFormatError(f"{where}: field {key!r} is {raw.get(key)!r}; expected {expected}")
+
+        if raw.get("peft_type", "LORA") != "LORA":
+            raise bad("peft_type", "'LORA' (adaptforge reads LoRA adapters only)")
+        r = raw.get("r", 8)
+        if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+            raise bad("r", "a positive integer (the LoRA rank)")
+        alpha = raw.get("lora_alpha", 8)
+        if not _is_number(alpha) or not math.isfinite(alpha):
+            raise bad("lora_alpha", "a finite number")
+        rslora = raw.get("use_rslora") or False
+        if not isinstance(rslora, bool):
+            raise bad("use_rslora", "true or false")
+        if raw.get("fan_in_fan_out"):
+            raise bad("fan_in_fan_out", "false (adaptforge reads nn.Linear LoRA layers, not transposed Conv1D ones)")
+        patterns: dict[str, dict[str, Any]] = {}
+        for key, ok, expected in (
+            ("rank_pattern", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "positive integers"),
+            ("alpha_pattern", lambda v: _is_number(v) and math.isfinite(v), "finite numbers"),
+        ):
+            value = raw.get(key) or {}
+            if not isinstance(value, dict):
+                raise bad(key, "an object mapping module-name patterns to values")
+            for pattern, v in value.items():
+                try:
+                    re.compile(pattern)
+                except re.error as err:
+                    raise AdapterFormatError(
+                        f"{where}: field {key!r}: {pattern!r} is not a valid regex ({err})"
+                    ) from None
+                if not ok(v):
+                    raise AdapterFormatError(f"{where}: field {key!r}: value {v!r} of {pattern!r}; expected {expected}")
+            patterns[key] = dict(value)
+        targets = raw.get("target_modules")
+        if isinstance(targets, str):
+            try:
+                re.compile(targets)
+            except re.error as err:
+                raise bad("target_modules", f"a valid regex or a list of module names ({err})") from None
+        elif isinstance(targets, list) and all(isinstance(t, str) and t for t in targets):
+            targets = tuple(targets)
+        elif targets is not None:
+            raise bad("target_modules", "a regex string or a list of module names")
+        base = raw.get("base_model_name_or_path")
+        if base is not None and not isinstance(base, str):
+            raise bad("base_model_name_or_path", "a string or null")
+        for key, is_set in _UNSUPPORTED.items():
+            if is_set(raw.get(key)):
+                raise AdapterFormatError(
+                    f"{where}: field {key!r} is {raw.get(key)!r}; adaptforge reads plain LoRA adapters "
+                    "(no DoRA, biases, modules_to_save or trainable tokens)"
+                )
+        return cls(r, float(alpha), rslora, patterns["rank_pattern"], patterns["alpha_pattern"], targets, base)
+
+    def rank(self, module: str) -> int:
+        return int(_pattern_value(self.rank_pattern, module, self.r))
+
+    def scale(self, module: str) -> float:
+        r = self.rank(module)
+        alpha = float(_pattern_value(self.alpha_pattern, module, self.lora_alpha))
+        return alpha / math.sqrt(r) if self.use_rslora else alpha / r
+
+    def targets(self, module: str) -> bool:
+        """PEFT's rule: a regex string must match the whole module path; a list entry matches a name suffix."""
+        if self.target_modules is None:
+            return True
+        if isinstance(self.target_modules, str):
+            return re.fullmatch(self.target_modules, module) is not None
+        return any(module == t or module.endswith("." + t) for t in self.target_modules)
+
+
 def _pattern_value(patterns: Mapping[str, Any], module: str, default: Any) -> Any:
     """PEFT's rule: a pattern key matches a module whose dotted name ends with it (as a regex)."""
     for key, value in patterns.items():
@@ -42,42 +141,34 @@ def _pattern_value(patterns: Mapping[str, Any], module: str, default: Any) -> An
     return default
 
 
-def module_scale(config: Mapping[str, Any], module: str) -> float:
-    r = int(_pattern_value(config.get("rank_pattern") or {}, module, config.get("r", 8)))
-    alpha = float(_pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", 8)))
-    return alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
-
-
-def _check_supported(config: Mapping[str, Any], where: Path) -> None:
-    if config.get("peft_type", "LORA") != "LORA":
-        raise AdapterFormatError(f"{where}: field 'peft_type' is {config.get('peft_type')!r}; expected 'LORA'")
-    unsupported = {
-        "use_dora": lambda v: bool(v),
-        "modules_to_save": lambda v: bool(v),
-        "bias": lambda v: v not in (None, "none"),
-        "lora_bias": lambda v: bool(v),
-        "trainable_token_indices": lambda v: bool(v),
-    }
-    for key, is_set in unsupported.items():
-        if is_set(config.get(key)):
-            raise AdapterFormatError(
-                f"{where}: field {key!r} is {config.get(key)!r}; adaptforge reads plain LoRA adapters "
-                "(no DoRA, biases, modules_to_save or trainable tokens)"
-            )
+_UNSUPPORTED = {
+    "use_dora": lambda v: bool(v),
+    "modules_to_save": lambda v: bool(v),
+    "bias": lambda v: v not in (None, "none"),
+    "lora_bias": lambda v: bool(v),
+    "trainable_token_indices": lambda v: bool(v),
+}
 
 
 def read_adapter(folder: str | Path) -> tuple[LoraDelta, dict[str, Any]]:
-    """Read a PEFT LoRA folder into a :class:`LoraDelta` (scales folded from the config)."""
+    """Read a PEFT LoRA folder into a :class:`LoraDelta` (scales folded from the config).
+
+    The config is validated (:class:`PeftLoraConfig`) and checked against the tensors as PEFT would on load:
+    every module's factor shapes must agree with its configured rank and be covered by ``target_modules``;
+    factors must be finite floating-point tensors.
+    """
     folder = Path(folder)
     config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     for path in (config_path, weights_path):
         if not path.is_file():
             raise AdapterFormatError(f"{path}: missing; a PEFT LoRA folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
     try:
-        config = json.loads(config_path.read_text())
+        config = json.loads(config_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise AdapterFormatError(f"{config_path}: line {err.lineno}: invalid JSON ({err.msg})") from None
-    _check_supported(config, config_path)
+    except (UnicodeDecodeError, OSError) as err:
+        raise AdapterFormatError(f"{config_path}: unreadable ({err})") from None
+    typed = PeftLoraConfig.parse(config, config_path)
     try:
         tensors = load_file(str(weights_path))
     except Exception as err:  # safetensors raises its own error types for truncated/garbled files
@@ -96,13 +187,28 @@ def read_adapter(folder: str | Path) -> tuple[LoraDelta, dict[str, Any]]:
         if set(pair) != {"A", "B"}:
             missing = ({"A", "B"} - set(pair)).pop()
             raise AdapterFormatError(f"{weights_path}: module {name!r} has no lora_{missing} tensor")
+        if not typed.targets(name):
+            raise AdapterFormatError(
+                f"{weights_path}: module {name!r} has LoRA tensors but {config_path.name} field 'target_modules' "
+                f"({typed.target_modules!r}) does not cover it"
+            )
+        rank = typed.rank(name)
+        if pair["A"].ndim != 2 or pair["A"].shape[0] != rank:
+            raise AdapterFormatError(
+                f"{weights_path}: module {name!r} lora_A has shape {tuple(pair['A'].shape)} but {config_path.name} "
+                f"gives it rank {rank} (field 'r' or 'rank_pattern'); the config does not describe these tensors"
+            )
         try:
-            modules[name] = LoraModule(A=pair["A"], B=pair["B"], scale=module_scale(config, name))
+            modules[name] = LoraModule(A=pair["A"], B=pair["B"], scale=typed.scale(name))
         except AdaptforgeError as err:
             raise AdapterFormatError(f"{weights_path}: module {name!r}: {err}") from None
     if not modules:
         raise AdapterFormatError(f"{weights_path}: holds no LoRA tensors")
-    return LoraDelta(modules), config
+    delta = LoraDelta(modules)
+    bad = delta.non_finite()
+    if bad is not None:
+        raise AdapterFormatError(f"{weights_path}: {bad}")
+    return delta, config
 
 
 def peft_config_for(delta: LoraDelta, base_model: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -7,6 +7,7 @@ Everything that merges, composes or generates adapters works on :class:`LoraDelt
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -77,6 +78,24 @@ class LoraDelta:
 
     def num_parameters(self) -> int:
         return sum(m.A.numel() + m.B.numel() for m in self.modules.values())
+
+    def non_finite(self) -> str | None:
+        """What is not a finite number (NaN or Inf in a factor or a scale), or ``None`` when all is finite.
+
+        Checked before an adapter is stored or read: a NaN adapter would otherwise evaluate to plausible
+        metrics (argmax of NaN logits is class 0) and spread NaN through every merge it enters.
+        """
+        for name in self:
+            m = self.modules[name]
+            if not math.isfinite(float(m.scale)):
+                return f"module {name!r} has scale {m.scale} (not a finite number)"
+            for factor, tensor in (("lora_A", m.A), ("lora_B", m.B)):
+                if not tensor.is_floating_point():
+                    return f"module {name!r} {factor} has dtype {tensor.dtype}; LoRA factors are floating point"
+                if not bool(torch.isfinite(tensor).all()):
+                    bad = int((~torch.isfinite(tensor)).sum())
+                    return f"module {name!r} {factor} holds {bad} NaN or infinite value(s)"
+        return None
 
 
 class Registry(Generic[T]):

@@ -7,9 +7,15 @@ version, never half of one.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
+
+from adaptforge.core import AdaptforgeError
 
 
 def sha256_file(path: Path) -> str:
@@ -43,3 +49,68 @@ def fsync_tree(folder: Path) -> None:
             with open(child, "rb") as fh:
                 os.fsync(fh.fileno())
     fsync_dir(folder)
+
+
+class UnsafeRemovalError(RuntimeError):
+    """A removal that would reach outside the folder that owns it: a bug or a hostile name, never done."""
+
+
+def remove_inside(path: Path, owner: Path) -> bool:
+    """``rmtree(path)`` only if ``path`` resolves strictly inside ``owner``; returns whether anything was removed.
+
+    Every removal in adaptforge goes through here, so a name such as ``..`` or a symlink can never turn a
+    cleanup into the deletion of the library (or anything above it). Symlinks at ``path`` are unlinked, not
+    followed.
+    """
+    owner = Path(owner).resolve()
+    path = Path(path)
+    parent = path.parent.resolve()
+    target = parent / path.name
+    if path.name in ("", ".", "..") or (parent != owner and owner not in parent.parents):
+        raise UnsafeRemovalError(f"refusing to remove {path}: it is not strictly inside {owner}")
+    if target.is_symlink():
+        target.unlink()
+        return True
+    if not target.exists():
+        return False
+    if target.is_dir():
+        shutil.rmtree(target, ignore_errors=True)
+    else:
+        target.unlink()
+    return True
+
+
+@contextmanager
+def exclusive_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive, non-blocking ``flock`` on ``path`` (created if needed) for the ``with`` body.
+
+    A second holder fails at once with :class:`LockedError` naming ``what``. The lock file is removed on
+    release; a holder re-checks after locking that the file it locked is still the one at ``path``, so a
+    removal racing with a new locker can never give two processes the lock.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LockedError(f"{what} is in use by another process (lock {path}); wait for it to finish") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the file was removed by the previous holder between our open and our lock: retry
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        with suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
+
+
+class LockedError(AdaptforgeError):
+    """Another process holds the lock on a resource this command needs."""

@@ -38,7 +38,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ import numpy as np
 
 from adaptforge.adapters import CONFIG_FILE, WEIGHTS_FILE, AdapterFormatError, read_adapter, write_adapter
 from adaptforge.core import AdaptforgeError, LoraDelta
-from adaptforge.durable import fsync_dir, fsync_tree, sha256_file
+from adaptforge.durable import exclusive_lock, fsync_dir, fsync_tree, remove_inside, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ ADAPTERS_DIR = "adapters"
 RUNS_DIR = "runs"
 EXPORT_RECORD_FILE = "adaptforge.json"
 TMP_PREFIX = ".tmp-"
+LOCKS_DIR = ".locks"
+PROVENANCE_FORMAT = "adaptforge-adapter-record"
 BUSY_TIMEOUT_S = 30.0
 MAX_NAME_LENGTH = 128
 _ID = re.compile(r"^[0-9a-f]{16}$")
@@ -72,6 +74,24 @@ class CorruptAdapterError(LibraryError):
 
 class BaseMismatchError(LibraryError):
     """An adapter trained on a different base model than the one it is being loaded for."""
+
+
+@dataclass(frozen=True)
+class Leftovers:
+    """Files that crashed or abandoned work left in a library (reported by verify, removed by gc)."""
+
+    orphans: tuple[Path, ...]  # adapter folders with no catalog row (a crash between rename and commit)
+    stale_temp: tuple[Path, ...]  # temp folders older than the age limit (adds, checkpoint swaps)
+    fresh_temp: tuple[Path, ...]  # temp folders that may belong to a write still running
+    runs: tuple[Path, ...]  # resumable checkpoints of runs that did not finish (kept by gc)
+    missing: tuple[str, ...]  # catalog rows whose folder is gone
+
+    def messages(self) -> list[str]:
+        return [
+            *(f"orphan adapter folder {p} (no catalog row; `library gc` removes it)" for p in self.orphans),
+            *(f"stale temp folder {p} (`library gc` removes it)" for p in self.stale_temp),
+            *(f"adapter {i} is in the catalog but its folder is missing" for i in self.missing),
+        ]
 
 
 @dataclass(frozen=True)
@@ -216,11 +236,21 @@ _RECORD_COLUMNS = (
 
 
 def validate_name(name: object) -> str:
-    """Names are catalog keys, never paths: refuse anything that could be mistaken for one or for an id."""
+    """Names are catalog keys, never paths: refuse anything that could be mistaken for one or for an id.
+
+    The one check of every output name (train, import, merge, compose, generate): besides the catalog,
+    a name becomes a folder under ``runs/``, so ``.``/``..``, separators and control characters are refused,
+    and so is a leading dot (reserved for temp folders, locks and hidden files).
+    """
     if not isinstance(name, str):
         raise LibraryError(f"adapter name must be a string, got {type(name).__name__}")
     if not name.strip():
         raise LibraryError("adapter name is empty or whitespace only")
+    if name.startswith("."):
+        raise LibraryError(
+            f"adapter name {name!r} starts with a dot; names such as '.' and '..' would be paths, and leading "
+            "dots are reserved for temporary files"
+        )
     if len(name) > MAX_NAME_LENGTH:
         raise LibraryError(f"adapter name {name[:40]!r}... is {len(name)} characters; at most {MAX_NAME_LENGTH}")
     if name != name.strip():
@@ -231,6 +261,8 @@ def validate_name(name: object) -> str:
         raise LibraryError(f"adapter name {name!r} contains a control character")
     if _ID.match(name):
         raise LibraryError(f"adapter name {name!r} looks like an adapter id (16 hex digits); choose another name")
+    if not name.isprintable():
+        raise LibraryError(f"adapter name {name!r} contains a non-printable character")
     return name
 
 
@@ -279,6 +311,82 @@ def _new_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
+def _insert_record(conn: sqlite3.Connection, record: AdapterRecord) -> None:
+    """The catalog row and lineage rows of one adapter (the caller holds the transaction)."""
+    vector = record.embedding
+    conn.execute(
+        f"INSERT INTO adapters ({_RECORD_COLUMNS}) VALUES ({','.join('?' * 16)})",
+        (
+            record.id,
+            record.name,
+            record.task,
+            record.description,
+            None if vector is None else np.asarray(vector, dtype=_EMBEDDING_DTYPE).tobytes(),
+            None if vector is None else int(vector.size),
+            record.base_model,
+            record.base_fingerprint,
+            record.rank,
+            json.dumps(list(record.targets)),
+            _dump_json(record.recipe, "recipe"),
+            record.method,
+            _dump_json(record.params, "params"),
+            record.checksum,
+            record.config_checksum,
+            record.created,
+        ),
+    )
+    conn.executemany(
+        "INSERT INTO lineage (child_id, parent_id, position) VALUES (?, ?, ?)",
+        [(record.id, p, i) for i, p in enumerate(record.parents)],
+    )
+
+
+def write_provenance(record: AdapterRecord, folder: Path) -> None:
+    """``adaptforge.json`` beside the PEFT files: the whole record but metrics, so that the catalog row can be
+    re-created from the folder alone (:func:`rebuild_catalog`). PEFT ignores the extra file."""
+    info = {"format": PROVENANCE_FORMAT, "version": 1, **record.to_json()}
+    info.pop("path")
+    (folder / EXPORT_RECORD_FILE).write_text(json.dumps(info, indent=1, sort_keys=True))
+
+
+def read_provenance(folder: Path) -> AdapterRecord:
+    """The record stored beside an adapter by :func:`write_provenance`; LibraryError naming the field if unusable."""
+    path = folder / EXPORT_RECORD_FILE
+    if not path.is_file():
+        raise LibraryError(f"{path}: missing; this adapter was stored before provenance files were written")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise LibraryError(f"{path}: unreadable ({err})") from None
+    if not isinstance(info, dict) or info.get("format") != PROVENANCE_FORMAT:
+        raise LibraryError(f"{path}: not an adaptforge adapter record (field 'format' is not {PROVENANCE_FORMAT!r})")
+    try:
+        embedding = info.get("embedding")
+        return AdapterRecord(
+            id=str(info["id"]),
+            name=validate_name(info["name"]),
+            task=info.get("task"),
+            description=info.get("description"),
+            base_model=_require_text(info["base_model"], "base_model"),
+            base_fingerprint=_require_text(info["base_fingerprint"], "base_fingerprint"),
+            rank=int(info["rank"]),
+            targets=tuple(str(t) for t in info["targets"]),
+            recipe=dict(info.get("recipe") or {}),
+            method=_require_text(info["method"], "method"),
+            params=dict(info.get("params") or {}),
+            parents=tuple(str(p) for p in info.get("parents") or ()),
+            checksum=_require_text(info["checksum"], "checksum"),
+            created=float(info["created"]),
+            path=folder,
+            embedding=None if embedding is None else _as_embedding(embedding),
+            config_checksum=_require_text(info["config_checksum"], "config_checksum"),
+        )
+    except KeyError as err:
+        raise LibraryError(f"{path}: missing field {err.args[0]!r}") from None
+    except (TypeError, ValueError) as err:
+        raise LibraryError(f"{path}: {err}") from None
+
+
 # --------------------------------------------------------------------------------------------------
 
 
@@ -295,9 +403,32 @@ class Library:
             if not self.root.is_dir():
                 raise LibraryError(f"no adapter library at {self.root}: the folder does not exist")
             if not self.catalog_path.is_file():
+                self._refuse_orphaned_adapters(f"{CATALOG_FILE} is missing")
                 raise LibraryError(f"no adapter library at {self.root}: {CATALOG_FILE} is missing")
+        if not self.catalog_path.is_file() or self.catalog_path.stat().st_size == 0:
+            # A fresh catalog beside existing adapter folders would silently orphan every one of them.
+            self._refuse_orphaned_adapters(
+                f"{CATALOG_FILE} is missing"
+                if not self.catalog_path.is_file()
+                else f"{CATALOG_FILE} is empty (truncated)"
+            )
         self.adapters_dir.mkdir(parents=True, exist_ok=True)
         self._init_schema(create)
+
+    def adapter_folders(self) -> list[Path]:
+        """Folders under ``adapters/`` named like an adapter id (committed or orphaned; not temp folders)."""
+        if not self.adapters_dir.is_dir():
+            return []
+        return sorted(p for p in self.adapters_dir.iterdir() if p.is_dir() and _ID.match(p.name))
+
+    def _refuse_orphaned_adapters(self, why: str) -> None:
+        folders = self.adapter_folders()
+        if folders:
+            raise LibraryError(
+                f"library {self.root}: {why}, but {ADAPTERS_DIR}/ holds {len(folders)} adapter folder(s); refusing "
+                f"to start an empty catalog that would orphan them. Run `adaptforge library rebuild --library "
+                f"{self.root}` to re-create the catalog from the folders"
+            )
 
     def __repr__(self) -> str:
         return f"Library({str(self.root)!r})"
@@ -307,11 +438,19 @@ class Library:
         """Where in-progress training runs keep resumable checkpoints (``runs/<name>``); not created here."""
         return self.root / RUNS_DIR
 
+    def run_dir(self, name: str) -> Path:
+        """The checkpoint folder of a training run of ``name`` (validated: always strictly inside ``runs/``)."""
+        return self.runs_dir / validate_name(name)
+
+    def run_lock(self, name: str) -> AbstractContextManager[None]:
+        """Exclusive lock on the run of ``name``: a second ``train`` of the same name refuses at once."""
+        return exclusive_lock(self.runs_dir / LOCKS_DIR / validate_name(name), f"training run {name!r}")
+
     def clear_run(self, name: str) -> None:
         """Delete a run's checkpoints (``runs/<name>`` and its ``.old`` twin) once its adapter has landed."""
-        validate_name(name)
-        for folder in (self.runs_dir / name, self.runs_dir / f"{name}.old"):
-            shutil.rmtree(folder, ignore_errors=True)
+        folder = self.run_dir(name)
+        for path in (folder, folder.with_name(f"{folder.name}.old")):
+            remove_inside(path, self.runs_dir)
 
     def exists(self, name_or_id: str) -> bool:
         """Whether an adapter with this name or id is in the catalog."""
@@ -353,7 +492,10 @@ class Library:
                 ) from err
             raise LibraryError(f"catalog {self.catalog_path}: {err}") from err
         except sqlite3.DatabaseError as err:
-            raise LibraryError(f"catalog {self.catalog_path}: {err}") from err
+            raise LibraryError(
+                f"catalog {self.catalog_path}: {err}; if the file is damaged, move it aside and run "
+                f"`adaptforge library rebuild --library {self.root}` to re-create it from the adapter folders"
+            ) from err
         finally:
             conn.close()
 
@@ -370,7 +512,7 @@ class Library:
                 raise
             conn.execute("COMMIT")
 
-    def _init_schema(self, create: bool) -> None:
+    def _init_schema(self, create: bool, adopt: bool = False) -> None:
         with self._connect(create=create) as conn:
             # Switching to WAL needs an exclusive lock; another process opening the library at the same
             # moment can hold it briefly, and this pragma does not always wait on busy_timeout.
@@ -395,6 +537,8 @@ class Library:
                         f"catalog {self.catalog_path} has schema version {version}, newer than this adaptforge "
                         f"understands ({SCHEMA_VERSION}); upgrade adaptforge"
                     )
+                if version == 0 and not adopt:
+                    self._refuse_orphaned_adapters(f"{CATALOG_FILE} holds no catalog")
                 for step in range(version, SCHEMA_VERSION):
                     logger.info("migrating catalog %s from schema %d to %d", self.catalog_path, step, step + 1)
                     MIGRATIONS[step](conn)
@@ -560,6 +704,9 @@ class Library:
         _require_text(method, "method")
         if not isinstance(delta, LoraDelta) or len(delta) == 0:
             raise LibraryError(f"adapter {name!r}: delta must be a LoraDelta with at least one module")
+        bad = delta.non_finite()
+        if bad is not None:
+            raise LibraryError(f"adapter {name!r} was not stored: {bad}")
         if isinstance(parents, str):
             raise LibraryError("parents must be a sequence of names or ids, not a single string")
         parents = tuple(parents)
@@ -568,7 +715,6 @@ class Library:
         vector = None if embedding is None else _as_embedding(embedding)
         recipe_json = _dump_json(recipe or {}, "recipe")
         params_json = _dump_json(params or {}, "params")
-        targets_json = json.dumps(delta.targets)
         metric_rows = [self._check_metric_row(m) for m in metrics]
         rank = max(delta.ranks.values())
 
@@ -576,22 +722,47 @@ class Library:
         with self._connect() as conn:
             if not overwrite and self._name_taken(conn, name):
                 raise self._name_taken_error(name)
-            for parent in parents:
-                self._resolve(conn, parent, "parent adapter")
+            parent_ids = [self._resolve(conn, parent, "parent adapter") for parent in parents]
 
         ident = _new_id()
         tmp = self.adapters_dir / f"{TMP_PREFIX}{uuid.uuid4().hex}"
         final = self.adapters_dir / ident
+        created = time.time()
         try:
             write_adapter(delta, tmp, base_model)
-            fsync_tree(tmp)
             checksum = sha256_file(tmp / WEIGHTS_FILE)
             config_checksum = sha256_file(tmp / CONFIG_FILE)
+            record = AdapterRecord(
+                id=ident,
+                name=name,
+                task=task,
+                description=description,
+                base_model=base_model,
+                base_fingerprint=base_fingerprint,
+                rank=rank,
+                targets=tuple(delta.targets),
+                recipe=json.loads(recipe_json),
+                method=method,
+                params=json.loads(params_json),
+                parents=tuple(parent_ids),
+                checksum=checksum,
+                created=created,
+                path=final,
+                embedding=None if vector is None else self._frozen(vector),
+                config_checksum=config_checksum,
+            )
+            write_provenance(record, tmp)
+            fsync_tree(tmp)
+        except OSError as err:
+            remove_inside(tmp, self.adapters_dir)
+            raise LibraryError(
+                f"adapter {name!r} was not stored: writing {tmp} failed ({err.strerror or err}); "
+                "the library is unchanged"
+            ) from None
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_inside(tmp, self.adapters_dir)
             raise
 
-        created = time.time()
         replaced: str | None = None
         renamed = committed = False
         try:
@@ -601,7 +772,11 @@ class Library:
                     existing = conn.execute("SELECT id FROM adapters WHERE name = ?", (name,)).fetchone()
                     if existing is not None and not overwrite:
                         raise self._name_taken_error(name)
-                    parent_ids = [self._resolve(conn, p, "parent adapter") for p in parents]
+                    if [self._resolve(conn, p, "parent adapter") for p in parents] != parent_ids:
+                        raise LibraryError(
+                            f"adapter {name!r}: a parent was replaced by another process while it was being "
+                            "written; run the command again"
+                        )
                     if existing is not None:
                         replaced = str(existing[0])
                         if replaced in parent_ids:
@@ -615,31 +790,7 @@ class Library:
                     if replaced is not None:
                         self._warn_orphaned_children(conn, replaced, name)
                         conn.execute("DELETE FROM adapters WHERE id = ?", (replaced,))
-                    conn.execute(
-                        f"INSERT INTO adapters ({_RECORD_COLUMNS}) VALUES ({','.join('?' * 16)})",
-                        (
-                            ident,
-                            name,
-                            task,
-                            description,
-                            None if vector is None else vector.tobytes(),
-                            None if vector is None else int(vector.size),
-                            base_model,
-                            base_fingerprint,
-                            rank,
-                            targets_json,
-                            recipe_json,
-                            method,
-                            params_json,
-                            checksum,
-                            config_checksum,
-                            created,
-                        ),
-                    )
-                    conn.executemany(
-                        "INSERT INTO lineage (child_id, parent_id, position) VALUES (?, ?, ?)",
-                        [(ident, p, i) for i, p in enumerate(parent_ids)],
-                    )
+                    _insert_record(conn, record)
                     self._insert_metrics(conn, [(ident, m) for m in metric_rows])
                     conn.execute("COMMIT")
                     committed = True
@@ -652,33 +803,15 @@ class Library:
                         conn.execute("ROLLBACK")
         except BaseException:
             if not committed:
-                shutil.rmtree(final if renamed else tmp, ignore_errors=True)
+                remove_inside(final if renamed else tmp, self.adapters_dir)
             raise
 
         if replaced is not None:
-            shutil.rmtree(self.adapters_dir / replaced, ignore_errors=True)
+            remove_inside(self.adapters_dir / replaced, self.adapters_dir)
             logger.info("replaced adapter %r (%s -> %s) in %s", name, replaced, ident, self.root)
         else:
             logger.info("added adapter %r (%s) to %s", name, ident, self.root)
-        return AdapterRecord(
-            id=ident,
-            name=name,
-            task=task,
-            description=description,
-            base_model=base_model,
-            base_fingerprint=base_fingerprint,
-            rank=rank,
-            targets=tuple(delta.targets),
-            recipe=json.loads(recipe_json),
-            method=method,
-            params=json.loads(params_json),
-            parents=tuple(parent_ids),
-            checksum=checksum,
-            created=created,
-            path=final,
-            embedding=None if vector is None else self._frozen(vector),
-            config_checksum=config_checksum,
-        )
+        return record
 
     @staticmethod
     def _frozen(vector: np.ndarray) -> np.ndarray:
@@ -691,7 +824,10 @@ class Library:
         return conn.execute("SELECT 1 FROM adapters WHERE name = ?", (name,)).fetchone() is not None
 
     def _name_taken_error(self, name: str) -> LibraryError:
-        return LibraryError(f"adapter name {name!r} already exists in {self.root}; pass overwrite=True to replace it")
+        return LibraryError(
+            f"adapter name {name!r} already exists in {self.root}; choose another name or pass --overwrite "
+            "(overwrite=True) to replace it"
+        )
 
     def _warn_orphaned_children(self, conn: sqlite3.Connection, ident: str, name: str) -> None:
         children = [
@@ -740,16 +876,43 @@ class Library:
             raise CorruptAdapterError(f"adapter {record.name!r} ({record.id}): {err}") from None
         return delta, record
 
-    def verify(self, name_or_id: str | None = None) -> list[str]:
-        """Check checksums of one or all adapters; returns one message per problem (empty: all good)."""
-        records = [self.get(name_or_id)] if name_or_id is not None else self.list()
+    def check(self, record: AdapterRecord) -> list[str]:
+        """Every integrity problem of one stored adapter: files present, checksums, a readable and finite PEFT
+        config and tensors that agree with each other and with the record, and its provenance file."""
+        try:
+            self._verify(record)
+        except CorruptAdapterError as err:
+            return [str(err)]
         problems = []
-        for record in records:
-            try:
-                self._verify(record)
-            except CorruptAdapterError as err:
-                problems.append(str(err))
+        try:
+            delta, _ = read_adapter(record.path)
+        except AdapterFormatError as err:
+            return [f"adapter {record.name!r} ({record.id}): {err}"]
+        if tuple(delta.targets) != record.targets or max(delta.ranks.values()) != record.rank:
+            problems.append(
+                f"adapter {record.name!r} ({record.id}): its files hold modules {delta.targets[:3]}... of rank "
+                f"{max(delta.ranks.values())}, the catalog records {list(record.targets[:3])}... of rank {record.rank}"
+            )
+        try:
+            stored = read_provenance(record.path)
+        except LibraryError as err:
+            problems.append(f"adapter {record.name!r} ({record.id}): {err}")
+        else:
+            if (stored.id, stored.checksum, stored.config_checksum) != (
+                record.id,
+                record.checksum,
+                record.config_checksum,
+            ):
+                problems.append(
+                    f"adapter {record.name!r} ({record.id}): {record.path / EXPORT_RECORD_FILE} disagrees with "
+                    "the catalog (id or checksums)"
+                )
         return problems
+
+    def verify(self, name_or_id: str | None = None) -> list[str]:
+        """Check one or all adapters (:meth:`check`); returns one message per problem (empty: all good)."""
+        records = [self.get(name_or_id)] if name_or_id is not None else self.list()
+        return [problem for record in records for problem in self.check(record)]
 
     def export(self, name_or_id: str, dest: str | Path) -> Path:
         """Copy the verified PEFT folder to ``dest`` (new or empty) plus ``adaptforge.json`` with the record."""
@@ -771,7 +934,7 @@ class Library:
             os.rename(tmp, dest)
             fsync_dir(dest.parent)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_inside(tmp, dest.parent)
             raise
         if sha256_file(dest / WEIGHTS_FILE) != record.checksum:
             raise CorruptAdapterError(f"adapter {record.name!r}: the exported copy at {dest} differs from the library")
@@ -798,44 +961,53 @@ class Library:
             if children and not force:
                 raise LibraryError(
                     f"adapter {name!r} is a parent of {', '.join(repr(c) for c in children)}; "
-                    "remove those first or pass force=True (their lineage will show it as missing)"
+                    "remove those first or pass --force (force=True; their lineage will show it as missing)"
                 )
             conn.execute("DELETE FROM adapters WHERE id = ?", (ident,))
-        shutil.rmtree(self.adapters_dir / ident, ignore_errors=True)
+        remove_inside(self.adapters_dir / ident, self.adapters_dir)
         logger.info("removed adapter %r (%s) from %s", name, ident, self.root)
+
+    def leftovers(self, min_age: float = 3600.0) -> Leftovers:
+        """What crashed or abandoned work left behind, without removing anything (see :meth:`gc`)."""
+        now = time.time()
+
+        def stale(entry: Path) -> bool:
+            try:
+                return now - entry.stat().st_mtime >= min_age
+            except FileNotFoundError:
+                return False
+
+        temp = [e for e in sorted(self.adapters_dir.glob(f"{TMP_PREFIX}*")) if e.is_dir()]
+        runs: list[Path] = []
+        if self.runs_dir.is_dir():
+            temp += [e for e in sorted(self.runs_dir.glob(f"{TMP_PREFIX}*")) if e.is_dir()]
+            runs = [e for e in sorted(self.runs_dir.iterdir()) if e.is_dir() and not e.name.startswith(".")]
+        with self._connect() as conn:
+            known = {r[0] for r in conn.execute("SELECT id FROM adapters")}
+        folders = self.adapter_folders()
+        return Leftovers(
+            orphans=tuple(p for p in folders if p.name not in known),
+            stale_temp=tuple(p for p in temp if stale(p)),
+            fresh_temp=tuple(p for p in temp if not stale(p)),
+            runs=tuple(runs),
+            missing=tuple(sorted(i for i in known if not (self.adapters_dir / i).is_dir())),
+        )
 
     def gc(self, min_age: float = 3600.0) -> list[Path]:
         """Remove temp folders (adapters and runs) older than ``min_age`` seconds and adapter folders with no row.
 
         Holds the write lock while scanning, so no other process can be between rename and commit. Temp
-        folders younger than ``min_age`` may belong to an add still writing and are kept.
+        folders younger than ``min_age`` may belong to an add still writing and are kept; so are resumable
+        run checkpoints (``runs/<name>``) and anything not named like an adapter id or a temp folder.
         """
         removed: list[Path] = []
-        now = time.time()
-        if self.runs_dir.is_dir():  # checkpoint swaps interrupted long ago (see train.checkpoint)
-            for entry in sorted(self.runs_dir.glob(f"{TMP_PREFIX}*")):
-                if entry.is_dir() and now - entry.stat().st_mtime >= min_age:
-                    shutil.rmtree(entry, ignore_errors=True)
-                    removed.append(entry)
-        with self._transaction() as conn:
-            known = {r[0] for r in conn.execute("SELECT id FROM adapters")}
-            for entry in sorted(self.adapters_dir.iterdir()):
-                if not entry.is_dir():
-                    continue
-                if entry.name.startswith(TMP_PREFIX):
-                    try:
-                        age = now - entry.stat().st_mtime
-                    except FileNotFoundError:
-                        continue
-                    if age < min_age:
-                        continue
-                elif entry.name in known:
-                    continue
-                shutil.rmtree(entry, ignore_errors=True)
+        with self._transaction():
+            found = self.leftovers(min_age)
+            for entry in (*found.stale_temp, *found.orphans):
+                remove_inside(entry, entry.parent)
                 removed.append(entry)
                 logger.info("gc: removed %s", entry)
-            missing = [i for i in known if not (self.adapters_dir / i).is_dir()]
-        for ident in missing:
+        for ident in found.missing:
             logger.warning("gc: adapter %s has a catalog row but no folder in %s", ident, self.adapters_dir)
         return removed
 
@@ -962,3 +1134,103 @@ class Library:
         scores = matrix @ query / np.linalg.norm(matrix, axis=1)
         order = sorted(range(len(records)), key=lambda i: (-scores[i], records[i].created))
         return [(records[i], float(scores[i])) for i in order[:k]]
+
+
+# --------------------------------------------------------------------------------------------------
+# Recovery
+
+
+@dataclass(frozen=True)
+class RebuildReport:
+    """What :func:`rebuild_catalog` recovered and what it left alone (nothing is ever deleted)."""
+
+    recovered: tuple[str, ...]  # names
+    skipped: tuple[str, ...]  # one message per folder not recovered
+    moved_aside: tuple[Path, ...]  # the damaged catalog's files, renamed
+
+
+def _catalog_is_usable(path: Path) -> bool:
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    try:
+        uri = "file:" + urllib.request.pathname2url(str(path)) + "?mode=ro"
+        conn = sqlite3.connect(uri, uri=True)
+        try:
+            conn.execute("SELECT COUNT(*) FROM adapters").fetchone()
+            return conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        return False
+
+
+def rebuild_catalog(root: str | Path) -> RebuildReport:
+    """Re-create a missing or damaged ``catalog.sqlite`` from the adapter folders on disk.
+
+    Each ``adapters/<id>/`` whose provenance file (:func:`write_provenance`) agrees with its files' checksums
+    becomes a catalog row again, with its lineage; metrics were only in the catalog and are not recovered
+    (re-run ``eval``). A damaged catalog is renamed aside, never deleted; a usable one is refused. The new
+    catalog is built in a temp file and renamed into place, so a crash leaves the old state. When two folders
+    claim one name (an overwrite cut short), the newer one wins and the other stays an orphan for ``gc``.
+    """
+    root = Path(root).expanduser().resolve()
+    catalog = root / CATALOG_FILE
+    adapters = root / ADAPTERS_DIR
+    if not adapters.is_dir():
+        raise LibraryError(f"no adapter library at {root}: {ADAPTERS_DIR}/ does not exist, nothing to rebuild from")
+    if _catalog_is_usable(catalog):
+        raise LibraryError(
+            f"{catalog} is a readable catalog; rebuild only replaces a missing or damaged one "
+            "(see `adaptforge library verify`)"
+        )
+    found: dict[str, AdapterRecord] = {}
+    skipped: list[str] = []
+    for folder in sorted(p for p in adapters.iterdir() if p.is_dir() and _ID.match(p.name)):
+        try:
+            record = read_provenance(folder)
+            if record.id != folder.name:
+                raise LibraryError(f"{folder / EXPORT_RECORD_FILE}: records id {record.id}, not {folder.name}")
+            for filename, expected in ((WEIGHTS_FILE, record.checksum), (CONFIG_FILE, record.config_checksum)):
+                if not (folder / filename).is_file() or sha256_file(folder / filename) != expected:
+                    raise CorruptAdapterError(f"{folder / filename}: missing or does not match its recorded sha256")
+            read_adapter(folder)
+        except (LibraryError, AdapterFormatError) as err:
+            skipped.append(str(err))
+            continue
+        other = found.get(record.name)
+        if other is not None:
+            older, record = sorted((other, record), key=lambda r: r.created)
+            skipped.append(f"{older.path}: an older adapter named {record.name!r} (left as an orphan for gc)")
+        found[record.name] = record
+
+    tmp = root / f"{TMP_PREFIX}catalog-{uuid.uuid4().hex[:8]}.sqlite"
+    builder = Library.__new__(Library)
+    builder.root, builder.catalog_path, builder.adapters_dir = root, tmp, adapters
+    try:
+        builder._init_schema(create=True, adopt=True)
+        with builder._transaction() as conn:
+            for record in sorted(found.values(), key=lambda r: r.created):
+                _insert_record(conn, record)
+        with builder._connect() as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        moved = []
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for suffix in ("", "-wal", "-shm"):  # a stale WAL must never be replayed onto the new catalog
+            old = root / (CATALOG_FILE + suffix)
+            if old.exists():
+                aside = root / f"{CATALOG_FILE}.damaged-{stamp}{suffix}"
+                os.rename(old, aside)
+                moved.append(aside)
+        for suffix in ("-wal", "-shm"):
+            side = Path(str(tmp) + suffix)
+            if side.exists():
+                side.unlink()
+        os.rename(tmp, catalog)
+        fsync_dir(root)
+    finally:
+        for suffix in ("", "-wal", "-shm"):
+            leftover = Path(str(tmp) + suffix)
+            if leftover.exists():
+                leftover.unlink()
+    logger.info("rebuilt %s with %d adapter(s)", catalog, len(found))
+    return RebuildReport(tuple(sorted(found)), tuple(skipped), tuple(moved))
