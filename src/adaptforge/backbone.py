@@ -53,6 +53,27 @@ def resolve_model_path(name: str | None) -> str:
     return name
 
 
+def _looks_like_path(name: str) -> bool:
+    """A name that can only be a filesystem path (a hub id is ``org/name`` with no leading dot or slash)."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def check_model_folder(folder: Path) -> None:
+    """A model folder must hold ``config.json`` and safetensors weights; say exactly what is missing."""
+    if not (folder / "config.json").is_file():
+        raise BackboneError(f"model folder {folder} has no config.json; expected a Hugging Face model folder")
+    if any(folder.glob("*.safetensors")) or any(folder.glob("*.safetensors.index.json")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
+    if pickles:
+        raise BackboneError(
+            f"model folder {folder} has weights only as {', '.join(pickles)} (pickle); adaptforge loads weights "
+            "only from safetensors, because unpickling a file can run arbitrary code. Convert it once with "
+            "save_pretrained(..., safe_serialization=True) in a trusted environment"
+        )
+    raise BackboneError(f"model folder {folder} has a config but no weights (*.safetensors)")
+
+
 def model_kind(config: Any) -> Kind:
     archs = getattr(config, "architectures", None) or []
     if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) or getattr(config, "is_decoder", False):
@@ -95,14 +116,28 @@ class Backbone:
     @classmethod
     def load(cls, name: str | None = None, kind: Kind | None = None, dtype: torch.dtype = torch.float32) -> Backbone:
         path = resolve_model_path(name)
-        local = Path(path).is_dir()
+        local = Path(path).expanduser().is_dir()
+        if local:
+            path = str(Path(path).expanduser())
+            check_model_folder(Path(path))
+        elif _looks_like_path(path):
+            raise BackboneError(f"no model folder at {path}")
         try:
             config = AutoConfig.from_pretrained(path, local_files_only=local)
         except (OSError, ValueError) as err:
+            if not local:
+                raise BackboneError(
+                    f"no model folder at {path}, and no hub model {path!r} in the local Hugging Face cache "
+                    "(adaptforge runs offline; pass a folder with config.json and *.safetensors)"
+                ) from None
             raise BackboneError(f"cannot load model config from {path!r}: {err}") from None
         kind = kind or model_kind(config)
         auto = AutoModelForCausalLM if kind == "causal" else AutoModel
-        model = auto.from_pretrained(path, dtype=dtype, local_files_only=local)
+        try:
+            # safetensors only: a pickled checkpoint (pytorch_model.bin) can run code when loaded.
+            model = auto.from_pretrained(path, dtype=dtype, local_files_only=local, use_safetensors=True)
+        except (OSError, ValueError) as err:
+            raise BackboneError(f"cannot load model weights from {path!r}: {err}") from None
         model.eval()
         model.requires_grad_(False)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)

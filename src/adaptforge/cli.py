@@ -17,12 +17,19 @@ import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 from rich.table import Table  # noqa: E402
+from rich.text import Text  # noqa: E402
 
 from adaptforge.core import AdaptforgeError  # noqa: E402
 
 app = typer.Typer(help="Adapt one foundation model to many tasks and manage the adapters.", no_args_is_help=True)
 library_app = typer.Typer(help="List, show, import, export and remove adapters.", no_args_is_help=True)
 app.add_typer(library_app, name="library")
+
+
+def plain_console(stderr: bool = False) -> Console:
+    """A console that never reads markup: names, labels and error messages are user text, and a name like
+    ``[red]x`` or a value list like ``[nan, 1.0]`` must print literally. Styles are passed as ``style=``."""
+    return wide_when_piped(Console(stderr=stderr, markup=False))
 
 
 def wide_when_piped(c: Console) -> Console:
@@ -33,24 +40,27 @@ def wide_when_piped(c: Console) -> Console:
     return c
 
 
-console = wide_when_piped(Console(stderr=True))
-out = wide_when_piped(Console())
+console = plain_console(stderr=True)
+out = plain_console()
 
 LibraryOpt = Annotated[Path, typer.Option("--library", "-l", help="Adapter library folder.")]
 ModelOpt = Annotated[
     str | None, typer.Option("--model", "-m", help="HF model path or name (default: embedded MiniLM).")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+TextColOpt = Annotated[str, typer.Option("--text-col", help="Field (task folder) or column (CSV) holding the text.")]
+LabelColOpt = Annotated[str, typer.Option("--label-col", help="Field (task folder) or column (CSV) holding the label.")]
+LimitOpt = Annotated[int | None, typer.Option(min=1, help="Evaluate at most this many examples per task.")]
 
 
 @contextmanager
 def progress_bar(description: str, total: int | None = None) -> Iterator[Progress]:
     cols = [
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}"),
+        TextColumn("{task.fields[info]}", markup=False),
     ]
     with Progress(*cols, console=console, transient=False) as bar:
         bar.add_task(description, total=total, info="")
@@ -58,8 +68,12 @@ def progress_bar(description: str, total: int | None = None) -> Iterator[Progres
 
 
 def _fail(err: Exception) -> None:
-    console.print(f"[red]error:[/red] {err}")
+    console.print(Text.assemble(("error:", "red"), " ", str(err)))
     raise typer.Exit(2)
+
+
+def notify(msg: str) -> None:
+    console.print(msg, style="dim")
 
 
 @contextmanager
@@ -97,8 +111,8 @@ def train_cmd(
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every")] = 50,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run of the same name.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
-    text_col: Annotated[str, typer.Option("--text-col")] = "text",
-    label_col: Annotated[str, typer.Option("--label-col")] = "label",
+    text_col: TextColOpt = "text",
+    label_col: LabelColOpt = "label",
     multitask: Annotated[bool, typer.Option("--multitask", help="One adapter on all given tasks.")] = False,
     sampler: Annotated[str, typer.Option(help="Task sampler: uniform, proportional, temperature, group_dro, mpts.")] = (
         "uniform"
@@ -112,12 +126,13 @@ def train_cmd(
 ) -> None:
     """Train a LoRA adapter on one task (or, with --multitask, on several) and add it to the library."""
     from adaptforge.backbone import Backbone
-    from adaptforge.library import Library
+    from adaptforge.library import Library, validate_name
     from adaptforge.tasks import load_task
     from adaptforge.train.config import TrainConfig
     from adaptforge.workflows import train_into_library
 
     with cli_errors():
+        validate_name(name)
         if len(task_dirs) > 1 and not multitask:
             raise AdaptforgeError("several tasks given: pass --multitask to train one adapter on all of them")
         tasks = [load_task(d, text_col=text_col, label_col=label_col) for d in task_dirs]
@@ -185,18 +200,22 @@ def eval_cmd(
     all_adapters: Annotated[bool, typer.Option("--all-adapters", help="Every adapter in the library.")] = False,
     zero_shot: Annotated[bool, typer.Option("--zero-shot", help="Also the base model without adapter.")] = False,
     split: Annotated[str, typer.Option()] = "test",
-    limit: Annotated[int | None, typer.Option(help="Evaluate at most this many examples per task.")] = None,
+    limit: LimitOpt = None,
     model: ModelOpt = None,
+    text_col: TextColOpt = "text",
+    label_col: LabelColOpt = "label",
     as_json: JsonOpt = False,
 ) -> None:
     """Evaluate adapters and/or zero-shot on tasks: accuracy and macro-F1 per cell."""
     from adaptforge.backbone import Backbone
+    from adaptforge.evaluate import check_request
     from adaptforge.library import Library
     from adaptforge.tasks import load_tasks
     from adaptforge.workflows import evaluate_grid
 
     with cli_errors():
-        tasks = load_tasks(task_dirs)
+        tasks = load_tasks(task_dirs, text_col=text_col, label_col=label_col)
+        check_request(tasks, split, limit)
         lib = Library(library, create=False) if library else None
         names = list(adapter or [])
         if all_adapters:
@@ -272,7 +291,7 @@ def library_list(
 
 @library_app.command("show")
 def library_show(name: str, library: LibraryOpt, as_json: JsonOpt = False) -> None:
-    """One adapter's record, lineage and metrics."""
+    """One adapter's record, lineage, metrics and integrity (a damaged adapter says so and exits 1)."""
     from adaptforge.library import Library
 
     with cli_errors():
@@ -284,11 +303,84 @@ def library_show(name: str, library: LibraryOpt, as_json: JsonOpt = False) -> No
             {"task": m.task, "split": m.split, "metric": m.metric, "value": m.value, "n": m.n}
             for m in lib.metrics(name)
         ]
+        problems = lib.check(rec)
+        info["integrity"] = {"ok": not problems, "problems": problems}
     if as_json:
         out.print_json(json.dumps(info))
-        return
-    info.get("recipe", {}).pop("history", None)
-    out.print_json(json.dumps(info))
+    else:
+        info.get("recipe", {}).pop("history", None)
+        out.print_json(json.dumps(info))
+        if problems:
+            for problem in problems:
+                console.print(Text.assemble(("damaged:", "red"), " ", problem))
+    if problems:
+        raise typer.Exit(1)
+
+
+@library_app.command("verify")
+def library_verify(
+    library: LibraryOpt,
+    name: Annotated[str | None, typer.Argument(help="One adapter (default: all, plus crash leftovers).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check integrity: files present, checksums, configs consistent, provenance; report crash leftovers.
+
+    Exits 1 when anything is damaged. Example: adaptforge library verify --library lib
+    """
+    from adaptforge.library import Library
+
+    with cli_errors():
+        lib = Library(library, create=False)
+        problems = lib.verify(name)
+        found = lib.leftovers() if name is None else None
+        count = 1 if name is not None else len(lib)
+    leftovers = found.messages() if found is not None else []
+    runs = [str(p) for p in found.runs] if found is not None else []
+    if as_json:
+        out.print_json(json.dumps({"adapters": count, "problems": problems, "leftovers": leftovers, "runs": runs}))
+    else:
+        for line in problems:
+            out.print(Text.assemble(("damaged:", "red"), " ", line))
+        for line in leftovers:
+            out.print(Text.assemble(("leftover:", "yellow"), " ", line))
+        for run in runs:
+            out.print(f"unfinished run (resume with train --resume, or delete it): {run}")
+        out.print(f"{count} adapter(s) checked, {len(problems)} problem(s), {len(leftovers)} leftover(s)")
+    if problems or leftovers:
+        raise typer.Exit(1)
+
+
+@library_app.command("gc")
+def library_gc(
+    library: LibraryOpt,
+    min_age: Annotated[
+        float, typer.Option("--min-age", min=0, help="Seconds; younger temp folders may be a write in progress.")
+    ] = 3600.0,
+) -> None:
+    """Remove crash leftovers: temp folders older than --min-age and adapter folders with no catalog row."""
+    from adaptforge.library import Library
+
+    with cli_errors():
+        removed = Library(library, create=False).gc(min_age=min_age)
+    for path in removed:
+        out.print(f"removed {path}")
+    out.print(f"{len(removed)} leftover(s) removed")
+
+
+@library_app.command("rebuild")
+def library_rebuild(library: LibraryOpt) -> None:
+    """Re-create a missing or damaged catalog from the adapter folders (the damaged file is kept aside)."""
+    from adaptforge.library import rebuild_catalog
+
+    with cli_errors():
+        report = rebuild_catalog(library)
+    for path in report.moved_aside:
+        out.print(f"kept the damaged catalog file as {path}")
+    for line in report.skipped:
+        out.print(Text.assemble(("not recovered:", "yellow"), " ", line))
+    out.print(
+        f"rebuilt the catalog with {len(report.recovered)} adapter(s); metrics are not recovered (run eval again)"
+    )
 
 
 @library_app.command("import")
@@ -298,17 +390,19 @@ def library_import(
     name: Annotated[str, typer.Option("--name")],
     model: ModelOpt = None,
     task_dir: Annotated[Path | None, typer.Option("--task", help="Task the adapter was trained for.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an adapter of the same name.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Import a PEFT LoRA adapter after checking it fits the base model."""
     from adaptforge.backbone import Backbone
-    from adaptforge.library import Library
+    from adaptforge.library import Library, validate_name
     from adaptforge.tasks import load_task
     from adaptforge.workflows import import_peft_folder
 
     with cli_errors():
+        validate_name(name)
         task = load_task(task_dir) if task_dir else None
-        rec = import_peft_folder(folder, Backbone.load(model), Library(library), name, task)
+        rec = import_peft_folder(folder, Backbone.load(model), Library(library), name, task, overwrite=overwrite)
     if as_json:
         out.print_json(json.dumps(rec.to_json()))
     else:
@@ -328,12 +422,16 @@ def library_export(
 
 
 @library_app.command("rm")
-def library_rm(name: str, library: LibraryOpt) -> None:
+def library_rm(
+    name: str,
+    library: LibraryOpt,
+    force: Annotated[bool, typer.Option("--force", help="Remove even if other adapters list it as a parent.")] = False,
+) -> None:
     """Remove an adapter (its files and catalog row)."""
     from adaptforge.library import Library
 
     with cli_errors():
-        Library(library, create=False).remove(name)
+        Library(library, create=False).remove(name, force=force)
     out.print(f"removed {name}")
 
 
@@ -375,7 +473,9 @@ def merge_cmd(
     model: ModelOpt = None,
     eval_dirs: Annotated[list[Path] | None, typer.Option("--eval", help="Evaluate on this task; repeatable.")] = None,
     split: Annotated[str, typer.Option(help="Split evaluated by --eval.")] = "test",
-    limit: Annotated[int | None, typer.Option(help="Evaluate at most this many examples per task.")] = None,
+    limit: LimitOpt = None,
+    text_col: TextColOpt = "text",
+    label_col: LabelColOpt = "label",
     dense_out: Annotated[
         Path | None, typer.Option("--dense-out", help="Also write base + merged delta as a full HF model here.")
     ] = None,
@@ -437,7 +537,7 @@ def merge_cmd(
         if library is None:
             raise AdaptforgeError("--library LIB is required: the library holding the adapters")
         lib = Library(library, create=False)
-        eval_tasks = load_tasks(eval_dirs) if eval_dirs else []
+        eval_tasks = load_tasks(eval_dirs, text_col=text_col, label_col=label_col) if eval_dirs else []
         outcome = merge_into_library(
             recipe,
             lib,
@@ -447,7 +547,7 @@ def merge_cmd(
             limit=limit,
             dense_out=dense_out,
             overwrite=overwrite,
-            notify=lambda msg: console.print(f"[dim]{msg}[/dim]"),
+            notify=notify,
         )
     summary = outcome.to_json()
     if as_json:
@@ -480,7 +580,9 @@ def compose_cmd(
     model: ModelOpt = None,
     split: Annotated[str, typer.Option(help="Split on which zero-shot and the result are compared.")] = "test",
     no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the zero-shot vs composed evaluation.")] = False,
-    limit: Annotated[int | None, typer.Option(help="Evaluate at most this many examples.")] = None,
+    limit: LimitOpt = None,
+    text_col: TextColOpt = "text",
+    label_col: LabelColOpt = "label",
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
     list_methods: Annotated[bool, typer.Option("--list", help="List compose methods and exit.")] = False,
     as_json: JsonOpt = False,
@@ -498,7 +600,7 @@ def compose_cmd(
             out.print(f"{name}{need}: {cls.reference_url}  params: {fields}")
         return
     with cli_errors():
-        task = load_task(task_dir)
+        task = load_task(task_dir, text_col=text_col, label_col=label_col)
         lib = Library(library, create=False)
         outcome = compose_into_library(
             task,
@@ -513,7 +615,7 @@ def compose_cmd(
             eval_split=None if no_eval else split,
             limit=limit,
             overwrite=overwrite,
-            notify=lambda msg: console.print(f"[dim]{msg}[/dim]"),
+            notify=notify,
         )
     _print_new_task(outcome, as_json)
 
@@ -529,7 +631,9 @@ def generate_cmd(
     model: ModelOpt = None,
     eval_dir: Annotated[Path | None, typer.Option("--eval", help="Task folder to compare with zero-shot.")] = None,
     split: Annotated[str, typer.Option(help="Split evaluated by --eval.")] = "test",
-    limit: Annotated[int | None, typer.Option(help="Evaluate at most this many examples.")] = None,
+    limit: LimitOpt = None,
+    text_col: TextColOpt = "text",
+    label_col: LabelColOpt = "label",
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -551,11 +655,11 @@ def generate_cmd(
             task_name=task_name,
             seed=seed,
             model=model,
-            eval_task=load_task(eval_dir) if eval_dir is not None else None,
+            eval_task=load_task(eval_dir, text_col=text_col, label_col=label_col) if eval_dir is not None else None,
             eval_split=split,
             limit=limit,
             overwrite=overwrite,
-            notify=lambda msg: console.print(f"[dim]{msg}[/dim]"),
+            notify=notify,
         )
     _print_new_task(outcome, as_json)
 

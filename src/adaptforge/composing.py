@@ -30,7 +30,7 @@ from adaptforge.compose import (
     rank_candidates,
 )
 from adaptforge.core import AdaptforgeError
-from adaptforge.evaluate import EvalResult, evaluate
+from adaptforge.evaluate import EvalResult, check_request, evaluate
 from adaptforge.generate import GeneratorConfig, LoraGenerator, collect_samples
 from adaptforge.library import AdapterRecord, Library
 from adaptforge.scorers import Scorer, make_scorer
@@ -125,6 +125,8 @@ def compose_into_library(
     say = notify or (lambda msg: log.info("%s", msg))
     start = time.perf_counter()
     check_new_name(library, out, overwrite)
+    if eval_split is not None:
+        check_request([task], eval_split, limit)
     composer = COMPOSERS.get(method)
     drawn: Shots = draw_shots(task, shots, seed=seed)
     if composer.needs_shots and drawn.k == 0:
@@ -167,7 +169,7 @@ def compose_into_library(
     )
     say(f"added {record.name} ({record.id}) to {library.root}")
     outcome = NewTaskOutcome(record, method, 0.0, recipe, found)
-    if eval_split is not None and eval_split in task.splits:
+    if eval_split is not None:
         outcome.evals = _evaluate_pair(
             scorer,
             task,
@@ -235,6 +237,8 @@ def generate_into_library(
     say = notify or (lambda msg: log.info("%s", msg))
     start = time.perf_counter()
     check_new_name(library, out, overwrite)
+    if eval_task is not None:
+        check_request([eval_task], eval_split, limit)
     if not isinstance(description, str) or not description.strip():
         raise AdaptforgeError("--description must be a non-empty task description")
     task = Task(task_name or out, description.strip(), tuple(labels), {})

@@ -48,7 +48,7 @@ def run_demo(
     scorer = make_scorer(backbone)
     library = Library(out_dir / "library")
     cfg = TrainConfig(epochs=epochs or 3, max_train=max_train)
-    console.print(f"[bold]adaptforge demo[/bold]: {len(tasks)} tasks on {backbone.name} ({backbone.fingerprint[:12]})")
+    console.print(f"adaptforge demo: {len(tasks)} tasks on {backbone.name} ({backbone.fingerprint[:12]})")
     rows = []
     for task in tasks:
         zero = evaluate(scorer, task, "test")

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from adaptforge.batching import batch_order, make_batch
-from adaptforge.core import LoraDelta
+from adaptforge.core import AdaptforgeError, LoraDelta
 from adaptforge.scorers import Scorer
 from adaptforge.tasks import Task
 
@@ -90,6 +90,16 @@ def predict_logits(
             on_batch(len(index))
     model.train(was_training)
     return out, torch.tensor(encoded.targets, dtype=torch.long)
+
+
+def check_request(tasks: Sequence[Task], split: str, limit: int | None) -> None:
+    """Refuse an evaluation that cannot produce a number before any work is done (and anything is stored)."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise AdaptforgeError(f"--limit must be a positive number of examples per task, got {limit!r}")
+    for task in tasks:
+        if split not in task.splits:
+            available = ", ".join(task.splits) or "none"
+            raise AdaptforgeError(f"task {task.name!r} has no split {split!r} to evaluate on; it has: {available}")
 
 
 def evaluate(

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError
 
 from adaptforge.adapters import CONFIG_FILE, WEIGHTS_FILE, AdapterFormatError, read_adapter, write_adapter
 from adaptforge.core import AdaptforgeError, LoraDelta
@@ -476,13 +477,19 @@ class Library:
         conn.execute("PRAGMA synchronous = FULL")
         return conn
 
+    def _rebuild_hint(self) -> str:
+        return (
+            f"; if the file is damaged, `adaptforge library rebuild --library {self.root}` re-creates it from the "
+            "adapter folders (the damaged file is kept aside)"
+        )
+
     @contextmanager
     def _connect(self, create: bool = False) -> Iterator[sqlite3.Connection]:
         """One connection per operation; SQLite errors become LibraryError naming the catalog."""
         try:
             conn = self._open(create)
         except sqlite3.Error as err:
-            raise LibraryError(f"cannot open catalog {self.catalog_path}: {err}") from None
+            raise LibraryError(f"cannot open catalog {self.catalog_path}: {err}{self._rebuild_hint()}") from None
         try:
             yield conn
         except sqlite3.OperationalError as err:
@@ -492,10 +499,7 @@ class Library:
                 ) from err
             raise LibraryError(f"catalog {self.catalog_path}: {err}") from err
         except sqlite3.DatabaseError as err:
-            raise LibraryError(
-                f"catalog {self.catalog_path}: {err}; if the file is damaged, move it aside and run "
-                f"`adaptforge library rebuild --library {self.root}` to re-create it from the adapter folders"
-            ) from err
+            raise LibraryError(f"catalog {self.catalog_path}: {err}{self._rebuild_hint()}") from err
         finally:
             conn.close()
 
@@ -753,10 +757,10 @@ class Library:
             )
             write_provenance(record, tmp)
             fsync_tree(tmp)
-        except OSError as err:
+        except (OSError, SafetensorError) as err:  # a full disk, a file-size limit, a read-only folder
             remove_inside(tmp, self.adapters_dir)
             raise LibraryError(
-                f"adapter {name!r} was not stored: writing {tmp} failed ({err.strerror or err}); "
+                f"adapter {name!r} was not stored: writing {tmp} failed ({getattr(err, 'strerror', None) or err}); "
                 "the library is unchanged"
             ) from None
         except BaseException:

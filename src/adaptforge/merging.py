@@ -14,7 +14,6 @@ import difflib
 import logging
 import math
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -26,7 +25,8 @@ import yaml
 
 from adaptforge.backbone import Backbone
 from adaptforge.core import AdaptforgeError, LoraDelta
-from adaptforge.evaluate import EvalResult, evaluate, worst
+from adaptforge.durable import fsync_dir, fsync_tree, remove_inside
+from adaptforge.evaluate import EvalResult, check_request, evaluate, worst
 from adaptforge.library import AdapterRecord, Library, validate_name
 from adaptforge.merge import MERGE_METHODS, MergeParams, MergeResult, Router, evaluate_routed, run
 from adaptforge.scorers import Scorer, make_scorer
@@ -283,8 +283,9 @@ def _write_dense_tmp(backbone: Backbone, delta: LoraDelta, folder: Path, recipe:
             model.save_pretrained(tmp)
         backbone.tokenizer.save_pretrained(tmp)
         (tmp / RECIPE_FILE).write_text(yaml.safe_dump(dict(recipe), sort_keys=False))
+        fsync_tree(tmp)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_inside(tmp, folder.parent)
         raise
     return tmp
 
@@ -294,8 +295,9 @@ def _finish_dense(tmp: Path, folder: Path) -> Path:
         if folder.exists():
             folder.rmdir()  # checked empty before the merge
         os.rename(tmp, folder)
+        fsync_dir(folder.parent)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_inside(tmp, folder.parent)
         raise
     return folder
 
@@ -320,6 +322,7 @@ def merge_into_library(
     start = time.perf_counter()
     params = recipe.typed_params()
     impl = MERGE_METHODS.get(recipe.method)
+    check_request(eval_tasks, split, limit)
     records = _check_inputs(recipe, library, overwrite)
     dense_path = _check_dense_out(Path(dense_out) if dense_out is not None else None)
     data_tasks = [load_task(d) for d in recipe.data]
@@ -360,7 +363,7 @@ def merge_into_library(
         )
     except BaseException:
         if dense_tmp is not None:
-            shutil.rmtree(dense_tmp, ignore_errors=True)
+            remove_inside(dense_tmp, dense_tmp.parent)
         raise
     say(f"added {record.name} ({record.id}) to {library.root}")
     if dense_tmp is not None and dense_path is not None:

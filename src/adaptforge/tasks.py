@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import random
@@ -338,10 +339,14 @@ def _check_label(label: str, labels: Sequence[str], where: str) -> None:
 
 
 def _read_text(path: Path) -> str:
+    """The file's text with its line endings kept (CSV needs them); a decoding error names its line."""
     try:
-        return path.read_text(encoding="utf-8-sig")
+        return path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise TaskFormatError(f"{path}: not valid UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise TaskFormatError(
+            f"{_where(path, line)}: not valid UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
     except OSError as exc:
         raise TaskFormatError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
@@ -545,10 +550,7 @@ def _load_csv(
     labels: tuple[str, ...] | None,
     seed: int,
 ) -> Task:
-    try:
-        handle = path.open(encoding="utf-8-sig", newline="")
-    except OSError as exc:
-        raise TaskFormatError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    handle = io.StringIO(_read_text(path), newline="")
     rows: list[tuple[int, str, str, str | None]] = []
     with handle:
         reader = csv.reader(handle)
@@ -579,8 +581,6 @@ def _load_csv(
                 line = reader.line_num + 1
         except csv.Error as exc:
             raise TaskFormatError(f"{_where(path, reader.line_num)}: malformed CSV ({exc})") from None
-        except UnicodeDecodeError as exc:
-            raise TaskFormatError(f"{path}: not valid UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if header is None:
         raise TaskFormatError(f"{path}: empty CSV; expected a header row with {text_col!r} and {label_col!r}")
     if not rows:
@@ -652,14 +652,14 @@ def load_task(
     )
 
 
-def load_tasks(paths: Sequence[str | Path]) -> list[Task]:
-    """Load several tasks with default options; names must be unique because results are keyed by task name."""
+def load_tasks(paths: Sequence[str | Path], *, text_col: str = "text", label_col: str = "label") -> list[Task]:
+    """Load several tasks (same column names for all); names must be unique because results are keyed by name."""
     if isinstance(paths, (str, Path)):
         raise TaskFormatError(f"load_tasks expects a list of paths, got the single path {str(paths)!r}")
     tasks: list[Task] = []
     seen: dict[str, Path | None] = {}
     for p in paths:
-        task = load_task(p)
+        task = load_task(p, text_col=text_col, label_col=label_col)
         if task.name in seen:
             raise TaskFormatError(
                 f"two tasks are named {task.name!r}: {seen[task.name]} and {task.path}; task names must be unique"

@@ -16,7 +16,7 @@ from adaptforge.backbone import Backbone
 from adaptforge.compose.arrow import ArrowRouting
 from adaptforge.compose.base import evaluate_routed
 from adaptforge.core import AdaptforgeError
-from adaptforge.evaluate import EvalResult, evaluate
+from adaptforge.evaluate import EvalResult, check_request, evaluate
 from adaptforge.library import AdapterRecord, Library, MetricRow, validate_name
 from adaptforge.scorers import Scorer, make_scorer
 from adaptforge.tasks import Task
@@ -36,7 +36,9 @@ def check_new_name(library: Library, name: str, overwrite: bool) -> None:
     """Refuse an output name that is taken (unless overwriting), before any work is done."""
     validate_name(name)
     if library.exists(name) and not overwrite:
-        raise AdaptforgeError(f"adapter name {name!r} already exists in {library.root}; choose another or overwrite")
+        raise AdaptforgeError(
+            f"adapter name {name!r} already exists in {library.root}; choose another name or pass --overwrite"
+        )
 
 
 def metric_values(result: EvalResult) -> dict[str, float]:
@@ -70,7 +72,23 @@ def train_into_library(
     """
     tasks = [tasks] if isinstance(tasks, Task) else list(tasks)
     check_new_name(library, name, overwrite)
-    result = train_tasks(tasks, backbone, cfg, checkpoint_dir=library.runs_dir / name, resume=resume, progress=progress)
+    with library.run_lock(name):
+        return _train_locked(tasks, backbone, library, name, cfg, resume, eval_splits, eval_limit, progress, overwrite)
+
+
+def _train_locked(
+    tasks: list[Task],
+    backbone: Backbone,
+    library: Library,
+    name: str,
+    cfg: TrainConfig | None,
+    resume: bool,
+    eval_splits: Sequence[str],
+    eval_limit: int | None,
+    progress: ProgressFn | None,
+    overwrite: bool,
+) -> TrainedAdapter:
+    result = train_tasks(tasks, backbone, cfg, checkpoint_dir=library.run_dir(name), resume=resume, progress=progress)
     scorer = make_scorer(backbone, result.config.max_length, result.config.temperature)
     evals = [
         evaluate(scorer, task, split, result.delta, adapter=name, limit=eval_limit)
@@ -114,11 +132,25 @@ def train_into_library(
 
 
 def import_peft_folder(
-    folder: str | Path, backbone: Backbone, library: Library, name: str, task: Task | None = None
+    folder: str | Path,
+    backbone: Backbone,
+    library: Library,
+    name: str,
+    task: Task | None = None,
+    overwrite: bool = False,
 ) -> AdapterRecord:
     """Import a LoRA folder made by PEFT (or anyone) after checking it fits ``backbone``."""
+    check_new_name(library, name, overwrite)
     delta, config = read_adapter(folder)
     check_compatible(delta, backbone.model, what=str(folder))
+    stated = config.get("base_model_name_or_path")
+    if stated and Path(stated).name != Path(backbone.name).name:
+        log.warning(
+            "%s: its config names base model %r; importing it for %r, whose layers it fits",
+            folder,
+            stated,
+            backbone.name,
+        )
     embedding = describe(make_scorer(backbone), task) if task else None
     return library.add(
         delta,
@@ -130,6 +162,7 @@ def import_peft_folder(
         embedding=embedding,
         recipe={"kind": "import", "source": str(Path(folder).resolve()), "peft_config": config},
         method="import",
+        overwrite=overwrite,
     )
 
 
@@ -170,6 +203,7 @@ def evaluate_grid(
     """Every (adapter or zero-shot) x task cell; metrics are written to the library when given. A stored
     routed composition (Arrow) is evaluated through its router (:func:`stored_routing`)."""
 
+    check_request(tasks, split, limit)
     scorer = scorer or make_scorer(backbone)
     columns: list[str | None] = ([None] if zero_shot else []) + list(adapters)
     results = []

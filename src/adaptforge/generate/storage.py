@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from adaptforge.core import AdaptforgeError
-from adaptforge.durable import fsync_dir, fsync_tree, sha256_file
+from adaptforge.durable import fsync_dir, fsync_tree, remove_inside, sha256_file
 
 META_FILE = "generator.json"
 TENSORS_FILE = "generator.safetensors"
@@ -49,9 +48,9 @@ def write_generator_files(folder: Path, meta: dict[str, Any], tensors: dict[str,
     except BaseException:
         if old.exists() and not folder.exists():
             os.rename(old, folder)
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_inside(tmp, folder.parent)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    remove_inside(old, folder.parent)
 
 
 def read_generator_files(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

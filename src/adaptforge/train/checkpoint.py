@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +18,24 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from adaptforge.core import AdaptforgeError
-from adaptforge.durable import fsync_dir, fsync_tree
+from adaptforge.durable import fsync_dir, fsync_tree, remove_inside
 
 STATE_FILE = "state.safetensors"
 META_FILE = "state.json"
+# What a resume reads from state.json: the trainer's keys and this module's own.
+META_FIELDS = (
+    "step",
+    "param_names",
+    "groups",
+    "config",
+    "tasks",
+    "base",
+    "data",
+    "history",
+    "curves",
+    "draws",
+    "sampler",
+)
 
 
 @dataclass
@@ -57,7 +70,7 @@ def save_checkpoint(
         os.replace(folder, old)
     os.replace(tmp, folder)
     fsync_dir(folder.parent)
-    shutil.rmtree(old, ignore_errors=True)
+    remove_inside(old, folder.parent)
 
 
 def load_checkpoint(folder: Path) -> Checkpoint | None:
@@ -72,7 +85,20 @@ def load_checkpoint(folder: Path) -> Checkpoint | None:
         tensors = load_file(str(candidate / STATE_FILE))
     except Exception as err:
         raise AdaptforgeError(f"{candidate}: checkpoint is unreadable ({err}); delete it to start over") from None
+    if not isinstance(meta, dict):
+        raise AdaptforgeError(f"{candidate / META_FILE}: expected a JSON object; delete the folder to start over")
+    missing = [key for key in META_FIELDS if key not in meta]
+    if missing:
+        raise AdaptforgeError(
+            f"{candidate / META_FILE}: missing field(s) {', '.join(repr(k) for k in missing)}; the checkpoint is "
+            "incomplete, delete the folder to start over"
+        )
     names = meta["param_names"]
+    absent = [k for k in [f"param/{n}" for n in names] + ["rng/torch"] if k not in tensors]
+    if absent:
+        raise AdaptforgeError(
+            f"{candidate / STATE_FILE}: tensor {absent[0]!r} is missing; delete the folder to start over"
+        )
     params = {n: tensors[f"param/{n}"] for n in names}
     state: dict[int, dict[str, torch.Tensor]] = {}
     for idx, name in enumerate(names):

@@ -111,6 +111,28 @@ class TaskStream:
         return make_batch(self.encoded, self._order[1][pos])
 
 
+def check_targets(backbone: Backbone, targets: tuple[str, ...]) -> None:
+    """Every target names linear layers of the base (PEFT's rule: a module path or its last parts)."""
+    linear = [n for n, m in backbone.model.named_modules() if isinstance(m, torch.nn.Linear)]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in linear)]
+    if missing:
+        names = sorted({n.rsplit(".", 1)[-1] for n in linear})
+        raise AdaptforgeError(
+            f"--targets: {', '.join(repr(t) for t in missing)} match(es) no linear layer of {backbone.name}; "
+            f"its linear layers are named {', '.join(names)}"
+        )
+
+
+def resume_mismatch(saved: dict, current: dict) -> str | None:
+    """Which setting differs between a checkpoint and the run asked for, named (``None``: same run)."""
+    for key, what in (("tasks", "the tasks"), ("base", "the base model"), ("data", "the training data")):
+        if saved.get(key) != current[key]:
+            return f"{what} changed since the checkpoint was written"
+    old, new = saved.get("config") or {}, current["config"]
+    diffs = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return f"the training settings changed ({'; '.join(diffs)})" if diffs else None
+
+
 def data_fingerprint(tasks: list[Task], cfg: TrainConfig) -> str:
     h = hashlib.sha256(f"{cfg.seed}|{cfg.max_train}".encode())
     for task in tasks:
@@ -156,10 +178,17 @@ def train_tasks(
     if len(set(names)) != len(names):
         raise AdaptforgeError(f"train: task names must be unique, got {names}")
     cfg = (cfg or TrainConfig()).resolved(backbone.kind, backbone.default_targets())
+    check_targets(backbone, cfg.targets or ())
     scorer = scorer or make_scorer(backbone, cfg.max_length, cfg.temperature)
     streams = []
     for i, task in enumerate(tasks):
         examples = task.sample("train", cfg.max_train, seed=cfg.seed)
+        if len({e.label for e in examples}) < 2:
+            log.warning(
+                "task %r: the training data holds a single label (%r); the adapter can only learn to predict it",
+                task.name,
+                examples[0].label if examples else None,
+            )
         streams.append(
             TaskStream(task, i, scorer.encode(task, examples), scorer.encode_labels(task), cfg.batch_size, cfg.seed)
         )
@@ -184,12 +213,12 @@ def train_tasks(
         if resume and checkpoint_dir is not None:
             ckpt = load_checkpoint(checkpoint_dir)
             if ckpt is not None:
-                for key in ("config", "tasks", "base", "data"):
-                    if ckpt.meta.get(key) != meta[key]:
-                        raise AdaptforgeError(
-                            f"{checkpoint_dir}: checkpoint was made with a different {key}; "
-                            "resume with the same settings or delete the checkpoint"
-                        )
+                changed = resume_mismatch(ckpt.meta, meta)
+                if changed:
+                    raise AdaptforgeError(
+                        f"{checkpoint_dir}: cannot resume: {changed}; resume with the same settings, or start over "
+                        "without --resume (or with a new --name)"
+                    )
                 restore(ckpt, model, optimizer)
                 sampler.load_state_dict(ckpt.meta["sampler"])
                 start = resumed_from = ckpt.step
@@ -206,6 +235,11 @@ def train_tasks(
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * lr_factor(step, total, cfg.warmup_ratio)
             loss = scorer.loss(model, batch, streams[i].labels)
+            if not torch.isfinite(loss):
+                raise AdaptforgeError(
+                    f"training diverged: the loss is {loss.item()} at step {step + 1}/{total} (lr {cfg.lr}); "
+                    "no adapter was stored. Lower --lr"
+                )
             loss.backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -233,6 +267,9 @@ def train_tasks(
                 break
         seconds = time.perf_counter() - t0
         delta = extract_delta(model)
+        bad = delta.non_finite()
+        if bad is not None:
+            raise AdaptforgeError(f"training diverged (lr {cfg.lr}): {bad}; no adapter was stored. Lower --lr")
     finally:
         model.unload()
         backbone.model.eval()
