@@ -14,7 +14,6 @@ import torch
 from conftest import run_cli as run
 from conftest import small_task
 
-from adaptforge.compose.base import evaluate_routed
 from adaptforge.core import AdaptforgeError
 from adaptforge.evaluate import evaluate
 from adaptforge.library import Library
@@ -138,24 +137,24 @@ def test_compose_without_shots_retrieval_and_arrow(lib, setup, minilm):
     assert lib.get("mr-r").recipe["weights"][best["name"]] == 1.0
     assert [p.name for p in lib.lineage("mr-r")] == [best["name"]]
     arrow = compose0("arrow", "mr-a")
-    assert arrow["info"]["routing"]["top_k"] >= 1 and arrow["eval"]["adapter"]["n"] == 16
+    assert arrow["info"]["router"]["top_k"] >= 1 and arrow["eval"]["adapter"]["n"] == 16
     # `adaptforge eval` of the stored Arrow adapter routes per token (rebuilt from its candidates), as
     # compose measured it, not through the static fallback tensors stored for it
     again = json.loads(run("eval", setup[1], "--library", lib.root, "-a", "mr-a", "--limit", "16", "--json").stdout)
     assert again["results"][0]["accuracy"] == pytest.approx(arrow["eval"]["adapter"]["accuracy"])
     from adaptforge.scorers import make_scorer
     from adaptforge.tasks import load_task
-    from adaptforge.workflows import stored_routing
+    from adaptforge.workflows import stored_router
 
     record = lib.get("mr-a")
-    routing = stored_routing(lib, record, minilm)
+    routing = stored_router(lib, record, minilm)
     assert routing is not None and len(routing.deltas) == len(record.recipe["candidates"])
     static = evaluate(make_scorer(minilm), load_task(setup[1]), "test", lib.load("mr-a")[0], limit=16)
-    routed_loss = evaluate_routed(make_scorer(minilm), load_task(setup[1]), routing, "test", limit=16).loss
+    routed_loss = routing.evaluate(make_scorer(minilm), load_task(setup[1]), "test", limit=16).loss
     assert routed_loss != pytest.approx(static.loss, rel=1e-4)  # the router is not the fallback
     lib.remove(record.recipe["candidates"][0]["name"], force=True)  # a parent: refused without force
     with pytest.raises(AdaptforgeError, match="not in the library"):
-        stored_routing(lib, record, minilm)
+        stored_router(lib, record, minilm)
 
 
 def test_generate_from_description_reuses_its_generator(lib, setup):

@@ -309,6 +309,12 @@ def test_data_driven_methods_through_the_cli(lib, setup):
         and lib.get("dw").recipe["router"]["router"] == ("entropy")
     )
     assert {m.metric for m in lib.metrics("dw")} >= {"routed_accuracy", "routed_normalized_accuracy"}
+    # One adapter, one number: `adaptforge eval` of the stored DaWin adapter rebuilds its router from the
+    # recipe and scores exactly what `merge --eval` scored, not the static fallback tensors stored for it.
+    again = json.loads(run("eval", dirs["agnews"], "--library", lib.root, "-a", "dw", "--limit", "8", "--json").stdout)
+    assert again["results"][0]["accuracy"] == routed["eval"]["tasks"][0]["accuracy"]
+    losses = {m.metric: m.value for m in lib.metrics("dw") if m.metric in ("routed_loss", "loss")}
+    assert losses["loss"] == pytest.approx(losses["routed_loss"], rel=1e-6)  # accuracy on 8 inputs could tie
     run(
         "merge",
         "sst2-a",

@@ -33,9 +33,10 @@ from adaptforge.core import AdaptforgeError
 from adaptforge.evaluate import EvalResult, check_request, evaluate
 from adaptforge.generate import GeneratorConfig, LoraGenerator, collect_samples
 from adaptforge.library import AdapterRecord, Library
+from adaptforge.routing import RECIPE_KEY
 from adaptforge.scorers import Scorer, make_scorer
 from adaptforge.tasks import Task
-from adaptforge.workflows import check_new_name, describe, metric_values
+from adaptforge.workflows import check_new_name, describe, metric_values, routed_settings
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ def compose_into_library(
         "shots": {"k": drawn.k, "seed": seed, "fit": len(drawn.fit), "holdout": len(drawn.holdout)},
         "candidates": [c.summary() for c in found],
         "weights": dict(zip([c.name for c in found], result.weights, strict=True)),
-        "routing": result.routing.describe() if result.routing is not None else None,
+        RECIPE_KEY: routed_settings(result.routing, [library.get(c.name).id for c in found]),
         "info": result.info,
     }
     record = library.add(

@@ -28,10 +28,11 @@ from adaptforge.core import AdaptforgeError, LoraDelta
 from adaptforge.durable import fsync_dir, fsync_tree, remove_inside
 from adaptforge.evaluate import EvalResult, check_request, evaluate, worst
 from adaptforge.library import AdapterRecord, Library, validate_name
-from adaptforge.merge import MERGE_METHODS, MergeParams, MergeResult, Router, evaluate_routed, run
+from adaptforge.merge import MERGE_METHODS, MergeParams, MergeResult, run
+from adaptforge.routing import RECIPE_KEY, Router
 from adaptforge.scorers import Scorer, make_scorer
 from adaptforge.tasks import Task, load_task
-from adaptforge.workflows import metric_values
+from adaptforge.workflows import metric_values, routed_settings
 
 log = logging.getLogger(__name__)
 
@@ -397,7 +398,7 @@ def _resolved_recipe(
             "per_module": errors,
             "exact": not errors,
         },
-        "router": result.router.describe() if result.router is not None else None,
+        RECIPE_KEY: routed_settings(result.router, [r.id for r in records]),
         "info": info,
         "seconds": round(seconds, 3),
     }
@@ -460,7 +461,7 @@ def evaluate_merge(
             notify(f"evaluating {record.name} on {task.name}/{split}")
         res: EvalResult
         if router is not None:
-            res, _ = evaluate_routed(scorer, task, router, split, limit, adapter=record.name)
+            res = router.evaluate(scorer, task, split, limit, adapter=record.name)
             prefix = "routed_"
         else:
             res = evaluate(scorer, task, split, delta, adapter=record.name, limit=limit)

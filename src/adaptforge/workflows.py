@@ -8,16 +8,18 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+import adaptforge.compose  # noqa: F401  (registers the arrow router)
+import adaptforge.merge  # noqa: F401  (registers the entropy router)
 from adaptforge.adapters import check_compatible, read_adapter
 from adaptforge.backbone import Backbone
-from adaptforge.compose.arrow import ArrowRouting
-from adaptforge.compose.base import evaluate_routed
 from adaptforge.core import AdaptforgeError
 from adaptforge.evaluate import EvalResult, check_request, evaluate
 from adaptforge.library import AdapterRecord, Library, MetricRow, validate_name
+from adaptforge.routing import Router, rebuild, stored_settings
 from adaptforge.scorers import Scorer, make_scorer
 from adaptforge.tasks import Task
 from adaptforge.train.config import TrainConfig
@@ -166,25 +168,32 @@ def import_peft_folder(
     )
 
 
-def stored_routing(library: Library, record: AdapterRecord, backbone: Backbone) -> ArrowRouting | None:
-    """The per-input router of a stored routed composition (``adaptforge compose --method arrow``), rebuilt
-    from the candidates named in its recipe (Arrow's prototypes are a deterministic function of them);
-    ``None`` for a static adapter. Its stored tensors are only the static fallback, so evaluating it
-    without the router would measure something else."""
-    routing = (record.recipe or {}).get("routing")
-    if not routing:
+def routed_settings(router: Router | None, adapter_ids: Sequence[str]) -> dict[str, Any] | None:
+    """What a routed adapter's recipe stores under ``router``: the router's settings and the ids of the
+    adapters it routes over, in order (``None`` for a static adapter)."""
+    return None if router is None else {**router.describe(), "adapter_ids": list(adapter_ids)}
+
+
+def stored_router(library: Library, record: AdapterRecord, backbone: Backbone) -> Router | None:
+    """The router of a stored routed adapter (DaWin merge, Arrow composition), rebuilt from its recipe;
+    ``None`` for a static adapter. Its stored tensors are only the static fallback, so evaluating it without
+    the router would measure something else. Recipes written before the router stored its adapter ids name
+    them as the merge's inputs (``adapter_ids``) or the composition's candidates."""
+    settings = stored_settings(record.recipe)
+    if settings is None:
         return None
-    if routing.get("router") != "arrow":
-        raise AdaptforgeError(f"adapter {record.name!r}: unknown router {routing.get('router')!r} in its recipe")
-    names = [c["name"] for c in record.recipe.get("candidates", [])]
+    recipe = record.recipe or {}
+    names = (
+        settings.get("adapter_ids") or recipe.get("adapter_ids") or [c["name"] for c in recipe.get("candidates", [])]
+    )
     missing = [n for n in names if not library.exists(n)]
     if not names or missing:
         raise AdaptforgeError(
-            f"adapter {record.name!r} routes per token over {names} but {missing or 'none'} of them are not in "
-            f"the library {library.root}; re-add them or compose it again"
+            f"adapter {record.name!r} routes over {names} but {missing or 'none'} of them are not in the library "
+            f"{library.root}; re-add them or make it again"
         )
     deltas = [library.load(n, expected_fingerprint=backbone.fingerprint)[0] for n in names]
-    return ArrowRouting(deltas, top_k=int(routing["top_k"]), temperature=float(routing["temperature"]))
+    return rebuild(settings, deltas)
 
 
 def evaluate_grid(
@@ -201,7 +210,7 @@ def evaluate_grid(
     scorer: Scorer | None = None,
 ) -> list[EvalResult]:
     """Every (adapter or zero-shot) x task cell; metrics are written to the library when given. A stored
-    routed composition (Arrow) is evaluated through its router (:func:`stored_routing`)."""
+    routed adapter (DaWin merge, Arrow composition) is evaluated through its router (:func:`stored_router`)."""
 
     check_request(tasks, split, limit)
     scorer = scorer or make_scorer(backbone)
@@ -210,18 +219,18 @@ def evaluate_grid(
     for adapter in columns:
         delta = None
         adapter_id = None
-        routing: ArrowRouting | None = None
+        router: Router | None = None
         if adapter is not None:
             if library is None:
                 raise AdaptforgeError("evaluating a named adapter needs --library")
             delta, rec = library.load(adapter, expected_fingerprint=backbone.fingerprint)
             adapter_id = rec.id
-            routing = stored_routing(library, rec, backbone)
+            router = stored_router(library, rec, backbone)
         for task in tasks:
             if on_cell:
                 on_cell(task.name, adapter)
-            if routing is not None:
-                res = evaluate_routed(scorer, task, routing, split, limit, adapter)
+            if router is not None:
+                res = router.evaluate(scorer, task, split, limit, adapter)
             else:
                 res = evaluate(scorer, task, split, delta, adapter=adapter, limit=limit)
             results.append(res)

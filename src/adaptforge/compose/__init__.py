@@ -23,7 +23,6 @@ from adaptforge.compose.base import (
     ComposeResult,
     compose,
     evaluate_composed,
-    evaluate_routed,
     register_composer,
     shot_losses,
 )
@@ -55,7 +54,6 @@ __all__ = [
     "compose",
     "draw_shots",
     "evaluate_composed",
-    "evaluate_routed",
     "prototype_eval",
     "rank_candidates",
     "register_composer",

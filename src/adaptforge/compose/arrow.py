@@ -16,7 +16,7 @@ of the ``out x in`` delta) and the mixture runs in low-rank form through forward
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -35,9 +35,12 @@ from adaptforge.compose.base import (
 )
 from adaptforge.compose.shots import Shots
 from adaptforge.core import AdaptforgeError, LoraDelta, LoraModule
+from adaptforge.evaluate import EvalResult, predict_logits, result_from_logits
 from adaptforge.merge.lowrank import fold
 from adaptforge.merge.refactor import lowrank_svd
+from adaptforge.routing import ROUTERS, Router
 from adaptforge.scorers import Scorer
+from adaptforge.tasks import Task
 
 ARROW_URL = "https://arxiv.org/abs/2405.11157"
 
@@ -49,16 +52,18 @@ def arrow_prototype(module: LoraModule) -> torch.Tensor:
     return top.A[0].float()
 
 
-class ArrowRouting:
+@ROUTERS.register("arrow")
+class ArrowRouting(Router):
     """Per-token top-k routing over ``deltas`` at every target module (Arrow). Prototypes and the
     concatenated factors are computed once; :meth:`applied` installs the hooks on a model."""
 
+    name = "arrow"
+    reference_url = ARROW_URL
+
     def __init__(self, deltas: Sequence[LoraDelta], top_k: int = 4, temperature: float = 1.0) -> None:
-        if not deltas:
-            raise AdaptforgeError("Arrow routing needs at least one adapter")
+        super().__init__(deltas)
         check_int(top_k, "top_k", minimum=1)
         check_number(temperature, "temperature", minimum=0.0, strict=True)
-        self.deltas = list(deltas)
         self.modules: list[str] = list(deltas[0])
         for i, delta in enumerate(self.deltas):
             if list(delta) != self.modules:
@@ -108,9 +113,21 @@ class ArrowRouting:
             for handle in handles:
                 handle.remove()
 
-    def describe(self) -> dict[str, object]:
+    def describe(self) -> dict[str, Any]:
         """JSON-able settings (stored with the composed adapter so the routing can be rebuilt)."""
-        return {"router": "arrow", "top_k": self.top_k, "temperature": self.temperature, "adapters": len(self.deltas)}
+        return {"router": self.name, "top_k": self.top_k, "temperature": self.temperature, "adapters": len(self.deltas)}
+
+    @classmethod
+    def from_settings(cls, deltas: Sequence[LoraDelta], settings: Mapping[str, Any]) -> ArrowRouting:
+        return cls(deltas, top_k=int(settings["top_k"]), temperature=float(settings["temperature"]))
+
+    def evaluate(
+        self, scorer: Scorer, task: Task, split: str, limit: int | None = None, adapter: str | None = None
+    ) -> EvalResult:
+        """The base model with the per-token hooks on one split (same examples as ``evaluate`` with ``limit``)."""
+        with self.applied(scorer.backbone.model) as model:
+            logits, gold = predict_logits(scorer, task, split, model, limit=limit)
+        return result_from_logits(task, split, adapter, logits, gold)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -27,15 +27,15 @@ import torch.nn.functional as F
 from adaptforge.adapters import check_compatible
 from adaptforge.batching import EncodedSplit, batch_order, make_batch
 from adaptforge.core import AdaptforgeError, LoraDelta, Registry
-from adaptforge.evaluate import EvalResult, evaluate, predict_logits, result_from_logits
+from adaptforge.evaluate import EvalResult, evaluate
 from adaptforge.merge.base import is_finite_number, params_from_dict
 from adaptforge.merge.lowrank import LoraMixture
 from adaptforge.scorers import LabelInputs, Scorer
 from adaptforge.tasks import Example, Task
 
 if TYPE_CHECKING:
-    from adaptforge.compose.arrow import ArrowRouting
     from adaptforge.compose.shots import Shots
+    from adaptforge.routing import Router
 
 P = TypeVar("P", bound="ComposeParams")
 C = TypeVar("C", bound="type[Composer]")
@@ -65,7 +65,7 @@ class ComposeResult:
     delta: LoraDelta
     weights: list[float]
     info: dict[str, Any] = field(default_factory=dict)
-    routing: ArrowRouting | None = None
+    routing: Router | None = None
 
 
 def check_int(value: object, what: str, minimum: int) -> None:
@@ -273,19 +273,4 @@ def evaluate_composed(
     delta added to the base weights (same examples as :func:`~adaptforge.evaluate.evaluate` with ``limit``)."""
     if result.routing is None:
         return evaluate(scorer, task, split, result.delta, adapter=adapter, limit=limit)
-    return evaluate_routed(scorer, task, result.routing, split, limit, adapter)
-
-
-def evaluate_routed(
-    scorer: Scorer,
-    task: Task,
-    routing: ArrowRouting,
-    split: str = "test",
-    limit: int | None = None,
-    adapter: str | None = None,
-) -> EvalResult:
-    """Evaluate the base model with ``routing``'s per-token hooks on one split (same examples as
-    :func:`~adaptforge.evaluate.evaluate` with ``limit``)."""
-    with routing.applied(scorer.backbone.model) as model:
-        logits, gold = predict_logits(scorer, task, split, model, limit=limit)
-    return result_from_logits(task, split, adapter, logits, gold)
+    return result.routing.evaluate(scorer, task, split, limit, adapter)

@@ -26,8 +26,9 @@ from adaptforge.merge.generalized import (
 from adaptforge.merge.interp import BaseInterpolation, BaseInterpParams
 from adaptforge.merge.learned import Atlas, AtlasParams, DataMergeMethod, DataParams, run
 from adaptforge.merge.lowrank import LoraMixture
-from adaptforge.merge.routing import ROUTERS, Dawin, DawinParams, EntropyRouter, Router, evaluate_routed
+from adaptforge.merge.routing import Dawin, DawinParams, EntropyRouter, evaluate_routed
 from adaptforge.merge.tall import TallParams
+from adaptforge.routing import ROUTERS, Router
 
 __all__ = [
     "MERGE_METHODS",

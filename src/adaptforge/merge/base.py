@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from adaptforge.core import AdaptforgeError, LoraDelta, Registry
 
 if TYPE_CHECKING:
-    from adaptforge.merge.routing import Router
+    from adaptforge.routing import Router
 
 P = TypeVar("P", bound="MergeParams")
 M = TypeVar("M", bound="type[MergeMethod]")

@@ -4,7 +4,7 @@ A :class:`Router` holds the adapters it mixes and returns, for a list of example
 coefficient row per example (``n x adapters``). :func:`evaluate_routed` scores each example with the
 base model plus ``sum_i c_i dW_i`` for its own row (low-rank hooks, no weight rewrites), so any scorer
 works unchanged: the label side of the scorer sees the same per-input model as the text side.
-Routers are registered in :data:`ROUTERS` so evaluation and serving can build them by name.
+The router contract and its registry live in :mod:`adaptforge.routing`.
 
 DaWin (Oh et al. 2024, "DaWin: Training-free Dynamic Weight Interpolation for Robust Adaptation",
 https://arxiv.org/abs/2410.03782) weights each adapter by the confidence of its own prediction on
@@ -16,48 +16,25 @@ routed pass.
 from __future__ import annotations
 
 import logging
-from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, cast
+from typing import Any, cast
 
 import torch
 
 from adaptforge.batching import batch_order, make_batch
-from adaptforge.core import AdaptforgeError, LoraDelta, Registry
+from adaptforge.core import AdaptforgeError, LoraDelta
 from adaptforge.evaluate import EvalResult, result_from_logits
 from adaptforge.merge.base import MergeParams, MergeResult, is_finite_number, register_method
 from adaptforge.merge.learned import DataMergeMethod, DataParams, truncate
 from adaptforge.merge.lowrank import LoraMixture, fold
+from adaptforge.routing import ROUTERS, Router
 from adaptforge.scorers import Scorer
 from adaptforge.tasks import Example, Task
 
 log = logging.getLogger(__name__)
 
 DAWIN_URL = "https://arxiv.org/abs/2410.03782"
-
-
-class Router(ABC):
-    """Per-input coefficients over a fixed list of adapters."""
-
-    name: ClassVar[str]
-    reference_url: ClassVar[str]
-
-    def __init__(self, deltas: Sequence[LoraDelta]) -> None:
-        if not deltas:
-            raise AdaptforgeError("a router needs at least one adapter")
-        self.deltas = list(deltas)
-
-    @abstractmethod
-    def route(self, scorer: Scorer, task: Task, examples: Sequence[Example]) -> torch.Tensor:
-        """``[len(examples), len(deltas)]`` coefficients; row ``j`` is the merge used for example ``j``."""
-
-    def describe(self) -> dict[str, object]:
-        """JSON-able settings (stored in the merged adapter's recipe so the router can be rebuilt)."""
-        return {"router": self.name}
-
-
-ROUTERS: Registry[type[Router]] = Registry("router")
 
 
 @torch.no_grad()
@@ -132,8 +109,17 @@ class EntropyRouter(Router):
     def route(self, scorer: Scorer, task: Task, examples: Sequence[Example]) -> torch.Tensor:
         return self.from_logits(self.adapter_logits(scorer, task, examples))
 
-    def describe(self) -> dict[str, object]:
+    def describe(self) -> dict[str, Any]:
         return {"router": self.name, "temperature": self.temperature, "scaling": self.scaling, "prior": self.prior}
+
+    @classmethod
+    def from_settings(cls, deltas: Sequence[LoraDelta], settings: Mapping[str, Any]) -> EntropyRouter:
+        return cls(deltas, float(settings["temperature"]), float(settings["scaling"]), settings.get("prior"))
+
+    def evaluate(
+        self, scorer: Scorer, task: Task, split: str, limit: int | None = None, adapter: str | None = None
+    ) -> EvalResult:
+        return evaluate_routed(scorer, task, self, split, limit, adapter)[0]
 
 
 @torch.no_grad()

@@ -1,0 +1,71 @@
+"""The Router contract: per-input (or per-token) mixing of a fixed list of adapters, and its registry.
+
+A routed adapter is not one set of tensors: what it computes depends on each input. Its stored tensors are
+only a static fallback, so every consumer (``merge --eval``, ``compose``, ``adaptforge eval``, later
+``serve``) must score it through its router. One contract makes that one path:
+
+* a router is registered in :data:`ROUTERS` under its ``name``;
+* :meth:`Router.describe` gives its JSON settings, stored in the adapter's recipe under :data:`RECIPE_KEY`
+  together with the ids of the adapters it routes over;
+* :meth:`Router.from_settings` rebuilds it from those adapters and settings, and :meth:`Router.evaluate`
+  scores a split through it, so a stored routed adapter evaluates exactly as it did when it was made.
+
+Registered routers: ``entropy`` (DaWin, :mod:`adaptforge.merge.routing`) and ``arrow``
+(:mod:`adaptforge.compose.arrow`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from adaptforge.core import AdaptforgeError, LoraDelta, Registry
+from adaptforge.evaluate import EvalResult
+from adaptforge.scorers import Scorer
+from adaptforge.tasks import Task
+
+RECIPE_KEY = "router"
+LEGACY_RECIPE_KEY = "routing"  # Arrow compositions stored before the contract was unified
+
+
+class Router(ABC):
+    """Mixes ``deltas`` per input; subclasses say how (and are registered in :data:`ROUTERS`)."""
+
+    name: ClassVar[str]
+    reference_url: ClassVar[str]
+
+    def __init__(self, deltas: Sequence[LoraDelta]) -> None:
+        if not deltas:
+            raise AdaptforgeError(f"router {self.name!r} needs at least one adapter")
+        self.deltas = list(deltas)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able settings that :meth:`from_settings` rebuilds the router from (``router`` is the name)."""
+        return {"router": self.name}
+
+    @classmethod
+    @abstractmethod
+    def from_settings(cls, deltas: Sequence[LoraDelta], settings: Mapping[str, Any]) -> Router:
+        """The router :meth:`describe` described, over the same adapters in the same order."""
+
+    @abstractmethod
+    def evaluate(
+        self, scorer: Scorer, task: Task, split: str, limit: int | None = None, adapter: str | None = None
+    ) -> EvalResult:
+        """Accuracy, macro-F1 and loss of the routed model on a split (the examples ``evaluate`` would use)."""
+
+
+ROUTERS: Registry[type[Router]] = Registry("router")
+
+
+def stored_settings(recipe: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The router settings in a stored recipe (``None``: a static adapter), read from either key."""
+    recipe = recipe or {}
+    settings = recipe.get(RECIPE_KEY) or recipe.get(LEGACY_RECIPE_KEY)
+    return dict(settings) if isinstance(settings, Mapping) and settings.get("router") else None
+
+
+def rebuild(settings: Mapping[str, Any], deltas: Sequence[LoraDelta]) -> Router:
+    """A registered router from stored settings and its adapters."""
+    return ROUTERS.get(str(settings["router"])).from_settings(deltas, settings)

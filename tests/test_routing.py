@@ -1,0 +1,72 @@
+"""The Router contract, for every registered router: describe -> store -> rebuild -> evaluate is exact.
+
+A routed adapter's stored tensors are only its static fallback; ``adaptforge eval`` (and later ``serve``)
+must rebuild its router from the recipe and measure what its maker measured.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import small_task
+from test_reliability import minilm_delta
+
+import adaptforge.workflows  # noqa: F401  (imports every method package, so every router is registered)
+from adaptforge.library import Library
+from adaptforge.merge.lowrank import fold
+from adaptforge.routing import RECIPE_KEY, ROUTERS, stored_settings
+from adaptforge.scorers import make_scorer
+from adaptforge.workflows import evaluate_grid, routed_settings, stored_router
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_every_known_router_is_registered() -> None:
+    assert set(ROUTERS.names()) >= {"arrow", "entropy"}
+
+
+@pytest.mark.parametrize("name", ROUTERS.names())
+def test_a_stored_routed_adapter_evaluates_as_it_did_when_made(minilm, tmp_path, name: str) -> None:
+    lib = Library(tmp_path / "lib")
+    deltas = [minilm_delta(seed) for seed in range(3)]
+    ids = [
+        lib.add(d, name=f"a{i}", base_model=minilm.name, base_fingerprint=minilm.fingerprint).id
+        for i, d in enumerate(deltas)
+    ]
+    router = ROUTERS.get(name)(deltas)
+    assert router.describe()["router"] == name
+    task = small_task("sst2", n_train=8, n_test=12)
+    scorer = make_scorer(minilm)
+    made = router.evaluate(scorer, task, "test", limit=12, adapter="routed")
+
+    static = fold(deltas, torch.full((len(deltas[0]), 3), 1 / 3))
+    lib.add(
+        static,
+        name="routed",
+        base_model=minilm.name,
+        base_fingerprint=minilm.fingerprint,
+        recipe={RECIPE_KEY: routed_settings(router, ids)},
+        parents=ids,
+    )
+    record = lib.get("routed")
+    assert stored_settings(record.recipe)["router"] == name
+    rebuilt = stored_router(lib, record, minilm)
+    assert type(rebuilt) is type(router) and rebuilt.describe() == router.describe()
+    (again,) = evaluate_grid([task], minilm, lib, ["routed"], zero_shot=False, split="test", limit=12)
+    assert (again.accuracy, again.macro_f1, again.n) == (made.accuracy, made.macro_f1, made.n)
+    assert again.loss == pytest.approx(made.loss, rel=1e-6)
+
+
+def test_old_arrow_recipes_still_route(minilm, tmp_path) -> None:
+    """Compositions stored before the unified key kept their settings under 'routing' and named candidates."""
+    lib = Library(tmp_path / "lib")
+    deltas = [minilm_delta(seed) for seed in range(2)]
+    for i, d in enumerate(deltas):
+        lib.add(d, name=f"c{i}", base_model=minilm.name, base_fingerprint=minilm.fingerprint)
+    legacy = {
+        "routing": {"router": "arrow", "top_k": 2, "temperature": 1.0, "adapters": 2},
+        "candidates": [{"name": "c0"}, {"name": "c1"}],
+    }
+    lib.add(deltas[0], name="old", base_model=minilm.name, base_fingerprint=minilm.fingerprint, recipe=legacy)
+    router = stored_router(lib, lib.get("old"), minilm)
+    assert router is not None and router.name == "arrow" and len(router.deltas) == 2
