@@ -74,63 +74,50 @@ def train_into_library(
     """
     tasks = [tasks] if isinstance(tasks, Task) else list(tasks)
     check_new_name(library, name, overwrite)
-    with library.run_lock(name):
-        return _train_locked(tasks, backbone, library, name, cfg, resume, eval_splits, eval_limit, progress, overwrite)
-
-
-def _train_locked(
-    tasks: list[Task],
-    backbone: Backbone,
-    library: Library,
-    name: str,
-    cfg: TrainConfig | None,
-    resume: bool,
-    eval_splits: Sequence[str],
-    eval_limit: int | None,
-    progress: ProgressFn | None,
-    overwrite: bool,
-) -> TrainedAdapter:
-    result = train_tasks(tasks, backbone, cfg, checkpoint_dir=library.run_dir(name), resume=resume, progress=progress)
-    scorer = make_scorer(backbone, result.config.max_length, result.config.temperature)
-    evals = [
-        evaluate(scorer, task, split, result.delta, adapter=name, limit=eval_limit)
-        for task in tasks
-        for split in eval_splits
-        if split in task.splits
-    ]
-    metrics = [
-        MetricRow(None, backbone.fingerprint, ev.task, ev.split, metric, value, ev.n)
-        for ev in evals
-        for metric, value in metric_values(ev).items()
-    ]
-    single = tasks[0] if len(tasks) == 1 else None
-    recipe = {
-        "kind": "train" if single else "train_multitask",
-        "config": result.config.to_dict(),
-        "tasks": [{"name": t.name, "version": t.version, "fingerprint": t.fingerprint()} for t in tasks],
-        "n_train": result.n_train,
-        "seconds": round(result.seconds, 2),
-        "history": result.history,
-        "curves": result.curves,
-        "draws": dict(zip(result.tasks, result.draws, strict=True)),
-        "resumed_from": result.resumed_from,
-    }
-    record = library.add(
-        result.delta,
-        name=name,
-        base_model=backbone.name,
-        base_fingerprint=backbone.fingerprint,
-        task=single.name if single else "+".join(t.name for t in tasks),
-        description=single.description if single else None,
-        embedding=describe(scorer, single) if single else None,
-        recipe=recipe,
-        method="train" if single else "train_multitask",
-        params={"labels": {t.name: list(t.labels) for t in tasks}},
-        metrics=metrics,
-        overwrite=overwrite,
-    )
-    library.clear_run(name)
-    return TrainedAdapter(record, result, evals)
+    with library.run_lock(name):  # a second train of this name refuses at once
+        result = train_tasks(
+            tasks, backbone, cfg, checkpoint_dir=library.run_dir(name), resume=resume, progress=progress
+        )
+        scorer = make_scorer(backbone, result.config.max_length, result.config.temperature)
+        evals = [
+            evaluate(scorer, task, split, result.delta, adapter=name, limit=eval_limit)
+            for task in tasks
+            for split in eval_splits
+            if split in task.splits
+        ]
+        metrics = [
+            MetricRow(None, backbone.fingerprint, ev.task, ev.split, metric, value, ev.n)
+            for ev in evals
+            for metric, value in metric_values(ev).items()
+        ]
+        single = tasks[0] if len(tasks) == 1 else None
+        recipe = {
+            "kind": "train" if single else "train_multitask",
+            "config": result.config.to_dict(),
+            "tasks": [{"name": t.name, "version": t.version, "fingerprint": t.fingerprint()} for t in tasks],
+            "n_train": result.n_train,
+            "seconds": round(result.seconds, 2),
+            "history": result.history,
+            "curves": result.curves,
+            "draws": dict(zip(result.tasks, result.draws, strict=True)),
+            "resumed_from": result.resumed_from,
+        }
+        record = library.add(
+            result.delta,
+            name=name,
+            base_model=backbone.name,
+            base_fingerprint=backbone.fingerprint,
+            task=single.name if single else "+".join(t.name for t in tasks),
+            description=single.description if single else None,
+            embedding=describe(scorer, single) if single else None,
+            recipe=recipe,
+            method="train" if single else "train_multitask",
+            params={"labels": {t.name: list(t.labels) for t in tasks}},
+            metrics=metrics,
+            overwrite=overwrite,
+        )
+        library.clear_run(name)
+        return TrainedAdapter(record, result, evals)
 
 
 def import_peft_folder(
