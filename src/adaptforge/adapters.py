@@ -130,7 +130,12 @@ class PeftLoraConfig:
             return True
         if isinstance(self.target_modules, str):
             return re.fullmatch(self.target_modules, module) is not None
-        return any(module == t or module.endswith("." + t) for t in self.target_modules)
+        return any(matches_target(module, t) for t in self.target_modules)
+
+
+def matches_target(module: str, target: str) -> bool:
+    """PEFT's rule for a ``target_modules`` list entry: the module path itself or its last dotted parts."""
+    return module == target or module.endswith("." + target)
 
 
 def _pattern_value(patterns: Mapping[str, Any], module: str, default: Any) -> Any:

@@ -310,9 +310,8 @@ def library_show(name: str, library: LibraryOpt, as_json: JsonOpt = False) -> No
     else:
         info.get("recipe", {}).pop("history", None)
         out.print_json(json.dumps(info))
-        if problems:
-            for problem in problems:
-                console.print(Text.assemble(("damaged:", "red"), " ", problem))
+        for problem in problems:
+            console.print(Text.assemble(("damaged:", "red"), " ", problem))
     if problems:
         raise typer.Exit(1)
 

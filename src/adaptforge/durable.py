@@ -80,6 +80,10 @@ def remove_inside(path: Path, owner: Path) -> bool:
     return True
 
 
+class LockedError(AdaptforgeError):
+    """Another process holds the lock on a resource this command needs."""
+
+
 @contextmanager
 def exclusive_lock(path: Path, what: str) -> Iterator[None]:
     """Hold an exclusive, non-blocking ``flock`` on ``path`` (created if needed) for the ``with`` body.
@@ -110,7 +114,3 @@ def exclusive_lock(path: Path, what: str) -> Iterator[None]:
         with suppress(FileNotFoundError):
             os.unlink(path)
         os.close(fd)
-
-
-class LockedError(AdaptforgeError):
-    """Another process holds the lock on a resource this command needs."""

@@ -83,7 +83,6 @@ class Leftovers:
 
     orphans: tuple[Path, ...]  # adapter folders with no catalog row (a crash between rename and commit)
     stale_temp: tuple[Path, ...]  # temp folders older than the age limit (adds, checkpoint swaps)
-    fresh_temp: tuple[Path, ...]  # temp folders that may belong to a write still running
     runs: tuple[Path, ...]  # resumable checkpoints of runs that did not finish (kept by gc)
     missing: tuple[str, ...]  # catalog rows whose folder is gone
 
@@ -400,12 +399,6 @@ class Library:
         self.adapters_dir = self.root / ADAPTERS_DIR
         if self.root.exists() and not self.root.is_dir():
             raise LibraryError(f"library path {self.root} exists and is not a folder")
-        if not create:
-            if not self.root.is_dir():
-                raise LibraryError(f"no adapter library at {self.root}: the folder does not exist")
-            if not self.catalog_path.is_file():
-                self._refuse_orphaned_adapters(f"{CATALOG_FILE} is missing")
-                raise LibraryError(f"no adapter library at {self.root}: {CATALOG_FILE} is missing")
         if not self.catalog_path.is_file() or self.catalog_path.stat().st_size == 0:
             # A fresh catalog beside existing adapter folders would silently orphan every one of them.
             self._refuse_orphaned_adapters(
@@ -413,6 +406,11 @@ class Library:
                 if not self.catalog_path.is_file()
                 else f"{CATALOG_FILE} is empty (truncated)"
             )
+        if not create:
+            if not self.root.is_dir():
+                raise LibraryError(f"no adapter library at {self.root}: the folder does not exist")
+            if not self.catalog_path.is_file():
+                raise LibraryError(f"no adapter library at {self.root}: {CATALOG_FILE} is missing")
         self.adapters_dir.mkdir(parents=True, exist_ok=True)
         self._init_schema(create)
 
@@ -850,7 +848,9 @@ class Library:
 
     # ---------------------------------------------------------------- loading, export, integrity
 
-    def _verify(self, record: AdapterRecord) -> None:
+    @staticmethod
+    def _verify(record: AdapterRecord) -> None:
+        """Both files present with the sha256 recorded (by the catalog, or by the provenance file on rebuild)."""
         for filename, expected in ((WEIGHTS_FILE, record.checksum), (CONFIG_FILE, record.config_checksum)):
             path = record.path / filename
             try:
@@ -992,7 +992,6 @@ class Library:
         return Leftovers(
             orphans=tuple(p for p in folders if p.name not in known),
             stale_temp=tuple(p for p in temp if stale(p)),
-            fresh_temp=tuple(p for p in temp if not stale(p)),
             runs=tuple(runs),
             missing=tuple(sorted(i for i in known if not (self.adapters_dir / i).is_dir())),
         )
@@ -1194,9 +1193,7 @@ def rebuild_catalog(root: str | Path) -> RebuildReport:
             record = read_provenance(folder)
             if record.id != folder.name:
                 raise LibraryError(f"{folder / EXPORT_RECORD_FILE}: records id {record.id}, not {folder.name}")
-            for filename, expected in ((WEIGHTS_FILE, record.checksum), (CONFIG_FILE, record.config_checksum)):
-                if not (folder / filename).is_file() or sha256_file(folder / filename) != expected:
-                    raise CorruptAdapterError(f"{folder / filename}: missing or does not match its recorded sha256")
+            Library._verify(record)
             read_adapter(folder)
         except (LibraryError, AdapterFormatError) as err:
             skipped.append(str(err))
@@ -1225,10 +1222,6 @@ def rebuild_catalog(root: str | Path) -> RebuildReport:
                 aside = root / f"{CATALOG_FILE}.damaged-{stamp}{suffix}"
                 os.rename(old, aside)
                 moved.append(aside)
-        for suffix in ("-wal", "-shm"):
-            side = Path(str(tmp) + suffix)
-            if side.exists():
-                side.unlink()
         os.rename(tmp, catalog)
         fsync_dir(root)
     finally:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, get_peft_model
 
+from adaptforge.adapters import matches_target
 from adaptforge.backbone import Backbone
 from adaptforge.batching import Batch, EncodedSplit, batch_order, make_batch
 from adaptforge.core import AdaptforgeError, LoraDelta, LoraModule
@@ -114,7 +115,7 @@ class TaskStream:
 def check_targets(backbone: Backbone, targets: tuple[str, ...]) -> None:
     """Every target names linear layers of the base (PEFT's rule: a module path or its last parts)."""
     linear = [n for n, m in backbone.model.named_modules() if isinstance(m, torch.nn.Linear)]
-    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in linear)]
+    missing = [t for t in targets if not any(matches_target(n, t) for n in linear)]
     if missing:
         names = sorted({n.rsplit(".", 1)[-1] for n in linear})
         raise AdaptforgeError(
