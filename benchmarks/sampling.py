@@ -43,7 +43,7 @@ TASKS = "cb,rte,wic,tweet_irony,tweet_stance_abortion,tweet_stance_atheism,tweet
 DEFAULT_SAMPLERS = "uniform,proportional,temperature,group_dro,mpts"
 
 
-@SAMPLERS.register("mpts_chance")
+@SAMPLERS.register
 class ChanceScaledMPTS(MPTSSampler):
     """Benchmark-only MPTS variant: every loss is divided by its task's chance-level loss ``log(n_labels)``.
 

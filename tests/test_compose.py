@@ -17,7 +17,7 @@ from conftest import small_task
 from adaptforge.adapters import read_adapter, write_adapter
 from adaptforge.compose import (
     COMPOSERS,
-    ArrowRouting,
+    ArrowRouter,
     Candidate,
     LoraHubObjective,
     LoraHubParams,
@@ -34,7 +34,7 @@ from adaptforge.compose.base import ComposeResult, encode_examples, mean_loss
 from adaptforge.core import AdaptforgeError, LoraDelta, LoraModule
 from adaptforge.evaluate import evaluate, predict_logits
 from adaptforge.library import Library
-from adaptforge.merge.lowrank import fold
+from adaptforge.lora.factors import fold
 from adaptforge.scorers import make_scorer
 from adaptforge.train.config import TrainConfig
 from adaptforge.workflows import describe, train_into_library
@@ -268,7 +268,7 @@ def test_tuned_is_the_inner_adapter_plus_a_lora_that_lowers_the_shot_loss(minilm
     # the stored adapter is the inner one exactly plus the trained one: rank r_inner + r_tuned per module
     for name in inner.delta:
         assert tuned.delta[name].rank == inner.delta[name].rank + 8
-    with pytest.raises(AdaptforgeError, match="inner must be one of"):
+    with pytest.raises(AdaptforgeError, match="'inner' must be one of"):
         compose("tuned", candidates, scorer, shots, {"inner": "arrow"})
 
 
@@ -284,7 +284,7 @@ def test_arrow_prototypes_and_gates_by_hand():
     deltas = [LoraDelta({"m": LoraModule(torch.randn(2, 12, generator=g), torch.randn(9, 2, generator=g), 1.0)})]
     deltas += [LoraDelta({"m": LoraModule(torch.randn(2, 12, generator=g), torch.randn(9, 2, generator=g), 1.0)})]
     deltas += [LoraDelta({"m": module})]
-    routing = ArrowRouting(deltas, top_k=2, temperature=0.5)
+    routing = ArrowRouter(deltas, top_k=2, temperature=0.5)
     x = torch.randn(4, 7, 12, generator=g)
     gates = routing.gates("m", x)
     assert gates.shape == (4, 7, 3)
@@ -294,12 +294,12 @@ def test_arrow_prototypes_and_gates_by_hand():
     for j in range(3):
         aligned = -5.0 * protos[j]  # sign-invariant
         assert int(routing.gates("m", aligned).argmax()) == j
-        assert int(ArrowRouting(deltas, top_k=1).gates("m", aligned).argmax()) == j
+        assert int(ArrowRouter(deltas, top_k=1).gates("m", aligned).argmax()) == j
     assert routing.describe() == {"router": "arrow", "top_k": 2, "temperature": 0.5, "adapters": 3}
 
 
 def test_arrow_single_adapter_and_flat_routing_match_static_deltas(minilm, scorer, candidates, sst2):
-    one = ArrowRouting([candidates[2].delta], top_k=1)
+    one = ArrowRouter([candidates[2].delta], top_k=1)
     with one.applied(minilm.model) as model:
         routed, _ = predict_logits(scorer, sst2, "test", model, limit=16)
     with minilm.applied(candidates[2].delta) as model:
@@ -307,7 +307,7 @@ def test_arrow_single_adapter_and_flat_routing_match_static_deltas(minilm, score
     torch.testing.assert_close(routed, expected, rtol=1e-4, atol=1e-4)
     # every adapter kept with a flat softmax: the per-token mixture is the uniform mean, i.e. the fallback
     flat = compose("arrow", candidates, scorer, draw_shots(sst2, 0), {"top_k": 3, "temperature": 1e9})
-    assert flat.routing is not None and flat.weights == pytest.approx([1 / 3] * 3)
+    assert flat.router is not None and flat.weights == pytest.approx([1 / 3] * 3)
     routed_eval = evaluate_composed(scorer, sst2, flat, "test", limit=16)
     static = evaluate_composed(scorer, sst2, ComposeResult(flat.delta, flat.weights), "test", limit=16)
     assert routed_eval.loss == pytest.approx(static.loss, rel=1e-4, abs=1e-5)
@@ -340,7 +340,7 @@ def test_every_method_runs_on_a_causal_lm(tiny_llama):
         result = compose(method, cands, causal, shots, CHEAP.get(method, {}))
         ev = evaluate_composed(causal, task, result, "test", limit=8)
         assert ev.n == 8 and math.isfinite(ev.loss) and len(result.weights) == 3
-    arrow = ArrowRouting(deltas[:1], top_k=1)
+    arrow = ArrowRouter(deltas[:1], top_k=1)
     with arrow.applied(tiny_llama.model) as model:
         routed, _ = predict_logits(causal, task, "test", model, limit=4)
     with tiny_llama.applied(deltas[0]) as model:

@@ -14,10 +14,11 @@ from conftest import small_task
 
 from adaptforge.core import AdaptforgeError, LoraDelta, LoraModule
 from adaptforge.evaluate import evaluate, predict_logits
-from adaptforge.merge import MERGE_METHODS, EntropyRouter, LoraMixture, evaluate_routed, merge, run
+from adaptforge.lora.hooks import LoraMixture
+from adaptforge.merge import MERGE_METHODS, EntropyRouter, evaluate_routed, merge, run
 from adaptforge.merge.interp import scale_delta
-from adaptforge.merge.lowrank import fold
-from adaptforge.merge.routing import entropy_weights
+from adaptforge.lora.factors import fold
+from adaptforge.merge.dawin import entropy_weights
 from adaptforge.scorers import make_scorer
 
 MODULES = ["encoder.layer.0.attention.self.query", "encoder.layer.1.attention.self.value"]
@@ -98,7 +99,7 @@ def test_atlas_learns_only_the_coefficients_and_folds_them_exactly(minilm, score
             assert torch.equal(p, weights_before[n]) and not p.requires_grad
     low = run("atlas", deltas, {**params, "rank": 2}, scorer, tasks)
     assert low.delta[MODULES[0]].rank == 2 and all(0 < e < 1 for e in low.reconstruction_error.values())
-    with pytest.raises(AdaptforgeError, match="lr must be a number > 0"):
+    with pytest.raises(AdaptforgeError, match="'lr' must be > 0"):
         run("atlas", deltas, {"lr": 0}, scorer, tasks)
     with pytest.raises(AdaptforgeError, match="no split 'dev'"):
         run("atlas", deltas, params, scorer, [tasks[0].with_splits(dev=None)])
@@ -164,7 +165,7 @@ def test_base_interp_picks_the_best_allowed_alpha(minilm, scorer, deltas, tasks)
     keeps = [r for r in rows if r["per_task"]["subjectivity"] >= rows[0]["per_task"]["subjectivity"] - 0.05 - 1e-9]
     assert strict.info["alpha"] == max(keeps, key=lambda r: (r["target_accuracy"], -r["alpha"]))["alpha"]
     for bad, message in [
-        ({"retention": ["subjectivity"], "retention_rule": "all"}, "retention_rule must be"),
+        ({"retention": ["subjectivity"], "retention_rule": "all"}, "'retention_rule' must be"),
         ({}, "needs retention tasks"),
         ({"retention": ["nope"]}, "not among the data"),
         ({"retention": ["sst2", "subjectivity"]}, "give at least one target task"),

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from adaptforge.merge.ops import keep_count, magnitude_trim
-from adaptforge.merge.refactor import dense_svd, truncation_error
+from adaptforge.lora.factors import dense_svd, truncation_error
 
 
 @pytest.mark.parametrize("density", [0.05, 0.2, 0.5, 0.9])

@@ -20,7 +20,7 @@ from adaptforge.merge.ops import (
     tall_masks,
     weighted_sum,
 )
-from adaptforge.merge.refactor import concat_modules, dense_svd, lowrank_svd, truncation_error
+from adaptforge.lora.factors import concat_modules, dense_svd, lowrank_svd, truncation_error
 
 T = torch.tensor
 
@@ -176,7 +176,7 @@ def test_invalid_inputs_raise_before_computing(method, no_compute):
 @pytest.mark.parametrize("density", [0.0, -0.1, 1.5, "0.5", float("nan")])
 def test_density_outside_the_unit_interval_is_rejected(density):
     for method in ("ties", "dare_ties", "magnitude_prune_factors"):
-        with pytest.raises(AdaptforgeError, match=r"density .* must be in \(0, 1\]"):
+        with pytest.raises(AdaptforgeError, match=r"'density' must be .*in \(0, 1\]"):
             MERGE_METHODS.get(method)().parse_params({"density": density})
 
 
@@ -187,7 +187,7 @@ def test_params_are_typed_frozen_and_strict():
         TiesParams.from_dict({"densty": 0.3})
     with pytest.raises(AdaptforgeError, match="'count' here"):
         TiesParams(majority_sign="frequency")  # type: ignore[arg-type]
-    with pytest.raises(AdaptforgeError, match="rank must be a positive integer"):
+    with pytest.raises(AdaptforgeError, match="'rank' must be >= 1"):
         TiesParams(rank=0)
     with pytest.raises(AdaptforgeError, match="unknown parameter 'seed'"):
         merge("ties", [_delta({"q": (4, 6)})], {"seed": 1})  # DARE's seed means nothing to TIES

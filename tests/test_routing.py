@@ -13,7 +13,7 @@ from test_reliability import minilm_delta
 
 import adaptforge.workflows  # noqa: F401  (imports every method package, so every router is registered)
 from adaptforge.library import Library
-from adaptforge.merge.lowrank import fold
+from adaptforge.lora.factors import fold
 from adaptforge.routing import RECIPE_KEY, ROUTERS, stored_settings
 from adaptforge.scorers import make_scorer
 from adaptforge.workflows import evaluate_grid, routed_settings, stored_router

@@ -151,7 +151,7 @@ def compose_into_library(
         "shots": {"k": drawn.k, "seed": seed, "fit": len(drawn.fit), "holdout": len(drawn.holdout)},
         "candidates": [c.summary() for c in found],
         "weights": dict(zip([c.name for c in found], result.weights, strict=True)),
-        RECIPE_KEY: routed_settings(result.routing, [library.get(c.name).id for c in found]),
+        RECIPE_KEY: routed_settings(result.router, [library.get(c.name).id for c in found]),
         "info": result.info,
     }
     record = library.add(

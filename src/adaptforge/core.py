@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -98,33 +98,48 @@ class LoraDelta:
         return None
 
 
-class Registry(Generic[T]):
-    """Name -> implementation table with duplicate checks and "did you mean" errors."""
+def did_you_mean(word: object, known: Iterable[str]) -> str:
+    """`` Did you mean 'x'?`` for the closest of ``known`` to ``word``, or ``""``: the one hint every
+    "unknown name" error in adaptforge gives (registries, params, recipe keys, library names)."""
+    close = difflib.get_close_matches(str(word), list(known), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
 
-    def __init__(self, kind: str) -> None:
+
+class Registry(Generic[T]):
+    """Name -> implementation table with duplicate checks and "did you mean" errors.
+
+    Items are registered by the ``name`` they declare (``@REGISTRY.register`` on a class), so a name is
+    written once. ``base`` (optional) is the class every item must subclass; an item with a
+    ``check_contract`` classmethod has it called at registration, so a method that forgets its paper link or
+    params type fails at import, not when a user first picks it.
+    """
+
+    def __init__(self, kind: str, base: type | None = None) -> None:
         self.kind = kind
+        self.base = base
         self._items: dict[str, T] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
-        if name != name.lower() or not name:
-            raise ValueError(f"{self.kind} names are lowercase and non-empty, got {name!r}")
-
-        def add(item: T) -> T:
-            if name in self._items:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
-            self._items[name] = item
-            return item
-
-        return add
+    def register(self, item: T) -> T:
+        name = getattr(item, "name", None)
+        if not isinstance(name, str) or not name or name != name.lower():
+            raise ValueError(f"{self.kind} {item!r} must declare a lowercase, non-empty class attribute 'name'")
+        if self.base is not None and not (isinstance(item, type) and issubclass(item, self.base)):
+            raise ValueError(f"{self.kind} {name!r} must subclass {self.base.__name__}")
+        check = getattr(item, "check_contract", None)
+        if callable(check):
+            check()
+        if name in self._items:
+            raise ValueError(f"{self.kind} {name!r} is registered twice")
+        self._items[name] = item
+        return item
 
     def get(self, name: str) -> T:
         try:
             return self._items[name]
-        except KeyError:
-            close = difflib.get_close_matches(name, self._items, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+        except (KeyError, TypeError):
             raise AdaptforgeError(
-                f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self._items))}.{hint}"
+                f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self._items))}."
+                f"{did_you_mean(name, self._items)}"
             ) from None
 
     def names(self) -> list[str]:

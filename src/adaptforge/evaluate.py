@@ -15,8 +15,9 @@ import torch
 
 from adaptforge.batching import batch_order, make_batch
 from adaptforge.core import AdaptforgeError, LoraDelta
+from adaptforge.lora.hooks import eval_mode
 from adaptforge.scorers import Scorer
-from adaptforge.tasks import Task
+from adaptforge.tasks import Example, Task
 
 
 def accuracy(pred: Sequence[int], gold: Sequence[int]) -> float:
@@ -66,6 +67,26 @@ class EvalResult:
 
 
 @torch.no_grad()
+def logits_of(
+    scorer: Scorer,
+    task: Task,
+    examples: Sequence[Example],
+    model: torch.nn.Module | None = None,
+    batch_size: int = 64,
+    on_batch: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """``[n, labels]`` logits of ``examples`` in their order, in eval mode (batched by length for speed)."""
+    with eval_mode(model if model is not None else scorer.backbone.model) as model:
+        encoded = scorer.encode(task, examples)
+        context = scorer.label_context(model, scorer.encode_labels(task))
+        out = torch.empty(len(encoded), len(task.labels))
+        for index in batch_order(encoded.lengths(), batch_size, shuffle=False):
+            out[index] = scorer.logits(model, make_batch(encoded, index), context).float()
+            if on_batch:
+                on_batch(len(index))
+    return out
+
+
 def predict_logits(
     scorer: Scorer,
     task: Task,
@@ -76,20 +97,11 @@ def predict_logits(
     seed: int = 0,
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and gold labels of a split, in the split's order (batched by length for speed)."""
-    model = model if model is not None else scorer.backbone.model
-    was_training = model.training
-    model.eval()
+    """Logits and gold labels of a split (``limit``: a seeded label-stratified sample), in the split's order."""
     examples = task.sample(split, limit, seed=seed)
-    encoded = scorer.encode(task, examples)
-    context = scorer.label_context(model, scorer.encode_labels(task))
-    out = torch.empty(len(encoded), len(task.labels))
-    for index in batch_order(encoded.lengths(), batch_size, shuffle=False):
-        out[index] = scorer.logits(model, make_batch(encoded, index), context).float()
-        if on_batch:
-            on_batch(len(index))
-    model.train(was_training)
-    return out, torch.tensor(encoded.targets, dtype=torch.long)
+    logits = logits_of(scorer, task, examples, model, batch_size, on_batch)
+    gold = torch.tensor([task.labels.index(ex.label) for ex in examples], dtype=torch.long)
+    return logits, gold
 
 
 def check_request(tasks: Sequence[Task], split: str, limit: int | None) -> None:

@@ -10,18 +10,19 @@ only a static fallback, so every consumer (``merge --eval``, ``compose``, ``adap
 * :meth:`Router.from_settings` rebuilds it from those adapters and settings, and :meth:`Router.evaluate`
   scores a split through it, so a stored routed adapter evaluates exactly as it did when it was made.
 
-Registered routers: ``entropy`` (DaWin, :mod:`adaptforge.merge.routing`) and ``arrow``
+Registered routers: ``entropy`` (DaWin, :mod:`adaptforge.merge.dawin`) and ``arrow``
 (:mod:`adaptforge.compose.arrow`).
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 from adaptforge.core import AdaptforgeError, LoraDelta, Registry
 from adaptforge.evaluate import EvalResult
+from adaptforge.methods import Method
 from adaptforge.scorers import Scorer
 from adaptforge.tasks import Task
 
@@ -29,11 +30,10 @@ RECIPE_KEY = "router"
 LEGACY_RECIPE_KEY = "routing"  # Arrow compositions stored before the contract was unified
 
 
-class Router(ABC):
+class Router(Method):
     """Mixes ``deltas`` per input; subclasses say how (and are registered in :data:`ROUTERS`)."""
 
-    name: ClassVar[str]
-    reference_url: ClassVar[str]
+    kind = "router"
 
     def __init__(self, deltas: Sequence[LoraDelta]) -> None:
         if not deltas:
@@ -56,7 +56,7 @@ class Router(ABC):
         """Accuracy, macro-F1 and loss of the routed model on a split (the examples ``evaluate`` would use)."""
 
 
-ROUTERS: Registry[type[Router]] = Registry("router")
+ROUTERS: Registry[type[Router]] = Registry("router", base=Router)
 
 
 def stored_settings(recipe: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -13,7 +13,7 @@ shots); a registered :class:`Composer` turns them into a :class:`ComposeResult`:
 classifier and a LoRA trained on the shots alone.
 """
 
-from adaptforge.compose.arrow import Arrow, ArrowParams, ArrowRouting, arrow_prototype
+from adaptforge.compose.arrow import Arrow, ArrowParams, ArrowRouter, arrow_prototype
 from adaptforge.compose.atlas import FewShotAtlas, FewShotAtlasParams
 from adaptforge.compose.base import (
     COMPOSERS,
@@ -23,7 +23,6 @@ from adaptforge.compose.base import (
     ComposeResult,
     compose,
     evaluate_composed,
-    register_composer,
     shot_losses,
 )
 from adaptforge.compose.baselines import prototype_eval, train_on_shots
@@ -36,7 +35,7 @@ __all__ = [
     "COMPOSERS",
     "Arrow",
     "ArrowParams",
-    "ArrowRouting",
+    "ArrowRouter",
     "Candidate",
     "ComposeParams",
     "ComposeResult",
@@ -56,7 +55,6 @@ __all__ = [
     "evaluate_composed",
     "prototype_eval",
     "rank_candidates",
-    "register_composer",
     "shot_losses",
     "train_on_shots",
 ]

@@ -22,22 +22,20 @@ from typing import Any, cast
 
 import torch
 
-from adaptforge.adapters import check_compatible
 from adaptforge.compose.base import (
+    COMPOSERS,
     Candidate,
     ComposeParams,
     Composer,
     ComposeResult,
-    check_int,
-    check_number,
     deltas_of,
-    register_composer,
 )
 from adaptforge.compose.shots import Shots
 from adaptforge.core import AdaptforgeError, LoraDelta, LoraModule
 from adaptforge.evaluate import EvalResult, predict_logits, result_from_logits
-from adaptforge.merge.lowrank import fold
-from adaptforge.merge.refactor import lowrank_svd
+from adaptforge.lora.factors import fold, lowrank_svd
+from adaptforge.lora.hooks import GatedLora
+from adaptforge.params import param
 from adaptforge.routing import ROUTERS, Router
 from adaptforge.scorers import Scorer
 from adaptforge.tasks import Task
@@ -47,13 +45,13 @@ ARROW_URL = "https://arxiv.org/abs/2405.11157"
 
 def arrow_prototype(module: LoraModule) -> torch.Tensor:
     """Unit top right singular vector (length ``in``) of ``s B A``, from the rank-1 truncation computed
-    through QR of the factors (:func:`~adaptforge.merge.refactor.lowrank_svd`). Its sign is arbitrary."""
+    through QR of the factors (:func:`~adaptforge.lora.factors.lowrank_svd`). Its sign is arbitrary."""
     top, _ = lowrank_svd(module, 1)
     return top.A[0].float()
 
 
-@ROUTERS.register("arrow")
-class ArrowRouting(Router):
+@ROUTERS.register
+class ArrowRouter(Router):
     """Per-token top-k routing over ``deltas`` at every target module (Arrow). Prototypes and the
     concatenated factors are computed once; :meth:`applied` installs the hooks on a model."""
 
@@ -62,23 +60,16 @@ class ArrowRouting(Router):
 
     def __init__(self, deltas: Sequence[LoraDelta], top_k: int = 4, temperature: float = 1.0) -> None:
         super().__init__(deltas)
-        check_int(top_k, "top_k", minimum=1)
-        check_number(temperature, "temperature", minimum=0.0, strict=True)
+        ArrowParams(top_k=top_k, temperature=temperature)  # the same checks as the composer's params
         self.modules: list[str] = list(deltas[0])
         for i, delta in enumerate(self.deltas):
             if list(delta) != self.modules:
                 raise AdaptforgeError(f"adapter {i} targets other modules than adapter 0; route adapters of one kind")
         self.top_k = min(top_k, len(self.deltas))
         self.temperature = float(temperature)
-        self.prototypes: dict[str, torch.Tensor] = {}  # module -> [adapters, in]
-        self._factors: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-        for name in self.modules:
-            parts = [d[name] for d in self.deltas]
-            self.prototypes[name] = torch.stack([arrow_prototype(m) for m in parts])
-            A = torch.cat([m.A.float() * float(m.scale) for m in parts])
-            B = torch.cat([m.B.float() for m in parts], dim=1)
-            owner = torch.cat([torch.full((m.rank,), i, dtype=torch.long) for i, m in enumerate(parts)])
-            self._factors[name] = (A, B, owner)
+        self.prototypes: dict[str, torch.Tensor] = {  # module -> [adapters, in]
+            name: torch.stack([arrow_prototype(d[name]) for d in self.deltas]) for name in self.modules
+        }
 
     def gates(self, module: str, x: torch.Tensor) -> torch.Tensor:
         """``[..., adapters]`` routing weights of the inputs ``x`` (``[..., in]``) to ``module``: softmax of
@@ -87,38 +78,18 @@ class ArrowRouting(Router):
         top, index = scores.topk(self.top_k, dim=-1)
         return torch.zeros_like(scores).scatter(-1, index, torch.softmax(top / self.temperature, dim=-1))
 
-    def _hook(self, name: str, dtype: torch.dtype) -> Any:
-        A, B, owner = (t.to(dtype) if t.is_floating_point() else t for t in self._factors[name])
-
-        def hook(module: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
-            x = args[0].to(dtype)
-            gate = self.gates(name, x).to(dtype)[..., owner]  # one weight per rank component
-            return output + ((x @ A.T) * gate) @ B.T
-
-        return hook
-
     @contextlib.contextmanager
     def applied(self, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-        """``model`` with Arrow's hooks on every target module (removed on exit; weights untouched)."""
-        for i, delta in enumerate(self.deltas):
-            check_compatible(delta, model, what=f"adapter {i}")
-        named = dict(model.named_modules())
-        handles = []
-        try:
-            for name in self.modules:
-                target = named[name]
-                handles.append(target.register_forward_hook(self._hook(name, target.weight.dtype)))
+        """``model`` with Arrow's per-token gates on every target module (hooks removed on exit; weights untouched)."""
+        with GatedLora(model, self.deltas, lambda index, x: self.gates(self.modules[index], x)):
             yield model
-        finally:
-            for handle in handles:
-                handle.remove()
 
     def describe(self) -> dict[str, Any]:
         """JSON-able settings (stored with the composed adapter so the routing can be rebuilt)."""
         return {"router": self.name, "top_k": self.top_k, "temperature": self.temperature, "adapters": len(self.deltas)}
 
     @classmethod
-    def from_settings(cls, deltas: Sequence[LoraDelta], settings: Mapping[str, Any]) -> ArrowRouting:
+    def from_settings(cls, deltas: Sequence[LoraDelta], settings: Mapping[str, Any]) -> ArrowRouter:
         return cls(deltas, top_k=int(settings["top_k"]), temperature=float(settings["temperature"]))
 
     def evaluate(
@@ -135,16 +106,11 @@ class ArrowParams(ComposeParams):
     """``top_k``: adapters mixed per token and layer (capped at the number of candidates; the paper uses 4);
     ``temperature`` of the softmax over their scores."""
 
-    top_k: int = 4
-    temperature: float = 1.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_int(self.top_k, "top_k", minimum=1)
-        check_number(self.temperature, "temperature", minimum=0.0, strict=True)
+    top_k: int = param(4, ge=1, help="adapters mixed per token and layer (capped at the candidates)")
+    temperature: float = param(1.0, gt=0, help="temperature of the softmax over the adapters' scores")
 
 
-@register_composer
+@COMPOSERS.register
 class Arrow(Composer):
     """Arrow routing (https://arxiv.org/abs/2405.11157): training-free, label-free per-token routing over the
     candidates, so it works at k = 0 (shots are not used). Per-token weights are not one adapter: the result
@@ -160,11 +126,11 @@ class Arrow(Composer):
     ) -> ComposeResult:
         p = cast(ArrowParams, params)
         deltas = deltas_of(candidates)
-        routing = ArrowRouting(deltas, top_k=p.top_k, temperature=p.temperature)
+        routing = ArrowRouter(deltas, top_k=p.top_k, temperature=p.temperature)
         n = len(deltas)
         delta = fold(deltas, torch.full((len(deltas[0]), n), 1.0 / n))
         info = {
             "routing": routing.describe(),
             "delta": "static fallback (uniform mean); evaluate with the routing for Arrow itself",
         }
-        return ComposeResult(delta, [1.0 / n] * n, info, routing=routing)
+        return ComposeResult(delta, [1.0 / n] * n, info, router=routing)

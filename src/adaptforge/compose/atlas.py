@@ -5,7 +5,7 @@ https://arxiv.org/abs/2407.18242) composes ``dW_m = sum_i lambda_{m,i} dW_{i,m}`
 block (target module) ``m`` per adapter ``i``, learned by gradient descent with base and adapters frozen;
 the paper's few-shot setting learns them from k labelled examples of a new task. Here the coefficients
 are fitted with Adam on the cross-entropy of ``shots.fit`` (the same inner step as the multi-task aTLAS
-merge, :func:`adaptforge.merge.learned.accumulate_step`), and the held-out shots pick the step: their
+merge, :func:`adaptforge.lora.objective.accumulate_step`), and the held-out shots pick the step: their
 loss is measured before training and after every step, the best coefficients are kept, and training stops
 after ``patience`` steps without improvement. Without held-out shots it runs ``steps`` steps.
 """
@@ -20,22 +20,22 @@ from typing import cast
 import torch
 
 from adaptforge.compose.base import (
+    COMPOSERS,
     Candidate,
     ComposeParams,
     Composer,
     ComposeResult,
-    check_int,
-    check_number,
     deltas_of,
     encode_examples,
     mean_loss,
     mixture,
-    register_composer,
 )
 from adaptforge.compose.shots import Shots
 from adaptforge.core import AdaptforgeError
-from adaptforge.merge.learned import ATLAS_URL, accumulate_step, truncate
-from adaptforge.merge.lowrank import fold
+from adaptforge.lora.factors import fold, truncate
+from adaptforge.lora.objective import accumulate_step
+from adaptforge.merge.atlas import ATLAS_URL
+from adaptforge.params import param
 from adaptforge.scorers import Scorer
 
 log = logging.getLogger(__name__)
@@ -48,26 +48,15 @@ class FewShotAtlasParams(ComposeParams):
     ``patience``: steps without a better held-out loss before stopping; ``rank``: re-factor the result by
     SVD (``None``: exact rank concatenation)."""
 
-    steps: int = 40
-    lr: float = 0.1
-    init: float | None = None
-    patience: int = 8
-    batch_size: int = 16
-    rank: int | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_int(self.steps, "steps", minimum=1)
-        check_number(self.lr, "lr", minimum=0.0, strict=True)
-        if self.init is not None:
-            check_number(self.init, "init")
-        check_int(self.patience, "patience", minimum=1)
-        check_int(self.batch_size, "batch_size", minimum=1)
-        if self.rank is not None:
-            check_int(self.rank, "rank", minimum=1)
+    steps: int = param(40, ge=1, help="at most this many Adam steps")
+    lr: float = param(0.1, gt=0, help="Adam learning rate of the coefficients")
+    init: float | None = param(None, help="every coefficient's start (null: 1/N, the candidates' mean)")
+    patience: int = param(8, ge=1, help="steps without a better held-out loss before stopping")
+    batch_size: int = param(16, ge=1, help="fit shots per step")
+    rank: int | None = param(None, ge=1, help="re-factor the result to this rank by SVD (null: exact)")
 
 
-@register_composer
+@COMPOSERS.register
 class FewShotAtlas(Composer):
     """aTLAS few-shot (https://arxiv.org/abs/2407.18242): a coefficient per (target module, candidate) learned
     by Adam on the fit shots, early-stopped on the held-out shots (best coefficients kept). ``info`` holds the

@@ -7,7 +7,7 @@ Composition", https://arxiv.org/abs/2307.13269) searches one weight per candidat
 
 with CMA-ES (nevergrad's ``CMA``). Unlike the reference code, the weights combine whole deltas
 ``dW_i = s_i B_i A_i`` (not the A and B factors separately, which would add cross terms), and the merged
-model is evaluated in low-rank form through :class:`~adaptforge.merge.lowrank.LoraMixture`: each objective
+model is evaluated in low-rank form through :class:`~adaptforge.lora.hooks.LoraMixture`: each objective
 evaluation is one no-grad forward over the shots, with no model reload or weight rewrite. The result is
 the exact rank concatenation ``fold(deltas, w*)`` (optionally re-factored to ``rank`` by SVD).
 """
@@ -26,22 +26,21 @@ import numpy as np
 import torch
 
 from adaptforge.compose.base import (
+    COMPOSERS,
     Candidate,
     ComposeParams,
     Composer,
     ComposeResult,
-    check_int,
-    check_number,
     deltas_of,
     encode_examples,
     mean_loss,
     mixture,
-    register_composer,
 )
 from adaptforge.compose.shots import Shots
 from adaptforge.core import AdaptforgeError, LoraDelta
-from adaptforge.merge.learned import truncate
-from adaptforge.merge.lowrank import LoraMixture, fold
+from adaptforge.lora.factors import fold, truncate
+from adaptforge.lora.hooks import LoraMixture
+from adaptforge.params import param
 from adaptforge.scorers import Scorer
 
 log = logging.getLogger(__name__)
@@ -56,32 +55,18 @@ class LoraHubParams(ComposeParams):
     every candidate (0 as in LoraHub); ``seed``: the optimizer's random state; ``batch_size``: shots per
     forward; ``rank``: re-factor the result to this rank by SVD (``None``: exact rank concatenation)."""
 
-    budget: int = 40
-    alpha: float = 0.05
-    bounds: tuple[float, float] = (-1.5, 1.5)
-    init: float = 0.0
-    batch_size: int = 8
-    rank: int | None = None
+    budget: int = param(40, ge=1, help="objective evaluations asked of CMA-ES")
+    alpha: float = param(0.05, ge=0, help="weight of the L1 penalty on the weights")
+    bounds: tuple[float, ...] = param((-1.5, 1.5), help="[lower, upper] box of every weight")
+    init: float = param(0.0, help="starting weight of every candidate")
+    batch_size: int = param(8, ge=1, help="shots per forward pass")
+    rank: int | None = param(None, ge=1, help="re-factor the result to this rank by SVD (null: exact)")
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_int(self.budget, "budget", minimum=1)
-        check_number(self.alpha, "alpha", minimum=0.0)
-        check_int(self.batch_size, "batch_size", minimum=1)
-        if self.rank is not None:
-            check_int(self.rank, "rank", minimum=1)
-        bounds = self.bounds
-        if isinstance(bounds, (str, bytes)) or not isinstance(bounds, Sequence) or len(bounds) != 2:
-            raise AdaptforgeError(f"bounds must be two numbers [lower, upper], got {bounds!r}")
-        for b in bounds:
-            check_number(b, "each bound")
-        lower, upper = float(bounds[0]), float(bounds[1])
-        if not lower < upper:
-            raise AdaptforgeError(f"bounds must satisfy lower < upper, got {list(bounds)!r}")
-        check_number(self.init, "init")
-        if not lower <= self.init <= upper:
-            raise AdaptforgeError(f"init {self.init!r} lies outside bounds [{lower}, {upper}]")
-        object.__setattr__(self, "bounds", (lower, upper))
+    def check(self) -> None:
+        self.require(
+            "bounds", len(self.bounds) == 2 and self.bounds[0] < self.bounds[1], "[lower, upper] with lower < upper"
+        )
+        self.require("init", self.bounds[0] <= self.init <= self.bounds[1], f"inside bounds {list(self.bounds)}")
 
 
 class LoraHubObjective:
@@ -126,7 +111,7 @@ class LoraHubObjective:
         return self.shot_loss(weights) + self.alpha * float(np.abs(np.asarray(weights, dtype=np.float64)).sum())
 
 
-@register_composer
+@COMPOSERS.register
 class LoraHub(Composer):
     """LoraHub (https://arxiv.org/abs/2307.13269): one weight per candidate found by CMA-ES on the shots'
     cross-entropy plus ``alpha`` times the L1 norm, within ``bounds``, from ``init``. The best weights seen

@@ -15,11 +15,11 @@ from collections.abc import Collection
 from dataclasses import replace
 
 from adaptforge.compose.base import (
+    COMPOSERS,
     Candidate,
     ComposeParams,
     Composer,
     ComposeResult,
-    register_composer,
     shot_losses,
 )
 from adaptforge.compose.shots import Shots
@@ -85,7 +85,7 @@ def _shot_key(c: Candidate) -> tuple[float, float]:
     return loss, -(c.similarity if c.similarity is not None else -math.inf)
 
 
-@register_composer
+@COMPOSERS.register
 class Retrieval(Composer):
     """The single best candidate, unchanged (weights one-hot): lowest shot loss when k > 0 (measured here for
     candidates that lack it), else highest description similarity, else the first given. The baseline every

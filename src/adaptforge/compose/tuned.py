@@ -19,14 +19,11 @@ from adaptforge.compose.base import (
     ComposeParams,
     Composer,
     ComposeResult,
-    check_int,
-    check_number,
-    register_composer,
 )
 from adaptforge.compose.baselines import SHOT_TRAIN_DEFAULTS, train_on_shots
 from adaptforge.compose.shots import Shots
-from adaptforge.core import AdaptforgeError
 from adaptforge.merge import merge
+from adaptforge.params import param
 from adaptforge.scorers import Scorer
 from adaptforge.train.config import TrainConfig
 
@@ -40,24 +37,14 @@ class TunedParams(ComposeParams):
     ``epochs``, ``batch_size``, ``lr`` (``None``: the backbone's default) and ``rank`` of the shot LoRA,
     whose other settings are the shot baseline's (:data:`SHOT_TRAIN_DEFAULTS`)."""
 
-    inner: str = "retrieval"
-    epochs: int = SHOT_TRAIN_DEFAULTS["epochs"]
-    batch_size: int = SHOT_TRAIN_DEFAULTS["batch_size"]
-    lr: float | None = None
-    rank: int = 8
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.inner not in STATIC_INNER:
-            raise AdaptforgeError(f"inner must be one of {list(STATIC_INNER)}, got {self.inner!r}")
-        check_int(self.epochs, "epochs", minimum=1)
-        check_int(self.batch_size, "batch_size", minimum=1)
-        check_int(self.rank, "rank", minimum=1)
-        if self.lr is not None:
-            check_number(self.lr, "lr", minimum=0.0, strict=True)
+    inner: str = param("retrieval", choices=STATIC_INNER, help="composer whose adapter is the starting point")
+    epochs: int = param(SHOT_TRAIN_DEFAULTS["epochs"], ge=1, help="epochs of the shot LoRA")
+    batch_size: int = param(SHOT_TRAIN_DEFAULTS["batch_size"], ge=1, help="batch size of the shot LoRA")
+    lr: float | None = param(None, gt=0, help="learning rate of the shot LoRA (null: the backbone's default)")
+    rank: int = param(8, ge=1, help="rank of the shot LoRA")
 
 
-@register_composer
+@COMPOSERS.register
 class Tuned(Composer):
     """The ``inner`` composer's adapter plus a LoRA trained on all k shots with it folded into the base
     (https://arxiv.org/abs/2005.00628). ``weights`` are the inner composer's; ``info`` holds its info under

@@ -30,7 +30,7 @@ import torch
 
 from adaptforge.core import AdaptforgeError, LoraDelta, LoraModule
 from adaptforge.generate.dataset import AdapterTemplate
-from adaptforge.merge.refactor import concat_modules, lowrank_svd
+from adaptforge.lora.factors import concat_modules, lowrank_svd
 
 Representation = Literal["dense", "factors"]
 Scope = Literal["module", "adapter"]

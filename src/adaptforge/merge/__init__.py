@@ -1,21 +1,26 @@
 """Many LoRA adapters to one: registered merge methods over pure tensor ops.
 
 ``MERGE_METHODS`` maps a name to a :class:`MergeMethod` class; ``merge(name, deltas, params)`` runs
-one. ``ops`` holds the tensor algebra, ``refactor`` the exact and low-rank ways back to LoRA factors.
-Data-driven methods (``needs_data``: atlas, dawin, base_interp) are fitted with
+one. ``ops`` holds the elementwise tensor algebra; the factor algebra shared with compose and generate is
+:mod:`adaptforge.lora`. Data-driven methods (``needs_data``: atlas, dawin, base_interp) are fitted with
 ``fit(deltas, params, scorer, tasks)``; ``run(name, deltas, params, scorer, tasks)`` calls either kind.
-Per-input merging goes through a :class:`Router` (``ROUTERS``) and :func:`evaluate_routed`.
+DaWin's per-input merge is a :class:`~adaptforge.routing.Router` (``entropy``). This package holds merge
+methods only; ``adaptforge merge`` itself is :mod:`adaptforge.pipelines.merge`.
 """
 
+from adaptforge.merge.atlas import Atlas, AtlasParams
 from adaptforge.merge.base import (
     MERGE_METHODS,
+    DataMergeMethod,
+    DataParams,
     MergeMethod,
     MergeParams,
     MergeResult,
     check_mergeable,
     merge,
-    register_method,
+    run,
 )
+from adaptforge.merge.dawin import Dawin, DawinParams, EntropyRouter, evaluate_routed
 from adaptforge.merge.generalized import (
     DareParams,
     DareTiesParams,
@@ -24,15 +29,10 @@ from adaptforge.merge.generalized import (
     TiesParams,
 )
 from adaptforge.merge.interp import BaseInterpolation, BaseInterpParams
-from adaptforge.merge.learned import Atlas, AtlasParams, DataMergeMethod, DataParams, run
-from adaptforge.merge.lowrank import LoraMixture
-from adaptforge.merge.routing import Dawin, DawinParams, EntropyRouter, evaluate_routed
 from adaptforge.merge.tall import TallParams
-from adaptforge.routing import ROUTERS, Router
 
 __all__ = [
     "MERGE_METHODS",
-    "ROUTERS",
     "Atlas",
     "AtlasParams",
     "BaseInterpParams",
@@ -42,8 +42,6 @@ __all__ = [
     "Dawin",
     "DawinParams",
     "EntropyRouter",
-    "LoraMixture",
-    "Router",
     "evaluate_routed",
     "run",
     "DareParams",
@@ -57,5 +55,4 @@ __all__ = [
     "TiesParams",
     "check_mergeable",
     "merge",
-    "register_method",
 ]

@@ -1,98 +1,41 @@
-"""The merge contract: typed params, one result type, the method base class and its registry.
+"""The merge contract: typed params, one result type, the method bases and their registry.
 
-A merge method is a small class registered in :data:`MERGE_METHODS` by its ``name``. It declares a
-frozen params dataclass (``params_type``; unknown keys are rejected with a "did you mean" hint), a
-``reference_url`` and ``needs_data``, and implements
-``merge(deltas: list[LoraDelta], params) -> MergeResult``. Inputs are validated before anything is
-computed: a non-empty list, the same target modules and delta shapes in every adapter, one weight
-per adapter. Different ranks across adapters are fine.
+A merge method is a :class:`~adaptforge.methods.Method` registered in :data:`MERGE_METHODS` by its
+``name``: typed params (a :class:`MergeParams`), a ``reference_url``, and
+``merge(deltas: list[LoraDelta], params) -> MergeResult``. Methods that learn from data subclass
+:class:`DataMergeMethod` and are fitted with ``fit(deltas, params, scorer, tasks)``; :func:`run` calls
+either kind. Inputs are validated before anything is computed: a non-empty list, the same target
+modules and delta shapes in every adapter, one weight per adapter. Different ranks are fine.
 """
 
 from __future__ import annotations
 
-import difflib
-import math
-from abc import ABC, abstractmethod
+import time
+from abc import abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from adaptforge.adapters import check_compatible
 from adaptforge.core import AdaptforgeError, LoraDelta, Registry
+from adaptforge.methods import Method
+from adaptforge.params import Params, is_finite_number, param
+from adaptforge.scorers import Scorer
+from adaptforge.tasks import Task
 
 if TYPE_CHECKING:
     from adaptforge.routing import Router
 
-P = TypeVar("P", bound="MergeParams")
-M = TypeVar("M", bound="type[MergeMethod]")
-
-
-def is_finite_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-D = TypeVar("D")
-
-
-def params_from_dict(cls: type[D], data: Mapping[str, Any], owner: str | None = None) -> D:
-    """Build the params dataclass ``cls`` from a recipe mapping; an unknown key is an error naming the
-    closest known key, prefixed with ``owner`` when given (shared by merge methods, composers and the
-    generator config)."""
-    known = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-    for key in data:
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            prefix = f"{owner}: " if owner else ""
-            raise AdaptforgeError(f"{prefix}unknown parameter {key!r}; known: {', '.join(known)}.{hint}")
-    return cls(**dict(data))
+__all__ = ["is_finite_number"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class MergeParams:
-    """Parameters every method takes.
+class MergeParams(Params):
+    """Parameters every merge method takes."""
 
-    ``weights``: one per adapter (default all 1; negative subtracts an adapter);
-    ``scaling``: a global factor on the merged delta (the lambda of task arithmetic);
-    ``rank``: output rank per module (``None``: the method's default, see its docstring).
-    """
-
-    weights: tuple[float, ...] | None = None
-    scaling: float = 1.0
-    rank: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.weights is not None:
-            if isinstance(self.weights, (str, bytes)) or not isinstance(self.weights, Sequence):
-                raise AdaptforgeError(f"weights must be a list of numbers, got {self.weights!r}")
-            if not all(is_finite_number(w) for w in self.weights):
-                raise AdaptforgeError(f"weights must be finite numbers, got {list(self.weights)!r}")
-            object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
-        if not is_finite_number(self.scaling):
-            raise AdaptforgeError(f"scaling must be a finite number, got {self.scaling!r}")
-        if self.rank is not None and (not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1):
-            raise AdaptforgeError(f"rank must be a positive integer or null, got {self.rank!r}")
-
-    @classmethod
-    def from_dict(cls: type[P], data: Mapping[str, Any]) -> P:
-        """Build from a recipe mapping; an unknown key is an error naming the closest known key."""
-        return params_from_dict(cls, data)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        if out["weights"] is not None:
-            out["weights"] = list(out["weights"])
-        return out
-
-
-def check_density(density: object) -> None:
-    if not isinstance(density, (int, float)) or isinstance(density, bool) or not 0.0 < density <= 1.0:
-        raise AdaptforgeError(f"density is the fraction of entries kept and must be in (0, 1], got {density!r}")
-
-
-def check_sign_method(method: object) -> None:
-    if method not in ("total", "count"):
-        hint = " (PEFT's 'frequency' is 'count' here)" if method == "frequency" else ""
-        raise AdaptforgeError(f"majority_sign must be 'total' or 'count', got {method!r}{hint}")
+    weights: tuple[float, ...] | None = param(None, help="one per adapter, in order (default all 1; < 0 subtracts)")
+    scaling: float = param(1.0, help="global factor on the merged delta (task arithmetic's lambda)")
+    rank: int | None = param(None, ge=1, help="output rank per module (default: the method's own, see its docs)")
 
 
 @dataclass
@@ -137,32 +80,19 @@ def check_mergeable(deltas: Sequence[LoraDelta], weights: Sequence[float] | None
     return [float(w) for w in weights]
 
 
-class MergeMethod(ABC):
-    """Many LoRA adapters to one. Subclasses set the class attributes and implement ``_merge``."""
+class MergeMethod(Method):
+    """Many LoRA adapters to one. Subclasses set ``name``, ``reference_url``, ``params_type`` and
+    implement ``_merge``."""
 
-    name: ClassVar[str]
-    reference_url: ClassVar[str]
+    kind = "merge method"
+    params_base = MergeParams
+    params_type: ClassVar[type[Params]] = MergeParams
     needs_data: ClassVar[bool] = False
-    params_type: ClassVar[type[MergeParams]] = MergeParams
-
-    def parse_params(self, params: MergeParams | Mapping[str, Any] | None) -> MergeParams:
-        """Typed params from ``None`` (defaults), a mapping (unknown keys rejected) or a params instance."""
-        if params is None:
-            return self.params_type()
-        if isinstance(params, Mapping):
-            try:
-                return self.params_type.from_dict(params)
-            except AdaptforgeError as err:
-                raise AdaptforgeError(f"merge method {self.name!r}: {err}") from None
-        if type(params) is not self.params_type:
-            raise AdaptforgeError(
-                f"merge method {self.name!r} takes {self.params_type.__name__}, got {type(params).__name__}"
-            )
-        return params
 
     def merge(self, deltas: list[LoraDelta], params: MergeParams | Mapping[str, Any] | None = None) -> MergeResult:
         """Validate everything, then merge one module at a time."""
         typed = self.parse_params(params)
+        assert isinstance(typed, MergeParams)
         weights = check_mergeable(deltas, typed.weights)
         self.validate(deltas, typed)
         result = self._merge(deltas, [typed.scaling * w for w in weights], typed)
@@ -177,18 +107,104 @@ class MergeMethod(ABC):
         """Merge validated inputs; ``weights`` already include ``params.scaling``."""
 
 
-MERGE_METHODS: Registry[type[MergeMethod]] = Registry("merge method")
+@dataclass(frozen=True, kw_only=True)
+class DataParams(MergeParams):
+    """Parameters of methods that learn from data: where the examples come from."""
+
+    split: str = param("dev", choices=("train", "dev", "test"), help="split of each --data task fitted on")
+    examples_per_task: int | None = param(128, ge=1, help="label-stratified seeded sample per task (null: all)")
+    seed: int = param(0, help="seed of the example sample and of anything random in the fit")
 
 
-def register_method(cls: M) -> M:
-    """Class decorator: register ``cls`` under ``cls.name`` after checking it declares its contract."""
-    if not getattr(cls, "reference_url", "").startswith("https://"):
-        raise ValueError(f"merge method {cls.__name__} must set reference_url to the paper's https link")
-    if not issubclass(cls.params_type, MergeParams):
-        raise ValueError(f"merge method {cls.__name__}: params_type must subclass MergeParams")
-    return MERGE_METHODS.register(cls.name)(cls)
+class DataMergeMethod(MergeMethod):
+    """A merge method that needs a scorer and tasks; call :meth:`fit` (``merge`` explains that)."""
+
+    needs_data = True
+    params_base = DataParams
+    params_type: ClassVar[type[Params]] = DataParams
+
+    @classmethod
+    def notes(cls) -> tuple[str, ...]:
+        return ("needs --data TASK_DIR",)
+
+    def merge(self, deltas: list[LoraDelta], params: MergeParams | Mapping[str, Any] | None = None) -> MergeResult:
+        """Validate the inputs like every method (so bad inputs get the same errors), then explain ``fit``."""
+        typed = self.parse_params(params)
+        assert isinstance(typed, MergeParams)
+        check_mergeable(deltas, typed.weights)
+        self.validate(deltas, typed)
+        raise AdaptforgeError(
+            f"merge method {self.name!r} learns from data: call fit(deltas, params, scorer, tasks) "
+            "(on the command line, pass the tasks with --data TASK_DIR)"
+        )
+
+    def _merge(self, deltas: list[LoraDelta], weights: list[float], params: MergeParams) -> MergeResult:
+        raise AssertionError("data-driven methods merge through fit()")  # pragma: no cover
+
+    def fit(
+        self,
+        deltas: list[LoraDelta],
+        params: MergeParams | Mapping[str, Any] | None,
+        scorer: Scorer,
+        tasks: Sequence[Task],
+    ) -> MergeResult:
+        """Validate inputs and data, then fit; ``result.info`` gets the method, params and seconds."""
+        typed = self.parse_params(params)
+        assert isinstance(typed, DataParams)
+        weights = check_mergeable(deltas, typed.weights)
+        if not tasks:
+            raise AdaptforgeError(f"merge method {self.name!r} needs at least one task to fit on (--data TASK_DIR)")
+        names = [t.name for t in tasks]
+        if len(set(names)) != len(names):
+            raise AdaptforgeError(f"merge method {self.name!r}: a task is given twice ({names})")
+        for task in tasks:
+            task.split(typed.split)  # a missing split is an error naming the task
+        for i, delta in enumerate(deltas):
+            check_compatible(delta, scorer.backbone.model, what=f"adapter {i}")
+        self.validate(deltas, typed)
+        self.validate_data(typed, tasks)
+        start = time.perf_counter()
+        result = self._fit(deltas, [typed.scaling * w for w in weights], typed, scorer, list(tasks))
+        info = {"method": self.name, "params": typed.to_dict(), "tasks": names, **result.info}
+        info["seconds"] = round(time.perf_counter() - start, 2)
+        result.info = info
+        return result
+
+    def validate_data(self, params: MergeParams, tasks: Sequence[Task]) -> None:  # noqa: B027 - optional hook
+        """Method-specific checks of params against the tasks (e.g. retention names)."""
+
+    @abstractmethod
+    def _fit(
+        self, deltas: list[LoraDelta], weights: list[float], params: MergeParams, scorer: Scorer, tasks: list[Task]
+    ) -> MergeResult:
+        """Fit on validated inputs; ``weights`` already include ``params.scaling``."""
+
+
+MERGE_METHODS: Registry[type[MergeMethod]] = Registry("merge method", base=MergeMethod)
 
 
 def merge(method: str, deltas: list[LoraDelta], params: MergeParams | Mapping[str, Any] | None = None) -> MergeResult:
-    """Merge ``deltas`` with the registered method ``method`` (e.g. ``merge("ties", deltas, {"density": 0.2})``)."""
+    """Merge ``deltas`` with a registered data-free method, e.g. ``merge("ties", deltas, {"density": 0.2})``."""
     return MERGE_METHODS.get(method)().merge(deltas, params)
+
+
+def run(
+    method: str,
+    deltas: list[LoraDelta],
+    params: MergeParams | Mapping[str, Any] | None = None,
+    scorer: Scorer | None = None,
+    tasks: Sequence[Task] | None = None,
+) -> MergeResult:
+    """Run any registered method: ``merge`` for data-free ones, ``fit`` (which needs ``scorer`` and
+    ``tasks``) for data-driven ones. Data given to a data-free method is an error, not silently unused."""
+    impl = MERGE_METHODS.get(method)()
+    if isinstance(impl, DataMergeMethod):
+        if scorer is None or not tasks:
+            raise AdaptforgeError(
+                f"merge method {method!r} learns from data: give the tasks to fit on (--data TASK_DIR, "
+                "recipe key 'data')"
+            )
+        return impl.fit(deltas, params, scorer, tasks)
+    if tasks:
+        raise AdaptforgeError(f"merge method {method!r} does not use data; drop --data / the recipe's 'data'")
+    return impl.merge(deltas, params)

@@ -28,68 +28,62 @@ from typing import ClassVar, Literal
 
 import torch
 
-from adaptforge.core import AdaptforgeError, LoraDelta, LoraModule
+from adaptforge.core import LoraDelta, LoraModule
+from adaptforge.lora.factors import concat_modules, dense_svd, lowrank_svd
 from adaptforge.merge.base import (
+    MERGE_METHODS,
     MergeMethod,
     MergeParams,
     MergeResult,
-    check_density,
-    check_sign_method,
-    register_method,
 )
 from adaptforge.merge.ops import SignMethod, Sparsify, combine, random_drop, sparsify
-from adaptforge.merge.refactor import concat_modules, dense_svd, lowrank_svd
+from adaptforge.params import param
 
 TASK_ARITHMETIC_URL = "https://arxiv.org/abs/2212.04089"
 TIES_URL = "https://arxiv.org/abs/2306.01708"
 DARE_URL = "https://arxiv.org/abs/2311.03099"
 
 
+def _density(default: float, what: str) -> float:
+    return param(default, gt=0, le=1, help=what)  # type: ignore[no-any-return]
+
+
+def _sign() -> str:
+    return param(  # type: ignore[no-any-return]
+        "total",
+        choices=("total", "count"),
+        hints={"frequency": "PEFT's 'frequency' is 'count' here"},
+        help="elect each entry's sign by total mass (TIES) or by count of signs",
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class MagnitudeParams(MergeParams):
     """Adds ``density``: the fraction of entries of each task tensor kept by magnitude (TIES uses 0.2)."""
 
-    density: float = 0.2
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_density(self.density)
+    density: float = _density(0.2, "fraction of each task tensor's entries kept, by magnitude")
 
 
 @dataclass(frozen=True, kw_only=True)
 class TiesParams(MagnitudeParams):
     """Adds ``majority_sign``: elect the sign by ``total`` mass (TIES) or by ``count`` of signs."""
 
-    majority_sign: SignMethod = "total"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_sign_method(self.majority_sign)
+    majority_sign: str = _sign()
 
 
 @dataclass(frozen=True, kw_only=True)
 class DareParams(MergeParams):
     """Adds ``density`` (probability of keeping an entry; kept entries are divided by it) and ``seed``."""
 
-    density: float = 0.5
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_density(self.density)
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise AdaptforgeError(f"seed must be an integer, got {self.seed!r}")
+    density: float = _density(0.5, "probability of keeping an entry (kept entries are divided by it)")
+    seed: int = param(0, help="seed of the random drops")
 
 
 @dataclass(frozen=True, kw_only=True)
 class DareTiesParams(DareParams):
     """DARE's drop-and-rescale followed by TIES's sign election (``majority_sign``: ``total`` or ``count``)."""
 
-    majority_sign: SignMethod = "total"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_sign_method(self.majority_sign)
+    majority_sign: str = _sign()
 
 
 class GeneralizedTaskArithmetic(MergeMethod):
@@ -161,7 +155,7 @@ def _pad(x: torch.Tensor, rank: int, dim: int) -> torch.Tensor:
     return torch.cat([x, x.new_zeros(shape)], dim=dim)
 
 
-@register_method
+@MERGE_METHODS.register
 class TaskArithmetic(GeneralizedTaskArithmetic):
     """Task arithmetic, ``dW = scaling * sum_i w_i dW_i`` (https://arxiv.org/abs/2212.04089).
 
@@ -174,7 +168,7 @@ class TaskArithmetic(GeneralizedTaskArithmetic):
     reference_url = TASK_ARITHMETIC_URL
 
 
-@register_method
+@MERGE_METHODS.register
 class Linear(TaskArithmetic):
     """Same as ``task_arithmetic`` (exact weighted sum of dense deltas). PEFT's ``linear``, which mixes
     A and B separately, is ``linear_factors``."""
@@ -182,7 +176,7 @@ class Linear(TaskArithmetic):
     name = "linear"
 
 
-@register_method
+@MERGE_METHODS.register
 class LinearFactors(GeneralizedTaskArithmetic):
     """Weighted sum in factor space, ``A = sum_i sign(c_i) sqrt|c_i| A_i``, ``B = sum_i sqrt|c_i| B_i``
     with ``c_i = scaling w_i s_i``; equals PEFT's ``linear``. Not the weighted sum of ``dW_i`` unless
@@ -193,7 +187,7 @@ class LinearFactors(GeneralizedTaskArithmetic):
     space = "factors"
 
 
-@register_method
+@MERGE_METHODS.register
 class MagnitudePrune(GeneralizedTaskArithmetic):
     """On dense ``dW_i``: trim each to ``density`` by magnitude, then ``scaling * sum_i w_i trim(dW_i)``;
     truncated SVD to ``rank`` (default: largest input rank). PEFT's ``magnitude_prune_svd``."""
@@ -204,7 +198,7 @@ class MagnitudePrune(GeneralizedTaskArithmetic):
     sparsify = "magnitude"
 
 
-@register_method
+@MERGE_METHODS.register
 class MagnitudePruneFactors(MagnitudePrune):
     """``magnitude_prune`` applied to A and B separately (PEFT's ``magnitude_prune``); output rank is
     the largest input rank."""
@@ -213,7 +207,7 @@ class MagnitudePruneFactors(MagnitudePrune):
     space = "factors"
 
 
-@register_method
+@MERGE_METHODS.register
 class Ties(GeneralizedTaskArithmetic):
     """TIES on dense ``dW_i`` (https://arxiv.org/abs/2306.01708): trim each to ``density`` by magnitude,
     elect the sign per entry on the trimmed deltas, then ``scaling * sum_i w_i t_i [agree] / #agree``
@@ -227,7 +221,7 @@ class Ties(GeneralizedTaskArithmetic):
     sign_consensus = True
 
 
-@register_method
+@MERGE_METHODS.register
 class TiesFactors(Ties):
     """TIES on A and B separately, as PEFT's ``ties`` combination type; output rank is the largest input
     rank (https://arxiv.org/abs/2306.01708)."""
@@ -236,7 +230,7 @@ class TiesFactors(Ties):
     space = "factors"
 
 
-@register_method
+@MERGE_METHODS.register
 class DareLinear(GeneralizedTaskArithmetic):
     """DARE on dense ``dW_i`` (https://arxiv.org/abs/2311.03099): keep each entry with probability
     ``density`` (seeded), divide by ``density``, then ``scaling * sum_i w_i dare(dW_i)``. Back to LoRA
@@ -248,7 +242,7 @@ class DareLinear(GeneralizedTaskArithmetic):
     sparsify = "random"
 
 
-@register_method
+@MERGE_METHODS.register
 class DareLinearFactors(DareLinear):
     """``dare_linear`` on A and B separately, as PEFT's ``dare_linear``; output rank is the largest input rank."""
 
@@ -256,7 +250,7 @@ class DareLinearFactors(DareLinear):
     space = "factors"
 
 
-@register_method
+@MERGE_METHODS.register
 class DareTies(GeneralizedTaskArithmetic):
     """DARE drop-and-rescale, then TIES sign election and disjoint mean, on dense ``dW_i``
     (https://arxiv.org/abs/2311.03099). Back to LoRA by truncated SVD to ``rank`` (default: largest
@@ -269,7 +263,7 @@ class DareTies(GeneralizedTaskArithmetic):
     sign_consensus = True
 
 
-@register_method
+@MERGE_METHODS.register
 class DareTiesFactors(DareTies):
     """``dare_ties`` on A and B separately, as PEFT's ``dare_ties``; output rank is the largest input rank."""
 

@@ -13,16 +13,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
 
 from adaptforge.core import AdaptforgeError, LoraDelta, LoraModule
-from adaptforge.evaluate import accuracy
-from adaptforge.merge.base import MERGE_METHODS, MergeParams, MergeResult, is_finite_number, register_method
-from adaptforge.merge.learned import DataMergeMethod, DataParams, run
-from adaptforge.merge.routing import logits_for
+from adaptforge.evaluate import accuracy, logits_of
+from adaptforge.merge.base import (
+    MERGE_METHODS,
+    DataMergeMethod,
+    DataParams,
+    MergeParams,
+    MergeResult,
+    run,
+)
+from adaptforge.params import param
 from adaptforge.scorers import Scorer
 from adaptforge.tasks import Task
 
@@ -40,41 +46,22 @@ class BaseInterpParams(DataParams):
     with ``retention_rule="each"``) of the base model's; the other tasks are the targets. ``grid``: the
     alphas tried."""
 
-    inner: str = "task_arithmetic"
-    inner_params: Mapping[str, Any] = field(default_factory=dict)
-    retention: tuple[str, ...] = ()
-    tolerance: float = 0.01
-    retention_rule: str = "mean"
-    grid: tuple[float, ...] = DEFAULT_GRID
-    examples_per_task: int | None = 200
+    inner: str = param("task_arithmetic", help="the merge whose delta is shrunk toward the base")
+    inner_params: Mapping[str, Any] = param(default_factory=dict, help="params of the inner merge")
+    retention: tuple[str, ...] = param((), help="names of the --data tasks whose base accuracy is kept")
+    tolerance: float = param(0.01, ge=0, help="allowed absolute drop of retention accuracy")
+    retention_rule: str = param("mean", choices=("mean", "each"), help="the mean over retention tasks, or each")
+    grid: tuple[float, ...] = param(DEFAULT_GRID, help="the alphas tried (0 is always added)")
+    examples_per_task: int | None = param(200, ge=1, help="label-stratified seeded sample per task (null: all)")
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not isinstance(self.inner, str) or self.inner not in MERGE_METHODS:
-            known = ", ".join(n for n in MERGE_METHODS.names() if n != "base_interp")
-            raise AdaptforgeError(f"inner must name a merge method ({known}), got {self.inner!r}")
-        if self.inner in ("base_interp", "dawin"):
-            raise AdaptforgeError(f"inner {self.inner!r} cannot be shrunk toward the base (needs one static delta)")
-        if not isinstance(self.inner_params, Mapping):
-            raise AdaptforgeError(f"inner_params must be a mapping of parameters, got {self.inner_params!r}")
+    def check(self) -> None:
+        known = ", ".join(n for n in MERGE_METHODS.names() if n not in ("base_interp", "dawin"))
+        self.require("inner", self.inner in MERGE_METHODS, f"a merge method ({known})")
+        self.require("inner", self.inner not in ("base_interp", "dawin"), f"a method with one static delta ({known})")
         for key in ("weights", "scaling"):
-            if key in self.inner_params:
-                raise AdaptforgeError(f"give {key!r} at the top level of base_interp's params, not in inner_params")
-        if isinstance(self.retention, str) or not all(isinstance(t, str) for t in self.retention):
-            raise AdaptforgeError(f"retention must be a list of task names, got {self.retention!r}")
-        object.__setattr__(self, "retention", tuple(self.retention))
-        if self.retention_rule not in ("mean", "each"):
-            raise AdaptforgeError(f"retention_rule must be 'mean' or 'each', got {self.retention_rule!r}")
-        if not is_finite_number(self.tolerance) or self.tolerance < 0:
-            raise AdaptforgeError(f"tolerance must be a number >= 0, got {self.tolerance!r}")
-        if isinstance(self.grid, (str, bytes)) or not self.grid or not all(is_finite_number(a) for a in self.grid):
-            raise AdaptforgeError(f"grid must be a non-empty list of numbers, got {self.grid!r}")
-        object.__setattr__(self, "grid", tuple(sorted({float(a) for a in self.grid} | {0.0})))
-
-    def to_dict(self) -> dict[str, Any]:
-        out = super().to_dict()
-        out.update(inner_params=dict(self.inner_params), retention=list(self.retention), grid=list(self.grid))
-        return out
+            self.require("inner_params", key not in self.inner_params, f"without {key!r} (give it at the top level)")
+        self.require("grid", bool(self.grid), "a non-empty list of numbers")
+        object.__setattr__(self, "grid", tuple(sorted(set(self.grid) | {0.0})))
 
 
 def scale_delta(delta: LoraDelta, alpha: float) -> LoraDelta:
@@ -82,7 +69,7 @@ def scale_delta(delta: LoraDelta, alpha: float) -> LoraDelta:
     return LoraDelta({n: LoraModule(m.A, m.B, float(m.scale) * alpha) for n, m in delta.modules.items()})
 
 
-@register_method
+@MERGE_METHODS.register
 class BaseInterpolation(DataMergeMethod):
     """Shrink a merged delta toward the base, ``W_base + alpha * dW`` (WiSE-FT weight interpolation,
     https://arxiv.org/abs/2109.01903; pre-/post-tuning merging for safety, https://arxiv.org/abs/2412.19512).
@@ -122,7 +109,7 @@ class BaseInterpolation(DataMergeMethod):
         def accuracies(alpha: float) -> dict[str, float]:
             with scorer.backbone.applied(inner.delta if alpha else None, weight=alpha) as model:
                 return {
-                    t.name: accuracy(logits_for(scorer, t, examples[t.name], model).argmax(-1).tolist(), gold[t.name])
+                    t.name: accuracy(logits_of(scorer, t, examples[t.name], model).argmax(-1).tolist(), gold[t.name])
                     for t in tasks
                 }
 

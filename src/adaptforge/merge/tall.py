@@ -8,9 +8,10 @@ from typing import cast
 import torch
 
 from adaptforge.core import AdaptforgeError, LoraDelta, LoraModule
-from adaptforge.merge.base import MergeMethod, MergeParams, MergeResult, is_finite_number, register_method
+from adaptforge.lora.factors import dense_svd
+from adaptforge.merge.base import MERGE_METHODS, MergeMethod, MergeParams, MergeResult
 from adaptforge.merge.ops import consensus_mask, tall_masks
-from adaptforge.merge.refactor import dense_svd
+from adaptforge.params import param
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -18,18 +19,11 @@ class TallParams(MergeParams):
     """Adds ``tall_lambda`` (the paper tunes it per task in [0.2, 0.6]; 0.4 is the middle) and
     ``min_agree``, the number of task masks that must keep an entry (the paper's k = 2)."""
 
-    tall_lambda: float = 0.4
-    min_agree: int = 2
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not is_finite_number(self.tall_lambda) or self.tall_lambda < 0:
-            raise AdaptforgeError(f"tall_lambda must be a number >= 0, got {self.tall_lambda!r}")
-        if not isinstance(self.min_agree, int) or isinstance(self.min_agree, bool) or self.min_agree < 1:
-            raise AdaptforgeError(f"min_agree must be an integer >= 1, got {self.min_agree!r}")
+    tall_lambda: float = param(0.4, ge=0, help="mask threshold: keep where |tau_t| >= lambda |tau - tau_t|")
+    min_agree: int = param(2, ge=1, help="task masks that must keep an entry (the paper's k)")
 
 
-@register_method
+@MERGE_METHODS.register
 class TallConsensus(MergeMethod):
     """Consensus task arithmetic on dense ``dW`` (https://arxiv.org/abs/2405.07813).
 

@@ -461,7 +461,7 @@ class _StaticSampler(TaskSampler):
         return self._p.copy()
 
 
-@SAMPLERS.register("uniform")
+@SAMPLERS.register
 class UniformSampler(_StaticSampler):
     """``p_i = 1 / N``."""
 
@@ -472,7 +472,7 @@ class UniformSampler(_StaticSampler):
         return np.full(self.n_tasks, 1.0 / self.n_tasks)
 
 
-@SAMPLERS.register("proportional")
+@SAMPLERS.register
 class ProportionalSampler(_StaticSampler):
     """``p_i = m_i / sum_j m_j`` with ``m_i = min(n_i, K)`` (Raffel et al. 2020, arXiv 1910.10683, Sec. 3.5.2)."""
 
@@ -486,7 +486,7 @@ class ProportionalSampler(_StaticSampler):
         return sizes / sizes.sum()
 
 
-@SAMPLERS.register("temperature")
+@SAMPLERS.register
 class TemperatureSampler(_StaticSampler):
     """``p_i ~ m_i^(1/T)``, ``m_i = min(n_i, K)`` (Arivazhagan et al. 2019, arXiv 1907.05019).
 
@@ -553,7 +553,7 @@ class _AdaptiveSampler(TaskSampler):
         return seen, level, int(clock)
 
 
-@SAMPLERS.register("group_dro")
+@SAMPLERS.register
 class GroupDROSampler(_AdaptiveSampler):
     """Worst-case (group DRO) task sampling, after Sagawa et al. 2020 (arXiv 1911.08731), Algorithm 1.
 
@@ -610,7 +610,7 @@ class GroupDROSampler(_AdaptiveSampler):
         self._seen, self._level, self._clock, self._log_q = seen, level, clock, log_q
 
 
-@SAMPLERS.register("mpts")
+@SAMPLERS.register
 class MPTSSampler(_AdaptiveSampler):
     """Model Predictive Task Sampling (Wang et al. 2025, arXiv 2501.11039), with a Bayesian linear risk model.
 

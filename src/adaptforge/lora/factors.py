@@ -1,4 +1,9 @@
-"""From a weighted sum of LoRA modules (or a dense delta) back to one LoRA module.
+"""LoRA factor algebra: stacking adapters' factors, exact weighted sums, and re-factoring to a rank.
+
+Shared by merge, compose, generate and the runtime hooks (:mod:`adaptforge.lora.hooks`), so the
+convention for scales and rank concatenation lives in one place.
+
+From a weighted sum of LoRA modules (or a dense delta) back to one LoRA module:
 
 ``sum_i w_i s_i B_i A_i`` is exactly one LoRA module of rank ``R = sum_i r_i`` (rank concatenation).
 To a smaller rank ``r`` it is re-factored by truncated SVD without forming the ``out x in`` matrix:
@@ -11,12 +16,37 @@ factors matches PEFT's SVD merges: ``B = U_r diag(s_r)``, ``A = V_r^T``, scale 1
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
-from adaptforge.core import LoraModule
+from adaptforge.core import LoraDelta, LoraModule
 
 _WORK = torch.float64  # QR and SVD run in float64; the factors are returned in float32
+
+
+@dataclass(frozen=True)
+class Stacked:
+    """The factors of several adapters' modules side by side: ``A = vstack(s_i A_i)`` (scales folded in),
+    ``B = hstack(B_i)`` and ``owner[j]``, the adapter of rank component ``j``; so
+    ``B diag(g[owner]) A = sum_i g_i s_i B_i A_i`` for any per-adapter gate ``g``."""
+
+    A: torch.Tensor
+    B: torch.Tensor
+    owner: torch.Tensor
+
+    def to(self, dtype: torch.dtype) -> Stacked:
+        return Stacked(self.A.to(dtype), self.B.to(dtype), self.owner)
+
+
+def stack_modules(modules: Sequence[LoraModule]) -> Stacked:
+    """Float32 stacked factors of ``modules`` (the one builder behind rank concatenation and the hooks)."""
+    if not modules:
+        raise ValueError("nothing to stack: no LoRA modules")
+    A = torch.cat([m.A.float() * float(m.scale) for m in modules], dim=0)
+    B = torch.cat([m.B.float() for m in modules], dim=1)
+    owner = torch.cat([torch.full((m.rank,), i, dtype=torch.long) for i, m in enumerate(modules)])
+    return Stacked(A, B, owner)
 
 
 def concat_modules(modules: Sequence[LoraModule], weights: Sequence[float]) -> LoraModule:
@@ -28,6 +58,27 @@ def concat_modules(modules: Sequence[LoraModule], weights: Sequence[float]) -> L
     A = torch.cat([m.A.float() * (float(w) * float(m.scale)) for m, w in zip(modules, weights, strict=True)], dim=0)
     B = torch.cat([m.B.float() for m in modules], dim=1)
     return LoraModule(A=A, B=B, scale=1.0)
+
+
+def fold(deltas: Sequence[LoraDelta], coefficients: torch.Tensor) -> LoraDelta:
+    """The exact adapter of a coefficient matrix (modules x adapters, sorted module order): module ``m`` is
+    ``sum_i c[m, i] dW_{i,m}`` by rank concatenation."""
+    names = list(deltas[0])
+    c = coefficients.detach().double()
+    return LoraDelta(
+        {name: concat_modules([d[name] for d in deltas], [float(v) for v in c[row]]) for row, name in enumerate(names)}
+    )
+
+
+def truncate(delta: LoraDelta, rank: int | None) -> tuple[LoraDelta, dict[str, float]]:
+    """Re-factor every module to ``rank`` by SVD through QR of the factors (``None``: unchanged, exact);
+    returns the adapter and each module's relative Frobenius error."""
+    if rank is None:
+        return delta, {}
+    modules, errors = {}, {}
+    for name in delta:
+        modules[name], errors[name] = lowrank_svd(delta[name], rank)
+    return LoraDelta(modules), errors
 
 
 def truncation_error(singular_values: torch.Tensor, rank: int) -> float:

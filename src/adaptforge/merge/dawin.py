@@ -22,12 +22,13 @@ from typing import Any, cast
 
 import torch
 
-from adaptforge.batching import batch_order, make_batch
+from adaptforge.batching import make_batch
 from adaptforge.core import AdaptforgeError, LoraDelta
-from adaptforge.evaluate import EvalResult, result_from_logits
-from adaptforge.merge.base import MergeParams, MergeResult, is_finite_number, register_method
-from adaptforge.merge.learned import DataMergeMethod, DataParams, truncate
-from adaptforge.merge.lowrank import LoraMixture, fold
+from adaptforge.evaluate import EvalResult, logits_of, result_from_logits
+from adaptforge.lora.factors import fold, truncate
+from adaptforge.lora.hooks import LoraMixture, eval_mode
+from adaptforge.merge.base import MERGE_METHODS, DataMergeMethod, DataParams, MergeParams, MergeResult, is_finite_number
+from adaptforge.params import param
 from adaptforge.routing import ROUTERS, Router
 from adaptforge.scorers import Scorer
 from adaptforge.tasks import Example, Task
@@ -35,19 +36,6 @@ from adaptforge.tasks import Example, Task
 log = logging.getLogger(__name__)
 
 DAWIN_URL = "https://arxiv.org/abs/2410.03782"
-
-
-@torch.no_grad()
-def logits_for(
-    scorer: Scorer, task: Task, examples: Sequence[Example], model: torch.nn.Module, batch_size: int = 64
-) -> torch.Tensor:
-    """``[n, labels]`` logits of ``examples`` in their order (batched by length)."""
-    encoded = scorer.encode(task, examples)
-    context = scorer.label_context(model, scorer.encode_labels(task))
-    out = torch.empty(len(encoded), len(task.labels))
-    for index in batch_order(encoded.lengths(), batch_size, shuffle=False):
-        out[index] = scorer.logits(model, make_batch(encoded, index), context).float()
-    return out
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -71,7 +59,7 @@ def entropy_weights(
     return torch.softmax(scores, dim=1).float()
 
 
-@ROUTERS.register("entropy")
+@ROUTERS.register
 class EntropyRouter(Router):
     """DaWin's router (https://arxiv.org/abs/2410.03782): each adapter weighted by ``w_i exp(-H_i(x)/T)``,
     normalized over adapters, times ``scaling``."""
@@ -100,7 +88,7 @@ class EntropyRouter(Router):
         out = []
         for delta in self.deltas:
             with scorer.backbone.applied(delta) as model:
-                out.append(logits_for(scorer, task, examples, model))
+                out.append(logits_of(scorer, task, examples, model))
         return out
 
     def from_logits(self, adapter_logits: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -137,7 +125,7 @@ def evaluate_routed(
     with that ``limit``); returns the result and the ``n x adapters`` coefficients used.
 
     ``coefficients`` skips routing (e.g. when the adapters' logits are already known). Each example is
-    scored with its own merged model through :class:`~adaptforge.merge.lowrank.LoraMixture`: the
+    scored with its own merged model through :class:`~adaptforge.lora.hooks.LoraMixture`: the
     coefficient row is broadcast to every target module.
     """
     examples = task.sample(split, limit, seed=seed)
@@ -151,16 +139,11 @@ def evaluate_routed(
     labels = scorer.encode_labels(task)
     n_modules = len(router.deltas[0])
     logits = torch.empty(len(examples), len(task.labels))
-    was_training = model.training
-    model.eval()
-    try:
-        with LoraMixture(model, router.deltas, torch.zeros(n_modules, len(router.deltas))) as mixture:
-            for j in range(len(examples)):
-                mixture.set_coefficients(coefs[j].float().expand(n_modules, -1))
-                context = scorer.label_context(model, labels)
-                logits[j] = scorer.logits(model, make_batch(encoded, [j]), context)[0].float()
-    finally:
-        model.train(was_training)
+    with eval_mode(model), LoraMixture(model, router.deltas, torch.zeros(n_modules, len(router.deltas))) as mixture:
+        for j in range(len(examples)):
+            mixture.set_coefficients(coefs[j].float().expand(n_modules, -1))
+            context = scorer.label_context(model, labels)
+            logits[j] = scorer.logits(model, make_batch(encoded, [j]), context)[0].float()
     return result_from_logits(task, split, adapter, logits, torch.tensor(encoded.targets, dtype=torch.long)), coefs
 
 
@@ -170,15 +153,10 @@ class DawinParams(DataParams):
     adapter). ``weights`` are a prior (positive); ``scaling`` multiplies the normalized weights. The
     data (inputs only, labels unused) give the static fallback: the mean routing weights."""
 
-    temperature: float = 0.1
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not is_finite_number(self.temperature) or self.temperature <= 0:
-            raise AdaptforgeError(f"temperature must be a number > 0, got {self.temperature!r}")
+    temperature: float = param(0.1, gt=0, help="T of the entropy weights (smaller: closer to the most confident)")
 
 
-@register_method
+@MERGE_METHODS.register
 class Dawin(DataMergeMethod):
     """DaWin multi-adapter interpolation (https://arxiv.org/abs/2410.03782): per input ``x``, the model is
     ``W + scaling * sum_i c_i(x) dW_i`` with ``c(x) = softmax_i(log w_i - H_i(x) / T)`` from each adapter's

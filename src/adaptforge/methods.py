@@ -1,0 +1,73 @@
+"""The one method contract: every registered algorithm (merge method, composer, task sampler, router, and
+the prune and test-time methods to come) is a :class:`Method`.
+
+A method declares its ``name`` once (its registry reads it), the paper it implements (``reference_url``),
+and its typed params (``params_type``, a :class:`~adaptforge.params.Params`). :meth:`Method.parse_params`
+turns ``None``, a mapping or an instance into those params, with errors that name the method; registries
+call :meth:`Method.check_contract` when a method registers, and ``--list`` renders :meth:`Method.help`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from adaptforge.core import AdaptforgeError
+from adaptforge.params import ParamHelp, Params
+
+
+@dataclass(frozen=True)
+class MethodHelp:
+    """What ``--list`` shows of one method."""
+
+    name: str
+    summary: str
+    reference_url: str
+    params: tuple[ParamHelp, ...]
+    notes: tuple[str, ...] = ()
+
+
+class Method(ABC):
+    """Base of every registered algorithm. Families (``MergeMethod``, ``Composer``, ...) set ``kind`` and
+    ``params_base``; concrete methods set ``name``, ``reference_url`` and ``params_type``."""
+
+    name: ClassVar[str]
+    kind: ClassVar[str] = "method"
+    reference_url: ClassVar[str]
+    params_base: ClassVar[type[Params]] = Params
+    params_type: ClassVar[type[Params]] = Params
+
+    @classmethod
+    def check_contract(cls) -> None:
+        """Called at registration: the paper link and the params type are declared."""
+        if not getattr(cls, "reference_url", "").startswith("https://"):
+            raise ValueError(f"{cls.kind} {cls.__name__} must set reference_url to the paper's https link")
+        if not issubclass(cls.params_type, cls.params_base):
+            raise ValueError(f"{cls.kind} {cls.__name__}: params_type must subclass {cls.params_base.__name__}")
+
+    @classmethod
+    def parse_params(cls, params: Params | Mapping[str, Any] | None) -> Params:
+        """Typed params from ``None`` (defaults), a mapping (unknown keys rejected) or a params instance."""
+        if params is None:
+            return cls.params_type()
+        if isinstance(params, Mapping):
+            return cls.params_type.from_dict(params, owner=f"{cls.kind} {cls.name!r}")
+        if type(params) is not cls.params_type:
+            raise AdaptforgeError(
+                f"{cls.kind} {cls.name!r} takes {cls.params_type.__name__}, got {type(params).__name__}"
+            )
+        return params
+
+    @classmethod
+    def notes(cls) -> tuple[str, ...]:
+        """Short requirements shown by ``--list`` (e.g. "needs --data")."""
+        return ()
+
+    @classmethod
+    def help(cls) -> MethodHelp:
+        doc = (cls.__doc__ or "").strip().split("\n\n")[0]
+        return MethodHelp(
+            cls.name, " ".join(doc.split()), cls.reference_url, tuple(cls.params_type.help_rows()), cls.notes()
+        )
