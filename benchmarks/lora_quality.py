@@ -17,10 +17,10 @@ import torch  # noqa: E402
 from adaptforge.backbone import Backbone  # noqa: E402
 from adaptforge.evaluate import evaluate  # noqa: E402
 from adaptforge.library import Library  # noqa: E402
+from adaptforge.pipelines.train import train_into_library  # noqa: E402
 from adaptforge.scorers import make_scorer  # noqa: E402
 from adaptforge.tasks import load_task  # noqa: E402
 from adaptforge.train.config import TrainConfig  # noqa: E402
-from adaptforge.workflows import train_into_library  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "tasks"
 TASKS = "sst2,agnews,trec_question_type,tweet_emotion,dbpedia,mnli"

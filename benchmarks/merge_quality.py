@@ -34,10 +34,10 @@ from adaptforge.core import LoraDelta  # noqa: E402
 from adaptforge.evaluate import predict_logits  # noqa: E402
 from adaptforge.library import Library  # noqa: E402
 from adaptforge.merge import EntropyRouter, evaluate_routed, merge, run  # noqa: E402
+from adaptforge.pipelines.train import train_into_library  # noqa: E402
 from adaptforge.scorers import Scorer, make_scorer  # noqa: E402
 from adaptforge.tasks import Task, load_task  # noqa: E402
 from adaptforge.train.config import TrainConfig  # noqa: E402
-from adaptforge.workflows import train_into_library  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "tasks"
 TASKS = "sst2,agnews,trec_question_type,tweet_emotion,dbpedia,mnli,subjectivity,tweet_hate"

@@ -48,15 +48,19 @@ from adaptforge.compose import (  # noqa: E402
     train_on_shots,
 )
 from adaptforge.compose.baselines import SHOT_TRAIN_DEFAULTS  # noqa: E402
-from adaptforge.composing import library_generator  # noqa: E402
 from adaptforge.demo import shipped_tasks_dir  # noqa: E402
 from adaptforge.evaluate import EvalResult, evaluate  # noqa: E402
 from adaptforge.generate import GeneratorConfig, LoraGenerator  # noqa: E402
 from adaptforge.library import Library  # noqa: E402
-from adaptforge.scorers import Scorer, make_scorer  # noqa: E402
+from adaptforge.pipelines.generate import library_generator  # noqa: E402
+from adaptforge.pipelines.train import train_into_library
+from adaptforge.scorers import (  # noqa: E402
+    Scorer,
+    describe,  # noqa: E402
+    make_scorer,
+)
 from adaptforge.tasks import Task, load_task  # noqa: E402
 from adaptforge.train.config import TrainConfig  # noqa: E402
-from adaptforge.workflows import describe, train_into_library  # noqa: E402
 
 TASKS = "sst2,agnews,trec_question_type,tweet_emotion,dbpedia,mnli,subjectivity,tweet_hate"
 ZERO_K = ("zero_shot", "retrieval", "arrow", "generate")
@@ -139,7 +143,7 @@ def run_cell(
 
 def fit_generator(library: Library, backbone: Backbone, held_out: str, seed: int) -> LoraGenerator:
     """The generator of the library without ``held_out``'s adapters (cached in the library by
-    :func:`~adaptforge.composing.library_generator`, keyed by its adapters and config)."""
+    :func:`~adaptforge.pipelines.generate.library_generator`, keyed by its adapters and config)."""
     return library_generator(library, backbone, GeneratorConfig(seed=seed), exclude_tasks=[held_out])[0]
 
 

@@ -23,7 +23,9 @@ import math
 import os
 import statistics
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -35,7 +37,7 @@ from adaptforge.evaluate import cvar, evaluate, worst  # noqa: E402
 from adaptforge.scorers import make_scorer  # noqa: E402
 from adaptforge.tasks import Task, load_task  # noqa: E402
 from adaptforge.train.config import TrainConfig  # noqa: E402
-from adaptforge.train.samplers import SAMPLERS, MPTSSampler, TaskInfo, make_sampler  # noqa: E402
+from adaptforge.train.samplers import SAMPLERS, MPTSSampler, SamplerConfig, TaskInfo, make_sampler  # noqa: E402
 from adaptforge.train.trainer import TrainResult, train_tasks  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "tasks"
@@ -51,16 +53,18 @@ class ChanceScaledMPTS(MPTSSampler):
     ones that are no better than chance; scaled losses are 1 at chance for every task.
     """
 
-    name = "mpts_chance"
+    name = "mpts_chance"  # reference_url and params_type (MPTSConfig) are MPTS's
 
-    def __init__(self, config=None, *, tasks, seed=0) -> None:
+    def __init__(
+        self, config: SamplerConfig | Mapping[str, Any] | None = None, *, tasks: Sequence[TaskInfo], seed: int = 0
+    ) -> None:
         super().__init__(config, tasks=tasks, seed=seed)
         self._chance = [math.log(max(t.n_labels, 2)) for t in self.tasks]
 
     def observe(self, task: int, loss: float, step: int) -> None:
         super().observe(task, float(loss) / self._chance[self._check_task(task)], step)
 
-    def observe_eval(self, losses) -> None:
+    def observe_eval(self, losses: Mapping[int, float]) -> None:
         super().observe_eval({t: float(v) / self._chance[self._check_task(t)] for t, v in losses.items()})
 
 

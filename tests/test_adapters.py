@@ -14,10 +14,10 @@ from adaptforge.adapters import AdapterFormatError, IncompatibleAdapterError, re
 from adaptforge.core import LoraDelta, LoraModule
 from adaptforge.evaluate import predict_logits
 from adaptforge.library import BaseMismatchError, Library
+from adaptforge.pipelines.importing import import_peft_folder
 from adaptforge.scorers import make_scorer
 from adaptforge.train.config import TrainConfig
 from adaptforge.train.trainer import train
-from adaptforge.workflows import import_peft_folder
 
 
 def random_delta(seed: int = 0) -> LoraDelta:

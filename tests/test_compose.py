@@ -35,9 +35,9 @@ from adaptforge.core import AdaptforgeError, LoraDelta, LoraModule
 from adaptforge.evaluate import evaluate, predict_logits
 from adaptforge.library import Library
 from adaptforge.lora.factors import fold
-from adaptforge.scorers import make_scorer
+from adaptforge.pipelines.train import train_into_library
+from adaptforge.scorers import describe, make_scorer
 from adaptforge.train.config import TrainConfig
-from adaptforge.workflows import describe, train_into_library
 
 CHEAP = {"lorahub": {"budget": 4}, "atlas": {"steps": 2}, "arrow": {}, "retrieval": {}, "tuned": {"epochs": 1}}
 

@@ -26,8 +26,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, minilm):
+    from adaptforge.pipelines.train import train_into_library
     from adaptforge.train.config import TrainConfig
-    from adaptforge.workflows import train_into_library
 
     root = tmp_path_factory.mktemp("compose-cli")
     lib = Library(root / "lib")
@@ -142,19 +142,19 @@ def test_compose_without_shots_retrieval_and_arrow(lib, setup, minilm):
     # compose measured it, not through the static fallback tensors stored for it
     again = json.loads(run("eval", setup[1], "--library", lib.root, "-a", "mr-a", "--limit", "16", "--json").stdout)
     assert again["results"][0]["accuracy"] == pytest.approx(arrow["eval"]["adapter"]["accuracy"])
+    from adaptforge.routing import stored_router
     from adaptforge.scorers import make_scorer
     from adaptforge.tasks import load_task
-    from adaptforge.workflows import stored_router
 
     record = lib.get("mr-a")
-    routing = stored_router(lib, record, minilm)
+    routing = stored_router(lib, record, minilm.fingerprint)
     assert routing is not None and len(routing.deltas) == len(record.recipe["candidates"])
     static = evaluate(make_scorer(minilm), load_task(setup[1]), "test", lib.load("mr-a")[0], limit=16)
     routed_loss = routing.evaluate(make_scorer(minilm), load_task(setup[1]), "test", limit=16).loss
     assert routed_loss != pytest.approx(static.loss, rel=1e-4)  # the router is not the fallback
     lib.remove(record.recipe["candidates"][0]["name"], force=True)  # a parent: refused without force
     with pytest.raises(AdaptforgeError, match="not in the library"):
-        stored_router(lib, record, minilm)
+        stored_router(lib, record, minilm.fingerprint)
 
 
 def test_generate_from_description_reuses_its_generator(lib, setup):

@@ -192,7 +192,7 @@ def _broken_peft(src: Path, dest: Path, rng: random.Random) -> Path:
 
 
 def test_peft_import_ends_in_an_adapter_or_a_clean_error_and_loses_nothing(minilm, tmp_path: Path) -> None:
-    from adaptforge.workflows import import_peft_folder
+    from adaptforge.pipelines.importing import import_peft_folder
 
     rng = random.Random(7)
     src = write_adapter(minilm_delta(0, rank=4), tmp_path / "src", "all-MiniLM-L6-v2")

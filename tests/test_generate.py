@@ -24,9 +24,9 @@ from adaptforge.generate import (
 )
 from adaptforge.generate.storage import META_FILE, TENSORS_FILE
 from adaptforge.library import Library
+from adaptforge.pipelines.train import train_into_library
 from adaptforge.scorers import make_scorer
 from adaptforge.train.config import TrainConfig
-from adaptforge.workflows import train_into_library
 
 SHAPES = {"layers.0.q": (12, 10), "layers.1.v": (8, 12)}  # module -> (out, in)
 RANK, DIM = 2, 8
@@ -219,11 +219,11 @@ def test_errors_are_clear(tmp_path, world, samples, generator):
         LoraGenerator.fit(GeneratorSamples.from_deltas(samples.deltas[:1], emb[:1]))
     with pytest.raises(AdaptforgeError, match="identical"):
         LoraGenerator.fit(GeneratorSamples.from_deltas([samples.deltas[0]] * 2, emb[:2]), FAST)
-    with pytest.raises(AdaptforgeError, match="Did you mean 'beta'"):
+    with pytest.raises(AdaptforgeError, match=r"generator config: unknown parameter 'betta'.*Did you mean 'beta'"):
         GeneratorConfig.from_dict({"betta": 1.0})
-    with pytest.raises(AdaptforgeError, match="representation"):
+    with pytest.raises(AdaptforgeError, match="generator config: 'representation' must be one of .*, got 'raw'"):
         GeneratorConfig(representation="raw")
-    with pytest.raises(AdaptforgeError, match="steps"):
+    with pytest.raises(AdaptforgeError, match="generator config: 'steps' must be >= 1, got 0"):
         GeneratorConfig(steps=0)
     other = LoraDelta({**samples.deltas[0].modules, "layers.2.k": samples.deltas[0]["layers.0.q"]})
     with pytest.raises(AdaptforgeError, match="does not fit the template"):
@@ -280,7 +280,8 @@ def test_collect_samples_filters_and_explains(tmp_path, world, samples):
     np.testing.assert_allclose(got.embeddings[3], emb[0], rtol=0, atol=1e-7)
     assert set(got.skipped) == {"a3", "merged", "rank1", "short-emb"}  # other-base is not listed on this base
     assert "rank" in got.skipped["rank1"] and "dimensions" in got.skipped["short-emb"]
-    assert "excluded" in got.skipped["a3"] and "single-task" in got.skipped["merged"]
+    assert "excluded" in got.skipped["a3"]
+    assert "(merge)" in got.skipped["merged"] and "only tasks' own adapters" in got.skipped["merged"]
     with pytest.raises(AdaptforgeError, match="1 usable adapter"):
         collect_samples(lib, "fp2")
 

@@ -18,6 +18,7 @@ import torch
 from adaptforge.adapters import CONFIG_FILE, WEIGHTS_FILE, read_adapter
 from adaptforge.core import LoraDelta, LoraModule
 from adaptforge.library import (
+    SCHEMA_VERSION,
     BaseMismatchError,
     CorruptAdapterError,
     Library,
@@ -101,7 +102,7 @@ def test_add_get_load_roundtrip(lib: Library) -> None:
 
 def test_schema_wal_and_missing_library(tmp_path: Path, lib: Library) -> None:
     conn = sqlite3.connect(lib.root / "catalog.sqlite")
-    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.execute("UPDATE schema_version SET version = 99")
     conn.commit()
@@ -363,3 +364,40 @@ def test_two_processes_write_at_once(tmp_path: Path) -> None:
             assert_same(delta, make_delta(1000 * worker + i))
     assert catalog_count(lib, "metrics") == 20
     assert lib.verify() == []
+
+
+def test_kind_column_is_backfilled_when_an_old_catalog_is_opened(lib: Library) -> None:
+    """Schema 1 had no ``kind``: opening it migrates and fills kind from each recipe (or method), so an aTLAS
+    composition and an aTLAS merge, which share a method name, get different kinds."""
+    specs = [
+        ("own", "train", {"kind": "train"}, "t1"),
+        ("multi", "train_multitask", {"kind": "train_multitask"}, "t1+t2"),
+        ("imported", "import", {"kind": "import"}, "t2"),
+        ("merged", "atlas", {"kind": "merge"}, "t1+t2"),
+        ("composed", "atlas", {"kind": "compose"}, "t3"),
+        ("generated", "generate", {"kind": "generate"}, "t4"),
+        ("foreign", "ties", {}, None),
+    ]
+    for i, (name, method, recipe, task) in enumerate(specs):
+        lib.add(make_delta(i), name=name, base_model=BASE, base_fingerprint=FP, task=task, method=method, recipe=recipe)
+    conn = sqlite3.connect(lib.root / "catalog.sqlite")
+    conn.execute("DROP INDEX adapters_kind")
+    conn.execute("ALTER TABLE adapters DROP COLUMN kind")
+    conn.execute("UPDATE schema_version SET version = 1")
+    conn.commit()
+    conn.close()
+    again = Library(lib.root)
+    kinds = {r.name: r.kind for r in again.list()}
+    assert kinds == {
+        "own": "train",
+        "multi": "train",
+        "imported": "import",
+        "merged": "merge",
+        "composed": "compose",
+        "generated": "generate",
+        "foreign": "other",
+    }
+    assert [r.name for r in again.list() if r.is_task_adapter] == ["own", "imported"]
+    assert [r.name for r in again.list(kind="merge")] == ["merged"]
+    with pytest.raises(LibraryError, match="kind must be one of"):
+        again.add(make_delta(9), name="x", base_model=BASE, base_fingerprint=FP, kind="weird")

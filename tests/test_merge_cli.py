@@ -29,8 +29,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, minilm):
+    from adaptforge.pipelines.train import train_into_library
     from adaptforge.train.config import TrainConfig
-    from adaptforge.workflows import train_into_library
 
     root = tmp_path_factory.mktemp("merge-cli")
     lib = Library(root / "lib")

@@ -14,11 +14,11 @@ from conftest import small_task
 
 from adaptforge.core import AdaptforgeError, LoraDelta, LoraModule
 from adaptforge.evaluate import evaluate, predict_logits
+from adaptforge.lora.factors import fold
 from adaptforge.lora.hooks import LoraMixture
 from adaptforge.merge import MERGE_METHODS, EntropyRouter, evaluate_routed, merge, run
-from adaptforge.merge.interp import scale_delta
-from adaptforge.lora.factors import fold
 from adaptforge.merge.dawin import entropy_weights
+from adaptforge.merge.interp import scale_delta
 from adaptforge.scorers import make_scorer
 
 MODULES = ["encoder.layer.0.attention.self.query", "encoder.layer.1.attention.self.value"]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adaptforge.merge.ops import keep_count, magnitude_trim
 from adaptforge.lora.factors import dense_svd, truncation_error
+from adaptforge.merge.ops import keep_count, magnitude_trim
 
 
 @pytest.mark.parametrize("density", [0.05, 0.2, 0.5, 0.9])

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from adaptforge.core import AdaptforgeError, LoraDelta, LoraModule
+from adaptforge.lora.factors import concat_modules, dense_svd, lowrank_svd, truncation_error
 from adaptforge.merge import MERGE_METHODS, TiesParams, merge
 from adaptforge.merge.ops import (
     agreement_mask,
@@ -20,7 +21,6 @@ from adaptforge.merge.ops import (
     tall_masks,
     weighted_sum,
 )
-from adaptforge.lora.factors import concat_modules, dense_svd, lowrank_svd, truncation_error
 
 T = torch.tensor
 

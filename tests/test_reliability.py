@@ -348,9 +348,9 @@ def test_a_full_disk_during_import_is_an_error_and_leaves_nothing(library: Path,
 
 
 def test_resume_errors_name_what_changed_and_what_is_missing(minilm, library: Path, caplog) -> None:
+    from adaptforge.pipelines.train import train_into_library
     from adaptforge.train.config import TrainConfig
     from adaptforge.train.trainer import train_tasks
-    from adaptforge.workflows import train_into_library
 
     task = small_task("sst2", n_train=32, n_test=16)
     lib = Library(library)

@@ -11,12 +11,12 @@ import torch
 from conftest import small_task
 from test_reliability import minilm_delta
 
-import adaptforge.workflows  # noqa: F401  (imports every method package, so every router is registered)
+import adaptforge.pipelines.evaluate  # noqa: F401  (registers every router)
 from adaptforge.library import Library
 from adaptforge.lora.factors import fold
-from adaptforge.routing import RECIPE_KEY, ROUTERS, stored_settings
+from adaptforge.pipelines.evaluate import evaluate_grid
+from adaptforge.routing import RECIPE_KEY, ROUTERS, routed_settings, stored_router, stored_settings
 from adaptforge.scorers import make_scorer
-from adaptforge.workflows import evaluate_grid, routed_settings, stored_router
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -50,7 +50,7 @@ def test_a_stored_routed_adapter_evaluates_as_it_did_when_made(minilm, tmp_path,
     )
     record = lib.get("routed")
     assert stored_settings(record.recipe)["router"] == name
-    rebuilt = stored_router(lib, record, minilm)
+    rebuilt = stored_router(lib, record, minilm.fingerprint)
     assert type(rebuilt) is type(router) and rebuilt.describe() == router.describe()
     (again,) = evaluate_grid([task], minilm, lib, ["routed"], zero_shot=False, split="test", limit=12)
     assert (again.accuracy, again.macro_f1, again.n) == (made.accuracy, made.macro_f1, made.n)
@@ -68,5 +68,5 @@ def test_old_arrow_recipes_still_route(minilm, tmp_path) -> None:
         "candidates": [{"name": "c0"}, {"name": "c1"}],
     }
     lib.add(deltas[0], name="old", base_model=minilm.name, base_fingerprint=minilm.fingerprint, recipe=legacy)
-    router = stored_router(lib, lib.get("old"), minilm)
+    router = stored_router(lib, lib.get("old"), minilm.fingerprint)
     assert router is not None and router.name == "arrow" and len(router.deltas) == 2

@@ -73,6 +73,17 @@ def test_registry_lists_all_samplers():
         SAMPLERS.get("mpt")
 
 
+def test_every_sampler_is_a_method_with_paper_and_typed_config():
+    for name in ALL:
+        cls = SAMPLERS.get(name)
+        assert cls.name == name and cls.kind == "task sampler"
+        assert cls.reference_url.startswith("https://arxiv.org/abs/")
+        assert cls.help().params == tuple(cls.params_type.help_rows())
+        assert all(row.help for row in cls.help().params)
+        assert cls.parse_params(None) == cls.params_type() == cls.parse_params({})
+    assert [r.name for r in SAMPLERS.get("mpts").help().params][:2] == ["beta", "tau"]
+
+
 def test_static_probabilities_match_formulas():
     n = np.array(SIZES, dtype=float)
     assert np.allclose(make_sampler("uniform", tasks()).probabilities(), 1 / len(SIZES))
@@ -245,18 +256,20 @@ def test_adaptive_samplers_lower_the_worst_task_loss(name):
 
 
 def test_bad_configs_and_inputs_give_clear_errors():
-    with pytest.raises(AdaptforgeError, match=r"unknown key 'temperatur'\. Did you mean 'temperature'\?"):
+    with pytest.raises(AdaptforgeError, match=r"unknown parameter 'temperatur'; .*Did you mean 'temperature'\?"):
         TemperatureConfig.from_dict({"temperatur": 2})
-    with pytest.raises(AdaptforgeError, match="unknown key 'eta'.*takes no options"):
+    with pytest.raises(AdaptforgeError, match=r"task sampler 'uniform': unknown parameter 'eta'.*takes no parameters"):
         make_sampler("uniform", tasks(), {"eta": 1})
     for bad in (0, -1.5):
-        with pytest.raises(AdaptforgeError, match="'temperature' must be > 0"):
+        with pytest.raises(AdaptforgeError, match=rf"'temperature' must be > 0, got {bad}"):
             TemperatureConfig(temperature=bad)
-    with pytest.raises(AdaptforgeError, match="'temperature' must be a finite number"):
+    with pytest.raises(AdaptforgeError, match="'temperature' must be a finite number > 0, got '2'"):
         TemperatureConfig.from_dict({"temperature": "2"})
-    with pytest.raises(AdaptforgeError, match="'floor' must be in"):
+    with pytest.raises(AdaptforgeError, match=r"'floor' must be in \[0, 1\], got 1.5"):
         MPTSConfig(floor=1.5)
-    with pytest.raises(AdaptforgeError, match="needs a TemperatureConfig"):
+    with pytest.raises(AdaptforgeError, match="task sampler 'mpts': 'tau' must be > 0, got 0"):
+        make_sampler("mpts", tasks(), {"tau": 0})
+    with pytest.raises(AdaptforgeError, match="task sampler 'temperature' takes TemperatureConfig, got GroupDROConfig"):
         make_sampler("temperature", tasks(), GroupDROConfig())
     assert make_sampler("temperature", tasks(), SamplerConfig()).config == TemperatureConfig()
     with pytest.raises(AdaptforgeError, match="task list is empty"):

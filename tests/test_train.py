@@ -76,10 +76,15 @@ def test_causal_lm_trains_and_scores(tiny_llama):
 
 
 def test_config_rejects_unknown_keys_and_bad_values():
-    with pytest.raises(AdaptforgeError, match="Did you mean 'rank'"):
+    with pytest.raises(AdaptforgeError, match=r"train config: unknown parameter 'rnak'.*Did you mean 'rank'"):
         TrainConfig.from_dict({"rnak": 4})
-    with pytest.raises(AdaptforgeError, match="batch_size"):
+    with pytest.raises(AdaptforgeError, match="train config: 'batch_size' must be >= 1, got 0"):
         TrainConfig(batch_size=0)
+    with pytest.raises(AdaptforgeError, match="train config: 'rank' must be an integer >= 1, got '8'"):
+        TrainConfig.from_dict({"rank": "8"})
+    stored = TrainConfig(targets=["query"], sampler_options={"tau": 0.05}).to_dict()  # the recipe / checkpoint form
+    assert stored["targets"] == ["query"] and stored["sampler_options"] == {"tau": 0.05}
+    assert TrainConfig.from_dict(stored).targets == ("query",)
 
 
 def _run_cli(args, env, **kw):

@@ -19,10 +19,10 @@ from rich.table import Table
 from adaptforge.backbone import Backbone
 from adaptforge.evaluate import evaluate
 from adaptforge.library import Library
+from adaptforge.pipelines.train import train_into_library
 from adaptforge.scorers import make_scorer
 from adaptforge.tasks import Task, load_task
 from adaptforge.train.config import TrainConfig
-from adaptforge.workflows import metric_values, train_into_library
 
 DEMO_TASKS = ("sst2", "agnews", "trec_question_type", "tweet_emotion", "dbpedia", "mnli", "subjectivity", "tweet_hate")
 # Shipped but kept out of the demo library: the compose step builds its adapter from a few shots.
@@ -64,7 +64,7 @@ def run_demo(
         delta, _ = library.load(trained.record.id, expected_fingerprint=backbone.fingerprint)  # the stored copy
         tuned = evaluate(scorer, task, "test", delta, adapter=trained.record.name)
         for res, adapter_id in ((zero, None), (tuned, trained.record.id)):
-            library.record_metrics(adapter_id, backbone.fingerprint, task.name, "test", metric_values(res), res.n)
+            library.record_metrics(adapter_id, backbone.fingerprint, task.name, "test", res.metric_values(), res.n)
         rows.append(
             {
                 "task": task.name,
@@ -125,7 +125,7 @@ def demo_merge_step(
     """Merge the per-task adapters (default ``<task>-lora``) into one with each of :data:`DEMO_MERGES`
     (lineage in the library), evaluate on every task's test split and print normalized accuracy (merged /
     the task's own adapter, whose test accuracy the training step recorded)."""
-    from adaptforge.merging import MergeRecipe, merge_into_library
+    from adaptforge.pipelines.merge import MergeRecipe, merge_into_library
 
     adapters = adapters or [f"{task.name}-lora" for task in tasks]
     rows = []
@@ -171,7 +171,8 @@ def demo_compose_step(backbone: Backbone, library: Library, console: Console) ->
     """A task the library has never seen (:data:`DEMO_NEW_TASK`): compose its adapter from
     :data:`DEMO_COMPOSE_SHOTS` labelled examples and the library (:data:`DEMO_COMPOSE_METHOD`), and
     generate one from its description alone; print zero-shot vs both on its test split."""
-    from adaptforge.composing import compose_into_library, generate_into_library
+    from adaptforge.pipelines.compose import compose_into_library
+    from adaptforge.pipelines.generate import generate_into_library
 
     task = load_task(shipped_tasks_dir() / DEMO_NEW_TASK)
     composed = compose_into_library(

@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -114,3 +115,52 @@ def exclusive_lock(path: Path, what: str) -> Iterator[None]:
         with suppress(FileNotFoundError):
             os.unlink(path)
         os.close(fd)
+
+
+TMP_PREFIX = ".tmp-"  # the one temp-name prefix: verify and gc recognise what a crash left behind
+
+
+def stage_folder(dest: Path) -> Path:
+    """A new, empty folder beside ``dest`` to write into before :func:`publish_folder` (``.tmp-<name>-<hex>``)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f"{TMP_PREFIX}{dest.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    return tmp
+
+
+def publish_folder(tmp: Path, dest: Path, replace: bool = False) -> None:
+    """Make the staged ``tmp`` appear as ``dest`` in one rename, after its files are on disk.
+
+    An empty ``dest`` folder is replaced; a non-empty one only with ``replace`` (it is moved aside, put back
+    if the rename fails, and deleted once ``dest`` is in place). On failure ``tmp`` is removed.
+    """
+    old = dest.parent / f"{TMP_PREFIX}{dest.name}-old-{uuid.uuid4().hex[:8]}"
+    try:
+        fsync_tree(tmp)
+        if dest.is_dir() and not any(dest.iterdir()):
+            dest.rmdir()
+        elif dest.exists():
+            if not replace:
+                raise FileExistsError(f"{dest} exists and is not an empty folder")
+            os.rename(dest, old)
+        os.rename(tmp, dest)
+        fsync_dir(dest.parent)
+    except BaseException:
+        if old.exists() and not dest.exists():
+            os.rename(old, dest)
+        remove_inside(tmp, dest.parent)
+        raise
+    remove_inside(old, dest.parent)
+
+
+@contextmanager
+def staged_folder(dest: Path, replace: bool = False) -> Iterator[Path]:
+    """Write a folder atomically: the body fills the yielded temp folder, a clean exit publishes it as
+    ``dest`` (:func:`publish_folder`), an error removes it. Readers see the old folder or the whole new one."""
+    tmp = stage_folder(dest)
+    try:
+        yield tmp
+    except BaseException:
+        remove_inside(tmp, dest.parent)
+        raise
+    publish_folder(tmp, dest, replace)

@@ -65,6 +65,10 @@ class EvalResult:
     def to_json(self) -> dict:
         return asdict(self)
 
+    def metric_values(self) -> dict[str, float]:
+        """The metrics recorded in the catalog for this cell."""
+        return {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "loss": self.loss}
+
 
 @torch.no_grad()
 def logits_of(

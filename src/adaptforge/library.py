@@ -48,7 +48,16 @@ from safetensors import SafetensorError
 
 from adaptforge.adapters import CONFIG_FILE, WEIGHTS_FILE, AdapterFormatError, read_adapter, write_adapter
 from adaptforge.core import AdaptforgeError, LoraDelta
-from adaptforge.durable import exclusive_lock, fsync_dir, fsync_tree, remove_inside, sha256_file
+from adaptforge.durable import (
+    TMP_PREFIX,
+    exclusive_lock,
+    fsync_dir,
+    fsync_tree,
+    remove_inside,
+    sha256_file,
+    staged_folder,
+)
+from adaptforge.provenance import Provenance
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +65,6 @@ CATALOG_FILE = "catalog.sqlite"
 ADAPTERS_DIR = "adapters"
 RUNS_DIR = "runs"
 EXPORT_RECORD_FILE = "adaptforge.json"
-TMP_PREFIX = ".tmp-"
 LOCKS_DIR = ".locks"
 PROVENANCE_FORMAT = "adaptforge-adapter-record"
 BUSY_TIMEOUT_S = 30.0
@@ -141,9 +149,20 @@ class AdapterRecord:
     path: Path
     embedding: np.ndarray | None = field(compare=False, repr=False)
     config_checksum: str = ""  # sha256 of adapter_config.json
+    kind: str = "other"  # what made it: one of KINDS (the method column says which algorithm)
 
     def __hash__(self) -> int:
         return hash((self.id, self.checksum))
+
+    @property
+    def is_task_adapter(self) -> bool:
+        """Is this a task's own adapter: trained on (or imported for) exactly that one task?
+
+        The one rule for "the adapter of task T": merges compare against it, composition and the generator
+        draw candidates from it. Merged, composed, generated and multi-task adapters are derived, never
+        a task's own (a composed aTLAS adapter and an aTLAS merge share a method name, not a kind).
+        """
+        return self.kind in OWN_KINDS and self.task is not None and self.method != "train_multitask"
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable dict (path as a string, embedding as a list of floats or None)."""
@@ -165,6 +184,7 @@ class AdapterRecord:
             "created": self.created,
             "path": str(self.path),
             "embedding": None if self.embedding is None else [float(x) for x in self.embedding],
+            "kind": self.kind,
         }
 
 
@@ -222,12 +242,43 @@ def _schema_v1(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX metrics_base ON metrics(base_fingerprint)")
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_schema_v1,)
+KINDS = ("train", "import", "merge", "compose", "generate", "prune", "tta", "other")
+OWN_KINDS = ("train", "import")
+_RECIPE_KINDS = {"train": "train", "train_multitask": "train", "import": "import", "merge": "merge"}
+_RECIPE_KINDS |= {"compose": "compose", "generate": "generate"}
+
+
+def infer_kind(recipe: Mapping[str, Any] | None, method: str) -> str:
+    """The kind of an adapter stored before kinds were recorded: its recipe's ``kind`` (every recipe
+    adaptforge wrote has one), else what its method says; ``other`` when neither tells."""
+    by_recipe = _RECIPE_KINDS.get(str((recipe or {}).get("kind")))
+    if by_recipe is not None:
+        return by_recipe
+    return {"train": "train", "train_multitask": "train", "import": "import", "generate": "generate"}.get(
+        method, "other"
+    )
+
+
+def _schema_v2(conn: sqlite3.Connection) -> None:
+    """Adds ``kind`` (what made the adapter), backfilled from each row's recipe and method."""
+    conn.execute("ALTER TABLE adapters ADD COLUMN kind TEXT NOT NULL DEFAULT 'other'")
+    rows = conn.execute("SELECT id, recipe, method FROM adapters").fetchall()
+    for ident, recipe, method in rows:
+        try:
+            parsed = json.loads(recipe)
+        except json.JSONDecodeError:
+            parsed = {}
+        kind = infer_kind(parsed if isinstance(parsed, dict) else {}, method)
+        conn.execute("UPDATE adapters SET kind = ? WHERE id = ?", (kind, ident))
+    conn.execute("CREATE INDEX adapters_kind ON adapters(kind)")
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_schema_v1, _schema_v2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _RECORD_COLUMNS = (
     "id, name, task, description, embedding, embedding_dim, base_model, base_fingerprint, rank, targets, "
-    "recipe, method, params, checksum, config_checksum, created"
+    "recipe, method, params, checksum, config_checksum, created, kind"
 )
 
 
@@ -307,6 +358,12 @@ def _as_embedding(embedding: Any) -> np.ndarray:
     return arr.astype(_EMBEDDING_DTYPE, copy=False)
 
 
+def _kind(kind: object) -> str:
+    if kind not in KINDS:
+        raise LibraryError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    return str(kind)
+
+
 def _new_id() -> str:
     return uuid.uuid4().hex[:16]
 
@@ -315,7 +372,7 @@ def _insert_record(conn: sqlite3.Connection, record: AdapterRecord) -> None:
     """The catalog row and lineage rows of one adapter (the caller holds the transaction)."""
     vector = record.embedding
     conn.execute(
-        f"INSERT INTO adapters ({_RECORD_COLUMNS}) VALUES ({','.join('?' * 16)})",
+        f"INSERT INTO adapters ({_RECORD_COLUMNS}) VALUES ({','.join('?' * 17)})",
         (
             record.id,
             record.name,
@@ -333,6 +390,7 @@ def _insert_record(conn: sqlite3.Connection, record: AdapterRecord) -> None:
             record.checksum,
             record.config_checksum,
             record.created,
+            record.kind,
         ),
     )
     conn.executemany(
@@ -380,6 +438,7 @@ def read_provenance(folder: Path) -> AdapterRecord:
             path=folder,
             embedding=None if embedding is None else _as_embedding(embedding),
             config_checksum=_require_text(info["config_checksum"], "config_checksum"),
+            kind=_kind(info.get("kind") or infer_kind(info.get("recipe"), str(info["method"]))),
         )
     except KeyError as err:
         raise LibraryError(f"{path}: missing field {err.args[0]!r}") from None
@@ -605,6 +664,7 @@ class Library:
             checksum,
             config_checksum,
             created,
+            kind,
         ) = row
         embedding = None
         if blob is not None:
@@ -633,6 +693,7 @@ class Library:
             path=self.adapters_dir / ident,
             embedding=embedding,
             config_checksum=config_checksum,
+            kind=kind,
         )
 
     def get(self, name_or_id: str) -> AdapterRecord:
@@ -641,9 +702,14 @@ class Library:
             ident = self._resolve(conn, name_or_id)
             return self._records(conn, "WHERE id = ?", (ident,))[0]
 
-    def list(self, task: str | None = None, base_fingerprint: str | None = None) -> list[AdapterRecord]:
-        """All adapters (optionally of one task and/or one base), oldest first."""
+    def list(
+        self, task: str | None = None, base_fingerprint: str | None = None, kind: str | None = None
+    ) -> list[AdapterRecord]:
+        """All adapters (optionally of one task, one base and/or one kind), oldest first."""
         clauses, args = [], []
+        if kind is not None:
+            clauses.append("kind = ?")
+            args.append(_kind(kind))
         if task is not None:
             clauses.append("task = ?")
             args.append(task)
@@ -676,6 +742,25 @@ class Library:
 
     # ---------------------------------------------------------------- adding
 
+    def check_free(self, name: str, overwrite: bool = False) -> None:
+        """Refuse an invalid name, or a taken one unless ``overwrite``: called by every verb before any work."""
+        validate_name(name)
+        if self.exists(name) and not overwrite:
+            raise LibraryError(
+                f"adapter name {name!r} already exists in {self.root}; choose another name or pass --overwrite"
+            )
+
+    def task_adapter(self, task: str, base_fingerprint: str, prefer: Sequence[str] = ()) -> AdapterRecord | None:
+        """The task's own adapter (:attr:`AdapterRecord.is_task_adapter`) on a base: the first of ``prefer``
+        (names or ids, e.g. a merge's parents) that is one, else the newest in the library."""
+        for ident in prefer:
+            if self.exists(ident):
+                rec = self.get(ident)
+                if rec.task == task and rec.is_task_adapter and rec.base_fingerprint == base_fingerprint:
+                    return rec
+        own = [r for r in self.list(task=task, base_fingerprint=base_fingerprint) if r.is_task_adapter]
+        return max(own, key=lambda r: r.created) if own else None
+
     def add(
         self,
         delta: LoraDelta,
@@ -689,21 +774,30 @@ class Library:
         recipe: dict | None = None,
         method: str = "train",
         params: dict | None = None,
+        kind: str | None = None,
+        provenance: Provenance | None = None,
         parents: Sequence[str] = (),
         metrics: Sequence[MetricRow] = (),
         overwrite: bool = False,
     ) -> AdapterRecord:
         """Store ``delta`` atomically under ``name``; returns its record.
 
-        ``parents`` may be names or ids (stored as ids, in order). ``metrics`` rows are stored against the
-        new adapter whatever their ``adapter_id``. ``overwrite=True`` replaces an adapter of the same name
-        in the same transaction (new id; the old adapter's metrics go with it, lineage rows that name it
-        as a parent stay).
+        ``kind`` says what made it (one of :data:`KINDS`; default: inferred from ``recipe`` and ``method``,
+        see :func:`infer_kind`); pipelines pass a typed :class:`~adaptforge.provenance.Provenance` instead
+        of these loose fields. ``parents`` may be names or ids (stored as ids, in order). ``metrics`` rows are
+        stored against the new adapter whatever their ``adapter_id``. ``overwrite=True`` replaces an adapter
+        of the same name in the same transaction (new id; the old adapter's metrics go with it, lineage rows
+        that name it as a parent stay).
         """
         validate_name(name)
+        if provenance is not None:
+            if recipe is not None or params is not None or kind is not None or method != "train":
+                raise LibraryError("give either provenance or recipe/method/params/kind, not both")
+            recipe, method, params, kind = provenance.recipe(), provenance.method, provenance.params(), provenance.kind
         _require_text(base_model, "base_model")
         _require_text(base_fingerprint, "base_fingerprint")
         _require_text(method, "method")
+        kind = _kind(kind if kind is not None else infer_kind(recipe, method))
         if not isinstance(delta, LoraDelta) or len(delta) == 0:
             raise LibraryError(f"adapter {name!r}: delta must be a LoraDelta with at least one module")
         bad = delta.non_finite()
@@ -752,6 +846,7 @@ class Library:
                 path=final,
                 embedding=None if vector is None else self._frozen(vector),
                 config_checksum=config_checksum,
+                kind=kind,
             )
             write_provenance(record, tmp)
             fsync_tree(tmp)
@@ -925,21 +1020,10 @@ class Library:
         dest = Path(dest).expanduser().resolve()
         if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
             raise LibraryError(f"export destination {dest} exists and is not an empty folder")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.parent / f"{TMP_PREFIX}{dest.name}-{uuid.uuid4().hex[:8]}"
-        try:
-            tmp.mkdir()
+        with staged_folder(dest) as tmp:
             for filename in (CONFIG_FILE, WEIGHTS_FILE):
                 shutil.copyfile(record.path / filename, tmp / filename)
             (tmp / EXPORT_RECORD_FILE).write_text(json.dumps(record.to_json(), indent=2, sort_keys=True))
-            fsync_tree(tmp)
-            if dest.exists():
-                dest.rmdir()
-            os.rename(tmp, dest)
-            fsync_dir(dest.parent)
-        except BaseException:
-            remove_inside(tmp, dest.parent)
-            raise
         if sha256_file(dest / WEIGHTS_FILE) != record.checksum:
             raise CorruptAdapterError(f"adapter {record.name!r}: the exported copy at {dest} differs from the library")
         logger.info("exported adapter %r to %s", record.name, dest)

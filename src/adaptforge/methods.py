@@ -9,6 +9,7 @@ call :meth:`Method.check_contract` when a method registers, and ``--list`` rende
 
 from __future__ import annotations
 
+import re
 from abc import ABC
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -67,7 +68,27 @@ class Method(ABC):
 
     @classmethod
     def help(cls) -> MethodHelp:
-        doc = (cls.__doc__ or "").strip().split("\n\n")[0]
-        return MethodHelp(
-            cls.name, " ".join(doc.split()), cls.reference_url, tuple(cls.params_type.help_rows()), cls.notes()
-        )
+        rows = tuple(cls.params_type.help_rows())
+        return MethodHelp(cls.name, summary(cls.__doc__ or ""), cls.reference_url, rows, cls.notes())
+
+
+def summary(doc: str, width: int = 110) -> str:
+    """The first sentence of a docstring without its parenthesised citations (the link is shown apart)."""
+    text = " ".join(doc.strip().split("\n\n")[0].split())
+    kept, depth, start = [], 0, 0
+    for i, ch in enumerate(text):  # drop "( ... https://... )" groups, nested parentheses included
+        if ch == "(":
+            if depth == 0:
+                kept.append(text[start:i])
+                start = i
+            depth += 1
+        elif ch == ")" and depth:
+            depth -= 1
+            if depth == 0:
+                group = text[start : i + 1]
+                kept.append("" if "http" in group else group)
+                start = i + 1
+    kept.append(text[start:])
+    text = re.sub(r"\s+([,.;:])", r"\1", " ".join("".join(kept).split()))
+    first = re.split(r"(?<! al)(?<!e\.g)(?<!i\.e)\.(?:\s|$)", text)[0].rstrip(":;, ")
+    return first if len(first) <= width else first[: width - 3].rstrip() + "..."

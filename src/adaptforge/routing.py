@@ -22,6 +22,7 @@ from typing import Any
 
 from adaptforge.core import AdaptforgeError, LoraDelta, Registry
 from adaptforge.evaluate import EvalResult
+from adaptforge.library import AdapterRecord, Library
 from adaptforge.methods import Method
 from adaptforge.scorers import Scorer
 from adaptforge.tasks import Task
@@ -69,3 +70,30 @@ def stored_settings(recipe: Mapping[str, Any] | None) -> dict[str, Any] | None:
 def rebuild(settings: Mapping[str, Any], deltas: Sequence[LoraDelta]) -> Router:
     """A registered router from stored settings and its adapters."""
     return ROUTERS.get(str(settings["router"])).from_settings(deltas, settings)
+
+
+def routed_settings(router: Router | None, adapter_ids: Sequence[str]) -> dict[str, Any] | None:
+    """What a routed adapter's recipe stores under :data:`RECIPE_KEY`: the router's settings and the ids of
+    the adapters it routes over, in order (``None`` for a static adapter)."""
+    return None if router is None else {**router.describe(), "adapter_ids": list(adapter_ids)}
+
+
+def stored_router(library: Library, record: AdapterRecord, fingerprint: str) -> Router | None:
+    """The router of a stored routed adapter (DaWin merge, Arrow composition), rebuilt from its recipe;
+    ``None`` for a static adapter. Its stored tensors are only the static fallback, so evaluating it without
+    the router would measure something else. Recipes written before the router stored its adapter ids name
+    them as the merge's inputs (``adapter_ids``) or the composition's candidates."""
+    settings = stored_settings(record.recipe)
+    if settings is None:
+        return None
+    recipe = record.recipe or {}
+    names = (
+        settings.get("adapter_ids") or recipe.get("adapter_ids") or [c["name"] for c in recipe.get("candidates", [])]
+    )
+    missing = [n for n in names if not library.exists(n)]
+    if not names or missing:
+        raise AdaptforgeError(
+            f"adapter {record.name!r} routes over {names} but {missing or 'none'} of them are not in the library "
+            f"{library.root}; re-add them or make it again"
+        )
+    return rebuild(settings, [library.load(n, expected_fingerprint=fingerprint)[0] for n in names])

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -180,3 +181,10 @@ def make_scorer(backbone: Backbone, max_length: int | None = None, temperature: 
     if backbone.kind == "causal":
         return CausalLMScorer(backbone, max_length=max_length or 256)
     return EncoderScorer(backbone, max_length=max_length or 128, temperature=temperature)
+
+
+def describe(scorer: Scorer, task: Task) -> np.ndarray:
+    """Embedding of a task's description and label set: what the catalog stores with an adapter, what
+    retrieval ranks by and what the generator is conditioned on."""
+    text = f"{task.description} Labels: {', '.join(task.labels)}."
+    return scorer.embed_texts([text])[0].numpy().astype(np.float32)

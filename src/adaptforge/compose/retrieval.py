@@ -1,7 +1,7 @@
 """Candidate adapters for a new task, and the ``retrieval`` composer (the single best candidate).
 
 Adapters are ranked by the cosine between their stored task-description embedding and the new task's
-(:func:`adaptforge.workflows.describe`, the same function that made the stored embeddings), as
+(:func:`adaptforge.scorers.describe`, the same function that made the stored embeddings), as
 LoraRetriever retrieves LoRAs by embedding similarity (Zhao et al. 2024, https://arxiv.org/abs/2402.09997;
 here over task descriptions rather than inputs). With shots, every retrieved adapter's mean cross-entropy
 on them is measured (one forward each) and is the ranking key, since a few labels say more about transfer
@@ -25,7 +25,7 @@ from adaptforge.compose.base import (
 from adaptforge.compose.shots import Shots
 from adaptforge.core import AdaptforgeError
 from adaptforge.library import Library
-from adaptforge.scorers import Scorer
+from adaptforge.scorers import Scorer, describe
 from adaptforge.tasks import Task
 
 RETRIEVAL_URL = "https://arxiv.org/abs/2402.09997"
@@ -38,32 +38,30 @@ def rank_candidates(
     n: int = 20,
     shots: Shots | None = None,
     exclude_tasks: Collection[str] = (),
-    methods: Collection[str] = ("train",),
 ) -> list[Candidate]:
     """The ``n`` most promising single-task adapters of ``library`` for ``task``, loaded, best first.
 
-    Only adapters made for the scorer's base (fingerprint), with a stored description embedding, made by
-    one of ``methods`` and not trained on a task in ``exclude_tasks`` are considered. Without shots (or
+    Only tasks' own adapters (:attr:`~adaptforge.library.AdapterRecord.is_task_adapter`: trained or imported
+    for one task; never merges, compositions or generated ones) made for the scorer's base (fingerprint),
+    with a stored description embedding and not of a task in ``exclude_tasks`` are considered. Without shots (or
     k = 0) they are ranked by description cosine; with shots, by mean cross-entropy on all of them (ties:
     higher cosine first). Each candidate carries its ``similarity`` and, with shots, its ``shot_loss``.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise AdaptforgeError(f"rank_candidates: n must be a positive integer, got {n!r}")
-    from adaptforge.workflows import describe  # here: workflows may import compose (no import cycle)
-
     fingerprint = scorer.backbone.fingerprint
     query = describe(scorer, task)
     pool = max(1, len(library))
     scored = [
         (rec, sim)
         for rec, sim in library.similar(query, k=pool, base_fingerprint=fingerprint)
-        if rec.task is not None and rec.method in methods and rec.task not in exclude_tasks
+        if rec.is_task_adapter and rec.task not in exclude_tasks
     ]
     if not scored:
         raise AdaptforgeError(
             f"no candidate adapters for task {task.name!r} in {library.root} compatible with base "
-            f"{scorer.backbone.name!r} (fingerprint {fingerprint}): need single-task adapters made by "
-            f"{sorted(methods)} with a description embedding, excluding tasks {sorted(exclude_tasks)}"
+            f"{scorer.backbone.name!r} (fingerprint {fingerprint}): need tasks' own adapters (trained or "
+            f"imported for one task) with a description embedding, excluding tasks {sorted(exclude_tasks)}"
         )
     use_shots = shots is not None and shots.k > 0
     if not use_shots:

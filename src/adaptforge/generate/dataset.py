@@ -157,8 +157,8 @@ class GeneratorSamples:
 
 
 def _candidate_reason(record: AdapterRecord, exclude: Collection[str]) -> str | None:
-    if record.method != "train":
-        return f"method is {record.method!r}; only single-task trained adapters are samples"
+    if not record.is_task_adapter:
+        return f"made by {record.kind} ({record.method}); only tasks' own adapters (trained or imported) are samples"
     if record.task is None or record.embedding is None:
         return "has no task description embedding"
     if record.task in exclude:

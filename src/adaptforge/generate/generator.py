@@ -16,12 +16,11 @@ better. All settings were within about one accuracy point of each other and of z
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -38,59 +37,45 @@ from adaptforge.generate.storage import (
     tensor,
     write_generator_files,
 )
-from adaptforge.merge.base import is_finite_number, params_from_dict
+from adaptforge.params import Params, param
 from adaptforge.scorers import Scorer
 from adaptforge.tasks import Task
 
 
-@dataclass(frozen=True)
-class GeneratorConfig:
-    # Vector space of the adapters: "dense" (B A, re-factored by SVD; invariant to the factorisation) or
-    # "factors" (raw A and B as in ICM-LoRA; meaningful only for adapters that share an initialisation).
-    representation: str = "dense"
-    scope: str = "module"  # one PCA per target module ("module") or one over whole adapters ("adapter")
-    max_components: int | None = None  # principal directions kept per PCA; None: all with variance (<= N - 1)
-    latent_dim: int = 4  # z
-    decoder: str = "linear"  # p(x | z, c): "linear" in [z, projected c], or "mlp" (one hidden layer)
-    hidden_dim: int = 64  # width of the encoder's (and an mlp decoder's) hidden layer
-    cond_dim: int = 16  # the description embedding is projected to this size
-    beta: float = 1.0  # KL weight of the ELBO
-    condition_noise: float = 3.0  # training noise on the normalised condition (ridge-like shrinkage to the mean)
-    lr: float = 3e-3  # Adam(W)
-    weight_decay: float = 1e-4
-    steps: int = 1500  # optimizer steps
-    batch_size: int = 64  # samples per step (full batch when the library is smaller)
-    seed: int = 0  # network init, batch order and latent noise
+@dataclass(frozen=True, kw_only=True)
+class GeneratorConfig(Params):
+    """How the generator is fitted. Its ``to_dict()`` is hashed into the cache key of stored generators
+    (``composing.generator_key``), so field names and defaults are part of that key."""
 
-    def __post_init__(self) -> None:
-        if self.representation not in REPRESENTATIONS:
-            raise AdaptforgeError(
-                f"generator config: representation must be one of {REPRESENTATIONS}, got {self.representation!r}"
-            )
-        if self.decoder not in DECODERS:
-            raise AdaptforgeError(f"generator config: decoder must be one of {DECODERS}, got {self.decoder!r}")
-        if self.scope not in SCOPES:
-            raise AdaptforgeError(f"generator config: scope must be one of {SCOPES}, got {self.scope!r}")
-        ints = ("latent_dim", "hidden_dim", "cond_dim", "steps", "batch_size")
-        for key in ints + (() if self.max_components is None else ("max_components",)):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise AdaptforgeError(f"generator config: {key} must be a positive integer, got {value!r}")
-        for key, positive in (("beta", False), ("lr", True), ("weight_decay", False), ("condition_noise", False)):
-            value = getattr(self, key)
-            if not is_finite_number(value) or value < 0 or (positive and value == 0):
-                bound = "> 0" if positive else ">= 0"
-                raise AdaptforgeError(f"generator config: {key} must be a finite number {bound}, got {value!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise AdaptforgeError(f"generator config: seed must be an integer, got {self.seed!r}")
+    label: ClassVar[str] = "generator config"
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> GeneratorConfig:
-        """Build from a mapping; unknown keys are errors (with the closest known key as a hint)."""
-        return params_from_dict(cls, data, owner="generator config")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    representation: str = param(
+        "dense",
+        choices=REPRESENTATIONS,
+        help="vector space of the adapters: 'dense' (B A, re-factored by SVD; invariant to the factorisation) "
+        "or 'factors' (raw A and B as in ICM-LoRA; meaningful only for adapters that share an initialisation)",
+    )
+    scope: str = param(
+        "module", choices=SCOPES, help="one PCA per target module ('module') or one over whole adapters ('adapter')"
+    )
+    max_components: int | None = param(
+        None, ge=1, help="principal directions kept per PCA; null: all with variance (<= N - 1)"
+    )
+    latent_dim: int = param(4, ge=1, help="size of the latent z")
+    decoder: str = param(
+        "linear", choices=DECODERS, help="p(x | z, c): 'linear' in [z, projected c], or 'mlp' (one hidden layer)"
+    )
+    hidden_dim: int = param(64, ge=1, help="width of the encoder's (and an mlp decoder's) hidden layer")
+    cond_dim: int = param(16, ge=1, help="the description embedding is projected to this size")
+    beta: float = param(1.0, ge=0, help="KL weight of the ELBO")
+    condition_noise: float = param(
+        3.0, ge=0, help="training noise on the normalised condition (ridge-like shrinkage to the mean)"
+    )
+    lr: float = param(3e-3, gt=0, help="Adam(W) learning rate")
+    weight_decay: float = param(1e-4, ge=0, help="Adam(W) weight decay")
+    steps: int = param(1500, ge=1, help="optimizer steps")
+    batch_size: int = param(64, ge=1, help="samples per step (full batch when the library is smaller)")
+    seed: int = param(0, help="network init, batch order and latent noise")
 
     def training(self) -> CvaeTraining:
         return CvaeTraining(
@@ -315,6 +300,6 @@ def _load_cvae(tensors: dict[str, torch.Tensor], folder: Path, shape: CvaeShape)
 def describe_new_task(scorer: Scorer, description: str, labels: Sequence[str], name: str = "new-task") -> np.ndarray:
     """The condition of a task that has no examples: ``workflows.describe`` of ``Task(name, description, labels)``,
     the same embedding the library stores with every trained adapter."""
-    from adaptforge.workflows import describe  # workflows imports the trainer; keep it off this module's import path
+    from adaptforge.scorers import describe
 
     return describe(scorer, Task(name, description, tuple(labels), splits={}))

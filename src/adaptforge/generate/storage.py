@@ -8,8 +8,6 @@ safetensors file's sha256, so a truncated or modified tensor file is detected on
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from adaptforge.core import AdaptforgeError
-from adaptforge.durable import fsync_dir, fsync_tree, remove_inside, sha256_file
+from adaptforge.durable import sha256_file, staged_folder
 
 META_FILE = "generator.json"
 TENSORS_FILE = "generator.safetensors"
@@ -31,26 +29,10 @@ class GeneratorFileError(AdaptforgeError):
 
 def write_generator_files(folder: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
     """Write ``meta`` and ``tensors`` as a generator folder, replacing any previous one atomically."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex}"
-    old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex}"
-    try:
-        tmp.mkdir()
+    with staged_folder(Path(folder), replace=True) as tmp:
         save_file({k: t.detach().contiguous().cpu() for k, t in tensors.items()}, str(tmp / TENSORS_FILE))
         full = {"format": FORMAT, "version": VERSION, **meta, "tensors_sha256": sha256_file(tmp / TENSORS_FILE)}
         (tmp / META_FILE).write_text(json.dumps(full, indent=1, sort_keys=True))
-        fsync_tree(tmp)
-        if folder.exists():
-            os.rename(folder, old)
-        os.rename(tmp, folder)
-        fsync_dir(folder.parent)
-    except BaseException:
-        if old.exists() and not folder.exists():
-            os.rename(old, folder)
-        remove_inside(tmp, folder.parent)
-        raise
-    remove_inside(old, folder.parent)
 
 
 def read_generator_files(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from adaptforge.core import AdaptforgeError
-from adaptforge.durable import fsync_dir, fsync_tree, remove_inside
+from adaptforge.durable import fsync_dir, fsync_tree, remove_inside, stage_folder
 
 STATE_FILE = "state.safetensors"
 META_FILE = "state.json"
@@ -61,7 +60,7 @@ def save_checkpoint(
             tensors[f"opt/{names[idx]}/{key}"] = torch.as_tensor(value).clone()
     tensors["rng/torch"] = torch.get_rng_state()
     groups = [{k: v for k, v in g.items() if k != "params"} for g in opt_state["param_groups"]]
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-ckpt-", dir=folder.parent))
+    tmp = stage_folder(folder)
     save_file(tensors, str(tmp / STATE_FILE))
     (tmp / META_FILE).write_text(json.dumps({"step": step, "param_names": names, "groups": groups, **meta}, indent=1))
     fsync_tree(tmp)

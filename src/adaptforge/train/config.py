@@ -1,14 +1,16 @@
-"""Training configuration: one frozen dataclass with commented defaults, unknown keys rejected."""
+"""Training configuration: one frozen :class:`~adaptforge.params.Params` with declared defaults and ranges.
+
+Its ``to_dict()`` is stored in recipes and checkpoints (resume compares it key by key), so field names,
+defaults and the JSON shape (``targets`` a list or null, ``sampler_options`` a mapping) are part of the format.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from adaptforge.core import AdaptforgeError
+from adaptforge.params import Params, param
 
 # Defaults that differ by backbone kind; everything else is shared.
 _KIND_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -17,63 +19,39 @@ _KIND_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    rank: int = 8  # LoRA rank r
-    alpha: float = 16.0  # LoRA alpha; scale = alpha / r (or alpha / sqrt(r) with use_rslora)
-    use_rslora: bool = False
-    dropout: float = 0.0  # LoRA dropout; the base model's own dropout follows its config
-    targets: tuple[str, ...] | None = None  # module name suffixes; None: the backbone's default
-    lr: float | None = None  # None: 1e-3 for encoders, 3e-4 for causal LMs
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.06  # linear warm-up over this fraction of steps, then linear decay to 0
-    grad_clip: float = 1.0
-    epochs: int = 3
-    batch_size: int = 32
-    max_length: int | None = None  # tokens; None: 128 for encoders, 256 for causal LMs
-    max_train: int | None = None  # cap on training examples (label-stratified seeded sample)
-    temperature: float = 0.05  # encoder scorer: cosine / temperature
-    seed: int = 0
-    checkpoint_every: int = 50  # steps between resumable checkpoints (0: never)
-    # Multi-task training: which task each step's batch comes from (see train/samplers.py).
-    sampler: str = "uniform"
-    sampler_options: dict[str, Any] = field(default_factory=dict)
-    steps: int | None = None  # None: epochs x (batches in one pass over every task)
-    eval_every: int = 0  # steps between dev-loss checks of every task (curves, adaptive samplers); 0: never
-    eval_examples: int = 64  # dev examples per task in those checks
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(Params):
+    """How one LoRA adapter is trained (on one task or, through ``sampler``, on several)."""
 
-    def __post_init__(self) -> None:
-        checks = {
-            "rank": self.rank >= 1,
-            "alpha": self.alpha > 0,
-            "dropout": 0 <= self.dropout < 1,
-            "epochs": self.epochs >= 1,
-            "batch_size": self.batch_size >= 1,
-            "warmup_ratio": 0 <= self.warmup_ratio < 1,
-            "temperature": self.temperature > 0,
-            "checkpoint_every": self.checkpoint_every >= 0,
-            "lr": self.lr is None or self.lr > 0,
-            "max_train": self.max_train is None or self.max_train >= 1,
-            "max_length": self.max_length is None or self.max_length >= 8,
-            "steps": self.steps is None or self.steps >= 1,
-            "eval_every": self.eval_every >= 0,
-            "eval_examples": self.eval_examples >= 1,
-        }
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise AdaptforgeError(f"train config: invalid value for {bad[0]!r}: {getattr(self, bad[0])!r}")
-        if self.targets is not None and not isinstance(self.targets, tuple):
-            object.__setattr__(self, "targets", tuple(self.targets))
+    label: ClassVar[str] = "train config"
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        for key in data:
-            if key not in fields:
-                close = difflib.get_close_matches(key, fields, n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise AdaptforgeError(f"train config: unknown key {key!r}.{hint}")
-        return cls(**dict(data))
+    rank: int = param(8, ge=1, help="LoRA rank r")
+    alpha: float = param(16.0, gt=0, help="LoRA alpha; scale = alpha / r (or alpha / sqrt(r) with use_rslora)")
+    use_rslora: bool = param(False, help="rank-stabilised LoRA: scale = alpha / sqrt(r)")
+    dropout: float = param(0.0, ge=0, lt=1, help="LoRA dropout; the base model's own dropout follows its config")
+    targets: tuple[str, ...] | None = param(None, help="module name suffixes; null: the backbone's default")
+    lr: float | None = param(None, gt=0, help="learning rate; null: 1e-3 for encoders, 3e-4 for causal LMs")
+    weight_decay: float = param(0.0, ge=0, help="AdamW weight decay")
+    warmup_ratio: float = param(
+        0.06, ge=0, lt=1, help="linear warm-up over this fraction of steps, then linear decay to 0"
+    )
+    grad_clip: float = param(1.0, help="max gradient norm; <= 0: no clipping")
+    epochs: int = param(3, ge=1, help="passes over the training data (unless steps is set)")
+    batch_size: int = param(32, ge=1, help="examples per step")
+    max_length: int | None = param(None, ge=8, help="tokens; null: 128 for encoders, 256 for causal LMs")
+    max_train: int | None = param(
+        None, ge=1, help="cap on training examples (label-stratified seeded sample); null: all"
+    )
+    temperature: float = param(0.05, gt=0, help="encoder scorer: cosine / temperature")
+    seed: int = param(0, help="seed of the training sample, the data order, the task sampler, LoRA init and dropout")
+    checkpoint_every: int = param(50, ge=0, help="steps between resumable checkpoints (0: never)")
+    sampler: str = param("uniform", help="multi-task training: which task each step's batch comes from")
+    sampler_options: dict[str, Any] = param(default_factory=dict, help="the sampler's config (see train/samplers.py)")
+    steps: int | None = param(None, ge=1, help="null: epochs x (batches in one pass over every task)")
+    eval_every: int = param(
+        0, ge=0, help="steps between dev-loss checks of every task (curves, adaptive samplers); 0: never"
+    )
+    eval_examples: int = param(64, ge=1, help="dev examples per task in those checks")
 
     def resolved(self, kind: str, default_targets: tuple[str, ...]) -> TrainConfig:
         """Fill the per-kind defaults so the stored recipe says exactly what ran."""
@@ -81,9 +59,3 @@ class TrainConfig:
         if self.targets is None:
             updates["targets"] = tuple(default_targets)
         return dataclasses.replace(self, **updates)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["sampler_options"] = dict(self.sampler_options)
-        d["targets"] = list(self.targets) if self.targets is not None else None
-        return d

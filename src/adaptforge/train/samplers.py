@@ -2,8 +2,7 @@
 
 The trainer builds one sampler and drives it step by step::
 
-    cls = SAMPLERS.get(name)
-    sampler = cls(cls.config_cls.from_dict(options), tasks=[TaskInfo(...), ...], seed=seed)
+    sampler = SAMPLERS.get(name)(options, tasks=[TaskInfo(...), ...], seed=seed)  # options: a dict
     for step in range(steps):
         t = sampler.next()                  # index into ``tasks``
         loss = train_step(t)
@@ -28,29 +27,29 @@ Samplers, by registry name:
   Efficient and Robust Adaptation", arXiv 2501.11039): a small Bayesian risk model predicts every
   task's next loss and tasks are drawn by predicted risk plus an optimism bonus.
 
-Every sampler has one frozen configuration dataclass (``config_cls``) with defaults; its
-``from_dict`` rejects unknown keys. Samplers draw with their own ``numpy.random.Generator`` seeded
-from ``seed``, so a sequence is a pure function of (seed, observed losses).
+Every sampler is a :class:`~adaptforge.methods.Method` whose ``params_type`` is its configuration, a
+:class:`~adaptforge.params.Params` with declared defaults and ranges (unknown keys are rejected). Samplers
+draw with their own ``numpy.random.Generator`` seeded from ``seed``, so a sequence is a pure function of
+(seed, observed losses).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import math
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 from adaptforge.core import AdaptforgeError, Registry
+from adaptforge.methods import Method
+from adaptforge.params import Params, param
 
 FloatArray = NDArray[np.float64]
 STATE_FORMAT = 1
-ConfigT = TypeVar("ConfigT", bound="SamplerConfig")
 
 
 # --------------------------------------------------------------------------------------------- tasks
@@ -58,10 +57,6 @@ ConfigT = TypeVar("ConfigT", bound="SamplerConfig")
 
 def _is_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
 @dataclass(frozen=True)
@@ -125,139 +120,66 @@ def _check_tasks(tasks: Sequence[TaskInfo]) -> tuple[TaskInfo, ...]:
 # -------------------------------------------------------------------------------------------- config
 
 
-@dataclass(frozen=True)
-class SamplerConfig:
-    """Base of the per-sampler configurations. Fields are type-checked (ints accepted for floats).
+@dataclass(frozen=True, kw_only=True)
+class SamplerConfig(Params):
+    """Base of the per-sampler configurations.
 
     Passing a bare ``SamplerConfig()`` to any sampler means "that sampler's defaults".
     """
 
-    sampler: ClassVar[str] = "task"
 
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            kind = str(f.type)
-            optional = kind.replace(" ", "").endswith("|None")
-            base = kind.split("|")[0].strip()
-            if value is None and optional:
-                continue
-            if base == "float":
-                ok = _is_number(value) and math.isfinite(float(value))
-                expected = "a finite number"
-                if ok:
-                    object.__setattr__(self, f.name, float(value))
-            elif base == "int":
-                ok, expected = _is_int(value), "an integer"
-                if ok:
-                    object.__setattr__(self, f.name, int(value))
-            elif base == "bool":
-                ok, expected = isinstance(value, bool), "true or false"
-            else:  # pragma: no cover - every field of this module is float, int or bool
-                ok, expected = True, ""
-            if not ok:
-                raise AdaptforgeError(
-                    f"{self.sampler} sampler config: {f.name!r} must be {expected}"
-                    f"{' or null' if optional else ''}, got {value!r}"
-                )
-        self._check()
-
-    def _check(self) -> None:
-        """Range checks of the subclass; call :meth:`_require` for each."""
-
-    def _require(self, name: str, ok: bool, expected: str) -> None:
-        if not ok:
-            value = getattr(self, name)
-            raise AdaptforgeError(f"{self.sampler} sampler config: {name!r} must be {expected}, got {value!r}")
-
-    @classmethod
-    def from_dict(cls: type[ConfigT], data: Mapping[str, Any] | None = None) -> ConfigT:
-        """Build from a plain mapping (YAML/JSON/CLI); unknown keys are an error naming the known ones."""
-        data = {} if data is None else data
-        if not isinstance(data, Mapping):
-            raise AdaptforgeError(f"{cls.sampler} sampler config must be a mapping, got {type(data).__name__}")
-        known = [f.name for f in dataclasses.fields(cls)]
-        for key in data:
-            if key not in known:
-                close = difflib.get_close_matches(str(key), known, n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
-                options = ", ".join(known) if known else "none (this sampler takes no options)"
-                raise AdaptforgeError(
-                    f"{cls.sampler} sampler config: unknown key {key!r}.{hint} Known keys: {options}."
-                )
-        return cls(**dict(data))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class UniformConfig(SamplerConfig):
     """``uniform`` takes no options."""
 
-    sampler: ClassVar[str] = "uniform"
 
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ProportionalConfig(SamplerConfig):
-    sampler: ClassVar[str] = "proportional"
-    size_cap: int | None = None  # K of Raffel et al. 2020: sizes above K count as K; None: no cap
-
-    def _check(self) -> None:
-        self._require("size_cap", self.size_cap is None or self.size_cap >= 1, "an integer >= 1 or null")
+    size_cap: int | None = param(None, ge=1, help="K of Raffel et al. 2020: sizes above K count as K; null: no cap")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TemperatureConfig(SamplerConfig):
-    sampler: ClassVar[str] = "temperature"
-    temperature: float = 2.0  # T in p_i ~ n_i^(1/T); 1: proportional, large: uniform
-    size_cap: int | None = None  # sizes above this count as this (applied before the temperature)
-
-    def _check(self) -> None:
-        self._require("temperature", self.temperature > 0, "> 0 (1 is proportional, large values approach uniform)")
-        self._require("size_cap", self.size_cap is None or self.size_cap >= 1, "an integer >= 1 or null")
+    temperature: float = param(2.0, gt=0, help="T in p_i ~ n_i^(1/T); 1: proportional, large: uniform")
+    size_cap: int | None = param(
+        None, ge=1, help="sizes above this count as this (applied before the temperature); null: no cap"
+    )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GroupDROConfig(SamplerConfig):
-    sampler: ClassVar[str] = "group_dro"
-    eta: float = 0.03  # step size of the exponentiated-gradient update (per training step, loss units)
-    floor: float = 0.05  # weight of the uniform distribution mixed into q (never starve a task)
-    ema: float = 0.3  # weight of the newest observed loss in each task's loss estimate
-    size_adjustment: float = 0.0  # C of Sagawa et al. Sec. 3.3: the estimate of task i is loss + C / sqrt(n_i)
-    eval_mix: float = 0.5  # observe_eval: estimate <- (1 - eval_mix) * estimate + eval_mix * dev loss
-
-    def _check(self) -> None:
-        self._require("eta", self.eta > 0, "> 0")
-        self._require("floor", 0 <= self.floor <= 1, "in [0, 1]")
-        self._require("ema", 0 < self.ema <= 1, "in (0, 1]")
-        self._require("size_adjustment", self.size_adjustment >= 0, ">= 0")
-        self._require("eval_mix", 0 <= self.eval_mix <= 1, "in [0, 1]")
+    eta: float = param(
+        0.03, gt=0, help="step size of the exponentiated-gradient update (per training step, loss units)"
+    )
+    floor: float = param(0.05, ge=0, le=1, help="weight of the uniform distribution mixed into q (never starve a task)")
+    ema: float = param(0.3, gt=0, le=1, help="weight of the newest observed loss in each task's loss estimate")
+    size_adjustment: float = param(
+        0.0, ge=0, help="C of Sagawa et al. Sec. 3.3: the estimate of task i is loss + C / sqrt(n_i)"
+    )
+    eval_mix: float = param(
+        0.5, ge=0, le=1, help="observe_eval: estimate <- (1 - eval_mix) * estimate + eval_mix * dev loss"
+    )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MPTSConfig(SamplerConfig):
-    sampler: ClassVar[str] = "mpts"
-    beta: float = 1.0  # optimism: score = predictive mean + beta * predictive std
-    tau: float = 0.1  # softmax temperature, relative to the mean loss level (scale-free)
-    floor: float = 0.05  # weight of the uniform distribution mixed into the softmax
-    ema: float = 0.3  # weight of the newest loss in each task's level and trend
-    forgetting: float = 0.99  # rho: weight kept by past regression data at every update (1: no forgetting)
-    prior_precision: float = 1.0  # lambda0: prior precision of the regression weights (around "next = level")
-    noise_prior: float = 0.1  # prior guess of the noise std of a batch loss around its prediction (loss units)
-    task_feature_dim: int = 4  # task feature_vectors are reduced to this many principal components (0: unused)
-    eval_mix: float = 0.5  # observe_eval: level <- (1 - eval_mix) * level + eval_mix * dev loss
-
-    def _check(self) -> None:
-        self._require("beta", self.beta >= 0, ">= 0")
-        self._require("tau", self.tau > 0, "> 0")
-        self._require("floor", 0 <= self.floor <= 1, "in [0, 1]")
-        self._require("ema", 0 < self.ema <= 1, "in (0, 1]")
-        self._require("forgetting", 0 < self.forgetting <= 1, "in (0, 1]")
-        self._require("prior_precision", self.prior_precision > 0, "> 0")
-        self._require("noise_prior", self.noise_prior > 0, "> 0")
-        self._require("task_feature_dim", self.task_feature_dim >= 0, ">= 0")
-        self._require("eval_mix", 0 <= self.eval_mix <= 1, "in [0, 1]")
+    beta: float = param(1.0, ge=0, help="optimism: score = predictive mean + beta * predictive std")
+    tau: float = param(0.1, gt=0, help="softmax temperature, relative to the mean loss level (scale-free)")
+    floor: float = param(0.05, ge=0, le=1, help="weight of the uniform distribution mixed into the softmax")
+    ema: float = param(0.3, gt=0, le=1, help="weight of the newest loss in each task's level and trend")
+    forgetting: float = param(
+        0.99, gt=0, le=1, help="rho: weight kept by past regression data at every update (1: no forgetting)"
+    )
+    prior_precision: float = param(
+        1.0, gt=0, help='lambda0: prior precision of the regression weights (around "next = level")'
+    )
+    noise_prior: float = param(
+        0.1, gt=0, help="prior guess of the noise std of a batch loss around its prediction (loss units)"
+    )
+    task_feature_dim: int = param(
+        4, ge=0, help="task feature_vectors are reduced to this many principal components (0: unused)"
+    )
+    eval_mix: float = param(0.5, ge=0, le=1, help="observe_eval: level <- (1 - eval_mix) * level + eval_mix * dev loss")
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -285,39 +207,41 @@ def _floats(state: Mapping[str, Any], key: str, shape: tuple[int, ...]) -> Float
 # ------------------------------------------------------------------------------------------ samplers
 
 
-class TaskSampler(ABC):
-    """Chooses the task of every training step; subclasses implement :meth:`probabilities`.
+class TaskSampler(Method):
+    """Chooses the task of every training step; subclasses set ``name``, ``reference_url`` and
+    ``params_type`` and implement :meth:`probabilities`.
 
     Adaptive samplers override ``_observe`` / ``_observe_eval`` / ``_state`` / ``_load_state``.
     """
 
-    name: ClassVar[str] = ""
-    config_cls: ClassVar[type[SamplerConfig]] = SamplerConfig
+    kind = "task sampler"
+    params_base = SamplerConfig
+    params_type: ClassVar[type[Params]] = SamplerConfig
+    config: SamplerConfig
 
     def __init__(
         self, config: SamplerConfig | Mapping[str, Any] | None = None, *, tasks: Sequence[TaskInfo], seed: int = 0
     ) -> None:
-        self.config = self._resolve_config(config)
+        self.config = self.parse_params(config)
         self.tasks = _check_tasks(tasks)
         if not _is_int(seed) or seed < 0:
-            raise AdaptforgeError(f"{self.name} sampler: seed must be an integer >= 0, got {seed!r}")
+            raise AdaptforgeError(f"{self.owner()}: seed must be an integer >= 0, got {seed!r}")
         self.seed = int(seed)
         self._rng = np.random.default_rng(self.seed)
         self._draws = np.zeros(len(self.tasks), dtype=np.int64)
         self._sizes = np.array([t.n_train for t in self.tasks], dtype=np.float64)
 
     @classmethod
-    def _resolve_config(cls, config: SamplerConfig | Mapping[str, Any] | None) -> SamplerConfig:
-        if config is None or type(config) is SamplerConfig:
-            return cls.config_cls()
-        if isinstance(config, Mapping):
-            return cls.config_cls.from_dict(config)
-        if isinstance(config, cls.config_cls):
-            return config
-        raise AdaptforgeError(
-            f"{cls.name} sampler needs a {cls.config_cls.__name__} (or a dict of its options), "
-            f"got {type(config).__name__}"
-        )
+    def parse_params(cls, params: Params | Mapping[str, Any] | None) -> SamplerConfig:
+        """As :meth:`Method.parse_params`; a bare ``SamplerConfig()`` also means this sampler's defaults."""
+        typed = cls.params_type() if type(params) is SamplerConfig else super().parse_params(params)
+        assert isinstance(typed, SamplerConfig)
+        return typed
+
+    @classmethod
+    def owner(cls) -> str:
+        """How errors name this sampler, as :meth:`parse_params` does."""
+        return f"{cls.kind} {cls.name!r}"
 
     @property
     def n_tasks(self) -> int:
@@ -342,17 +266,17 @@ class TaskSampler(ABC):
 
     def _check_task(self, task: object) -> int:
         if not _is_int(task) or not 0 <= int(task) < self.n_tasks:
-            raise AdaptforgeError(f"{self.name} sampler: task index must be in [0, {self.n_tasks}), got {task!r}")
+            raise AdaptforgeError(f"{self.owner()}: task index must be in [0, {self.n_tasks}), got {task!r}")
         return int(task)
 
     def _check_loss(self, task: int, loss: object) -> float:
         try:
             value = float(loss)
         except (TypeError, ValueError):
-            raise AdaptforgeError(f"{self.name} sampler: loss must be a number, got {loss!r}") from None
+            raise AdaptforgeError(f"{self.owner()}: loss must be a number, got {loss!r}") from None
         if not math.isfinite(value):
             raise AdaptforgeError(
-                f"{self.name} sampler: loss of task {self.tasks[task].name!r} is {value}; "
+                f"{self.owner()}: loss of task {self.tasks[task].name!r} is {value}; "
                 "samplers need finite losses (check the learning rate or skip the batch without observing it)"
             )
         return value
@@ -362,13 +286,13 @@ class TaskSampler(ABC):
         index = self._check_task(task)
         value = self._check_loss(index, loss)
         if not _is_int(step) or step < 0:
-            raise AdaptforgeError(f"{self.name} sampler: step must be an integer >= 0, got {step!r}")
+            raise AdaptforgeError(f"{self.owner()}: step must be an integer >= 0, got {step!r}")
         self._observe(index, value, int(step))
 
     def observe_eval(self, losses: Mapping[int, float]) -> None:
         """Record dev losses, ``{task index: loss}``, for any subset of tasks."""
         if not isinstance(losses, Mapping):
-            raise AdaptforgeError(f"{self.name} sampler: observe_eval takes a dict {{task index: loss}}")
+            raise AdaptforgeError(f"{self.owner()}: observe_eval takes a dict {{task index: loss}}")
         checked: dict[int, float] = {}
         for task, loss in losses.items():
             index = self._check_task(task)
@@ -404,38 +328,38 @@ class TaskSampler(ABC):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue exactly where the sampler that wrote ``state`` stopped (same config and tasks required)."""
         if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
-            raise AdaptforgeError(f"{self.name} sampler: not a sampler state (format {STATE_FORMAT} expected)")
+            raise AdaptforgeError(f"{self.owner()}: not a sampler state (format {STATE_FORMAT} expected)")
         if state.get("sampler") != self.name:
-            raise AdaptforgeError(f"{self.name} sampler: the state was written by the {state.get('sampler')!r} sampler")
+            raise AdaptforgeError(f"{self.owner()}: the state was written by the {state.get('sampler')!r} sampler")
         names = [t.name for t in self.tasks]
         if list(state.get("tasks", [])) != names:
             raise AdaptforgeError(
-                f"{self.name} sampler: the state is for tasks {state.get('tasks')}, this sampler has {names}; "
+                f"{self.owner()}: the state is for tasks {state.get('tasks')}, this sampler has {names}; "
                 "resume with the same tasks in the same order"
             )
-        saved = self.config_cls.from_dict(state.get("config", {}))
+        saved = self.params_type.from_dict(state.get("config", {}), owner=self.owner())
         if saved != self.config:
             diff = {k: (v, getattr(self.config, k)) for k, v in saved.to_dict().items() if getattr(self.config, k) != v}
             raise AdaptforgeError(
-                f"{self.name} sampler: the state was made with a different config (saved, current): {diff}; "
+                f"{self.owner()}: the state was made with a different config (saved, current): {diff}; "
                 "resume with the same sampler options"
             )
         draws = _floats(state, "draws", (self.n_tasks,))
         seed = state.get("seed", self.seed)
         if not _is_int(seed) or seed < 0:
-            raise AdaptforgeError(f"{self.name} sampler: malformed seed in the state: {seed!r}")
+            raise AdaptforgeError(f"{self.owner()}: malformed seed in the state: {seed!r}")
         rng = np.random.default_rng()
         try:
             rng.bit_generator.state = dict(state["rng"])
         except (KeyError, TypeError, ValueError):
-            raise AdaptforgeError(f"{self.name} sampler: malformed RNG state") from None
+            raise AdaptforgeError(f"{self.owner()}: malformed RNG state") from None
         self._load_state(state.get("state", {}))
         self._rng = rng
         self._draws = draws.astype(np.int64)
         self.seed = int(seed)
 
 
-SAMPLERS: Registry[type[TaskSampler]] = Registry("task sampler")
+SAMPLERS: Registry[type[TaskSampler]] = Registry("task sampler", base=TaskSampler)
 
 
 def make_sampler(
@@ -466,7 +390,8 @@ class UniformSampler(_StaticSampler):
     """``p_i = 1 / N``."""
 
     name = "uniform"
-    config_cls = UniformConfig
+    reference_url = "https://arxiv.org/abs/1910.10683"
+    params_type = UniformConfig
 
     def _fixed_probabilities(self) -> FloatArray:
         return np.full(self.n_tasks, 1.0 / self.n_tasks)
@@ -477,7 +402,8 @@ class ProportionalSampler(_StaticSampler):
     """``p_i = m_i / sum_j m_j`` with ``m_i = min(n_i, K)`` (Raffel et al. 2020, arXiv 1910.10683, Sec. 3.5.2)."""
 
     name = "proportional"
-    config_cls = ProportionalConfig
+    reference_url = "https://arxiv.org/abs/1910.10683"
+    params_type = ProportionalConfig
     config: ProportionalConfig
 
     def _fixed_probabilities(self) -> FloatArray:
@@ -494,7 +420,8 @@ class TemperatureSampler(_StaticSampler):
     """
 
     name = "temperature"
-    config_cls = TemperatureConfig
+    reference_url = "https://arxiv.org/abs/1907.05019"
+    params_type = TemperatureConfig
     config: TemperatureConfig
 
     def _fixed_probabilities(self) -> FloatArray:
@@ -576,7 +503,8 @@ class GroupDROSampler(_AdaptiveSampler):
     """
 
     name = "group_dro"
-    config_cls = GroupDROConfig
+    reference_url = "https://arxiv.org/abs/1911.08731"
+    params_type = GroupDROConfig
     config: GroupDROConfig
 
     def __init__(
@@ -664,7 +592,8 @@ class MPTSSampler(_AdaptiveSampler):
     """
 
     name = "mpts"
-    config_cls = MPTSConfig
+    reference_url = "https://arxiv.org/abs/2501.11039"
+    params_type = MPTSConfig
     config: MPTSConfig
 
     def __init__(

@@ -1,4 +1,5 @@
-"""``adaptforge`` command line: each verb parses, validates, and calls one library function."""
+"""``adaptforge`` command line: each verb parses its flags, calls its pipeline (:mod:`adaptforge.pipelines`) and
+renders the result (:mod:`adaptforge.cli.render`); no work is done here."""
 
 from __future__ import annotations
 
@@ -9,16 +10,24 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network behind the user's back
 
 import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 from rich.table import Table  # noqa: E402
 from rich.text import Text  # noqa: E402
 
+from adaptforge.cli.render import (  # noqa: E402
+    console,
+    grid_table,
+    merge_table,
+    notify,
+    out,
+    print_methods,
+    print_new_task,
+    progress_bar,
+)
 from adaptforge.core import AdaptforgeError  # noqa: E402
 
 app = typer.Typer(help="Adapt one foundation model to many tasks and manage the adapters.", no_args_is_help=True)
@@ -26,22 +35,7 @@ library_app = typer.Typer(help="List, show, import, export and remove adapters."
 app.add_typer(library_app, name="library")
 
 
-def plain_console(stderr: bool = False) -> Console:
-    """A console that never reads markup: names, labels and error messages are user text, and a name like
-    ``[red]x`` or a value list like ``[nan, 1.0]`` must print literally. Styles are passed as ``style=``."""
-    return wide_when_piped(Console(stderr=stderr, markup=False))
-
-
-def wide_when_piped(c: Console) -> Console:
-    """Off a terminal rich assumes 80 columns and truncates the wide merge and eval tables; pipes and
-    logs get 160 unless ``COLUMNS`` says otherwise."""
-    if not c.is_terminal and "COLUMNS" not in os.environ:
-        c.width = 160
-    return c
-
-
-console = plain_console(stderr=True)
-out = plain_console()
+T = TypeVar("T")
 
 LibraryOpt = Annotated[Path, typer.Option("--library", "-l", help="Adapter library folder.")]
 ModelOpt = Annotated[
@@ -53,27 +47,16 @@ LabelColOpt = Annotated[str, typer.Option("--label-col", help="Field (task folde
 LimitOpt = Annotated[int | None, typer.Option(min=1, help="Evaluate at most this many examples per task.")]
 
 
-@contextmanager
-def progress_bar(description: str, total: int | None = None) -> Iterator[Progress]:
-    cols = [
-        TextColumn("{task.description}", markup=False),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}", markup=False),
-    ]
-    with Progress(*cols, console=console, transient=False) as bar:
-        bar.add_task(description, total=total, info="")
-        yield bar
-
-
 def _fail(err: Exception) -> None:
     console.print(Text.assemble(("error:", "red"), " ", str(err)))
     raise typer.Exit(2)
 
 
-def notify(msg: str) -> None:
-    console.print(msg, style="dim")
+def required(value: T | None, flag: str) -> T:
+    """Options that ``--list`` lets a command run without are checked here instead of by typer."""
+    if value is None:
+        raise AdaptforgeError(f"{flag} is required")
+    return value
 
 
 @contextmanager
@@ -127,9 +110,9 @@ def train_cmd(
     """Train a LoRA adapter on one task (or, with --multitask, on several) and add it to the library."""
     from adaptforge.backbone import Backbone
     from adaptforge.library import Library, validate_name
+    from adaptforge.pipelines.train import train_into_library
     from adaptforge.tasks import load_task
     from adaptforge.train.config import TrainConfig
-    from adaptforge.workflows import train_into_library
 
     with cli_errors():
         validate_name(name)
@@ -210,8 +193,8 @@ def eval_cmd(
     from adaptforge.backbone import Backbone
     from adaptforge.evaluate import check_request
     from adaptforge.library import Library
+    from adaptforge.pipelines.evaluate import evaluate_grid
     from adaptforge.tasks import load_tasks
-    from adaptforge.workflows import evaluate_grid
 
     with cli_errors():
         tasks = load_tasks(task_dirs, text_col=text_col, label_col=label_col)
@@ -243,30 +226,6 @@ def eval_cmd(
         out.print_json(json.dumps({"results": [{k: r.to_json()[k] for k in keys} for r in results]}))
         return
     out.print(grid_table(results, title=f"{split} accuracy / macro-F1"))
-
-
-def grid_table(results: list, title: str) -> Table:
-    """Adapters as rows, tasks as columns, with average, worst-task and CVaR(20%) columns."""
-    from adaptforge.evaluate import cvar, worst
-
-    tasks = list(dict.fromkeys(r.task for r in results))
-    rows = list(dict.fromkeys(r.adapter for r in results))
-    table = Table(title=title)
-    table.add_column("adapter")
-    for t in tasks:
-        table.add_column(t, justify="right")
-    for col in ("avg acc", "worst", "CVaR20"):
-        table.add_column(col, justify="right")
-    cells = {(r.adapter, r.task): r for r in results}
-    for a in rows:
-        accs = [cells[(a, t)].accuracy for t in tasks if (a, t) in cells]
-        row = [
-            f"{cells[(a, t)].accuracy:.3f} / {cells[(a, t)].macro_f1:.3f}" if (a, t) in cells else "-" for t in tasks
-        ]
-        table.add_row(
-            a or "(zero-shot)", *row, f"{sum(accs) / len(accs):.3f}", f"{worst(accs):.3f}", f"{cvar(accs):.3f}"
-        )
-    return table
 
 
 @library_app.command("list")
@@ -395,8 +354,8 @@ def library_import(
     """Import a PEFT LoRA adapter after checking it fits the base model."""
     from adaptforge.backbone import Backbone
     from adaptforge.library import Library, validate_name
+    from adaptforge.pipelines.importing import import_peft_folder
     from adaptforge.tasks import load_task
-    from adaptforge.workflows import import_peft_folder
 
     with cli_errors():
         validate_name(name)
@@ -485,26 +444,14 @@ def merge_cmd(
     """Merge adapters into one (with lineage), optionally evaluate it and write a dense model."""
     from adaptforge.library import Library
     from adaptforge.merge import MERGE_METHODS
-    from adaptforge.merging import MergeRecipe, RecipeError, merge_into_library
-    from adaptforge.tasks import load_task, load_tasks
+    from adaptforge.pipelines.merge import MergeRecipe, RecipeError, merge_into_library
+    from adaptforge.tasks import load_tasks
 
     if list_methods:
-        for name, cls in MERGE_METHODS.items().items():
-            fields = ", ".join(cls.params_type.__dataclass_fields__)
-            data_note = " (needs --data)" if cls.needs_data else ""
-            out.print(f"{name}{data_note}: {cls.reference_url}  params: {fields}")
+        print_methods("merge method", MERGE_METHODS.items())
         return
     with cli_errors():
         flags = {"density": density, "scaling": scaling, "rank": rank, "seed": seed}
-        params: dict[str, object] = {k: v for k, v in flags.items() if v is not None}
-        if weights is not None:
-            try:
-                params["weights"] = [float(w) for w in weights.split(",")]
-            except ValueError:
-                raise AdaptforgeError(
-                    f"--weights {weights!r}: expected comma-separated numbers, e.g. 0.5,0.5"
-                ) from None
-        params.update(parse_options(param or []))
         if recipe_file is not None:
             given = [f"--{k}" for k, v in {"method": method, "weights": weights, **flags}.items() if v is not None]
             given += ["NAME..."] * bool(names) + ["--param"] * bool(param) + ["--data"] * bool(data)
@@ -518,21 +465,19 @@ def merge_cmd(
             if out_name is not None and out_name != recipe.out:
                 raise RecipeError(f"{recipe_file}: key 'out' is {recipe.out!r} but --out says {out_name!r}; give one")
         else:
-            data_paths = [str(Path(d).resolve()) for d in [*(data or []), *(retain or [])]]
-            if retain:
-                retained = [load_task(d).name for d in retain]
-                previous = params.get("retention") or []
-                params["retention"] = [*previous, *retained] if isinstance(previous, list) else retained
-            if out_name is None:
-                raise AdaptforgeError("--out NAME is required: the name of the merged adapter")
-            raw = {
-                "method": method or "task_arithmetic",
-                "adapters": list(names or []),
-                "params": params,
-                "out": out_name,
-                "data": data_paths,
-            }
-            recipe = MergeRecipe.from_mapping(raw, where="merge")
+            recipe = MergeRecipe.from_flags(
+                adapters=names or [],
+                out=out_name,
+                method=method,
+                weights=weights,
+                density=density,
+                scaling=scaling,
+                rank=rank,
+                seed=seed,
+                params=parse_options(param or []),
+                data=data or [],
+                retain=retain or [],
+            )
         if library is None:
             raise AdaptforgeError("--library LIB is required: the library holding the adapters")
         lib = Library(library, create=False)
@@ -567,10 +512,10 @@ def merge_cmd(
 @app.command("compose")
 def compose_cmd(
     task_dir: Annotated[
-        Path, typer.Argument(help="The new task: folder, SNI .json or .csv (description, labels, shots).")
-    ],
-    library: LibraryOpt,
-    out_name: Annotated[str, typer.Option("--out", "-o", help="Name of the composed adapter.")],
+        Path | None, typer.Argument(help="The new task: folder, SNI .json or .csv (description, labels, shots).")
+    ] = None,
+    library: Annotated[Path | None, typer.Option("--library", "-l", help="Adapter library folder.")] = None,
+    out_name: Annotated[str | None, typer.Option("--out", "-o", help="Name of the composed adapter.")] = None,
     method: Annotated[str, typer.Option(help="lorahub | atlas | tuned | arrow | retrieval (see --list).")] = "lorahub",
     shots: Annotated[int, typer.Option("--shots", "-k", help="Labelled train examples used (0: none).")] = 16,
     candidates: Annotated[int, typer.Option(help="Library adapters retrieved as candidates.")] = 20,
@@ -588,17 +533,19 @@ def compose_cmd(
 ) -> None:
     """An adapter for a new task from k labelled examples and the library's adapters (with lineage)."""
     from adaptforge.compose import COMPOSERS
-    from adaptforge.composing import compose_into_library
     from adaptforge.library import Library
+    from adaptforge.pipelines.compose import compose_into_library
     from adaptforge.tasks import load_task
 
     if list_methods:
-        for name, cls in COMPOSERS.items().items():
-            fields = ", ".join(cls.params_type.__dataclass_fields__)
-            need = " (needs --shots > 0)" if cls.needs_shots else ""
-            out.print(f"{name}{need}: {cls.reference_url}  params: {fields}")
+        print_methods("composer", COMPOSERS.items())
         return
     with cli_errors():
+        task_dir, library, out_name = (
+            required(task_dir, "TASK_DIR"),
+            required(library, "--library"),
+            required(out_name, "--out"),
+        )
         task = load_task(task_dir, text_col=text_col, label_col=label_col)
         lib = Library(library, create=False)
         outcome = compose_into_library(
@@ -616,7 +563,7 @@ def compose_cmd(
             overwrite=overwrite,
             notify=notify,
         )
-    _print_new_task(outcome, as_json)
+    print_new_task(outcome, as_json)
 
 
 @app.command("generate")
@@ -637,8 +584,8 @@ def generate_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """An adapter for a task never trained on, from its description and labels (generator over the library)."""
-    from adaptforge.composing import generate_into_library
     from adaptforge.library import Library
+    from adaptforge.pipelines.generate import generate_into_library
     from adaptforge.tasks import load_task
 
     with cli_errors():
@@ -660,60 +607,4 @@ def generate_cmd(
             overwrite=overwrite,
             notify=notify,
         )
-    _print_new_task(outcome, as_json)
-
-
-def _print_new_task(outcome: object, as_json: bool) -> None:
-    from adaptforge.composing import NewTaskOutcome
-
-    assert isinstance(outcome, NewTaskOutcome)
-    if as_json:
-        out.print_json(json.dumps(outcome.to_json(), default=str))
-        return
-    record = outcome.record
-    out.print(f"{outcome.method}: added {record.name} ({record.id}), rank {record.rank}, {outcome.seconds:.1f}s")
-    if outcome.candidates:
-        weights = outcome.info.get("weights", {})
-        table = Table(title="candidates")
-        for col in ("adapter", "task", "similarity", "shot loss", "weight"):
-            table.add_column(col, justify="left" if col in ("adapter", "task") else "right")
-        for c in outcome.candidates:
-            table.add_row(
-                c.name,
-                c.task or "-",
-                "-" if c.similarity is None else f"{c.similarity:.3f}",
-                "-" if c.shot_loss is None else f"{c.shot_loss:.3f}",
-                f"{weights.get(c.name, 0.0):+.3f}",
-            )
-        out.print(table)
-    if outcome.evals:
-        zero, new = outcome.evals["zero_shot"], outcome.evals["adapter"]
-        out.print(
-            f"{new.task} ({new.split}, n={new.n}): zero-shot {zero.accuracy:.3f} -> {record.name} {new.accuracy:.3f} "
-            f"({new.accuracy - zero.accuracy:+.3f}); macro-F1 {zero.macro_f1:.3f} -> {new.macro_f1:.3f}"
-        )
-
-
-def merge_table(report: object, title: str) -> Table:
-    """Per task: merged accuracy, the task's own adapter, normalized accuracy; then average and worst."""
-    from adaptforge.merging import MergeReport
-
-    assert isinstance(report, MergeReport)
-    table = Table(title=title)
-    for col in ("task", "n", "accuracy", "own adapter", "normalized"):
-        table.add_column(col, justify="left" if col == "task" else "right")
-    for r in report.rows:
-        own = f"{r.reference_accuracy:.3f} ({r.reference})" if r.reference_accuracy is not None else "-"
-        norm = f"{r.normalized:.3f}" if r.normalized is not None else "-"
-        table.add_row(r.task + (" (routed)" if r.routed else ""), str(r.n), f"{r.accuracy:.3f}", own, norm)
-    avg_norm = report.average_normalized
-    table.add_row("average", "", f"{report.average_accuracy:.3f}", "", "-" if avg_norm is None else f"{avg_norm:.3f}")
-    low = report.worst_task
-    if low is not None:
-        norm = "-" if low.normalized is None else f"{low.normalized:.3f}"
-        table.add_row(f"worst: {low.task}", "", f"{low.accuracy:.3f}", "", norm)
-    return table
-
-
-if __name__ == "__main__":  # pragma: no cover
-    app()
+    print_new_task(outcome, as_json)

@@ -1,22 +1,19 @@
-"""``adaptforge merge`` as a library operation: recipe in, merged adapter (with lineage) out, evaluated.
+"""``adaptforge merge``: recipe in, merged adapter (with lineage) out, optionally evaluated and written dense.
 
-A :class:`MergeRecipe` says what to do (``method``, ``adapters``, ``params``, ``out`` and, for
-data-driven methods, ``data``: task folders); where and how to run (library, model, evaluation
-tasks, dense output) are arguments of :func:`merge_into_library`, never recipe keys. Everything is
-validated before anything is written: a failed merge leaves the library and the file system as
-they were. The catalog row of the result stores the resolved recipe, the parents (input ids in
-order), the method, its typed params and the reconstruction error.
+The path is one way, as in mergekit: the CLI builds a :class:`MergeRecipe` (``from_flags`` or
+``from_yaml``), :func:`merge_into_library` checks everything, runs the registered method
+(:func:`adaptforge.merge.run`) and stores the result with its :class:`~adaptforge.provenance.MergeProvenance`.
+
+A recipe says what to do (``method``, ``adapters``, ``params``, ``out`` and, for data-driven methods,
+``data``: task folders); where and how to run (library, model, evaluation tasks, dense output) are
+arguments of :func:`merge_into_library`, never recipe keys. Nothing is written unless the merge succeeds.
 """
 
 from __future__ import annotations
 
-import difflib
-import logging
 import math
-import os
 import time
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,17 +21,16 @@ from typing import Any
 import yaml
 
 from adaptforge.backbone import Backbone
-from adaptforge.core import AdaptforgeError, LoraDelta
-from adaptforge.durable import fsync_dir, fsync_tree, remove_inside
+from adaptforge.core import AdaptforgeError, LoraDelta, did_you_mean
+from adaptforge.durable import publish_folder, remove_inside, stage_folder
 from adaptforge.evaluate import EvalResult, check_request, evaluate, worst
 from adaptforge.library import AdapterRecord, Library, validate_name
 from adaptforge.merge import MERGE_METHODS, MergeParams, MergeResult, run
-from adaptforge.routing import RECIPE_KEY, Router
+from adaptforge.pipelines.common import Notify, choose_base, reporter
+from adaptforge.provenance import MergeProvenance
+from adaptforge.routing import Router, routed_settings
 from adaptforge.scorers import Scorer, make_scorer
 from adaptforge.tasks import Task, load_task
-from adaptforge.workflows import metric_values, routed_settings
-
-log = logging.getLogger(__name__)
 
 RECIPE_KEYS = ("method", "adapters", "params", "out", "data")
 REQUIRED_KEYS = ("method", "adapters", "out")
@@ -69,8 +65,7 @@ class MergeRecipe:
                 flag = "--" + str(key).replace("_", "-")
                 raise RecipeError(f"{where}: key {key!r} is a runtime option, not part of a recipe; pass {flag}")
             if key not in RECIPE_KEYS:
-                close = difflib.get_close_matches(str(key), RECIPE_KEYS, n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
+                hint = did_you_mean(key, RECIPE_KEYS)
                 raise RecipeError(f"{where}: unknown key {key!r}; a recipe has {', '.join(RECIPE_KEYS)}.{hint}")
         for key in REQUIRED_KEYS:
             if raw.get(key) is None:
@@ -113,6 +108,48 @@ class MergeRecipe:
         return cls(method, tuple(adapters), out, dict(params), tuple(data))
 
     @classmethod
+    def from_flags(
+        cls,
+        *,
+        adapters: Sequence[str],
+        out: str | None,
+        method: str | None = None,
+        weights: str | None = None,
+        density: float | None = None,
+        scaling: float | None = None,
+        rank: int | None = None,
+        seed: int | None = None,
+        params: Mapping[str, Any] | None = None,
+        data: Sequence[str | Path] = (),
+        retain: Sequence[str | Path] = (),
+    ) -> MergeRecipe:
+        """The recipe the ``adaptforge merge`` flags describe. ``weights`` is the comma-separated ``--weights``
+        string; the named params are set when given; ``params`` holds the ``--param key=value`` pairs (they
+        win); ``retain`` (base_interp) are task folders both fitted on and named in ``retention``."""
+        named = {"density": density, "scaling": scaling, "rank": rank, "seed": seed}
+        given: dict[str, Any] = {k: v for k, v in named.items() if v is not None}
+        if weights is not None:
+            try:
+                given["weights"] = [float(w) for w in weights.split(",")]
+            except ValueError:
+                raise RecipeError(f"--weights {weights!r}: expected comma-separated numbers, e.g. 0.5,0.5") from None
+        given.update(params or {})
+        if retain:
+            retained = [load_task(d).name for d in retain]
+            previous = given.get("retention") or []
+            given["retention"] = [*previous, *retained] if isinstance(previous, list) else retained
+        if out is None:
+            raise RecipeError("--out NAME is required: the name of the merged adapter")
+        raw = {
+            "method": method or "task_arithmetic",
+            "adapters": list(adapters),
+            "params": given,
+            "out": out,
+            "data": [str(Path(d).resolve()) for d in [*data, *retain]],
+        }
+        return cls.from_mapping(raw, where="merge")
+
+    @classmethod
     def from_yaml(cls, path: str | Path) -> MergeRecipe:
         path = Path(path)
         if not path.is_file():
@@ -126,7 +163,9 @@ class MergeRecipe:
         return cls.from_mapping(raw, where=str(path), base_dir=path.parent)
 
     def typed_params(self) -> MergeParams:
-        return MERGE_METHODS.get(self.method)().parse_params(self.params)
+        typed = MERGE_METHODS.get(self.method).parse_params(self.params)
+        assert isinstance(typed, MergeParams)
+        return typed
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved recipe: params with every default filled in (what actually ran)."""
@@ -233,9 +272,6 @@ class MergeOutcome:
         }
 
 
-Notify = Callable[[str], None]
-
-
 def _check_inputs(recipe: MergeRecipe, library: Library, overwrite: bool) -> list[AdapterRecord]:
     """Records of the inputs, after the checks that need no tensors (unknown names, bases, output name)."""
     records = [library.get(name) for name in recipe.adapters]
@@ -269,38 +305,20 @@ def _check_dense_out(folder: Path | None) -> Path | None:
     return folder
 
 
-def save_dense(backbone: Backbone, delta: LoraDelta, folder: Path, recipe: Mapping[str, Any]) -> Path:
-    """Write ``W_base + dW`` as a full model with ``save_pretrained`` (plus tokenizer and the recipe);
-    ``AutoModel`` / ``AutoModelForCausalLM`` load it. Written to a temp folder first, then renamed."""
-    tmp = _write_dense_tmp(backbone, delta, folder, recipe)
-    return _finish_dense(tmp, folder)
-
-
-def _write_dense_tmp(backbone: Backbone, delta: LoraDelta, folder: Path, recipe: Mapping[str, Any]) -> Path:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
+def write_dense(backbone: Backbone, delta: LoraDelta, folder: Path, recipe: Mapping[str, Any]) -> Path:
+    """Stage ``W_base + dW`` as a full model with ``save_pretrained`` (plus tokenizer and the recipe) beside
+    ``folder``; :func:`~adaptforge.durable.publish_folder` makes it appear. ``AutoModel`` /
+    ``AutoModelForCausalLM`` load it."""
+    tmp = stage_folder(folder)
     try:
         with backbone.applied(delta) as model:
             model.save_pretrained(tmp)
         backbone.tokenizer.save_pretrained(tmp)
         (tmp / RECIPE_FILE).write_text(yaml.safe_dump(dict(recipe), sort_keys=False))
-        fsync_tree(tmp)
     except BaseException:
         remove_inside(tmp, folder.parent)
         raise
     return tmp
-
-
-def _finish_dense(tmp: Path, folder: Path) -> Path:
-    try:
-        if folder.exists():
-            folder.rmdir()  # checked empty before the merge
-        os.rename(tmp, folder)
-        fsync_dir(folder.parent)
-    except BaseException:
-        remove_inside(tmp, folder.parent)
-        raise
-    return folder
 
 
 def merge_into_library(
@@ -319,7 +337,7 @@ def merge_into_library(
     """Load the recipe's adapters (checksums and base fingerprints verified), merge, add the result with
     lineage, optionally write a dense model and evaluate on ``eval_tasks``. Nothing is written unless the
     merge succeeds."""
-    say = notify or (lambda msg: log.info("%s", msg))
+    say = reporter(notify)
     start = time.perf_counter()
     params = recipe.typed_params()
     impl = MERGE_METHODS.get(recipe.method)
@@ -329,8 +347,9 @@ def merge_into_library(
     data_tasks = [load_task(d) for d in recipe.data]
     fingerprint = records[0].base_fingerprint
     if backbone is None and (impl.needs_data or eval_tasks or dense_path is not None or model is not None):
-        say(f"loading base model {model or records[0].base_model}")
-        backbone = Backbone.load(model or records[0].base_model)
+        name = choose_base(model, records)
+        say(f"loading base model {name}")
+        backbone = Backbone.load(name)
     if backbone is not None and backbone.fingerprint != fingerprint:
         raise AdaptforgeError(
             f"adapter {records[0].name!r} was trained on base fingerprint {fingerprint}, but the loaded model "
@@ -341,13 +360,25 @@ def merge_into_library(
     say(f"merging {len(deltas)} adapters with {recipe.method}")
     merge_start = time.perf_counter()
     result = run(recipe.method, deltas, params, scorer, data_tasks or None)
-    merge_seconds = time.perf_counter() - merge_start
-    resolved = _resolved_recipe(recipe, records, data_tasks, result, merge_seconds)
+    provenance = MergeProvenance(
+        merge_recipe=recipe.to_dict(),
+        typed_params=params.to_dict(),
+        adapter_ids=[r.id for r in records],
+        data=[
+            {"path": p, "name": t.name, "fingerprint": t.fingerprint()}
+            for p, t in zip(recipe.data, data_tasks, strict=True)
+        ],
+        reconstruction_error=result.reconstruction_error,
+        router=routed_settings(result.router, [r.id for r in records]),
+        info={k: v for k, v in result.info.items() if k not in ("method", "params")},
+        seconds=time.perf_counter() - merge_start,
+    )
+    resolved = provenance.recipe()
     tasks = list(dict.fromkeys(r.task for r in records if r.task))
     dense_tmp = None
-    if dense_path is not None:  # written before the catalog row, so a failure here leaves nothing behind
+    if dense_path is not None:  # staged before the catalog row, so a failure here leaves nothing behind
         assert backbone is not None
-        dense_tmp = _write_dense_tmp(backbone, result.delta, dense_path, resolved)
+        dense_tmp = write_dense(backbone, result.delta, dense_path, resolved)
     try:
         record = library.add(
             result.delta,
@@ -356,9 +387,7 @@ def merge_into_library(
             base_fingerprint=fingerprint,
             task="+".join(tasks) if tasks else None,
             description=f"{recipe.method} merge of {', '.join(r.name for r in records)}",
-            recipe=resolved,
-            method=recipe.method,
-            params=params.to_dict(),
+            provenance=provenance,
             parents=[r.id for r in records],
             overwrite=overwrite,
         )
@@ -368,7 +397,7 @@ def merge_into_library(
         raise
     say(f"added {record.name} ({record.id}) to {library.root}")
     if dense_tmp is not None and dense_path is not None:
-        _finish_dense(dense_tmp, dense_path)
+        publish_folder(dense_tmp, dense_path)
         say(f"wrote dense model to {dense_path}")
     outcome = MergeOutcome(record, result, resolved, time.perf_counter() - start, dense_path)
     if eval_tasks:
@@ -378,46 +407,6 @@ def merge_into_library(
         )
     outcome.seconds = time.perf_counter() - start
     return outcome
-
-
-def _resolved_recipe(
-    recipe: MergeRecipe, records: Sequence[AdapterRecord], tasks: Sequence[Task], result: MergeResult, seconds: float
-) -> dict[str, Any]:
-    errors = result.reconstruction_error
-    info = {k: v for k, v in result.info.items() if k not in ("method", "params")}
-    return {
-        "kind": "merge",
-        **recipe.to_dict(),
-        "adapter_ids": [r.id for r in records],
-        "data": [
-            {"path": p, "name": t.name, "fingerprint": t.fingerprint()} for p, t in zip(recipe.data, tasks, strict=True)
-        ],
-        "reconstruction_error": {
-            "max": max(errors.values()) if errors else 0.0,
-            "mean": sum(errors.values()) / len(errors) if errors else 0.0,
-            "per_module": errors,
-            "exact": not errors,
-        },
-        RECIPE_KEY: routed_settings(result.router, [r.id for r in records]),
-        "info": info,
-        "seconds": round(seconds, 3),
-    }
-
-
-def _is_merge(record: AdapterRecord) -> bool:
-    return record.method in MERGE_METHODS
-
-
-def find_reference(library: Library, task: str, fingerprint: str, prefer: Sequence[str] = ()) -> AdapterRecord | None:
-    """The task's own adapter: a non-merged adapter whose ``task`` is ``task`` (the given ``prefer`` ids,
-    e.g. the merge's parents, first; then the newest in the library)."""
-    for ident in prefer:
-        if library.exists(ident):
-            rec = library.get(ident)
-            if rec.task == task and not _is_merge(rec) and rec.base_fingerprint == fingerprint:
-                return rec
-    candidates = [r for r in library.list(task=task, base_fingerprint=fingerprint) if not _is_merge(r)]
-    return max(candidates, key=lambda r: r.created) if candidates else None
 
 
 def reference_accuracy(
@@ -435,7 +424,7 @@ def reference_accuracy(
         return rows[-1].value
     delta, _ = library.load(ref.id, expected_fingerprint=fingerprint)
     res = evaluate(scorer, task, split, delta, adapter=ref.name, limit=limit)
-    library.record_metrics(ref.id, fingerprint, task.name, split, metric_values(res), res.n)
+    library.record_metrics(ref.id, fingerprint, task.name, split, res.metric_values(), res.n)
     return res.accuracy
 
 
@@ -451,8 +440,9 @@ def evaluate_merge(
     notify: Notify | None = None,
 ) -> MergeReport:
     """Accuracy of the merged adapter (the stored copy, or the router's per-input merge) on each task, and
-    normalized accuracy against each task's own adapter; all results recorded in the library (routed ones
-    as ``routed_*`` metrics, the normalized accuracy as ``normalized_accuracy``)."""
+    normalized accuracy against each task's own adapter (:meth:`~adaptforge.library.Library.task_adapter`);
+    all results recorded in the library (routed ones as ``routed_*`` metrics, the normalized accuracy as
+    ``normalized_accuracy``)."""
     fingerprint = scorer.backbone.fingerprint
     delta, _ = library.load(record.id, expected_fingerprint=fingerprint)
     rows = []
@@ -466,12 +456,12 @@ def evaluate_merge(
         else:
             res = evaluate(scorer, task, split, delta, adapter=record.name, limit=limit)
             prefix = ""
-        ref = find_reference(library, task.name, fingerprint, prefer=record.parents)
+        ref = library.task_adapter(task.name, fingerprint, prefer=record.parents)
         ref_acc = reference_accuracy(library, ref, scorer, task, split, limit, res.n) if ref is not None else None
         score = TaskScore(
             task.name, split, res.n, res.accuracy, res.macro_f1, ref and ref.name, ref_acc, router is not None
         )
-        values = {prefix + k: v for k, v in metric_values(res).items()}
+        values = {prefix + k: v for k, v in res.metric_values().items()}
         if score.normalized is not None:
             values[prefix + "normalized_accuracy"] = score.normalized
         library.record_metrics(record.id, fingerprint, task.name, split, values, res.n)

@@ -1,0 +1,140 @@
+"""What the command line shows: consoles, progress bars, tables and summaries (no parsing, no work)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+if TYPE_CHECKING:  # the CLI imports this module for --help; torch and the pipelines load only when used
+    from adaptforge.evaluate import EvalResult
+    from adaptforge.methods import Method
+    from adaptforge.pipelines.common import NewTaskOutcome
+    from adaptforge.pipelines.merge import MergeReport
+
+
+def plain_console(stderr: bool = False) -> Console:
+    """A console that never reads markup: names, labels and error messages are user text, and a name like
+    ``[red]x`` or a value list like ``[nan, 1.0]`` must print literally. Styles are passed as ``style=``."""
+    return wide_when_piped(Console(stderr=stderr, markup=False))
+
+
+def wide_when_piped(c: Console) -> Console:
+    """Off a terminal rich assumes 80 columns and truncates the wide merge and eval tables; pipes and
+    logs get 160 unless ``COLUMNS`` says otherwise."""
+    if not c.is_terminal and "COLUMNS" not in os.environ:
+        c.width = 160
+    return c
+
+
+console = plain_console(stderr=True)  # progress, notes and errors
+out = plain_console()  # results
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None = None) -> Iterator[Progress]:
+    cols = [
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}", markup=False),
+    ]
+    with Progress(*cols, console=console, transient=False) as bar:
+        bar.add_task(description, total=total, info="")
+        yield bar
+
+
+def notify(msg: str) -> None:
+    console.print(msg, style="dim")
+
+
+def grid_table(results: list[EvalResult], title: str) -> Table:
+    """Adapters as rows, tasks as columns, with average, worst-task and CVaR(20%) columns."""
+    from adaptforge.evaluate import cvar, worst
+
+    tasks = list(dict.fromkeys(r.task for r in results))
+    rows = list(dict.fromkeys(r.adapter for r in results))
+    table = Table(title=title)
+    table.add_column("adapter")
+    for t in tasks:
+        table.add_column(t, justify="right")
+    for col in ("avg acc", "worst", "CVaR20"):
+        table.add_column(col, justify="right")
+    cells = {(r.adapter, r.task): r for r in results}
+    for a in rows:
+        accs = [cells[(a, t)].accuracy for t in tasks if (a, t) in cells]
+        row = [
+            f"{cells[(a, t)].accuracy:.3f} / {cells[(a, t)].macro_f1:.3f}" if (a, t) in cells else "-" for t in tasks
+        ]
+        table.add_row(
+            a or "(zero-shot)", *row, f"{sum(accs) / len(accs):.3f}", f"{worst(accs):.3f}", f"{cvar(accs):.3f}"
+        )
+    return table
+
+
+def print_new_task(outcome: NewTaskOutcome, as_json: bool) -> None:
+    """Compose and generate: the stored adapter, its candidates and zero-shot vs new adapter."""
+    if as_json:
+        out.print_json(json.dumps(outcome.to_json(), default=str))
+        return
+    record = outcome.record
+    out.print(f"{outcome.method}: added {record.name} ({record.id}), rank {record.rank}, {outcome.seconds:.1f}s")
+    if outcome.candidates:
+        weights = outcome.info.get("weights", {})
+        table = Table(title="candidates")
+        for col in ("adapter", "task", "similarity", "shot loss", "weight"):
+            table.add_column(col, justify="left" if col in ("adapter", "task") else "right")
+        for c in outcome.candidates:
+            table.add_row(
+                c.name,
+                c.task or "-",
+                "-" if c.similarity is None else f"{c.similarity:.3f}",
+                "-" if c.shot_loss is None else f"{c.shot_loss:.3f}",
+                f"{weights.get(c.name, 0.0):+.3f}",
+            )
+        out.print(table)
+    if outcome.evals:
+        zero, new = outcome.evals["zero_shot"], outcome.evals["adapter"]
+        out.print(
+            f"{new.task} ({new.split}, n={new.n}): zero-shot {zero.accuracy:.3f} -> {record.name} {new.accuracy:.3f} "
+            f"({new.accuracy - zero.accuracy:+.3f}); macro-F1 {zero.macro_f1:.3f} -> {new.macro_f1:.3f}"
+        )
+
+
+def merge_table(report: MergeReport, title: str) -> Table:
+    """Per task: merged accuracy, the task's own adapter, normalized accuracy; then average and worst."""
+    table = Table(title=title)
+    for col in ("task", "n", "accuracy", "own adapter", "normalized"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    for r in report.rows:
+        own = f"{r.reference_accuracy:.3f} ({r.reference})" if r.reference_accuracy is not None else "-"
+        norm = f"{r.normalized:.3f}" if r.normalized is not None else "-"
+        table.add_row(r.task + (" (routed)" if r.routed else ""), str(r.n), f"{r.accuracy:.3f}", own, norm)
+    avg_norm = report.average_normalized
+    table.add_row("average", "", f"{report.average_accuracy:.3f}", "", "-" if avg_norm is None else f"{avg_norm:.3f}")
+    low = report.worst_task
+    if low is not None:
+        norm = "-" if low.normalized is None else f"{low.normalized:.3f}"
+        table.add_row(f"worst: {low.task}", "", f"{low.accuracy:.3f}", "", norm)
+    return table
+
+
+def print_methods(kind: str, methods: dict[str, type[Method]]) -> None:
+    """``--list``: every registered method with its paper, requirements and typed params (defaults, help)."""
+    for name, cls in methods.items():
+        info = cls.help()
+        notes = f"  ({'; '.join(info.notes)})" if info.notes else ""
+        out.print(f"{name}{notes}  {info.reference_url}", style="bold")
+        if info.summary:
+            out.print(f"  {info.summary}")
+        for row in info.params:
+            default = json.dumps(row.default)
+            out.print(f"    {row.name} ({row.type}, default {default}): {row.help}")
+    out.print(f"{len(methods)} {kind}(s)")

@@ -1,0 +1,18 @@
+"""The verbs: one module per ``adaptforge`` command, the only place a command's work is orchestrated.
+
+The rule: a verb's orchestration (load inputs, check everything before any work, run a registered
+method, store the result with its typed provenance, evaluate) lives in ``pipelines/<verb>.py``; the
+methods it runs live in their lifecycle package's registry (``merge/``, ``compose/``, ``generate/``,
+``train/samplers``; ``prune/`` and ``tta/`` to come), and ``cli`` only parses flags and renders results.
+Imports point one way::
+
+    cli -> pipelines -> methods (merge, compose, generate, train, routing) -> lora, library, evaluate,
+    scorers -> core
+
+- :mod:`~adaptforge.pipelines.train`: ``adaptforge train``
+- :mod:`~adaptforge.pipelines.importing`: ``adaptforge library import``
+- :mod:`~adaptforge.pipelines.evaluate`: ``adaptforge eval``
+- :mod:`~adaptforge.pipelines.merge`: ``adaptforge merge``
+- :mod:`~adaptforge.pipelines.compose`: ``adaptforge compose``
+- :mod:`~adaptforge.pipelines.generate`: ``adaptforge generate``
+"""

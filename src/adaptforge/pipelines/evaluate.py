@@ -1,0 +1,58 @@
+"""``adaptforge eval``: every (adapter or zero-shot) x task cell on one split, recorded in the catalog."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import adaptforge.compose  # noqa: F401 - registers the arrow router that stored compositions name
+import adaptforge.merge  # noqa: F401 - registers the entropy (DaWin) router that stored merges name
+from adaptforge.backbone import Backbone
+from adaptforge.core import AdaptforgeError
+from adaptforge.evaluate import EvalResult, check_request, evaluate
+from adaptforge.library import Library
+from adaptforge.routing import Router, stored_router
+from adaptforge.scorers import Scorer, make_scorer
+from adaptforge.tasks import Task
+
+
+def evaluate_grid(
+    tasks: Sequence[Task],
+    backbone: Backbone,
+    library: Library | None,
+    adapters: Sequence[str],
+    *,
+    zero_shot: bool,
+    split: str = "test",
+    limit: int | None = None,
+    record: bool = True,
+    on_cell: Callable[[str, str | None], None] | None = None,
+    scorer: Scorer | None = None,
+) -> list[EvalResult]:
+    """Every (adapter or zero-shot) x task cell; metrics are written to the library when given. A stored
+    routed adapter (DaWin merge, Arrow composition) is evaluated through its router, exactly as when it was
+    made (:func:`~adaptforge.routing.stored_router`)."""
+    check_request(tasks, split, limit)
+    scorer = scorer or make_scorer(backbone)
+    columns: list[str | None] = ([None] if zero_shot else []) + list(adapters)
+    results = []
+    for adapter in columns:
+        delta = None
+        adapter_id = None
+        router: Router | None = None
+        if adapter is not None:
+            if library is None:
+                raise AdaptforgeError("evaluating a named adapter needs --library")
+            delta, rec = library.load(adapter, expected_fingerprint=backbone.fingerprint)
+            adapter_id = rec.id
+            router = stored_router(library, rec, backbone.fingerprint)
+        for task in tasks:
+            if on_cell:
+                on_cell(task.name, adapter)
+            if router is not None:
+                res = router.evaluate(scorer, task, split, limit, adapter)
+            else:
+                res = evaluate(scorer, task, split, delta, adapter=adapter, limit=limit)
+            results.append(res)
+            if record and library is not None:
+                library.record_metrics(adapter_id, backbone.fingerprint, task.name, split, res.metric_values(), res.n)
+    return results
