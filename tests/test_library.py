@@ -401,3 +401,19 @@ def test_kind_column_is_backfilled_when_an_old_catalog_is_opened(lib: Library) -
     assert [r.name for r in again.list(kind="merge")] == ["merged"]
     with pytest.raises(LibraryError, match="kind must be one of"):
         again.add(make_delta(9), name="x", base_model=BASE, base_fingerprint=FP, kind="weird")
+
+
+def test_a_tasks_own_adapter_is_trained_or_imported_never_derived(lib: Library) -> None:
+    """The one rule behind merge references, compose candidates and generator samples: a newer composition,
+    merge or generated adapter of the same task is never taken for the task's own adapter."""
+    own = lib.add(make_delta(1), name="own", base_model=BASE, base_fingerprint=FP, task="t1", recipe={"kind": "train"})
+    for i, kind in enumerate(("compose", "merge", "generate"), start=2):
+        lib.add(
+            make_delta(i), name=f"{kind}-t1", base_model=BASE, base_fingerprint=FP, task="t1", method="atlas", kind=kind
+        )
+    assert lib.task_adapter("t1", FP) == own
+    assert lib.task_adapter("t1", FP, prefer=["compose-t1", "merge-t1"]) == own
+    assert lib.task_adapter("t1", "another-base") is None
+    imported = lib.add(make_delta(9), name="imp", base_model=BASE, base_fingerprint=FP, task="t1", method="import")
+    assert imported.kind == "import" and lib.task_adapter("t1", FP) == imported  # the newest own adapter
+    assert lib.task_adapter("t1", FP, prefer=["own"]) == own

@@ -114,7 +114,7 @@ class ArrowParams(ComposeParams):
 class Arrow(Composer):
     """Arrow routing (https://arxiv.org/abs/2405.11157): training-free, label-free per-token routing over the
     candidates, so it works at k = 0 (shots are not used). Per-token weights are not one adapter: the result
-    carries ``routing`` (used by :func:`~adaptforge.compose.base.evaluate_composed`) and, as its ``delta``,
+    carries ``router`` (used by :func:`~adaptforge.compose.base.evaluate_composed`) and, as its ``delta``,
     the static fallback: the uniform mean of the candidates (exact rank concatenation)."""
 
     name = "arrow"

@@ -1,0 +1,81 @@
+"""The Typer apps, the options every verb shares, and how a command reports a bad input (exit 2)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network behind the user's back
+
+import typer  # noqa: E402
+from rich.text import Text  # noqa: E402
+
+from adaptforge.cli.render import (  # noqa: E402
+    console,
+)
+from adaptforge.core import AdaptforgeError  # noqa: E402
+
+app = typer.Typer(help="Adapt one foundation model to many tasks and manage the adapters.", no_args_is_help=True)
+library_app = typer.Typer(help="List, show, import, export and remove adapters.", no_args_is_help=True)
+app.add_typer(library_app, name="library")
+
+
+T = TypeVar("T")
+
+LibraryOpt = Annotated[Path, typer.Option("--library", "-l", help="Adapter library folder.")]
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", "-m", help="HF model path or name (default: embedded MiniLM).")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+TextColOpt = Annotated[str, typer.Option("--text-col", help="Field (task folder) or column (CSV) holding the text.")]
+LabelColOpt = Annotated[str, typer.Option("--label-col", help="Field (task folder) or column (CSV) holding the label.")]
+LimitOpt = Annotated[int | None, typer.Option(min=1, help="Evaluate at most this many examples per task.")]
+
+
+def _fail(err: Exception) -> None:
+    console.print(Text.assemble(("error:", "red"), " ", str(err)))
+    raise typer.Exit(2)
+
+
+def required(value: T | None, flag: str) -> T:
+    """Options that ``--list`` lets a command run without are checked here instead of by typer."""
+    if value is None:
+        raise AdaptforgeError(f"{flag} is required")
+    return value
+
+
+@contextmanager
+def cli_errors() -> Iterator[None]:
+    try:
+        yield
+    except AdaptforgeError as err:
+        _fail(err)
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    # PEFT calls a transformers method that transformers deprecates; the warning is for PEFT's authors.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+def parse_options(pairs: list[str]) -> dict[str, object]:
+    """``key=value`` strings to a dict; values parsed as JSON where they can be (numbers, true, lists)."""
+    options: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise AdaptforgeError(f"option {pair!r}: expected key=value")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options

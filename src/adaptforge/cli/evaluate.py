@@ -1,0 +1,76 @@
+"""``adaptforge eval``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from adaptforge.cli.app import (
+    JsonOpt,
+    LabelColOpt,
+    LimitOpt,
+    ModelOpt,
+    TextColOpt,
+    app,
+    cli_errors,
+)
+from adaptforge.cli.render import (
+    grid_table,
+    out,
+    progress_bar,
+)
+from adaptforge.core import AdaptforgeError
+
+
+@app.command("eval")
+def eval_cmd(
+    task_dirs: Annotated[list[Path], typer.Argument(help="Task folders (or .json/.csv files).")],
+    library: Annotated[Path | None, typer.Option("--library", "-l")] = None,
+    adapter: Annotated[list[str] | None, typer.Option("--adapter", "-a", help="Adapter name; repeatable.")] = None,
+    all_adapters: Annotated[bool, typer.Option("--all-adapters", help="Every adapter in the library.")] = False,
+    zero_shot: Annotated[bool, typer.Option("--zero-shot", help="Also the base model without adapter.")] = False,
+    split: Annotated[str, typer.Option()] = "test",
+    limit: LimitOpt = None,
+    model: ModelOpt = None,
+    text_col: TextColOpt = "text",
+    label_col: LabelColOpt = "label",
+    as_json: JsonOpt = False,
+) -> None:
+    """Evaluate adapters and/or zero-shot on tasks: accuracy and macro-F1 per cell."""
+    from adaptforge.evaluate import check_request
+    from adaptforge.library import Library
+    from adaptforge.pipelines.common import load_base
+    from adaptforge.pipelines.evaluate import evaluate_grid
+    from adaptforge.tasks import load_tasks
+
+    with cli_errors():
+        tasks = load_tasks(task_dirs, text_col=text_col, label_col=label_col)
+        check_request(tasks, split, limit)
+        lib = Library(library, create=False) if library else None
+        names = list(adapter or [])
+        if all_adapters:
+            if lib is None:
+                raise AdaptforgeError("--all-adapters needs --library")
+            names += [r.name for r in lib.list() if r.name not in names]
+        if names and lib is None:
+            raise AdaptforgeError("--adapter needs --library")
+        if not names:
+            zero_shot = True
+        backbone = load_base(model, [lib.get(n) for n in names] if lib is not None else [])
+        n_cells = len(tasks) * (len(names) + int(zero_shot))
+        with progress_bar("eval", total=n_cells) as bar:
+
+            def cell(task: str, name: str | None) -> None:
+                bar.update(0, advance=1, info=f"{name or 'zero-shot'} on {task}")
+
+            results = evaluate_grid(
+                tasks, backbone, lib, names, zero_shot=zero_shot, split=split, limit=limit, on_cell=cell
+            )
+    if as_json:
+        keys = ("task", "adapter", "accuracy", "macro_f1", "n")
+        out.print_json(json.dumps({"results": [{k: r.to_json()[k] for k in keys} for r in results]}))
+        return
+    out.print(grid_table(results, title=f"{split} accuracy / macro-F1"))

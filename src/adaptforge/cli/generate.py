@@ -1,0 +1,68 @@
+"""``adaptforge generate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from adaptforge.cli.app import (
+    JsonOpt,
+    LabelColOpt,
+    LibraryOpt,
+    LimitOpt,
+    ModelOpt,
+    TextColOpt,
+    app,
+    cli_errors,
+)
+from adaptforge.cli.render import (
+    notify,
+    print_new_task,
+)
+from adaptforge.core import AdaptforgeError
+
+
+@app.command("generate")
+def generate_cmd(
+    library: LibraryOpt,
+    out_name: Annotated[str, typer.Option("--out", "-o", help="Name of the generated adapter.")],
+    description: Annotated[str, typer.Option(help="The new task's description (instruction).")],
+    labels: Annotated[str, typer.Option(help="Comma-separated label strings, in order.")],
+    task_name: Annotated[str | None, typer.Option("--task", help="Task name recorded (default: --out).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Sample the generator with this seed (default: its mean).")] = None,
+    model: ModelOpt = None,
+    eval_dir: Annotated[Path | None, typer.Option("--eval", help="Task folder to compare with zero-shot.")] = None,
+    split: Annotated[str, typer.Option(help="Split evaluated by --eval.")] = "test",
+    limit: LimitOpt = None,
+    text_col: TextColOpt = "text",
+    label_col: LabelColOpt = "label",
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """An adapter for a task never trained on, from its description and labels (generator over the library)."""
+    from adaptforge.library import Library
+    from adaptforge.pipelines.generate import generate_into_library
+    from adaptforge.tasks import load_task
+
+    with cli_errors():
+        names = [x.strip() for x in labels.split(",")]
+        if len(names) < 2 or any(not x for x in names):
+            raise AdaptforgeError(f"--labels {labels!r}: expected at least two comma-separated non-empty labels")
+        lib = Library(library, create=False)
+        outcome = generate_into_library(
+            description,
+            names,
+            lib,
+            out_name,
+            task_name=task_name,
+            seed=seed,
+            model=model,
+            eval_task=load_task(eval_dir, text_col=text_col, label_col=label_col) if eval_dir is not None else None,
+            eval_split=split,
+            limit=limit,
+            overwrite=overwrite,
+            notify=notify,
+        )
+    print_new_task(outcome, as_json)

@@ -1,0 +1,188 @@
+"""``adaptforge library ...``: list, show, verify, gc, rebuild, import, export, rm."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from adaptforge.cli.app import (
+    JsonOpt,
+    LibraryOpt,
+    ModelOpt,
+    cli_errors,
+    library_app,
+)
+from adaptforge.cli.render import (
+    console,
+    out,
+)
+
+
+@library_app.command("list")
+def library_list(
+    library: LibraryOpt, task: Annotated[str | None, typer.Option()] = None, as_json: JsonOpt = False
+) -> None:
+    """List adapters."""
+    from adaptforge.library import Library
+
+    with cli_errors():
+        records = Library(library, create=False).list(task=task)
+    if as_json:
+        out.print_json(json.dumps({"adapters": [r.to_json() for r in records]}))
+        return
+    table = Table(title=str(library))
+    for col in ("name", "id", "task", "method", "rank", "modules", "parents"):
+        table.add_column(col)
+    for r in records:
+        table.add_row(r.name, r.id, r.task or "-", r.method, str(r.rank), str(len(r.targets)), str(len(r.parents)))
+    out.print(table)
+
+
+@library_app.command("show")
+def library_show(name: str, library: LibraryOpt, as_json: JsonOpt = False) -> None:
+    """One adapter's record, lineage, metrics and integrity (a damaged adapter says so and exits 1)."""
+    from adaptforge.library import Library
+
+    with cli_errors():
+        lib = Library(library, create=False)
+        rec = lib.get(name)
+        info = rec.to_json()
+        info["lineage"] = [p.name for p in lib.lineage(name)]
+        info["metrics"] = [
+            {"task": m.task, "split": m.split, "metric": m.metric, "value": m.value, "n": m.n}
+            for m in lib.metrics(name)
+        ]
+        problems = lib.check(rec)
+        info["integrity"] = {"ok": not problems, "problems": problems}
+    if as_json:
+        out.print_json(json.dumps(info))
+    else:
+        info.get("recipe", {}).pop("history", None)
+        out.print_json(json.dumps(info))
+        for problem in problems:
+            console.print(Text.assemble(("damaged:", "red"), " ", problem))
+    if problems:
+        raise typer.Exit(1)
+
+
+@library_app.command("verify")
+def library_verify(
+    library: LibraryOpt,
+    name: Annotated[str | None, typer.Argument(help="One adapter (default: all, plus crash leftovers).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check integrity: files present, checksums, configs consistent, provenance; report crash leftovers.
+
+    Exits 1 when anything is damaged. Example: adaptforge library verify --library lib
+    """
+    from adaptforge.library import Library
+
+    with cli_errors():
+        lib = Library(library, create=False)
+        problems = lib.verify(name)
+        found = lib.leftovers() if name is None else None
+        count = 1 if name is not None else len(lib)
+    leftovers = found.messages() if found is not None else []
+    runs = [str(p) for p in found.runs] if found is not None else []
+    if as_json:
+        out.print_json(json.dumps({"adapters": count, "problems": problems, "leftovers": leftovers, "runs": runs}))
+    else:
+        for line in problems:
+            out.print(Text.assemble(("damaged:", "red"), " ", line))
+        for line in leftovers:
+            out.print(Text.assemble(("leftover:", "yellow"), " ", line))
+        for run in runs:
+            out.print(f"unfinished run (resume with train --resume, or delete it): {run}")
+        out.print(f"{count} adapter(s) checked, {len(problems)} problem(s), {len(leftovers)} leftover(s)")
+    if problems or leftovers:
+        raise typer.Exit(1)
+
+
+@library_app.command("gc")
+def library_gc(
+    library: LibraryOpt,
+    min_age: Annotated[
+        float, typer.Option("--min-age", min=0, help="Seconds; younger temp folders may be a write in progress.")
+    ] = 3600.0,
+) -> None:
+    """Remove crash leftovers: temp folders older than --min-age and adapter folders with no catalog row."""
+    from adaptforge.library import Library
+
+    with cli_errors():
+        removed = Library(library, create=False).gc(min_age=min_age)
+    for path in removed:
+        out.print(f"removed {path}")
+    out.print(f"{len(removed)} leftover(s) removed")
+
+
+@library_app.command("rebuild")
+def library_rebuild(library: LibraryOpt) -> None:
+    """Re-create a missing or damaged catalog from the adapter folders (the damaged file is kept aside)."""
+    from adaptforge.library import rebuild_catalog
+
+    with cli_errors():
+        report = rebuild_catalog(library)
+    for path in report.moved_aside:
+        out.print(f"kept the damaged catalog file as {path}")
+    for line in report.skipped:
+        out.print(Text.assemble(("not recovered:", "yellow"), " ", line))
+    out.print(
+        f"rebuilt the catalog with {len(report.recovered)} adapter(s); metrics are not recovered (run eval again)"
+    )
+
+
+@library_app.command("import")
+def library_import(
+    folder: Annotated[Path, typer.Argument(help="PEFT LoRA folder (adapter_config.json + safetensors).")],
+    library: LibraryOpt,
+    name: Annotated[str, typer.Option("--name")],
+    model: ModelOpt = None,
+    task_dir: Annotated[Path | None, typer.Option("--task", help="Task the adapter was trained for.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an adapter of the same name.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Import a PEFT LoRA adapter after checking it fits the base model."""
+    from adaptforge.backbone import Backbone
+    from adaptforge.library import Library, validate_name
+    from adaptforge.pipelines.importing import import_peft_folder
+    from adaptforge.tasks import load_task
+
+    with cli_errors():
+        validate_name(name)
+        task = load_task(task_dir) if task_dir else None
+        rec = import_peft_folder(folder, Backbone.load(model), Library(library), name, task, overwrite=overwrite)
+    if as_json:
+        out.print_json(json.dumps(rec.to_json()))
+    else:
+        out.print(f"imported {rec.name} ({rec.id})")
+
+
+@library_app.command("export")
+def library_export(
+    name: str, library: LibraryOpt, dest: Annotated[Path, typer.Option("--out", "-o", help="Destination folder.")]
+) -> None:
+    """Copy an adapter out as a PEFT folder (loadable by PeftModel.from_pretrained)."""
+    from adaptforge.library import Library
+
+    with cli_errors():
+        path = Library(library, create=False).export(name, dest)
+    out.print(f"exported {name} to {path}")
+
+
+@library_app.command("rm")
+def library_rm(
+    name: str,
+    library: LibraryOpt,
+    force: Annotated[bool, typer.Option("--force", help="Remove even if other adapters list it as a parent.")] = False,
+) -> None:
+    """Remove an adapter (its files and catalog row)."""
+    from adaptforge.library import Library
+
+    with cli_errors():
+        Library(library, create=False).remove(name, force=force)
+    out.print(f"removed {name}")

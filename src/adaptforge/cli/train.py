@@ -1,0 +1,110 @@
+"""``adaptforge train``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from adaptforge.cli.app import (
+    JsonOpt,
+    LabelColOpt,
+    LibraryOpt,
+    ModelOpt,
+    TextColOpt,
+    app,
+    cli_errors,
+    parse_options,
+)
+from adaptforge.cli.render import (
+    out,
+    progress_bar,
+)
+from adaptforge.core import AdaptforgeError
+
+
+@app.command("train")
+def train_cmd(
+    task_dirs: Annotated[list[Path], typer.Argument(help="Task folder(s), SNI .json or .csv.")],
+    library: LibraryOpt,
+    name: Annotated[str, typer.Option("--name", help="Adapter name in the library.")],
+    model: ModelOpt = None,
+    epochs: Annotated[int, typer.Option()] = 3,
+    max_train: Annotated[int | None, typer.Option("--max-train", help="Cap on training examples.")] = None,
+    rank: Annotated[int, typer.Option()] = 8,
+    alpha: Annotated[float, typer.Option()] = 16.0,
+    lr: Annotated[float | None, typer.Option(help="Default 1e-3 (encoder) / 3e-4 (causal LM).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    max_length: Annotated[int | None, typer.Option("--max-length")] = None,
+    targets: Annotated[str | None, typer.Option(help="Comma-separated module names (default per model).")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every")] = 50,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run of the same name.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    text_col: TextColOpt = "text",
+    label_col: LabelColOpt = "label",
+    multitask: Annotated[bool, typer.Option("--multitask", help="One adapter on all given tasks.")] = False,
+    sampler: Annotated[str, typer.Option(help="Task sampler: uniform, proportional, temperature, group_dro, mpts.")] = (
+        "uniform"
+    ),
+    sampler_opt: Annotated[
+        list[str] | None, typer.Option("--sampler-opt", help="Sampler option key=value; repeatable.")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Total steps (default: epochs over all data).")] = None,
+    eval_every: Annotated[int, typer.Option("--eval-every", help="Steps between dev checks (curves).")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a LoRA adapter on one task (or, with --multitask, on several) and add it to the library."""
+    from adaptforge.backbone import Backbone
+    from adaptforge.library import Library, validate_name
+    from adaptforge.pipelines.train import train_into_library
+    from adaptforge.tasks import load_task
+    from adaptforge.train.config import TrainConfig
+
+    with cli_errors():
+        validate_name(name)
+        if len(task_dirs) > 1 and not multitask:
+            raise AdaptforgeError("several tasks given: pass --multitask to train one adapter on all of them")
+        tasks = [load_task(d, text_col=text_col, label_col=label_col) for d in task_dirs]
+        cfg = TrainConfig(
+            rank=rank,
+            alpha=alpha,
+            lr=lr,
+            epochs=epochs,
+            batch_size=batch_size,
+            max_length=max_length,
+            max_train=max_train,
+            seed=seed,
+            checkpoint_every=checkpoint_every,
+            targets=tuple(t.strip() for t in targets.split(",")) if targets else None,
+            sampler=sampler,
+            sampler_options=parse_options(sampler_opt or []),
+            steps=steps,
+            eval_every=eval_every,
+        )
+        lib = Library(library)
+        backbone = Backbone.load(model)
+        with progress_bar(f"train {name}") as bar:
+
+            def step(done: int, total: int, loss: float) -> None:
+                bar.update(0, completed=done, total=total, info=f"loss {loss:.3f}")
+
+            trained = train_into_library(
+                tasks, backbone, lib, name, cfg, resume=resume, progress=step, overwrite=overwrite
+            )
+    summary = {
+        "adapter": trained.record.name,
+        "id": trained.record.id,
+        "tasks": [t.name for t in tasks],
+        "n_train": trained.result.n_train,
+        "examples_per_second": round(trained.result.examples_per_second, 1),
+        "eval": [e.to_json() for e in trained.evals],
+    }
+    if as_json:
+        out.print_json(json.dumps(summary))
+    else:
+        for e in trained.evals:
+            out.print(f"{name} on {e.task}/{e.split}: accuracy {e.accuracy:.3f}  macro-F1 {e.macro_f1:.3f}  (n={e.n})")
+        out.print(f"added {trained.record.name} ({trained.record.id}) to {lib.root}")
