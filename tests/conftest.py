@@ -1,8 +1,11 @@
-"""Shared fixtures: the real embedded backbone, a tiny random LLaMA saved as an HF folder, small tasks."""
+"""Shared fixtures and builders: the real embedded backbone, a tiny random LLaMA saved as an HF folder, small
+tasks, LoRA deltas of any shape, and a snapshot of everything a command could change in a library."""
 
 from __future__ import annotations
 
 import os
+import sqlite3
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,54 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SHARED_TASKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tasks"
 SHIPPED_TASKS = Path(__file__).resolve().parents[1] / "src" / "adaptforge" / "data" / "tasks"
+MINILM_ATTENTION = [f"encoder.layer.{i}.attention.self.{m}" for i in range(6) for m in ("query", "value")]
+
+
+def random_delta(
+    shapes: Mapping[str, tuple[int, int]] | Sequence[str],
+    rank: int | Mapping[str, int] = 4,
+    scale: float | Mapping[str, float] = 2.0,
+    seed: int = 0,
+    std: float = 1.0,
+):
+    """The one test delta builder: module name -> (out, in) (a list of names means MiniLM's 384 x 384
+    projections), per-module or shared rank and scale, Gaussian factors times ``std`` from one seeded generator."""
+    import torch
+
+    from adaptforge.core import LoraDelta, LoraModule
+
+    if not isinstance(shapes, Mapping):
+        shapes = {name: (384, 384) for name in shapes}
+    gen = torch.Generator().manual_seed(seed)
+    modules = {}
+    for name, (out_dim, in_dim) in shapes.items():
+        r = rank[name] if isinstance(rank, Mapping) else rank
+        s = scale[name] if isinstance(scale, Mapping) else scale
+        A = torch.randn(r, in_dim, generator=gen) * std
+        B = torch.randn(out_dim, r, generator=gen) * std
+        modules[name] = LoraModule(A=A, B=B, scale=s)
+    return LoraDelta(modules)
+
+
+def snapshot(root: Path) -> tuple:
+    """Everything a command could have changed in a library: the catalog's rows and every file under it."""
+    rows: tuple = ()
+    catalog = root / "catalog.sqlite"
+    if catalog.is_file() and catalog.stat().st_size:
+        conn = sqlite3.connect(catalog)
+        try:
+            rows = tuple(
+                tuple(conn.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall())
+                for t in ("adapters", "lineage", "metrics")
+            )
+        finally:
+            conn.close()
+    files = tuple(
+        sorted(
+            str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and not p.name.startswith("catalog.sqlite")
+        )
+    )
+    return rows, files
 
 
 def task_dir(name: str) -> Path:
@@ -123,3 +174,38 @@ def tiny_llama(tiny_llama_dir):
     from adaptforge.backbone import Backbone
 
     return Backbone.load(str(tiny_llama_dir))
+
+
+LIBRARY_TASKS = ("sst2", "subjectivity", "agnews")
+
+
+@pytest.fixture(scope="session")
+def trained_library(tmp_path_factory, minilm):
+    """The one trained library the pipeline tests share: a small LoRA per task of :data:`LIBRARY_TASKS`
+    (``<task>-a``) plus a second sst2 adapter of another seed (``sst2-b``), and the tasks as folders.
+    Read-only: tests that write take a copy (:func:`library_copy`)."""
+    from adaptforge.library import Library
+    from adaptforge.pipelines.train import train_into_library
+    from adaptforge.tasks import write_task
+    from adaptforge.train.config import TrainConfig
+
+    root = tmp_path_factory.mktemp("trained-library")
+    lib = Library(root / "lib")
+    dirs = {}
+    for name in LIBRARY_TASKS:
+        task = small_task(name, n_train=32, n_test=24)
+        dirs[name] = write_task(task, root / "tasks" / name)
+        for suffix, seed in (("a", 0), ("b", 1)) if name == "sst2" else (("a", 0),):
+            cfg = TrainConfig(max_train=32, epochs=1, batch_size=16, rank=4, targets=("query", "value"), seed=seed)
+            train_into_library(task, minilm, lib, f"{name}-{suffix}", cfg, eval_splits=())
+    return lib, dirs
+
+
+def library_copy(trained, dest: Path):
+    """A private, writable copy of the shared trained library."""
+    import shutil
+
+    from adaptforge.library import Library
+
+    shutil.copytree(trained[0].root, dest)
+    return Library(dest)

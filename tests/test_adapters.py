@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import small_task
+from conftest import random_delta, small_task
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from adaptforge.adapters import AdapterFormatError, IncompatibleAdapterError, read_adapter, write_adapter
@@ -20,19 +20,19 @@ from adaptforge.train.config import TrainConfig
 from adaptforge.train.trainer import train
 
 
-def random_delta(seed: int = 0) -> LoraDelta:
-    g = torch.Generator().manual_seed(seed)
-    return LoraDelta(
-        {
-            "layer.0.q": LoraModule(torch.randn(4, 16, generator=g), torch.randn(8, 4, generator=g), 2.0),
-            "layer.1.q": LoraModule(torch.randn(2, 16, generator=g), torch.randn(8, 2, generator=g), 0.75),
-            "layer.10.v": LoraModule(torch.randn(4, 16, generator=g), torch.randn(8, 4, generator=g), 2.0),
-        }
+def mixed_delta(seed: int = 0) -> LoraDelta:
+    """Three modules with two ranks and two scales, so PEFT's rank and alpha patterns are exercised."""
+    shapes = {"layer.0.q": (8, 16), "layer.1.q": (8, 16), "layer.10.v": (8, 16)}
+    return random_delta(
+        shapes,
+        rank={"layer.0.q": 4, "layer.1.q": 2, "layer.10.v": 4},
+        scale={"layer.0.q": 2.0, "layer.1.q": 0.75, "layer.10.v": 2.0},
+        seed=seed,
     )
 
 
 def test_write_read_round_trip_keeps_ranks_and_scales(tmp_path):
-    delta = random_delta()
+    delta = mixed_delta()
     write_adapter(delta, tmp_path, base_model="base")
     back, config = read_adapter(tmp_path)
     assert back.targets == delta.targets and config["base_model_name_or_path"] == "base"
@@ -42,7 +42,7 @@ def test_write_read_round_trip_keeps_ranks_and_scales(tmp_path):
 
 
 def test_reader_rejects_what_it_cannot_read_exactly(tmp_path):
-    write_adapter(random_delta(), tmp_path, base_model="base")
+    write_adapter(mixed_delta(), tmp_path, base_model="base")
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     (tmp_path / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
     with pytest.raises(AdapterFormatError, match="use_dora"):

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import task_dir
+from conftest import MINILM_ATTENTION, random_delta, snapshot, task_dir
 from safetensors.torch import load_file, save_file
-from test_reliability import minilm_delta, snapshot
 
 from adaptforge.adapters import CONFIG_FILE, WEIGHTS_FILE, write_adapter
 from adaptforge.core import AdaptforgeError
@@ -195,7 +194,7 @@ def test_peft_import_ends_in_an_adapter_or_a_clean_error_and_loses_nothing(minil
     from adaptforge.pipelines.importing import import_peft_folder
 
     rng = random.Random(7)
-    src = write_adapter(minilm_delta(0, rank=4), tmp_path / "src", "all-MiniLM-L6-v2")
+    src = write_adapter(random_delta(MINILM_ATTENTION, rank=4, std=0.01), tmp_path / "src", "all-MiniLM-L6-v2")
     lib = Library(tmp_path / "lib")
     import_peft_folder(src, minilm, lib, "original")
     outcomes = {"imported": 0, "refused": 0}

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import random_delta
 
 from adaptforge.adapters import CONFIG_FILE, WEIGHTS_FILE, read_adapter
-from adaptforge.core import LoraDelta, LoraModule
+from adaptforge.core import LoraDelta
 from adaptforge.library import (
     SCHEMA_VERSION,
     BaseMismatchError,
@@ -32,12 +33,11 @@ BASE = "sentence-transformers/all-MiniLM-L6-v2"
 
 def make_delta(seed: int) -> LoraDelta:
     """Two modules with different ranks and scales, so rank/alpha patterns are exercised."""
-    torch.manual_seed(seed)
-    return LoraDelta(
-        {
-            "blocks.0.q": LoraModule(A=torch.randn(4, 8), B=torch.randn(6, 4), scale=2.0),
-            "blocks.1.v": LoraModule(A=torch.randn(2, 8), B=torch.randn(8, 2), scale=0.5),
-        }
+    return random_delta(
+        {"blocks.0.q": (6, 8), "blocks.1.v": (8, 8)},
+        rank={"blocks.0.q": 4, "blocks.1.v": 2},
+        scale={"blocks.0.q": 2.0, "blocks.1.v": 0.5},
+        seed=seed,
     )
 
 

@@ -11,7 +11,6 @@ import math
 import os
 import resource
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli, small_task, task_dir
+from conftest import MINILM_ATTENTION, random_delta, run_cli, small_task, snapshot, task_dir
 from safetensors.torch import load_file, save_file
 
 from adaptforge.adapters import CONFIG_FILE, WEIGHTS_FILE, write_adapter
@@ -29,43 +28,12 @@ from adaptforge.library import EXPORT_RECORD_FILE, Library, LibraryError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-MODULES = [f"encoder.layer.{i}.attention.self.{m}" for i in range(6) for m in ("query", "value")]
+MODULES = MINILM_ATTENTION
 
 
 def minilm_delta(seed: int, rank: int = 8, modules: list[str] = MODULES) -> LoraDelta:
     """A LoRA delta that fits the embedded MiniLM (384 x 384 attention projections), small but not zero."""
-    gen = torch.Generator().manual_seed(seed)
-    return LoraDelta(
-        {
-            m: LoraModule(
-                A=torch.randn(rank, 384, generator=gen) * 0.01,
-                B=torch.randn(384, rank, generator=gen) * 0.01,
-                scale=2.0,
-            )
-            for m in modules
-        }
-    )
-
-
-def snapshot(root: Path) -> tuple:
-    """Everything a command could have changed: the catalog's rows and every file under the library."""
-    rows: tuple = ()
-    catalog = root / "catalog.sqlite"
-    if catalog.is_file() and catalog.stat().st_size:
-        conn = sqlite3.connect(catalog)
-        try:
-            rows = tuple(
-                tuple(conn.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall())
-                for t in ("adapters", "lineage", "metrics")
-            )
-        finally:
-            conn.close()
-    files = tuple(
-        sorted(
-            str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and not p.name.startswith("catalog.sqlite")
-        )
-    )
-    return rows, files
+    return random_delta(modules, rank=rank, scale=2.0, seed=seed, std=0.01)
 
 
 @pytest.fixture()

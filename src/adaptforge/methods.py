@@ -90,5 +90,13 @@ def summary(doc: str, width: int = 110) -> str:
                 start = i + 1
     kept.append(text[start:])
     text = re.sub(r"\s+([,.;:])", r"\1", " ".join("".join(kept).split()))
-    first = re.split(r"(?<! al)(?<!e\.g)(?<!i\.e)\.(?:\s|$)", text)[0].rstrip(":;, ")
+    first, depth = text, 0
+    for i, ch in enumerate(text):  # the first sentence end outside parentheses ("et al.", "e.g." are not ends)
+        depth += (ch == "(") - (ch == ")" and depth > 0)
+        if ch == "." and depth == 0 and (i + 1 == len(text) or text[i + 1] == " "):
+            word = text[: i + 1].rsplit(" ", 1)[-1]
+            if word not in ("al.", "e.g.", "i.e.", "Sec.", "cf.", "vs."):
+                first = text[:i]
+                break
+    first = first.rstrip(":;, ")
     return first if len(first) <= width else first[: width - 3].rstrip() + "..."

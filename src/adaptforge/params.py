@@ -107,7 +107,10 @@ class Params:
 
     def _fail(self, name: str, expected: str, value: object, meta: Mapping[str, Any] | None = None) -> typing.NoReturn:
         hints = (meta or {}).get("hints") or {}
-        hint = f" ({hints[value]})" if isinstance(value, typing.Hashable) and value in hints else ""
+        try:
+            hint = f" ({hints[value]})" if value in hints else ""
+        except TypeError:  # unhashable (a list inside a tuple): no hint applies
+            hint = ""
         raise AdaptforgeError(f"{self.owner()}: {name!r} must be {expected}, got {value!r}{hint}")
 
     def require(self, name: str, ok: bool, expected: str) -> None:
@@ -231,7 +234,7 @@ def _number(value: Any) -> float | None:
         return None
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int too large for a float
         return None
     return number if math.isfinite(number) else None
 
@@ -244,7 +247,9 @@ def _type_text(hint: Any) -> str:
         return f"a list of {_type_text(args[0]) if args else 'values'}"
     if origin is Literal:
         return " | ".join(repr(a) for a in args)
-    names = {bool: "bool", int: "int", float: "float", str: "str", dict: "mapping"}
+    if origin in (dict, Mapping) or hint in (dict, Mapping):
+        return "mapping"
+    names = {bool: "bool", int: "int", float: "float", str: "str"}
     return names.get(hint, getattr(hint, "__name__", str(hint)))
 
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from adaptforge.backbone import Backbone
 from adaptforge.batching import Batch, EncodedSplit, pad
+from adaptforge.core import AdaptforgeError
 from adaptforge.tasks import Example, Task
 
 
@@ -67,6 +68,9 @@ class Scorer(ABC):
 
 def _targets(task: Task, examples: Sequence[Example]) -> tuple[int, ...]:
     index = {label: i for i, label in enumerate(task.labels)}
+    unknown = sorted({e.label for e in examples} - set(index))
+    if unknown:
+        raise AdaptforgeError(f"task {task.name!r}: label(s) {unknown} are not among its labels {list(task.labels)}")
     return tuple(index[e.label] for e in examples)
 
 

@@ -12,6 +12,7 @@ from adaptforge.cli.app import (
     LabelColOpt,
     LimitOpt,
     ModelOpt,
+    OverwriteOpt,
     TextColOpt,
     app,
     cli_errors,
@@ -43,7 +44,7 @@ def compose_cmd(
     limit: LimitOpt = None,
     text_col: TextColOpt = "text",
     label_col: LabelColOpt = "label",
-    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    overwrite: OverwriteOpt = False,
     list_methods: Annotated[bool, typer.Option("--list", help="List compose methods and exit.")] = False,
     as_json: JsonOpt = False,
 ) -> None:

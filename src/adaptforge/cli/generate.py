@@ -13,6 +13,7 @@ from adaptforge.cli.app import (
     LibraryOpt,
     LimitOpt,
     ModelOpt,
+    OverwriteOpt,
     TextColOpt,
     app,
     cli_errors,
@@ -38,7 +39,7 @@ def generate_cmd(
     limit: LimitOpt = None,
     text_col: TextColOpt = "text",
     label_col: LabelColOpt = "label",
-    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """An adapter for a task never trained on, from its description and labels (generator over the library)."""

@@ -14,6 +14,7 @@ from adaptforge.cli.app import (
     JsonOpt,
     LibraryOpt,
     ModelOpt,
+    OverwriteOpt,
     cli_errors,
     library_app,
 )
@@ -143,7 +144,7 @@ def library_import(
     name: Annotated[str, typer.Option("--name")],
     model: ModelOpt = None,
     task_dir: Annotated[Path | None, typer.Option("--task", help="Task the adapter was trained for.")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an adapter of the same name.")] = False,
+    overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Import a PEFT LoRA adapter after checking it fits the base model."""

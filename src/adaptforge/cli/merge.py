@@ -13,6 +13,7 @@ from adaptforge.cli.app import (
     LabelColOpt,
     LimitOpt,
     ModelOpt,
+    OverwriteOpt,
     TextColOpt,
     app,
     cli_errors,
@@ -57,7 +58,7 @@ def merge_cmd(
     dense_out: Annotated[
         Path | None, typer.Option("--dense-out", help="Also write base + merged delta as a full HF model here.")
     ] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    overwrite: OverwriteOpt = False,
     list_methods: Annotated[bool, typer.Option("--list", help="List merge methods and exit.")] = False,
     as_json: JsonOpt = False,
 ) -> None:

@@ -4,7 +4,8 @@ ICM-LoRA-style generation (Shao et al. 2025, "In-Context Meta LoRA Generation", 
 ``collect_samples`` gathers the library's single-task adapters with their description embeddings,
 ``LoraGenerator.fit`` trains a conditional VAE over their coordinates in the sample set's principal directions,
 and ``LoraGenerator.generate(embedding)`` decodes an adapter of the library's layout for a new task's embedding
-(:func:`adaptforge.scorers.describe` of a ``Task`` built from the description and labels; see :func:`describe_new_task`).
+(:func:`adaptforge.scorers.describe` of a ``Task`` built from the description and labels; see
+:func:`describe_new_task`).
 """
 
 from adaptforge.generate.basis import SpanBasis

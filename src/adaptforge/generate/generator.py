@@ -3,10 +3,10 @@
 ICM-LoRA (Shao et al. 2025, "In-Context Meta LoRA Generation", https://arxiv.org/abs/2501.17635): a CVAE over
 LoRA parameters conditioned on a task embedding, trained on a library of task adapters, decodes a LoRA for a new
 task from its condition. Here the condition is the description embedding the library stores with every adapter
-(``workflows.describe``), and the CVAE models the adapters' coordinates in the principal directions of the sample
-set (``basis.py``) rather than raw factors, which are not comparable across independently initialised adapters.
-Generation decodes ``z = 0`` (the prior mean) by default, or ``z ~ N(0, I)`` with a seed, then maps coordinates
-back to a LoRA adapter of the library's layout.
+(:func:`adaptforge.scorers.describe`), and the CVAE models the adapters' coordinates in the principal directions of
+the sample set (``basis.py``) rather than raw factors, which are not comparable across independently initialised
+adapters. Generation decodes ``z = 0`` (the prior mean) by default, or ``z ~ N(0, I)`` with a seed, then maps
+coordinates back to a LoRA adapter of the library's layout.
 
 Defaults were chosen by a leave-one-task-out check on MiniLM (12 held-out tasks, 33 library adapters): dense
 deltas per module, a linear decoder and condition noise 3.0 (which shrinks unfamiliar descriptions toward the
@@ -38,14 +38,14 @@ from adaptforge.generate.storage import (
     write_generator_files,
 )
 from adaptforge.params import Params, param
-from adaptforge.scorers import Scorer
+from adaptforge.scorers import Scorer, describe
 from adaptforge.tasks import Task
 
 
 @dataclass(frozen=True, kw_only=True)
 class GeneratorConfig(Params):
     """How the generator is fitted. Its ``to_dict()`` is hashed into the cache key of stored generators
-    (``composing.generator_key``), so field names and defaults are part of that key."""
+    (:func:`adaptforge.pipelines.generate.generator_key`), so field names and defaults are part of that key."""
 
     label: ClassVar[str] = "generator config"
 
@@ -186,7 +186,7 @@ class LoraGenerator:
         if c.ndim != 1 or c.shape[0] != self.embedding_dim:
             raise AdaptforgeError(
                 f"embedding has shape {tuple(c.shape)}; this generator was trained on {self.embedding_dim}-dimensional "
-                "description embeddings (use workflows.describe with the same backbone as the library's adapters)"
+                "description embeddings (use adaptforge.scorers.describe with the library adapters' backbone)"
             )
         if not bool(torch.isfinite(c).all()):
             raise AdaptforgeError("embedding contains NaN or infinity")
@@ -298,8 +298,6 @@ def _load_cvae(tensors: dict[str, torch.Tensor], folder: Path, shape: CvaeShape)
 
 
 def describe_new_task(scorer: Scorer, description: str, labels: Sequence[str], name: str = "new-task") -> np.ndarray:
-    """The condition of a task that has no examples: ``workflows.describe`` of ``Task(name, description, labels)``,
+    """The condition of a task that has no examples: :func:`~adaptforge.scorers.describe` of a ``Task``,
     the same embedding the library stores with every trained adapter."""
-    from adaptforge.scorers import describe
-
     return describe(scorer, Task(name, description, tuple(labels), splits={}))

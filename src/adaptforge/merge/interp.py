@@ -57,7 +57,8 @@ class BaseInterpParams(DataParams):
     def check(self) -> None:
         known = ", ".join(n for n in MERGE_METHODS.names() if n not in ("base_interp", "dawin"))
         self.require("inner", self.inner in MERGE_METHODS, f"a merge method ({known})")
-        self.require("inner", self.inner not in ("base_interp", "dawin"), f"a method with one static delta ({known})")
+        static = f"a method with one static delta, {known} (base_interp and dawin cannot be shrunk toward the base)"
+        self.require("inner", self.inner not in ("base_interp", "dawin"), static)
         for key in ("weights", "scaling"):
             self.require("inner_params", key not in self.inner_params, f"without {key!r} (give it at the top level)")
         self.require("grid", bool(self.grid), "a non-empty list of numbers")

@@ -8,46 +8,32 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from conftest import LIBRARY_TASKS, library_copy
 from conftest import run_cli as run
-from conftest import small_task
 
 from adaptforge.core import LoraDelta, LoraModule
 from adaptforge.library import Library
-from adaptforge.tasks import write_task
 
-TASKS = ("sst2", "subjectivity", "agnews")
+TASKS = LIBRARY_TASKS
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, minilm):
-    from adaptforge.pipelines.train import train_into_library
-    from adaptforge.train.config import TrainConfig
-
-    root = tmp_path_factory.mktemp("merge-cli")
-    lib = Library(root / "lib")
-    dirs = {}
-    cfg = TrainConfig(max_train=32, epochs=1, batch_size=16, rank=4, targets=("query", "value"))
-    for name in TASKS:
-        task = small_task(name, n_train=32, n_test=24)
-        dirs[name] = write_task(task, root / "tasks" / name)
-        train_into_library(task, minilm, lib, f"{name}-a", cfg, eval_splits=())
-    return lib, dirs
+def setup(trained_library):
+    return trained_library
 
 
 @pytest.fixture
 def lib(setup, tmp_path) -> Library:
     """A private copy of the shared library, so tests can write without affecting each other."""
-    shutil.copytree(setup[0].root, tmp_path / "lib")
-    return Library(tmp_path / "lib")
+    return library_copy(setup, tmp_path / "lib")
 
 
 def said(result, pattern: str) -> bool:

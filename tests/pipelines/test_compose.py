@@ -7,44 +7,30 @@ the module; each test works on a private copy. The new task (movie_review) is ne
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
+from conftest import library_copy, small_task
 from conftest import run_cli as run
-from conftest import small_task
 
 from adaptforge.core import AdaptforgeError
 from adaptforge.evaluate import evaluate
 from adaptforge.library import Library
 from adaptforge.tasks import write_task
 
-LIBRARY_TASKS = ("sst2", "subjectivity", "agnews")
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, minilm):
-    from adaptforge.pipelines.train import train_into_library
-    from adaptforge.train.config import TrainConfig
-
-    root = tmp_path_factory.mktemp("compose-cli")
-    lib = Library(root / "lib")
-    for name in LIBRARY_TASKS:
-        task = small_task(name, n_train=32, n_test=24)
-        variants = 2 if name == "sst2" else 1
-        for v in range(variants):
-            cfg = TrainConfig(max_train=32, epochs=1, batch_size=16, rank=4, targets=("query", "value"), seed=v)
-            train_into_library(task, minilm, lib, f"{name}-v{v}", cfg, eval_splits=())
-    new_task = write_task(small_task("movie_review", n_train=24, n_test=32), root / "tasks" / "movie_review")
-    return lib, new_task
+def setup(trained_library, tmp_path_factory):
+    """The shared library (sst2-a, sst2-b, subjectivity-a, agnews-a) and movie_review, a task it lacks."""
+    new_task = write_task(small_task("movie_review", n_train=24, n_test=32), tmp_path_factory.mktemp("new") / "mr")
+    return trained_library[0], new_task
 
 
 @pytest.fixture
 def lib(setup, tmp_path) -> Library:
-    shutil.copytree(setup[0].root, tmp_path / "lib")
-    return Library(tmp_path / "lib")
+    return library_copy((setup[0], None), tmp_path / "lib")
 
 
 def names(lib: Library) -> list[str]:
@@ -188,7 +174,7 @@ def test_generate_from_description_reuses_its_generator(lib, setup):
         (["--shots", "0", "--method", "lorahub"], "shots"),
         (["--shots", "5000"], "5000"),
         (["--shots", "4", "--method", "nope"], "nope"),
-        (["--shots", "4", "--out", "sst2-v0"], "already exists"),
+        (["--shots", "4", "--out", "sst2-a"], "already exists"),
     ],
 )
 def test_compose_bad_inputs_are_clear_and_write_nothing(lib, setup, args, message):
