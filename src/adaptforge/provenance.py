@@ -198,3 +198,43 @@ class GenerateProvenance(Provenance):
 
     def recipe(self) -> dict[str, Any]:
         return {"kind": "generate", "labels": list(self.labels), **dict(self.info)}
+
+
+@dataclass(frozen=True)
+class PruneProvenance(Provenance):
+    """``adaptforge prune``: written beside the pruned model (``adaptforge_prune.json``), linking it to its
+    parent base: the method and its params, the sparsity reached per layer, and hashes of the calibration
+    texts, so the pruned base can be traced and re-made."""
+
+    kind: ClassVar[str] = "prune"
+    prune_method: str
+    prune_params: Mapping[str, Any]
+    parent_model: str
+    parent_fingerprint: str
+    fingerprint: str
+    calibration: Mapping[str, Any]
+    layers: Mapping[str, float]
+    sparsity: float
+    intermediate_size: int | None
+    seconds: float
+
+    @property
+    def method(self) -> str:
+        return self.prune_method
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.prune_params)
+
+    def recipe(self) -> dict[str, Any]:
+        return {
+            "kind": "prune",
+            "method": self.prune_method,
+            "params": dict(self.prune_params),
+            "parent": {"model": self.parent_model, "fingerprint": self.parent_fingerprint},
+            "fingerprint": self.fingerprint,
+            "calibration": dict(self.calibration),
+            "sparsity": self.sparsity,
+            "layers": dict(self.layers),
+            "intermediate_size": self.intermediate_size,
+            "seconds": round(self.seconds, 2),
+        }

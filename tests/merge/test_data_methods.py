@@ -20,6 +20,7 @@ from adaptforge.merge import MERGE_METHODS, EntropyRouter, evaluate_routed, merg
 from adaptforge.merge.dawin import entropy_weights
 from adaptforge.merge.interp import scale_delta
 from adaptforge.scorers import make_scorer
+from adaptforge.tasks import Example
 
 MODULES = ["encoder.layer.0.attention.self.query", "encoder.layer.1.attention.self.value"]
 
@@ -174,3 +175,23 @@ def test_base_interp_picks_the_best_allowed_alpha(minilm, scorer, deltas, tasks)
     ]:
         with pytest.raises(AdaptforgeError, match=message):
             run("base_interp", deltas, bad, scorer, tasks)
+
+
+def test_base_interp_agreement_rule_reads_no_retention_label(minilm, scorer, deltas, tasks):
+    """The label-free rule of pre/post-tuning merging: retention is agreement with the base's own predictions,
+    so scrambling every label of the retention task changes nothing."""
+    params = {"retention": ["subjectivity"], "grid": [0.25, 0.5, 1.0], "tolerance": 0.1, "examples_per_task": 16}
+    params["retention_rule"] = "agreement"
+    result = run("base_interp", deltas, params, scorer, tasks)
+    curve = result.info["curve"]
+    assert result.info["retention_measure"] == "agreement with the base" and curve[0]["retention_accuracy"] == 1.0
+    allowed = [r for r in curve if r["retention_accuracy"] >= 0.9 - 1e-12]
+    assert result.info["alpha"] == max(allowed, key=lambda r: (r["target_accuracy"], -r["alpha"]))["alpha"]
+    retention = tasks[1]
+    labels = list(retention.labels)
+    flipped = {
+        split: [Example(ex.text, labels[(labels.index(ex.label) + 1) % len(labels)]) for ex in retention.split(split)]
+        for split in retention.splits
+    }
+    scrambled = run("base_interp", deltas, params, scorer, [tasks[0], retention.with_splits(**flipped)])
+    assert scrambled.info["curve"] == curve and scrambled.info["alpha"] == result.info["alpha"]

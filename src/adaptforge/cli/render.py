@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # the CLI imports this module for --help; torch and the pipel
     from adaptforge.methods import Method
     from adaptforge.pipelines.common import NewTaskOutcome
     from adaptforge.pipelines.merge import MergeReport
+    from adaptforge.pipelines.prune import PruneOutcome
 
 
 def plain_console(stderr: bool = False) -> Console:
@@ -138,3 +139,24 @@ def print_methods(kind: str, methods: dict[str, type[Method]]) -> None:
             default = json.dumps(row.default)
             out.print(f"    {row.name} ({row.type}, default {default}): {row.help}")
     out.print(f"{len(methods)} {kind}(s)")
+
+
+def prune_table(outcome: PruneOutcome) -> Table:
+    """Sparsity, sizes and zero-shot accuracy dense vs pruned per task (with retention)."""
+    dense_p, pruned_p = outcome.parameters
+    dense_b, pruned_b = outcome.file_bytes
+    size = f"{pruned_b / 1e6:.1f} MB" + (f" of {dense_b / 1e6:.1f} MB" if dense_b else "")
+    title = (
+        f"{outcome.record['method']} ({outcome.record['params']['pattern']}): sparsity {outcome.report.sparsity:.3f}, "
+        f"parameters {pruned_p:,} of {dense_p:,}, weights {size}, {outcome.seconds:.1f}s -> {outcome.path}"
+    )
+    table = Table(title=title)
+    for col in ("task", "split", "n", "dense acc", "pruned acc", "retention"):
+        table.add_column(col, justify="left" if col in ("task", "split") else "right")
+    for task, pair in outcome.evals.items():
+        d, p = pair["dense"], pair["pruned"]
+        kept = outcome.retention(task)
+        table.add_row(
+            task, d.split, str(d.n), f"{d.accuracy:.3f}", f"{p.accuracy:.3f}", "-" if kept is None else f"{kept:.3f}"
+        )
+    return table

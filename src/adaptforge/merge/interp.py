@@ -30,7 +30,7 @@ from adaptforge.merge.base import (
 )
 from adaptforge.params import param
 from adaptforge.scorers import Scorer
-from adaptforge.tasks import Task
+from adaptforge.tasks import Example, Task
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +43,21 @@ class BaseInterpParams(DataParams):
     """``inner``/``inner_params``: the merge whose delta is shrunk (``task_arithmetic`` of one adapter is
     the adapter itself); ``weights`` and ``scaling`` go to it. ``retention``: names of the given tasks
     whose accuracy must stay within ``tolerance`` (absolute; of the mean over those tasks, or of each task
-    with ``retention_rule="each"``) of the base model's; the other tasks are the targets. ``grid``: the
-    alphas tried."""
+    with ``retention_rule="each"``) of the base model's; the other tasks are the targets. With
+    ``retention_rule="agreement"`` no retention label is read: retention is the share of retention inputs
+    (the first ``examples_per_task`` of the split, not a label-stratified sample) on which the model predicts
+    what the base predicts, and it must stay >= 1 - ``tolerance`` (pre/post-tuning merging without extra
+    labelled data, https://arxiv.org/abs/2412.19512). ``grid``: the alphas tried."""
 
     inner: str = param("task_arithmetic", help="the merge whose delta is shrunk toward the base")
     inner_params: Mapping[str, Any] = param(default_factory=dict, help="params of the inner merge")
     retention: tuple[str, ...] = param((), help="names of the --data tasks whose base accuracy is kept")
     tolerance: float = param(0.01, ge=0, help="allowed absolute drop of retention accuracy")
-    retention_rule: str = param("mean", choices=("mean", "each"), help="the mean over retention tasks, or each")
+    retention_rule: str = param(
+        "mean",
+        choices=("mean", "each", "agreement"),
+        help="retention accuracy: the mean over retention tasks, each task, or label-free agreement with the base",
+    )
     grid: tuple[float, ...] = param(DEFAULT_GRID, help="the alphas tried (0 is always added)")
     examples_per_task: int | None = param(200, ge=1, help="label-stratified seeded sample per task (null: all)")
 
@@ -104,15 +111,27 @@ class BaseInterpolation(DataMergeMethod):
         retention = [t for t in tasks if t.name in p.retention]
         inner_params = {**dict(p.inner_params), "weights": weights, "scaling": 1.0}
         inner = run(p.inner, deltas, inner_params, scorer, targets if MERGE_METHODS.get(p.inner).needs_data else None)
-        examples = {t.name: t.sample(p.split, p.examples_per_task, seed=p.seed) for t in tasks}
-        gold = {t.name: scorer.encode(t, examples[t.name]).targets for t in tasks}
+        label_free = p.retention_rule == "agreement"
+        examples = {
+            t.name: list(t.split(p.split)[: p.examples_per_task])  # no label is read, not even to stratify
+            if label_free and t.name in p.retention
+            else t.sample(p.split, p.examples_per_task, seed=p.seed)
+            for t in tasks
+        }
+
+        def predictions(alpha: float) -> dict[str, list[int]]:
+            with scorer.backbone.applied(inner.delta if alpha else None, weight=alpha) as model:
+                return {t.name: logits_of(scorer, t, examples[t.name], model).argmax(-1).tolist() for t in tasks}
+
+        base_predictions = predictions(0.0)
+        gold = {
+            t.name: base_predictions[t.name] if label_free and t.name in p.retention else list(_gold(t, examples[t.name]))
+            for t in tasks
+        }
 
         def accuracies(alpha: float) -> dict[str, float]:
-            with scorer.backbone.applied(inner.delta if alpha else None, weight=alpha) as model:
-                return {
-                    t.name: accuracy(logits_of(scorer, t, examples[t.name], model).argmax(-1).tolist(), gold[t.name])
-                    for t in tasks
-                }
+            found = base_predictions if alpha == 0 else predictions(alpha)
+            return {t.name: accuracy(found[t.name], gold[t.name]) for t in tasks}
 
         curve = []
         for alpha in p.grid:
@@ -128,6 +147,8 @@ class BaseInterpolation(DataMergeMethod):
         base = curve[0]  # alpha = 0 is first: the grid is sorted
 
         def keeps(row: dict[str, Any]) -> bool:
+            if label_free:
+                return row["retention_accuracy"] >= 1.0 - p.tolerance - 1e-12
             if p.retention_rule == "each":
                 return all(row["per_task"][n] >= base["per_task"][n] - p.tolerance - 1e-9 for n in p.retention)
             return row["retention_accuracy"] >= base["retention_accuracy"] - p.tolerance - 1e-12
@@ -137,11 +158,16 @@ class BaseInterpolation(DataMergeMethod):
         alpha = float(best["alpha"])
         info = {
             "alpha": alpha,
+            "retention_measure": "agreement with the base" if label_free else "accuracy",
             "base_retention_accuracy": curve[0]["retention_accuracy"],
             "curve": curve,
             "inner": {"method": p.inner, "info": _jsonable(inner.info)},
         }
         return MergeResult(scale_delta(inner.delta, alpha), dict(inner.reconstruction_error), info)
+
+
+def _gold(task: Task, examples: Sequence[Example]) -> list[int]:
+    return [task.labels.index(ex.label) for ex in examples]
 
 
 def _mean(values: Any) -> float:

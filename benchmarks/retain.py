@@ -1,0 +1,217 @@
+"""Domain pruning: does the pruned base keep general ability and the domain? (issue 15)
+
+For each domain task: train a LoRA on the dense base; then for each method x pattern prune the base for
+that domain and measure
+- general retention: zero-shot accuracy on a fixed general suite (dev splits of tasks that are not the
+  domain), normalised by the dense base's, averaged over the suite;
+- domain accuracy (test) with the dense-trained adapter applied to the pruned base, and with an adapter
+  retrained on the pruned base (same config);
+- pruning seconds and peak resident memory of the prune step (ru_maxrss growth, a lower bound on CPU).
+Also, once: FFN-neuron pruning at 50% vs dense, weights file size, parameter count and CPU inference speed
+side by side.
+
+python benchmarks/retain.py --threads 1 --json benchmarks/results/retain.json --markdown benchmarks/results/retain.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from adaptforge.backbone import Backbone  # noqa: E402
+from adaptforge.evaluate import evaluate  # noqa: E402
+from adaptforge.library import Library  # noqa: E402
+from adaptforge.pipelines.prune import prune_model  # noqa: E402
+from adaptforge.pipelines.train import train_into_library  # noqa: E402
+from adaptforge.scorers import make_scorer  # noqa: E402
+from adaptforge.tasks import Task, load_task  # noqa: E402
+from adaptforge.train.config import TrainConfig  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "tasks"
+DOMAINS = "movie_review,tweet_hate,trec_question_type"
+GENERAL = "agnews,dbpedia,subjectivity,tweet_emotion,customer_review"
+RUNS = ",".join(f"{m}:{p}" for p in ("unstructured", "2:4") for m in ("magnitude", "wanda", "sparsegpt", "dpruner"))
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def general_accuracy(backbone: Backbone, suite: list[Task], limit: int) -> dict[str, float]:
+    scorer = make_scorer(backbone)
+    return {t.name: evaluate(scorer, t, "dev", None, limit=limit).accuracy for t in suite}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--domains", default=DOMAINS)
+    parser.add_argument("--general", default=GENERAL, help="the general suite (dev splits), never a domain")
+    parser.add_argument("--runs", default=RUNS, help="method:pattern, comma-separated")
+    parser.add_argument("--sparsity", type=float, default=0.5)
+    parser.add_argument("--max-train", type=int, default=500)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--test-limit", type=int, default=200)
+    parser.add_argument("--dev-limit", type=int, default=150)
+    parser.add_argument("--calibration-size", type=int, default=128)
+    parser.add_argument("--work", type=Path, default=Path("out/retain"))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--markdown", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    domains = [load_task(SHARED / n) for n in args.domains.split(",")]
+    suite = [load_task(SHARED / n) for n in args.general.split(",")]
+    overlap = {t.name for t in domains} & {t.name for t in suite}
+    if overlap:
+        raise SystemExit(f"the general suite must not hold a domain task: {sorted(overlap)}")
+    dense = Backbone.load()
+    dense_general = general_accuracy(dense, suite, args.dev_limit)
+    cfg = TrainConfig(max_train=args.max_train, epochs=args.epochs, seed=0)
+    rows = []
+    for domain in domains:
+        lib = Library(args.work / "libraries" / domain.name)
+        if not lib.exists("dense"):
+            train_into_library(domain, dense, lib, "dense", cfg, eval_splits=(), resume=True)
+        delta, _ = lib.load("dense", expected_fingerprint=dense.fingerprint)
+        dense_domain = evaluate(make_scorer(dense), domain, "test", delta, limit=args.test_limit).accuracy
+        rows.append(
+            {
+                "domain": domain.name,
+                "method": "dense",
+                "pattern": "-",
+                "general_retention": 1.0,
+                "domain_dense_adapter": dense_domain,
+                "domain_retrained": dense_domain,
+            }
+        )
+        print(f"{domain.name}: dense adapter {dense_domain:.3f}", flush=True)
+        for run in args.runs.split(","):
+            method, pattern = run.split(":", 1)
+            out = args.work / "pruned" / f"{domain.name}-{method}-{pattern.replace(':', 'of')}"
+            if not out.exists():
+                before = peak_mb()
+                start = time.perf_counter()
+                prune_model(
+                    method,
+                    domain,
+                    out,
+                    params={"sparsity": args.sparsity, "pattern": pattern, "calibration_size": args.calibration_size},
+                    backbone=dense,
+                )
+                seconds, memory = time.perf_counter() - start, peak_mb() - before
+                (out / "bench_cost.json").write_text(json.dumps({"seconds": seconds, "peak_growth_mb": memory}))
+            cost = json.loads((out / "bench_cost.json").read_text())
+            pruned = Backbone.load(str(out))
+            general = general_accuracy(pruned, suite, args.dev_limit)
+            retention = sum(general[t] / dense_general[t] for t in general) / len(general)
+            on_pruned = evaluate(make_scorer(pruned), domain, "test", delta, limit=args.test_limit).accuracy
+            name = f"{method}-{pattern.replace(':', 'of')}"
+            if not lib.exists(name):
+                train_into_library(domain, pruned, lib, name, cfg, eval_splits=(), resume=True)
+            retrained_delta, _ = lib.load(name, expected_fingerprint=pruned.fingerprint)
+            retrained = evaluate(make_scorer(pruned), domain, "test", retrained_delta, limit=args.test_limit).accuracy
+            row = {
+                "domain": domain.name,
+                "method": method,
+                "pattern": pattern,
+                "general_retention": retention,
+                "general": general,
+                "domain_dense_adapter": on_pruned,
+                "domain_retrained": retrained,
+                "prune_seconds": cost["seconds"],
+                "prune_peak_growth_mb": cost["peak_growth_mb"],
+            }
+            rows.append(row)
+            print(
+                f"  {method:<10}{pattern:<13} general {retention:.3f}  domain (dense adapter) {on_pruned:.3f}  "
+                f"retrained {retrained:.3f}  {cost['seconds']:.1f}s",
+                flush=True,
+            )
+    speed = ffn_speed(dense, domains[0], args)
+    result = {
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "dense_general": dense_general,
+        "rows": rows,
+        "ffn": speed,
+    }
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+    if args.markdown:
+        args.markdown.write_text(markdown(result))
+    print(markdown(result))
+
+
+def ffn_speed(dense: Backbone, domain: Task, args: argparse.Namespace) -> dict[str, float]:
+    """FFN-neuron pruning at 50%: file size, parameters and encoder throughput vs dense, timed alternately."""
+    out = args.work / "pruned" / f"{domain.name}-wanda-ffn"
+    if not out.exists():
+        prune_model("wanda", domain, out, params={"sparsity": 0.5, "pattern": "ffn"}, backbone=dense)
+    small = Backbone.load(str(out))
+    texts = [ex.text for ex in domain.sample("test", 256, seed=0)]
+    batch = dense.tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+    times: dict[str, list[float]] = {"dense": [], "ffn": []}
+    with torch.no_grad():
+        for _ in range(3):
+            for name, model in (("dense", dense.model), ("ffn", small.model)):
+                start = time.perf_counter()
+                for i in range(0, len(texts), 32):
+                    model(**{k: v[i : i + 32] for k, v in batch.items()})
+                times[name].append(time.perf_counter() - start)
+    size = lambda folder: sum(f.stat().st_size for f in Path(folder).glob("*.safetensors"))  # noqa: E731
+    return {
+        "dense_seconds": min(times["dense"]),
+        "ffn_seconds": min(times["ffn"]),
+        "speedup": min(times["dense"]) / min(times["ffn"]),
+        "dense_parameters": sum(p.numel() for p in dense.model.parameters()),
+        "ffn_parameters": sum(p.numel() for p in small.model.parameters()),
+        "dense_bytes": size(dense.path),
+        "ffn_bytes": size(out),
+    }
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        "| domain | method | pattern | general retention | domain, dense adapter | domain, retrained | prune s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        secs = f"{r['prune_seconds']:.1f}" if "prune_seconds" in r else "-"
+        lines.append(
+            f"| {r['domain']} | {r['method']} | {r['pattern']} | {r['general_retention']:.3f} | "
+            f"{r['domain_dense_adapter']:.3f} | {r['domain_retrained']:.3f} | {secs} |"
+        )
+    means: dict[tuple[str, str], list[dict]] = {}
+    for r in result["rows"]:
+        means.setdefault((r["method"], r["pattern"]), []).append(r)
+    lines += [
+        "",
+        "| method | pattern | mean general retention | mean domain, dense adapter | mean domain, retrained |",
+        "|---|---|---|---|---|",
+    ]
+    for (method, pattern), group in means.items():
+        avg = lambda k, group=group: sum(g[k] for g in group) / len(group)  # noqa: E731
+        lines.append(
+            f"| {method} | {pattern} | {avg('general_retention'):.3f} | {avg('domain_dense_adapter'):.3f} | "
+            f"{avg('domain_retrained'):.3f} |"
+        )
+    f = result["ffn"]
+    lines += [
+        "",
+        f"FFN 50% (wanda): parameters {f['ffn_parameters']:,} vs {f['dense_parameters']:,}, weights "
+        f"{f['ffn_bytes'] / 1e6:.1f} MB vs {f['dense_bytes'] / 1e6:.1f} MB, CPU inference {f['speedup']:.2f}x "
+        f"({f['ffn_seconds']:.2f}s vs {f['dense_seconds']:.2f}s for 256 texts, best of 3)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

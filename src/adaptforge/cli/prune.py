@@ -1,0 +1,102 @@
+"""``adaptforge prune``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from adaptforge.cli.app import (
+    JsonOpt,
+    LabelColOpt,
+    LimitOpt,
+    ModelOpt,
+    TextColOpt,
+    app,
+    cli_errors,
+    parse_options,
+    required,
+)
+from adaptforge.cli.render import notify, out, print_methods, prune_table
+from adaptforge.core import AdaptforgeError
+
+
+@app.command("prune")
+def prune_cmd(
+    method: Annotated[
+        str | None, typer.Option(help="Prune method: magnitude, wanda, sparsegpt, dpruner (see --list).")
+    ] = None,
+    sparsity: Annotated[
+        str | None, typer.Option(help="Fraction of weights removed, e.g. 0.5; or one value per block, comma-separated.")
+    ] = None,
+    pattern: Annotated[str | None, typer.Option(help="unstructured, 2:4, 4:8 or ffn (whole neurons).")] = None,
+    domain_dir: Annotated[
+        Path | None, typer.Option("--domain", help="The domain task folder (calibration: train).")
+    ] = None,
+    general: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--general", help="General calibration: task folder, .txt or .jsonl; repeatable (default: shipped)."
+        ),
+    ] = None,
+    calibration_size: Annotated[
+        int | None, typer.Option("--calibration-size", min=1, help="Calibration texts.")
+    ] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", help="Other method parameter key=value.")] = None,
+    model: ModelOpt = None,
+    eval_dirs: Annotated[
+        list[Path] | None,
+        typer.Option("--eval", help="Also compare zero-shot dense vs pruned on this task; repeatable."),
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split of the zero-shot comparison.")] = "dev",
+    limit: LimitOpt = None,
+    text_col: TextColOpt = "text",
+    label_col: LabelColOpt = "label",
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="New folder for the pruned model.")] = None,
+    list_methods: Annotated[bool, typer.Option("--list", help="List prune methods and exit.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Prune the base model for a domain; writes a Hugging Face folder any --model option accepts.
+
+    Example: adaptforge prune --method wanda --sparsity 0.5 --domain tasks/sst2 --out pruned/sst2-wanda
+    """
+    from adaptforge.pipelines.prune import prune_model
+    from adaptforge.prune import PRUNE_METHODS
+    from adaptforge.tasks import load_task, load_tasks
+
+    if list_methods:
+        print_methods("prune method", PRUNE_METHODS.items())
+        return
+    with cli_errors():
+        domain = load_task(required(domain_dir, "--domain"), text_col=text_col, label_col=label_col)
+        params: dict[str, object] = parse_options(param or [])
+        if sparsity is not None:
+            try:
+                values = [float(v) for v in sparsity.split(",")]
+            except ValueError:
+                raise AdaptforgeError(
+                    f"--sparsity {sparsity!r}: expected a number or comma-separated numbers"
+                ) from None
+            params["sparsity"] = values[0] if len(values) == 1 else values
+        if pattern is not None:
+            params["pattern"] = pattern
+        if calibration_size is not None:
+            params["calibration_size"] = calibration_size
+        outcome = prune_model(
+            required(method, "--method"),
+            domain,
+            required(out_dir, "--out"),
+            params=params,
+            general=general or [],
+            model=model,
+            eval_tasks=load_tasks(eval_dirs, text_col=text_col, label_col=label_col) if eval_dirs else [],
+            split=split,
+            limit=limit,
+            notify=notify,
+        )
+    if as_json:
+        out.print_json(json.dumps(outcome.to_json(), default=str))
+        return
+    out.print(prune_table(outcome))

@@ -1,0 +1,192 @@
+"""Calibration data for pruning: texts in, per-layer input statistics and domain-loss gradients out.
+
+Importance scores need to know what a layer sees: Wanda the norm of each input feature, SparseGPT the
+Gram matrix of the inputs (the layer-wise Hessian), D-Pruner both a general and a domain view. Everything
+here is collected with forward hooks on the frozen model, padding tokens excluded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from adaptforge.backbone import Backbone
+from adaptforge.batching import batch_order, make_batch, pad
+from adaptforge.core import AdaptforgeError
+from adaptforge.lora.hooks import eval_mode
+from adaptforge.scorers import Scorer
+from adaptforge.tasks import Task, load_task
+
+GENERAL_SOURCES = ("dbpedia", "agnews", "boolq", "trec_question_type")
+
+
+def shipped_general_path() -> Path:
+    """The open-domain calibration text shipped with the package (see ``scripts/make_calibration_text.py``)."""
+    return Path(__file__).resolve().parents[1] / "data" / "calibration" / "general.jsonl"
+
+
+@dataclass(frozen=True)
+class CalibrationText:
+    """Texts a pruner calibrates on, with where they came from and a content hash for the record."""
+
+    texts: tuple[str, ...]
+    source: str
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256("\n".join(self.texts).encode()).hexdigest()[:16]
+
+    def record(self) -> dict[str, object]:
+        return {"source": self.source, "n": len(self.texts), "sha256": self.sha256}
+
+
+def read_general(sources: Sequence[str | Path], n: int, seed: int) -> CalibrationText:
+    """General (open-domain) calibration texts: from task folders or files (their train texts), ``.txt``
+    files (one text a line) or ``.jsonl`` files with a ``text`` field; none given: the shipped set."""
+    paths = [Path(s) for s in sources] or [shipped_general_path()]
+    texts: list[str] = []
+    for path in paths:
+        texts += _texts_of(path, n, seed)
+    if not texts:
+        raise AdaptforgeError(f"general calibration {', '.join(map(str, paths))}: no texts found")
+    texts = texts[:: max(1, len(texts) // n)][:n] if len(texts) > n else texts
+    return CalibrationText(tuple(texts), ", ".join(str(p) for p in paths))
+
+
+def _texts_of(path: Path, n: int, seed: int) -> list[str]:
+    if path.is_file() and path.suffix == ".txt":
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if path.is_file() and path.suffix == ".jsonl" and not (path.parent / "task.json").is_file():
+        out = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise AdaptforgeError(f"{path}:{number}: not JSON ({err.msg})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                raise AdaptforgeError(f"{path}:{number}: expected an object with a string field 'text'")
+            out.append(row["text"])
+        return out
+    if not path.exists():
+        raise AdaptforgeError(f"--general {path}: no such file or folder")
+    task = load_task(path)
+    split = "train" if "train" in task.splits else next(iter(task.splits))
+    return [ex.text for ex in task.sample(split, n, seed=seed)]
+
+
+def domain_text(task: Task, n: int, seed: int) -> CalibrationText:
+    """The domain task's train texts (a label-stratified seeded sample), formatted as its scorer sees them."""
+    examples = task.sample("train", n, seed=seed)
+    return CalibrationText(tuple(ex.text for ex in examples), f"task {task.name} (train, n={len(examples)})")
+
+
+@dataclass
+class InputStats:
+    """What one linear layer saw: the number of (non-padding) tokens, the sum of squares of each input feature
+    and, when asked for, the Gram matrix ``X^T X`` (``in x in``, float64)."""
+
+    tokens: int
+    sq_sum: torch.Tensor
+    gram: torch.Tensor | None
+
+    @property
+    def feature_norm(self) -> torch.Tensor:
+        """``||X_j||_2`` per input feature (Wanda's activation norm)."""
+        return self.sq_sum.sqrt()
+
+
+def token_batches(backbone: Backbone, texts: Sequence[str], max_length: int, batch_size: int) -> Iterator[dict]:
+    """``input_ids`` / ``attention_mask`` batches of raw ``texts`` (sorted by length, no shuffling)."""
+    tok = backbone.tokenizer
+    ids = [tok(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
+    left = backbone.kind == "causal"
+    for index in batch_order([len(x) for x in ids], batch_size, shuffle=False):
+        input_ids, mask = pad([ids[i] for i in index], tok.pad_token_id or 0, left=left)
+        yield {"input_ids": input_ids, "attention_mask": mask}
+
+
+@torch.no_grad()
+def collect_inputs(
+    backbone: Backbone,
+    layers: dict[str, torch.nn.Linear],
+    texts: Sequence[str],
+    *,
+    gram: bool,
+    max_length: int = 128,
+    batch_size: int = 16,
+) -> dict[str, InputStats]:
+    """Run ``texts`` through the model once and accumulate every layer's input statistics."""
+    stats = {
+        name: InputStats(0, torch.zeros(layer.in_features, dtype=torch.float64), None) for name, layer in layers.items()
+    }
+    if gram:
+        for name, layer in layers.items():
+            stats[name].gram = torch.zeros(layer.in_features, layer.in_features, dtype=torch.float64)
+    keep: list[torch.Tensor] = []  # the current batch's non-padding positions, read by the hooks
+
+    def hook_for(name: str):  # noqa: ANN202 - a torch forward hook
+        def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+            x = args[0]
+            rows = x.reshape(-1, x.shape[-1])
+            if keep and keep[0].numel() == rows.shape[0]:
+                rows = rows[keep[0]]
+            rows = rows.double()
+            s = stats[name]
+            s.tokens += rows.shape[0]
+            s.sq_sum += rows.pow(2).sum(dim=0)
+            if s.gram is not None:
+                s.gram += rows.T @ rows
+
+        return hook
+
+    handles = [layer.register_forward_hook(hook_for(name)) for name, layer in layers.items()]
+    try:
+        with eval_mode(backbone.model) as model:
+            for batch in token_batches(backbone, texts, max_length, batch_size):
+                keep[:] = [batch["attention_mask"].reshape(-1).bool()]
+                model(**batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return stats
+
+
+def domain_gradients(
+    scorer: Scorer, task: Task, layers: dict[str, torch.nn.Linear], n: int, seed: int, batch_size: int = 8
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Mean gradient ``g`` and empirical Fisher diagonal ``F`` (mean of squared per-batch gradients) of the
+    domain task's loss with respect to every layer's weight, on ``n`` train examples; the weights' ``requires_grad``
+    is restored after."""
+    examples = task.sample("train", n, seed=seed)
+    encoded, labels = scorer.encode(task, examples), scorer.encode_labels(task)
+    grads = {name: torch.zeros_like(layer.weight, dtype=torch.float64) for name, layer in layers.items()}
+    fisher = {name: torch.zeros_like(layer.weight, dtype=torch.float64) for name, layer in layers.items()}
+    before = {name: layer.weight.requires_grad for name, layer in layers.items()}
+    batches = 0
+    try:
+        for layer in layers.values():
+            layer.weight.requires_grad_(True)
+        with eval_mode(scorer.backbone.model) as model:
+            for index in batch_order(encoded.lengths(), batch_size, shuffle=False):
+                for layer in layers.values():
+                    layer.weight.grad = None
+                scorer.loss(model, make_batch(encoded, index), labels).backward()
+                batches += 1
+                for name, layer in layers.items():
+                    g = layer.weight.grad.detach().double() if layer.weight.grad is not None else 0.0
+                    grads[name] += g
+                    fisher[name] += g * g if isinstance(g, torch.Tensor) else 0.0
+    finally:
+        for name, layer in layers.items():
+            layer.weight.grad = None
+            layer.weight.requires_grad_(before[name])
+    if batches == 0:
+        raise AdaptforgeError(f"task {task.name!r}: no training examples to compute the domain loss on")
+    return {k: v / batches for k, v in grads.items()}, {k: v / batches for k, v in fisher.items()}

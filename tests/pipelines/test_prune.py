@@ -1,0 +1,112 @@
+"""``adaptforge prune`` end to end: a loadable pruned folder with its record, dense vs pruned zero-shot,
+FFN neurons removed for real (a smaller model), and bad requests refused before anything is written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import run_cli, small_task
+
+from adaptforge.backbone import Backbone
+from adaptforge.core import AdaptforgeError
+from adaptforge.pipelines.prune import RECORD_FILE, prune_model, read_record
+from adaptforge.prune import prunable_layers
+from adaptforge.tasks import write_task
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prune-tasks")
+    return {name: write_task(small_task(name, n_train=32, n_test=24), root / name) for name in ("sst2", "agnews")}
+
+
+def test_wanda_through_the_cli_writes_a_loadable_sparse_model_with_its_record(minilm, tasks, tmp_path):
+    out = tmp_path / "pruned"
+    args = ["prune", "--method", "wanda", "--sparsity", "0.5", "--domain", tasks["sst2"], "--eval", tasks["agnews"]]
+    got = json.loads(run_cli(*args, "--calibration-size", "16", "--limit", "16", "--out", out, "--json").stdout)
+    assert got["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert set(got["eval"]) == {"sst2", "agnews"} and all(v["retention"] is not None for v in got["eval"].values())
+    pruned = Backbone.load(str(out))
+    assert pruned.fingerprint != minilm.fingerprint
+    for name, layer in prunable_layers(pruned).items():
+        zeros = (layer.weight == 0).float().mean(dim=1)  # Wanda: half of every output row
+        assert torch.allclose(zeros, torch.full_like(zeros, 0.5)), name
+    dense = dict(minilm.model.named_parameters())
+    for name, p in pruned.model.named_parameters():  # embeddings and layer norms untouched
+        if "embeddings" in name or "LayerNorm" in name:
+            assert torch.equal(p, dense[name]), name
+    record = read_record(out)
+    assert record is not None and record["method"] == "wanda" and record["parent"]["fingerprint"] == minilm.fingerprint
+    assert record["fingerprint"] == pruned.fingerprint and record["calibration"]["domain"]["n"] == 16
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_ffn_pattern_makes_a_smaller_model_transformers_loads(tiny_llama, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    before = {k: v.clone() for k, v in tiny_llama.model.state_dict().items()}
+    outcome = prune_model(
+        "magnitude",
+        small_task("sst2", n_train=16, n_test=8),
+        tmp_path / "ffn",
+        params={"pattern": "ffn", "sparsity": 0.5},
+        backbone=tiny_llama,
+        limit=8,
+    )
+    assert all(torch.equal(v, tiny_llama.model.state_dict()[k]) for k, v in before.items())  # caller's model intact
+    small = AutoModelForCausalLM.from_pretrained(tmp_path / "ffn")
+    assert small.config.intermediate_size == 64 and outcome.record["intermediate_size"] == 64
+    assert small.model.layers[0].mlp.down_proj.weight.shape == (64, 64)
+    dense_params, pruned_params = outcome.parameters
+    assert pruned_params == sum(p.numel() for p in small.parameters()) < dense_params
+    assert dense_params - pruned_params == 2 * 3 * 64 * 64  # 2 blocks x (gate, up, down) x 64 neurons x hidden 64
+    logits = small(torch.tensor([[1, 2, 3, 4]])).logits
+    assert torch.isfinite(logits).all()
+    assert set(outcome.evals["sst2"]) == {"dense", "pruned"}
+
+
+def test_ffn_keeps_the_neurons_with_the_largest_weights(tiny_llama, tmp_path):
+    outcome = prune_model(
+        "magnitude",
+        small_task("sst2", n_train=8, n_test=8),
+        tmp_path / "ffn",
+        params={"pattern": "ffn", "sparsity": 0.25},
+        backbone=tiny_llama,
+        limit=8,
+    )
+    mlp = tiny_llama.model.model.layers[1].mlp
+    score = sum(m.weight.abs().sum(dim=1) for m in (mlp.gate_proj, mlp.up_proj)) + mlp.down_proj.weight.abs().sum(0)
+    kept = torch.sort(score.topk(96).indices).values
+    small = Backbone.load(str(outcome.path)).model.model.layers[1].mlp
+    assert torch.equal(small.up_proj.weight, mlp.up_proj.weight[kept])
+    assert torch.equal(small.down_proj.weight, mlp.down_proj.weight[:, kept])
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "message"),
+    [
+        ("sparsegpt", {"pattern": "ffn"}, "supports --pattern unstructured, 2:4, 4:8"),
+        ("magnitude", {"pattern": "ffn", "sparsity": [0.5, 0.2]}, "one --sparsity value"),
+        ("magnitude", {"sparsity": [0.5, 0.2, 0.1]}, "3 values for 2 transformer blocks"),
+        ("wanda", {"sparsity": 1.5}, r"'sparsity' must be in \[0, 1\)"),
+    ],
+)
+def test_bad_requests_are_refused_and_nothing_is_written(tiny_llama, tmp_path, method, params, message):
+    with pytest.raises(AdaptforgeError, match=message):
+        prune_model(
+            method, small_task("sst2", n_train=8, n_test=8), tmp_path / "out", params=params, backbone=tiny_llama
+        )
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_an_existing_output_folder_is_never_overwritten(tiny_llama, tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(AdaptforgeError, match="exists and is not an empty folder"):
+        prune_model("magnitude", small_task("sst2", n_train=8, n_test=8), out, backbone=tiny_llama)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and not (out / RECORD_FILE).exists()

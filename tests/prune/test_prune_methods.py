@@ -1,0 +1,156 @@
+"""Prune methods on real layers and calibration statistics: masks, Wanda's score, SparseGPT's reconstruction,
+D-Pruner's refined importance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import small_task
+
+from adaptforge.core import AdaptforgeError
+from adaptforge.prune import PRUNE_METHODS, PruneParams, prunable_layers
+from adaptforge.prune.base import Calibration, nm_mask, unstructured_mask
+from adaptforge.prune.calibration import InputStats, collect_inputs, domain_gradients
+from adaptforge.prune.methods import DPrunerParams, SparseGptParams
+from adaptforge.scorers import make_scorer
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_unstructured_masks_remove_the_lowest_scores_per_row_or_per_layer():
+    scores = torch.rand(8, 20, generator=torch.Generator().manual_seed(0))
+    row = unstructured_mask(scores, 0.25, per_row=True)
+    assert (row.sum(dim=1) == 15).all()
+    for r in range(8):  # every removed score is below every kept one in its row
+        assert scores[r][~row[r]].max() < scores[r][row[r]].min()
+    layer = unstructured_mask(scores, 0.25, per_row=False)
+    assert int((~layer).sum()) == 40 and scores[~layer].max() < scores[layer].min()
+    assert unstructured_mask(scores, 0.0, per_row=True).all()
+
+
+def test_nm_mask_keeps_n_of_every_m_inputs_and_names_a_layer_that_does_not_divide():
+    scores = torch.rand(4, 16, generator=torch.Generator().manual_seed(1))
+    keep = nm_mask(scores, 2, 4, "x")
+    groups = keep.reshape(4, 4, 4)
+    assert (groups.sum(dim=2) == 2).all()
+    top = scores.reshape(4, 4, 4).topk(2, dim=2).indices
+    assert torch.equal(groups.gather(2, top), torch.ones_like(top, dtype=torch.bool))
+    with pytest.raises(AdaptforgeError, match="layer 'odd' has 10 inputs, not a multiple of 4"):
+        nm_mask(torch.rand(3, 10), 2, 4, "odd")
+
+
+def test_params_are_checked_before_any_work():
+    with pytest.raises(AdaptforgeError, match=r"'sparsity' must be in \[0, 1\), got 1.0"):
+        PruneParams(sparsity=1.0)
+    with pytest.raises(AdaptforgeError, match="'sparsity' must be 0.5 for pattern 2:4"):
+        PruneParams(sparsity=0.3, pattern="2:4")
+    with pytest.raises(AdaptforgeError, match="'pattern' must be one of"):
+        PRUNE_METHODS.get("wanda").parse_params({"pattern": "3:7"})
+    with pytest.raises(AdaptforgeError, match="unknown prune method 'wand'.*Did you mean 'wanda'"):
+        PRUNE_METHODS.get("wand")
+
+
+def _calibration(stats: dict[str, InputStats], scorer=None, task=None) -> Calibration:
+    return Calibration(general=stats, domain=stats, scorer=scorer, domain_task=task)  # type: ignore[arg-type]
+
+
+def _layer_and_inputs(seed: int = 0, out_dim: int = 24, in_dim: int = 32, tokens: int = 400):
+    gen = torch.Generator().manual_seed(seed)
+    layer = torch.nn.Linear(in_dim, out_dim, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(out_dim, in_dim, generator=gen))
+    # correlated inputs with very different feature scales: where activation-aware pruning matters
+    X = (
+        torch.randn(tokens, in_dim, generator=gen)
+        @ torch.randn(in_dim, in_dim, generator=gen)
+        * torch.linspace(0.1, 3.0, in_dim)
+    )
+    X = X.double()
+    stats = InputStats(tokens, X.pow(2).sum(dim=0), X.T @ X)
+    return layer, X, stats
+
+
+def _output_error(original: torch.Tensor, pruned: torch.Tensor, X: torch.Tensor) -> float:
+    return float((X @ original.double().T - X @ pruned.double().T).norm() / (X @ original.double().T).norm())
+
+
+def test_wanda_scores_weight_times_input_norm_within_rows():
+    layer, X, stats = _layer_and_inputs()
+    wanda = PRUNE_METHODS.get("wanda")()
+    scores = wanda.importance("l", layer, _calibration({"l": stats}), PruneParams())
+    expected = layer.weight.detach().double().abs() * X.norm(dim=0).unsqueeze(0)
+    torch.testing.assert_close(scores, expected)
+    wanda.prune_layer("l", layer, 0.5, _calibration({"l": stats}), PruneParams())
+    assert ((layer.weight == 0).sum(dim=1) == 16).all()
+
+
+def test_sparsegpt_reconstructs_the_layer_output_better_than_masks_alone():
+    results = {}
+    for name in ("magnitude", "wanda", "sparsegpt"):
+        layer, X, stats = _layer_and_inputs()
+        original = layer.weight.detach().clone()
+        impl = PRUNE_METHODS.get(name)()
+        params = SparseGptParams() if name == "sparsegpt" else PruneParams()
+        report = impl.prune_layer("l", layer, 0.5, _calibration({"l": stats}), params)
+        assert report.sparsity == pytest.approx(0.5, abs=0.01)
+        results[name] = _output_error(original, layer.weight.detach(), X)
+        if name == "sparsegpt":
+            assert report.error == pytest.approx(results[name], rel=1e-6)  # its own error report is the real one
+    assert results["sparsegpt"] < results["wanda"] < results["magnitude"]
+
+
+def test_sparsegpt_two_four_keeps_two_of_every_four_and_still_reconstructs():
+    layer, X, stats = _layer_and_inputs(seed=3)
+    original = layer.weight.detach().clone()
+    params = SparseGptParams(pattern="2:4", block_size=16)
+    PRUNE_METHODS.get("sparsegpt")().prune_layer("l", layer, 0.5, _calibration({"l": stats}), params)
+    groups = (layer.weight != 0).reshape(24, 8, 4)
+    assert (groups.sum(dim=2) == 2).all()
+    masked = original * (layer.weight != 0)  # the same mask without the OBS update
+    assert _output_error(original, layer.weight.detach(), X) < _output_error(original, masked, X)
+
+
+def test_collected_statistics_equal_the_inputs_each_layer_saw(minilm):
+    layers = prunable_layers(minilm)
+    assert all(".attention." in n or "intermediate" in n or n.endswith("output.dense") for n in layers)
+    assert not any("pooler" in n for n in layers)
+    name = "encoder.layer.2.intermediate.dense"
+    seen = []
+    handle = layers[name].register_forward_hook(lambda m, a, o: seen.append(a[0].detach()))
+    texts = ["a short text", "another, somewhat longer text about something else entirely"]
+    try:
+        stats = collect_inputs(minilm, {name: layers[name]}, texts, gram=True)
+    finally:
+        handle.remove()
+    enc = [minilm.tokenizer(t)["input_ids"] for t in texts]
+    rows = torch.cat([x.reshape(-1, x.shape[-1]) for x in seen])
+    lengths = sorted(len(e) for e in enc)  # batches are sorted by length; padding rows are excluded
+    assert stats[name].tokens == sum(lengths)
+    width = max(lengths)
+    keep = torch.cat([torch.arange(width) < n for n in lengths])
+    X = rows[keep].double()
+    torch.testing.assert_close(stats[name].sq_sum, X.pow(2).sum(0))
+    torch.testing.assert_close(stats[name].gram, X.T @ X)
+
+
+def test_dpruner_importance_is_the_refined_second_order_score(minilm):
+    task = small_task("sst2", n_train=16, n_test=8)
+    scorer = make_scorer(minilm)
+    layers = prunable_layers(minilm)
+    name = "encoder.layer.0.attention.self.query"
+    one = {name: layers[name]}
+    general = collect_inputs(minilm, one, ["general text one", "and general text two"], gram=False)
+    calibration = Calibration(general=general, domain=None, scorer=scorer, domain_task=task)
+    g, F = domain_gradients(scorer, task, one, 16, 0, 8)
+    assert not layers[name].weight.requires_grad  # restored
+    W = layers[name].weight.detach().double()
+    for lam in (0.0, 2.0):
+        impl = PRUNE_METHODS.get("dpruner")()
+        params = DPrunerParams(general_weight=lam, calibration_size=16)
+        impl.prepare(one, calibration, params)
+        scores = impl.importance(name, layers[name], calibration, params)
+        G = (general[name].sq_sum / general[name].tokens).unsqueeze(0).expand_as(W)
+        G = G * F[name].mean() / G.mean()
+        expected = (g[name] * W).abs() + 0.5 * W.pow(2) * (F[name] + 2 * lam * G)
+        torch.testing.assert_close(scores, expected)
+    assert not torch.allclose(scores, (g[name] * W).abs() + 0.5 * W.pow(2) * F[name])  # lambda matters
