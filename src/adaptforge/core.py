@@ -14,11 +14,11 @@ from typing import Generic, TypeVar
 
 import torch
 
+from adaptforge.errors import AdaptforgeError
+
 T = TypeVar("T")
 
-
-class AdaptforgeError(Exception):
-    """Base class of every error adaptforge raises on bad input; the message says what to fix."""
+__all__ = ["AdaptforgeError", "LoraDelta", "LoraModule", "Registry", "did_you_mean"]
 
 
 @dataclass(frozen=True)

@@ -96,3 +96,39 @@ def test_bad_task_file_is_a_clear_error(tmp_path):
     result = run("eval", folder, ok=False)
     assert result.exit_code == 2
     assert "test.jsonl" in result.output and "line 2" in result.output and "'c'" in result.output
+
+
+def test_library_show_is_readable_and_json_has_everything(trained_library):
+    shown = run("library", "show", "sst2-a", "--library", trained_library).stdout
+    for expected in (
+        "sst2-a",
+        "kind",
+        "train (train)",
+        "base",
+        "rank",
+        "8 on",
+        "sst2/dev accuracy",
+        "(n=",
+        "integrity",
+    ):
+        assert expected in shown, expected
+    assert "adapter_model.safetensors" in shown and "[" not in shown.split("integrity")[-1]
+    brief = json.loads(run("library", "show", "sst2-a", "--library", trained_library, "--json").stdout)
+    assert brief["embedding"] == "<384 floats>" and brief["kind"] == "train" and brief["integrity"]["ok"]
+    assert brief["files"]["adapter_model.safetensors"] > 0
+    full = json.loads(
+        run("library", "show", "sst2-a", "--library", trained_library, "--json", "--with-embeddings").stdout
+    )
+    assert len(full["embedding"]) == 384 and all(isinstance(v, float) for v in full["embedding"])
+
+
+def test_help_is_fast_to_load_and_shows_flags_as_flags():
+    """`adaptforge --help` must not import torch (seconds of start-up), and boolean options read as flags."""
+    import subprocess
+    import sys
+
+    probe = "import sys, adaptforge.cli; sys.exit(1 if 'torch' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", probe], check=False).returncode == 0
+    for verb in ("merge", "compose", "eval", "train", "prune"):
+        lines = [line for line in run(verb, "--help").stdout.splitlines() if "Show this message" not in line]
+        assert not any("<bool>" in line for line in lines) and any("--json" in line for line in lines), verb

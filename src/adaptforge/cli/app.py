@@ -19,7 +19,7 @@ from rich.text import Text  # noqa: E402
 from adaptforge.cli.render import (  # noqa: E402
     console,
 )
-from adaptforge.core import AdaptforgeError  # noqa: E402
+from adaptforge.errors import AdaptforgeError  # noqa: E402
 
 app = typer.Typer(help="Adapt one foundation model to many tasks and manage the adapters.", no_args_is_help=True)
 library_app = typer.Typer(help="List, show, import, export and remove adapters.", no_args_is_help=True)
@@ -32,10 +32,10 @@ LibraryOpt = Annotated[Path, typer.Option("--library", "-l", help="Adapter libra
 ModelOpt = Annotated[
     str | None, typer.Option("--model", "-m", help="HF model path or name (default: embedded MiniLM).")
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.", metavar="")]
 TextColOpt = Annotated[str, typer.Option("--text-col", help="Field (task folder) or column (CSV) holding the text.")]
 LabelColOpt = Annotated[str, typer.Option("--label-col", help="Field (task folder) or column (CSV) holding the label.")]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an adapter of the same name.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an adapter of the same name.", metavar="")]
 LimitOpt = Annotated[int | None, typer.Option(min=1, help="Evaluate at most this many examples per task.")]
 
 
@@ -60,7 +60,7 @@ def cli_errors() -> Iterator[None]:
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", metavar="")] = False) -> None:
     # PEFT calls a transformers method that transformers deprecates; the warning is for PEFT's authors.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     logging.basicConfig(

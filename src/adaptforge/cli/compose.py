@@ -40,12 +40,14 @@ def compose_cmd(
     param: Annotated[list[str] | None, typer.Option("--param", help="Method parameter key=value.")] = None,
     model: ModelOpt = None,
     split: Annotated[str, typer.Option(help="Split on which zero-shot and the result are compared.")] = "test",
-    no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the zero-shot vs composed evaluation.")] = False,
+    no_eval: Annotated[
+        bool, typer.Option("--no-eval", help="Skip the zero-shot vs composed evaluation.", metavar="")
+    ] = False,
     limit: LimitOpt = None,
     text_col: TextColOpt = "text",
     label_col: LabelColOpt = "label",
     overwrite: OverwriteOpt = False,
-    list_methods: Annotated[bool, typer.Option("--list", help="List compose methods and exit.")] = False,
+    list_methods: Annotated[bool, typer.Option("--list", help="List compose methods and exit.", metavar="")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """An adapter for a new task from k labelled examples and the library's adapters (with lineage)."""

@@ -22,7 +22,7 @@ from adaptforge.cli.render import (
     out,
     progress_bar,
 )
-from adaptforge.core import AdaptforgeError
+from adaptforge.errors import AdaptforgeError
 
 
 @app.command("eval")
@@ -30,8 +30,12 @@ def eval_cmd(
     task_dirs: Annotated[list[Path], typer.Argument(help="Task folders (or .json/.csv files).")],
     library: Annotated[Path | None, typer.Option("--library", "-l")] = None,
     adapter: Annotated[list[str] | None, typer.Option("--adapter", "-a", help="Adapter name; repeatable.")] = None,
-    all_adapters: Annotated[bool, typer.Option("--all-adapters", help="Every adapter in the library.")] = False,
-    zero_shot: Annotated[bool, typer.Option("--zero-shot", help="Also the base model without adapter.")] = False,
+    all_adapters: Annotated[
+        bool, typer.Option("--all-adapters", help="Every adapter in the library.", metavar="")
+    ] = False,
+    zero_shot: Annotated[
+        bool, typer.Option("--zero-shot", help="Also the base model without adapter.", metavar="")
+    ] = False,
     split: Annotated[str, typer.Option()] = "test",
     limit: LimitOpt = None,
     model: ModelOpt = None,

@@ -22,7 +22,7 @@ from adaptforge.cli.render import (
     notify,
     print_new_task,
 )
-from adaptforge.core import AdaptforgeError
+from adaptforge.errors import AdaptforgeError
 
 
 @app.command("generate")

@@ -19,6 +19,7 @@ from adaptforge.cli.app import (
     library_app,
 )
 from adaptforge.cli.render import (
+    adapter_summary,
     console,
     out,
 )
@@ -36,35 +37,48 @@ def library_list(
     if as_json:
         out.print_json(json.dumps({"adapters": [r.to_json() for r in records]}))
         return
-    table = Table(title=str(library))
-    for col in ("name", "id", "task", "method", "rank", "modules", "parents"):
-        table.add_column(col)
+    table = Table(title=f"{library} ({len(records)} adapters)")
+    for col in ("name", "kind", "method", "task", "rank", "modules", "parents"):
+        table.add_column(col, overflow="fold")
     for r in records:
-        table.add_row(r.name, r.id, r.task or "-", r.method, str(r.rank), str(len(r.targets)), str(len(r.parents)))
+        table.add_row(r.name, r.kind, r.method, r.task or "-", str(r.rank), str(len(r.targets)), str(len(r.parents)))
     out.print(table)
 
 
 @library_app.command("show")
-def library_show(name: str, library: LibraryOpt, as_json: JsonOpt = False) -> None:
-    """One adapter's record, lineage, metrics and integrity (a damaged adapter says so and exits 1)."""
+def library_show(
+    name: str,
+    library: LibraryOpt,
+    as_json: JsonOpt = False,
+    with_embeddings: Annotated[
+        bool, typer.Option("--with-embeddings", help="Include the description embedding (JSON).", metavar="")
+    ] = False,
+) -> None:
+    """One adapter: task, base, rank, targets, lineage, metrics, files and integrity (exit 1 if damaged).
+
+    Example: adaptforge library show sst2-a --library lib        (add --json for the full record)
+    """
     from adaptforge.library import Library
 
     with cli_errors():
         lib = Library(library, create=False)
         rec = lib.get(name)
         info = rec.to_json()
-        info["lineage"] = [p.name for p in lib.lineage(name)]
+        if not with_embeddings:
+            info["embedding"] = None if rec.embedding is None else f"<{rec.embedding.size} floats>"
+        info["lineage"] = [{"id": p.id, "name": p.name, "kind": p.kind, "method": p.method} for p in lib.lineage(name)]
+        info["children"] = [c.name for c in lib.children(name)]
         info["metrics"] = [
             {"task": m.task, "split": m.split, "metric": m.metric, "value": m.value, "n": m.n}
             for m in lib.metrics(name)
         ]
+        info["files"] = {p.name: p.stat().st_size for p in sorted(rec.path.iterdir()) if p.is_file()}
         problems = lib.check(rec)
         info["integrity"] = {"ok": not problems, "problems": problems}
     if as_json:
-        out.print_json(json.dumps(info))
+        out.print_json(json.dumps(info, default=str))
     else:
-        info.get("recipe", {}).pop("history", None)
-        out.print_json(json.dumps(info))
+        out.print(adapter_summary(info))
         for problem in problems:
             console.print(Text.assemble(("damaged:", "red"), " ", problem))
     if problems:
@@ -179,7 +193,9 @@ def library_export(
 def library_rm(
     name: str,
     library: LibraryOpt,
-    force: Annotated[bool, typer.Option("--force", help="Remove even if other adapters list it as a parent.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Remove even if other adapters list it as a parent.", metavar="")
+    ] = False,
 ) -> None:
     """Remove an adapter (its files and catalog row)."""
     from adaptforge.library import Library

@@ -25,7 +25,7 @@ from adaptforge.cli.render import (
     out,
     print_methods,
 )
-from adaptforge.core import AdaptforgeError
+from adaptforge.errors import AdaptforgeError
 
 
 @app.command("merge")
@@ -59,7 +59,7 @@ def merge_cmd(
         Path | None, typer.Option("--dense-out", help="Also write base + merged delta as a full HF model here.")
     ] = None,
     overwrite: OverwriteOpt = False,
-    list_methods: Annotated[bool, typer.Option("--list", help="List merge methods and exit.")] = False,
+    list_methods: Annotated[bool, typer.Option("--list", help="List merge methods and exit.", metavar="")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Merge adapters into one (with lineage), optionally evaluate it and write a dense model."""

@@ -20,7 +20,7 @@ from adaptforge.cli.app import (
     required,
 )
 from adaptforge.cli.render import notify, out, print_methods, prune_table
-from adaptforge.core import AdaptforgeError
+from adaptforge.errors import AdaptforgeError
 
 
 @app.command("prune")
@@ -55,7 +55,7 @@ def prune_cmd(
     text_col: TextColOpt = "text",
     label_col: LabelColOpt = "label",
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="New folder for the pruned model.")] = None,
-    list_methods: Annotated[bool, typer.Option("--list", help="List prune methods and exit.")] = False,
+    list_methods: Annotated[bool, typer.Option("--list", help="List prune methods and exit.", metavar="")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Prune the base model for a domain; writes a Hugging Face folder any --model option accepts.

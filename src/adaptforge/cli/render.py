@@ -160,3 +160,33 @@ def prune_table(outcome: PruneOutcome) -> Table:
             task, d.split, str(d.n), f"{d.accuracy:.3f}", f"{p.accuracy:.3f}", "-" if kept is None else f"{kept:.3f}"
         )
     return table
+
+
+def adapter_summary(info: dict) -> Table:
+    """``library show``: the record as a two-column table a person can read (``--json`` has everything)."""
+    table = Table(title=f"{info['name']} ({info['id']})", show_header=False, box=None, padding=(0, 2))
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    add = table.add_row
+    add("kind", f"{info['kind']} ({info['method']})")
+    add("task", info["task"] or "-")
+    if info.get("description"):
+        add("description", info["description"])
+    add("base", f"{info['base_model']} (fingerprint {info['base_fingerprint'][:12]})")
+    kinds = ", ".join(sorted({t.rsplit(".", 1)[-1] for t in info["targets"]}))
+    add("rank", f"{info['rank']} on {len(info['targets'])} modules ({kinds})")
+    if info["lineage"]:
+        add("made from", ", ".join(f"{p['name']} ({p['kind']})" for p in info["lineage"]))
+    if info["children"]:
+        add("used by", ", ".join(info["children"]))
+    params = {k: v for k, v in (info.get("params") or {}).items() if k != "labels"}
+    if params:
+        add("params", json.dumps(params, default=str)[:200])
+    for m in info["metrics"]:
+        value = "nan" if m["value"] is None else f"{m['value']:.4f}"
+        add("metric", f"{m['task']}/{m['split']} {m['metric']} {value} (n={m['n']})")
+    for name, size in info["files"].items():
+        add("file", f"{name} {size / 1024:.1f} KiB")
+    add("checksum", info["checksum"][:16])
+    add("integrity", "ok" if info["integrity"]["ok"] else "DAMAGED")
+    return table

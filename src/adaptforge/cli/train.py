@@ -23,7 +23,7 @@ from adaptforge.cli.render import (
     out,
     progress_bar,
 )
-from adaptforge.core import AdaptforgeError
+from adaptforge.errors import AdaptforgeError
 
 
 @app.command("train")
@@ -42,11 +42,13 @@ def train_cmd(
     targets: Annotated[str | None, typer.Option(help="Comma-separated module names (default per model).")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every")] = 50,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run of the same name.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue a killed run of the same name.", metavar="")
+    ] = False,
     overwrite: OverwriteOpt = False,
     text_col: TextColOpt = "text",
     label_col: LabelColOpt = "label",
-    multitask: Annotated[bool, typer.Option("--multitask", help="One adapter on all given tasks.")] = False,
+    multitask: Annotated[bool, typer.Option("--multitask", help="One adapter on all given tasks.", metavar="")] = False,
     sampler: Annotated[str, typer.Option(help="Task sampler: uniform, proportional, temperature, group_dro, mpts.")] = (
         "uniform"
     ),
