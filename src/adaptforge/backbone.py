@@ -118,8 +118,10 @@ class Backbone:
         path = resolve_model_path(name)
         local = Path(path).expanduser().is_dir()
         if local:
-            path = str(Path(path).expanduser())
+            path = str(Path(path).expanduser().resolve())
             check_model_folder(Path(path))
+            if name is not None and Path(name).expanduser().is_dir():
+                name = path  # stored with adapters: a resolved path works from any working directory
         elif _looks_like_path(path):
             raise BackboneError(f"no model folder at {path}")
         try:

@@ -120,6 +120,28 @@ def exclusive_lock(path: Path, what: str) -> Iterator[None]:
 TMP_PREFIX = ".tmp-"  # the one temp-name prefix: verify and gc recognise what a crash left behind
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it (Linux: /proc; elsewhere a brief set-and-restore)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def share_files(folder: Path) -> None:
+    """Give every file in ``folder`` the mode a plain ``open()`` would (0644 under the usual umask):
+    safetensors and some savers create files 0600, which other users of a shared library cannot read."""
+    mode = 0o666 & ~current_umask()
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(mode)
+
+
 def stage_folder(dest: Path) -> Path:
     """A new, empty folder beside ``dest`` to write into before :func:`publish_folder` (``.tmp-<name>-<hex>``)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -136,6 +158,7 @@ def publish_folder(tmp: Path, dest: Path, replace: bool = False) -> None:
     """
     old = dest.parent / f"{TMP_PREFIX}{dest.name}-old-{uuid.uuid4().hex[:8]}"
     try:
+        share_files(tmp)
         fsync_tree(tmp)
         if dest.is_dir() and not any(dest.iterdir()):
             dest.rmdir()

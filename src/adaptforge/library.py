@@ -55,6 +55,7 @@ from adaptforge.durable import (
     fsync_tree,
     remove_inside,
     sha256_file,
+    share_files,
     staged_folder,
 )
 from adaptforge.provenance import Provenance
@@ -849,6 +850,7 @@ class Library:
                 kind=kind,
             )
             write_provenance(record, tmp)
+            share_files(tmp)
             fsync_tree(tmp)
         except (OSError, SafetensorError) as err:  # a full disk, a file-size limit, a read-only folder
             remove_inside(tmp, self.adapters_dir)

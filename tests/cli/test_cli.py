@@ -51,7 +51,8 @@ def test_eval_json_contract(trained_library):
         ("subjectivity", "sst2-a"),
     }
     for r in results:
-        assert set(r) == {"task", "adapter", "accuracy", "macro_f1", "n"} and r["n"] == 20
+        assert set(r) == {"task", "adapter", "split", "n", "accuracy", "macro_f1", "loss"} and r["n"] == 20
+        assert r["split"] == "test" and r["loss"] > 0
         assert 0.0 <= r["accuracy"] <= 1.0
     shown = json.loads(run("library", "show", "sst2-a", "--library", trained_library, "--json").stdout)
     assert {(m["task"], m["metric"]) for m in shown["metrics"]} >= {("sst2", "accuracy"), ("subjectivity", "macro_f1")}
@@ -132,3 +133,51 @@ def test_help_is_fast_to_load_and_shows_flags_as_flags():
     for verb in ("merge", "compose", "eval", "train", "prune"):
         lines = [line for line in run(verb, "--help").stdout.splitlines() if "Show this message" not in line]
         assert not any("<bool>" in line for line in lines) and any("--json" in line for line in lines), verb
+
+
+def test_eval_all_adapters_runs_each_on_its_own_base_and_skips_what_does_not_fit(minilm, tiny_llama, tmp_path):
+    """A library holding adapters of two bases: each is evaluated on its own base, and with --model only the
+    matching ones are, the others skipped with one line each; the grid never aborts."""
+    from conftest import MINILM_ATTENTION, random_delta
+
+    from adaptforge.library import Library
+    from adaptforge.pipelines.train import train_into_library
+    from adaptforge.tasks import load_task
+    from adaptforge.train.config import TrainConfig
+
+    lib = Library(tmp_path / "lib")
+    lib.add(
+        random_delta(MINILM_ATTENTION, rank=2, std=0.01),
+        name="mini",
+        base_model=minilm.name,
+        base_fingerprint=minilm.fingerprint,
+    )
+    task = task_dir("sst2")
+    small = load_task(task).with_splits(train=load_task(task).sample("train", 16, seed=0))
+    train_into_library(small, tiny_llama, lib, "llama", TrainConfig(epochs=1, batch_size=8), eval_splits=())
+    got = json.loads(run("eval", task, "--library", lib.root, "--all-adapters", "--limit", "8", "--json").stdout)
+    assert {r["adapter"] for r in got["results"]} == {"mini", "llama"} and got["skipped"] == []
+    only = run("eval", task, "--library", lib.root, "--all-adapters", "--limit", "8", "--model", "all-MiniLM-L6-v2")
+    assert "skipped: llama: made on base" in only.output and "mini" in only.output
+
+
+def test_train_reports_zero_shot_and_refuses_a_left_checkpoint_without_resume_or_overwrite(minilm, tmp_path):
+    from adaptforge.library import Library
+    from adaptforge.tasks import load_task
+    from adaptforge.train.config import TrainConfig
+    from adaptforge.train.trainer import train_tasks
+
+    args = ["train", task_dir("sst2"), "--library", tmp_path / "lib", "--name", "s", "--max-train", "16"]
+    args += ["--epochs", "1", "--batch-size", "8", "--checkpoint-every", "1"]
+    lib = Library(tmp_path / "lib")
+    task = load_task(task_dir("sst2"))
+    cfg = TrainConfig(max_train=16, epochs=1, batch_size=8, checkpoint_every=1)
+    train_tasks([task], minilm, cfg, checkpoint_dir=lib.run_dir("s"), stop_after=1)  # a run killed after step 1
+    refused = run(*args, ok=False)
+    said = " ".join(refused.output.split())  # the console wraps long lines
+    assert refused.exit_code == 2 and "stopped at step 1" in said
+    assert "pass --resume to continue it, or --overwrite to start over" in said and not lib.exists("s")
+    done = " ".join(run(*args, "--overwrite").output.split())
+    assert "sst2/dev (n=" in done and "zero-shot" in done and "-> s " in done
+    zero = [m for m in lib.metrics(zero_shot=True, task="sst2", split="dev") if m.metric == "accuracy"]
+    assert zero and not lib.run_dir("s").exists()

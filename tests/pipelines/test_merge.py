@@ -339,3 +339,16 @@ def test_demo_merge_step_prints_its_table(lib, setup, minilm):
         assert lib.get(row["adapter"]).method == row["method"] and len(row["tasks"]) == 3
         assert row["average_normalized_accuracy"] is not None
     assert "avg norm" in console.export_text()
+
+
+def test_a_lossy_refactoring_is_reported_with_its_unit_and_a_warning(lib):
+    """TIES to rank 1 loses much of each delta: the summary names the unit and the warning says what to do."""
+    got = run(
+        "merge", "sst2-a", "subjectivity-a", "--method", "ties", "--rank", "1", "--library", lib.root, "--out", "r1"
+    )
+    err = lib.get("r1").recipe["reconstruction_error"]
+    assert err["max"] > 0.1
+    assert "SVD re-factoring error (relative Frobenius norm) max" in got.output
+    assert "warning: re-factoring to rank 1 loses up to" in got.output and "--dense-out" in got.output
+    exact = run("merge", "sst2-a", "subjectivity-a", "--library", lib.root, "--out", "exact")
+    assert "exact (rank concatenation)" in exact.output and "warning" not in exact.output

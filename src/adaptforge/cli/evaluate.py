@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from adaptforge.cli.app import (
     JsonOpt,
@@ -18,6 +19,7 @@ from adaptforge.cli.app import (
     cli_errors,
 )
 from adaptforge.cli.render import (
+    console,
     grid_table,
     out,
     progress_bar,
@@ -46,8 +48,7 @@ def eval_cmd(
     """Evaluate adapters and/or zero-shot on tasks: accuracy and macro-F1 per cell."""
     from adaptforge.evaluate import check_request
     from adaptforge.library import Library
-    from adaptforge.pipelines.common import load_base
-    from adaptforge.pipelines.evaluate import evaluate_grid
+    from adaptforge.pipelines.evaluate import evaluate_adapters
     from adaptforge.tasks import load_tasks
 
     with cli_errors():
@@ -63,18 +64,21 @@ def eval_cmd(
             raise AdaptforgeError("--adapter needs --library")
         if not names:
             zero_shot = True
-        backbone = load_base(model, [lib.get(n) for n in names] if lib is not None else [])
         n_cells = len(tasks) * (len(names) + int(zero_shot))
         with progress_bar("eval", total=n_cells) as bar:
 
             def cell(task: str, name: str | None) -> None:
                 bar.update(0, advance=1, info=f"{name or 'zero-shot'} on {task}")
 
-            results = evaluate_grid(
-                tasks, backbone, lib, names, zero_shot=zero_shot, split=split, limit=limit, on_cell=cell
+            grid = evaluate_adapters(
+                tasks, lib, names, zero_shot=zero_shot, model=model, split=split, limit=limit, on_cell=cell
             )
+    results = grid.results
+    for line in grid.skipped:
+        console.print(Text.assemble(("skipped:", "yellow"), " ", line))
     if as_json:
-        keys = ("task", "adapter", "accuracy", "macro_f1", "n")
-        out.print_json(json.dumps({"results": [{k: r.to_json()[k] for k in keys} for r in results]}))
+        keys = ("task", "adapter", "split", "n", "accuracy", "macro_f1", "loss")
+        rows = [{k: r.to_json()[k] for k in keys} for r in results]
+        out.print_json(json.dumps({"results": rows, "skipped": grid.skipped}))
         return
     out.print(grid_table(results, title=f"{split} accuracy / macro-F1"))

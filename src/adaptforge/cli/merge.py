@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from adaptforge.cli.app import (
     JsonOpt,
@@ -20,12 +21,15 @@ from adaptforge.cli.app import (
     parse_options,
 )
 from adaptforge.cli.render import (
+    console,
     merge_table,
     notify,
     out,
     print_methods,
 )
 from adaptforge.errors import AdaptforgeError
+
+REFACTOR_WARNING = 0.1  # relative Frobenius error above which a merge says what to do instead
 
 
 @app.command("merge")
@@ -115,11 +119,24 @@ def merge_cmd(
             notify=notify,
         )
     summary = outcome.to_json()
+    err = summary["reconstruction_error"]
+    if err is not None and err["max"] > REFACTOR_WARNING:
+        console.print(
+            Text.assemble(
+                ("warning:", "yellow"),
+                f" re-factoring to rank {outcome.record.rank} loses up to {err['max']:.1%} of a module's delta "
+                "(relative Frobenius norm); raise --rank, merge exactly (task_arithmetic/linear without --rank "
+                "concatenate ranks), or keep the full merge with --dense-out",
+            )
+        )
     if as_json:
         out.print_json(json.dumps(summary, default=str))
         return
-    err = summary["reconstruction_error"]
-    exact = "exact" if err is None else f"SVD re-factoring error max {err['max']:.3g}, mean {err['mean']:.3g}"
+    exact = (
+        "exact (rank concatenation)"
+        if err is None
+        else f"SVD re-factoring error (relative Frobenius norm) max {err['max']:.3g}, mean {err['mean']:.3g}"
+    )
     out.print(
         f"merged {', '.join(recipe.adapters)} with {recipe.method} into {outcome.record.name} ({outcome.record.id}); "
         f"rank {outcome.record.rank}, {exact}, {summary['seconds']:.1f}s"

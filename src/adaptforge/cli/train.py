@@ -104,10 +104,14 @@ def train_cmd(
         "n_train": trained.result.n_train,
         "examples_per_second": round(trained.result.examples_per_second, 1),
         "eval": [e.to_json() for e in trained.evals],
+        "zero_shot": [e.to_json() for e in trained.zero_shot],
     }
     if as_json:
         out.print_json(json.dumps(summary))
     else:
-        for e in trained.evals:
-            out.print(f"{name} on {e.task}/{e.split}: accuracy {e.accuracy:.3f}  macro-F1 {e.macro_f1:.3f}  (n={e.n})")
+        for z, e in zip(trained.zero_shot, trained.evals, strict=True):
+            out.print(
+                f"{e.task}/{e.split} (n={e.n}): zero-shot {z.accuracy:.3f} -> {name} {e.accuracy:.3f} "
+                f"({e.accuracy - z.accuracy:+.3f}); macro-F1 {z.macro_f1:.3f} -> {e.macro_f1:.3f}"
+            )
         out.print(f"added {trained.record.name} ({trained.record.id}) to {lib.root}")

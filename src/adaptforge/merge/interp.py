@@ -125,7 +125,9 @@ class BaseInterpolation(DataMergeMethod):
 
         base_predictions = predictions(0.0)
         gold = {
-            t.name: base_predictions[t.name] if label_free and t.name in p.retention else list(_gold(t, examples[t.name]))
+            t.name: base_predictions[t.name]
+            if label_free and t.name in p.retention
+            else list(_gold(t, examples[t.name]))
             for t in tasks
         }
 

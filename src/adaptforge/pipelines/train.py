@@ -7,11 +7,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from adaptforge.backbone import Backbone
+from adaptforge.core import AdaptforgeError
 from adaptforge.evaluate import EvalResult, evaluate
 from adaptforge.library import AdapterRecord, Library, MetricRow
 from adaptforge.provenance import TaskRef, TrainProvenance
 from adaptforge.scorers import describe, make_scorer
 from adaptforge.tasks import Task
+from adaptforge.train.checkpoint import load_checkpoint
 from adaptforge.train.config import TrainConfig
 from adaptforge.train.trainer import ProgressFn, TrainResult, train_tasks
 
@@ -20,7 +22,8 @@ from adaptforge.train.trainer import ProgressFn, TrainResult, train_tasks
 class TrainedAdapter:
     record: AdapterRecord
     result: TrainResult
-    evals: list[EvalResult]
+    evals: list[EvalResult]  # the trained adapter on each task's eval split
+    zero_shot: list[EvalResult]  # the base model on the same examples, in the same order
 
 
 def train_into_library(
@@ -44,21 +47,28 @@ def train_into_library(
     tasks = [tasks] if isinstance(tasks, Task) else list(tasks)
     library.check_free(name, overwrite)
     with library.run_lock(name):  # a second train of this name refuses at once
+        left = load_checkpoint(library.run_dir(name)) if not resume else None
+        if left is not None:
+            if not overwrite:
+                raise AdaptforgeError(
+                    f"a run of {name!r} stopped at step {left.step} and left its checkpoint in "
+                    f"{library.run_dir(name)}; pass --resume to continue it, or --overwrite to start over"
+                )
+            library.clear_run(name)
         result = train_tasks(
             tasks, backbone, cfg, checkpoint_dir=library.run_dir(name), resume=resume, progress=progress
         )
         scorer = make_scorer(backbone, result.config.max_length, result.config.temperature)
-        evals = [
-            evaluate(scorer, task, split, result.delta, adapter=name, limit=eval_limit)
-            for task in tasks
-            for split in eval_splits
-            if split in task.splits
-        ]
+        cells = [(task, split) for task in tasks for split in eval_splits if split in task.splits]
+        evals = [evaluate(scorer, t, split, result.delta, adapter=name, limit=eval_limit) for t, split in cells]
+        zero_shot = [evaluate(scorer, t, split, None, limit=eval_limit) for t, split in cells]
         metrics = [
             MetricRow(None, backbone.fingerprint, ev.task, ev.split, metric, value, ev.n)
             for ev in evals
             for metric, value in ev.metric_values().items()
         ]
+        for ev in zero_shot:  # the base model's row (adapter_id None), next to the adapter's
+            library.record_metrics(None, backbone.fingerprint, ev.task, ev.split, ev.metric_values(), ev.n)
         single = tasks[0] if len(tasks) == 1 else None
         provenance = TrainProvenance(
             config=result.config.to_dict(),
@@ -84,4 +94,4 @@ def train_into_library(
             overwrite=overwrite,
         )
         library.clear_run(name)
-        return TrainedAdapter(record, result, evals)
+        return TrainedAdapter(record, result, evals, zero_shot)
