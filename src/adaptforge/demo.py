@@ -3,7 +3,7 @@
 Zero-shot evaluation, one LoRA adapter per task trained into a fresh library, evaluation of each
 adapter on its task, a table and a JSON summary; then the adapters are merged (one model for all
 tasks) and a task kept out of the library gets an adapter from 16 shots (few-shot aTLAS) and from its
-description alone (the generator).
+description alone (the generator); finally the base is pruned for one task and what it kept is shown.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from adaptforge.backbone import Backbone
+from adaptforge.durable import remove_inside
 from adaptforge.evaluate import evaluate
 from adaptforge.library import Library
 from adaptforge.pipelines.train import train_into_library
@@ -106,6 +107,7 @@ def run_demo(
     }
     summary["merge"] = demo_merge_step(tasks, backbone, library, console)
     summary["new_task"] = demo_compose_step(backbone, library, console)
+    summary["prune"] = demo_prune_step(tasks, backbone, library, out_dir, console)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     path = out_dir / "summary.json"
     path.write_text(json.dumps(summary, indent=2))
@@ -209,3 +211,55 @@ def demo_compose_step(backbone: Backbone, library: Library, console: Console) ->
         rows[f"{outcome.method}_adapter"] = outcome.record.name
     console.print(table)
     return rows
+
+
+DEMO_PRUNE = ("sst2", "wanda", 0.5)  # domain, method, sparsity
+
+
+def demo_prune_step(tasks: list[Task], backbone: Backbone, library: Library, out_dir: Path, console: Console) -> dict:
+    """Prune the base for one domain (:data:`DEMO_PRUNE`): zero-shot accuracy dense vs pruned on every task
+    (dev, the general ability kept), and the domain's own adapter applied to the pruned base (test)."""
+    from adaptforge.pipelines.prune import prune_model
+
+    domain_name, method, sparsity = DEMO_PRUNE
+    domain = next(t for t in tasks if t.name == domain_name)
+    folder = out_dir / f"pruned-{domain_name}-{method}"
+    if folder.exists():
+        remove_inside(folder, out_dir)
+    outcome = prune_model(
+        method,
+        domain,
+        folder,
+        params={"sparsity": sparsity, "calibration_size": 64},
+        backbone=backbone,
+        eval_tasks=tasks,
+        split="dev",
+        limit=60,
+    )
+    pruned = Backbone.load(str(folder))
+    delta, _ = library.load(f"{domain_name}-lora", expected_fingerprint=backbone.fingerprint)
+    dense_acc = evaluate(make_scorer(backbone), domain, "test", delta).accuracy
+    pruned_acc = evaluate(make_scorer(pruned), domain, "test", delta).accuracy
+    table = Table(title=f"{method} {sparsity:.0%} pruned for {domain_name}: zero-shot dev accuracy, dense vs pruned")
+    for col in ("task", "dense", "pruned", "kept"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    for name, pair in outcome.evals.items():
+        kept = outcome.retention(name)
+        table.add_row(
+            name, f"{pair['dense'].accuracy:.3f}", f"{pair['pruned'].accuracy:.3f}", f"{kept:.3f}" if kept else "-"
+        )
+    console.print(table)
+    console.print(
+        f"  {domain_name}-lora on the pruned base: test accuracy {pruned_acc:.3f} (dense base {dense_acc:.3f}); "
+        f"sparsity {outcome.report.sparsity:.3f}, pruned in {outcome.seconds:.0f}s -> {folder}"
+    )
+    retained = [outcome.retention(n) for n in outcome.evals if n != domain_name]
+    return {
+        "domain": domain_name,
+        "method": method,
+        "sparsity": outcome.report.sparsity,
+        "path": str(folder),
+        "general_retention": sum(r for r in retained if r is not None) / max(1, len(retained)),
+        "domain_adapter_dense_base": dense_acc,
+        "domain_adapter_pruned_base": pruned_acc,
+    }
