@@ -480,3 +480,12 @@ def test_write_task_round_trip_of_real_task(tmp_path):
     task = load_task(shared_task("tweet_stance_climate"))
     back = load_task(write_task(task, tmp_path / "copy"))
     assert back == task and back.fingerprint() == task.fingerprint()
+
+
+def test_a_csv_takes_its_description_from_a_side_file(tmp_path):
+    rows = [[f"text {i}", "pos" if i % 2 else "neg"] for i in range(20)]
+    path = write_csv(tmp_path / "reviews.csv", ["text", "label"], rows)
+    assert load_task(path).description == ""
+    (tmp_path / "reviews.description.txt").write_text("Is the review positive or negative?\n", encoding="utf-8")
+    assert load_task(path).description == "Is the review positive or negative?"
+    assert load_task(path, description="given").description == "given"  # an explicit description wins

@@ -629,8 +629,9 @@ def load_task(
 
     ``text_col``/``label_col`` name the record fields (task folder) or columns (CSV); SNI files always use
     ``input``/``output``. ``name``, ``description`` and ``labels`` override what the file says (for a CSV,
-    which has no description, it defaults to ``""``; for SNI and CSV the name defaults to the file stem and the
-    labels to the sorted distinct labels found). ``seed`` fixes the 80/10/10 split of single-file formats that
+    which has no description, it comes from a side file ``<name>.description.txt`` when there is one, else
+    ``""``; for SNI and CSV the name defaults to the file stem and the labels to the sorted distinct labels
+    found). ``seed`` fixes the 80/10/10 split of single-file formats that
     carry no split of their own. A path to a ``task.json`` loads its folder.
     """
     path = Path(path)
@@ -645,6 +646,9 @@ def load_task(
     if suffix == ".json":
         return _load_sni(path, name, description, label_tuple, seed)
     if suffix == ".csv":
+        side = path.with_suffix(".description.txt")  # a CSV has no room for the instruction: a side file holds it
+        if description is None and side.is_file():
+            description = _read_text(side).strip()
         return _load_csv(path, text_col, label_col, name, description, label_tuple, seed)
     raise TaskFormatError(
         f"{path}: unsupported task format {suffix or '(no suffix)'!r}; expected a task folder, "
