@@ -15,4 +15,9 @@ Imports point one way::
 - :mod:`~adaptforge.pipelines.merge`: ``adaptforge merge``
 - :mod:`~adaptforge.pipelines.compose`: ``adaptforge compose``
 - :mod:`~adaptforge.pipelines.generate`: ``adaptforge generate``
+- :mod:`~adaptforge.pipelines.prune`: ``adaptforge prune``
+- :mod:`~adaptforge.pipelines.predict`: ``adaptforge predict``
+- :mod:`~adaptforge.pipelines.report`: ``adaptforge report``
+- :mod:`~adaptforge.pipelines.serve`: ``adaptforge serve``
+- :mod:`~adaptforge.pipelines.tta`: ``adaptforge tta``
 """

@@ -1,0 +1,55 @@
+"""``adaptforge predict``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from adaptforge.cli.app import LibraryOpt, ModelOpt, app, cli_errors
+from adaptforge.cli.render import notify, out
+
+
+@app.command("predict")
+def predict_cmd(
+    inputs: Annotated[Path, typer.Argument(help="Task folder/.json/.csv (its --split), .jsonl with 'text', or .txt.")],
+    library: LibraryOpt,
+    adapter: Annotated[str, typer.Option("--adapter", "-a", help="Adapter name or id.")],
+    out_file: Annotated[Path | None, typer.Option("--out", "-o", help="JSONL file (default: stdout).")] = None,
+    split: Annotated[str, typer.Option(help="Split of a task input.")] = "test",
+    labels: Annotated[
+        str | None, typer.Option(help="Comma-separated labels (default: the task's or adapter's).")
+    ] = None,
+    description: Annotated[
+        str | None, typer.Option(help="Task instruction (default: the task's or adapter's).")
+    ] = None,
+    model: ModelOpt = None,
+) -> None:
+    """One prediction per input (label and scores) as JSON lines, with an adapter from the library.
+
+    Example: adaptforge predict reviews.jsonl --library lib --adapter sst2-a --out predictions.jsonl
+    """
+    from adaptforge.library import Library
+    from adaptforge.pipelines.predict import predict, write_predictions
+
+    with cli_errors():
+        names = [x.strip() for x in labels.split(",")] if labels else None
+        rows = predict(
+            inputs,
+            Library(library, create=False),
+            adapter,
+            split=split,
+            labels=names,
+            description=description,
+            model=model,
+            notify=notify,
+        )
+        if out_file is None:
+            for row in rows:
+                out.print(json.dumps(row.to_json(), ensure_ascii=False), markup=False, highlight=False, soft_wrap=True)
+            return
+        count, correct = write_predictions(rows, out_file)
+    gold = f"; accuracy against the task's labels {correct / count:.3f}" if count and correct else ""
+    notify(f"wrote {count} predictions to {out_file}{gold}")

@@ -1,0 +1,140 @@
+"""``adaptforge predict``: one prediction (label and scores) per input, for batch inference without a server.
+
+Inputs are a task (folder, SNI ``.json`` or ``.csv``: its ``split``, with gold labels kept for a summary), a
+``.jsonl`` file of ``{"text": ...}`` objects, or a ``.txt`` file with one text a line. The label set and
+the instruction come from the task, else from ``labels``/``description``, else from the adapter's own task
+as the catalog recorded it. Routed adapters are scored through their router, as ``eval`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adaptforge.core import AdaptforgeError
+from adaptforge.evaluate import logits_of
+from adaptforge.library import AdapterRecord, Library
+from adaptforge.pipelines.common import Notify, load_base
+from adaptforge.routing import stored_router
+from adaptforge.scorers import make_scorer
+from adaptforge.tasks import Example, Task, load_task
+
+
+@dataclass(frozen=True)
+class Prediction:
+    text: str
+    label: str
+    scores: dict[str, float]
+    gold: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"text": self.text, "label": self.label, "scores": self.scores}
+        if self.gold is not None:
+            out["gold"] = self.gold
+        return out
+
+
+def read_inputs(path: Path, split: str) -> tuple[list[str], list[str] | None, Task | None]:
+    """Texts, their gold labels (tasks only) and the task (tasks only) of an input file or folder."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".txt":
+        texts = [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return texts, None, None
+    if path.is_file() and path.suffix == ".jsonl" and not (path.parent / "task.json").is_file():
+        texts = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise AdaptforgeError(f"{path}:{number}: not JSON ({err.msg})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                raise AdaptforgeError(f"{path}:{number}: expected an object with a string field 'text'")
+            texts.append(row["text"])
+        return texts, None, None
+    task = load_task(path)
+    examples = task.split(split)
+    return [ex.text for ex in examples], [ex.label for ex in examples], task
+
+
+def _task_for(
+    record: AdapterRecord, task: Task | None, labels: Sequence[str] | None, description: str | None
+) -> tuple[str, str, tuple[str, ...]]:
+    if task is not None:
+        return task.name, task.description, task.labels
+    known = (record.params or {}).get("labels") or {}
+    name = record.task or record.name
+    found = labels or known.get(name) or (next(iter(known.values())) if len(known) == 1 else None)
+    if not found or len(found) < 2:
+        raise AdaptforgeError(
+            f"adapter {record.name!r} records no label set for its task; give --labels a,b (at least two)"
+        )
+    return name, description if description is not None else (record.description or ""), tuple(found)
+
+
+def predict(
+    inputs: str | Path,
+    library: Library,
+    adapter: str,
+    *,
+    split: str = "test",
+    labels: Sequence[str] | None = None,
+    description: str | None = None,
+    model: str | None = None,
+    batch_size: int = 64,
+    notify: Notify | None = None,
+) -> Iterator[Prediction]:
+    """Predictions in input order (a generator: large inputs stream to the output)."""
+    record = library.get(adapter)
+    texts, gold, task = read_inputs(Path(inputs), split)
+    name, instruction, label_set = _task_for(record, task, labels, description)
+    backbone = load_base(model, [record], notify=notify)
+    delta, _ = library.load(record.id, expected_fingerprint=backbone.fingerprint)
+    router = stored_router(library, record, backbone.fingerprint)
+    scorer = make_scorer(backbone)
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start : start + batch_size]
+        batch = Task(name, instruction, label_set, {"test": tuple(Example(t, label_set[0]) for t in chunk)})
+        if router is not None:
+            if not hasattr(router, "applied"):
+                raise AdaptforgeError(
+                    f"adapter {record.name!r} is routed per input by {router.name!r}; use adaptforge serve or "
+                    "adaptforge eval for it"
+                )
+            with router.applied(backbone.model) as routed:  # type: ignore[attr-defined]
+                logits = logits_of(scorer, batch, batch.split("test"), routed, batch_size)
+        else:
+            with backbone.applied(delta) as tuned:
+                logits = logits_of(scorer, batch, batch.split("test"), tuned, batch_size)
+        probs = torch.softmax(logits.double(), dim=-1)
+        for i, text in enumerate(chunk):
+            scores = {label: round(float(p), 6) for label, p in zip(label_set, probs[i], strict=True)}
+            yield Prediction(text, label_set[int(probs[i].argmax())], scores, gold[start + i] if gold else None)
+
+
+def write_predictions(predictions: Iterator[Prediction], out: Path) -> tuple[int, int]:
+    """JSONL to ``out`` atomically (a temp file beside it, renamed at the end); returns (rows, correct)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
+    rows = correct = 0
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            for p in predictions:
+                fh.write(json.dumps(p.to_json(), ensure_ascii=False) + "\n")
+                rows += 1
+                correct += int(p.gold is not None and p.gold == p.label)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return rows, correct
