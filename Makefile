@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-all lint bench
+.PHONY: demo test test-all lint bench browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,9 +20,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-# Also the slow end-to-end checks (the demo pipeline on little data; minutes on 2 cores).
-test-all: $(STAMP)
+# Also the slow end-to-end checks (the demo pipeline on little data; minutes on 2 cores; the report page in
+# headless Chromium).
+test-all: $(STAMP) browser
 	$(PY) -m pytest -q
+
+# Headless Chromium for the slow report test: Debian's package, installed only when missing (root and apt, as on
+# the project's machines and CI; elsewhere install it with your system's package manager).
+browser:
+	command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
