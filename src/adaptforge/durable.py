@@ -187,3 +187,21 @@ def staged_folder(dest: Path, replace: bool = False) -> Iterator[Path]:
         remove_inside(tmp, dest.parent)
         raise
     publish_folder(tmp, dest, replace)
+
+
+def write_file(path: Path, payload: bytes) -> None:
+    """Replace ``path`` with ``payload`` atomically: a temp file beside it, fsynced, renamed over it, the folder
+    fsynced. Readers (and a crash) see the old file or the whole new one; on failure the temp file is removed."""
+    path = Path(path)
+    tmp = path.parent / f"{TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "xb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)

@@ -21,7 +21,6 @@ import csv
 import hashlib
 import io
 import json
-import os
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from types import MappingProxyType
 from typing import Any
 
 from adaptforge.core import AdaptforgeError
+from adaptforge.durable import write_file
 
 __all__ = [
     "MAX_INFERRED_LABELS",
@@ -673,13 +673,6 @@ def load_tasks(paths: Sequence[str | Path], *, text_col: str = "text", label_col
     return tasks
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file so a crash never leaves a half-written split that would load as truncated."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_task(task: Task, folder: Path) -> Path:
     """Write ``task`` as a task folder (``task.json`` + ``<split>.jsonl``) and return the folder.
 
@@ -704,8 +697,8 @@ def write_task(task: Task, folder: Path) -> Path:
         target = folder / f"{split}.jsonl"
         if split in task.splits:
             lines = (json.dumps({"text": e.text, "label": e.label}, ensure_ascii=False) for e in task.splits[split])
-            _write_atomic(target, "\n".join(lines) + "\n")
+            write_file(target, ("\n".join(lines) + "\n").encode("utf-8"))
         elif target.exists():
             target.unlink()
-    _write_atomic(folder / "task.json", json.dumps(meta, ensure_ascii=False, indent=2) + "\n")
+    write_file(folder / "task.json", (json.dumps(meta, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
     return folder

@@ -244,6 +244,7 @@ def test_training_curves_draws_and_cvar(made):
 
 
 def test_report_replaces_its_file_atomically(tmp_path, monkeypatch):
+    from adaptforge import durable
     from adaptforge.pipelines import report as pipeline
 
     lib = Library(tmp_path / "lib")
@@ -251,7 +252,7 @@ def test_report_replaces_its_file_atomically(tmp_path, monkeypatch):
     out.write_text("old report")
     fsynced = []
     real_fsync = os.fsync
-    monkeypatch.setattr(pipeline.os, "fsync", lambda fd: fsynced.append(fd) or real_fsync(fd))
+    monkeypatch.setattr(durable.os, "fsync", lambda fd: fsynced.append(fd) or real_fsync(fd))
     outcome = pipeline.write_report(pipeline.ReportConfig(library=lib.root, out=out))
     assert outcome.path == out and out.read_text(encoding="utf-8").startswith("<!DOCTYPE html>") and fsynced
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lib", "report.html"]
@@ -260,7 +261,7 @@ def test_report_replaces_its_file_atomically(tmp_path, monkeypatch):
     def crash(src, dst):  # the rename never happens: a crash between writing and publishing
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(pipeline.os, "replace", crash)
+    monkeypatch.setattr(durable.os, "replace", crash)
     with pytest.raises(pipeline.ReportError, match=r"could not write .*report\.html.*unchanged"):
         pipeline.write_report(pipeline.ReportConfig(library=lib.root, out=out))
     assert out.read_bytes() == new and sorted(p.name for p in tmp_path.iterdir()) == ["lib", "report.html"]

@@ -9,7 +9,6 @@ as the catalog recorded it. Routed adapters are scored through their router, as 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 
 from adaptforge.core import AdaptforgeError
+from adaptforge.durable import write_file
 from adaptforge.evaluate import logits_of
 from adaptforge.library import AdapterRecord, Library
 from adaptforge.pipelines.common import Notify, load_base
@@ -120,21 +120,11 @@ def predict(
 
 
 def write_predictions(predictions: Iterator[Prediction], out: Path) -> tuple[int, int]:
-    """JSONL to ``out`` atomically (a temp file beside it, renamed at the end); returns (rows, correct)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
-    rows = correct = 0
-    try:
-        with tmp.open("w", encoding="utf-8") as fh:
-            for p in predictions:
-                fh.write(json.dumps(p.to_json(), ensure_ascii=False) + "\n")
-                rows += 1
-                correct += int(p.gold is not None and p.gold == p.label)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return rows, correct
+    """JSONL to ``out``, written atomically once all rows are in; returns (rows, correct against gold)."""
+    lines, correct = [], 0
+    for p in predictions:
+        lines.append(json.dumps(p.to_json(), ensure_ascii=False))
+        correct += int(p.gold is not None and p.gold == p.label)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    write_file(Path(out), ("\n".join(lines) + "\n" if lines else "").encode())
+    return len(lines), correct

@@ -10,15 +10,13 @@ whole new one.
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from adaptforge.adapters import CONFIG_FILE, WEIGHTS_FILE
 from adaptforge.core import AdaptforgeError
-from adaptforge.durable import TMP_PREFIX, fsync_dir
+from adaptforge.durable import write_file
 from adaptforge.evaluate import cvar
 from adaptforge.library import CATALOG_FILE, AdapterRecord, Library
 from adaptforge.pipelines.common import Notify, reporter
@@ -72,22 +70,11 @@ def check_outside_library(out: Path, library: Library) -> None:
 
 
 def write_atomic(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to a temp file beside ``path``, fsync it and rename it over ``path``; on any failure
-    the temp file is removed and ``path`` is left as it was."""
-    tmp = path.parent / f"{TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}"
+    """The page, written atomically (:func:`adaptforge.durable.write_file`); an OS error names the path."""
     try:
-        with open(tmp, "xb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_file(path, payload)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise ReportError(f"could not write {path}: {err.strerror or err}; the previous file is unchanged") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 def adapter_files(record: AdapterRecord) -> tuple[tuple[FileInfo, ...], str | None]:
