@@ -1,0 +1,293 @@
+"""The service behind the HTTP routes: plans a request on a request thread (:mod:`adaptforge.serve.plan`),
+queues it for the one model worker (:mod:`adaptforge.serve.batcher`) and shapes the answer.
+
+On the worker, a batch of requests for any mix of adapters (stored, request-time merges, the bare base) is one
+forward per scorer pass through :class:`~adaptforge.serve.batched.MixedLora`. Routed requests run alone, through
+the same Router contract ``adaptforge eval`` uses, so served and evaluated numbers agree: a per-token router
+(Arrow) is applied exactly as its ``evaluate`` does; a per-input router (DaWin) gives each text its coefficients
+(``route``), and the texts then run in one forward with per-row gates
+(:class:`~adaptforge.lora.hooks.GatedLora`), the batched form of ``evaluate_routed``'s per-example loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from starlette.concurrency import run_in_threadpool
+
+from adaptforge.backbone import Backbone
+from adaptforge.evaluate import logits_of
+from adaptforge.library import Library
+from adaptforge.lora.hooks import GatedLora
+from adaptforge.routing import stored_settings
+from adaptforge.scorers import make_scorer
+from adaptforge.serve.batched import MixedLora
+from adaptforge.serve.batcher import Job, MicroBatcher
+from adaptforge.serve.cache import AdapterCache, Lru
+from adaptforge.serve.config import ServeConfig, ServeLimits
+from adaptforge.serve.errors import Busy, Unavailable
+from adaptforge.serve.metrics import Metrics
+from adaptforge.serve.plan import EmbedWork, Planner, RetrievalPlan, RoutedWork, RowsWork
+from adaptforge.serve.resolve import Resolver
+from adaptforge.serve.schema import ClassifyRequest, EmbeddingsRequest
+from adaptforge.serve.scoring import Head, ScoreRow, classify, embed
+from adaptforge.tasks import Example
+
+BASE_NAMES = ("base",)
+
+
+class _RowGates:
+    """Per-row mixing coefficients for :class:`GatedLora`: ``select`` picks each forward row's coefficients."""
+
+    def __init__(self, coefficients: torch.Tensor) -> None:
+        self.coefficients = coefficients.float()
+        self.current = self.coefficients[:0]
+
+    def select(self, entries: Sequence[int]) -> None:
+        self.current = self.coefficients[torch.tensor(list(entries), dtype=torch.long)]
+
+    def gate(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        w = self.current
+        if x.shape[0] != w.shape[0]:
+            raise RuntimeError(f"routed batch: a module got {x.shape[0]} rows, {w.shape[0]} were selected")
+        return w.reshape(w.shape[0], *([1] * (x.dim() - 2)), w.shape[1])
+
+
+class Service:
+    """One base model, one library, one worker; see the module docstring. :meth:`start` loads the pinned
+    adapters and starts the worker; :meth:`stop` drains it."""
+
+    def __init__(
+        self,
+        library: Library,
+        backbone: Backbone,
+        config: ServeConfig,
+        limits: ServeLimits | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.library = library
+        self.backbone = backbone
+        self.config = config
+        self.limits = limits or ServeLimits()
+        self.metrics = metrics or Metrics()
+        self.scorer = make_scorer(backbone)
+        self.cache = AdapterCache(backbone.model, config.max_loaded, self.metrics)
+        # request threads tokenize with their own copy of the tokenizer, the worker with the scorer's
+        planning = make_scorer(dataclasses.replace(backbone, tokenizer=copy.deepcopy(backbone.tokenizer)))
+        self.resolver = Resolver(library, planning, self.cache, self.limits, self.metrics)
+        self.planner = Planner(self.resolver, backbone, self.limits)
+        self.label_cache: Lru[Any, torch.Tensor] = Lru(4096)
+        self.batcher = MicroBatcher(
+            self._execute,
+            max_batch=config.max_batch,
+            max_wait_ms=config.max_wait_ms,
+            max_queue=self.limits.max_queue,
+            on_batch=self._observe_batch,
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        for name in self.config.pins:
+            record = self.resolver.record(name, "pins")
+            self.cache.pin(self.resolver.ref(record, "pins"))
+        self.batcher.start()
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        self.batcher.stop(timeout)
+
+    # ------------------------------------------------------------------ routes
+
+    async def classify(self, request: ClassifyRequest) -> dict[str, Any]:
+        plan, names = await run_in_threadpool(self.planner.classify, request)
+        if isinstance(plan, RetrievalPlan):  # embed with the base, then pick an adapter per text
+            vectors = await self._run(EmbedWork(tuple(request.texts), (None,) * len(request.texts)), len(names))
+            plan, names = await run_in_threadpool(self.planner.retrieve, request.texts, plan, vectors)
+        logits = await self._run(plan, len(names), batchable=not isinstance(plan, RoutedWork))
+        heads = plan.heads if isinstance(plan, RowsWork) else (plan.head,) * len(names)
+        self.metrics.inc("adaptforge_texts_total", len(names), {"route": "/v1/classify"})
+        return {
+            "model": self.backbone.name,
+            "results": [_result(x, h, n) for x, h, n in zip(logits, heads, names, strict=True)],
+        }
+
+    async def embeddings(self, request: EmbeddingsRequest) -> dict[str, Any]:
+        work, name, tokens = await run_in_threadpool(self.planner.embeddings, request)
+        vectors = await self._run(work, len(work.texts))
+        self.metrics.inc("adaptforge_texts_total", len(work.texts), {"route": "/v1/embeddings"})
+        data = [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)]
+        return {
+            "object": "list",
+            "data": data,
+            "model": name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+
+    def models(self) -> dict[str, Any]:
+        records = self.library.list()
+        names = {r.id: r.name for r in records}
+        loaded, pinned = set(self.cache.loaded()), set(self.cache.pinned())
+        base = {
+            "id": self.backbone.name,
+            "object": "model",
+            "owned_by": "adaptforge",
+            "kind": "base",
+            "base": self.backbone.name,
+            "fingerprint": self.backbone.fingerprint,
+            "parents": [],
+        }
+        data = [base]
+        for r in records:
+            if r.base_fingerprint != self.backbone.fingerprint:
+                continue
+            data.append(
+                {
+                    "id": r.name,
+                    "object": "model",
+                    "owned_by": "adaptforge",
+                    "created": int(r.created),
+                    "adapter_id": r.id,
+                    "kind": r.kind,
+                    "method": r.method,
+                    "task": r.task,
+                    "base": r.base_model,
+                    "parents": [names.get(p, p) for p in r.parents],
+                    "rank": r.rank,
+                    "routed": stored_settings(r.recipe) is not None,
+                    "loaded": r.name in loaded,
+                    "pinned": r.name in pinned,
+                }
+            )
+        return {"object": "list", "data": data}
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        up = self.batcher.running
+        return up, {
+            "status": "ok" if up else "stopping",
+            "model": self.backbone.name,
+            "fingerprint": self.backbone.fingerprint,
+            "adapters_loaded": len(self.cache),
+            "queue_rows": self.batcher.queued_rows,
+        }
+
+    def metrics_text(self) -> str:
+        return self.metrics.render(
+            {
+                "adaptforge_queue_rows": self.batcher.queued_rows,
+                "adaptforge_loaded_adapters": len(self.cache),
+                "adaptforge_pinned_adapters": len(self.cache.pinned()),
+            }
+        )
+
+    async def _run(self, work: Any, rows: int, batchable: bool = True) -> Any:
+        try:
+            future = self.batcher.submit(work, rows, batchable)
+        except Busy:
+            self.metrics.inc("adaptforge_rejected_total", labels={"reason": "queue_full"})
+            raise
+        except Unavailable:
+            self.metrics.inc("adaptforge_rejected_total", labels={"reason": "stopping"})
+            raise
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.limits.request_timeout_s)
+        except TimeoutError:
+            future.cancel()
+            self.metrics.inc("adaptforge_rejected_total", labels={"reason": "timeout"})
+            raise Unavailable(
+                f"the model did not answer within {self.limits.request_timeout_s:g} s; retry later"
+            ) from None
+
+    # ------------------------------------------------------------------ execution (the worker thread)
+
+    def _observe_batch(self, jobs: list[Job]) -> None:
+        self.metrics.observe("adaptforge_batch_rows", sum(j.rows for j in jobs))
+
+    def _execute(self, jobs: list[Job]) -> None:
+        if len(jobs) == 1 and isinstance(jobs[0].payload, RoutedWork):
+            self.metrics.observe("adaptforge_batch_adapters", len(jobs[0].payload.router.deltas))
+            jobs[0].future.set_result(self._execute_routed(jobs[0].payload))
+            return
+        refs = [ref for job in jobs for ref in job.payload.refs if ref is not None]
+        acquired = self.cache.acquire(refs)
+        try:
+            live = []
+            for job in jobs:
+                failed = [acquired[ref.key] for ref in job.payload.refs if ref is not None]
+                error = next((x for x in failed if isinstance(x, BaseException)), None)
+                if error is not None:
+                    job.future.set_exception(error)
+                else:
+                    live.append(job)
+            keys = list(dict.fromkeys(ref.key for job in live for ref in job.payload.refs if ref is not None))
+            entry = {key: i for i, key in enumerate(keys)}
+            self.metrics.observe("adaptforge_batch_adapters", len(keys))
+            with MixedLora(self.backbone.model, [acquired[k] for k in keys]) as mixed:  # type: ignore[misc]
+                self._run_classify([j for j in live if isinstance(j.payload, RowsWork)], mixed, entry)
+                self._run_embed([j for j in live if isinstance(j.payload, EmbedWork)], mixed, entry)
+        finally:
+            self.cache.release()
+
+    def _run_classify(self, jobs: list[Job], mixed: MixedLora, entry: dict[str, int]) -> None:
+        if not jobs:
+            return
+        rows = [
+            ScoreRow(ids, head, -1 if ref is None else entry[ref.key], "base" if ref is None else ref.key)
+            for job in jobs
+            for ids, head, ref in zip(job.payload.ids, job.payload.heads, job.payload.refs, strict=True)
+        ]
+        try:
+            logits = classify(
+                self.scorer, self.backbone.model, mixed.select, rows, self.config.max_batch, self.label_cache
+            )
+        except Exception as err:  # noqa: BLE001 - the jobs of this forward share its fate, the worker goes on
+            for job in jobs:
+                job.future.set_exception(err)
+            return
+        start = 0
+        for job in jobs:
+            job.future.set_result(logits[start : start + job.rows])
+            start += job.rows
+
+    def _run_embed(self, jobs: list[Job], mixed: MixedLora, entry: dict[str, int]) -> None:
+        if not jobs:
+            return
+        texts = [t for job in jobs for t in job.payload.texts]
+        entries = [-1 if ref is None else entry[ref.key] for job in jobs for ref in job.payload.refs]
+        try:
+            vectors = embed(self.scorer, self.backbone.model, mixed.select, texts, entries, self.config.max_batch)
+        except Exception as err:  # noqa: BLE001
+            for job in jobs:
+                job.future.set_exception(err)
+            return
+        start = 0
+        for job in jobs:
+            job.future.set_result(vectors[start : start + job.rows])
+            start += job.rows
+
+    def _execute_routed(self, work: RoutedWork) -> list[torch.Tensor]:
+        model, router, task = self.backbone.model, work.router, work.head.task
+        examples = [Example(t, task.labels[0]) for t in work.texts]
+        applied = getattr(router, "applied", None)
+        if applied is not None:  # per token (Arrow): exactly what its evaluate runs
+            with applied(model):
+                return list(logits_of(self.scorer, task, examples, model))
+        gates = _RowGates(router.route(self.scorer, task, examples))  # type: ignore[attr-defined]
+        rows = [ScoreRow(ids, work.head, i, None) for i, ids in enumerate(work.ids)]
+        with GatedLora(model, router.deltas, gates.gate):
+            return classify(self.scorer, model, gates.select, rows, self.config.max_batch)
+
+
+def _result(logits: torch.Tensor, head: Head, adapter: str) -> dict[str, Any]:
+    labels = head.task.labels
+    probs = torch.softmax(logits.double(), dim=-1)
+    return {
+        "label": labels[int(logits.argmax())],
+        "scores": {label: float(p) for label, p in zip(labels, probs, strict=True)},
+        "logits": {label: float(x) for label, x in zip(labels, logits, strict=True)},
+        "adapter": adapter,
+    }
