@@ -55,6 +55,14 @@ def test_a_stored_routed_adapter_evaluates_as_it_did_when_made(minilm, tmp_path,
     (again,) = evaluate_grid([task], minilm, lib, ["routed"], zero_shot=False, split="test", limit=12)
     assert (again.accuracy, again.macro_f1, again.n) == (made.accuracy, made.macro_f1, made.n)
     assert again.loss == pytest.approx(made.loss, rel=1e-6)
+    # per-text logits (what predict and serve score) are the ones evaluate reduced to metrics
+    examples = task.sample("test", 12, seed=0)
+    logits = rebuilt.logits(scorer, task, examples)
+    gold = torch.tensor([task.labels.index(ex.label) for ex in examples])
+    assert logits.shape == (12, len(task.labels))
+    assert float((logits.argmax(-1) == gold).float().mean()) == pytest.approx(made.accuracy)
+    loss = float(torch.nn.functional.cross_entropy(logits.double(), gold))
+    assert loss == pytest.approx(made.loss, rel=1e-5)
 
 
 def test_old_arrow_recipes_still_route(minilm, tmp_path) -> None:

@@ -20,12 +20,14 @@ from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
+
 from adaptforge.core import AdaptforgeError, LoraDelta, Registry
 from adaptforge.evaluate import EvalResult
 from adaptforge.library import AdapterRecord, Library
 from adaptforge.methods import Method
 from adaptforge.scorers import Scorer
-from adaptforge.tasks import Task
+from adaptforge.tasks import Example, Task
 
 RECIPE_KEY = "router"
 LEGACY_RECIPE_KEY = "routing"  # Arrow compositions stored before the contract was unified
@@ -49,6 +51,11 @@ class Router(Method):
     @abstractmethod
     def from_settings(cls, deltas: Sequence[LoraDelta], settings: Mapping[str, Any]) -> Router:
         """The router :meth:`describe` described, over the same adapters in the same order."""
+
+    @abstractmethod
+    def logits(self, scorer: Scorer, task: Task, examples: Sequence[Example]) -> torch.Tensor:
+        """``[n, labels]`` logits of the routed model on ``examples``, in order: what ``predict`` and ``serve``
+        score per text (``evaluate`` is these logits on a split, with metrics)."""
 
     @abstractmethod
     def evaluate(

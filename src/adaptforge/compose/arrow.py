@@ -32,13 +32,13 @@ from adaptforge.compose.base import (
 )
 from adaptforge.compose.shots import Shots
 from adaptforge.core import AdaptforgeError, LoraDelta, LoraModule
-from adaptforge.evaluate import EvalResult, predict_logits, result_from_logits
+from adaptforge.evaluate import EvalResult, logits_of, predict_logits, result_from_logits
 from adaptforge.lora.factors import fold, lowrank_svd
 from adaptforge.lora.hooks import GatedLora
 from adaptforge.params import param
 from adaptforge.routing import ROUTERS, Router
 from adaptforge.scorers import Scorer
-from adaptforge.tasks import Task
+from adaptforge.tasks import Example, Task
 
 ARROW_URL = "https://arxiv.org/abs/2405.11157"
 
@@ -91,6 +91,10 @@ class ArrowRouter(Router):
     @classmethod
     def from_settings(cls, deltas: Sequence[LoraDelta], settings: Mapping[str, Any]) -> ArrowRouter:
         return cls(deltas, top_k=int(settings["top_k"]), temperature=float(settings["temperature"]))
+
+    def logits(self, scorer: Scorer, task: Task, examples: Sequence[Example]) -> torch.Tensor:
+        with self.applied(scorer.backbone.model) as model:
+            return logits_of(scorer, task, examples, model)
 
     def evaluate(
         self, scorer: Scorer, task: Task, split: str, limit: int | None = None, adapter: str | None = None

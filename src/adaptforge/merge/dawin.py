@@ -109,6 +109,9 @@ class EntropyRouter(Router):
     ) -> EvalResult:
         return evaluate_routed(scorer, task, self, split, limit, adapter)[0]
 
+    def logits(self, scorer: Scorer, task: Task, examples: Sequence[Example]) -> torch.Tensor:
+        return routed_logits(scorer, task, self, examples)[0]
+
 
 @torch.no_grad()
 def evaluate_routed(
@@ -129,7 +132,21 @@ def evaluate_routed(
     coefficient row is broadcast to every target module.
     """
     examples = task.sample(split, limit, seed=seed)
-    coefs = router.route(scorer, task, examples) if coefficients is None else coefficients
+    logits, coefs = routed_logits(scorer, task, router, examples, coefficients)
+    gold = torch.tensor([task.labels.index(ex.label) for ex in examples], dtype=torch.long)
+    return result_from_logits(task, split, adapter, logits, gold), coefs
+
+
+@torch.no_grad()
+def routed_logits(
+    scorer: Scorer,
+    task: Task,
+    router: Router,
+    examples: Sequence[Example],
+    coefficients: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[n, labels]`` logits of ``examples``, each under its own per-input merge, and the coefficients used."""
+    coefs = router.route(scorer, task, examples) if coefficients is None else coefficients  # type: ignore[attr-defined]
     if tuple(coefs.shape) != (len(examples), len(router.deltas)):
         raise AdaptforgeError(
             f"routing coefficients have shape {tuple(coefs.shape)}; expected ({len(examples)}, {len(router.deltas)})"
@@ -144,7 +161,7 @@ def evaluate_routed(
             mixture.set_coefficients(coefs[j].float().expand(n_modules, -1))
             context = scorer.label_context(model, labels)
             logits[j] = scorer.logits(model, make_batch(encoded, [j]), context)[0].float()
-    return result_from_logits(task, split, adapter, logits, torch.tensor(encoded.targets, dtype=torch.long)), coefs
+    return logits, coefs
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -103,13 +103,7 @@ def predict(
         chunk = texts[start : start + batch_size]
         batch = Task(name, instruction, label_set, {"test": tuple(Example(t, label_set[0]) for t in chunk)})
         if router is not None:
-            if not hasattr(router, "applied"):
-                raise AdaptforgeError(
-                    f"adapter {record.name!r} is routed per input by {router.name!r}; use adaptforge serve or "
-                    "adaptforge eval for it"
-                )
-            with router.applied(backbone.model) as routed:  # type: ignore[attr-defined]
-                logits = logits_of(scorer, batch, batch.split("test"), routed, batch_size)
+            logits = router.logits(scorer, batch, batch.split("test"))
         else:
             with backbone.applied(delta) as tuned:
                 logits = logits_of(scorer, batch, batch.split("test"), tuned, batch_size)
