@@ -1015,8 +1015,18 @@ class Library:
         records = [self.get(name_or_id)] if name_or_id is not None else self.list()
         return [problem for record in records for problem in self.check(record)]
 
-    def export(self, name_or_id: str, dest: str | Path) -> Path:
-        """Copy the verified PEFT folder to ``dest`` (new or empty) plus ``adaptforge.json`` with the record."""
+    def export(
+        self,
+        name_or_id: str,
+        dest: str | Path,
+        config_updates: Mapping[str, Any] | None = None,
+        extra_files: Mapping[str, str] | None = None,
+    ) -> Path:
+        """Copy the verified PEFT folder to ``dest`` (new or empty) plus ``adaptforge.json`` with the record.
+
+        ``config_updates`` are set in the copy's ``adapter_config.json`` (e.g. a resolvable base path and the
+        task type ``AutoPeftModel`` needs) and ``extra_files`` written beside it (a model card); the weights are
+        copied byte for byte and checked against the catalog."""
         record = self.get(name_or_id)
         self._verify(record)
         dest = Path(dest).expanduser().resolve()
@@ -1025,6 +1035,12 @@ class Library:
         with staged_folder(dest) as tmp:
             for filename in (CONFIG_FILE, WEIGHTS_FILE):
                 shutil.copyfile(record.path / filename, tmp / filename)
+            if config_updates:
+                config = json.loads((tmp / CONFIG_FILE).read_text())
+                config.update(config_updates)
+                (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+            for filename, text in (extra_files or {}).items():
+                (tmp / filename).write_text(text, encoding="utf-8")
             (tmp / EXPORT_RECORD_FILE).write_text(json.dumps(record.to_json(), indent=2, sort_keys=True))
         if sha256_file(dest / WEIGHTS_FILE) != record.checksum:
             raise CorruptAdapterError(f"adapter {record.name!r}: the exported copy at {dest} differs from the library")

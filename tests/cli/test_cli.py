@@ -63,6 +63,12 @@ def test_library_list_export_import_rm(trained_library, tmp_path):
     listed = json.loads(run("library", "list", "--library", trained_library, "--json").stdout)["adapters"]
     assert [a["name"] for a in listed] == ["sst2-a"]
     run("library", "export", "sst2-a", "--library", trained_library, "--out", tmp_path / "exported")
+    from peft import AutoPeftModel
+
+    loaded = AutoPeftModel.from_pretrained(tmp_path / "exported")  # base resolvable, auto class recorded
+    assert type(loaded.base_model.model).__name__ == "BertModel"
+    card = (tmp_path / "exported" / "README.md").read_text()
+    assert "# sst2-a" in card and "task: sst2" in card and "| sst2 | dev | accuracy |" in card
     other = tmp_path / "other"
     run("library", "import", tmp_path / "exported", "--library", other, "--name", "again", "--task", task_dir("sst2"))
     again = json.loads(run("library", "show", "again", "--library", other, "--json").stdout)

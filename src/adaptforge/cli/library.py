@@ -183,9 +183,10 @@ def library_export(
 ) -> None:
     """Copy an adapter out as a PEFT folder (loadable by PeftModel.from_pretrained)."""
     from adaptforge.library import Library
+    from adaptforge.pipelines.exporting import export_adapter
 
     with cli_errors():
-        path = Library(library, create=False).export(name, dest)
+        path = export_adapter(Library(library, create=False), name, dest)
     out.print(f"exported {name} to {path}")
 
 

@@ -1,0 +1,65 @@
+"""``adaptforge library export``: an adapter out of the library as a PEFT folder people can use elsewhere.
+
+Beyond the files the library keeps, the copy's config names a base that resolves on this machine and the
+PEFT task type, so ``AutoPeftModel.from_pretrained(folder)`` loads it without arguments, and a short model
+card (``README.md``) says what it is: task, base, how it was made, its metrics and lineage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import AutoConfig
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+from adaptforge.backbone import model_kind, resolve_model_path
+from adaptforge.library import AdapterRecord, Library
+
+# PEFT's task type per backbone kind: encoders load with AutoPeftModel (task type unset, a plain AutoModel
+# base); causal LMs with AutoPeftModelForCausalLM (task type CAUSAL_LM).
+TASK_TYPES = {"encoder": None, "causal": "CAUSAL_LM"}
+LOADERS = {None: "AutoPeftModel", "CAUSAL_LM": "AutoPeftModelForCausalLM"}
+
+
+def model_card(library: Library, record: AdapterRecord, base: str, task_type: str | None) -> str:
+    lines = [
+        f"# {record.name}",
+        "",
+        f"A LoRA adapter exported from an adaptforge library ({record.kind}, method `{record.method}`).",
+        "",
+        f"- task: {record.task or '-'}",
+        f"- base model: `{base}` (adaptforge fingerprint {record.base_fingerprint})",
+        f"- rank {record.rank} on {len(record.targets)} modules; weights sha256 {record.checksum}",
+    ]
+    if record.description:
+        lines.append(f"- instruction: {record.description}")
+    parents = library.lineage(record.id)
+    if parents:
+        lines.append(f"- made from: {', '.join(f'{p.name} ({p.kind}, {p.method})' for p in parents)}")
+    metrics = [m for m in library.metrics(record.id) if m.metric in ("accuracy", "macro_f1")]
+    if metrics:
+        lines += ["", "| task | split | metric | value | n |", "|---|---|---|---|---|"]
+        lines += [f"| {m.task} | {m.split} | {m.metric} | {m.value:.4f} | {m.n} |" for m in metrics]
+    lines += ["", f'Load it with `peft.{LOADERS[task_type]}.from_pretrained("<this folder>")`.', ""]
+    return "\n".join(lines)
+
+
+def export_adapter(library: Library, name: str, dest: str | Path) -> Path:
+    """Export ``name`` to ``dest`` (new or empty) with a resolvable base, its PEFT task type and a model card."""
+    record = library.get(name)
+    base = resolve_model_path(record.base_model)
+    updates: dict[str, object] = {}
+    if Path(base).is_dir():
+        updates["base_model_name_or_path"] = str(Path(base).resolve())
+        config = AutoConfig.from_pretrained(base, local_files_only=True)
+        updates["task_type"] = TASK_TYPES[model_kind(config)]
+        if updates["task_type"] is None:  # AutoPeftModel then builds the base from this mapping, as PEFT saves it
+            base_class = MODEL_MAPPING[type(config)]
+            updates["auto_mapping"] = {"base_model_class": base_class.__name__, "parent_library": base_class.__module__}
+    card = model_card(
+        library,
+        record,
+        str(updates.get("base_model_name_or_path", record.base_model)),
+        updates.get("task_type"),  # type: ignore[arg-type]
+    )
+    return library.export(record.id, dest, config_updates=updates, extra_files={"README.md": card})
