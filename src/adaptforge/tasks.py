@@ -702,3 +702,32 @@ def write_task(task: Task, folder: Path) -> Path:
             target.unlink()
     write_file(folder / "task.json", (json.dumps(meta, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
     return folder
+
+
+def is_text_file(path: Path) -> bool:
+    """A plain list of inputs (``.txt``, or ``.jsonl`` that is not a task folder's split) rather than a task."""
+    path = Path(path)
+    return path.is_file() and (
+        path.suffix == ".txt" or (path.suffix == ".jsonl" and not (path.parent / "task.json").is_file())
+    )
+
+
+def read_texts(path: Path) -> list[str]:
+    """Unlabelled inputs: one text per non-empty line of a ``.txt``, or the ``text`` field of each ``.jsonl``
+    line; a malformed line is an error naming it."""
+    path = Path(path)
+    lines = _read_text(path).splitlines()
+    if path.suffix == ".txt":
+        return [line.strip() for line in lines if line.strip()]
+    texts = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise TaskFormatError(f"{path}:{number}: not JSON ({err.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise TaskFormatError(f"{path}:{number}: expected an object with a string field 'text'")
+        texts.append(row["text"])
+    return texts

@@ -23,7 +23,7 @@ from adaptforge.library import AdapterRecord, Library
 from adaptforge.pipelines.common import Notify, load_base
 from adaptforge.routing import stored_router
 from adaptforge.scorers import make_scorer
-from adaptforge.tasks import Example, Task, load_task
+from adaptforge.tasks import Example, Task, is_text_file, load_task, read_texts
 
 
 @dataclass(frozen=True)
@@ -43,22 +43,8 @@ class Prediction:
 def read_inputs(path: Path, split: str) -> tuple[list[str], list[str] | None, Task | None]:
     """Texts, their gold labels (tasks only) and the task (tasks only) of an input file or folder."""
     path = Path(path)
-    if path.is_file() and path.suffix == ".txt":
-        texts = [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return texts, None, None
-    if path.is_file() and path.suffix == ".jsonl" and not (path.parent / "task.json").is_file():
-        texts = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise AdaptforgeError(f"{path}:{number}: not JSON ({err.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                raise AdaptforgeError(f"{path}:{number}: expected an object with a string field 'text'")
-            texts.append(row["text"])
-        return texts, None, None
+    if is_text_file(path):
+        return read_texts(path), None, None
     task = load_task(path)
     examples = task.split(split)
     return [ex.text for ex in examples], [ex.label for ex in examples], task

@@ -8,7 +8,6 @@ here is collected with forward hooks on the frozen model, padding tokens exclude
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from adaptforge.batching import batch_order, make_batch, pad
 from adaptforge.core import AdaptforgeError
 from adaptforge.lora.hooks import eval_mode
 from adaptforge.scorers import Scorer
-from adaptforge.tasks import Task, load_task
+from adaptforge.tasks import Task, is_text_file, load_task, read_texts
 
 GENERAL_SOURCES = ("dbpedia", "agnews", "boolq", "trec_question_type")
 
@@ -59,21 +58,8 @@ def read_general(sources: Sequence[str | Path], n: int, seed: int) -> Calibratio
 
 
 def _texts_of(path: Path, n: int, seed: int) -> list[str]:
-    if path.is_file() and path.suffix == ".txt":
-        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if path.is_file() and path.suffix == ".jsonl" and not (path.parent / "task.json").is_file():
-        out = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise AdaptforgeError(f"{path}:{number}: not JSON ({err.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                raise AdaptforgeError(f"{path}:{number}: expected an object with a string field 'text'")
-            out.append(row["text"])
-        return out
+    if is_text_file(path):
+        return read_texts(path)
     if not path.exists():
         raise AdaptforgeError(f"--general {path}: no such file or folder")
     task = load_task(path)
