@@ -65,8 +65,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--markdown", type=Path, default=None)
+    parser.add_argument(
+        "--prepost-only", action="store_true", help="only the pre/post-tuning merge part (base_interp alpha rules)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.prepost_only:
+        prepost(args)
+        return
     domains = [load_task(SHARED / n) for n in args.domains.split(",")]
     suite = [load_task(SHARED / n) for n in args.general.split(",")]
     overlap = {t.name for t in domains} & {t.name for t in suite}
@@ -148,6 +154,70 @@ def main() -> None:
     if args.markdown:
         args.markdown.write_text(markdown(result))
     print(markdown(result))
+
+
+def prepost(args: argparse.Namespace) -> None:
+    """Pre/post-tuning merge (issue 15): ``W_base + alpha * dW`` of each domain's dense adapter, alpha chosen
+    (a) without labels: agreement with the base's own predictions on the general suite's dev inputs >= 98%,
+    (b) with labels: the general suite's dev accuracy within 1 point of the base's (mean), and (c) alpha = 1
+    (the adapter itself, plain task arithmetic). Reported: domain test accuracy relative to the adapter's,
+    general retention (accuracy on the suite's test split, normalised by the base's) at that alpha."""
+    from adaptforge.merge import run
+    from adaptforge.merge.interp import scale_delta
+
+    dense = Backbone.load()
+    scorer = make_scorer(dense)
+    suite = [load_task(SHARED / n) for n in args.general.split(",")]
+    # reported on the suite's *test* split: the alpha rules below look at its dev split
+    base_general = {t.name: evaluate(scorer, t, "test", None, limit=args.test_limit).accuracy for t in suite}
+    rows = []
+    for name in args.domains.split(","):
+        domain = load_task(SHARED / name)
+        lib = Library(args.work / "libraries" / name, create=False)
+        delta, _ = lib.load("dense", expected_fingerprint=dense.fingerprint)
+        adapter_acc = evaluate(scorer, domain, "test", delta, limit=args.test_limit).accuracy
+        retention = [t.name for t in suite]
+        common = {"retention": retention, "examples_per_task": 64, "grid": [0.25, 0.5, 0.75, 1.0]}
+        rules = {
+            "label-free (agreement >= 0.98)": {**common, "retention_rule": "agreement", "tolerance": 0.02},
+            "labelled (mean within 0.01)": {**common, "retention_rule": "mean", "tolerance": 0.01},
+        }
+        choices = {
+            rule: run("base_interp", [delta], params, scorer, [domain, *suite]).info["alpha"]
+            for rule, params in rules.items()
+        }
+        choices["task arithmetic (alpha = 1)"] = 1.0
+        for rule, alpha in choices.items():
+            merged = scale_delta(delta, alpha)
+            domain_acc = evaluate(scorer, domain, "test", merged, limit=args.test_limit).accuracy
+            general = {t.name: evaluate(scorer, t, "test", merged, limit=args.test_limit).accuracy for t in suite}
+            kept = sum(general[t] / base_general[t] for t in general) / len(general)
+            rows.append(
+                {
+                    "domain": name,
+                    "rule": rule,
+                    "alpha": alpha,
+                    "domain_vs_adapter": domain_acc / adapter_acc,
+                    "general_retention": kept,
+                }
+            )
+            print(
+                f"{name:<20}{rule:<34} alpha {alpha:.2f}  domain {domain_acc / adapter_acc:.3f} of the adapter's  "
+                f"general {kept:.3f} of the base's",
+                flush=True,
+            )
+    lines = ["| domain | alpha rule | alpha | domain acc / adapter's | general retention |", "|---|---|---|---|---|"]
+    lines += [
+        f"| {r['domain']} | {r['rule']} | {r['alpha']:.2f} | {r['domain_vs_adapter']:.3f} | "
+        f"{r['general_retention']:.3f} |"
+        for r in rows
+    ]
+    text = "\n".join(lines) + "\n"
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "base_general": base_general}, indent=1))
+    if args.markdown:
+        args.markdown.write_text(text)
+    print(text)
 
 
 def ffn_speed(dense: Backbone, domain: Task, args: argparse.Namespace) -> dict[str, float]:
