@@ -187,3 +187,15 @@ def test_train_reports_zero_shot_and_refuses_a_left_checkpoint_without_resume_or
     assert "sst2/dev (n=" in done and "zero-shot" in done and "-> s " in done
     zero = [m for m in lib.metrics(zero_shot=True, task="sst2", split="dev") if m.metric == "accuracy"]
     assert zero and not lib.run_dir("s").exists()
+
+
+def test_progress_off_a_terminal_is_lines_with_rate_and_eta(capsys):
+    from adaptforge.cli import render
+
+    lines = render.LineProgress("train x", total=100, every=0.0)
+    lines.update(0, completed=25, info="loss 0.5")
+    text = lines.line(lines.start + 10.0)
+    assert text.startswith("train x: 25/100") and "2.50/s" in text and "ETA 30s" in text and "loss 0.5" in text
+    assert "train x: 25/100" in capsys.readouterr().err  # printed at once since every=0
+    unknown = render.LineProgress("eval", total=None)
+    assert "0/?" in unknown.line(unknown.start + 1) and "ETA" not in unknown.line(unknown.start + 1)

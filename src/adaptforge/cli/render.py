@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 if TYPE_CHECKING:  # the CLI imports this module for --help; torch and the pipelines load only when used
@@ -18,6 +27,7 @@ if TYPE_CHECKING:  # the CLI imports this module for --help; torch and the pipel
     from adaptforge.pipelines.common import NewTaskOutcome
     from adaptforge.pipelines.merge import MergeReport
     from adaptforge.pipelines.prune import PruneOutcome
+    from adaptforge.pipelines.tta import TtaOutcome
 
 
 def plain_console(stderr: bool = False) -> Console:
@@ -38,13 +48,56 @@ console = plain_console(stderr=True)  # progress, notes and errors
 out = plain_console()  # results
 
 
+class LineProgress:
+    """Progress for a log or a pipe: a line with done/total, rate and ETA at most every ``every`` seconds (and
+    at the end), where a live bar would print nothing until it finishes."""
+
+    def __init__(self, description: str, total: int | None, every: float = 5.0) -> None:
+        self.description, self.total, self.every = description, total, every
+        self.done, self.info = 0, ""
+        self.start = self.last = time.monotonic()
+
+    def update(
+        self,
+        task_id: int,
+        completed: int | None = None,
+        total: int | None = None,
+        advance: int = 0,
+        info: str = "",
+    ) -> None:
+        self.done = completed if completed is not None else self.done + advance
+        self.total = total if total is not None else self.total
+        self.info = info or self.info
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            console.print(self.line(now), highlight=False)
+
+    def line(self, now: float) -> str:
+        seconds = max(now - self.start, 1e-9)
+        rate = self.done / seconds
+        parts = [f"{self.description}: {self.done}/{self.total if self.total else '?'}", f"{rate:.2f}/s"]
+        if self.total and rate > 0:
+            parts.append(f"ETA {max(self.total - self.done, 0) / rate:.0f}s")
+        return "  ".join(parts + ([self.info] if self.info else []))
+
+
 @contextmanager
-def progress_bar(description: str, total: int | None = None) -> Iterator[Progress]:
+def progress_bar(description: str, total: int | None = None) -> Iterator[Progress | LineProgress]:
+    """A live bar with known total, rate and ETA on a terminal; :class:`LineProgress` lines elsewhere."""
+    if not console.is_terminal:
+        lines = LineProgress(description, total)
+        yield lines
+        console.print(lines.line(time.monotonic()), highlight=False)
+        return
     cols = [
         TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
+        TaskProgressColumn(),
         TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
         TextColumn("{task.fields[info]}", markup=False),
     ]
     with Progress(*cols, console=console, transient=False) as bar:
@@ -189,4 +242,39 @@ def adapter_summary(info: dict) -> Table:
         add("file", f"{name} {size / 1024:.1f} KiB")
     add("checksum", info["checksum"][:16])
     add("integrity", "ok" if info["integrity"]["ok"] else "DAMAGED")
+    return table
+
+
+def tta_table(outcome: TtaOutcome) -> Table:
+    """``adaptforge tta``: accuracy and macro-F1 before (the adapter) and after (the method) on the same inputs,
+    with the cost per input of each and, below, resets, updates and the saved adapter."""
+    after, ratio = outcome.after, outcome.cost_ratio
+    title = (
+        f"{outcome.method} on {after.task}/{after.split} (n={after.n}, {outcome.granularity}"
+        f"{'' if outcome.granularity == 'input' else f', batch {outcome.batch_size}'}), adapter {outcome.adapter}"
+    )
+    table = Table(title=title, min_width=len(title))
+    for col in ("", "accuracy", "macro-F1", "ms / input"):
+        table.add_column(col, justify="left" if not col else "right")
+    table.add_row(
+        "before",
+        f"{outcome.before.accuracy:.3f}",
+        f"{outcome.before.macro_f1:.3f}",
+        f"{outcome.plain_ms_per_input:.1f}",
+    )
+    table.add_row("after", f"{after.accuracy:.3f}", f"{after.macro_f1:.3f}", f"{outcome.tta_ms_per_input:.1f}")
+    table.add_row(
+        "change",
+        f"{after.accuracy - outcome.before.accuracy:+.3f}",
+        f"{after.macro_f1 - outcome.before.macro_f1:+.3f}",
+        "-" if ratio is None else f"x{ratio:.2f}",
+    )
+    notes = [f"resets: {outcome.run.resets}", f"inputs that updated: {outcome.run.updated} of {after.n}"]
+    if outcome.candidates:
+        notes.append(f"mixed with: {', '.join(outcome.candidates)}")
+    if outcome.pool:
+        notes.append(f"neighbours from: {', '.join(outcome.pool)}")
+    if outcome.record is not None:
+        notes.append(f"saved {outcome.record.name} ({outcome.record.id})")
+    table.caption = "; ".join(notes)
     return table
