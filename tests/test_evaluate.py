@@ -23,6 +23,7 @@ from adaptforge.evaluate import (
     macro_f1,
     predict_logits,
     result_from_logits,
+    subset_of,
     worst,
 )
 from adaptforge.scorers import make_scorer
@@ -124,8 +125,17 @@ def test_eval_result_metric_values_and_json() -> None:
         "macro_f1": 0.4,
         "n": 10,
         "loss": 0.7,
+        "subset": "all",
     }
     assert EvalResult(**json.loads(json.dumps(data))) == result
+
+
+def test_subset_names_the_examples_a_limit_takes() -> None:
+    task = handmade_task()
+    size = len(task.split("test"))
+    assert subset_of(task, "test", None) == "all" and subset_of(task, "test", size) == "all"
+    assert subset_of(task, "test", size - 1) == f"sample:{size - 1}:seed0"
+    assert subset_of(task, "test", 2, seed=3) == "sample:2:seed3"
 
 
 def test_result_from_logits_on_hand_made_logits() -> None:

@@ -383,6 +383,8 @@ def test_kind_column_is_backfilled_when_an_old_catalog_is_opened(lib: Library) -
     conn = sqlite3.connect(lib.root / "catalog.sqlite")
     conn.execute("DROP INDEX adapters_kind")
     conn.execute("ALTER TABLE adapters DROP COLUMN kind")
+    conn.execute("ALTER TABLE metrics DROP COLUMN subset")
+    conn.execute("ALTER TABLE metrics DROP COLUMN task_fingerprint")
     conn.execute("UPDATE schema_version SET version = 1")
     conn.commit()
     conn.close()
@@ -417,3 +419,22 @@ def test_a_tasks_own_adapter_is_trained_or_imported_never_derived(lib: Library) 
     imported = lib.add(make_delta(9), name="imp", base_model=BASE, base_fingerprint=FP, task="t1", method="import")
     assert imported.kind == "import" and lib.task_adapter("t1", FP) == imported  # the newest own adapter
     assert lib.task_adapter("t1", FP, prefer=["own"]) == own
+
+
+def test_metrics_are_kept_apart_by_subset_and_old_rows_say_unknown(lib: Library) -> None:
+    """A --limit run and a full run of the same split are different rows; rows from before the subset column
+    was added read back as 'unknown' and never pass for either."""
+    lib.add(make_delta(1), name="a", base_model=BASE, base_fingerprint=FP, task="t1")
+    lib.record_metrics("a", FP, "t1", "test", {"accuracy": 0.5}, 16, subset="sample:16:seed0", task_fingerprint="tf")
+    lib.record_metrics("a", FP, "t1", "test", {"accuracy": 0.75}, 300, subset="all", task_fingerprint="tf")
+    full = lib.metrics("a", subset="all")
+    assert [(m.value, m.n, m.subset, m.task_fingerprint) for m in full] == [(0.75, 300, "all", "tf")]
+    assert [m.value for m in lib.metrics("a", subset="sample:16:seed0")] == [0.5]
+    conn = sqlite3.connect(lib.root / "catalog.sqlite")
+    conn.execute("ALTER TABLE metrics DROP COLUMN subset")
+    conn.execute("ALTER TABLE metrics DROP COLUMN task_fingerprint")
+    conn.execute("UPDATE schema_version SET version = 2")
+    conn.commit()
+    conn.close()
+    again = Library(lib.root)
+    assert {m.subset for m in again.metrics("a")} == {"unknown"} and again.metrics("a", subset="all") == []

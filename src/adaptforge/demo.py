@@ -65,7 +65,16 @@ def run_demo(
         delta, _ = library.load(trained.record.id, expected_fingerprint=backbone.fingerprint)  # the stored copy
         tuned = evaluate(scorer, task, "test", delta, adapter=trained.record.name)
         for res, adapter_id in ((zero, None), (tuned, trained.record.id)):
-            library.record_metrics(adapter_id, backbone.fingerprint, task.name, "test", res.metric_values(), res.n)
+            library.record_metrics(
+                adapter_id,
+                backbone.fingerprint,
+                task.name,
+                "test",
+                res.metric_values(),
+                res.n,
+                subset=res.subset,
+                task_fingerprint=task.fingerprint(),
+            )
         rows.append(
             {
                 "task": task.name,

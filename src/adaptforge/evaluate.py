@@ -61,6 +61,7 @@ class EvalResult:
     macro_f1: float
     n: int
     loss: float
+    subset: str = "all"  # "all" examples of the split, or the seeded sample a limit took ("sample:64:seed0")
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -131,11 +132,23 @@ def evaluate(
     """Evaluate ``delta`` (None: the bare base model, zero-shot) on one split of one task."""
     with scorer.backbone.applied(delta) as model:
         logits, gold = predict_logits(scorer, task, split, model, batch_size, limit, on_batch=on_batch)
-    return result_from_logits(task, split, adapter, logits, gold)
+    return result_from_logits(task, split, adapter, logits, gold, subset_of(task, split, limit))
+
+
+def subset_of(task: Task, split: str, limit: int | None, seed: int = 0) -> str:
+    """The name of the examples ``task.sample(split, limit, seed)`` gives: ``all`` when that is the whole split."""
+    if limit is None or limit >= len(task.split(split)):
+        return "all"
+    return f"sample:{limit}:seed{seed}"
 
 
 def result_from_logits(
-    task: Task, split: str, adapter: str | None, logits: torch.Tensor, gold: torch.Tensor
+    task: Task,
+    split: str,
+    adapter: str | None,
+    logits: torch.Tensor,
+    gold: torch.Tensor,
+    subset: str = "all",
 ) -> EvalResult:
     pred = logits.argmax(-1).tolist()
     loss = float(torch.nn.functional.cross_entropy(logits, gold)) if len(gold) else float("nan")
@@ -147,4 +160,5 @@ def result_from_logits(
         macro_f1=macro_f1(pred, gold.tolist(), len(task.labels)),
         n=len(gold),
         loss=loss,
+        subset=subset,
     )

@@ -115,13 +115,17 @@ class MetricRow:
     value: float
     n: int
     created: float = field(default_factory=time.time)
+    subset: str = "all"  # which examples of the split: "all", or the seeded sample ("sample:64:seed0")
+    task_fingerprint: str | None = None  # the task's content hash: the same name may hold other data later
 
     def to_json(self) -> dict[str, Any]:
         return {
             "adapter_id": self.adapter_id,
             "base_fingerprint": self.base_fingerprint,
             "task": self.task,
+            "task_fingerprint": self.task_fingerprint,
             "split": self.split,
+            "subset": self.subset,
             "metric": self.metric,
             "value": None if math.isnan(self.value) else self.value,
             "n": self.n,
@@ -274,7 +278,14 @@ def _schema_v2(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX adapters_kind ON adapters(kind)")
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_schema_v1, _schema_v2)
+def _schema_v3(conn: sqlite3.Connection) -> None:
+    """Metrics are keyed by the task's content and the examples too: a ``--limit`` run never mixes with a
+    full one. Rows written before say ``unknown`` (their subset was not recorded)."""
+    conn.execute("ALTER TABLE metrics ADD COLUMN task_fingerprint TEXT")
+    conn.execute("ALTER TABLE metrics ADD COLUMN subset TEXT NOT NULL DEFAULT 'unknown'")
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_schema_v1, _schema_v2, _schema_v3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _RECORD_COLUMNS = (
@@ -1138,8 +1149,8 @@ class Library:
     def _insert_metrics(conn: sqlite3.Connection, rows: Sequence[tuple[str | None, MetricRow]]) -> None:
         # SQLite has no NaN (it would store NULL anyway); NULL is read back as NaN.
         conn.executemany(
-            "INSERT INTO metrics (adapter_id, base_fingerprint, task, split, metric, value, n, created) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO metrics (adapter_id, base_fingerprint, task, split, metric, value, n, created, subset, "
+            "task_fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     ident,
@@ -1150,6 +1161,8 @@ class Library:
                     None if math.isnan(float(m.value)) else float(m.value),
                     int(m.n),
                     float(m.created),
+                    m.subset,
+                    m.task_fingerprint,
                 )
                 for ident, m in rows
             ],
@@ -1163,13 +1176,19 @@ class Library:
         split: str,
         metrics: Mapping[str, float],
         n: int,
+        *,
+        subset: str = "all",
+        task_fingerprint: str | None = None,
     ) -> None:
-        """Store one row per metric; ``adapter=None`` records the bare base model (zero-shot)."""
+        """Store one row per metric; ``adapter=None`` records the bare base model (zero-shot). ``subset`` says
+        which examples of the split were scored (an :class:`~adaptforge.evaluate.EvalResult`'s ``subset``)."""
         if not metrics:
             raise LibraryError("record_metrics: no metrics given")
         created = time.time()
         rows = [
-            self._check_metric_row(MetricRow(None, base_fingerprint, task, split, str(k), v, n, created))
+            self._check_metric_row(
+                MetricRow(None, base_fingerprint, task, split, str(k), v, n, created, subset, task_fingerprint)
+            )
             for k, v in metrics.items()
         ]
         with self._transaction() as conn:
@@ -1184,8 +1203,10 @@ class Library:
         task: str | None = None,
         split: str | None = None,
         zero_shot: bool = False,
+        subset: str | None = None,
     ) -> list[MetricRow]:
-        """Metric rows, oldest first: of one adapter, or all (``zero_shot=True``: only adapter-less rows)."""
+        """Metric rows, oldest first: of one adapter, or all (``zero_shot=True``: only adapter-less rows);
+        ``subset`` keeps only rows scored on those examples (``"all"``: the whole split)."""
         clauses, args = [], []
         with self._connect() as conn:
             if name_or_id is not None:
@@ -1193,19 +1214,21 @@ class Library:
                 args.append(self._resolve(conn, name_or_id))
             elif zero_shot:
                 clauses.append("adapter_id IS NULL")
-            for column, value in (("base_fingerprint", base_fingerprint), ("task", task), ("split", split)):
+            filters = (("base_fingerprint", base_fingerprint), ("task", task), ("split", split), ("subset", subset))
+            for column, value in filters:
                 if value is not None:
                     clauses.append(f"{column} = ?")
                     args.append(value)
             where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
             rows = conn.execute(
-                "SELECT adapter_id, base_fingerprint, task, split, metric, value, n, created FROM metrics "
+                "SELECT adapter_id, base_fingerprint, task, split, metric, value, n, created, subset, task_fingerprint "
+                "FROM metrics "
                 f"{where} ORDER BY created, rowid",
                 args,
             ).fetchall()
         return [
-            MetricRow(a, fp, t, s, m, float("nan") if v is None else float(v), int(n), float(c))
-            for a, fp, t, s, m, v, n, c in rows
+            MetricRow(a, fp, t, s, m, float("nan") if v is None else float(v), int(n), float(c), sub, tfp)
+            for a, fp, t, s, m, v, n, c, sub, tfp in rows
         ]
 
     # ---------------------------------------------------------------- similarity

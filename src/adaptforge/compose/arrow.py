@@ -32,7 +32,7 @@ from adaptforge.compose.base import (
 )
 from adaptforge.compose.shots import Shots
 from adaptforge.core import AdaptforgeError, LoraDelta, LoraModule
-from adaptforge.evaluate import EvalResult, logits_of, predict_logits, result_from_logits
+from adaptforge.evaluate import EvalResult, logits_of, predict_logits, result_from_logits, subset_of
 from adaptforge.lora.factors import fold, lowrank_svd
 from adaptforge.lora.hooks import GatedLora
 from adaptforge.params import param
@@ -102,7 +102,7 @@ class ArrowRouter(Router):
         """The base model with the per-token hooks on one split (same examples as ``evaluate`` with ``limit``)."""
         with self.applied(scorer.backbone.model) as model:
             logits, gold = predict_logits(scorer, task, split, model, limit=limit)
-        return result_from_logits(task, split, adapter, logits, gold)
+        return result_from_logits(task, split, adapter, logits, gold, subset_of(task, split, limit))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from adaptforge.backbone import Backbone
 from adaptforge.compose.shots import Shots
 from adaptforge.core import AdaptforgeError
-from adaptforge.evaluate import EvalResult, result_from_logits
+from adaptforge.evaluate import EvalResult, result_from_logits, subset_of
 from adaptforge.scorers import Scorer
 from adaptforge.tasks import Example, Task
 from adaptforge.train.config import TrainConfig
@@ -75,7 +75,7 @@ def prototype_eval(
     embeddings = F.normalize(scorer.embed_texts(scorer_texts(scorer, task, examples)).float(), dim=-1)
     logits = embeddings @ prototypes.T / PROTOTYPE_TEMPERATURE
     gold = torch.tensor([task.labels.index(e.label) for e in examples], dtype=torch.long)
-    return result_from_logits(task, split, "prototypes", logits, gold)
+    return result_from_logits(task, split, "prototypes", logits, gold, subset_of(task, split, limit))
 
 
 def train_on_shots(

@@ -24,7 +24,7 @@ import torch
 
 from adaptforge.batching import make_batch
 from adaptforge.core import AdaptforgeError, LoraDelta
-from adaptforge.evaluate import EvalResult, logits_of, result_from_logits
+from adaptforge.evaluate import EvalResult, logits_of, result_from_logits, subset_of
 from adaptforge.lora.factors import fold, truncate
 from adaptforge.lora.hooks import LoraMixture, eval_mode
 from adaptforge.merge.base import MERGE_METHODS, DataMergeMethod, DataParams, MergeParams, MergeResult, is_finite_number
@@ -134,7 +134,7 @@ def evaluate_routed(
     examples = task.sample(split, limit, seed=seed)
     logits, coefs = routed_logits(scorer, task, router, examples, coefficients)
     gold = torch.tensor([task.labels.index(ex.label) for ex in examples], dtype=torch.long)
-    return result_from_logits(task, split, adapter, logits, gold), coefs
+    return result_from_logits(task, split, adapter, logits, gold, subset_of(task, split, limit, seed)), coefs
 
 
 @torch.no_grad()

@@ -103,5 +103,14 @@ def zero_shot_vs(
     tuned = adapter_eval()
     fp = scorer.backbone.fingerprint
     for res, adapter_id in ((zero, None), (tuned, record.id)):
-        library.record_metrics(adapter_id, fp, task.name, split, res.metric_values(), res.n)
+        library.record_metrics(
+            adapter_id,
+            fp,
+            task.name,
+            split,
+            res.metric_values(),
+            res.n,
+            subset=res.subset,
+            task_fingerprint=task.fingerprint(),
+        )
     return {"zero_shot": zero, "adapter": tuned}

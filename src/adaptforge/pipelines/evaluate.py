@@ -56,7 +56,16 @@ def evaluate_grid(
                 res = evaluate(scorer, task, split, delta, adapter=adapter, limit=limit)
             results.append(res)
             if record and library is not None:
-                library.record_metrics(adapter_id, backbone.fingerprint, task.name, split, res.metric_values(), res.n)
+                library.record_metrics(
+                    adapter_id,
+                    backbone.fingerprint,
+                    task.name,
+                    split,
+                    res.metric_values(),
+                    res.n,
+                    subset=res.subset,
+                    task_fingerprint=task.fingerprint(),
+                )
     return results
 
 

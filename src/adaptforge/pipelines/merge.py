@@ -23,7 +23,7 @@ import yaml
 from adaptforge.backbone import Backbone
 from adaptforge.core import AdaptforgeError, LoraDelta, did_you_mean
 from adaptforge.durable import publish_folder, remove_inside, stage_folder
-from adaptforge.evaluate import EvalResult, check_request, evaluate, worst
+from adaptforge.evaluate import EvalResult, check_request, evaluate, subset_of, worst
 from adaptforge.library import AdapterRecord, Library, validate_name
 from adaptforge.merge import MERGE_METHODS, MergeParams, MergeResult, run
 from adaptforge.pipelines.common import Notify, choose_base, reporter
@@ -413,18 +413,28 @@ def reference_accuracy(
     library: Library, ref: AdapterRecord, scorer: Scorer, task: Task, split: str, limit: int | None, n: int
 ) -> float:
     """The reference adapter's accuracy on the same examples: its recorded metric when one was recorded on
-    ``n`` examples of that split, else evaluated now (and recorded)."""
+    same examples of the same task data (split, subset, task fingerprint), else evaluated now (and recorded)."""
     fingerprint = scorer.backbone.fingerprint
+    subset, task_fp = subset_of(task, split, limit), task.fingerprint()
     rows = [
         m
-        for m in library.metrics(ref.id, fingerprint, task=task.name, split=split)
-        if m.metric == "accuracy" and m.n == n and not math.isnan(m.value)
+        for m in library.metrics(ref.id, fingerprint, task=task.name, split=split, subset=subset)
+        if m.metric == "accuracy" and m.n == n and m.task_fingerprint in (None, task_fp) and not math.isnan(m.value)
     ]
     if rows:
         return rows[-1].value
     delta, _ = library.load(ref.id, expected_fingerprint=fingerprint)
     res = evaluate(scorer, task, split, delta, adapter=ref.name, limit=limit)
-    library.record_metrics(ref.id, fingerprint, task.name, split, res.metric_values(), res.n)
+    library.record_metrics(
+        ref.id,
+        fingerprint,
+        task.name,
+        split,
+        res.metric_values(),
+        res.n,
+        subset=res.subset,
+        task_fingerprint=task.fingerprint(),
+    )
     return res.accuracy
 
 
@@ -464,6 +474,15 @@ def evaluate_merge(
         values = {prefix + k: v for k, v in res.metric_values().items()}
         if score.normalized is not None:
             values[prefix + "normalized_accuracy"] = score.normalized
-        library.record_metrics(record.id, fingerprint, task.name, split, values, res.n)
+        library.record_metrics(
+            record.id,
+            fingerprint,
+            task.name,
+            split,
+            values,
+            res.n,
+            subset=res.subset,
+            task_fingerprint=task.fingerprint(),
+        )
         rows.append(score)
     return MergeReport(tuple(rows))

@@ -59,16 +59,36 @@ def train_into_library(
             tasks, backbone, cfg, checkpoint_dir=library.run_dir(name), resume=resume, progress=progress
         )
         scorer = make_scorer(backbone, result.config.max_length, result.config.temperature)
+        fingerprints = {t.name: t.fingerprint() for t in tasks}
         cells = [(task, split) for task in tasks for split in eval_splits if split in task.splits]
         evals = [evaluate(scorer, t, split, result.delta, adapter=name, limit=eval_limit) for t, split in cells]
         zero_shot = [evaluate(scorer, t, split, None, limit=eval_limit) for t, split in cells]
         metrics = [
-            MetricRow(None, backbone.fingerprint, ev.task, ev.split, metric, value, ev.n)
+            MetricRow(
+                None,
+                backbone.fingerprint,
+                ev.task,
+                ev.split,
+                metric,
+                value,
+                ev.n,
+                subset=ev.subset,
+                task_fingerprint=fingerprints[ev.task],
+            )
             for ev in evals
             for metric, value in ev.metric_values().items()
         ]
         for ev in zero_shot:  # the base model's row (adapter_id None), next to the adapter's
-            library.record_metrics(None, backbone.fingerprint, ev.task, ev.split, ev.metric_values(), ev.n)
+            library.record_metrics(
+                None,
+                backbone.fingerprint,
+                ev.task,
+                ev.split,
+                ev.metric_values(),
+                ev.n,
+                subset=ev.subset,
+                task_fingerprint=fingerprints[ev.task],
+            )
         single = tasks[0] if len(tasks) == 1 else None
         provenance = TrainProvenance(
             config=result.config.to_dict(),
