@@ -1,4 +1,4 @@
-"""One contract for every registered method (merge methods, composers, routers, task samplers).
+"""One contract for every registered method (merge methods, composers, routers, task samplers, test-time methods).
 
 Each registered class is a :class:`~adaptforge.methods.Method` with a paper link, typed params of its family's
 params base that build from defaults and round-trip through JSON, errors that name the method, and a ``--list``
@@ -21,12 +21,14 @@ from adaptforge.methods import Method
 from adaptforge.params import Params
 from adaptforge.routing import ROUTERS
 from adaptforge.train.samplers import SAMPLERS
+from adaptforge.tta import TTA_METHODS
 
 REGISTRIES: dict[str, Registry] = {
     "merge": MERGE_METHODS,
     "compose": COMPOSERS,
     "router": ROUTERS,
     "sampler": SAMPLERS,
+    "tta": TTA_METHODS,
 }
 CASES = [(family, name) for family, registry in REGISTRIES.items() for name in registry.names()]
 

@@ -3,8 +3,8 @@
 Every pipeline that adds an adapter says how it was made with one of these, so a recipe always has the
 same keys for the same kind, and ``kind``, ``method`` and ``params`` (the catalog columns) are derived
 from it in one place instead of five hand-built ``Library.add`` calls. The recipe JSON of each kind is
-what earlier versions wrote, so stored libraries read the same. ``prune`` and ``tta`` are kinds the
-catalog already accepts; their dataclasses arrive with those verbs.
+what earlier versions wrote, so stored libraries read the same. ``prune`` provenance is written beside a
+pruned model; ``tta`` provenance comes with an adapter a test-time stream adapted (``adaptforge tta --save``).
 """
 
 from __future__ import annotations
@@ -236,5 +236,59 @@ class PruneProvenance(Provenance):
             "sparsity": self.sparsity,
             "layers": dict(self.layers),
             "intermediate_size": self.intermediate_size,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+@dataclass(frozen=True)
+class TtaProvenance(Provenance):
+    """``adaptforge tta --save``: the adapter adapted along a stream of unlabelled inputs. The parent adapter,
+    the test-time method and its params, the granularity and batch size, the task and split whose inputs (never
+    labels) it adapted on, how many inputs updated it, the resets that fired, before/after metrics on those
+    inputs, and what the method drew on besides (library candidates, training pools)."""
+
+    kind: ClassVar[str] = "tta"
+    tta_method: str
+    tta_params: Mapping[str, Any]
+    granularity: str
+    batch_size: int
+    parent: Mapping[str, Any]
+    task: Mapping[str, Any]
+    labels: Sequence[str]
+    split: str
+    limit: int | None
+    n: int
+    updated: int
+    resets: int
+    metrics: Mapping[str, Any]
+    candidates: Sequence[str] = ()
+    pool: Sequence[str] = ()
+    seconds: float = 0.0
+
+    @property
+    def method(self) -> str:
+        return self.tta_method
+
+    def params(self) -> dict[str, Any]:
+        task = str(self.task["name"])
+        return {"labels": {task: list(self.labels)}, "granularity": self.granularity, **dict(self.tta_params)}
+
+    def recipe(self) -> dict[str, Any]:
+        return {
+            "kind": "tta",
+            "method": self.tta_method,
+            "params": dict(self.tta_params),
+            "granularity": self.granularity,
+            "batch_size": self.batch_size,
+            "parent": dict(self.parent),
+            "task": dict(self.task),
+            "split": self.split,
+            "limit": self.limit,
+            "n": self.n,
+            "updated": self.updated,
+            "resets": self.resets,
+            "metrics": dict(self.metrics),
+            "candidates": list(self.candidates),
+            "pool": list(self.pool),
             "seconds": round(self.seconds, 2),
         }

@@ -3,7 +3,7 @@
 The rule: a verb's orchestration (load inputs, check everything before any work, run a registered
 method, store the result with its typed provenance, evaluate) lives in ``pipelines/<verb>.py``; the
 methods it runs live in their lifecycle package's registry (``merge/``, ``compose/``, ``generate/``,
-``train/samplers``; ``prune/`` and ``tta/`` to come), and ``cli`` only parses flags and renders results.
+``train/samplers``, ``prune/``, ``tta/``), and ``cli`` only parses flags and renders results.
 Imports point one way::
 
     cli -> pipelines -> methods (merge, compose, generate, train, routing) -> lora, library, evaluate,

@@ -1,0 +1,100 @@
+"""``adaptforge tta``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from adaptforge.cli.app import (
+    JsonOpt,
+    LabelColOpt,
+    LimitOpt,
+    ModelOpt,
+    OverwriteOpt,
+    TextColOpt,
+    app,
+    cli_errors,
+    parse_options,
+    required,
+)
+from adaptforge.cli.render import notify, out, print_methods, tta_table
+
+
+@app.command("tta")
+def tta_cmd(
+    task_dir: Annotated[
+        Path | None, typer.Argument(help="The task whose inputs are adapted on: folder, SNI .json or .csv.")
+    ] = None,
+    library: Annotated[Path | None, typer.Option("--library", "-l", help="Adapter library folder.")] = None,
+    adapter: Annotated[str | None, typer.Option("--adapter", "-a", help="The adapter to adapt (name or id).")] = None,
+    method: Annotated[
+        str | None, typer.Option(help="input-lora, tent, eata, sar, pseudo, ttt-nn, atlas-unsup (see --list).")
+    ] = None,
+    granularity: Annotated[
+        str | None, typer.Option(help="input, batch or stream (default: the method's own, see --list).")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Gradient steps per input, batch or stream batch.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate of what the method updates.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Inputs per batch (batch and stream).")] = 16,
+    param: Annotated[list[str] | None, typer.Option("--param", help="Other method parameter key=value.")] = None,
+    pool: Annotated[
+        list[Path] | None,
+        typer.Option("--pool", help="ttt-nn: task whose train split neighbours come from; repeatable."),
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split whose inputs are adapted on and scored.")] = "test",
+    limit: LimitOpt = None,
+    save: Annotated[
+        str | None, typer.Option("--save", help="Store the stream-adapted adapter under this name (with lineage).")
+    ] = None,
+    model: ModelOpt = None,
+    text_col: TextColOpt = "text",
+    label_col: LabelColOpt = "label",
+    overwrite: OverwriteOpt = False,
+    list_methods: Annotated[bool, typer.Option("--list", help="List test-time methods and exit.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Adapt an adapter to a task's unlabelled inputs at test time; accuracy before and after, cost, resets.
+
+    Example: adaptforge tta tasks/customer_review --library lib --adapter movie_review --method tent
+    """
+    from adaptforge.library import Library
+    from adaptforge.pipelines.tta import tta_on_task
+    from adaptforge.tasks import load_task, load_tasks
+    from adaptforge.tta import TTA_METHODS
+
+    if list_methods:
+        print_methods("tta method", TTA_METHODS.items())
+        return
+    with cli_errors():
+        task_dir, library, adapter, method = (
+            required(task_dir, "TASK_DIR"),
+            required(library, "--library"),
+            required(adapter, "--adapter"),
+            required(method, "--method"),
+        )
+        task = load_task(task_dir, text_col=text_col, label_col=label_col)
+        outcome = tta_on_task(
+            task,
+            Library(library, create=False),
+            adapter,
+            method=method,
+            params=parse_options(param or []),
+            granularity=granularity,
+            steps=steps,
+            lr=lr,
+            batch_size=batch_size,
+            split=split,
+            limit=limit,
+            pool=load_tasks(pool) if pool else (),
+            save=save,
+            overwrite=overwrite,
+            model=model,
+            notify=notify,
+        )
+    if as_json:
+        out.print_json(json.dumps(outcome.to_json(), default=str))
+        return
+    out.print(tta_table(outcome))

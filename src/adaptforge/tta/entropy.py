@@ -1,0 +1,257 @@
+"""Entropy minimisation at test time: TENT, and EATA and SAR's reliable-sample variants.
+
+All three lower the Shannon entropy of the predictions on unlabelled inputs, updating either the
+LayerNorm/RMSNorm affine parameters (``update="norm"``, with the task adapter added to the weights) or the
+task adapter's own LoRA factors (``update="lora"``, which ``--save`` can store):
+
+* TENT (Wang et al. 2021, https://arxiv.org/abs/2006.10726): the mean entropy of every input;
+* EATA (Niu et al. 2022, https://arxiv.org/abs/2204.02610): only reliable (entropy below
+  ``e_margin * ln C``) and non-redundant inputs (probabilities not too close, by cosine, to the moving
+  average of earlier updates' probabilities) update, each weighted by ``exp(E0 - E)``;
+* SAR (Niu et al. 2023, https://arxiv.org/abs/2302.12400): reliable inputs only, a sharpness-aware step
+  (SAM: the gradient taken at the parameters pushed ``rho`` along the first gradient), and a recovery
+  reset when the moving average of the filtered entropy falls towards zero.
+
+EATA and SAR default to stream mode with the collapse reset on (``reset_window``). By default an input's
+prediction is a fresh forward pass after its updates; ``online=true`` takes it from the forward pass of the
+last update instead, TENT's own protocol, which saves that forward pass.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import cast
+
+import torch
+
+from adaptforge.merge.dawin import entropy
+from adaptforge.params import param
+from adaptforge.tta.base import TTA_METHODS, Inputs, Session, Step, TtaMethod, TtaParams, TtaSetup
+from adaptforge.tta.tunable import AdapterFactors, NormAffine, Tunable
+
+TENT_URL = "https://arxiv.org/abs/2006.10726"
+EATA_URL = "https://arxiv.org/abs/2204.02610"
+SAR_URL = "https://arxiv.org/abs/2302.12400"
+UPDATES = ("norm", "lora")
+
+
+def tunable_for(setup: TtaSetup, update: str) -> Tunable:
+    """What ``update`` names: norm affine parameters (adapter in the weights) or the adapter's LoRA factors."""
+    if update == "norm":
+        return NormAffine(setup.scorer.backbone, setup.adapter)
+    return AdapterFactors(setup.scorer.backbone.model, setup.adapter)
+
+
+def norm_reason(method: str, update: str) -> str | None:
+    """Why ``--save`` cannot store a method's state when it updates norm parameters."""
+    if update == "norm":
+        return (
+            f"tta method {method!r} updates LayerNorm parameters (update 'norm'), which a LoRA adapter cannot "
+            "hold; pass --param update=lora to store the adapted adapter"
+        )
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EntropyParams(TtaParams):
+    """Adds what is updated and where predictions come from (see the module docstring)."""
+
+    update: str = param("norm", choices=UPDATES, help="norm: LayerNorm/RMSNorm affine parameters; lora: adapter")
+    online: bool = param(False, help="predict from the forward pass of the last update (TENT's protocol)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EataParams(EntropyParams):
+    """EATA's filters: ``e_margin`` (entropy threshold as a fraction of ln C; 0.4 in the paper), ``d_margin``
+    (cosine threshold; the paper's 0.05 is for 1000 classes; a one-hot prediction has cosine 1/sqrt(C) with a
+    uniform average, so small label sets need a value near 1) and ``ema`` (factor of the moving average)."""
+
+    reset_window: int = param(64, ge=0, help="stream: predictions watched for collapse (0: never reset)")
+    e_margin: float = param(0.4, gt=0, le=1, help="reliable: entropy below e_margin * ln(labels)")
+    d_margin: float = param(0.9, gt=0, le=1, help="non-redundant: |cosine| to the average probabilities below this")
+    ema: float = param(0.9, ge=0, lt=1, help="moving-average factor of the updating inputs' probabilities")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SarParams(EntropyParams):
+    """SAR's filter (``e_margin``), SAM radius ``rho`` and recovery threshold ``recover`` (a fraction of ln C:
+    the paper's 0.2 for 1000 classes is 0.03 ln C; 0 turns recovery off)."""
+
+    reset_window: int = param(64, ge=0, help="stream: predictions watched for collapse (0: never reset)")
+    e_margin: float = param(0.4, gt=0, le=1, help="reliable: entropy below e_margin * ln(labels)")
+    rho: float = param(0.05, gt=0, help="SAM neighbourhood radius")
+    recover: float = param(0.03, ge=0, help="reset when the moving average of the entropy falls below this * ln C")
+
+
+class EntropySession(Session):
+    """Steps on a (weighted) entropy of the selected inputs; subclasses choose inputs and weights."""
+
+    def select(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Indices of the inputs that update, and their weights (``None``: equal)."""
+        return torch.arange(len(logits)), None
+
+    def after_update(self, probs: torch.Tensor) -> None:  # noqa: B027 - optional hook
+        """Called with the probabilities of the inputs of each update."""
+
+    def loss(self, logits: torch.Tensor, keep: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        values = entropy(logits[keep])
+        return (values * weights).mean() if weights is not None else values.mean()
+
+    def adapt(self, inputs: Inputs) -> Step:
+        p = cast(EntropyParams, self.params)
+        last, updated = None, 0
+        with torch.enable_grad():
+            for _ in range(p.steps):
+                logits = self.logits(inputs)
+                last = logits.detach()
+                keep, weights = self.select(last)
+                if len(keep) == 0:
+                    break
+                self.step(inputs, logits, keep, weights)
+                self.after_update(torch.softmax(last[keep], dim=-1))
+                updated = max(updated, len(keep))
+        if p.online and last is not None:
+            return Step(last, updated)
+        return Step(self.predict(inputs), updated)
+
+    def step(self, inputs: Inputs, logits: torch.Tensor, keep: torch.Tensor, weights: torch.Tensor | None) -> None:
+        self.update(self.loss(logits, keep, weights))
+
+
+class EataSession(EntropySession):
+    """Reliable and non-redundant inputs, weighted by ``exp(E0 - E)``."""
+
+    def start(self) -> None:
+        self.average: torch.Tensor | None = None
+
+    def on_reset(self) -> None:
+        self.average = None
+
+    def select(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        p = cast(EataParams, self.params)
+        e0 = p.e_margin * math.log(logits.shape[-1])
+        ent = entropy(logits)
+        keep = torch.nonzero(ent < e0).flatten()
+        if self.average is not None and len(keep):
+            probs = torch.softmax(logits[keep], dim=-1)
+            cos = torch.nn.functional.cosine_similarity(probs, self.average.unsqueeze(0), dim=-1)
+            keep = keep[cos.abs() < p.d_margin]
+        weights = torch.exp(e0 - ent[keep]).float() if len(keep) else None
+        return keep, weights
+
+    def after_update(self, probs: torch.Tensor) -> None:
+        p = cast(EataParams, self.params)
+        mean = probs.mean(dim=0)
+        self.average = mean if self.average is None else p.ema * self.average + (1 - p.ema) * mean
+
+
+class SarSession(EntropySession):
+    """Reliable inputs, a sharpness-aware step, recovery when the entropy's moving average collapses."""
+
+    def start(self) -> None:
+        self.average: float | None = None
+        self.recovered = False
+
+    def on_reset(self) -> None:
+        self.average = None
+
+    def select(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        p = cast(SarParams, self.params)
+        margin = p.e_margin * math.log(logits.shape[-1])
+        return torch.nonzero(entropy(logits) < margin).flatten(), None
+
+    def step(self, inputs: Inputs, logits: torch.Tensor, keep: torch.Tensor, weights: torch.Tensor | None) -> None:
+        p = cast(SarParams, self.params)
+        params = self.tunable.parameters()
+        first = self.checked(self.loss(logits, keep, None))
+        grads = torch.autograd.grad(first, params, allow_unused=True)
+        norm = float(torch.sqrt(sum((g.pow(2).sum() for g in grads if g is not None), torch.zeros(()))))
+        shifts = [None if g is None else g * (p.rho / (norm + 1e-12)) for g in grads]
+        margin = p.e_margin * math.log(logits.shape[-1])
+        second: torch.Tensor | None = None
+        _shift(params, shifts, 1.0)
+        try:  # the gradient at the sharpest nearby point, on the inputs that are still reliable there
+            values = entropy(self.logits(inputs.subset(keep.tolist())))
+            reliable = values.detach() < margin
+            if bool(reliable.any()):
+                second = self.checked(values[reliable].mean())
+                assert self.optimizer is not None
+                self.optimizer.zero_grad(set_to_none=True)
+                second.backward()
+        finally:
+            _shift(params, shifts, -1.0)
+        if second is None:
+            return
+        assert self.optimizer is not None
+        self.optimizer.step()
+        if p.recover > 0:
+            value = float(second.detach())
+            self.average = value if self.average is None else 0.9 * self.average + 0.1 * value
+            if self.average < p.recover * math.log(logits.shape[-1]):
+                self.reset()
+                self.recovered = True
+
+    def adapt(self, inputs: Inputs) -> Step:
+        self.recovered = False
+        step = super().adapt(inputs)
+        return Step(step.logits, step.updated, self.recovered)
+
+
+@torch.no_grad()
+def _shift(params: list[torch.Tensor], shifts: list[torch.Tensor | None], sign: float) -> None:
+    for t, e in zip(params, shifts, strict=True):
+        if e is not None:
+            t.add_(e, alpha=sign)
+
+
+class EntropyMethod(TtaMethod):
+    """Shared by TENT, EATA and SAR: the tunable named by ``update``."""
+
+    params_type = EntropyParams
+    session_type: type[EntropySession] = EntropySession
+
+    def unsaved_reason(self, params: TtaParams) -> str | None:
+        return norm_reason(self.name, cast(EntropyParams, params).update)
+
+    def open(self, setup: TtaSetup, params: TtaParams) -> Session:
+        p = cast(EntropyParams, params)
+        return self.session_type(self.name, setup, p, tunable_for(setup, p.update))
+
+
+@TTA_METHODS.register
+class Tent(EntropyMethod):
+    """TENT (Wang et al. 2021, https://arxiv.org/abs/2006.10726): minimise the mean prediction entropy. Over the
+    norm layers' affine parameters (or the adapter's LoRA factors), reset per batch or carried along a
+    stream."""
+
+    name = "tent"
+    reference_url = TENT_URL
+    params_type = EntropyParams
+    session_type = EntropySession
+
+
+@TTA_METHODS.register
+class Eata(EntropyMethod):
+    """EATA (Niu et al. 2022, https://arxiv.org/abs/2204.02610): entropy minimisation on reliable, non-redundant
+    inputs. Each is weighted by its confidence; in a stream, the state is reset when the predictions
+    collapse. The paper's Fisher anti-forgetting term is not included (it needs in-distribution data)."""
+
+    name = "eata"
+    reference_url = EATA_URL
+    params_type = EataParams
+    session_type = EataSession
+    default_granularity = "stream"
+
+
+@TTA_METHODS.register
+class Sar(EntropyMethod):
+    """SAR (Niu et al. 2023, https://arxiv.org/abs/2302.12400): sharpness-aware entropy minimisation, reliable
+    inputs only. With model recovery when the entropy's moving average collapses; in a stream, also reset
+    when the predictions collapse."""
+
+    name = "sar"
+    reference_url = SAR_URL
+    params_type = SarParams
+    session_type = SarSession
+    default_granularity = "stream"

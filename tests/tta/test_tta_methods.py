@@ -1,0 +1,230 @@
+"""Test-time methods on the real MiniLM (with a trained adapter) and the tiny random LLaMA: every method runs at
+every granularity and puts the model back exactly; streams resume and reset; sessions never see labels; the
+adapter a stream ends with is what it predicted with; bad params are refused naming the field."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import random_delta, small_task
+
+from adaptforge.core import AdaptforgeError, LoraDelta
+from adaptforge.scorers import make_scorer
+from adaptforge.tta import TTA_METHODS, Stream, TtaSetup, encode_inputs, run_tta
+from adaptforge.tta.base import CollapseWatch
+from adaptforge.tta.tunable import norm_parameters
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+METHODS = TTA_METHODS.names()
+# the smallest settings that still exercise each method's whole path (filters open, a vote, a neighbour, ...)
+QUICK: dict[str, dict] = {
+    "tent": {},
+    "eata": {"e_margin": 1.0, "d_margin": 1.0},
+    "sar": {"e_margin": 1.0},
+    "pseudo": {"steps": 1, "samples": 2, "agreement": 0.5},
+    "input-lora": {"steps": 1, "views": 1},
+    "ttt-nn": {"neighbours": 2, "pool_per_task": 6},
+    "atlas-unsup": {"steps": 1, "candidates": 1},
+}
+
+
+def short_texts(name: str, n: int) -> list[str]:
+    task = small_task(name, n_train=8, n_test=40)
+    return sorted((e.text for e in task.split("test")), key=len)[:n]
+
+
+@pytest.fixture(scope="module")
+def encoder(minilm, trained_library):
+    """MiniLM, sst2-a (a trained adapter), another library adapter as a candidate, and agnews as a pool."""
+    lib, _ = trained_library
+    adapter, _ = lib.load("sst2-a")
+    other, _ = lib.load("subjectivity-a")
+    task = small_task("movie_review", n_train=8, n_test=8)
+    setup = TtaSetup(make_scorer(minilm), task, adapter, [("subjectivity-a", other)], [small_task("sst2", 16, 8)])
+    return setup, short_texts("movie_review", 6)
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_llama):
+    names = {
+        f"model.layers.{i}.self_attn.{m}": shape
+        for i in range(2)
+        for m, shape in (("q_proj", (64, 64)), ("v_proj", (32, 64)))
+    }
+    adapter = random_delta(names, rank=2, scale=1.0, std=0.1)
+    other = random_delta(names, rank=2, scale=1.0, std=0.1, seed=1)
+    task = small_task("sst2", n_train=8, n_test=8)
+    setup = TtaSetup(make_scorer(tiny_llama), task, adapter, [("other", other)], [small_task("agnews", 8, 4)])
+    return setup, short_texts("sst2", 4)
+
+
+def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def plain(setup: TtaSetup, texts: list[str]) -> torch.Tensor:
+    scorer = setup.scorer
+    with torch.no_grad(), scorer.backbone.applied(setup.adapter) as model:
+        inputs = encode_inputs(scorer, setup.task, texts)
+        return scorer.logits(model, inputs.batch(), scorer.label_context(model, scorer.encode_labels(setup.task)))
+
+
+def check_run(setup: TtaSetup, texts: list[str], name: str, granularity: str, **extra) -> torch.Tensor:
+    model = setup.scorer.backbone.model
+    before = weights(model)
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    run = run_tta(
+        TTA_METHODS.get(name)(), setup, texts, {**QUICK[name], **extra}, granularity=granularity, batch_size=2
+    )
+    assert run.logits.shape == (len(texts), len(setup.task.labels))
+    assert torch.isfinite(run.logits).all()
+    assert run.units == (len(texts) if granularity == "input" else (len(texts) + 1) // 2)
+    after = weights(model)
+    assert all(torch.equal(before[k], after[k]) for k in before), f"{name} left the base model changed"
+    assert flags == {n: p.requires_grad for n, p in model.named_parameters()}
+    assert not model.training
+    return run.logits
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_every_method_adapts_on_the_encoder_and_restores_the_model(encoder, name):
+    setup, texts = encoder
+    granularity = TTA_METHODS.get(name).default_granularity
+    logits = check_run(setup, texts, name, granularity, lr=0.05)
+    assert not torch.allclose(logits, plain(setup, texts), atol=1e-4), f"{name} changed no prediction score"
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_every_method_adapts_on_tiny_llama(llama, name):
+    setup, texts = llama
+    logits = check_run(setup, texts, name, "batch", lr=0.05)
+    assert not torch.allclose(logits, plain(setup, texts), atol=1e-5)
+
+
+@pytest.mark.parametrize(("name", "params"), [("input-lora", {"objective": "lm"}), ("ttt-nn", {"objective": "lm"})])
+def test_language_model_objectives_on_tiny_llama(llama, name, params):
+    setup, texts = llama
+    check_run(setup, texts, name, "input", **params)
+
+
+def test_sessions_see_no_labels(encoder):
+    setup, texts = encoder
+    assert setup.task.splits == {} and setup.task.labels == ("negative", "positive")
+    assert all(set(t.splits) == {"train"} for t in setup.pool)
+    inputs = encode_inputs(setup.scorer, setup.task, texts)
+    assert set(inputs.encoded.targets) == {-1}  # a loss that read them would fail
+    with pytest.raises(IndexError):
+        torch.nn.functional.cross_entropy(plain(setup, texts), inputs.batch().targets)
+
+
+def test_a_stream_fed_in_pieces_resumes_where_it_stopped(encoder):
+    setup, texts = encoder
+    method = TTA_METHODS.get("tent")()
+    params = method.parse_params({"update": "lora", "lr": 0.05})
+    whole = run_tta(method, setup, texts, params, granularity="stream", batch_size=2)
+    inputs = encode_inputs(setup.scorer, setup.task, texts)
+    with method.open(setup, params) as session:
+        stream = Stream(session, batch_size=2)
+        first = stream.feed(inputs.subset(range(4)))
+        second = stream.feed(inputs.subset(range(4, 6)))
+        end = session.delta()
+    assert torch.allclose(torch.cat([first.logits, second.logits]), whole.logits, atol=1e-5)
+    assert end is not None and whole.delta is not None
+    for name in end:
+        assert torch.allclose(end[name].A, whole.delta[name].A, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["tent", "eata"])
+def test_a_stream_that_resets_after_every_batch_is_batch_mode(encoder, name):
+    """With a collapse detected after every batch (window = batch, any majority), each batch starts from the
+    task adapter again, with a fresh optimizer and method state: exactly what batch granularity does."""
+    setup, texts = encoder
+    method = TTA_METHODS.get(name)()
+    params = {**QUICK[name], "lr": 0.05, "reset_window": 2, "collapse_fraction": 0.01}
+    stream = run_tta(method, setup, texts, params, granularity="stream", batch_size=2)
+    batch = run_tta(method, setup, texts, params, granularity="batch", batch_size=2)
+    assert stream.resets == 3
+    assert torch.allclose(stream.logits, batch.logits, atol=1e-5)
+    never = run_tta(method, setup, texts, {**params, "reset_window": 0}, granularity="stream", batch_size=2)
+    assert never.resets == 0
+    assert not torch.allclose(never.logits, batch.logits, atol=1e-5)
+
+
+def test_collapse_watch_fires_on_a_full_window_dominated_by_one_class():
+    watch = CollapseWatch(window=4, fraction=0.9)
+    assert not watch.collapsed([1, 1, 1])  # window not full yet
+    assert watch.collapsed([1])  # 4 of 4
+    assert not watch.collapsed([1, 1, 1])  # starts over after a reset
+    assert not watch.collapsed([0])  # 3 of 4 = 0.75
+    assert not CollapseWatch(window=0, fraction=0.5).collapsed([1] * 100)
+
+
+def test_sar_recovery_resets_and_is_counted(encoder):
+    setup, texts = encoder
+    run = run_tta(
+        TTA_METHODS.get("sar")(), setup, texts, {"e_margin": 1.0, "recover": 1.0}, granularity="batch", batch_size=2
+    )
+    assert run.resets == 3
+
+
+def test_input_granularity_discards_each_adaptation(encoder):
+    """An input's adapted prediction does not depend on the inputs before it: the delta is reset and the random
+    stream re-seeded after each one."""
+    setup, texts = encoder
+    method = TTA_METHODS.get("input-lora")()
+    params = {**QUICK["input-lora"], "lr": 0.05}
+    together = run_tta(method, setup, texts[:3], params, granularity="input")
+    alone = run_tta(method, setup, texts[2:3], params, granularity="input")
+    assert torch.allclose(together.logits[2], alone.logits[0], atol=1e-5)
+
+
+@pytest.mark.parametrize(("name", "params"), [("tent", {"update": "lora"}), ("input-lora", {}), ("atlas-unsup", {})])
+def test_the_stream_adapter_is_what_the_stream_predicted_with(encoder, name, params):
+    """The adapter a stream ends with, added to the base weights, gives the last batch's predictions: the hooks,
+    the factor concatenation (input-lora) and the coefficient fold (atlas-unsup) agree."""
+    setup, texts = encoder
+    run = run_tta(
+        TTA_METHODS.get(name)(), setup, texts, {**QUICK[name], **params, "lr": 0.05}, granularity="stream", batch_size=2
+    )
+    assert isinstance(run.delta, LoraDelta)
+    stored = TtaSetup(setup.scorer, setup.task, run.delta)
+    assert torch.allclose(plain(stored, texts[-2:]), run.logits[-2:], atol=1e-3)
+
+
+def test_norm_updates_cannot_be_saved_and_lora_updates_can(encoder):
+    tent = TTA_METHODS.get("tent")()
+    assert "update=lora" in tent.unsaved_reason(tent.parse_params({"update": "norm"}))
+    assert tent.unsaved_reason(tent.parse_params({"update": "lora"})) is None
+    assert len(norm_parameters(encoder[0].scorer.backbone.model)) == 2 * 13  # 13 LayerNorms, weight and bias
+
+
+def test_bad_params_and_setups_are_refused(encoder, llama):
+    setup, texts = encoder
+    tent = TTA_METHODS.get("tent")()
+    with pytest.raises(AdaptforgeError, match=r"tta method 'tent': 'steps' must be >= 1, got 0"):
+        tent.parse_params({"steps": 0})
+    for lr in (0, -1e-3):
+        with pytest.raises(AdaptforgeError, match=r"'lr' must be (a finite number )?> 0"):
+            tent.parse_params({"lr": lr})
+    with pytest.raises(AdaptforgeError, match=r"'update' must be one of 'norm', 'lora'"):
+        tent.parse_params({"update": "all"})
+    with pytest.raises(AdaptforgeError, match=r"unknown tta method 'tnet'.*Did you mean 'tent'"):
+        TTA_METHODS.get("tnet")
+    with pytest.raises(AdaptforgeError, match="--granularity must be one of input, batch, stream"):
+        run_tta(tent, setup, texts, granularity="epoch")
+    with pytest.raises(AdaptforgeError, match="--batch-size must be a positive integer"):
+        run_tta(tent, setup, texts, granularity="batch", batch_size=0)
+    no_pool = TtaSetup(setup.scorer, setup.task, setup.adapter)
+    with pytest.raises(AdaptforgeError, match="ttt-nn' retrieves neighbours.*--pool"):
+        run_tta(TTA_METHODS.get("ttt-nn")(), no_pool, texts)
+    with pytest.raises(AdaptforgeError, match="objective 'lm' needs a causal LM"):
+        run_tta(TTA_METHODS.get("input-lora")(), setup, texts, {"objective": "lm"})
+    odd = TtaSetup(
+        setup.scorer, setup.task, setup.adapter, [("odd", random_delta(["encoder.layer.0.attention.self.query"]))]
+    )
+    with pytest.raises(AdaptforgeError, match="candidate 'odd' targets other modules"):
+        run_tta(TTA_METHODS.get("atlas-unsup")(), odd, texts)
+    llama_setup, _ = llama
+    with pytest.raises(AdaptforgeError, match="target module .* does not exist"):
+        run_tta(tent, TtaSetup(setup.scorer, setup.task, llama_setup.adapter), texts, {"update": "lora"})
