@@ -20,6 +20,7 @@ from adaptforge.backbone import Backbone
 from adaptforge.durable import remove_inside
 from adaptforge.evaluate import evaluate
 from adaptforge.library import Library
+from adaptforge.pipelines.common import record_result
 from adaptforge.pipelines.train import train_into_library
 from adaptforge.scorers import make_scorer
 from adaptforge.tasks import Task, load_task
@@ -65,16 +66,7 @@ def run_demo(
         delta, _ = library.load(trained.record.id, expected_fingerprint=backbone.fingerprint)  # the stored copy
         tuned = evaluate(scorer, task, "test", delta, adapter=trained.record.name)
         for res, adapter_id in ((zero, None), (tuned, trained.record.id)):
-            library.record_metrics(
-                adapter_id,
-                backbone.fingerprint,
-                task.name,
-                "test",
-                res.metric_values(),
-                res.n,
-                subset=res.subset,
-                task_fingerprint=task.fingerprint(),
-            )
+            record_result(library, adapter_id, backbone.fingerprint, task, res)
         rows.append(
             {
                 "task": task.name,

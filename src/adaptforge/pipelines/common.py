@@ -4,7 +4,7 @@ new-adapter comparison that compose and generate report."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,14 +103,27 @@ def zero_shot_vs(
     tuned = adapter_eval()
     fp = scorer.backbone.fingerprint
     for res, adapter_id in ((zero, None), (tuned, record.id)):
-        library.record_metrics(
-            adapter_id,
-            fp,
-            task.name,
-            split,
-            res.metric_values(),
-            res.n,
-            subset=res.subset,
-            task_fingerprint=task.fingerprint(),
-        )
+        record_result(library, adapter_id, fp, task, res)
     return {"zero_shot": zero, "adapter": tuned}
+
+
+def record_result(
+    library: Library,
+    adapter_id: str | None,
+    base_fingerprint: str,
+    task: Task,
+    result: EvalResult,
+    values: Mapping[str, float] | None = None,
+) -> None:
+    """Store one evaluation in the catalog keyed by split, subset and the task's content (``values``: the
+    metrics to store, by default the result's own)."""
+    library.record_metrics(
+        adapter_id,
+        base_fingerprint,
+        task.name,
+        result.split,
+        dict(values) if values is not None else result.metric_values(),
+        result.n,
+        subset=result.subset,
+        task_fingerprint=task.fingerprint(),
+    )

@@ -11,7 +11,7 @@ from adaptforge.backbone import Backbone
 from adaptforge.core import AdaptforgeError
 from adaptforge.evaluate import EvalResult, check_request, evaluate
 from adaptforge.library import AdapterRecord, Library
-from adaptforge.pipelines.common import Notify, load_base
+from adaptforge.pipelines.common import Notify, load_base, record_result
 from adaptforge.routing import Router, stored_router
 from adaptforge.scorers import Scorer, make_scorer
 from adaptforge.tasks import Task
@@ -56,16 +56,7 @@ def evaluate_grid(
                 res = evaluate(scorer, task, split, delta, adapter=adapter, limit=limit)
             results.append(res)
             if record and library is not None:
-                library.record_metrics(
-                    adapter_id,
-                    backbone.fingerprint,
-                    task.name,
-                    split,
-                    res.metric_values(),
-                    res.n,
-                    subset=res.subset,
-                    task_fingerprint=task.fingerprint(),
-                )
+                record_result(library, adapter_id, backbone.fingerprint, task, res)
     return results
 
 

@@ -26,7 +26,7 @@ from adaptforge.durable import publish_folder, remove_inside, stage_folder
 from adaptforge.evaluate import EvalResult, check_request, evaluate, subset_of, worst
 from adaptforge.library import AdapterRecord, Library, validate_name
 from adaptforge.merge import MERGE_METHODS, MergeParams, MergeResult, run
-from adaptforge.pipelines.common import Notify, choose_base, reporter
+from adaptforge.pipelines.common import Notify, choose_base, record_result, reporter
 from adaptforge.provenance import MergeProvenance
 from adaptforge.routing import Router, routed_settings
 from adaptforge.scorers import Scorer, make_scorer
@@ -425,16 +425,7 @@ def reference_accuracy(
         return rows[-1].value
     delta, _ = library.load(ref.id, expected_fingerprint=fingerprint)
     res = evaluate(scorer, task, split, delta, adapter=ref.name, limit=limit)
-    library.record_metrics(
-        ref.id,
-        fingerprint,
-        task.name,
-        split,
-        res.metric_values(),
-        res.n,
-        subset=res.subset,
-        task_fingerprint=task.fingerprint(),
-    )
+    record_result(library, ref.id, fingerprint, task, res)
     return res.accuracy
 
 
@@ -474,15 +465,6 @@ def evaluate_merge(
         values = {prefix + k: v for k, v in res.metric_values().items()}
         if score.normalized is not None:
             values[prefix + "normalized_accuracy"] = score.normalized
-        library.record_metrics(
-            record.id,
-            fingerprint,
-            task.name,
-            split,
-            values,
-            res.n,
-            subset=res.subset,
-            task_fingerprint=task.fingerprint(),
-        )
+        record_result(library, record.id, fingerprint, task, res, values)
         rows.append(score)
     return MergeReport(tuple(rows))

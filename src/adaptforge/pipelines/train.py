@@ -10,6 +10,7 @@ from adaptforge.backbone import Backbone
 from adaptforge.core import AdaptforgeError
 from adaptforge.evaluate import EvalResult, evaluate
 from adaptforge.library import AdapterRecord, Library, MetricRow
+from adaptforge.pipelines.common import record_result
 from adaptforge.provenance import TaskRef, TrainProvenance
 from adaptforge.scorers import describe, make_scorer
 from adaptforge.tasks import Task
@@ -78,17 +79,8 @@ def train_into_library(
             for ev in evals
             for metric, value in ev.metric_values().items()
         ]
-        for ev in zero_shot:  # the base model's row (adapter_id None), next to the adapter's
-            library.record_metrics(
-                None,
-                backbone.fingerprint,
-                ev.task,
-                ev.split,
-                ev.metric_values(),
-                ev.n,
-                subset=ev.subset,
-                task_fingerprint=fingerprints[ev.task],
-            )
+        for (task, _), ev in zip(cells, zero_shot, strict=True):  # the base model's row, next to the adapter's
+            record_result(library, None, backbone.fingerprint, task, ev)
         single = tasks[0] if len(tasks) == 1 else None
         provenance = TrainProvenance(
             config=result.config.to_dict(),
