@@ -199,3 +199,16 @@ def test_progress_off_a_terminal_is_lines_with_rate_and_eta(capsys):
     assert "train x: 25/100" in capsys.readouterr().err  # printed at once since every=0
     unknown = render.LineProgress("eval", total=None)
     assert "0/?" in unknown.line(unknown.start + 1) and "ETA" not in unknown.line(unknown.start + 1)
+
+
+def test_a_failed_command_leaves_no_new_empty_library_behind(tmp_path):
+    fresh = tmp_path / "fresh-lib"
+    bad = run("train", task_dir("sst2"), "--library", fresh, "--name", "x", "--model", tmp_path / "no-model", ok=False)
+    assert bad.exit_code == 2 and "no model folder at" in bad.output and not fresh.exists()
+    (tmp_path / "not-peft").mkdir()
+    bad = run("library", "import", tmp_path / "not-peft", "--library", fresh, "--name", "y", ok=False)
+    assert bad.exit_code == 2 and not fresh.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    run("train", task_dir("sst2"), "--library", kept, "--name", "x", "--model", tmp_path / "no-model", ok=False)
+    assert kept.is_dir()  # a folder that was there before is never removed

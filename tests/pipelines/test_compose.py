@@ -154,8 +154,10 @@ def test_generate_from_description_reuses_its_generator(lib, setup):
         "negative,positive",
         "--json",
     ]
-    first = json.loads(run(*args, "--out", "gen-1", "--eval", setup[1], "--limit", "16").stdout)
+    made = run(*args, "--out", "gen-1", "--eval", setup[1], "--limit", "16")
+    first = json.loads(made.stdout)
     assert first["eval"]["adapter"]["n"] == 16
+    assert "warning: the generator learns from only 4 adapters" in " ".join(made.output.split())
     record = lib.get("gen-1")
     assert record.method == "generate" and len(lib.lineage("gen-1")) == 4
     assert record.recipe["generator_parameters"] > 0 and record.recipe["training_adapters"] == 4

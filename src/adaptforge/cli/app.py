@@ -80,3 +80,24 @@ def parse_options(pairs: list[str]) -> dict[str, object]:
         except json.JSONDecodeError:
             options[key.strip()] = value
     return options
+
+
+@contextmanager
+def library_folder(path: Path) -> Iterator[Path]:
+    """For commands that may create a library: if this one created the folder and fails before any adapter
+    landed, the empty library is removed again, so a typo in a flag leaves nothing behind."""
+    existed = Path(path).exists()
+    try:
+        yield path
+    except BaseException:
+        if not existed and Path(path).is_dir():
+            from adaptforge.durable import remove_inside
+            from adaptforge.library import Library
+
+            try:
+                empty = len(Library(path, create=False)) == 0 and not any((Path(path) / "runs").glob("[!.]*"))
+            except Exception:  # noqa: BLE001 - a half-made folder we created ourselves: still ours to remove
+                empty = True
+            if empty:
+                remove_inside(Path(path), Path(path).resolve().parent)
+        raise

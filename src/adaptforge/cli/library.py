@@ -17,6 +17,7 @@ from adaptforge.cli.app import (
     OverwriteOpt,
     cli_errors,
     library_app,
+    library_folder,
 )
 from adaptforge.cli.render import (
     adapter_summary,
@@ -167,7 +168,7 @@ def library_import(
     from adaptforge.pipelines.importing import import_peft_folder
     from adaptforge.tasks import load_task
 
-    with cli_errors():
+    with cli_errors(), library_folder(library):
         validate_name(name)
         task = load_task(task_dir) if task_dir else None
         rec = import_peft_folder(folder, Backbone.load(model), Library(library), name, task, overwrite=overwrite)

@@ -17,6 +17,7 @@ from adaptforge.cli.app import (
     TextColOpt,
     app,
     cli_errors,
+    library_folder,
     parse_options,
 )
 from adaptforge.cli.render import (
@@ -66,7 +67,7 @@ def train_cmd(
     from adaptforge.tasks import load_task
     from adaptforge.train.config import TrainConfig
 
-    with cli_errors():
+    with cli_errors(), library_folder(library):
         validate_name(name)
         if len(task_dirs) > 1 and not multitask:
             raise AdaptforgeError("several tasks given: pass --multitask to train one adapter on all of them")
@@ -87,7 +88,7 @@ def train_cmd(
             steps=steps,
             eval_every=eval_every,
         )
-        lib = Library(library)
+        lib = Library(library)  # created here when new; removed again if the run fails before it lands
         backbone = Backbone.load(model)
         with progress_bar(f"train {name}") as bar:
 

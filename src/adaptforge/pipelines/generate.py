@@ -24,6 +24,7 @@ from adaptforge.scorers import describe, make_scorer
 from adaptforge.tasks import Task
 
 GENERATORS_DIR = "generators"
+FEW_ADAPTERS = 8  # below this many training adapters a learned generator has little to learn from
 
 
 def generator_key(records: Sequence[AdapterRecord], config: GeneratorConfig) -> str:
@@ -52,6 +53,11 @@ def library_generator(
     if folder.is_dir():
         say(f"reusing generator {folder.name} ({len(records)} adapters)")
         return LoraGenerator.load(folder), records, folder
+    if len(records) < FEW_ADAPTERS:
+        say(
+            f"warning: the generator learns from only {len(records)} adapters; with fewer than {FEW_ADAPTERS} it "
+            "can do little more than return their mean (train or import more tasks' adapters)"
+        )
     say(f"fitting the generator on {len(records)} adapters")
     generator = LoraGenerator.fit(samples, config)
     generator.save(folder)
