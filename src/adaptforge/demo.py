@@ -3,7 +3,9 @@
 Zero-shot evaluation, one LoRA adapter per task trained into a fresh library, evaluation of each
 adapter on its task, a table and a JSON summary; then the adapters are merged (one model for all
 tasks) and a task kept out of the library gets an adapter from 16 shots (few-shot aTLAS) and from its
-description alone (the generator); finally the base is pruned for one task and what it kept is shown.
+description alone (the generator); the base is pruned for one task and what it kept is shown; finally
+the library is used: one server request whose texts each name another adapter, test-time adaptation to
+corrupted inputs, and the HTML report.
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ def run_demo(
     summary["merge"] = demo_merge_step(tasks, backbone, library, console)
     summary["new_task"] = demo_compose_step(backbone, library, console)
     summary["prune"] = demo_prune_step(tasks, backbone, library, out_dir, console)
+    summary["use"] = demo_use_step(tasks, backbone, library, out_dir, console)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     path = out_dir / "summary.json"
     path.write_text(json.dumps(summary, indent=2))
@@ -263,4 +266,49 @@ def demo_prune_step(tasks: list[Task], backbone: Backbone, library: Library, out
         "general_retention": sum(r for r in retained if r is not None) / max(1, len(retained)),
         "domain_adapter_dense_base": dense_acc,
         "domain_adapter_pruned_base": pruned_acc,
+    }
+
+
+def demo_use_step(tasks: list[Task], backbone: Backbone, library: Library, out_dir: Path, console: Console) -> dict:
+    """Using the library: a server answering one request whose texts each name another adapter (one mixed
+    forward pass), test-time adaptation of the sst2 adapter to word-dropped sst2 inputs, and the HTML report."""
+    import random
+
+    import httpx
+
+    from adaptforge.pipelines.report import ReportConfig, write_report
+    from adaptforge.pipelines.serve import build_service, start_in_thread
+    from adaptforge.pipelines.tta import tta_on_task
+    from adaptforge.serve.config import ServeConfig
+    from adaptforge.tasks import Example
+
+    picks = [t for t in tasks if t.name in ("sst2", "agnews", "tweet_emotion")]
+    texts = [t.split("test")[0].text for t in picks]
+    service = build_service(library, ServeConfig(port=0), backbone=backbone)
+    with start_in_thread(service) as server:
+        body = {"texts": texts, "adapters": [f"{t.name}-lora" for t in picks]}
+        answer = httpx.post(f"{server.url}/v1/classify", json=body, timeout=60).json()
+    served = [(t.name, r["label"], t.split("test")[0].label) for t, r in zip(picks, answer["results"], strict=True)]
+    for name, label, gold in served:
+        console.print(f"  served {name}-lora: {label!r} (gold {gold!r})")
+    sst2 = next(t for t in tasks if t.name == "sst2")
+    dropped = sst2.with_splits(
+        test=[
+            Example(
+                " ".join(w for w in e.text.split() if random.Random(f"0:{i}:{w}").random() >= 0.3) or e.text, e.label
+            )
+            for i, e in enumerate(sst2.split("test"))
+        ]
+    )
+    tta = tta_on_task(dropped, library, "sst2-lora", method="tent", limit=100, backbone=backbone)
+    console.print(
+        f"  tent on sst2 with 30% of words dropped: {tta.before.accuracy:.3f} -> {tta.after.accuracy:.3f} "
+        f"(n={tta.before.n})"
+    )
+    report = write_report(ReportConfig(library=library.root, out=out_dir / "report.html"))
+    console.print(f"  report of the library: {report.path} ({report.adapters} adapters, opens offline)")
+    return {
+        "served": [{"adapter": f"{n}-lora", "label": label, "gold": gold} for n, label, gold in served],
+        "tta": {"method": "tent", "before": tta.before.accuracy, "after": tta.after.accuracy, "n": tta.before.n},
+        "report": str(report.path),
     }
