@@ -33,3 +33,7 @@ def test_demo_runs_end_to_end(tmp_path):
         assert {p.task for p in library.lineage(record.name)} <= set(DEMO_TASKS)
     text = console.export_text()
     assert "zero-shot vs LoRA" in text and f"new task {DEMO_NEW_TASK}" in text
+    assert summary["prune"]["sparsity"] > 0.49 and 0 <= summary["prune"]["domain_adapter_pruned_base"] <= 1
+    assert [s["adapter"] for s in summary["use"]["served"]] == ["sst2-lora", "agnews-lora", "tweet_emotion-lora"]
+    assert (tmp_path / "demo" / "report.html").is_file() and summary["use"]["tta"]["n"] == 100
+    assert "pruned for sst2" in text and "served sst2-lora" in text and "tent on sst2" in text
