@@ -212,3 +212,15 @@ def test_a_failed_command_leaves_no_new_empty_library_behind(tmp_path):
     kept.mkdir()
     run("train", task_dir("sst2"), "--library", kept, "--name", "x", "--model", tmp_path / "no-model", ok=False)
     assert kept.is_dir()  # a folder that was there before is never removed
+
+
+def test_commands_do_not_print_hugging_face_loading_bars():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    args = [sys.executable, "-m", "adaptforge.cli", "eval", str(task_dir("sst2")), "--limit", "4", "--json"]
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "Loading weights" not in proc.stderr and json.loads(proc.stdout)["results"][0]["n"] == 4

@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Annotated, TypeVar
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network behind the user's back
+# Hugging Face's own bars ("Loading weights", "Writing model shards") on every command are noise next to ours;
+# read when transformers is imported, so set before any command imports it (export it as 0 to see them).
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import typer  # noqa: E402
 from rich.text import Text  # noqa: E402
