@@ -217,14 +217,19 @@ class Task:
 
     def fingerprint(self) -> str:
         """A short content hash (name, description, labels, all examples): identifies the data when ``version``
-        is not set, e.g. to record exactly which data an adapter was trained on."""
+        is not set, e.g. to record exactly which data an adapter was trained on. Computed once per task (it
+        is immutable): every recorded evaluation asks for it."""
+        cached = self.__dict__.get("_fingerprint")
+        if cached is not None:
+            return cached
         h = hashlib.sha256()
         h.update(json.dumps([self.name, self.description, list(self.labels)], ensure_ascii=False).encode())
         for split, examples in self.splits.items():
             h.update(f"\n#{split}\n".encode())
             for e in examples:
                 h.update(json.dumps([e.text, e.label], ensure_ascii=False).encode() + b"\n")
-        return h.hexdigest()[:16]
+        object.__setattr__(self, "_fingerprint", h.hexdigest()[:16])  # not a field: equality is unchanged
+        return self.__dict__["_fingerprint"]
 
 
 # --------------------------------------------------------------------------------------------- sampling

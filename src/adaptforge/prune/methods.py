@@ -200,7 +200,8 @@ class DPruner(PruneMethod):
             raise AssertionError("D-Pruner scores layers after prepare()")  # pragma: no cover
         W = layer.weight.detach().double()
         g, F = self._grads[name], self._fisher[name]
-        general = _stats(calibration, name, general=True).sq_sum / max(_stats(calibration, name, True).tokens, 1)
+        stats = _stats(calibration, name, general=True)
+        general = stats.sq_sum / max(stats.tokens, 1)
         G = general.unsqueeze(0).expand_as(W)
         G = G * (F.mean() / G.mean()) if float(G.mean()) > 0 else G
         return (g * W).abs() + 0.5 * W.pow(2) * (F + 2.0 * p.general_weight * G)
