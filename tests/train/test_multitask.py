@@ -15,6 +15,7 @@ from adaptforge.cli import app
 from adaptforge.evaluate import cvar, worst
 from adaptforge.scorers import describe, make_scorer
 from adaptforge.tasks import write_task
+from adaptforge.train.checkpoint import load_checkpoint
 from adaptforge.train.config import TrainConfig
 from adaptforge.train.samplers import SAMPLERS, TaskInfo, make_sampler
 from adaptforge.train.trainer import dev_check, task_identifier, train_tasks
@@ -151,6 +152,10 @@ def test_multitask_mpts_resume_gives_identical_weights_and_draws(minilm, tasks, 
     assert dataclasses.replace(full.config, checkpoint_every=2) == cfg.resolved(minilm.kind, minilm.default_targets())
     first = train_tasks(tasks, minilm, cfg, checkpoint_dir=tmp_path / "ckpt", stop_after=7)  # mid eval interval
     assert len(first.history) == 7 * 2
+    ckpt = load_checkpoint(tmp_path / "ckpt")  # the risk learner went into the safetensors file, the rest to JSON
+    learner = ckpt.extra_tensors("sampler/")
+    assert "net/decoder.4.weight" in learner and "adam/0/exp_avg" in learner and "generator" in learner
+    assert ckpt.meta["sampler"]["evaluations"] == 7 * 2
     resumed = train_tasks(tasks, minilm, cfg, checkpoint_dir=tmp_path / "ckpt", resume=True)
     assert resumed.resumed_from == 7
     assert [h[:2] for h in resumed.history] == [h[:2] for h in full.history]
