@@ -129,6 +129,7 @@ def run_one(
         "evaluations": result.evaluations,
         "loop_seconds": result.seconds,
         "sampler_seconds": result.sampler_seconds,
+        "evaluation_seconds": result.evaluation_seconds,
         "train_wall_seconds": train_wall,
         "draws": dict(zip(result.tasks, result.draws, strict=True)),
         "config": result.config.to_dict(),

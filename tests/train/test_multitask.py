@@ -125,6 +125,7 @@ def test_task_evaluations_are_counted_per_sampler(runs):
     }
     assert all(len({h[1] for h in runs["drm"].history if h[0] == s}) >= 1 for s in range(STEPS))
     assert all(0 <= runs[name].sampler_seconds < runs[name].seconds for name in ALL)
+    assert [runs[name].evaluation_seconds > 0 for name in ALL] == [name in MIXED for name in ALL]
 
 
 def test_trainer_gives_every_task_its_identifier(minilm, tasks):

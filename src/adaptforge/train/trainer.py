@@ -50,7 +50,8 @@ class TrainResult:
     curves: dict[str, list[tuple[int, float, float]]] = field(default_factory=dict)  # task -> (step, dev loss, acc)
     draws: list[int] = field(default_factory=list)  # batches drawn per task
     evaluations: int = 0  # task evaluations the sampler spent (choosing or measuring risk)
-    sampler_seconds: float = 0.0  # wall time inside the sampler (choosing and learning)
+    sampler_seconds: float = 0.0  # wall time of the sampler's own compute (choosing, learning), evaluations excluded
+    evaluation_seconds: float = 0.0  # wall time of the task evaluations it asked for (forward passes)
     n_train: int = 0
     seconds: float = 0.0
     examples_per_second: float = 0.0
@@ -235,10 +236,14 @@ def train_tasks(
         history: list[tuple[int, int, float]] = []
         curves: dict[str, list[tuple[int, float, float]]] = {n: [] for n in names}
         draws = [0] * len(streams)
-        sampler_seconds = 0.0
+        timers = {"sampler": 0.0, "evaluation": 0.0}
 
         def evaluate(candidates: Sequence[int]) -> list[float]:  # the batch each candidate would train on next
-            return batch_losses(scorer, model, [(streams[c].batch(draws[c]), streams[c].labels) for c in candidates])
+            tick = time.perf_counter()
+            batches = [(streams[c].batch(draws[c]), streams[c].labels) for c in candidates]
+            losses = batch_losses(scorer, model, batches)
+            timers["evaluation"] += time.perf_counter() - tick
+            return losses
 
         if resume and checkpoint_dir is not None:
             ckpt = load_checkpoint(checkpoint_dir)
@@ -255,14 +260,14 @@ def train_tasks(
                 history = [tuple(x) for x in ckpt.meta["history"]]
                 curves = {k: [tuple(x) for x in v] for k, v in ckpt.meta["curves"].items()}
                 draws = list(ckpt.meta["draws"])
-                sampler_seconds = float(ckpt.meta.get("sampler_seconds", 0.0))
+                timers = {k: float(ckpt.meta.get(f"{k}_seconds", 0.0)) for k in timers}
                 log.info("resuming %s from step %d/%d", "+".join(names), start, total)
         model.train()
         t0, seen = time.perf_counter(), 0
         for step in range(start, total):
-            tick = time.perf_counter()
+            tick, evaluated = time.perf_counter(), timers["evaluation"]
             chosen = sampler.next_batch(cfg.tasks_per_step, evaluate)
-            sampler_seconds += time.perf_counter() - tick
+            timers["sampler"] += time.perf_counter() - tick - (timers["evaluation"] - evaluated)
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * lr_factor(step, total, cfg.warmup_ratio)
             trained: list[tuple[Batch, LabelInputs]] = []
@@ -284,14 +289,18 @@ def train_tasks(
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            risks = batch_losses(scorer, model, trained) if sampler.wants_risk else None
+            risks = None
+            if sampler.wants_risk:
+                tick = time.perf_counter()
+                risks = batch_losses(scorer, model, trained)
+                timers["evaluation"] += time.perf_counter() - tick
             tick = time.perf_counter()
             for i, loss_value in zip(chosen, losses, strict=True):
                 history.append((step, i, loss_value))
                 sampler.observe(i, loss_value, step)
             if risks is not None:
                 sampler.observe_risk(chosen, risks, step)
-            sampler_seconds += time.perf_counter() - tick
+            timers["sampler"] += time.perf_counter() - tick
             done = step + 1
             if cfg.eval_every and (done % cfg.eval_every == 0 or done == total):
                 dev = {s.index: dev_check(scorer, model, s.task, cfg.eval_examples, cfg.seed) for s in streams}
@@ -311,7 +320,8 @@ def train_tasks(
                     "curves": curves,
                     "draws": draws,
                     "sampler": sampler.state_dict(),
-                    "sampler_seconds": sampler_seconds,
+                    "sampler_seconds": timers["sampler"],
+                    "evaluation_seconds": timers["evaluation"],
                 }
                 extra = {f"sampler/{k}": v for k, v in sampler.state_tensors().items()}
                 save_checkpoint(checkpoint_dir, done, state, model, optimizer, extra)
@@ -334,7 +344,8 @@ def train_tasks(
         curves,
         draws,
         sampler.evaluations,
-        sampler_seconds,
+        timers["sampler"],
+        timers["evaluation"],
         sum(len(s.encoded) for s in streams),
         seconds,
         seen / seconds if seconds > 0 else 0.0,
