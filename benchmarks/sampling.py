@@ -145,15 +145,19 @@ def table(rows: list[dict[str, Any]], specs: list[str]) -> str:
     by = {s: v for s, v in by.items() if v}
     cols = ["avg", "worst", *(f"cvar{int(a * 100)}" for a in ALPHAS)]
     head = "| sampler | seeds | avg | worst | " + " | ".join(f"CVaR{int(a * 100)}" for a in ALPHAS)
-    lines = [head + " | task evals | sampler ms/step | step ms | sampler share |", "|---" * 12 + "|"]
+    lines = [head + " | task evals | eval ms/step | sampler ms/step | step ms | sampler share |", "|---" * 13 + "|"]
     for s, rs in by.items():
         steps = rs[0]["config"]["steps"]
         cells = [f"{statistics.mean(r[c] for r in rs) * 100:.1f}" for c in cols]
         sampler_ms = statistics.mean(r["sampler_seconds"] for r in rs) / steps * 1000
         step_ms = statistics.mean(r["loop_seconds"] for r in rs) / steps * 1000
         evals = statistics.mean(r["evaluations"] for r in rs)
+        timed = [r["evaluation_seconds"] for r in rs if "evaluation_seconds" in r]  # absent in runs made before it was timed
+        eval_ms = f"{statistics.mean(timed) / steps * 1000:.0f}" if len(timed) == len(rs) else "n/a"
         lines.append(
-            f"| {s} | {len(rs)} | " + " | ".join(cells) + f" | {evals:.0f} | {sampler_ms:.2f} | {step_ms:.0f} "
+            f"| {s} | {len(rs)} | "
+            + " | ".join(cells)
+            + f" | {evals:.0f} | {eval_ms} | {sampler_ms:.2f} | {step_ms:.0f} "
             f"| {sampler_ms / step_ms:.2%} |"
         )
     if any("unseen" in r for rs in by.values() for r in rs):
@@ -236,6 +240,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("out/sampling13"))
     parser.add_argument("--probe", type=int, default=0, help="only time this many steps and exit")
     parser.add_argument("--report", action="store_true", help="only write the tables and the PNG")
+    parser.add_argument("--report-seeds", default=None, help="with --report: only these seeds (e.g. 0)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     specs = args.samplers.split(",")
@@ -243,11 +248,15 @@ def main() -> None:
     log = args.out / "runs.jsonl"
     rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     if args.report:
+        if args.report_seeds is not None:
+            keep = {int(x) for x in args.report_seeds.split(",")}
+            rows = [r for r in rows if r["seed"] in keep]
         by_dist = {d: [r for r in rows if r["distribution"] == d] for d in ("real", "family")}
         by_dist = {d: rs for d, rs in by_dist.items() if rs}
         text = "\n\n".join(f"### {d}\n\n{table(rs, specs)}" for d, rs in by_dist.items())
-        (args.out / "report.md").write_text(text + "\n")
-        plot(by_dist, specs, args.out / "cvar.png")
+        tag = f"_seeds{args.report_seeds.replace(',', '-')}" if args.report_seeds else ""
+        (args.out / f"report{tag}.md").write_text(text + "\n")
+        plot(by_dist, specs, args.out / f"cvar{tag}.png")
         print(text)
         return
     train, test = tasks_for(args)
