@@ -152,7 +152,9 @@ def table(rows: list[dict[str, Any]], specs: list[str]) -> str:
         sampler_ms = statistics.mean(r["sampler_seconds"] for r in rs) / steps * 1000
         step_ms = statistics.mean(r["loop_seconds"] for r in rs) / steps * 1000
         evals = statistics.mean(r["evaluations"] for r in rs)
-        timed = [r["evaluation_seconds"] for r in rs if "evaluation_seconds" in r]  # absent in runs made before it was timed
+        timed = [
+            r["evaluation_seconds"] for r in rs if "evaluation_seconds" in r
+        ]  # absent in runs made before it was timed
         eval_ms = f"{statistics.mean(timed) / steps * 1000:.0f}" if len(timed) == len(rs) else "n/a"
         lines.append(
             f"| {s} | {len(rs)} | "
