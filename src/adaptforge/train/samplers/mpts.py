@@ -38,6 +38,8 @@ Differences from the reference, and why:
   learner within 300 steps there), never on real test splits.
 - Candidates are drawn uniformly from a finite task set (without replacement while ``B-hat <= N``),
   not sampled from a continuous task distribution.
+- Only the post-update risk trains the risk learner; pre-update batch losses (``observe``) and dev
+  losses (``observe_eval``) are ignored, as the reference has neither.
 - ``uniform_half`` (off by default) fills half the batch with uniformly chosen candidates, the
   paper's variant that keeps the average risk in check.
 """
