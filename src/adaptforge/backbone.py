@@ -21,17 +21,24 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokeni
 
 from adaptforge.adapters import check_compatible
 from adaptforge.core import AdaptforgeError, LoraDelta
+from adaptforge.layers import lora_layers, weight_view
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 Kind = Literal["encoder", "causal"]
 
-# LoRA targets that work well per architecture family; anything else falls back to all linear layers
-# inside the transformer blocks (see `default_targets`). Only nn.Linear is supported (not GPT-2 Conv1D).
+# LoRA targets that work well per architecture family; anything else falls back to every LoRA-able layer
+# (nn.Linear or GPT-2's Conv1D, adaptforge.layers) outside heads and poolers (see `default_targets`). Targets
+# are matched as PEFT does (a module path or its last dotted parts). BERT-style encoders: attention and
+# feed-forward projections but not the pooler's "dense", which the mean-pooling scorer never runs (a bare
+# "dense" would match "pooler.dense"; adapters trained before this change have it and still load).
+# GPT-2: the attention projections, like LLaMA's q/k/v/o.
+_BERT_TARGETS = ("query", "key", "value", "output.dense", "intermediate.dense")
 _TARGETS_BY_MODEL_TYPE = {
-    "bert": ("query", "key", "value", "dense"),
-    "roberta": ("query", "key", "value", "dense"),
+    "bert": _BERT_TARGETS,
+    "roberta": _BERT_TARGETS,
+    "gpt2": ("c_attn", "attn.c_proj"),
     "llama": ("q_proj", "k_proj", "v_proj", "o_proj"),
     "mistral": ("q_proj", "k_proj", "v_proj", "o_proj"),
     "qwen2": ("q_proj", "k_proj", "v_proj", "o_proj"),
@@ -165,10 +172,13 @@ class Backbone:
         known = _TARGETS_BY_MODEL_TYPE.get(self.model_type)
         if known:
             return known
-        names = {n.rsplit(".", 1)[-1] for n, m in self.model.named_modules() if isinstance(m, torch.nn.Linear)}
-        names -= {"lm_head", "score", "classifier", "pooler"}
+        heads = {"lm_head", "score", "classifier", "pooler"}
+        names = {n.rsplit(".", 1)[-1] for n in lora_layers(self.model) if not heads & set(n.split("."))}
         if not names:
-            raise BackboneError(f"{self.name}: found no linear layers to put LoRA on; pass targets explicitly")
+            raise BackboneError(
+                f"{self.name}: found no linear layers (nn.Linear or GPT-2 Conv1D) to put LoRA on; "
+                "pass targets explicitly"
+            )
         return tuple(sorted(names))
 
     @contextlib.contextmanager
@@ -187,8 +197,8 @@ class Backbone:
         try:
             with torch.no_grad():
                 for name in delta:
-                    w = named[name].weight
-                    saved[name] = w.detach().clone()
+                    saved[name] = named[name].weight.detach().clone()
+                    w = weight_view(named[name])  # (out, in) whatever the layer's storage layout
                     w.add_((weight * delta.dense(name)).to(w.dtype))
             yield self.model
         finally:

@@ -18,6 +18,7 @@ import torch
 
 from adaptforge.backbone import Backbone
 from adaptforge.core import AdaptforgeError, Registry
+from adaptforge.layers import layer_type, transposed_layers
 from adaptforge.methods import Method
 from adaptforge.params import Params, param
 from adaptforge.prune.calibration import InputStats
@@ -91,7 +92,16 @@ class PruneReport:
 
 def prunable_layers(backbone: Backbone) -> dict[str, torch.nn.Linear]:
     """Every ``nn.Linear`` inside a transformer block (attention and feed-forward); embeddings, poolers and
-    output heads are left alone. Names are sorted in block order."""
+    output heads are left alone. Names are sorted in block order.
+
+    GPT-2-style ``Conv1D`` layers (weight stored ``(in, out)``) are refused by name: the scores, the OBS
+    update and FFN surgery here are written for ``nn.Linear``'s ``(out, in)`` rows."""
+    transposed = [n for n in transposed_layers(backbone.model) if _BLOCK.search(n)]
+    if transposed:
+        raise AdaptforgeError(
+            f"{backbone.name}: prune supports nn.Linear layers only; its blocks hold {len(transposed)} "
+            f"{layer_type(backbone.model.get_submodule(transposed[0]))} layers (e.g. {transposed[0]!r})"
+        )
     layers = {
         name: module
         for name, module in backbone.model.named_modules()
