@@ -10,6 +10,7 @@ import typer
 from rich.text import Text
 
 from adaptforge.cli.app import (
+    EvalDescriptionOpt,
     JsonOpt,
     LabelColOpt,
     LimitOpt,
@@ -18,6 +19,7 @@ from adaptforge.cli.app import (
     TextColOpt,
     app,
     cli_errors,
+    one_description,
     parse_options,
 )
 from adaptforge.cli.render import (
@@ -59,6 +61,7 @@ def merge_cmd(
     limit: LimitOpt = None,
     text_col: TextColOpt = "text",
     label_col: LabelColOpt = "label",
+    description: EvalDescriptionOpt = None,
     dense_out: Annotated[
         Path | None, typer.Option("--dense-out", help="Also write base + merged delta as a full HF model here.")
     ] = None,
@@ -103,10 +106,13 @@ def merge_cmd(
                 data=data or [],
                 retain=retain or [],
             )
+        text = one_description(description, len(eval_dirs or []), "--eval TASK")
         if library is None:
             raise AdaptforgeError("--library LIB is required: the library holding the adapters")
         lib = Library(library, create=False)
-        eval_tasks = load_tasks(eval_dirs, text_col=text_col, label_col=label_col) if eval_dirs else []
+        eval_tasks = (
+            load_tasks(eval_dirs, text_col=text_col, label_col=label_col, description=text) if eval_dirs else []
+        )
         outcome = merge_into_library(
             recipe,
             lib,

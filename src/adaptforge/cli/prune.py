@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from adaptforge.cli.app import (
+    DomainDescriptionOpt,
     JsonOpt,
     LabelColOpt,
     LimitOpt,
@@ -16,6 +17,7 @@ from adaptforge.cli.app import (
     TextColOpt,
     app,
     cli_errors,
+    one_description,
     parse_options,
     required,
 )
@@ -54,6 +56,7 @@ def prune_cmd(
     limit: LimitOpt = None,
     text_col: TextColOpt = "text",
     label_col: LabelColOpt = "label",
+    description: DomainDescriptionOpt = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="New folder for the pruned model.")] = None,
     list_methods: Annotated[bool, typer.Option("--list", help="List prune methods and exit.", metavar="")] = False,
     as_json: JsonOpt = False,
@@ -70,7 +73,12 @@ def prune_cmd(
         print_methods("prune method", PRUNE_METHODS.items())
         return
     with cli_errors():
-        domain = load_task(required(domain_dir, "--domain"), text_col=text_col, label_col=label_col)
+        domain = load_task(
+            required(domain_dir, "--domain"),
+            text_col=text_col,
+            label_col=label_col,
+            description=one_description(description, 1, "--domain TASK"),
+        )
         params: dict[str, object] = parse_options(param or [])
         if sparsity is not None:
             try:
