@@ -212,6 +212,14 @@ def prune_table(outcome: PruneOutcome) -> Table:
         table.add_row(
             task, d.split, str(d.n), f"{d.accuracy:.3f}", f"{p.accuracy:.3f}", "-" if kept is None else f"{kept:.3f}"
         )
+    lines = [
+        f"{key} perplexity {pair.dense.value:.2f} -> {pair.pruned.value:.2f} "
+        f"({pair.pruned.value / pair.dense.value:.3f}x; {pair.dense.texts} held-out texts, {pair.text.source})"
+        for key, pair in outcome.perplexity.items()
+        if pair.pruned is not None
+    ]
+    if lines:
+        table.caption = "\n".join(lines)
     return table
 
 

@@ -4,7 +4,9 @@ Loads the base, collects the calibration statistics the method asks for (general
 prunes every linear layer inside the transformer blocks, and writes a Hugging Face folder that
 ``AutoModel.from_pretrained`` (and ``--model DIR`` everywhere in adaptforge) loads unchanged, with
 ``adaptforge_prune.json`` linking it to its parent base. Zero-shot accuracy of the domain task and of
-any ``eval_tasks`` is measured before and after on the same examples, so the retention is in the outcome.
+any ``eval_tasks`` is measured before and after on the same examples, so the retention is in the outcome;
+for a causal LM also the perplexity on held-out general text (the shipped open-domain set minus what
+calibration read) and on held-out domain text (the evaluated split, never the train split calibration reads).
 """
 
 from __future__ import annotations
@@ -22,17 +24,42 @@ import torch
 from adaptforge.backbone import Backbone, fingerprint
 from adaptforge.core import AdaptforgeError
 from adaptforge.durable import staged_folder
-from adaptforge.evaluate import EvalResult, check_request, evaluate
+from adaptforge.evaluate import EvalResult, Perplexity, check_request, evaluate, perplexity
 from adaptforge.pipelines.common import Notify, load_base, reporter
 from adaptforge.provenance import PruneProvenance
 from adaptforge.prune import PRUNE_METHODS, PruneParams, PruneReport, prunable_layers
 from adaptforge.prune.base import Calibration, LayerReport, layer_sparsity
-from adaptforge.prune.calibration import collect_inputs, domain_text, read_general
+from adaptforge.prune.calibration import (
+    CalibrationText,
+    collect_inputs,
+    domain_text,
+    held_out_domain,
+    held_out_general,
+    read_general,
+)
 from adaptforge.prune.ffn import ffn_blocks, neuron_scores, shrink
 from adaptforge.scorers import make_scorer
 from adaptforge.tasks import Task
 
 RECORD_FILE = "adaptforge_prune.json"
+PERPLEXITY_TEXTS = 64  # held-out texts per perplexity (general, domain) of a causal LM; --limit lowers it
+
+
+@dataclass
+class HeldOutPerplexity:
+    """A causal LM's perplexity on held-out text before and after pruning (issue 15's retention for LMs)."""
+
+    text: CalibrationText
+    dense: Perplexity
+    pruned: Perplexity | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.text.record(),
+            "dense": self.dense.to_json(),
+            "pruned": None if self.pruned is None else self.pruned.to_json(),
+            "ratio": None if self.pruned is None else self.pruned.value / self.dense.value,
+        }
 
 
 @dataclass
@@ -46,6 +73,7 @@ class PruneOutcome:
     file_bytes: tuple[int | None, int]  # (dense weights file, pruned weights file)
     seconds: float
     evals: dict[str, dict[str, EvalResult]] = field(default_factory=dict)  # task -> {"dense", "pruned"}
+    perplexity: dict[str, HeldOutPerplexity] = field(default_factory=dict)  # causal LMs: "general", "domain"
 
     def retention(self, task: str) -> float | None:
         pair = self.evals.get(task)
@@ -67,6 +95,7 @@ class PruneOutcome:
                 task: {**{k: v.to_json() for k, v in pair.items()}, "retention": self.retention(task)}
                 for task, pair in self.evals.items()
             },
+            "perplexity": {k: v.to_json() for k, v in self.perplexity.items()},
         }
 
 
@@ -128,6 +157,14 @@ def prune_model(
     for task in tasks:
         say(f"zero-shot {task.name}/{split} on the dense base")
         evals[task.name] = {"dense": evaluate(scorer, task, split, None, limit=limit)}
+    held_out: dict[str, HeldOutPerplexity] = {}
+    if work.kind == "causal":  # an LM's general ability is also how well it still models text
+        n = min(limit or PERPLEXITY_TEXTS, PERPLEXITY_TEXTS)
+        texts = {"general": held_out_general(general_text, n), "domain": held_out_domain(domain, split, n, typed.seed)}
+        for key, text in texts.items():
+            if text is not None:
+                say(f"perplexity of the dense base on held-out {key} text ({len(text.texts)} texts)")
+                held_out[key] = HeldOutPerplexity(text, perplexity(work.model, work.tokenizer, text.texts))
     layers = prunable_layers(work)
     sparsity = layer_sparsity(typed, list(layers))
     domain_calib = domain_text(domain, typed.calibration_size, typed.seed)
@@ -168,6 +205,9 @@ def prune_model(
     for task in tasks:
         say(f"zero-shot {task.name}/{split} on the pruned base")
         evals[task.name]["pruned"] = evaluate(scorer, task, split, None, limit=limit)
+    for key, pair in held_out.items():
+        say(f"perplexity of the pruned base on held-out {key} text")
+        pair.pruned = perplexity(work.model, work.tokenizer, pair.text.texts)
     provenance = PruneProvenance(
         prune_method=method,
         prune_params=typed.to_dict(),
@@ -198,6 +238,7 @@ def prune_model(
         (dense_file, _weights_bytes(out_dir) or 0),
         time.perf_counter() - start,
         evals,
+        held_out,
     )
 
 

@@ -67,6 +67,24 @@ def _texts_of(path: Path, n: int, seed: int) -> list[str]:
     return [ex.text for ex in task.sample(split, n, seed=seed)]
 
 
+def held_out_general(used: CalibrationText | None, n: int) -> CalibrationText | None:
+    """Up to ``n`` texts of the shipped open-domain set that calibration did not see (evenly spaced, so
+    every source of the set is represented), for a perplexity that is comparable across runs and methods;
+    ``None`` when calibration used all of them."""
+    seen = set(used.texts) if used is not None else set()
+    texts = [t for t in read_texts(shipped_general_path()) if t not in seen]
+    if not texts:
+        return None
+    texts = texts[:: max(1, len(texts) // n)][:n]
+    return CalibrationText(tuple(texts), f"{shipped_general_path().name} (held out of calibration)")
+
+
+def held_out_domain(task: Task, split: str, n: int, seed: int) -> CalibrationText:
+    """Up to ``n`` texts of the domain task's ``split`` (never the train split calibration reads)."""
+    examples = task.sample(split, n, seed=seed)
+    return CalibrationText(tuple(ex.text for ex in examples), f"task {task.name} ({split}, n={len(examples)})")
+
+
 def domain_text(task: Task, n: int, seed: int) -> CalibrationText:
     """The domain task's train texts (a label-stratified seeded sample), formatted as its scorer sees them."""
     examples = task.sample("train", n, seed=seed)
