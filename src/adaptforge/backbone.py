@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -182,11 +182,15 @@ class Backbone:
         return tuple(sorted(names))
 
     @contextlib.contextmanager
-    def applied(self, delta: LoraDelta | None, weight: float = 1.0) -> Iterator[PreTrainedModel]:
+    def applied(
+        self, delta: LoraDelta | None, weight: float = 1.0, keep_zeros: Collection[str] = ()
+    ) -> Iterator[PreTrainedModel]:
         """Temporarily add ``weight * dW`` of every module to the base weights (exact restore after).
 
         Merging into the weights makes inference cost the same as the base model's; the original
-        tensors are kept and put back, so no rounding error accumulates over many adapters.
+        tensors are kept and put back, so no rounding error accumulates over many adapters. In the modules
+        named in ``keep_zeros`` the base's zero weights stay zero (``dW`` is masked): how an adapter is folded
+        into a pruned base without losing its sparsity.
         """
         if delta is None or len(delta) == 0:
             yield self.model
@@ -199,7 +203,8 @@ class Backbone:
                 for name in delta:
                     saved[name] = named[name].weight.detach().clone()
                     w = weight_view(named[name])  # (out, in) whatever the layer's storage layout
-                    w.add_((weight * delta.dense(name)).to(w.dtype))
+                    dw = (weight * delta.dense(name)).to(w.dtype)
+                    w.add_(dw * (w != 0) if name in keep_zeros else dw)
             yield self.model
         finally:
             with torch.no_grad():

@@ -65,6 +65,14 @@ def merge_cmd(
     dense_out: Annotated[
         Path | None, typer.Option("--dense-out", help="Also write base + merged delta as a full HF model here.")
     ] = None,
+    keep_mask: Annotated[
+        bool,
+        typer.Option(
+            "--keep-mask/--no-keep-mask",
+            metavar="",
+            help="--dense-out on a base adaptforge pruned: its zero weights stay zero (default), or merge plainly.",
+        ),
+    ] = True,
     overwrite: OverwriteOpt = False,
     list_methods: Annotated[bool, typer.Option("--list", help="List merge methods and exit.", metavar="")] = False,
     as_json: JsonOpt = False,
@@ -121,6 +129,7 @@ def merge_cmd(
             split=split,
             limit=limit,
             dense_out=dense_out,
+            keep_mask=keep_mask,
             overwrite=overwrite,
             notify=notify,
         )
