@@ -22,6 +22,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokeni
 from adaptforge.adapters import check_compatible
 from adaptforge.core import AdaptforgeError, LoraDelta
 from adaptforge.layers import lora_layers, weight_view
+from adaptforge.packed import packed_only, read_packed
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +144,12 @@ class Backbone:
         kind = kind or model_kind(config)
         auto = AutoModelForCausalLM if kind == "causal" else AutoModel
         try:
-            # safetensors only: a pickled checkpoint (pytorch_model.bin) can run code when loaded.
-            model = auto.from_pretrained(path, dtype=dtype, local_files_only=local, use_safetensors=True)
-        except (OSError, ValueError) as err:
+            if local and packed_only(Path(path)):  # `adaptforge prune --compact`'s form without the HF weights
+                model = auto.from_config(config, dtype=dtype)
+                model.load_state_dict(read_packed(path), strict=True)
+            else:  # safetensors only: a pickled checkpoint (pytorch_model.bin) can run code when loaded.
+                model = auto.from_pretrained(path, dtype=dtype, local_files_only=local, use_safetensors=True)
+        except (OSError, ValueError, RuntimeError) as err:
             raise BackboneError(f"cannot load model weights from {path!r}: {err}") from None
         model.eval()
         model.requires_grad_(False)

@@ -58,6 +58,15 @@ def prune_cmd(
     label_col: LabelColOpt = "label",
     description: DomainDescriptionOpt = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="New folder for the pruned model.")] = None,
+    compact: Annotated[
+        bool,
+        typer.Option(
+            "--compact",
+            help="Also write model.packed.safetensors (non-zero values + bitmask), smaller on disk; "
+            "adaptforge loads a folder holding only it.",
+            metavar="",
+        ),
+    ] = False,
     list_methods: Annotated[bool, typer.Option("--list", help="List prune methods and exit.", metavar="")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -102,6 +111,7 @@ def prune_cmd(
             eval_tasks=load_tasks(eval_dirs, text_col=text_col, label_col=label_col) if eval_dirs else [],
             split=split,
             limit=limit,
+            compact=compact,
             notify=notify,
         )
     if as_json:

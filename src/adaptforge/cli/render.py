@@ -197,8 +197,10 @@ def print_methods(kind: str, methods: dict[str, type[Method]]) -> None:
 def prune_table(outcome: PruneOutcome) -> Table:
     """Sparsity, sizes and zero-shot accuracy dense vs pruned per task (with retention)."""
     dense_p, pruned_p = outcome.parameters
-    dense_b, pruned_b = outcome.file_bytes
+    dense_b, pruned_b, packed_b = outcome.file_bytes
     size = f"{pruned_b / 1e6:.1f} MB" + (f" of {dense_b / 1e6:.1f} MB" if dense_b else "")
+    if packed_b is not None:
+        size += f" (packed {packed_b / 1e6:.1f} MB, {packed_b / pruned_b:.2f}x)"
     title = (
         f"{outcome.record['method']} ({outcome.record['params']['pattern']}): sparsity {outcome.report.sparsity:.3f}, "
         f"parameters {pruned_p:,} of {dense_p:,}, weights {size}, {outcome.seconds:.1f}s -> {outcome.path}"

@@ -25,6 +25,7 @@ from adaptforge.backbone import Backbone, fingerprint
 from adaptforge.core import AdaptforgeError
 from adaptforge.durable import staged_folder
 from adaptforge.evaluate import EvalResult, Perplexity, check_request, evaluate, perplexity
+from adaptforge.packed import PACKED_FILE, write_packed
 from adaptforge.pipelines.common import Notify, load_base, reporter
 from adaptforge.provenance import PruneProvenance
 from adaptforge.prune import PRUNE_METHODS, PruneParams, PruneReport, prunable_layers
@@ -70,7 +71,7 @@ class PruneOutcome:
     record: dict[str, Any]
     report: PruneReport
     parameters: tuple[int, int]  # (dense, pruned) parameter counts of the whole model
-    file_bytes: tuple[int | None, int]  # (dense weights file, pruned weights file)
+    file_bytes: tuple[int | None, int, int | None]  # (dense weights file, pruned weights file, packed file)
     seconds: float
     evals: dict[str, dict[str, EvalResult]] = field(default_factory=dict)  # task -> {"dense", "pruned"}
     perplexity: dict[str, HeldOutPerplexity] = field(default_factory=dict)  # causal LMs: "general", "domain"
@@ -89,7 +90,7 @@ class PruneOutcome:
             "sparsity": self.report.sparsity,
             "intermediate_size": self.record["intermediate_size"],
             "parameters": {"dense": self.parameters[0], "pruned": self.parameters[1]},
-            "file_bytes": {"dense": self.file_bytes[0], "pruned": self.file_bytes[1]},
+            "file_bytes": {"dense": self.file_bytes[0], "pruned": self.file_bytes[1], "packed": self.file_bytes[2]},
             "seconds": round(self.seconds, 2),
             "eval": {
                 task: {**{k: v.to_json() for k, v in pair.items()}, "retention": self.retention(task)}
@@ -130,9 +131,11 @@ def prune_model(
     eval_tasks: Sequence[Task] = (),
     split: str = "dev",
     limit: int | None = None,
+    compact: bool = False,
     notify: Notify | None = None,
 ) -> PruneOutcome:
-    """Prune the base for ``domain`` with the registered ``method`` and write it to ``out`` (new or empty)."""
+    """Prune the base for ``domain`` with the registered ``method`` and write it to ``out`` (new or empty);
+    ``compact`` also writes the packed form (:mod:`adaptforge.packed`) beside the Hugging Face weights."""
     say = reporter(notify)
     start = time.perf_counter()
     impl = PRUNE_METHODS.get(method)()
@@ -228,14 +231,17 @@ def prune_model(
         work.model.save_pretrained(tmp)
         work.tokenizer.save_pretrained(tmp)
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=1, sort_keys=True))
+        if compact:
+            write_packed(work.model, tmp)
     say(f"wrote {out_dir}")
     dense_file = _weights_bytes(Path(dense.path)) if Path(dense.path).is_dir() else None
+    packed = out_dir / PACKED_FILE
     return PruneOutcome(
         out_dir,
         record,
         report,
         (dense_params, pruned_params),
-        (dense_file, _weights_bytes(out_dir) or 0),
+        (dense_file, _weights_bytes(out_dir) or 0, packed.stat().st_size if packed.is_file() else None),
         time.perf_counter() - start,
         evals,
         held_out,
@@ -243,7 +249,7 @@ def prune_model(
 
 
 def _weights_bytes(folder: Path) -> int | None:
-    files = list(folder.glob("*.safetensors"))
+    files = [f for f in folder.glob("*.safetensors") if f.name != PACKED_FILE]
     return sum(f.stat().st_size for f in files) if files else None
 
 
