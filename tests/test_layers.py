@@ -6,11 +6,12 @@ import json
 
 import pytest
 import torch
-from conftest import random_delta, task_dir
+from conftest import random_delta, small_task, task_dir
 from conftest import run_cli as run
 
 from adaptforge.adapters import IncompatibleAdapterError, check_compatible, read_adapter
 from adaptforge.backbone import Backbone
+from adaptforge.core import AdaptforgeError
 from adaptforge.layers import is_transposed, lora_layers, weight_view
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -129,14 +130,33 @@ def test_gpt2_train_eval_export_import_merge_through_the_cli(gpt2, tiny_gpt2_dir
     expected = gpt2.model.get_submodule(name).weight + merged.dense(name).T
     torch.testing.assert_close(dense.get_submodule(name).weight, expected, rtol=0, atol=1e-6)
 
-    # prune is written for nn.Linear rows: refused, naming the layer type
-    result = run("prune", "--method", "magnitude", "--model", tiny_gpt2_dir, "--domain", sst2, "--sparsity", 0.5,
-                 "--out", tmp_path / "p", ok=False)  # fmt: skip
-    assert result.exit_code == 2
-    assert "prune supports nn.Linear layers only; its blocks hold 8 Conv1D (GPT-2 style, weight stored in x out)" in (
-        result.output
-    )
-    assert not (tmp_path / "p").exists()
+
+def test_prune_reads_conv1d_weights_as_out_in_rows(gpt2, tmp_path):
+    """Wanda compares weights within output rows, N:M groups run along the inputs, D-Pruner's gradients are
+    transposed to (out, in): on Conv1D the same as on nn.Linear. FFN surgery builds nn.Linear: refused."""
+    from adaptforge.pipelines.prune import prune_model
+    from adaptforge.prune import prunable_layers
+
+    task = small_task("sst2", n_train=8, n_test=4)
+    layers = prunable_layers(gpt2)
+    assert len(layers) == 8 and all(is_transposed(m) for m in layers.values())
+    runs = {"wanda": {"sparsity": 0.5}, "sparsegpt": {"pattern": "2:4", "sparsity": 0.5}, "dpruner": {"sparsity": 0.5}}
+    for method, params in runs.items():
+        outcome = prune_model(
+            method, task, tmp_path / method, params={**params, "calibration_size": 8}, backbone=gpt2, limit=4
+        )
+        assert outcome.report.sparsity == pytest.approx(0.5, abs=0.01), method
+        assert {r.name: r.shape for r in outcome.report.layers}[BLOCK.format(0, "c_attn")] == (192, 64)
+        pruned = Backbone.load(str(tmp_path / method))
+        for name in layers:
+            w = weight_view(pruned.model.get_submodule(name))
+            if method == "sparsegpt":  # 2 zeros in every 4 consecutive inputs of each output row
+                assert bool(((w.reshape(w.shape[0], -1, 4) == 0).sum(-1) == 2).all()), name
+            elif method == "wanda":
+                assert bool(((w == 0).sum(1) == w.shape[1] // 2).all()), name
+    with pytest.raises(AdaptforgeError, match=r"--pattern ffn supports nn.Linear layers only; .* 8 Conv1D \(GPT-2"):
+        prune_model("magnitude", task, tmp_path / "ffn", params={"pattern": "ffn"}, backbone=gpt2, limit=4)
+    assert not (tmp_path / "ffn").exists()
 
 
 def _named(folder, name: str) -> bool:
