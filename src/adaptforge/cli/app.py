@@ -39,6 +39,16 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output o
 TextColOpt = Annotated[str, typer.Option("--text-col", help="Field (task folder) or column (CSV) holding the text.")]
 LabelColOpt = Annotated[str, typer.Option("--label-col", help="Field (task folder) or column (CSV) holding the label.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an adapter of the same name.", metavar="")]
+_DESCRIPTION_HELP = (
+    "Instruction of {}; wins over its task.json description and a CSV's <name>.description.txt (one task only)."
+)
+DescriptionOpt = Annotated[str | None, typer.Option("--description", help=_DESCRIPTION_HELP.format("the task"))]
+EvalDescriptionOpt = Annotated[
+    str | None, typer.Option("--description", help=_DESCRIPTION_HELP.format("the --eval task"))
+]
+DomainDescriptionOpt = Annotated[
+    str | None, typer.Option("--description", help=_DESCRIPTION_HELP.format("the --domain task"))
+]
 LimitOpt = Annotated[int | None, typer.Option(min=1, help="Evaluate at most this many examples per task.")]
 
 
@@ -52,6 +62,26 @@ def required(value: T | None, flag: str) -> T:
     if value is None:
         raise AdaptforgeError(f"{flag} is required")
     return value
+
+
+def one_description(description: str | None, tasks: int, what: str = "TASK") -> str | None:
+    """``--description`` checked: it is one task's instruction (``what`` names the argument it applies to), so
+    it is refused for several tasks (each CSV can carry its own side file), without a task, and when blank;
+    returned stripped (``None``: the tasks' own)."""
+    if description is None:
+        return None
+    if not description.strip():
+        raise AdaptforgeError(
+            "--description is empty; give the task's instruction, or leave it out to use the task's own"
+        )
+    if tasks == 0:
+        raise AdaptforgeError(f"--description is the instruction of {what}, and no {what} was given")
+    if tasks > 1:
+        raise AdaptforgeError(
+            f"--description sets one task's instruction but {tasks} tasks were given ({what}); "
+            "for several CSV tasks put a <name>.description.txt beside each file"
+        )
+    return description.strip()
 
 
 @contextmanager

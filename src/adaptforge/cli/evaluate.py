@@ -10,6 +10,7 @@ import typer
 from rich.text import Text
 
 from adaptforge.cli.app import (
+    DescriptionOpt,
     JsonOpt,
     LabelColOpt,
     LimitOpt,
@@ -17,6 +18,7 @@ from adaptforge.cli.app import (
     TextColOpt,
     app,
     cli_errors,
+    one_description,
 )
 from adaptforge.cli.render import (
     console,
@@ -43,6 +45,7 @@ def eval_cmd(
     model: ModelOpt = None,
     text_col: TextColOpt = "text",
     label_col: LabelColOpt = "label",
+    description: DescriptionOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Evaluate adapters and/or zero-shot on tasks: accuracy and macro-F1 per cell."""
@@ -52,7 +55,8 @@ def eval_cmd(
     from adaptforge.tasks import load_tasks
 
     with cli_errors():
-        tasks = load_tasks(task_dirs, text_col=text_col, label_col=label_col)
+        text = one_description(description, len(task_dirs), "TASK_DIRS")
+        tasks = load_tasks(task_dirs, text_col=text_col, label_col=label_col, description=text)
         check_request(tasks, split, limit)
         lib = Library(library, create=False) if library else None
         names = list(adapter or [])
