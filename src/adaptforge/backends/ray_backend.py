@@ -1,0 +1,168 @@
+"""The Ray backend: jobs spread over ``workers`` Ray actors, each a :class:`~adaptforge.backends.base.Worker`
+that sets its torch threads and loads the backbone once, then takes one job at a time from the driver.
+
+Ray (Moritz et al., OSDI 2018, https://arxiv.org/abs/1712.05889) is imported only here and only when a sweep
+runs on it. Against Ray's own ``ActorPool`` we keep the scheduling loop (``ray.wait`` on one in-flight job per
+actor) so that a job's exception comes back as its outcome, an actor that dies fails only its job, and
+outcomes reach the driver in completion order for progress output. Jobs write to the library themselves
+(atomic, safe with concurrent writers), so the library path must reach every worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from adaptforge.backends.base import Backend, BackendParams, Job, JobOutcome, OnDone, Worker, WorkerSetup
+from adaptforge.core import AdaptforgeError
+from adaptforge.params import param
+
+log = logging.getLogger(__name__)
+
+GCS_PORT = 6379  # `ray start --head` default
+CLIENT_PORT = 10001  # ray:// (Ray Client) default
+
+
+@dataclass(frozen=True)
+class RayParams(BackendParams):
+    address: str | None = param(
+        None, help="cluster to join (host:port, ray://host:port or 'auto'); null: a Ray session started here"
+    )
+    workers: int = param(2, ge=1, help="Ray actors, each loading the backbone once and running jobs one at a time")
+    threads_per_worker: int = param(1, ge=1, help="torch threads (and Ray CPUs reserved) per actor")
+    connect_timeout: float = param(10.0, gt=0, help="seconds to wait for --ray-address to answer")
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise AdaptforgeError(
+            "the ray backend needs Ray, which is not installed: pip install 'adaptforge[ray]'"
+        ) from None
+    return ray
+
+
+def probe(address: str, timeout: float) -> None:
+    """Fail fast, naming the address, when nothing listens there (``ray.init`` would otherwise retry for long)."""
+    if address in ("auto", "local"):
+        return
+    client = address.startswith("ray://")
+    hostport = address.removeprefix("ray://").rsplit("/", 1)[0]
+    host, sep, port_text = hostport.rpartition(":")
+    if not sep:
+        host, port_text = hostport, str(CLIENT_PORT if client else GCS_PORT)
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise AdaptforgeError(f"--ray-address {address!r}: expected host:port or ray://host:port") from None
+    try:
+        with socket.create_connection((host.strip("[]"), port), timeout=timeout):
+            pass
+    except OSError as err:
+        raise AdaptforgeError(
+            f"--ray-address {address!r} does not answer ({err.strerror or err}, waited at most {timeout:g}s): start "
+            "the cluster with `ray start --head` and pass the address it prints, or leave out --ray-address to run "
+            "on a Ray session started on this machine"
+        ) from None
+
+
+class RayBackend(Backend):
+    """Run the jobs on Ray actors (one backbone per actor), locally or on a cluster given by its address."""
+
+    name = "ray"
+    reference_url = "https://arxiv.org/abs/1712.05889"
+    params_type = RayParams
+
+    def _connect(self, ray: Any) -> bool:
+        """Join the session (already initialised, the given address, or a new local one); True when started here."""
+        p = self.params
+        assert isinstance(p, RayParams)
+        if ray.is_initialized():
+            return False
+        quiet = {"logging_level": logging.WARNING, "include_dashboard": False}
+        if p.address is None:
+            ray.init(num_cpus=p.workers * p.threads_per_worker, **quiet)
+            return True
+        probe(p.address, p.connect_timeout)
+        try:
+            ray.init(address=p.address, **quiet)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise AdaptforgeError(f"--ray-address {p.address!r}: could not join the Ray cluster ({err})") from None
+        return True
+
+    def run(self, setup: WorkerSetup, jobs: Sequence[Job], on_done: OnDone | None = None) -> list[JobOutcome]:
+        p = self.params
+        assert isinstance(p, RayParams)
+        if not jobs:
+            return []
+        ray = import_ray()
+        started = self._connect(ray)
+        actors: dict[int, Any] = {}
+        try:
+            cpus = float(ray.cluster_resources().get("CPU", 0))
+            if cpus < p.threads_per_worker:
+                raise AdaptforgeError(
+                    f"--threads-per-worker {p.threads_per_worker}: the Ray cluster has {cpus:g} CPUs; ask for fewer"
+                )
+            n = min(p.workers, len(jobs), int(cpus // p.threads_per_worker))
+            if n < p.workers:
+                log.warning("running %d Ray worker(s), not %d: %d jobs, %g cluster CPUs", n, p.workers, len(jobs), cpus)
+            remote = ray.remote(Worker)
+            env = {"OMP_NUM_THREADS": str(p.threads_per_worker), "MKL_NUM_THREADS": str(p.threads_per_worker)}
+            for i in range(n):
+                opts = remote.options(num_cpus=p.threads_per_worker, runtime_env={"env_vars": env})
+                actors[i] = opts.remote(replace(setup, threads=p.threads_per_worker), f"ray-worker-{i}")
+            return self._schedule(ray, actors, list(jobs), on_done)
+        finally:
+            for actor in actors.values():
+                ray.kill(actor)
+            if started:
+                ray.shutdown()
+
+    @staticmethod
+    def _schedule(ray: Any, actors: dict[int, Any], jobs: list[Job], on_done: OnDone | None) -> list[JobOutcome]:
+        queue = deque(range(len(jobs)))
+        outcomes: dict[int, JobOutcome] = {}
+        inflight: dict[Any, tuple[int, int]] = {}  # object ref -> (actor, job index)
+
+        def finish(index: int, outcome: JobOutcome) -> None:
+            outcomes[index] = outcome
+            if on_done is not None:
+                on_done(outcome)
+
+        def submit(actor: int) -> None:
+            if queue:
+                index = queue.popleft()
+                inflight[actors[actor].run.remote(jobs[index])] = (actor, index)
+
+        for actor in list(actors):
+            submit(actor)
+        while inflight:
+            ready, _ = ray.wait(list(inflight), num_returns=1)
+            actor, index = inflight.pop(ready[0])
+            try:
+                finish(index, ray.get(ready[0]))
+            except ray.exceptions.RayActorError as err:  # the process died (killed, out of memory): its job fails
+                finish(index, JobOutcome(jobs[index].key, False, None, f"Ray worker died: {err}", 0.0, f"ray-{actor}"))
+                del actors[actor]
+                if not actors:
+                    while queue:
+                        i = queue.popleft()
+                        finish(i, JobOutcome(jobs[i].key, False, None, "no Ray worker left to run it", 0.0, "ray"))
+                continue
+            except ray.exceptions.RayError as err:
+                finish(index, JobOutcome(jobs[index].key, False, None, f"Ray error: {err}", 0.0, f"ray-{actor}"))
+            submit(actor)
+        return [outcomes[i] for i in range(len(jobs))]
+
+    def describe(self) -> str:
+        p = self.params
+        assert isinstance(p, RayParams)
+        where = p.address or f"a Ray session on this machine (pid {os.getpid()})"
+        return f"ray ({p.workers} worker(s) x {p.threads_per_worker} thread(s), {where})"
