@@ -10,10 +10,12 @@ error, so the other jobs finish and the driver reports every failure at the end.
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -77,6 +79,8 @@ class Worker:
     def __post_init__(self) -> None:
         # The same filter the CLI sets (a transformers deprecation PEFT triggers), for worker processes.
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # as the CLI: a worker never downloads behind the user's back
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Loading weights" bar per worker
         if self.setup.threads is not None:
             import torch
 
@@ -133,9 +137,17 @@ class BackendParams(Params):
     """Base of every backend's typed params."""
 
 
+class Pool(Protocol):
+    """Workers a backend holds open between batches of jobs (a sweep's stages reuse the same loaded models)."""
+
+    def run(self, jobs: Sequence[Job], on_done: OnDone | None = None) -> list[JobOutcome]:
+        """Every job; outcomes in the order of ``jobs``; ``on_done`` is called as each one finishes."""
+        ...
+
+
 class Backend(Method):
     """Where sweep and eval jobs run. Concrete backends set ``name``, ``reference_url`` and ``params_type``
-    and implement :meth:`run`; for the same jobs every backend returns the same payloads."""
+    and implement :meth:`open`; for the same jobs every backend returns the same payloads."""
 
     kind: ClassVar[str] = "sweep backend"
     params_base: ClassVar[type[Params]] = BackendParams
@@ -144,9 +156,14 @@ class Backend(Method):
     def __init__(self, params: Params | dict[str, Any] | None = None) -> None:
         self.params = self.parse_params(params)
 
-    def run(self, setup: WorkerSetup, jobs: Sequence[Job], on_done: OnDone | None = None) -> list[JobOutcome]:
-        """Run every job; outcomes in the order of ``jobs``; ``on_done`` is called as each one finishes."""
+    def open(self, setup: WorkerSetup) -> AbstractContextManager[Pool]:
+        """Workers built from ``setup``, alive until the context exits."""
         raise NotImplementedError
+
+    def run(self, setup: WorkerSetup, jobs: Sequence[Job], on_done: OnDone | None = None) -> list[JobOutcome]:
+        """One batch of jobs on a pool opened for it."""
+        with self.open(setup) as pool:
+            return pool.run(jobs, on_done)
 
     def describe(self) -> str:
         """One line for progress output: where the jobs run."""

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
-from adaptforge.backends.base import Backend, BackendParams, Job, JobOutcome, OnDone, Worker, WorkerSetup
+from adaptforge.backends.base import Backend, BackendParams, Job, JobOutcome, OnDone, Pool, Worker, WorkerSetup
 from adaptforge.params import param
+
+
+@dataclass(frozen=True)
+class LocalPool:
+    worker: Worker
+
+    def run(self, jobs: Sequence[Job], on_done: OnDone | None = None) -> list[JobOutcome]:
+        outcomes = []
+        for job in jobs:
+            outcomes.append(self.worker.run(job))
+            if on_done is not None:
+                on_done(outcomes[-1])
+        return outcomes
 
 
 @dataclass(frozen=True)
@@ -24,22 +38,16 @@ class LocalBackend(Backend):
     reference_url = "https://docs.python.org/3/library/functions.html#map"
     params_type = LocalParams
 
-    def run(self, setup: WorkerSetup, jobs: Sequence[Job], on_done: OnDone | None = None) -> list[JobOutcome]:
+    @contextmanager
+    def open(self, setup: WorkerSetup) -> Iterator[Pool]:
         import torch
 
         assert isinstance(self.params, LocalParams)
         before = torch.get_num_threads()
-        worker = Worker(replace(setup, threads=self.params.threads or setup.threads))
-        outcomes = []
         try:
-            for job in jobs:
-                outcome = worker.run(job)
-                if on_done is not None:
-                    on_done(outcome)
-                outcomes.append(outcome)
+            yield LocalPool(Worker(replace(setup, threads=self.params.threads or setup.threads)))
         finally:
             torch.set_num_threads(before)
-        return outcomes
 
     def describe(self) -> str:
         assert isinstance(self.params, LocalParams)

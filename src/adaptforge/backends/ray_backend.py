@@ -14,11 +14,12 @@ import logging
 import os
 import socket
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
-from adaptforge.backends.base import Backend, BackendParams, Job, JobOutcome, OnDone, Worker, WorkerSetup
+from adaptforge.backends.base import Backend, BackendParams, Job, JobOutcome, OnDone, Pool, Worker, WorkerSetup
 from adaptforge.core import AdaptforgeError
 from adaptforge.params import param
 
@@ -72,61 +73,36 @@ def probe(address: str, timeout: float) -> None:
         ) from None
 
 
-class RayBackend(Backend):
-    """Run the jobs on Ray actors (one backbone per actor), locally or on a cluster given by its address."""
+class RayPool:
+    """Up to ``workers`` actors, made when a batch first needs them and kept for later batches (each has loaded
+    its backbone by then); one job in flight per actor."""
 
-    name = "ray"
-    reference_url = "https://arxiv.org/abs/1712.05889"
-    params_type = RayParams
+    def __init__(self, ray: Any, setup: WorkerSetup, workers: int, threads: int) -> None:
+        self.ray, self.setup, self.threads = ray, setup, threads
+        cpus = float(ray.cluster_resources().get("CPU", 0))
+        if cpus < threads:
+            raise AdaptforgeError(f"--threads-per-worker {threads}: the Ray cluster has {cpus:g} CPUs; ask for fewer")
+        self.limit = min(workers, int(cpus // threads))
+        if self.limit < workers:
+            log.warning("running at most %d Ray worker(s), not %d: the cluster has %g CPUs", self.limit, workers, cpus)
+        self.actors: dict[int, Any] = {}
+        self.made = 0
+        env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        self.remote = ray.remote(Worker).options(num_cpus=threads, runtime_env={"env_vars": env})
 
-    def _connect(self, ray: Any) -> bool:
-        """Join the session (already initialised, the given address, or a new local one); True when started here."""
-        p = self.params
-        assert isinstance(p, RayParams)
-        if ray.is_initialized():
-            return False
-        quiet = {"logging_level": logging.WARNING, "include_dashboard": False}
-        if p.address is None:
-            ray.init(num_cpus=p.workers * p.threads_per_worker, **quiet)
-            return True
-        probe(p.address, p.connect_timeout)
-        try:
-            ray.init(address=p.address, **quiet)
-        except (ConnectionError, RuntimeError, ValueError) as err:
-            raise AdaptforgeError(f"--ray-address {p.address!r}: could not join the Ray cluster ({err})") from None
-        return True
+    def _grow(self, jobs: int) -> None:
+        while len(self.actors) < min(self.limit, jobs) and self.made < self.limit:
+            self.actors[self.made] = self.remote.remote(self.setup, f"ray-worker-{self.made}")
+            self.made += 1
 
-    def run(self, setup: WorkerSetup, jobs: Sequence[Job], on_done: OnDone | None = None) -> list[JobOutcome]:
-        p = self.params
-        assert isinstance(p, RayParams)
-        if not jobs:
-            return []
-        ray = import_ray()
-        started = self._connect(ray)
-        actors: dict[int, Any] = {}
-        try:
-            cpus = float(ray.cluster_resources().get("CPU", 0))
-            if cpus < p.threads_per_worker:
-                raise AdaptforgeError(
-                    f"--threads-per-worker {p.threads_per_worker}: the Ray cluster has {cpus:g} CPUs; ask for fewer"
-                )
-            n = min(p.workers, len(jobs), int(cpus // p.threads_per_worker))
-            if n < p.workers:
-                log.warning("running %d Ray worker(s), not %d: %d jobs, %g cluster CPUs", n, p.workers, len(jobs), cpus)
-            remote = ray.remote(Worker)
-            env = {"OMP_NUM_THREADS": str(p.threads_per_worker), "MKL_NUM_THREADS": str(p.threads_per_worker)}
-            for i in range(n):
-                opts = remote.options(num_cpus=p.threads_per_worker, runtime_env={"env_vars": env})
-                actors[i] = opts.remote(replace(setup, threads=p.threads_per_worker), f"ray-worker-{i}")
-            return self._schedule(ray, actors, list(jobs), on_done)
-        finally:
-            for actor in actors.values():
-                ray.kill(actor)
-            if started:
-                ray.shutdown()
+    def close(self) -> None:
+        for actor in self.actors.values():
+            self.ray.kill(actor)
+        self.actors.clear()
 
-    @staticmethod
-    def _schedule(ray: Any, actors: dict[int, Any], jobs: list[Job], on_done: OnDone | None) -> list[JobOutcome]:
+    def run(self, jobs: Sequence[Job], on_done: OnDone | None = None) -> list[JobOutcome]:
+        ray, jobs = self.ray, list(jobs)
+        self._grow(len(jobs))
         queue = deque(range(len(jobs)))
         outcomes: dict[int, JobOutcome] = {}
         inflight: dict[Any, tuple[int, int]] = {}  # object ref -> (actor, job index)
@@ -139,9 +115,9 @@ class RayBackend(Backend):
         def submit(actor: int) -> None:
             if queue:
                 index = queue.popleft()
-                inflight[actors[actor].run.remote(jobs[index])] = (actor, index)
+                inflight[self.actors[actor].run.remote(jobs[index])] = (actor, index)
 
-        for actor in list(actors):
+        for actor in list(self.actors):
             submit(actor)
         while inflight:
             ready, _ = ray.wait(list(inflight), num_returns=1)
@@ -150,8 +126,8 @@ class RayBackend(Backend):
                 finish(index, ray.get(ready[0]))
             except ray.exceptions.RayActorError as err:  # the process died (killed, out of memory): its job fails
                 finish(index, JobOutcome(jobs[index].key, False, None, f"Ray worker died: {err}", 0.0, f"ray-{actor}"))
-                del actors[actor]
-                if not actors:
+                del self.actors[actor]
+                if not self.actors:
                     while queue:
                         i = queue.popleft()
                         finish(i, JobOutcome(jobs[i].key, False, None, "no Ray worker left to run it", 0.0, "ray"))
@@ -160,6 +136,46 @@ class RayBackend(Backend):
                 finish(index, JobOutcome(jobs[index].key, False, None, f"Ray error: {err}", 0.0, f"ray-{actor}"))
             submit(actor)
         return [outcomes[i] for i in range(len(jobs))]
+
+
+class RayBackend(Backend):
+    """Run the jobs on Ray actors (one backbone per actor), locally or on a cluster given by its address."""
+
+    name = "ray"
+    reference_url = "https://arxiv.org/abs/1712.05889"
+    params_type = RayParams
+
+    def _connect(self, ray: Any) -> bool:
+        """Join the session (already initialised, the given address, or a new local one); True when started here."""
+        p = self.params
+        assert isinstance(p, RayParams)
+        if p.address is not None:  # checked even inside a running session: a typo in the flag is never ignored
+            probe(p.address, p.connect_timeout)
+        if ray.is_initialized():
+            return False
+        quiet = {"logging_level": logging.WARNING, "include_dashboard": False}
+        if p.address is None:
+            ray.init(num_cpus=p.workers * p.threads_per_worker, **quiet)
+            return True
+        try:
+            ray.init(address=p.address, **quiet)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise AdaptforgeError(f"--ray-address {p.address!r}: could not join the Ray cluster ({err})") from None
+        return True
+
+    @contextmanager
+    def open(self, setup: WorkerSetup) -> Iterator[Pool]:
+        p = self.params
+        assert isinstance(p, RayParams)
+        ray = import_ray()
+        started = self._connect(ray)
+        pool = RayPool(ray, replace(setup, threads=p.threads_per_worker), p.workers, p.threads_per_worker)
+        try:
+            yield pool
+        finally:
+            pool.close()
+            if started:
+                ray.shutdown()
 
     def describe(self) -> str:
         p = self.params

@@ -17,10 +17,12 @@ import itertools
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 from adaptforge.backends import Backend, JobOutcome, Worker, WorkerSetup
+from adaptforge.backends.base import Pool
 from adaptforge.core import AdaptforgeError
 from adaptforge.library import AdapterRecord, Library
 from adaptforge.pipelines.sweep_spec import SweepSpec, SweepSpecError
@@ -362,53 +364,49 @@ def run_sweep(
         raise AdaptforgeError(f"{spec.source}: the grid expands to no cells")
     setup = WorkerSetup(model=spec.model, library=str(library.root))
     outcome = SweepOutcome(backend=backend.describe())
-    for stage in STAGES:
-        cells = stages[stage]
-        todo = [c for c in cells if not library.exists(c.name)]
-        by_key = {c.key: c for c in cells}
-        done_rows = {
-            c.key: CellRow(
-                stage, c.key, c.label, c.name, "skipped", c.split, recorded_accuracy(library, c.name, c.split)
-            )
-            for c in cells
-            if c not in todo
-        }
-        if notify is not None and cells:
-            notify(f"{stage}: {len(cells)} cell(s), {len(done_rows)} finished earlier, {len(todo)} to run")
-        for row in done_rows.values():
-            if on_cell is not None:
-                on_cell(row)
-        ran: dict[str, CellRow] = {}
-
-        def finished(result: JobOutcome, by_key: dict[str, Cell] = by_key, ran: dict[str, CellRow] = ran) -> None:
-            c = by_key[result.key]
-            accuracy = recorded_accuracy(library, c.name, c.split) if result.ok else None
-            status = "ran" if result.ok else "failed"
-            row = CellRow(
-                c.stage, c.key, c.label, c.name, status, c.split, accuracy, result.seconds, result.worker, result.error
-            )
-            ran[c.key] = row
-            if on_cell is not None:
-                on_cell(row)
-
-        if todo:
-            backend.run(setup, todo, finished)
-        outcome.rows += [done_rows.get(c.key) or ran[c.key] for c in cells]
+    pending = any(not library.exists(c.name) for cells in stages.values() for c in cells)
+    # One pool for all stages, so each worker loads the model once; none at all when every cell has landed.
+    with backend.open(setup) if pending else nullcontext() as pool:
+        for stage in STAGES:
+            outcome.rows += _run_stage(stage, stages[stage], library, pool, on_cell, notify)
     outcome.seconds = time.perf_counter() - start
     return outcome
 
 
-def sweep_from_file(
-    path: str,
+def _run_stage(
+    stage: str,
+    cells: Sequence[Cell],
     library: Library,
-    backend: Backend,
-    *,
-    on_cell: Callable[[CellRow], None] | None = None,
-    notify: Callable[[str], None] | None = None,
-) -> SweepOutcome:
-    """The spec file, checked, then :func:`run_sweep`."""
-    return run_sweep(SweepSpec.from_yaml(path), library, backend, on_cell=on_cell, notify=notify)
+    pool: Pool | None,
+    on_cell: Callable[[CellRow], None] | None,
+    notify: Callable[[str], None] | None,
+) -> list[CellRow]:
+    """One stage's cells: those already in the library are skipped (their recorded accuracy shown), the rest run."""
+    todo = [c for c in cells if not library.exists(c.name)]
+    by_key = {c.key: c for c in cells}
+    rows: dict[str, CellRow] = {}
+    for c in cells:
+        if c not in todo:
+            accuracy = recorded_accuracy(library, c.name, c.split)
+            rows[c.key] = CellRow(stage, c.key, c.label, c.name, "skipped", c.split, accuracy)
+    if notify is not None and cells:
+        notify(f"{stage}: {len(cells)} cell(s), {len(rows)} finished earlier, {len(todo)} to run")
+    if on_cell is not None:
+        for row in rows.values():
+            on_cell(row)
 
+    def finished(result: JobOutcome) -> None:
+        c = by_key[result.key]
+        accuracy = recorded_accuracy(library, c.name, c.split) if result.ok else None
+        status = "ran" if result.ok else "failed"
+        row = CellRow(
+            c.stage, c.key, c.label, c.name, status, c.split, accuracy, result.seconds, result.worker, result.error
+        )
+        rows[c.key] = row
+        if on_cell is not None:
+            on_cell(row)
 
-def count_cells(stages: Mapping[str, Sequence[Cell]]) -> int:
-    return sum(len(c) for c in stages.values())
+    if todo:
+        assert pool is not None
+        pool.run(todo, finished)
+    return [rows[c.key] for c in cells]

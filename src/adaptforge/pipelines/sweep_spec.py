@@ -245,11 +245,17 @@ class _Reader:
             if key in TRAIN_AXES.values() or key in TRAIN_AXES:
                 axis = next(k for k, f in TRAIN_AXES.items() if key in (k, f))
                 raise self.fail((*path, "options", str(key)), f"is a grid axis; set it as train.{axis} (a list)")
+        for key, name in TRAIN_AXES.items():  # each value on its own first, so the error points at its line
+            for i, value in enumerate(axes[name]):
+                try:
+                    TrainConfig.from_dict({name: value})
+                except AdaptforgeError as err:
+                    raise self.fail((*path, key, str(i)) if key in raw else path, str(err)) from None
         for combo in itertools.product(*axes.values()):
             try:
                 TrainConfig.from_dict({**options, **dict(zip(axes, combo, strict=True))})
             except AdaptforgeError as err:
-                raise self.fail(path, str(err)) from None
+                raise self.fail((*path, "options") if "options" in raw else path, str(err)) from None
         return TrainGrid(tasks, axes, dict(options), **self.eval_block(raw, path, "train"))
 
     def merge(self, raw: object) -> MergeGrid:
