@@ -20,14 +20,33 @@ from adaptforge.library import Library
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def test_help_imports_neither_ray_nor_torch_and_shows_runnable_examples():
+def sweep_help(monkeypatch) -> str:
+    monkeypatch.setenv("COLUMNS", "200")  # no wrapping inside the example lines
+    return run_cli("sweep", "--help").stdout
+
+
+def test_help_imports_neither_ray_nor_torch_and_shows_the_examples(monkeypatch):
     probe = "import sys, adaptforge.cli; sys.exit(1 if {'ray', 'torch'} & set(sys.modules) else 0)"
     assert subprocess.run([sys.executable, "-c", probe], check=False).returncode == 0
-    text = run_cli("sweep", "--help").stdout
+    text = sweep_help(monkeypatch)
     for flag in ("--library", "--backend", "--ray-address", "--workers", "--threads-per-worker", "--json"):
         assert flag in text
-    assert "adaptforge sweep grid.yaml --library lib --backend ray --workers 2" in text
+    assert "src/adaptforge/data/sweeps/example.yaml --library lib --backend ray --workers 2" in text
+    assert "--ray-address 10.0.0.5:6379 --workers 8" in text
     assert "--ray-address" in run_cli("eval", "--help").stdout
+
+
+@pytest.mark.slow
+def test_the_first_help_example_runs(tmp_path, monkeypatch):
+    text = sweep_help(monkeypatch)
+    shipped = Path(__file__).resolve().parents[2] / "src" / "adaptforge" / "data" / "sweeps" / "example.yaml"
+    assert "tasks: [../tasks/sst2, ../tasks/agnews]" in text and "tasks: [../tasks/sst2, ../tasks/agnews]" in (
+        shipped.read_text()
+    )
+    example = next(line.split() for line in text.splitlines() if line.strip().startswith("adaptforge sweep"))
+    assert example == ["adaptforge", "sweep", "src/adaptforge/data/sweeps/example.yaml", "--library", "lib"]
+    res = run_cli("sweep", shipped, "--library", tmp_path / "lib", "--json")
+    assert (json.loads(res.stdout)["ran"], len(Library(tmp_path / "lib"))) == (4, 4)
 
 
 def test_sweep_cli_table_json_and_a_failed_cell_exit_non_zero(tmp_path, trained_library):

@@ -23,26 +23,28 @@ from adaptforge.cli.app import (
 )
 from adaptforge.cli.render import console, notify, out, sweep_table
 
-EXAMPLES = """
-Examples (task folders relative to the spec file):
+# Typer renders the epilog with rich markup: "[" is escaped so the YAML lists print.
+EXAMPLES = r"""
+Examples (from the repository root; the spec ships with the package, its task folders relative to it):
 
-  cat > grid.yaml <<'YAML'
-  name: demo
+  adaptforge sweep src/adaptforge/data/sweeps/example.yaml --library lib
+  adaptforge sweep src/adaptforge/data/sweeps/example.yaml --library lib --backend ray --workers 2
+  adaptforge sweep grid.yaml --library /shared/lib --backend ray --ray-address 10.0.0.5:6379 --workers 8
+
+example.yaml (4 cells: tasks x seeds; one rank and epoch count, options fixed):
+
+  name: example
   train:
-    tasks: [tasks/sst2, tasks/agnews]
-    rank: [4, 8]
-    seeds: [0, 1]
-    epochs: [1]
-    options: {max_train: 128, batch_size: 16}
-    eval: {split: dev, limit: 64}
-  YAML
-  adaptforge sweep grid.yaml --library lib
-  adaptforge sweep grid.yaml --library lib --backend ray --workers 2
-  adaptforge sweep grid.yaml --library lib --backend ray --ray-address 10.0.0.5:6379 --workers 8 --threads-per-worker 4
+    tasks: \[../tasks/sst2, ../tasks/agnews]
+    rank: \[4]
+    seeds: \[0, 1]
+    epochs: \[1]
+    options: {max_train: 32, batch_size: 16, targets: \[query, value]}
+    eval: {split: dev, limit: 32}
 
-A sweep re-run after a crash skips the cells already in the library. Keys: train (tasks, rank, lr, seeds, epochs,
+A re-run after a crash skips the cells already in the library. Keys: train (tasks, rank, lr, seeds, epochs,
 options, eval), merge (merges, methods, params, data, eval), compose (tasks, k, seeds, methods, params, options,
-eval), name, model.
+eval), name, model; merge and compose grids are shown in adaptforge/pipelines/sweep_spec.py.
 """
 
 
