@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import MINILM_ATTENTION, library_copy, random_delta
+from conftest import MINILM_ATTENTION, library_copy, random_delta, task_dir
 
 from adaptforge.backends import BACKENDS
 from adaptforge.pipelines.sweep import SweepSpec, cell_key, run_sweep
@@ -28,10 +28,9 @@ def spec_error(folder: Path, text: str) -> str:
     return str(err.value)
 
 
-def test_spec_errors_name_the_key_its_line_and_what_was_expected(tmp_path, trained_library):
-    dirs = trained_library[1]
+def test_spec_errors_name_the_key_its_line_and_what_was_expected(tmp_path):
     spec = tmp_path / "grid.yaml"
-    sst2 = dirs["sst2"]
+    sst2 = task_dir("sst2")
     message = spec_error(tmp_path, f"name: x\ntrain:\n  tasks: [{sst2}]\n  seed: [0, 1]\n")
     assert message == (
         f"{spec} line 4: key 'train.seed': unknown key in 'train'; expected one of tasks, rank, lr, seeds, epochs, "
@@ -49,6 +48,8 @@ def test_spec_errors_name_the_key_its_line_and_what_was_expected(tmp_path, train
     assert message == f"{spec} line 3: key 'train.options.rank': is a grid axis; set it as train.rank (a list)"
     message = spec_error(tmp_path, f"train:\n  tasks: [{sst2}]\n  rank: [4, 0]\n")
     assert message == f"{spec} line 3: key 'train.rank.1': train config: 'rank' must be >= 1, got 0"
+    message = spec_error(tmp_path, f"train:\n  tasks: [{sst2}]\n  lr: [1e-3]\n")
+    assert message.endswith("got '1e-3' (YAML reads 1e-3 as text: write it with a dot, e.g. 0.001)")
     message = spec_error(tmp_path, f"train:\n  tasks: [{sst2}]\n  options:\n    batch_size: 0\n")
     assert message == f"{spec} line 3: key 'train.options': train config: 'batch_size' must be >= 1, got 0"
     message = spec_error(tmp_path, "merge:\n  merges: [[a, b]]\n  methods: [tie]\n")

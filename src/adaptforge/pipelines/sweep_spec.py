@@ -132,6 +132,14 @@ class SweepSpec:
         return _Reader(where, base_dir, {}).spec(raw)
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 class _Reader:
     """Walks the raw mapping; every error says where (file, key path, line) and what was expected."""
 
@@ -250,7 +258,10 @@ class _Reader:
                 try:
                     TrainConfig.from_dict({name: value})
                 except AdaptforgeError as err:
-                    raise self.fail((*path, key, str(i)) if key in raw else path, str(err)) from None
+                    hint = ""
+                    if isinstance(value, str) and _is_number(value):
+                        hint = f" (YAML reads {value} as text: write it with a dot, e.g. {float(value)!r})"
+                    raise self.fail((*path, key, str(i)) if key in raw else path, f"{err}{hint}") from None
         for combo in itertools.product(*axes.values()):
             try:
                 TrainConfig.from_dict({**options, **dict(zip(axes, combo, strict=True))})
