@@ -27,12 +27,15 @@ class ThreadsJob:
 
     key: str
     fail: bool = False
+    die: bool = False
 
     def execute(self, worker: Worker) -> dict:
         import os
 
         if self.fail:
             raise ValueError(f"boom in {self.key}")
+        if self.die:
+            os._exit(3)  # the worker process dies (as when killed or out of memory)
         return {"threads": worker.threads(), "omp": os.environ.get("OMP_NUM_THREADS")}
 
 
@@ -51,17 +54,18 @@ def free_port() -> int:
 
 
 def test_ray_workers_set_their_threads_and_a_failing_job_does_not_stop_the_others(by_value):
+    """One worker of two threads: a job that raises and one that kills its worker both come back as failed
+    outcomes; the jobs after them run (the dead worker is replaced)."""
     backend = BACKENDS.get("ray")({"workers": 1, "threads_per_worker": 2})
     seen = []
-    outcomes = backend.run(
-        WorkerSetup(model=None, library=None),
-        [ThreadsJob("a"), ThreadsJob("b", fail=True), ThreadsJob("c")],
-        seen.append,
-    )
-    assert [o.key for o in outcomes] == ["a", "b", "c"] and sorted(o.key for o in seen) == ["a", "b", "c"]
+    jobs = [ThreadsJob("a"), ThreadsJob("b", fail=True), ThreadsJob("c"), ThreadsJob("d", die=True), ThreadsJob("e")]
+    outcomes = backend.run(WorkerSetup(model=None, library=None), jobs, seen.append)
+    assert [o.key for o in outcomes] == list("abcde") and sorted(o.key for o in seen) == list("abcde")
     assert outcomes[0].ok and outcomes[0].payload == {"threads": 2, "omp": "2"} and outcomes[0].worker == "ray-worker-0"
     assert not outcomes[1].ok and outcomes[1].error.startswith("ValueError: boom in b (at test_backends.py:")
     assert outcomes[2].ok
+    assert not outcomes[3].ok and outcomes[3].error.startswith("Ray worker died: ")
+    assert outcomes[4].ok and outcomes[4].worker == "ray-worker-1" and outcomes[4].payload["threads"] == 2
 
 
 def test_an_address_that_does_not_answer_fails_fast_with_a_clear_error(ray_session, tmp_path, trained_library):

@@ -86,12 +86,13 @@ class RayPool:
         if self.limit < workers:
             log.warning("running at most %d Ray worker(s), not %d: the cluster has %g CPUs", self.limit, workers, cpus)
         self.actors: dict[int, Any] = {}
-        self.made = 0
+        self.made = 0  # actors ever made: names stay unique when one is replaced
         env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         self.remote = ray.remote(Worker).options(num_cpus=threads, runtime_env={"env_vars": env})
 
     def _grow(self, jobs: int) -> None:
-        while len(self.actors) < min(self.limit, jobs) and self.made < self.limit:
+        """Actors for ``jobs`` jobs, up to the limit (one that died in an earlier batch is replaced here)."""
+        while len(self.actors) < min(self.limit, jobs):
             self.actors[self.made] = self.remote.remote(self.setup, f"ray-worker-{self.made}")
             self.made += 1
 
@@ -112,29 +113,28 @@ class RayPool:
             if on_done is not None:
                 on_done(outcome)
 
-        def submit(actor: int) -> None:
-            if queue:
-                index = queue.popleft()
-                inflight[self.actors[actor].run.remote(jobs[index])] = (actor, index)
+        def fill() -> None:
+            """A job for every idle actor while jobs are queued."""
+            busy = {actor for actor, _ in inflight.values()}
+            for actor in [a for a in self.actors if a not in busy]:
+                if queue:
+                    index = queue.popleft()
+                    inflight[self.actors[actor].run.remote(jobs[index])] = (actor, index)
 
-        for actor in list(self.actors):
-            submit(actor)
+        fill()
         while inflight:
             ready, _ = ray.wait(list(inflight), num_returns=1)
             actor, index = inflight.pop(ready[0])
             try:
                 finish(index, ray.get(ready[0]))
-            except ray.exceptions.RayActorError as err:  # the process died (killed, out of memory): its job fails
-                finish(index, JobOutcome(jobs[index].key, False, None, f"Ray worker died: {err}", 0.0, f"ray-{actor}"))
+            except ray.exceptions.RayActorError as err:  # the process died (killed, out of memory): its job fails,
+                why = str(err).strip().splitlines()[0]  # and a new actor takes its place for the jobs still queued
+                finish(index, JobOutcome(jobs[index].key, False, None, f"Ray worker died: {why}", 0.0, f"ray-{actor}"))
                 del self.actors[actor]
-                if not self.actors:
-                    while queue:
-                        i = queue.popleft()
-                        finish(i, JobOutcome(jobs[i].key, False, None, "no Ray worker left to run it", 0.0, "ray"))
-                continue
+                self._grow(len(queue) + len(inflight))
             except ray.exceptions.RayError as err:
                 finish(index, JobOutcome(jobs[index].key, False, None, f"Ray error: {err}", 0.0, f"ray-{actor}"))
-            submit(actor)
+            fill()
         return [outcomes[i] for i in range(len(jobs))]
 
 
