@@ -102,6 +102,13 @@ merge:
   methods: [ties]
   params: {{ties: {{density: [0.5]}}}}
   eval: {{tasks: [{agnews}], split: dev, limit: 16}}
+compose:
+  tasks: [{subjectivity}]
+  k: [8]
+  methods: [lorahub]
+  params: {{lorahub: {{budget: [10]}}}}
+  options: {{candidates: 2}}
+  eval: {{split: dev, limit: 16}}
 """
 
 
@@ -134,11 +141,12 @@ def test_ray_and_local_train_sweeps_give_the_same_numbers(by_value, tmp_path, tr
 
 
 @pytest.mark.slow
-def test_ray_and_local_merge_and_eval_give_the_same_numbers(by_value, tmp_path, trained_library):
-    """Train and merge stages on one pool of actors, then ``eval --backend ray`` against ``eval`` in this process."""
+def test_ray_and_local_merge_compose_and_eval_give_the_same_numbers(by_value, tmp_path, trained_library):
+    """Train, merge and compose (LoraHub, seeded) stages on one pool of actors, then ``eval --backend ray``
+    against ``eval`` in this process."""
     runs = sweep_both_ways(tmp_path, trained_library, SPEC + MERGE)
     ray_lib = runs["ray"][0]
-    assert [r.stage for r in runs["ray"][1].rows] == ["train", "train", "merge"]
+    assert [r.stage for r in runs["ray"][1].rows] == ["train", "train", "merge", "compose"]
     sst2 = trained_library[1]["sst2"]
     args = ("eval", sst2, "--library", ray_lib.root, "--adapter", "sst2-a", "--zero-shot", "--split", "dev")
     here = json.loads(run_cli(*args, "--json").stdout)
