@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--max-train", type=int, default=128)
     ap.add_argument("--limit", type=int, default=64)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--runs", default="local-default,local-1,ray", help="which runs, in order")
+    ap.add_argument("--runs", default="local-default,ray,local-1", help="which runs, in order")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "sweep.json")
     args = ap.parse_args()
 
@@ -83,6 +83,11 @@ def main() -> None:
         acc = {c["cell"]: c["accuracy"] for c in summary["cells"]}
         results["runs"][name] = {"seconds": round(seconds, 1), "accuracy": acc, "failed": summary["failed"]}
         print(f"{name}: {seconds:.1f}s for {len(acc)} cells (load {uptime()})", flush=True)
+        summarise(results, args.out)  # after every run, so a cut-short benchmark keeps what it measured
+    print(json.dumps({k: v for k, v in results.items() if k != "runs"}, indent=1))
+
+
+def summarise(results: dict, out: Path) -> None:
     results["load_after"] = uptime()
     runs = results["runs"]
     if "ray" in runs:
@@ -92,9 +97,8 @@ def main() -> None:
         if "local-1" in runs:
             a, b = runs["local-1"]["accuracy"], runs["ray"]["accuracy"]
             results["same_accuracy_as_local_1"] = a == b
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1))
-    print(json.dumps({k: v for k, v in results.items() if k != "runs"}, indent=1))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
