@@ -19,7 +19,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adaptforge.backends import Backend, JobOutcome, Worker, WorkerSetup
 from adaptforge.backends.base import Pool
@@ -27,6 +27,9 @@ from adaptforge.core import AdaptforgeError
 from adaptforge.library import AdapterRecord, Library
 from adaptforge.pipelines.sweep_spec import SweepSpec, SweepSpecError
 from adaptforge.tasks import Task, load_task
+
+if TYPE_CHECKING:
+    from adaptforge.pipelines.merge import MergeRecipe
 
 KEY_LENGTH = 10  # hex digits of the cell hash kept in the adapter name (40 bits: no collision in any real sweep)
 STAGES = ("train", "merge", "compose")
@@ -80,7 +83,7 @@ class TrainCell:
 class MergeCell:
     """One merge recipe (adapters x method x params), evaluated on the merge stage's eval tasks."""
 
-    recipe: Any  # MergeRecipe
+    recipe: MergeRecipe
     eval_tasks: tuple[Task, ...]
     split: str
     limit: int | None
