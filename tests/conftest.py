@@ -232,3 +232,15 @@ def library_copy(trained, dest: Path):
 
     shutil.copytree(trained[0].root, dest)
     return Library(dest)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One real local Ray cluster (2 CPUs) for the whole test run, shut down at the end; skips without Ray."""
+    try:
+        import ray
+    except ImportError:
+        pytest.skip("ray is not installed (pip install 'adaptforge[ray]'); the CI installs it")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()

@@ -288,3 +288,18 @@ def tta_table(outcome: TtaOutcome) -> Table:
         notes.append(f"saved {outcome.record.name} ({outcome.record.id})")
     table.caption = "; ".join(notes)
     return table
+
+
+def sweep_table(rows: list[dict], title: str) -> Table:
+    """One row per sweep cell (``SweepOutcome.to_json()["cells"]``): stage, what it ran, status, accuracy."""
+    table = Table(title=title)
+    for col in ("stage", "cell", "adapter", "status", "accuracy", "seconds", "worker"):
+        table.add_column(col, justify="right" if col in ("accuracy", "seconds") else "left")
+    for r in rows:
+        acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.3f} ({r['split']})"
+        status = r["status"] if r["error"] is None else f"failed: {r['error']}"
+        style = "red" if r["status"] == "failed" else ("dim" if r["status"] == "skipped" else None)
+        table.add_row(
+            r["stage"], r["label"], r["adapter"], status, acc, f"{r['seconds']:.1f}", r["worker"], style=style
+        )
+    return table
