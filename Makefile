@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	# torch first and pinned: the local CPU wheel; nothing below may pull another torch.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,ray]'  # ray: the sweep/eval Ray backend's tests run in CI
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -47,6 +47,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from adaptforge.adapters import matches_target  # noqa: E402
 from adaptforge.backbone import Backbone  # noqa: E402
 from adaptforge.batching import pad  # noqa: E402
 from adaptforge.core import LoraDelta, LoraModule  # noqa: E402
@@ -74,7 +75,7 @@ def build_library(root: Path, backbone: Backbone, n: int, rank: int, seed: int) 
     shapes = {
         name: tuple(m.weight.shape)
         for name, m in backbone.model.named_modules()
-        if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in suffixes
+        if isinstance(m, torch.nn.Linear) and any(matches_target(name, t) for t in suffixes)
     }
     gen = torch.Generator().manual_seed(seed)
     for i in range(n):

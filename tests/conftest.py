@@ -176,6 +176,29 @@ def tiny_llama(tiny_llama_dir):
     return Backbone.load(str(tiny_llama_dir))
 
 
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory) -> Path:
+    """A randomly initialised GPT-2 (``Conv1D`` layers, weights stored in x out) saved as an HF folder."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    tok = _tiny_tokenizer(folder)
+    config = GPT2Config(
+        vocab_size=len(tok),
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        n_positions=512,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    return folder
+
+
 LIBRARY_TASKS = ("sst2", "subjectivity", "agnews")
 
 
@@ -209,3 +232,15 @@ def library_copy(trained, dest: Path):
 
     shutil.copytree(trained[0].root, dest)
     return Library(dest)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One real local Ray cluster (2 CPUs) for the whole test run, shut down at the end; skips without Ray."""
+    try:
+        import ray
+    except ImportError:
+        pytest.skip("ray is not installed (pip install 'adaptforge[ray]'); the CI installs it")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()

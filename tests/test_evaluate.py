@@ -269,3 +269,24 @@ def test_evaluate_with_a_delta_scores_the_changed_model_and_restores_the_weights
     for old, new in zip(before, weights_of(minilm.model), strict=True):
         assert torch.equal(old, new)
     assert evaluate(scorer, sst2, "test", limit=8) == zero_shot
+
+
+def test_perplexity_is_exp_of_the_token_mean_nll_whatever_the_batching(tiny_llama):
+    from adaptforge.evaluate import perplexity
+
+    texts = ["a short one", "a much longer text with many more tokens in it than the first", "mid length text"]
+    model, tok = tiny_llama.model, tiny_llama.tokenizer
+    total, count = 0.0, 0
+    for text in texts:  # one text alone, no padding: HF's own shifted loss is the mean NLL of its tokens
+        ids = torch.tensor([tok(text)["input_ids"]])
+        with torch.no_grad():
+            loss = float(model(input_ids=ids, labels=ids).loss)
+        total += loss * (ids.shape[1] - 1)
+        count += ids.shape[1] - 1
+    one = perplexity(model, tok, texts, batch_size=1)
+    batched = perplexity(model, tok, texts, batch_size=3)
+    assert one.tokens == batched.tokens == count and one.texts == 3
+    assert one.value == pytest.approx(math.exp(total / count), rel=1e-5)
+    assert batched.value == pytest.approx(one.value, rel=1e-5)  # right padding: positions as if alone
+    with pytest.raises(AdaptforgeError, match="none of the 1 texts has two tokens or more"):
+        perplexity(model, tok, [""])

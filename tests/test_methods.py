@@ -14,6 +14,7 @@ import pytest
 
 import adaptforge.compose  # noqa: F401  (registers the composers and the arrow router)
 import adaptforge.merge  # noqa: F401  (registers the merge methods and the entropy router)
+from adaptforge.backends import BACKENDS
 from adaptforge.compose import COMPOSERS
 from adaptforge.core import AdaptforgeError, Registry
 from adaptforge.merge import MERGE_METHODS
@@ -29,6 +30,7 @@ REGISTRIES: dict[str, Registry] = {
     "router": ROUTERS,
     "sampler": SAMPLERS,
     "tta": TTA_METHODS,
+    "backend": BACKENDS,
 }
 CASES = [(family, name) for family, registry in REGISTRIES.items() for name in registry.names()]
 

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from adaptforge.core import AdaptforgeError, LoraDelta, LoraModule
+from adaptforge.layers import is_lora_layer, layer_type, weight_view
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -75,8 +76,10 @@ class PeftLoraConfig:
         rslora = raw.get("use_rslora") or False
         if not isinstance(rslora, bool):
             raise bad("use_rslora", "true or false")
-        if raw.get("fan_in_fan_out"):
-            raise bad("fan_in_fan_out", "false (adaptforge reads nn.Linear LoRA layers, not transposed Conv1D ones)")
+        # fan_in_fan_out (GPT-2 Conv1D bases) only says the base weight is stored (in, out); the factors mean
+        # the same either way (A: r x in, B: out x r), and the layout is taken from the model (adaptforge.layers).
+        if not isinstance(raw.get("fan_in_fan_out", False), bool):
+            raise bad("fan_in_fan_out", "true or false")
         patterns: dict[str, dict[str, Any]] = {}
         for key, ok, expected in (
             ("rank_pattern", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "positive integers"),
@@ -217,7 +220,8 @@ def read_adapter(folder: str | Path) -> tuple[LoraDelta, dict[str, Any]]:
 
 
 def peft_config_for(delta: LoraDelta, base_model: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A PEFT LoraConfig dict that reproduces every module's rank and scale exactly."""
+    """A PEFT LoraConfig dict that reproduces every module's rank and scale exactly (``extra`` sets
+    ``fan_in_fan_out`` for a GPT-2-style base, see :func:`adaptforge.layers.mostly_transposed`)."""
     ranks = {name: m.rank for name, m in delta.modules.items()}
     scales = {name: float(m.scale) for name, m in delta.modules.items()}
     r = max(set(ranks.values()), key=list(ranks.values()).count)
@@ -269,10 +273,14 @@ def check_compatible(delta: LoraDelta, model: torch.nn.Module, what: str = "adap
         module = named.get(name)
         if module is None:
             raise IncompatibleAdapterError(f"{what}: target module {name!r} does not exist in the base model")
-        weight = getattr(module, "weight", None)
-        if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
-            raise IncompatibleAdapterError(f"{what}: target module {name!r} is not a linear layer in the base model")
+        if not is_lora_layer(module):
+            raise IncompatibleAdapterError(
+                f"{what}: target module {name!r} is a {layer_type(module)} in the base model; "
+                "LoRA targets nn.Linear or GPT-2's Conv1D layers"
+            )
+        weight = weight_view(module)
         if tuple(weight.shape) != m.shape:
             raise IncompatibleAdapterError(
                 f"{what}: module {name!r} has delta shape {m.shape} but the base weight is {tuple(weight.shape)}"
+                " (out, in)"
             )

@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,17 +21,25 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokeni
 
 from adaptforge.adapters import check_compatible
 from adaptforge.core import AdaptforgeError, LoraDelta
+from adaptforge.layers import lora_layers, weight_view
+from adaptforge.packed import packed_only, read_packed
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 Kind = Literal["encoder", "causal"]
 
-# LoRA targets that work well per architecture family; anything else falls back to all linear layers
-# inside the transformer blocks (see `default_targets`). Only nn.Linear is supported (not GPT-2 Conv1D).
+# LoRA targets that work well per architecture family; anything else falls back to every LoRA-able layer
+# (nn.Linear or GPT-2's Conv1D, adaptforge.layers) outside heads and poolers (see `default_targets`). Targets
+# are matched as PEFT does (a module path or its last dotted parts). BERT-style encoders: attention and
+# feed-forward projections but not the pooler's "dense", which the mean-pooling scorer never runs (a bare
+# "dense" would match "pooler.dense"; adapters trained before this change have it and still load).
+# GPT-2: the attention projections, like LLaMA's q/k/v/o.
+_BERT_TARGETS = ("query", "key", "value", "output.dense", "intermediate.dense")
 _TARGETS_BY_MODEL_TYPE = {
-    "bert": ("query", "key", "value", "dense"),
-    "roberta": ("query", "key", "value", "dense"),
+    "bert": _BERT_TARGETS,
+    "roberta": _BERT_TARGETS,
+    "gpt2": ("c_attn", "attn.c_proj"),
     "llama": ("q_proj", "k_proj", "v_proj", "o_proj"),
     "mistral": ("q_proj", "k_proj", "v_proj", "o_proj"),
     "qwen2": ("q_proj", "k_proj", "v_proj", "o_proj"),
@@ -136,9 +144,12 @@ class Backbone:
         kind = kind or model_kind(config)
         auto = AutoModelForCausalLM if kind == "causal" else AutoModel
         try:
-            # safetensors only: a pickled checkpoint (pytorch_model.bin) can run code when loaded.
-            model = auto.from_pretrained(path, dtype=dtype, local_files_only=local, use_safetensors=True)
-        except (OSError, ValueError) as err:
+            if local and packed_only(Path(path)):  # `adaptforge prune --compact`'s form without the HF weights
+                model = auto.from_config(config, dtype=dtype)
+                model.load_state_dict(read_packed(path), strict=True)
+            else:  # safetensors only: a pickled checkpoint (pytorch_model.bin) can run code when loaded.
+                model = auto.from_pretrained(path, dtype=dtype, local_files_only=local, use_safetensors=True)
+        except (OSError, ValueError, RuntimeError) as err:
             raise BackboneError(f"cannot load model weights from {path!r}: {err}") from None
         model.eval()
         model.requires_grad_(False)
@@ -165,18 +176,25 @@ class Backbone:
         known = _TARGETS_BY_MODEL_TYPE.get(self.model_type)
         if known:
             return known
-        names = {n.rsplit(".", 1)[-1] for n, m in self.model.named_modules() if isinstance(m, torch.nn.Linear)}
-        names -= {"lm_head", "score", "classifier", "pooler"}
+        heads = {"lm_head", "score", "classifier", "pooler"}
+        names = {n.rsplit(".", 1)[-1] for n in lora_layers(self.model) if not heads & set(n.split("."))}
         if not names:
-            raise BackboneError(f"{self.name}: found no linear layers to put LoRA on; pass targets explicitly")
+            raise BackboneError(
+                f"{self.name}: found no linear layers (nn.Linear or GPT-2 Conv1D) to put LoRA on; "
+                "pass targets explicitly"
+            )
         return tuple(sorted(names))
 
     @contextlib.contextmanager
-    def applied(self, delta: LoraDelta | None, weight: float = 1.0) -> Iterator[PreTrainedModel]:
+    def applied(
+        self, delta: LoraDelta | None, weight: float = 1.0, keep_zeros: Collection[str] = ()
+    ) -> Iterator[PreTrainedModel]:
         """Temporarily add ``weight * dW`` of every module to the base weights (exact restore after).
 
         Merging into the weights makes inference cost the same as the base model's; the original
-        tensors are kept and put back, so no rounding error accumulates over many adapters.
+        tensors are kept and put back, so no rounding error accumulates over many adapters. In the modules
+        named in ``keep_zeros`` the base's zero weights stay zero (``dW`` is masked): how an adapter is folded
+        into a pruned base without losing its sparsity.
         """
         if delta is None or len(delta) == 0:
             yield self.model
@@ -187,9 +205,10 @@ class Backbone:
         try:
             with torch.no_grad():
                 for name in delta:
-                    w = named[name].weight
-                    saved[name] = w.detach().clone()
-                    w.add_((weight * delta.dense(name)).to(w.dtype))
+                    saved[name] = named[name].weight.detach().clone()
+                    w = weight_view(named[name])  # (out, in) whatever the layer's storage layout
+                    dw = (weight * delta.dense(name)).to(w.dtype)
+                    w.add_(dw * (w != 0) if name in keep_zeros else dw)
             yield self.model
         finally:
             with torch.no_grad():

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from adaptforge.batching import batch_order, make_batch
+from adaptforge.batching import batch_order, make_batch, pad
 from adaptforge.core import AdaptforgeError, LoraDelta
 from adaptforge.lora.hooks import eval_mode
 from adaptforge.scorers import Scorer
@@ -69,6 +69,47 @@ class EvalResult:
     def metric_values(self) -> dict[str, float]:
         """The metrics recorded in the catalog for this cell."""
         return {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "loss": self.loss}
+
+
+@dataclass(frozen=True)
+class Perplexity:
+    """Token-weighted perplexity of a causal LM on some texts: ``exp`` of the mean next-token NLL."""
+
+    value: float
+    nll: float  # mean negative log-likelihood per predicted token (nats)
+    tokens: int  # predicted tokens (each text's first token is context only)
+    texts: int
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def perplexity(
+    model: torch.nn.Module, tokenizer: object, texts: Sequence[str], max_length: int = 128, batch_size: int = 8
+) -> Perplexity:
+    """Perplexity of a causal LM on raw ``texts`` (each truncated to ``max_length`` tokens, one window each).
+
+    Token-weighted like lm-evaluation-harness's ``token_perplexity``: every predicted token counts once,
+    whatever text it is in. Batches are right-padded, so each text's tokens sit at the positions they have
+    alone (causal attention never reaches the padding after them) and the value does not depend on batching.
+    """
+    ids = [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
+    ids = [x for x in ids if len(x) >= 2]
+    if not ids:
+        raise AdaptforgeError(f"perplexity: none of the {len(texts)} texts has two tokens or more")
+    pad_id = getattr(tokenizer, "pad_token_id", None) or 0
+    total, count = 0.0, 0
+    with eval_mode(model):
+        for index in batch_order([len(x) for x in ids], batch_size, shuffle=False):
+            input_ids, mask = pad([ids[i] for i in index], pad_id, left=False)
+            logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
+            target, keep = input_ids[:, 1:], mask[:, 1:].bool()
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+            total += float(nll[keep].double().sum())
+            count += int(keep.sum())
+    mean = total / count
+    return Perplexity(float(np.exp(mean)), mean, count, len(ids))
 
 
 @torch.no_grad()

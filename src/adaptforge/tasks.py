@@ -633,11 +633,13 @@ def load_task(
     """Load one task from a task folder, a Super-NaturalInstructions ``*.json`` or a ``*.csv``.
 
     ``text_col``/``label_col`` name the record fields (task folder) or columns (CSV); SNI files always use
-    ``input``/``output``. ``name``, ``description`` and ``labels`` override what the file says (for a CSV,
-    which has no description, it comes from a side file ``<name>.description.txt`` when there is one, else
-    ``""``; for SNI and CSV the name defaults to the file stem and the labels to the sorted distinct labels
-    found). ``seed`` fixes the 80/10/10 split of single-file formats that
-    carry no split of their own. A path to a ``task.json`` loads its folder.
+    ``input``/``output``. ``name``, ``description`` and ``labels`` override what the file says: a given
+    ``description`` wins over a folder's ``task.json``, an SNI ``Definition`` and a CSV's side file (a CSV has
+    no room for one: without the argument it comes from ``<name>.description.txt`` when there is one, else
+    ``""``); it is part of the task's fingerprint, so results under another instruction are kept apart. For SNI
+    and CSV the name defaults to the file stem and the labels to the sorted distinct labels found. ``seed``
+    fixes the 80/10/10 split of single-file formats that carry no split of their own. A path to a
+    ``task.json`` loads its folder.
     """
     path = Path(path)
     label_tuple = _check_labels_arg(labels)
@@ -661,14 +663,17 @@ def load_task(
     )
 
 
-def load_tasks(paths: Sequence[str | Path], *, text_col: str = "text", label_col: str = "label") -> list[Task]:
-    """Load several tasks (same column names for all); names must be unique because results are keyed by name."""
+def load_tasks(
+    paths: Sequence[str | Path], *, text_col: str = "text", label_col: str = "label", description: str | None = None
+) -> list[Task]:
+    """Load several tasks (same column names and, when given, ``description`` for all); names must be unique
+    because results are keyed by name."""
     if isinstance(paths, (str, Path)):
         raise TaskFormatError(f"load_tasks expects a list of paths, got the single path {str(paths)!r}")
     tasks: list[Task] = []
     seen: dict[str, Path | None] = {}
     for p in paths:
-        task = load_task(p, text_col=text_col, label_col=label_col)
+        task = load_task(p, text_col=text_col, label_col=label_col, description=description)
         if task.name in seen:
             raise TaskFormatError(
                 f"two tasks are named {task.name!r}: {seen[task.name]} and {task.path}; task names must be unique"

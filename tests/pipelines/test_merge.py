@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import LIBRARY_TASKS, library_copy
+from conftest import LIBRARY_TASKS, library_copy, small_task
 from conftest import run_cli as run
 
 from adaptforge.core import LoraDelta, LoraModule
@@ -352,3 +352,52 @@ def test_a_lossy_refactoring_is_reported_with_its_unit_and_a_warning(lib):
     assert "warning: re-factoring to rank 1 loses up to" in got.output and "--dense-out" in got.output
     exact = run("merge", "sst2-a", "subjectivity-a", "--library", lib.root, "--out", "exact")
     assert "exact (rank concatenation)" in exact.output and "warning" not in exact.output
+
+
+def test_dense_out_on_a_pruned_base_keeps_its_zeros_unless_asked(tiny_llama, tmp_path):
+    """Folding an adapter into a Wanda/magnitude-pruned base: the zeros stay zero by default, and the report
+    says how much sparsity a plain W + dW would have lost (a dense dW fills nearly every zero)."""
+    from conftest import random_delta
+
+    from adaptforge.adapters import write_adapter
+    from adaptforge.backbone import Backbone
+    from adaptforge.layers import weight_view
+    from adaptforge.pipelines.prune import prune_model
+
+    pruned_dir = tmp_path / "pruned"
+    prune_model("magnitude", small_task("sst2", n_train=8, n_test=8), pruned_dir, backbone=tiny_llama, limit=4)
+    pruned = Backbone.load(str(pruned_dir))
+    shapes = {
+        f"model.layers.{i}.self_attn.{m}": tuple(
+            pruned.model.get_submodule(f"model.layers.{i}.self_attn.{m}").weight.shape
+        )
+        for i in range(2)
+        for m in ("q_proj", "k_proj", "v_proj", "o_proj")
+    }
+    lib = tmp_path / "lib"
+    for name, seed in (("a", 0), ("b", 1)):
+        write_adapter(random_delta(shapes, rank=2, std=0.1, seed=seed), tmp_path / name, str(pruned_dir))
+        run("library", "import", tmp_path / name, "--library", lib, "--name", name, "--model", pruned_dir)
+    merge = ["merge", "a", "b", "--library", lib, "--model", pruned_dir, "--json"]
+    kept = run(*merge, "--out", "m", "--dense-out", tmp_path / "kept")
+    plain = run(*merge, "--out", "p", "--dense-out", tmp_path / "plain", "--no-keep-mask")
+    report = json.loads(kept.stdout)["dense_mask"]
+    assert report["layers"] == 8 and report["kept"] is True
+    assert report["base_sparsity"] == pytest.approx(0.5, abs=0.01) and report["sparsity"] == report["base_sparsity"]
+    assert report["plain_sparsity"] < 0.01
+    said = " ".join(kept.output.split())
+    assert (
+        f"kept the pruned base's zeros in 8 adapted layers: sparsity {report['sparsity']:.3f} "
+        f"(plain merging would have left {report['plain_sparsity']:.3f}; --no-keep-mask to merge plainly)"
+    ) in said
+    plain_report = json.loads(plain.stdout)["dense_mask"]
+    assert plain_report["kept"] is False and plain_report["sparsity"] == report["plain_sparsity"]
+    merged = Backbone.load(str(tmp_path / "kept"))
+    plain_model = Backbone.load(str(tmp_path / "plain"))
+    for name in shapes:
+        base = weight_view(pruned.model.get_submodule(name))
+        ours = weight_view(merged.model.get_submodule(name))
+        assert torch.equal(ours == 0, base == 0), name  # exactly the base's zeros, no more, no fewer
+        other = weight_view(plain_model.model.get_submodule(name))
+        torch.testing.assert_close(ours, other * (base != 0), rtol=0, atol=0)  # elsewhere the same W + dW
+    assert yaml.safe_load((tmp_path / "kept" / "merge_recipe.yaml").read_text())["dense_mask"] == report

@@ -110,3 +110,50 @@ def test_an_existing_output_folder_is_never_overwritten(tiny_llama, tmp_path):
     with pytest.raises(AdaptforgeError, match="exists and is not an empty folder"):
         prune_model("magnitude", small_task("sst2", n_train=8, n_test=8), out, backbone=tiny_llama)
     assert [p.name for p in out.iterdir()] == ["keep.txt"] and not (out / RECORD_FILE).exists()
+
+
+def test_a_causal_lm_reports_held_out_perplexity_before_and_after(tiny_llama, tiny_llama_dir, tasks, tmp_path):
+    """General = the shipped open-domain texts calibration did not read; domain = the evaluated split."""
+    from adaptforge.evaluate import perplexity
+    from adaptforge.prune.calibration import CalibrationText, shipped_general_path
+    from adaptforge.tasks import load_task, read_texts
+
+    out = tmp_path / "pruned"
+    args = ["prune", "--method", "wanda", "--sparsity", "0.5", "--domain", tasks["sst2"], "--model", tiny_llama_dir]
+    got = json.loads(run_cli(*args, "--calibration-size", "16", "--limit", "8", "--out", out, "--json").stdout)
+    ppl = got["perplexity"]
+    assert set(ppl) == {"general", "domain"}
+    assert ppl["domain"]["source"] == "task sst2 (dev, n=8)" and ppl["general"]["n"] == 8
+    pruned = Backbone.load(str(out))
+    general = read_texts(shipped_general_path())[:: 256 // 8][:8]  # wanda calibrates on domain text only
+    assert ppl["general"]["sha256"] == CalibrationText(tuple(general), "").sha256
+    domain = [e.text for e in load_task(tasks["sst2"]).sample("dev", 8, seed=0)]
+    for key, texts in (("general", general), ("domain", domain)):
+        dense_value = perplexity(tiny_llama.model, tiny_llama.tokenizer, texts).value
+        pruned_value = perplexity(pruned.model, pruned.tokenizer, texts).value
+        assert ppl[key]["dense"]["value"] == pytest.approx(dense_value, rel=1e-6), key
+        assert ppl[key]["pruned"]["value"] == pytest.approx(pruned_value, rel=1e-6), key
+        assert ppl[key]["ratio"] == pytest.approx(pruned_value / dense_value, rel=1e-6)
+        assert ppl[key]["pruned"]["value"] != ppl[key]["dense"]["value"]
+    shown = " ".join(
+        run_cli(*args, "--calibration-size", "16", "--limit", "8", "--out", tmp_path / "again").stdout.split()
+    )
+    assert (
+        f"general perplexity {ppl['general']['dense']['value']:.2f} -> {ppl['general']['pruned']['value']:.2f}" in shown
+    )
+
+
+def test_an_encoder_prune_reports_no_perplexity(minilm, tasks, tmp_path):
+    outcome = prune_model(
+        "magnitude", small_task("sst2", n_train=8, n_test=8), tmp_path / "p", backbone=minilm, limit=4
+    )
+    assert outcome.perplexity == {} and outcome.to_json()["perplexity"] == {}
+
+
+def test_held_out_general_text_never_holds_a_calibration_text():
+    from adaptforge.prune.calibration import held_out_general, read_general
+
+    used = read_general([], 128, 0)
+    held = held_out_general(used, 64)
+    assert held is not None and len(held.texts) == 64 and not set(held.texts) & set(used.texts)
+    assert held_out_general(read_general([], 256, 0), 64) is None  # calibration read all of it

@@ -2,7 +2,21 @@
 (:mod:`adaptforge.pipelines`) and rendering the result (:mod:`adaptforge.cli.render`); no work is done here.
 The shared Typer apps and options are in :mod:`adaptforge.cli.app`."""
 
-from adaptforge.cli import compose, demo, evaluate, generate, library, merge, predict, prune, report, serve, train, tta  # noqa: F401 - registers verbs
+from adaptforge.cli import (  # noqa: F401 - registers verbs
+    compose,
+    demo,
+    evaluate,
+    generate,
+    library,
+    merge,
+    predict,
+    prune,
+    report,
+    serve,
+    sweep,
+    train,
+    tta,
+)
 from adaptforge.cli.app import app
 
 __all__ = ["app"]

@@ -9,7 +9,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network behind the user's back
 # Hugging Face's own bars ("Loading weights", "Writing model shards") on every command are noise next to ours;
@@ -23,6 +23,9 @@ from adaptforge.cli.render import (  # noqa: E402
     console,
 )
 from adaptforge.errors import AdaptforgeError  # noqa: E402
+
+if TYPE_CHECKING:  # importing the backends loads torch; --help must not
+    from adaptforge.backends import Backend
 
 app = typer.Typer(help="Adapt one foundation model to many tasks and manage the adapters.", no_args_is_help=True)
 library_app = typer.Typer(help="List, show, import, export and remove adapters.", no_args_is_help=True)
@@ -39,7 +42,29 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output o
 TextColOpt = Annotated[str, typer.Option("--text-col", help="Field (task folder) or column (CSV) holding the text.")]
 LabelColOpt = Annotated[str, typer.Option("--label-col", help="Field (task folder) or column (CSV) holding the label.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an adapter of the same name.", metavar="")]
+_DESCRIPTION_HELP = (
+    "Instruction of {}; wins over its task.json description and a CSV's <name>.description.txt (one task only)."
+)
+DescriptionOpt = Annotated[str | None, typer.Option("--description", help=_DESCRIPTION_HELP.format("the task"))]
+EvalDescriptionOpt = Annotated[
+    str | None, typer.Option("--description", help=_DESCRIPTION_HELP.format("the --eval task"))
+]
+DomainDescriptionOpt = Annotated[
+    str | None, typer.Option("--description", help=_DESCRIPTION_HELP.format("the --domain task"))
+]
 LimitOpt = Annotated[int | None, typer.Option(min=1, help="Evaluate at most this many examples per task.")]
+# Where sweep and eval cells run (adaptforge.backends); the Ray flags only with --backend ray.
+BackendOpt = Annotated[str, typer.Option("--backend", help="Where cells run: local (this process) or ray.")]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address", help="Ray cluster to join (host:port, ray://host:port, auto); default: start one here."
+    ),
+]
+WorkersOpt = Annotated[int | None, typer.Option("--workers", min=1, help="Ray actors (each loads the model once).")]
+ThreadsOpt = Annotated[
+    int | None, typer.Option("--threads-per-worker", min=1, help="torch threads per worker (ray) or in this process.")
+]
 
 
 def _fail(err: Exception) -> None:
@@ -52,6 +77,26 @@ def required(value: T | None, flag: str) -> T:
     if value is None:
         raise AdaptforgeError(f"{flag} is required")
     return value
+
+
+def one_description(description: str | None, tasks: int, what: str = "TASK") -> str | None:
+    """``--description`` checked: it is one task's instruction (``what`` names the argument it applies to), so
+    it is refused for several tasks (each CSV can carry its own side file), without a task, and when blank;
+    returned stripped (``None``: the tasks' own)."""
+    if description is None:
+        return None
+    if not description.strip():
+        raise AdaptforgeError(
+            "--description is empty; give the task's instruction, or leave it out to use the task's own"
+        )
+    if tasks == 0:
+        raise AdaptforgeError(f"--description is the instruction of {what}, and no {what} was given")
+    if tasks > 1:
+        raise AdaptforgeError(
+            f"--description sets one task's instruction but {tasks} tasks were given ({what}); "
+            "for several CSV tasks put a <name>.description.txt beside each file"
+        )
+    return description.strip()
 
 
 @contextmanager
@@ -83,6 +128,24 @@ def parse_options(pairs: list[str]) -> dict[str, object]:
         except json.JSONDecodeError:
             options[key.strip()] = value
     return options
+
+
+def backend_from_flags(backend: str, address: str | None, workers: int | None, threads: int | None) -> Backend:
+    """The registered backend with its typed params from the flags; a flag the backend does not take is an error."""
+    from adaptforge.backends import BACKENDS
+
+    cls = BACKENDS.get(backend)
+    if backend == "local":
+        extra = [f for f, v in (("--ray-address", address), ("--workers", workers)) if v is not None]
+        if extra:
+            raise AdaptforgeError(f"{', '.join(extra)}: only with --backend ray")
+        return cls({"threads": threads})
+    params: dict[str, Any] = {"address": address}
+    if workers is not None:
+        params["workers"] = workers
+    if threads is not None:
+        params["threads_per_worker"] = threads
+    return cls(params)
 
 
 @contextmanager

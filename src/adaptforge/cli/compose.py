@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from adaptforge.cli.app import (
+    DescriptionOpt,
     JsonOpt,
     LabelColOpt,
     LimitOpt,
@@ -16,6 +17,7 @@ from adaptforge.cli.app import (
     TextColOpt,
     app,
     cli_errors,
+    one_description,
     parse_options,
     required,
 )
@@ -46,6 +48,7 @@ def compose_cmd(
     limit: LimitOpt = None,
     text_col: TextColOpt = "text",
     label_col: LabelColOpt = "label",
+    description: DescriptionOpt = None,
     overwrite: OverwriteOpt = False,
     list_methods: Annotated[bool, typer.Option("--list", help="List compose methods and exit.", metavar="")] = False,
     as_json: JsonOpt = False,
@@ -65,7 +68,7 @@ def compose_cmd(
             required(library, "--library"),
             required(out_name, "--out"),
         )
-        task = load_task(task_dir, text_col=text_col, label_col=label_col)
+        task = load_task(task_dir, text_col=text_col, label_col=label_col, description=one_description(description, 1))
         lib = Library(library, create=False)
         outcome = compose_into_library(
             task,

@@ -10,13 +10,20 @@ import typer
 from rich.text import Text
 
 from adaptforge.cli.app import (
+    BackendOpt,
+    DescriptionOpt,
     JsonOpt,
     LabelColOpt,
     LimitOpt,
     ModelOpt,
+    RayAddressOpt,
     TextColOpt,
+    ThreadsOpt,
+    WorkersOpt,
     app,
+    backend_from_flags,
     cli_errors,
+    one_description,
 )
 from adaptforge.cli.render import (
     console,
@@ -43,17 +50,30 @@ def eval_cmd(
     model: ModelOpt = None,
     text_col: TextColOpt = "text",
     label_col: LabelColOpt = "label",
+    description: DescriptionOpt = None,
     as_json: JsonOpt = False,
+    backend: BackendOpt = "local",
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = None,
+    threads_per_worker: ThreadsOpt = None,
 ) -> None:
-    """Evaluate adapters and/or zero-shot on tasks: accuracy and macro-F1 per cell."""
+    """Evaluate adapters and/or zero-shot on tasks: accuracy and macro-F1 per cell.
+
+    With --backend ray the cells run as Ray tasks on actors that each load the base model once (the same numbers
+    as in this process); the driver records the results in the library.
+    """
     from adaptforge.evaluate import check_request
     from adaptforge.library import Library
     from adaptforge.pipelines.evaluate import evaluate_adapters
     from adaptforge.tasks import load_tasks
 
     with cli_errors():
-        tasks = load_tasks(task_dirs, text_col=text_col, label_col=label_col)
+        text = one_description(description, len(task_dirs), "TASK_DIRS")
+        tasks = load_tasks(task_dirs, text_col=text_col, label_col=label_col, description=text)
         check_request(tasks, split, limit)
+        runner = None
+        if backend != "local" or ray_address is not None or workers is not None or threads_per_worker is not None:
+            runner = backend_from_flags(backend, ray_address, workers, threads_per_worker)
         lib = Library(library, create=False) if library else None
         names = list(adapter or [])
         if all_adapters:
@@ -71,7 +91,15 @@ def eval_cmd(
                 bar.update(0, advance=1, info=f"{name or 'zero-shot'} on {task}")
 
             grid = evaluate_adapters(
-                tasks, lib, names, zero_shot=zero_shot, model=model, split=split, limit=limit, on_cell=cell
+                tasks,
+                lib,
+                names,
+                zero_shot=zero_shot,
+                model=model,
+                split=split,
+                limit=limit,
+                on_cell=cell,
+                backend=runner,
             )
     results = grid.results
     for line in grid.skipped:

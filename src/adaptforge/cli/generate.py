@@ -17,6 +17,7 @@ from adaptforge.cli.app import (
     TextColOpt,
     app,
     cli_errors,
+    one_description,
 )
 from adaptforge.cli.render import (
     notify,
@@ -29,7 +30,9 @@ from adaptforge.errors import AdaptforgeError
 def generate_cmd(
     library: LibraryOpt,
     out_name: Annotated[str, typer.Option("--out", "-o", help="Name of the generated adapter.")],
-    description: Annotated[str, typer.Option(help="The new task's description (instruction).")],
+    description: Annotated[
+        str, typer.Option(help="The new task's description (instruction); also the --eval task's, over its own.")
+    ],
     labels: Annotated[str, typer.Option(help="Comma-separated label strings, in order.")],
     task_name: Annotated[str | None, typer.Option("--task", help="Task name recorded (default: --out).")] = None,
     seed: Annotated[int | None, typer.Option(help="Sample the generator with this seed (default: its mean).")] = None,
@@ -60,7 +63,11 @@ def generate_cmd(
             task_name=task_name,
             seed=seed,
             model=model,
-            eval_task=load_task(eval_dir, text_col=text_col, label_col=label_col) if eval_dir is not None else None,
+            eval_task=load_task(
+                eval_dir, text_col=text_col, label_col=label_col, description=one_description(description, 1)
+            )
+            if eval_dir is not None
+            else None,
             eval_split=split,
             limit=limit,
             overwrite=overwrite,

@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from adaptforge.cli.app import (
+    DescriptionOpt,
     JsonOpt,
     LibraryOpt,
     ModelOpt,
@@ -18,6 +19,7 @@ from adaptforge.cli.app import (
     cli_errors,
     library_app,
     library_folder,
+    one_description,
 )
 from adaptforge.cli.render import (
     adapter_summary,
@@ -159,6 +161,7 @@ def library_import(
     name: Annotated[str, typer.Option("--name")],
     model: ModelOpt = None,
     task_dir: Annotated[Path | None, typer.Option("--task", help="Task the adapter was trained for.")] = None,
+    description: DescriptionOpt = None,
     overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -170,7 +173,8 @@ def library_import(
 
     with cli_errors(), library_folder(library):
         validate_name(name)
-        task = load_task(task_dir) if task_dir else None
+        text = one_description(description, 1 if task_dir else 0, "--task TASK")
+        task = load_task(task_dir, description=text) if task_dir else None
         rec = import_peft_folder(folder, Backbone.load(model), Library(library), name, task, overwrite=overwrite)
     if as_json:
         out.print_json(json.dumps(rec.to_json()))

@@ -10,6 +10,7 @@ import typer
 from rich.text import Text
 
 from adaptforge.cli.app import (
+    EvalDescriptionOpt,
     JsonOpt,
     LabelColOpt,
     LimitOpt,
@@ -18,6 +19,7 @@ from adaptforge.cli.app import (
     TextColOpt,
     app,
     cli_errors,
+    one_description,
     parse_options,
 )
 from adaptforge.cli.render import (
@@ -59,9 +61,18 @@ def merge_cmd(
     limit: LimitOpt = None,
     text_col: TextColOpt = "text",
     label_col: LabelColOpt = "label",
+    description: EvalDescriptionOpt = None,
     dense_out: Annotated[
         Path | None, typer.Option("--dense-out", help="Also write base + merged delta as a full HF model here.")
     ] = None,
+    keep_mask: Annotated[
+        bool,
+        typer.Option(
+            "--keep-mask/--no-keep-mask",
+            metavar="",
+            help="--dense-out on a base adaptforge pruned: its zero weights stay zero (default), or merge plainly.",
+        ),
+    ] = True,
     overwrite: OverwriteOpt = False,
     list_methods: Annotated[bool, typer.Option("--list", help="List merge methods and exit.", metavar="")] = False,
     as_json: JsonOpt = False,
@@ -103,10 +114,13 @@ def merge_cmd(
                 data=data or [],
                 retain=retain or [],
             )
+        text = one_description(description, len(eval_dirs or []), "--eval TASK")
         if library is None:
             raise AdaptforgeError("--library LIB is required: the library holding the adapters")
         lib = Library(library, create=False)
-        eval_tasks = load_tasks(eval_dirs, text_col=text_col, label_col=label_col) if eval_dirs else []
+        eval_tasks = (
+            load_tasks(eval_dirs, text_col=text_col, label_col=label_col, description=text) if eval_dirs else []
+        )
         outcome = merge_into_library(
             recipe,
             lib,
@@ -115,6 +129,7 @@ def merge_cmd(
             split=split,
             limit=limit,
             dense_out=dense_out,
+            keep_mask=keep_mask,
             overwrite=overwrite,
             notify=notify,
         )

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from adaptforge.cli.app import LibraryOpt, ModelOpt, app, cli_errors
+from adaptforge.cli.app import LibraryOpt, ModelOpt, app, cli_errors, one_description
 from adaptforge.cli.render import notify, out
 
 
@@ -23,7 +23,8 @@ def predict_cmd(
         str | None, typer.Option(help="Comma-separated labels (default: the task's or adapter's).")
     ] = None,
     description: Annotated[
-        str | None, typer.Option(help="Task instruction (default: the task's or adapter's).")
+        str | None,
+        typer.Option(help="Task instruction; wins over a task input's own (default: the task's or adapter's)."),
     ] = None,
     model: ModelOpt = None,
 ) -> None:
@@ -42,7 +43,7 @@ def predict_cmd(
             adapter,
             split=split,
             labels=names,
-            description=description,
+            description=one_description(description, 1),
             model=model,
             notify=notify,
         )

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from adaptforge.cli.app import (
+    DomainDescriptionOpt,
     JsonOpt,
     LabelColOpt,
     LimitOpt,
@@ -16,6 +17,7 @@ from adaptforge.cli.app import (
     TextColOpt,
     app,
     cli_errors,
+    one_description,
     parse_options,
     required,
 )
@@ -54,7 +56,17 @@ def prune_cmd(
     limit: LimitOpt = None,
     text_col: TextColOpt = "text",
     label_col: LabelColOpt = "label",
+    description: DomainDescriptionOpt = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="New folder for the pruned model.")] = None,
+    compact: Annotated[
+        bool,
+        typer.Option(
+            "--compact",
+            help="Also write model.packed.safetensors (non-zero values + bitmask), smaller on disk; "
+            "adaptforge loads a folder holding only it.",
+            metavar="",
+        ),
+    ] = False,
     list_methods: Annotated[bool, typer.Option("--list", help="List prune methods and exit.", metavar="")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -70,7 +82,12 @@ def prune_cmd(
         print_methods("prune method", PRUNE_METHODS.items())
         return
     with cli_errors():
-        domain = load_task(required(domain_dir, "--domain"), text_col=text_col, label_col=label_col)
+        domain = load_task(
+            required(domain_dir, "--domain"),
+            text_col=text_col,
+            label_col=label_col,
+            description=one_description(description, 1, "--domain TASK"),
+        )
         params: dict[str, object] = parse_options(param or [])
         if sparsity is not None:
             try:
@@ -94,6 +111,7 @@ def prune_cmd(
             eval_tasks=load_tasks(eval_dirs, text_col=text_col, label_col=label_col) if eval_dirs else [],
             split=split,
             limit=limit,
+            compact=compact,
             notify=notify,
         )
     if as_json:

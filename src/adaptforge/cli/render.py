@@ -197,8 +197,10 @@ def print_methods(kind: str, methods: dict[str, type[Method]]) -> None:
 def prune_table(outcome: PruneOutcome) -> Table:
     """Sparsity, sizes and zero-shot accuracy dense vs pruned per task (with retention)."""
     dense_p, pruned_p = outcome.parameters
-    dense_b, pruned_b = outcome.file_bytes
+    dense_b, pruned_b, packed_b = outcome.file_bytes
     size = f"{pruned_b / 1e6:.1f} MB" + (f" of {dense_b / 1e6:.1f} MB" if dense_b else "")
+    if packed_b is not None:
+        size += f" (packed {packed_b / 1e6:.1f} MB, {packed_b / pruned_b:.2f}x)"
     title = (
         f"{outcome.record['method']} ({outcome.record['params']['pattern']}): sparsity {outcome.report.sparsity:.3f}, "
         f"parameters {pruned_p:,} of {dense_p:,}, weights {size}, {outcome.seconds:.1f}s -> {outcome.path}"
@@ -212,6 +214,14 @@ def prune_table(outcome: PruneOutcome) -> Table:
         table.add_row(
             task, d.split, str(d.n), f"{d.accuracy:.3f}", f"{p.accuracy:.3f}", "-" if kept is None else f"{kept:.3f}"
         )
+    lines = [
+        f"{key} perplexity {pair.dense.value:.2f} -> {pair.pruned.value:.2f} "
+        f"({pair.pruned.value / pair.dense.value:.3f}x; {pair.dense.texts} held-out texts, {pair.text.source})"
+        for key, pair in outcome.perplexity.items()
+        if pair.pruned is not None
+    ]
+    if lines:
+        table.caption = "\n".join(lines)
     return table
 
 
@@ -277,4 +287,19 @@ def tta_table(outcome: TtaOutcome) -> Table:
     if outcome.record is not None:
         notes.append(f"saved {outcome.record.name} ({outcome.record.id})")
     table.caption = "; ".join(notes)
+    return table
+
+
+def sweep_table(rows: list[dict], title: str) -> Table:
+    """One row per sweep cell (``SweepOutcome.to_json()["cells"]``): stage, what it ran, status, accuracy."""
+    table = Table(title=title)
+    for col in ("stage", "cell", "adapter", "status", "accuracy", "seconds", "worker"):
+        table.add_column(col, justify="right" if col in ("accuracy", "seconds") else "left")
+    for r in rows:
+        acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.3f} ({r['split']})"
+        status = r["status"] if r["error"] is None else f"failed: {r['error']}"
+        style = "red" if r["status"] == "failed" else ("dim" if r["status"] == "skipped" else None)
+        table.add_row(
+            r["stage"], r["label"], r["adapter"], status, acc, f"{r['seconds']:.1f}", r["worker"], style=style
+        )
     return table

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from adaptforge.cli.app import (
+    DescriptionOpt,
     JsonOpt,
     LabelColOpt,
     LibraryOpt,
@@ -18,6 +19,7 @@ from adaptforge.cli.app import (
     app,
     cli_errors,
     library_folder,
+    one_description,
     parse_options,
 )
 from adaptforge.cli.render import (
@@ -49,6 +51,7 @@ def train_cmd(
     overwrite: OverwriteOpt = False,
     text_col: TextColOpt = "text",
     label_col: LabelColOpt = "label",
+    description: DescriptionOpt = None,
     multitask: Annotated[bool, typer.Option("--multitask", help="One adapter on all given tasks.", metavar="")] = False,
     sampler: Annotated[
         str, typer.Option(help="Task sampler: uniform, proportional, temperature, group_dro, drm, mpts.")
@@ -74,7 +77,8 @@ def train_cmd(
         validate_name(name)
         if len(task_dirs) > 1 and not multitask:
             raise AdaptforgeError("several tasks given: pass --multitask to train one adapter on all of them")
-        tasks = [load_task(d, text_col=text_col, label_col=label_col) for d in task_dirs]
+        text = one_description(description, len(task_dirs), "TASK_DIRS")
+        tasks = [load_task(d, text_col=text_col, label_col=label_col, description=text) for d in task_dirs]
         cfg = TrainConfig(
             rank=rank,
             alpha=alpha,

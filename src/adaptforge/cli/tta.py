@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from adaptforge.cli.app import (
+    DescriptionOpt,
     JsonOpt,
     LabelColOpt,
     LimitOpt,
@@ -17,6 +18,7 @@ from adaptforge.cli.app import (
     TextColOpt,
     app,
     cli_errors,
+    one_description,
     parse_options,
     required,
 )
@@ -52,6 +54,7 @@ def tta_cmd(
     model: ModelOpt = None,
     text_col: TextColOpt = "text",
     label_col: LabelColOpt = "label",
+    description: DescriptionOpt = None,
     overwrite: OverwriteOpt = False,
     list_methods: Annotated[bool, typer.Option("--list", help="List test-time methods and exit.")] = False,
     as_json: JsonOpt = False,
@@ -75,7 +78,7 @@ def tta_cmd(
             required(adapter, "--adapter"),
             required(method, "--method"),
         )
-        task = load_task(task_dir, text_col=text_col, label_col=label_col)
+        task = load_task(task_dir, text_col=text_col, label_col=label_col, description=one_description(description, 1))
         outcome = tta_on_task(
             task,
             Library(library, create=False),

@@ -19,5 +19,7 @@ Imports point one way::
 - :mod:`~adaptforge.pipelines.predict`: ``adaptforge predict``
 - :mod:`~adaptforge.pipelines.report`: ``adaptforge report``
 - :mod:`~adaptforge.pipelines.serve`: ``adaptforge serve``
+- :mod:`~adaptforge.pipelines.sweep`: ``adaptforge sweep`` (spec: :mod:`~adaptforge.pipelines.sweep_spec`; where
+  cells run: :mod:`adaptforge.backends`)
 - :mod:`~adaptforge.pipelines.tta`: ``adaptforge tta``
 """

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import adaptforge.compose  # noqa: F401 - registers the arrow router that stored compositions name
 import adaptforge.merge  # noqa: F401 - registers the entropy (DaWin) router that stored merges name
 from adaptforge.backbone import Backbone
-from adaptforge.core import AdaptforgeError
+from adaptforge.backends import Backend, JobOutcome, Worker, WorkerSetup
+from adaptforge.core import AdaptforgeError, LoraDelta
 from adaptforge.evaluate import EvalResult, check_request, evaluate
 from adaptforge.library import AdapterRecord, Library
 from adaptforge.pipelines.common import Notify, load_base, record_result
@@ -50,13 +52,90 @@ def evaluate_grid(
         for task in tasks:
             if on_cell:
                 on_cell(task.name, adapter)
-            if router is not None:
-                res = router.evaluate(scorer, task, split, limit, adapter)
-            else:
-                res = evaluate(scorer, task, split, delta, adapter=adapter, limit=limit)
+            res = evaluate_cell(scorer, task, split, limit, adapter, delta, router)
             results.append(res)
             if record and library is not None:
                 record_result(library, adapter_id, backbone.fingerprint, task, res)
+    return results
+
+
+def evaluate_cell(
+    scorer: Scorer,
+    task: Task,
+    split: str,
+    limit: int | None,
+    adapter: str | None,
+    delta: LoraDelta | None,
+    router: Router | None,
+) -> EvalResult:
+    """One cell: the adapter's delta (or, for a stored routed adapter, its router; ``None``: zero-shot) on a task."""
+    if router is not None:
+        return router.evaluate(scorer, task, split, limit, adapter)
+    return evaluate(scorer, task, split, delta, adapter=adapter, limit=limit)
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """One grid cell as a backend job: the worker loads the adapter (once per worker) and evaluates; the
+    result comes back to the driver, which records it, so workers never write the catalog for eval."""
+
+    adapter: str | None
+    task: Task
+    split: str
+    limit: int | None
+    key: str
+
+    def execute(self, worker: Worker) -> EvalResult:
+        scorer = worker.scorer()
+        delta, router = None, None
+        if self.adapter is not None:
+            cached = worker.cache.get(("eval", self.adapter))
+            if cached is None:
+                library = worker.library()
+                fingerprint = worker.backbone().fingerprint
+                loaded, rec = library.load(self.adapter, expected_fingerprint=fingerprint)
+                cached = (loaded, stored_router(library, rec, fingerprint))
+                worker.cache[("eval", self.adapter)] = cached
+            delta, router = cached
+        return evaluate_cell(scorer, self.task, self.split, self.limit, self.adapter, delta, router)
+
+
+def evaluate_grid_on(
+    backend: Backend,
+    tasks: Sequence[Task],
+    backbone: Backbone,
+    library: Library | None,
+    adapters: Sequence[str],
+    *,
+    zero_shot: bool,
+    split: str = "test",
+    limit: int | None = None,
+    on_cell: Callable[[str, str | None], None] | None = None,
+) -> list[EvalResult]:
+    """:func:`evaluate_grid` with the cells run as ``backend`` jobs (e.g. Ray tasks on actors that each load the
+    base once); the same results in the same order, recorded here by the driver. A failed cell is an error
+    naming it (the grid's other cells still finish first)."""
+    check_request(tasks, split, limit)
+    columns: list[str | None] = ([None] if zero_shot else []) + list(adapters)
+    if any(a is not None for a in columns) and library is None:
+        raise AdaptforgeError("evaluating a named adapter needs --library")
+    jobs = [EvalJob(a, t, split, limit, f"{a or 'zero-shot'} on {t.name}") for a in columns for t in tasks]
+    setup = WorkerSetup(model=backbone.name, library=None if library is None else str(library.root))
+
+    def done(outcome: JobOutcome) -> None:
+        if on_cell is not None:
+            job = next(j for j in jobs if j.key == outcome.key)
+            on_cell(job.task.name, job.adapter)
+
+    outcomes = backend.run(setup, jobs, done)
+    failed = [f"{o.key}: {o.error}" for o in outcomes if not o.ok]
+    if failed:
+        raise AdaptforgeError(f"{len(failed)} of {len(jobs)} eval cell(s) failed: " + "; ".join(failed))
+    results = [o.payload for o in outcomes]
+    if library is not None:
+        ids = {a: library.get(a).id for a in adapters}
+        for job, res in zip(jobs, results, strict=True):
+            record_result(library, ids.get(job.adapter) if job.adapter else None, backbone.fingerprint, job.task, res)
     return results
 
 
@@ -79,9 +158,11 @@ def evaluate_adapters(
     limit: int | None = None,
     on_cell: Callable[[str, str | None], None] | None = None,
     notify: Notify | None = None,
+    backend: Backend | None = None,
 ) -> GridOutcome:
     """``adaptforge eval``: adapters grouped by the base they were made on, each group on its own base (or on
-    ``--model``, where adapters of another base are skipped with a reason instead of aborting the grid)."""
+    ``--model``, where adapters of another base are skipped with a reason instead of aborting the grid).
+    ``backend`` (e.g. Ray) runs the cells as its jobs; ``None``: in this process, as always."""
     check_request(tasks, split, limit)
     if adapters and library is None:
         raise AdaptforgeError("evaluating a named adapter needs --library")
@@ -91,12 +172,15 @@ def evaluate_adapters(
         groups.setdefault(rec.base_fingerprint, []).append(rec)
     results: list[EvalResult] = []
     skipped: list[str] = []
+
+    def grid(*args: Any, **options: Any) -> list[EvalResult]:
+        if backend is None:
+            return evaluate_grid(*args, on_cell=on_cell, **options)
+        return evaluate_grid_on(backend, *args, on_cell=on_cell, **options)
+
     if not groups:
         backbone = load_base(model, notify=notify)
-        return GridOutcome(
-            evaluate_grid(tasks, backbone, library, [], zero_shot=True, split=split, limit=limit, on_cell=on_cell),
-            skipped,
-        )
+        return GridOutcome(grid(tasks, backbone, library, [], zero_shot=True, split=split, limit=limit), skipped)
     for fingerprint, group in groups.items():
         names = [r.name for r in group]
         try:
@@ -107,8 +191,6 @@ def evaluate_adapters(
         if backbone.fingerprint != fingerprint:
             skipped += [f"{n}: made on base {group[0].base_model!r}, not on --model {model!r}" for n in names]
             continue
-        results += evaluate_grid(
-            tasks, backbone, library, names, zero_shot=zero_shot, split=split, limit=limit, on_cell=on_cell
-        )
+        results += grid(tasks, backbone, library, names, zero_shot=zero_shot, split=split, limit=limit)
         zero_shot = False  # one zero-shot row: the first base's
     return GridOutcome(results, skipped)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transformers import AutoConfig
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from adaptforge.backbone import model_kind, resolve_model_path
+from adaptforge.layers import mostly_transposed
 from adaptforge.library import AdapterRecord, Library
 
 # PEFT's task type per backbone kind: encoders load with AutoPeftModel (task type unset, a plain AutoModel
@@ -44,6 +46,15 @@ def model_card(library: Library, record: AdapterRecord, base: str, task_type: st
     return "\n".join(lines)
 
 
+def targets_transposed(config: object, kind: str, targets: list[str]) -> bool:
+    """Whether most of ``targets`` are GPT-2 ``Conv1D`` layers of the base (PEFT's ``fan_in_fan_out``), read
+    from the architecture built on the meta device (no weights are loaded)."""
+    auto = AutoModelForCausalLM if kind == "causal" else AutoModel
+    with torch.device("meta"):
+        model = auto.from_config(config)
+    return mostly_transposed(model, list(targets))
+
+
 def export_adapter(library: Library, name: str, dest: str | Path) -> Path:
     """Export ``name`` to ``dest`` (new or empty) with a resolvable base, its PEFT task type and a model card."""
     record = library.get(name)
@@ -52,7 +63,9 @@ def export_adapter(library: Library, name: str, dest: str | Path) -> Path:
     if Path(base).is_dir():
         updates["base_model_name_or_path"] = str(Path(base).resolve())
         config = AutoConfig.from_pretrained(base, local_files_only=True)
-        updates["task_type"] = TASK_TYPES[model_kind(config)]
+        kind = model_kind(config)
+        updates["task_type"] = TASK_TYPES[kind]
+        updates["fan_in_fan_out"] = targets_transposed(config, kind, record.targets)
         if updates["task_type"] is None:  # AutoPeftModel then builds the base from this mapping, as PEFT saves it
             base_class = MODEL_MAPPING[type(config)]
             updates["auto_mapping"] = {"base_model_class": base_class.__name__, "parent_library": base_class.__module__}

@@ -14,19 +14,22 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from adaptforge.backbone import Backbone
 from adaptforge.core import AdaptforgeError, LoraDelta, did_you_mean
 from adaptforge.durable import publish_folder, remove_inside, stage_folder
 from adaptforge.evaluate import EvalResult, check_request, evaluate, subset_of, worst
+from adaptforge.layers import weight_view
 from adaptforge.library import AdapterRecord, Library, validate_name
 from adaptforge.merge import MERGE_METHODS, MergeParams, MergeResult, run
 from adaptforge.pipelines.common import Notify, choose_base, record_result, reporter
+from adaptforge.pipelines.prune import read_record as read_prune_record
 from adaptforge.provenance import MergeProvenance
 from adaptforge.routing import Router, routed_settings
 from adaptforge.scorers import Scorer, make_scorer
@@ -34,7 +37,7 @@ from adaptforge.tasks import Task, load_task
 
 RECIPE_KEYS = ("method", "adapters", "params", "out", "data")
 REQUIRED_KEYS = ("method", "adapters", "out")
-RUNTIME_KEYS = {"library", "model", "eval", "dense_out", "overwrite", "split", "limit", "json"}
+RUNTIME_KEYS = {"library", "model", "eval", "dense_out", "keep_mask", "overwrite", "split", "limit", "json"}
 RECIPE_FILE = "merge_recipe.yaml"
 
 
@@ -253,6 +256,7 @@ class MergeOutcome:
     seconds: float
     dense_path: Path | None = None
     report: MergeReport | None = None
+    mask: MaskReport | None = None  # --dense-out on a pruned base
 
     def to_json(self) -> dict[str, Any]:
         errors = list(self.result.reconstruction_error.values())
@@ -267,6 +271,7 @@ class MergeOutcome:
             "reconstruction_error": {"max": max(errors), "mean": sum(errors) / len(errors)} if errors else None,
             "seconds": round(self.seconds, 3),
             "dense_out": None if self.dense_path is None else str(self.dense_path),
+            "dense_mask": None if self.mask is None else self.mask.to_json(),
             "routed": self.result.router is not None,
             "eval": None if self.report is None else self.report.to_json(),
         }
@@ -305,20 +310,77 @@ def _check_dense_out(folder: Path | None) -> Path | None:
     return folder
 
 
-def write_dense(backbone: Backbone, delta: LoraDelta, folder: Path, recipe: Mapping[str, Any]) -> Path:
+@dataclass(frozen=True)
+class MaskReport:
+    """Folding an adapter into a pruned base: the zeros of the pruned layers it adapts, kept or not, and what
+    a plain ``W + dW`` would have left (a dense ``dW`` fills almost every zero: the sparsity is lost)."""
+
+    layers: int  # pruned layers the adapter touches
+    kept: bool  # the base's zeros stay zero (the default)
+    base_sparsity: float  # zeros of those layers in the pruned base
+    sparsity: float  # zeros of those layers in the written model
+    plain_sparsity: float  # zeros a plain merge would have left
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        lost = f"plain merging would have left {self.plain_sparsity:.3f}"
+        if self.kept:
+            return (
+                f"kept the pruned base's zeros in {self.layers} adapted layers: sparsity {self.sparsity:.3f} "
+                f"({lost}; --no-keep-mask to merge plainly)"
+            )
+        return (
+            f"merged plainly (--no-keep-mask): sparsity of {self.layers} pruned layers "
+            f"{self.base_sparsity:.3f} -> {self.sparsity:.3f}"
+        )
+
+
+def pruned_targets(backbone: Backbone, delta: LoraDelta) -> list[str]:
+    """The modules of ``delta`` that ``adaptforge prune`` zeroed in this base (none for an unpruned base or the
+    ``ffn`` pattern, which removes neurons instead of zeroing weights)."""
+    folder = Path(backbone.path)
+    record = read_prune_record(folder) if folder.is_dir() else None
+    if record is None or (record.get("params") or {}).get("pattern") == "ffn":
+        return []
+    return sorted(set(delta) & set(record.get("layers") or {}))
+
+
+def mask_report(backbone: Backbone, delta: LoraDelta, names: Sequence[str], kept: bool) -> MaskReport:
+    named = dict(backbone.model.named_modules())
+    total = base = plain = 0
+    with torch.no_grad():
+        for name in names:
+            w = weight_view(named[name])
+            total += w.numel()
+            base += int((w == 0).sum())
+            plain += int(((w + delta.dense(name).to(w.dtype)) == 0).sum())
+    fraction = (lambda n: n / total) if total else (lambda n: 0.0)
+    return MaskReport(len(names), kept, fraction(base), fraction(base if kept else plain), fraction(plain))
+
+
+def write_dense(
+    backbone: Backbone, delta: LoraDelta, folder: Path, recipe: Mapping[str, Any], keep_mask: bool = True
+) -> tuple[Path, MaskReport | None]:
     """Stage ``W_base + dW`` as a full model with ``save_pretrained`` (plus tokenizer and the recipe) beside
     ``folder``; :func:`~adaptforge.durable.publish_folder` makes it appear. ``AutoModel`` /
-    ``AutoModelForCausalLM`` load it."""
+    ``AutoModelForCausalLM`` load it. On a base ``adaptforge prune`` zeroed, ``keep_mask`` keeps those zeros
+    (``dW`` masked) so the written model stays as sparse as its base; the report says what plain merging
+    would have lost."""
+    pruned = pruned_targets(backbone, delta)
+    report = mask_report(backbone, delta, pruned, keep_mask) if pruned else None
     tmp = stage_folder(folder)
     try:
-        with backbone.applied(delta) as model:
+        with backbone.applied(delta, keep_zeros=pruned if keep_mask else ()) as model:
             model.save_pretrained(tmp)
         backbone.tokenizer.save_pretrained(tmp)
-        (tmp / RECIPE_FILE).write_text(yaml.safe_dump(dict(recipe), sort_keys=False))
+        written = {**recipe, "dense_mask": report.to_json()} if report is not None else dict(recipe)
+        (tmp / RECIPE_FILE).write_text(yaml.safe_dump(written, sort_keys=False))
     except BaseException:
         remove_inside(tmp, folder.parent)
         raise
-    return tmp
+    return tmp, report
 
 
 def merge_into_library(
@@ -331,6 +393,7 @@ def merge_into_library(
     split: str = "test",
     limit: int | None = None,
     dense_out: str | Path | None = None,
+    keep_mask: bool = True,
     overwrite: bool = False,
     notify: Notify | None = None,
 ) -> MergeOutcome:
@@ -375,10 +438,10 @@ def merge_into_library(
     )
     resolved = provenance.recipe()
     tasks = list(dict.fromkeys(r.task for r in records if r.task))
-    dense_tmp = None
+    dense_tmp, mask = None, None
     if dense_path is not None:  # staged before the catalog row, so a failure here leaves nothing behind
         assert backbone is not None
-        dense_tmp = write_dense(backbone, result.delta, dense_path, resolved)
+        dense_tmp, mask = write_dense(backbone, result.delta, dense_path, resolved, keep_mask)
     try:
         record = library.add(
             result.delta,
@@ -399,7 +462,9 @@ def merge_into_library(
     if dense_tmp is not None and dense_path is not None:
         publish_folder(dense_tmp, dense_path)
         say(f"wrote dense model to {dense_path}")
-    outcome = MergeOutcome(record, result, resolved, time.perf_counter() - start, dense_path)
+        if mask is not None:
+            say(mask.describe())
+    outcome = MergeOutcome(record, result, resolved, time.perf_counter() - start, dense_path, mask=mask)
     if eval_tasks:
         assert backbone is not None and scorer is not None
         outcome.report = evaluate_merge(

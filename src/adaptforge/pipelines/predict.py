@@ -53,8 +53,8 @@ def read_inputs(path: Path, split: str) -> tuple[list[str], list[str] | None, Ta
 def _task_for(
     record: AdapterRecord, task: Task | None, labels: Sequence[str] | None, description: str | None
 ) -> tuple[str, str, tuple[str, ...]]:
-    if task is not None:
-        return task.name, task.description, task.labels
+    if task is not None:  # a given instruction wins over the task's own, as in every verb that takes a task
+        return task.name, description if description is not None else task.description, task.labels
     known = (record.params or {}).get("labels") or {}
     name = record.task or record.name
     found = labels or known.get(name) or (next(iter(known.values())) if len(known) == 1 else None)

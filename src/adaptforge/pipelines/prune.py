@@ -4,7 +4,9 @@ Loads the base, collects the calibration statistics the method asks for (general
 prunes every linear layer inside the transformer blocks, and writes a Hugging Face folder that
 ``AutoModel.from_pretrained`` (and ``--model DIR`` everywhere in adaptforge) loads unchanged, with
 ``adaptforge_prune.json`` linking it to its parent base. Zero-shot accuracy of the domain task and of
-any ``eval_tasks`` is measured before and after on the same examples, so the retention is in the outcome.
+any ``eval_tasks`` is measured before and after on the same examples, so the retention is in the outcome;
+for a causal LM also the perplexity on held-out general text (the shipped open-domain set minus what
+calibration read) and on held-out domain text (the evaluated split, never the train split calibration reads).
 """
 
 from __future__ import annotations
@@ -22,17 +24,43 @@ import torch
 from adaptforge.backbone import Backbone, fingerprint
 from adaptforge.core import AdaptforgeError
 from adaptforge.durable import staged_folder
-from adaptforge.evaluate import EvalResult, check_request, evaluate
+from adaptforge.evaluate import EvalResult, Perplexity, check_request, evaluate, perplexity
+from adaptforge.packed import PACKED_FILE, write_packed
 from adaptforge.pipelines.common import Notify, load_base, reporter
 from adaptforge.provenance import PruneProvenance
 from adaptforge.prune import PRUNE_METHODS, PruneParams, PruneReport, prunable_layers
 from adaptforge.prune.base import Calibration, LayerReport, layer_sparsity
-from adaptforge.prune.calibration import collect_inputs, domain_text, read_general
+from adaptforge.prune.calibration import (
+    CalibrationText,
+    collect_inputs,
+    domain_text,
+    held_out_domain,
+    held_out_general,
+    read_general,
+)
 from adaptforge.prune.ffn import ffn_blocks, neuron_scores, shrink
 from adaptforge.scorers import make_scorer
 from adaptforge.tasks import Task
 
 RECORD_FILE = "adaptforge_prune.json"
+PERPLEXITY_TEXTS = 64  # held-out texts per perplexity (general, domain) of a causal LM; --limit lowers it
+
+
+@dataclass
+class HeldOutPerplexity:
+    """A causal LM's perplexity on held-out text before and after pruning (issue 15's retention for LMs)."""
+
+    text: CalibrationText
+    dense: Perplexity
+    pruned: Perplexity | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.text.record(),
+            "dense": self.dense.to_json(),
+            "pruned": None if self.pruned is None else self.pruned.to_json(),
+            "ratio": None if self.pruned is None else self.pruned.value / self.dense.value,
+        }
 
 
 @dataclass
@@ -43,9 +71,10 @@ class PruneOutcome:
     record: dict[str, Any]
     report: PruneReport
     parameters: tuple[int, int]  # (dense, pruned) parameter counts of the whole model
-    file_bytes: tuple[int | None, int]  # (dense weights file, pruned weights file)
+    file_bytes: tuple[int | None, int, int | None]  # (dense weights file, pruned weights file, packed file)
     seconds: float
     evals: dict[str, dict[str, EvalResult]] = field(default_factory=dict)  # task -> {"dense", "pruned"}
+    perplexity: dict[str, HeldOutPerplexity] = field(default_factory=dict)  # causal LMs: "general", "domain"
 
     def retention(self, task: str) -> float | None:
         pair = self.evals.get(task)
@@ -61,12 +90,13 @@ class PruneOutcome:
             "sparsity": self.report.sparsity,
             "intermediate_size": self.record["intermediate_size"],
             "parameters": {"dense": self.parameters[0], "pruned": self.parameters[1]},
-            "file_bytes": {"dense": self.file_bytes[0], "pruned": self.file_bytes[1]},
+            "file_bytes": {"dense": self.file_bytes[0], "pruned": self.file_bytes[1], "packed": self.file_bytes[2]},
             "seconds": round(self.seconds, 2),
             "eval": {
                 task: {**{k: v.to_json() for k, v in pair.items()}, "retention": self.retention(task)}
                 for task, pair in self.evals.items()
             },
+            "perplexity": {k: v.to_json() for k, v in self.perplexity.items()},
         }
 
 
@@ -101,9 +131,11 @@ def prune_model(
     eval_tasks: Sequence[Task] = (),
     split: str = "dev",
     limit: int | None = None,
+    compact: bool = False,
     notify: Notify | None = None,
 ) -> PruneOutcome:
-    """Prune the base for ``domain`` with the registered ``method`` and write it to ``out`` (new or empty)."""
+    """Prune the base for ``domain`` with the registered ``method`` and write it to ``out`` (new or empty);
+    ``compact`` also writes the packed form (:mod:`adaptforge.packed`) beside the Hugging Face weights."""
     say = reporter(notify)
     start = time.perf_counter()
     impl = PRUNE_METHODS.get(method)()
@@ -128,6 +160,14 @@ def prune_model(
     for task in tasks:
         say(f"zero-shot {task.name}/{split} on the dense base")
         evals[task.name] = {"dense": evaluate(scorer, task, split, None, limit=limit)}
+    held_out: dict[str, HeldOutPerplexity] = {}
+    if work.kind == "causal":  # an LM's general ability is also how well it still models text
+        n = min(limit or PERPLEXITY_TEXTS, PERPLEXITY_TEXTS)
+        texts = {"general": held_out_general(general_text, n), "domain": held_out_domain(domain, split, n, typed.seed)}
+        for key, text in texts.items():
+            if text is not None:
+                say(f"perplexity of the dense base on held-out {key} text ({len(text.texts)} texts)")
+                held_out[key] = HeldOutPerplexity(text, perplexity(work.model, work.tokenizer, text.texts))
     layers = prunable_layers(work)
     sparsity = layer_sparsity(typed, list(layers))
     domain_calib = domain_text(domain, typed.calibration_size, typed.seed)
@@ -168,6 +208,9 @@ def prune_model(
     for task in tasks:
         say(f"zero-shot {task.name}/{split} on the pruned base")
         evals[task.name]["pruned"] = evaluate(scorer, task, split, None, limit=limit)
+    for key, pair in held_out.items():
+        say(f"perplexity of the pruned base on held-out {key} text")
+        pair.pruned = perplexity(work.model, work.tokenizer, pair.text.texts)
     provenance = PruneProvenance(
         prune_method=method,
         prune_params=typed.to_dict(),
@@ -188,21 +231,25 @@ def prune_model(
         work.model.save_pretrained(tmp)
         work.tokenizer.save_pretrained(tmp)
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=1, sort_keys=True))
+        if compact:
+            write_packed(work.model, tmp)
     say(f"wrote {out_dir}")
     dense_file = _weights_bytes(Path(dense.path)) if Path(dense.path).is_dir() else None
+    packed = out_dir / PACKED_FILE
     return PruneOutcome(
         out_dir,
         record,
         report,
         (dense_params, pruned_params),
-        (dense_file, _weights_bytes(out_dir) or 0),
+        (dense_file, _weights_bytes(out_dir) or 0, packed.stat().st_size if packed.is_file() else None),
         time.perf_counter() - start,
         evals,
+        held_out,
     )
 
 
 def _weights_bytes(folder: Path) -> int | None:
-    files = list(folder.glob("*.safetensors"))
+    files = [f for f in folder.glob("*.safetensors") if f.name != PACKED_FILE]
     return sum(f.stat().st_size for f in files) if files else None
 
 

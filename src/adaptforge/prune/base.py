@@ -18,6 +18,7 @@ import torch
 
 from adaptforge.backbone import Backbone
 from adaptforge.core import AdaptforgeError, Registry
+from adaptforge.layers import lora_layers, weight_view
 from adaptforge.methods import Method
 from adaptforge.params import Params, param
 from adaptforge.prune.calibration import InputStats
@@ -89,14 +90,12 @@ class PruneReport:
         return sum(r.sparsity * r.shape[0] * r.shape[1] for r in self.layers) / total if total else 0.0
 
 
-def prunable_layers(backbone: Backbone) -> dict[str, torch.nn.Linear]:
-    """Every ``nn.Linear`` inside a transformer block (attention and feed-forward); embeddings, poolers and
-    output heads are left alone. Names are sorted in block order."""
-    layers = {
-        name: module
-        for name, module in backbone.model.named_modules()
-        if isinstance(module, torch.nn.Linear) and _BLOCK.search(name)
-    }
+def prunable_layers(backbone: Backbone) -> dict[str, torch.nn.Module]:
+    """Every linear layer inside a transformer block (attention and feed-forward); embeddings, poolers and
+    output heads are left alone. Names are sorted in block order. GPT-2's ``Conv1D`` layers count: every
+    score and update reads and writes their weight as ``(out, in)`` (:func:`adaptforge.layers.weight_view`),
+    so rows are output neurons and N:M groups run along the inputs for both layouts."""
+    layers = {name: module for name, module in lora_layers(backbone.model).items() if _BLOCK.search(name)}
     if not layers:
         raise AdaptforgeError(f"{backbone.name}: no linear layers inside transformer blocks to prune")
     return dict(sorted(layers.items(), key=lambda kv: (block_of(kv[0]), kv[0])))
@@ -170,26 +169,27 @@ class PruneMethod(Method):
             notes.append(f"patterns: {', '.join(cls.patterns)}")
         return tuple(notes)
 
-    def prepare(self, layers: dict[str, torch.nn.Linear], calibration: Calibration, params: PruneParams) -> None:  # noqa: B027
+    def prepare(self, layers: dict[str, torch.nn.Module], calibration: Calibration, params: PruneParams) -> None:  # noqa: B027
         """Whole-model work before layers are scored (D-Pruner's gradients); optional."""
 
     @abstractmethod
     def importance(
-        self, name: str, layer: torch.nn.Linear, calibration: Calibration, params: PruneParams
+        self, name: str, layer: torch.nn.Module, calibration: Calibration, params: PruneParams
     ) -> torch.Tensor:
         """``out x in`` importance of each weight (higher = keep)."""
 
     def prune_layer(
-        self, name: str, layer: torch.nn.Linear, sparsity: float, calibration: Calibration, params: PruneParams
+        self, name: str, layer: torch.nn.Module, sparsity: float, calibration: Calibration, params: PruneParams
     ) -> LayerReport:
         """Zero the least important weights of ``layer`` in place (unstructured or N:M)."""
         scores = self.importance(name, layer, calibration, params).to(torch.float64)
         nm = params.nm()
         keep = nm_mask(scores, *nm, name) if nm else unstructured_mask(scores, sparsity, self.per_row)
+        weight = weight_view(layer)  # (out, in) also for GPT-2's Conv1D
         with torch.no_grad():
-            layer.weight.mul_(keep.to(layer.weight.dtype))
-        zero = float((layer.weight == 0).float().mean())
-        return LayerReport(name, (layer.out_features, layer.in_features), zero)
+            weight.mul_(keep.to(weight.dtype))
+        zero = float((weight == 0).float().mean())
+        return LayerReport(name, (int(weight.shape[0]), int(weight.shape[1])), zero)
 
 
 PRUNE_METHODS: Registry[type[PruneMethod]] = Registry("prune method", base=PruneMethod)

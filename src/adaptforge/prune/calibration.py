@@ -17,6 +17,7 @@ import torch
 from adaptforge.backbone import Backbone
 from adaptforge.batching import batch_order, make_batch, pad
 from adaptforge.core import AdaptforgeError
+from adaptforge.layers import is_transposed, weight_view
 from adaptforge.lora.hooks import eval_mode
 from adaptforge.scorers import Scorer
 from adaptforge.tasks import Task, is_text_file, load_task, read_texts
@@ -67,6 +68,24 @@ def _texts_of(path: Path, n: int, seed: int) -> list[str]:
     return [ex.text for ex in task.sample(split, n, seed=seed)]
 
 
+def held_out_general(used: CalibrationText | None, n: int) -> CalibrationText | None:
+    """Up to ``n`` texts of the shipped open-domain set that calibration did not see (evenly spaced, so
+    every source of the set is represented), for a perplexity that is comparable across runs and methods;
+    ``None`` when calibration used all of them."""
+    seen = set(used.texts) if used is not None else set()
+    texts = [t for t in read_texts(shipped_general_path()) if t not in seen]
+    if not texts:
+        return None
+    texts = texts[:: max(1, len(texts) // n)][:n]
+    return CalibrationText(tuple(texts), f"{shipped_general_path().name} (held out of calibration)")
+
+
+def held_out_domain(task: Task, split: str, n: int, seed: int) -> CalibrationText:
+    """Up to ``n`` texts of the domain task's ``split`` (never the train split calibration reads)."""
+    examples = task.sample(split, n, seed=seed)
+    return CalibrationText(tuple(ex.text for ex in examples), f"task {task.name} ({split}, n={len(examples)})")
+
+
 def domain_text(task: Task, n: int, seed: int) -> CalibrationText:
     """The domain task's train texts (a label-stratified seeded sample), formatted as its scorer sees them."""
     examples = task.sample("train", n, seed=seed)
@@ -101,7 +120,7 @@ def token_batches(backbone: Backbone, texts: Sequence[str], max_length: int, bat
 @torch.no_grad()
 def collect_inputs(
     backbone: Backbone,
-    layers: dict[str, torch.nn.Linear],
+    layers: dict[str, torch.nn.Module],
     texts: Sequence[str],
     *,
     gram: bool,
@@ -110,11 +129,14 @@ def collect_inputs(
 ) -> dict[str, InputStats]:
     """Run ``texts`` through the model once and accumulate every layer's input statistics."""
     stats = {
-        name: InputStats(0, torch.zeros(layer.in_features, dtype=torch.float64), None) for name, layer in layers.items()
+        name: InputStats(0, torch.zeros(weight_view(layer).shape[1], dtype=torch.float64), None)
+        for name, layer in layers.items()
     }
     if gram:
         for name, layer in layers.items():
-            stats[name].gram = torch.zeros(layer.in_features, layer.in_features, dtype=torch.float64)
+            stats[name].gram = torch.zeros(
+                weight_view(layer).shape[1], weight_view(layer).shape[1], dtype=torch.float64
+            )
     keep: list[torch.Tensor] = []  # the current batch's non-padding positions, read by the hooks
 
     def hook_for(name: str):  # noqa: ANN202 - a torch forward hook
@@ -145,15 +167,15 @@ def collect_inputs(
 
 
 def domain_gradients(
-    scorer: Scorer, task: Task, layers: dict[str, torch.nn.Linear], n: int, seed: int, batch_size: int = 8
+    scorer: Scorer, task: Task, layers: dict[str, torch.nn.Module], n: int, seed: int, batch_size: int = 8
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Mean gradient ``g`` and empirical Fisher diagonal ``F`` (mean of squared per-batch gradients) of the
-    domain task's loss with respect to every layer's weight, on ``n`` train examples; the weights' ``requires_grad``
-    is restored after."""
+    domain task's loss with respect to every layer's weight, ``(out, in)`` whatever the layer's layout, on ``n``
+    train examples; the weights' ``requires_grad`` is restored after."""
     examples = task.sample("train", n, seed=seed)
     encoded, labels = scorer.encode(task, examples), scorer.encode_labels(task)
-    grads = {name: torch.zeros_like(layer.weight, dtype=torch.float64) for name, layer in layers.items()}
-    fisher = {name: torch.zeros_like(layer.weight, dtype=torch.float64) for name, layer in layers.items()}
+    grads = {name: torch.zeros_like(weight_view(layer), dtype=torch.float64) for name, layer in layers.items()}
+    fisher = {name: torch.zeros_like(weight_view(layer), dtype=torch.float64) for name, layer in layers.items()}
     before = {name: layer.weight.requires_grad for name, layer in layers.items()}
     batches = 0
     try:
@@ -166,7 +188,8 @@ def domain_gradients(
                 scorer.loss(model, make_batch(encoded, index), labels).backward()
                 batches += 1
                 for name, layer in layers.items():
-                    g = layer.weight.grad.detach().double() if layer.weight.grad is not None else 0.0
+                    grad = layer.weight.grad
+                    g = 0.0 if grad is None else (grad.T if is_transposed(layer) else grad).detach().double()
                     grads[name] += g
                     fisher[name] += g * g if isinstance(g, torch.Tensor) else 0.0
     finally:

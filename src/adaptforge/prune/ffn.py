@@ -17,6 +17,7 @@ import torch
 
 from adaptforge.backbone import Backbone
 from adaptforge.core import AdaptforgeError
+from adaptforge.layers import layer_type, transposed_layers
 
 # model_type -> (block prefix pattern, input projections, output projection), relative to the block
 _FFN_LAYOUT = {
@@ -38,6 +39,13 @@ class FfnBlock:
 
 def ffn_blocks(backbone: Backbone) -> list[FfnBlock]:
     """Every block's feed-forward projections, in block order."""
+    named = dict(backbone.model.named_modules())
+    transposed = transposed_layers(backbone.model)
+    if transposed:  # the surgery below builds nn.Linear layers
+        raise AdaptforgeError(
+            f"--pattern ffn supports nn.Linear layers only; {backbone.name} holds {len(transposed)} "
+            f"{layer_type(named[transposed[0]])} layers (e.g. {transposed[0]!r}); use unstructured, 2:4 or 4:8"
+        )
     layout = _FFN_LAYOUT.get(backbone.model_type)
     if layout is None:
         known = ", ".join(sorted(_FFN_LAYOUT))
@@ -45,7 +53,6 @@ def ffn_blocks(backbone: Backbone) -> list[FfnBlock]:
             f"--pattern ffn knows the feed-forward layout of {known}; {backbone.name} is {backbone.model_type!r}"
         )
     prefix, inputs, output = layout
-    named = dict(backbone.model.named_modules())
     blocks = []
     i = 0
     while prefix.format(i=i) + output in named:

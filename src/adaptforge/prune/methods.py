@@ -8,6 +8,7 @@ from typing import cast
 import torch
 
 from adaptforge.core import AdaptforgeError
+from adaptforge.layers import weight_view
 from adaptforge.params import param
 from adaptforge.prune.base import (
     PRUNE_METHODS,
@@ -37,9 +38,9 @@ class Magnitude(PruneMethod):
     per_row = False
 
     def importance(
-        self, name: str, layer: torch.nn.Linear, calibration: Calibration, params: PruneParams
+        self, name: str, layer: torch.nn.Module, calibration: Calibration, params: PruneParams
     ) -> torch.Tensor:
-        return layer.weight.detach().abs().double()
+        return weight_view(layer).detach().abs().double()
 
 
 @PRUNE_METHODS.register
@@ -57,10 +58,10 @@ class Wanda(PruneMethod):
     needs_domain = True
 
     def importance(
-        self, name: str, layer: torch.nn.Linear, calibration: Calibration, params: PruneParams
+        self, name: str, layer: torch.nn.Module, calibration: Calibration, params: PruneParams
     ) -> torch.Tensor:
         norm = _stats(calibration, name, general=False).feature_norm
-        return layer.weight.detach().abs().double() * norm.unsqueeze(0)
+        return weight_view(layer).detach().abs().double() * norm.unsqueeze(0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,17 +89,17 @@ class SparseGpt(PruneMethod):
     patterns = ("unstructured", "2:4", "4:8")
 
     def importance(
-        self, name: str, layer: torch.nn.Linear, calibration: Calibration, params: PruneParams
+        self, name: str, layer: torch.nn.Module, calibration: Calibration, params: PruneParams
     ) -> torch.Tensor:
         raise AssertionError("SparseGPT prunes through prune_layer")  # pragma: no cover
 
     def prune_layer(
-        self, name: str, layer: torch.nn.Linear, sparsity: float, calibration: Calibration, params: PruneParams
+        self, name: str, layer: torch.nn.Module, sparsity: float, calibration: Calibration, params: PruneParams
     ) -> LayerReport:
         p = cast(SparseGptParams, params)
         stats = _stats(calibration, name, general=False)
         assert stats.gram is not None
-        W = layer.weight.detach().double().clone()
+        W = weight_view(layer).detach().double().clone()
         original = W.clone()
         H = stats.gram.clone() / max(stats.tokens, 1)
         dead = torch.diag(H) == 0
@@ -131,14 +132,15 @@ class SparseGpt(PruneMethod):
                 E1[:, i] = err
             W[:, start:end] = Q1
             W[:, end:] -= E1 @ Hinv[start:end, end:]
+        weight = weight_view(layer)
         with torch.no_grad():
-            layer.weight.copy_(W.to(layer.weight.dtype))
+            weight.copy_(W.to(weight.dtype))
         gram = stats.gram
         diff = original - W
         error = float(torch.einsum("oi,ij,oj->", diff, gram, diff).clamp(min=0).sqrt())
         scale = float(torch.einsum("oi,ij,oj->", original, gram, original).clamp(min=1e-30).sqrt())
-        zero = float((layer.weight == 0).float().mean())
-        return LayerReport(name, (layer.out_features, layer.in_features), zero, error / scale)
+        zero = float((weight == 0).float().mean())
+        return LayerReport(name, tuple(weight.shape), zero, error / scale)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -186,19 +188,19 @@ class DPruner(PruneMethod):
         self._grads: dict[str, torch.Tensor] = {}
         self._fisher: dict[str, torch.Tensor] = {}
 
-    def prepare(self, layers: dict[str, torch.nn.Linear], calibration: Calibration, params: PruneParams) -> None:
+    def prepare(self, layers: dict[str, torch.nn.Module], calibration: Calibration, params: PruneParams) -> None:
         p = cast(DPrunerParams, params)
         self._grads, self._fisher = domain_gradients(
             calibration.scorer, calibration.domain_task, layers, p.calibration_size, p.seed, p.batch_size
         )
 
     def importance(
-        self, name: str, layer: torch.nn.Linear, calibration: Calibration, params: PruneParams
+        self, name: str, layer: torch.nn.Module, calibration: Calibration, params: PruneParams
     ) -> torch.Tensor:
         p = cast(DPrunerParams, params)
         if name not in self._grads:
             raise AssertionError("D-Pruner scores layers after prepare()")  # pragma: no cover
-        W = layer.weight.detach().double()
+        W = weight_view(layer).detach().double()
         g, F = self._grads[name], self._fisher[name]
         stats = _stats(calibration, name, general=True)
         general = stats.sq_sum / max(stats.tokens, 1)

@@ -31,6 +31,7 @@ from adaptforge.backbone import Backbone
 from adaptforge.batching import Batch, EncodedSplit, batch_order, make_batch
 from adaptforge.core import AdaptforgeError, LoraDelta, LoraModule
 from adaptforge.evaluate import predict_logits
+from adaptforge.layers import lora_layers, mostly_transposed
 from adaptforge.scorers import LabelInputs, Scorer, describe, make_scorer
 from adaptforge.tasks import Task
 from adaptforge.train.checkpoint import load_checkpoint, restore, save_checkpoint
@@ -58,7 +59,8 @@ class TrainResult:
     resumed_from: int | None = None
 
 
-def lora_config(cfg: TrainConfig) -> LoraConfig:
+def lora_config(cfg: TrainConfig, transposed: bool = False) -> LoraConfig:
+    """PEFT's config for ``cfg``; ``transposed``: the targets are GPT-2 ``Conv1D`` layers (``fan_in_fan_out``)."""
     return LoraConfig(
         r=cfg.rank,
         lora_alpha=cfg.alpha,
@@ -66,6 +68,7 @@ def lora_config(cfg: TrainConfig) -> LoraConfig:
         target_modules=list(cfg.targets or ()),
         use_rslora=cfg.use_rslora,
         bias="none",
+        fan_in_fan_out=transposed,
     )
 
 
@@ -120,9 +123,10 @@ class TaskStream:
         return make_batch(self.encoded, self._order[1][pos])
 
 
-def check_targets(backbone: Backbone, targets: tuple[str, ...]) -> None:
-    """Every target names linear layers of the base (PEFT's rule: a module path or its last parts)."""
-    linear = [n for n, m in backbone.model.named_modules() if isinstance(m, torch.nn.Linear)]
+def check_targets(backbone: Backbone, targets: tuple[str, ...]) -> bool:
+    """Every target names linear layers (nn.Linear or GPT-2 Conv1D) of the base (PEFT's rule: a module path or
+    its last parts); returns whether most targeted layers are ``Conv1D`` (PEFT's ``fan_in_fan_out``)."""
+    linear = list(lora_layers(backbone.model))
     missing = [t for t in targets if not any(matches_target(n, t) for n in linear)]
     if missing:
         names = sorted({n.rsplit(".", 1)[-1] for n in linear})
@@ -130,6 +134,7 @@ def check_targets(backbone: Backbone, targets: tuple[str, ...]) -> None:
             f"--targets: {', '.join(repr(t) for t in missing)} match(es) no linear layer of {backbone.name}; "
             f"its linear layers are named {', '.join(names)}"
         )
+    return mostly_transposed(backbone.model, [n for n in linear if any(matches_target(n, t) for t in targets)])
 
 
 def resume_mismatch(saved: dict, current: dict) -> str | None:
@@ -204,7 +209,7 @@ def train_tasks(
     if len(set(names)) != len(names):
         raise AdaptforgeError(f"train: task names must be unique, got {names}")
     cfg = (cfg or TrainConfig()).resolved(backbone.kind, backbone.default_targets())
-    check_targets(backbone, cfg.targets or ())
+    transposed = check_targets(backbone, cfg.targets or ())
     scorer = scorer or make_scorer(backbone, cfg.max_length, cfg.temperature)
     streams = []
     sub_batch = cfg.batch_size // cfg.tasks_per_step
@@ -228,7 +233,7 @@ def train_tasks(
     meta = {"config": cfg.to_dict(), "tasks": names, "base": backbone.fingerprint, "data": data_fingerprint(tasks, cfg)}
 
     torch.manual_seed(cfg.seed)
-    model = get_peft_model(backbone.model, lora_config(cfg))
+    model = get_peft_model(backbone.model, lora_config(cfg, transposed))
     try:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
