@@ -1,16 +1,26 @@
-"""Multi-task task samplers head to head: average, worst-task and CVaR accuracy, and wall time.
+"""Multi-task samplers head to head on two task distributions: average, worst and CVaR accuracy, task
+evaluations spent, and sampler time per step (issue 13).
 
-Every sampler trains one LoRA adapter on the same tasks with the same step budget, batch size,
-dev checks (``eval_every`` / ``eval_examples``, which feed the adaptive samplers) and seeds; each
-adapter is then evaluated on every task's test split (a label-stratified sample of at most
-``--test-limit`` examples, the same for every run). Per run: accuracy per task, the average, the
-worst task, CVaR (mean of the worst 20% of tasks), training wall and CPU time, and the sampler's
-own compute (its draws replayed on the recorded losses). Runs are appended to ``runs.jsonl`` in
-``--out`` and skipped when already there, so an interrupted benchmark continues where it stopped.
+Distributions (``--distribution``):
 
-    python benchmarks/sampling.py [--steps 300] [--seeds 0,1,2] [--samplers uniform,...,mpts]
-    python benchmarks/sampling.py --probe 10              # time a few steps to choose --steps
-    python benchmarks/sampling.py --split dev --samplers "mpts,mpts:tau=0.05"   # tune on dev, never test
+- ``real``: the dev tasks on which a single-task LoRA beats zero-shot by >= 5 points in BENCHMARKS.md
+  "LoRA vs zero-shot" (measured: sst2 +23.2, agnews +26.2, trec_question_type +36.0, tweet_emotion
+  +24.8, dbpedia +30.5 qualify; mnli +0.2 does not). Trained on all, tested on all.
+- ``family``: label-subset tasks of the many-label dev tasks (dbpedia, agnews, trec_question_type,
+  tweet_emotion, sni_emotion, yelp, amazon): 2- to 4-way subsets, each a task with its own description
+  (the parent's, plus the subset's label names) and the parent's examples of those labels. Training
+  uses a seeded sample of ``--train-tasks`` of them; the test covers the whole family, seen and unseen.
+
+Every sampler trains one LoRA adapter with the same steps, tasks per step (``B``), batch size and
+seed, so every run sees the same number of examples; DRM and MPTS choose among ``B-hat`` candidates.
+Per run: test accuracy per task, average, worst, CVaR_alpha (alpha in 0.1, 0.2, 0.3, 0.5), task
+evaluations the sampler spent, the sampler's own time per step against the step time. Runs append to
+``<out>/runs.jsonl`` and are skipped when already there, so an interrupted benchmark continues.
+
+    python benchmarks/sampling.py --distribution real --steps 120 --seeds 0
+    python benchmarks/sampling.py --distribution family --steps 120 --seeds 0
+    python benchmarks/sampling.py --report     # tables and the CVaR curve PNG from runs.jsonl
+    python benchmarks/sampling.py --probe 4    # seconds per step, to size --steps for a time budget
 
 A sampler spec is ``name`` or ``name:key=value:key=value`` (options of that sampler's config).
 """
@@ -18,12 +28,12 @@ A sampler spec is ``name`` or ``name:key=value:key=value`` (options of that samp
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
-import math
 import os
+import random
 import statistics
 import time
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,43 +43,44 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from adaptforge.backbone import Backbone  # noqa: E402
-from adaptforge.evaluate import cvar, evaluate, worst  # noqa: E402
+from adaptforge.evaluate import cvar, evaluate  # noqa: E402
 from adaptforge.scorers import make_scorer  # noqa: E402
-from adaptforge.tasks import Task, load_task  # noqa: E402
+from adaptforge.tasks import Example, Task, load_task  # noqa: E402
 from adaptforge.train.config import TrainConfig  # noqa: E402
-from adaptforge.train.samplers import SAMPLERS, MPTSSampler, SamplerConfig, TaskInfo, make_sampler  # noqa: E402
-from adaptforge.train.trainer import TrainResult, train_tasks  # noqa: E402
+from adaptforge.train.trainer import train_tasks  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "tasks"
-TASKS = "cb,rte,wic,tweet_irony,tweet_stance_abortion,tweet_stance_atheism,tweet_stance_climate,agnews,dbpedia,sst2"
-DEFAULT_SAMPLERS = "uniform,proportional,temperature,group_dro,mpts"
+REAL = "sst2,agnews,trec_question_type,tweet_emotion,dbpedia"  # the >= 5-point rule, see the docstring
+PARENTS = "dbpedia,agnews,trec_question_type,tweet_emotion,sni_emotion,yelp,amazon"
+SAMPLERS = "uniform,group_dro,drm,mpts,mpts:risk_model=linear"
+ALPHAS = (0.1, 0.2, 0.3, 0.5)
 
 
-@SAMPLERS.register
-class ChanceScaledMPTS(MPTSSampler):
-    """Benchmark-only MPTS variant: every loss is divided by its task's chance-level loss ``log(n_labels)``.
+def subset_task(parent: Task, labels: tuple[str, ...], per_split: dict[str, int], seed: int) -> Task:
+    """The sub-task of ``parent`` on ``labels``: its own name and description, the parent's examples of them."""
+    splits = {}
+    for split, limit in per_split.items():
+        keep = [e for e in parent.split(split) if e.label in labels]
+        random.Random(f"{seed}|{parent.name}|{split}|{labels}").shuffle(keep)
+        splits[split] = tuple(Example(e.text, e.label) for e in keep[:limit])
+    slug = "-".join(str(parent.labels.index(label)) for label in labels)
+    description = f"{parent.description} Choose one of: {', '.join(labels)}."
+    return Task(f"{parent.name}__{slug}", description, labels, splits)
 
-    Cross-entropy of a k-way task at chance is ``log k``, so raw losses rank 3-way tasks above binary
-    ones that are no better than chance; scaled losses are 1 at chance for every task.
-    """
 
-    name = "mpts_chance"  # reference_url and params_type (MPTSConfig) are MPTS's
-
-    def __init__(
-        self, config: SamplerConfig | Mapping[str, Any] | None = None, *, tasks: Sequence[TaskInfo], seed: int = 0
-    ) -> None:
-        super().__init__(config, tasks=tasks, seed=seed)
-        self._chance = [math.log(max(t.n_labels, 2)) for t in self.tasks]
-
-    def observe(self, task: int, loss: float, step: int) -> None:
-        super().observe(task, float(loss) / self._chance[self._check_task(task)], step)
-
-    def observe_eval(self, losses: Mapping[int, float]) -> None:
-        super().observe_eval({t: float(v) / self._chance[self._check_task(t)] for t, v in losses.items()})
+def family(per_parent: int, per_split: dict[str, int], seed: int) -> list[Task]:
+    """Up to ``per_parent`` seeded 2- to 4-way label subsets of every parent task, as tasks."""
+    tasks = []
+    for name in PARENTS.split(","):
+        parent = load_task(SHARED / name)
+        subsets = [c for k in (2, 3, 4) for c in itertools.combinations(parent.labels, k)]
+        random.Random(f"{seed}|{name}").shuffle(subsets)
+        tasks += [subset_task(parent, labels, per_split, seed) for labels in subsets[:per_parent]]
+    return tasks
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, object]]:
-    """``mpts:tau=0.05:beta=2`` -> ``("mpts", {"tau": 0.05, "beta": 2})`` (values parsed as JSON when they can be)."""
+    """``mpts:risk_model=linear`` -> ``("mpts", {"risk_model": "linear"})`` (values parsed as JSON when they can)."""
     name, *pairs = spec.split(":")
     options: dict[str, object] = {}
     for pair in pairs:
@@ -81,29 +92,22 @@ def parse_spec(spec: str) -> tuple[str, dict[str, object]]:
     return name, options
 
 
-def sampler_seconds(result: TrainResult, tasks: list[Task]) -> float:
-    """Time the sampler alone: a fresh one replays the run's draws on its recorded batch and dev losses."""
-    cfg = result.config
-    infos = [TaskInfo(t.name, len(t.sample("train", cfg.max_train, seed=cfg.seed)), len(t.labels)) for t in tasks]
-    sampler = make_sampler(cfg.sampler, infos, cfg.sampler_options, seed=cfg.seed)
-    total = len(result.history)
-    evals = {t.name: iter(result.curves[t.name]) for t in tasks}
-    t0 = time.perf_counter()
-    for step, task, loss in result.history:
-        sampler.next()
-        sampler.observe(task, loss, step)
-        if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == total):
-            sampler.observe_eval({i: next(evals[t.name])[1] for i, t in enumerate(tasks)})
-    return time.perf_counter() - t0
+def summary(accs: list[float]) -> dict[str, float]:
+    out = {"avg": statistics.mean(accs), "worst": min(accs)}
+    out |= {f"cvar{int(a * 100)}": cvar(accs, a) for a in ALPHAS}
+    return out
 
 
-def run_one(spec: str, seed: int, tasks: list[Task], backbone: Backbone, args: argparse.Namespace) -> dict[str, object]:
+def run_one(
+    spec: str, seed: int, train: list[Task], test: list[Task], backbone: Backbone, args: argparse.Namespace
+) -> dict[str, Any]:
     name, options = parse_spec(spec)
+    if name in ("drm", "mpts"):
+        options = {"candidates": args.candidates, **options}
     cfg = TrainConfig(
         batch_size=args.batch_size,
+        tasks_per_step=args.tasks_per_step,
         steps=args.steps,
-        eval_every=args.eval_every,
-        eval_examples=args.eval_examples,
         max_train=args.max_train,
         max_length=args.max_length,
         seed=seed,
@@ -111,174 +115,176 @@ def run_one(spec: str, seed: int, tasks: list[Task], backbone: Backbone, args: a
         sampler_options=options,
         checkpoint_every=0,
     )
-    wall0, cpu0 = time.perf_counter(), time.process_time()
-    result = train_tasks(tasks, backbone, cfg)
-    train_wall, train_cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    wall0 = time.perf_counter()
+    result = train_tasks(train, backbone, cfg)
+    train_wall = time.perf_counter() - wall0
     scorer = make_scorer(backbone, result.config.max_length, result.config.temperature)
-    evals = [evaluate(scorer, t, args.split, result.delta, limit=args.test_limit) for t in tasks]
-    accs = [e.accuracy for e in evals]
-    return {
+    accs = {t.name: evaluate(scorer, t, "test", result.delta, limit=args.test_limit).accuracy for t in test}
+    seen = {t.name for t in train}
+    row: dict[str, Any] = {
         "spec": spec,
         "seed": seed,
-        "split": args.split,
-        "accuracy": {e.task: e.accuracy for e in evals},
-        "macro_f1": {e.task: e.macro_f1 for e in evals},
-        "loss": {e.task: e.loss for e in evals},
-        "n_eval": {e.task: e.n for e in evals},
-        "avg": sum(accs) / len(accs),
-        "worst": worst(accs),
-        "worst_task": evals[accs.index(min(accs))].task,
-        "cvar20": cvar(accs, 0.2),
-        "train_loop_seconds": result.seconds,  # the step loop incl. dev checks (what --steps buys)
-        "train_wall_seconds": train_wall,  # train_tasks() end to end (tokenization, PEFT wrap, loop)
-        "train_cpu_seconds": train_cpu,
-        "sampler_seconds": sampler_seconds(result, tasks),
+        "accuracy": accs,
+        **summary(list(accs.values())),
+        "evaluations": result.evaluations,
+        "loop_seconds": result.seconds,
+        "sampler_seconds": result.sampler_seconds,
+        "evaluation_seconds": result.evaluation_seconds,
+        "train_wall_seconds": train_wall,
         "draws": dict(zip(result.tasks, result.draws, strict=True)),
-        "curves": result.curves,
         "config": result.config.to_dict(),
     }
+    if len(seen) < len(test):
+        row["seen"] = summary([a for t, a in accs.items() if t in seen])
+        row["unseen"] = summary([a for t, a in accs.items() if t not in seen])
+    return row
 
 
-def mean_sd(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
-    m = statistics.mean(values) * scale
-    if len(values) < 2:
-        return f"{m:.{digits}f}"
-    return f"{m:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
-
-
-def report(rows: list[dict], specs: list[str], tasks: list[str]) -> str:
-    """Markdown: the summary per sampler, paired differences to uniform, per-task accuracy and draws."""
-    by = {s: sorted((r for r in rows if r["spec"] == s), key=lambda r: r["seed"]) for s in specs}
+def table(rows: list[dict[str, Any]], specs: list[str]) -> str:
+    by = {s: [r for r in rows if r["spec"] == s] for s in specs}
     by = {s: v for s, v in by.items() if v}
-    split = rows[0]["split"] if rows else "test"
-    lines = [
-        "| sampler | seeds | avg acc | worst-task acc | CVaR20 acc | train loop s | train CPU s | sampler ms/step |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    cols = ["avg", "worst", *(f"cvar{int(a * 100)}" for a in ALPHAS)]
+    head = "| sampler | seeds | avg | worst | " + " | ".join(f"CVaR{int(a * 100)}" for a in ALPHAS)
+    lines = [head + " | task evals | eval ms/step | sampler ms/step | step ms | sampler share |", "|---" * 13 + "|"]
     for s, rs in by.items():
-        steps = len(rs[0]["curves"][tasks[0]]) and rs[0]["config"]["steps"]
+        steps = rs[0]["config"]["steps"]
+        cells = [f"{statistics.mean(r[c] for r in rs) * 100:.1f}" for c in cols]
+        sampler_ms = statistics.mean(r["sampler_seconds"] for r in rs) / steps * 1000
+        step_ms = statistics.mean(r["loop_seconds"] for r in rs) / steps * 1000
+        evals = statistics.mean(r["evaluations"] for r in rs)
+        timed = [
+            r["evaluation_seconds"] for r in rs if "evaluation_seconds" in r
+        ]  # absent in runs made before it was timed
+        eval_ms = f"{statistics.mean(timed) / steps * 1000:.0f}" if len(timed) == len(rs) else "n/a"
         lines.append(
-            f"| {s} | {len(rs)} | {mean_sd([r['avg'] for r in rs], 100)} | {mean_sd([r['worst'] for r in rs], 100)} "
-            f"| {mean_sd([r['cvar20'] for r in rs], 100)} | {mean_sd([r['train_loop_seconds'] for r in rs])} "
-            f"| {mean_sd([r['train_cpu_seconds'] for r in rs])} "
-            f"| {statistics.mean(r['sampler_seconds'] for r in rs) / steps * 1000:.3f} |"
+            f"| {s} | {len(rs)} | "
+            + " | ".join(cells)
+            + f" | {evals:.0f} | {eval_ms} | {sampler_ms:.2f} | {step_ms:.0f} "
+            f"| {sampler_ms / step_ms:.2%} |"
         )
-    lines[0] = lines[0].replace("acc |", f"{split} acc |", 1)
-    base = by.get("uniform")
-    if base:
-        lines += [
-            "",
-            "Paired with uniform, same seed (points; time ratio - 1):",
-            "",
-            "| sampler | Δ avg | Δ worst | Δ CVaR20 | loop wall overhead | CPU overhead |",
-            "|---|---|---|---|---|---|",
-        ]
-        ref = {r["seed"]: r for r in base}
+    if any("unseen" in r for rs in by.values() for r in rs):
+        lines += ["", "Seen (trained) vs unseen family members:", ""]
+        lines += ["| sampler | seen avg | seen CVaR20 | unseen avg | unseen CVaR20 |", "|---|---|---|---|---|"]
         for s, rs in by.items():
-            pairs = [(r, ref[r["seed"]]) for r in rs if r["seed"] in ref]
-            if s == "uniform" or not pairs:
-                continue
-
-            def diff(key: str, pairs=pairs) -> str:
-                return mean_sd([a[key] - b[key] for a, b in pairs], 100)
-
-            wall = sum(a["train_loop_seconds"] for a, _ in pairs) / sum(b["train_loop_seconds"] for _, b in pairs) - 1
-            cpu = sum(a["train_cpu_seconds"] for a, _ in pairs) / sum(b["train_cpu_seconds"] for _, b in pairs) - 1
-            lines.append(f"| {s} | {diff('avg')} | {diff('worst')} | {diff('cvar20')} | {wall:+.1%} | {cpu:+.1%} |")
-    lines += ["", f"Per-task {split} accuracy (mean over seeds) and worst task per seed:", ""]
-    short = [t.replace("tweet_stance_", "stance_") for t in tasks]
-    lines += ["| sampler | " + " | ".join(short) + " | worst task per seed |", "|---" * (len(tasks) + 2) + "|"]
-    for s, rs in by.items():
-        cells = [f"{statistics.mean(r['accuracy'][t] for r in rs) * 100:.1f}" for t in tasks]
-        lines.append(f"| {s} | " + " | ".join(cells) + " | " + ", ".join(r["worst_task"] for r in rs) + " |")
-    lines += ["", "Batches drawn per task (mean over seeds):", ""]
-    lines += ["| sampler | " + " | ".join(short) + " |", "|---" * (len(tasks) + 1) + "|"]
-    for s, rs in by.items():
-        cells = [f"{statistics.mean(r['draws'][t] for r in rs):.0f}" for t in tasks]
-        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+            vals = [
+                statistics.mean(r[part][key] for r in rs) * 100
+                for part in ("seen", "unseen")
+                for key in ("avg", "cvar20")
+            ]
+            lines.append(f"| {s} | " + " | ".join(f"{v:.1f}" for v in vals) + " |")
     return "\n".join(lines)
 
 
-def probe(tasks: list[Task], backbone: Backbone, args: argparse.Namespace) -> None:
-    """Seconds per step (and per dev check) of a short uniform run, to pick --steps for a time budget."""
-    for eval_every in (0, args.probe):
-        cfg = TrainConfig(
-            batch_size=args.batch_size,
-            steps=args.probe,
-            eval_every=eval_every,
-            eval_examples=args.eval_examples,
-            max_train=args.max_train,
-            max_length=args.max_length,
-            checkpoint_every=0,
-        )
+def plot(rows_by_dist: dict[str, list[dict[str, Any]]], specs: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(rows_by_dist), figsize=(5.5 * len(rows_by_dist), 4), squeeze=False)
+    for ax, (dist, rows) in zip(axes[0], rows_by_dist.items(), strict=True):
+        for s in specs:
+            rs = [r for r in rows if r["spec"] == s]
+            if rs:
+                ys = [statistics.mean(r[f"cvar{int(a * 100)}"] for r in rs) * 100 for a in ALPHAS]
+                ax.plot(ALPHAS, ys, marker="o", label=s)
+        ax.set_title(f"{dist}: CVaR_alpha of test accuracy")
+        ax.set_xlabel("alpha (fraction of worst tasks)")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def tasks_for(args: argparse.Namespace) -> tuple[list[Task], list[Task]]:
+    if args.distribution == "real":
+        tasks = [load_task(SHARED / n) for n in REAL.split(",")]
+        return tasks, tasks
+    per_split = {"train": args.max_train, "dev": 32, "test": args.test_limit}
+    members = family(args.per_parent, per_split, seed=0)
+    train = sorted(random.Random(0).sample(members, args.train_tasks), key=lambda t: t.name)
+    return train, members
+
+
+def probe(train: list[Task], test: list[Task], backbone: Backbone, args: argparse.Namespace) -> None:
+    for spec in ("uniform", "drm", "mpts"):
+        name, _ = parse_spec(spec)
+        opts = {"candidates": args.candidates} if name != "uniform" else {}
+        cfg = TrainConfig(batch_size=args.batch_size, tasks_per_step=args.tasks_per_step, steps=args.probe,
+                          max_train=args.max_train, max_length=args.max_length, sampler=name,
+                          sampler_options=opts, checkpoint_every=0)  # fmt: skip
         t0 = time.perf_counter()
-        result = train_tasks(tasks, backbone, cfg)
-        print(
-            f"{args.probe} steps, eval_every {eval_every}: loop {result.seconds:.1f}s, "
-            f"total {time.perf_counter() - t0:.1f}s"
-        )
-    scorer = make_scorer(backbone)
+        result = train_tasks(train, backbone, cfg)
+        print(f"{spec}: {args.probe} steps loop {result.seconds:.1f}s, total {time.perf_counter() - t0:.1f}s")
+    scorer = make_scorer(backbone, args.max_length)
     t0 = time.perf_counter()
-    for t in tasks:
-        evaluate(scorer, t, args.split, result.delta, limit=args.test_limit)
-    print(
-        f"evaluation of one adapter on {len(tasks)} tasks ({args.split}, <= {args.test_limit} each): "
-        f"{time.perf_counter() - t0:.1f}s"
-    )
+    for t in test:
+        evaluate(scorer, t, "test", result.delta, limit=args.test_limit)
+    print(f"evaluation on {len(test)} tasks (<= {args.test_limit} each): {time.perf_counter() - t0:.1f}s")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tasks", default=TASKS)
-    parser.add_argument("--samplers", default=DEFAULT_SAMPLERS, help="comma-separated sampler specs")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--eval-every", type=int, default=50)
-    parser.add_argument("--eval-examples", type=int, default=32, help="dev examples per task in each dev check")
-    parser.add_argument("--max-train", type=int, default=None)
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--split", default="test", help="evaluation split (dev to tune; report on test)")
-    parser.add_argument("--test-limit", type=int, default=300, help="at most this many evaluation examples per task")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--out", type=Path, default=Path("out/sampling"))
+    parser.add_argument("--distribution", choices=("real", "family"), default="real")
+    parser.add_argument("--samplers", default=SAMPLERS, help="comma-separated sampler specs")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--tasks-per-step", type=int, default=2, help="B")
+    parser.add_argument("--candidates", type=int, default=6, help="B-hat of drm and mpts")
+    parser.add_argument("--batch-size", type=int, default=16, help="examples per step (B sub-batches)")
+    parser.add_argument("--max-train", type=int, default=200)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--test-limit", type=int, default=100, help="test examples per task (label-stratified)")
+    parser.add_argument("--per-parent", type=int, default=18, help="family: subsets per parent task")
+    parser.add_argument("--train-tasks", type=int, default=40, help="family: members trained on")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=Path("out/sampling13"))
     parser.add_argument("--probe", type=int, default=0, help="only time this many steps and exit")
+    parser.add_argument("--report", action="store_true", help="only write the tables and the PNG")
+    parser.add_argument("--report-seeds", default=None, help="with --report: only these seeds (e.g. 0)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    names = args.tasks.split(",")
-    tasks = [load_task(SHARED / n) for n in names]
-    backbone = Backbone.load()
-    if args.probe:
-        probe(tasks, backbone, args)
-        return
-    specs, seeds = args.samplers.split(","), [int(s) for s in args.seeds.split(",")]
+    specs = args.samplers.split(",")
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "runs.jsonl"
-    setting = {k: getattr(args, k) for k in ("tasks", "steps", "batch_size", "eval_every", "eval_examples")}
-    setting |= {k: getattr(args, k) for k in ("max_train", "max_length", "split", "test_limit")}
     rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-    rows = [r for r in rows if r.get("setting") == setting]
-    sizes = {t.name: len(t.sample("train", args.max_train, seed=0)) for t in tasks}
-    print(f"tasks (train size): {', '.join(f'{n} ({sizes[n]})' for n in names)}")
-    print(f"setting: {json.dumps(setting)}; torch threads {torch.get_num_threads()}", flush=True)
+    if args.report:
+        if args.report_seeds is not None:
+            keep = {int(x) for x in args.report_seeds.split(",")}
+            rows = [r for r in rows if r["seed"] in keep]
+        by_dist = {d: [r for r in rows if r["distribution"] == d] for d in ("real", "family")}
+        by_dist = {d: rs for d, rs in by_dist.items() if rs}
+        text = "\n\n".join(f"### {d}\n\n{table(rs, specs)}" for d, rs in by_dist.items())
+        tag = f"_seeds{args.report_seeds.replace(',', '-')}" if args.report_seeds else ""
+        (args.out / f"report{tag}.md").write_text(text + "\n")
+        plot(by_dist, specs, args.out / f"cvar{tag}.png")
+        print(text)
+        return
+    train, test = tasks_for(args)
+    backbone = Backbone.load()
+    if args.probe:
+        probe(train, test, backbone, args)
+        return
+    setting = {k: getattr(args, k) for k in ("distribution", "steps", "tasks_per_step", "candidates", "batch_size")}
+    setting |= {k: getattr(args, k) for k in ("max_train", "max_length", "test_limit", "per_parent", "train_tasks")}
+    done = {(r["spec"], r["seed"]) for r in rows if r.get("setting") == setting}
+    print(f"{args.distribution}: train on {len(train)} tasks, test on {len(test)}; {json.dumps(setting)}", flush=True)
     start = time.perf_counter()
-    for seed in seeds:  # samplers interleaved within a seed, so drifting machine load hits them alike
+    for seed in [int(s) for s in args.seeds.split(",")]:
         for spec in specs:
-            if any(r["spec"] == spec and r["seed"] == seed for r in rows):
+            if (spec, seed) in done:
                 continue
-            row = {**run_one(spec, seed, tasks, backbone, args), "setting": setting}
-            rows.append(row)
+            row = {**run_one(spec, seed, train, test, backbone, args), "setting": setting}
+            row["distribution"] = args.distribution
             with log.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
             print(
-                f"[{time.perf_counter() - start:7.0f}s] {spec:<24} seed {seed}: avg {row['avg']:.3f} "
-                f"worst {row['worst']:.3f} ({row['worst_task']}) cvar {row['cvar20']:.3f} "
-                f"loop {row['train_loop_seconds']:.0f}s draws {list(row['draws'].values())}",
+                f"[{time.perf_counter() - start:6.0f}s] {spec:<26} seed {seed}: avg {row['avg']:.3f} "
+                f"worst {row['worst']:.3f} cvar20 {row['cvar20']:.3f} evals {row['evaluations']} "
+                f"loop {row['loop_seconds']:.0f}s sampler {row['sampler_seconds']:.2f}s",
                 flush=True,
             )
-    table = report([r for r in rows if r["seed"] in seeds], specs, names)
-    (args.out / f"report_{args.split}.md").write_text(table + "\n")
-    print(table)
 
 
 if __name__ == "__main__":

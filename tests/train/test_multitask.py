@@ -13,18 +13,23 @@ from typer.testing import CliRunner
 
 from adaptforge.cli import app
 from adaptforge.evaluate import cvar, worst
-from adaptforge.scorers import make_scorer
+from adaptforge.scorers import describe, make_scorer
 from adaptforge.tasks import write_task
+from adaptforge.train.checkpoint import load_checkpoint
 from adaptforge.train.config import TrainConfig
 from adaptforge.train.samplers import SAMPLERS, TaskInfo, make_sampler
-from adaptforge.train.trainer import dev_check, train_tasks
+from adaptforge.train.trainer import dev_check, task_identifier, train_tasks
 
-ALL = ["uniform", "proportional", "temperature", "group_dro", "mpts"]
+ALL = ["uniform", "proportional", "temperature", "group_dro", "drm", "mpts"]
+REPLAYABLE = ["uniform", "proportional", "temperature", "group_dro"]  # choices a function of batch and dev losses
+MIXED = {"drm", "mpts"}  # trained with two tasks per step, chosen among all three
 STEPS, EVAL_EVERY, EVAL_N = 12, 4, 8
 
 
 def config(sampler: str, **kw) -> TrainConfig:
     base = {"batch_size": 4, "steps": STEPS, "eval_every": EVAL_EVERY, "eval_examples": EVAL_N, "checkpoint_every": 0}
+    if sampler in MIXED:
+        base |= {"tasks_per_step": 2, "sampler_options": {"candidates": 3}}
     base["dropout"] = 0.1  # dropout draws from the torch RNG, which a resumed run must restore too
     return TrainConfig(sampler=sampler, **{**base, **kw})
 
@@ -81,8 +86,10 @@ def zero_shot_dev_loss(minilm, tasks):
 @pytest.mark.parametrize("name", ALL)
 def test_every_sampler_trains_and_records_curves_for_every_task(name, runs, tasks, zero_shot_dev_loss):
     result = runs[name]
+    per_step = 2 if name in MIXED else 1
     assert result.tasks == [t.name for t in tasks]
-    assert len(result.history) == STEPS and sum(result.draws) == STEPS
+    assert len(result.history) == STEPS * per_step and sum(result.draws) == STEPS * per_step
+    assert [h[0] for h in result.history] == [s for s in range(STEPS) for _ in range(per_step)]
     assert result.draws == [sum(1 for h in result.history if h[1] == i) for i in range(len(tasks))]
     assert set(result.curves) == {t.name for t in tasks}
     for curve in result.curves.values():
@@ -94,7 +101,7 @@ def test_every_sampler_trains_and_records_curves_for_every_task(name, runs, task
     assert any(torch.count_nonzero(result.delta[m].B) > 0 for m in result.delta)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", REPLAYABLE)
 def test_draws_are_exactly_the_samplers_sequence(name, runs, tasks):
     result = runs[name]
     assert replay(name, tasks, result) == [h[1] for h in result.history]
@@ -105,14 +112,32 @@ def test_draws_follow_each_samplers_rule(runs):
     assert runs["proportional"].draws[big] > max(runs["proportional"].draws[1:])
     assert runs["proportional"].draws[big] > runs["uniform"].draws[big]
     assert runs["proportional"].draws[big] >= runs["temperature"].draws[big] >= runs["uniform"].draws[big]
-    for name in ("group_dro", "mpts"):  # adaptive samplers see every task once before preferring any
-        assert sorted(h[1] for h in runs[name].history[:3]) == [0, 1, 2]
-        assert min(runs[name].draws) >= 1
+    assert sorted(h[1] for h in runs["group_dro"].history[:3]) == [0, 1, 2]  # every task once first
+    assert min(runs["group_dro"].draws) >= 1
+
+
+def test_task_evaluations_are_counted_per_sampler(runs):
+    """DRM evaluates every candidate (3 per step); MPTS measures the risk of the 2 tasks it trained."""
+    assert {name: runs[name].evaluations for name in ALL} == {
+        **dict.fromkeys(REPLAYABLE, 0),
+        "drm": 3 * STEPS,
+        "mpts": 2 * STEPS,
+    }
+    assert all(len({h[1] for h in runs["drm"].history if h[0] == s}) >= 1 for s in range(STEPS))
+    assert all(0 <= runs[name].sampler_seconds < runs[name].seconds for name in ALL)
+    assert [runs[name].evaluation_seconds > 0 for name in ALL] == [name in MIXED for name in ALL]
+
+
+def test_trainer_gives_every_task_its_identifier(minilm, tasks):
+    scorer = make_scorer(minilm)
+    ident = task_identifier(scorer, tasks[2], 16)
+    assert len(ident) == 384 + 2 and ident[-2:] == (pytest.approx(math.log(16)), 4.0)  # agnews: 4 labels
+    assert ident[:-2] == pytest.approx(describe(scorer, tasks[2]).tolist(), abs=1e-6)
 
 
 def test_adaptive_samplers_move_away_from_uniform(runs, tasks):
-    """After the run, group DRO and MPTS no longer draw uniformly: the observed losses changed their weights."""
-    for name in ("group_dro", "mpts"):
+    """After the run, group DRO no longer draws uniformly: the observed losses changed its weights."""
+    for name in ("group_dro",):
         result = runs[name]
         sampler = make_sampler(name, infos(tasks), result.config.sampler_options, seed=result.config.seed)
         replay_into = replay(name, tasks, result, sampler)
@@ -124,10 +149,14 @@ def test_adaptive_samplers_move_away_from_uniform(runs, tasks):
 
 def test_multitask_mpts_resume_gives_identical_weights_and_draws(minilm, tasks, runs, tmp_path):
     cfg = config("mpts", checkpoint_every=2)
-    full = runs["mpts"]  # the uninterrupted run: same config but for checkpointing, which changes no number
+    full = runs["mpts"]  # two tasks per step; the neural-process risk learner and its Adam state must resume
     assert dataclasses.replace(full.config, checkpoint_every=2) == cfg.resolved(minilm.kind, minilm.default_targets())
     first = train_tasks(tasks, minilm, cfg, checkpoint_dir=tmp_path / "ckpt", stop_after=7)  # mid eval interval
-    assert len(first.history) == 7
+    assert len(first.history) == 7 * 2
+    ckpt = load_checkpoint(tmp_path / "ckpt")  # the risk learner went into the safetensors file, the rest to JSON
+    learner = ckpt.extra_tensors("sampler/")
+    assert "net/decoder.4.weight" in learner and "adam/0/exp_avg" in learner and "generator" in learner
+    assert ckpt.meta["sampler"]["evaluations"] == 7 * 2
     resumed = train_tasks(tasks, minilm, cfg, checkpoint_dir=tmp_path / "ckpt", resume=True)
     assert resumed.resumed_from == 7
     assert [h[:2] for h in resumed.history] == [h[:2] for h in full.history]
@@ -162,7 +191,20 @@ def test_cli_multitask_mpts_lands_one_adapter_and_eval_all_adapters_grid(tmp_pat
     # Real task data cut to small folders, so the CLI's dev checks and dev evaluation stay cheap.
     dirs = [write_task(small_task(n, n_train=16, n_test=12), tmp_path / n) for n in ("sst2", "agnews")]
     common = ["--multitask", "--max-train", "16", "--batch-size", "4", "--steps", "8", "--eval-every", "4"]
-    cli("train", *dirs, *common, "--sampler", "mpts", "--sampler-opt", "beta=0.5", "--library", lib, "--name", "mt")
+    mpts = [
+        "--sampler",
+        "mpts",
+        "--sampler-opt",
+        "gamma_std=1",
+        "--sampler-opt",
+        "candidates=2",
+        "--tasks-per-step",
+        "2",
+    ]
+    bad = runner.invoke(app, ["train", *map(str, dirs), *common, "--sampler", "mpts", "--sampler-opt", "gama_std=1",
+                              "--library", str(lib), "--name", "bad"])  # fmt: skip
+    assert bad.exit_code != 0 and "unknown parameter 'gama_std'" in bad.output and "gamma_std" in bad.output
+    cli("train", *dirs, *common, *mpts, "--library", lib, "--name", "mt")
     cli(
         "train",
         *dirs,
@@ -184,13 +226,14 @@ def test_cli_multitask_mpts_lands_one_adapter_and_eval_all_adapters_grid(tmp_pat
     assert rec["method"] == "train_multitask" and rec["task"] == "sst2+agnews"
     recipe = rec["recipe"]
     assert recipe["kind"] == "train_multitask"
-    assert recipe["config"]["sampler"] == "mpts" and recipe["config"]["sampler_options"] == {"beta": 0.5}
+    assert recipe["config"]["sampler"] == "mpts"
+    assert recipe["config"]["sampler_options"] == {"gamma_std": 1, "candidates": 2}
+    assert recipe["config"]["tasks_per_step"] == 2
     assert [t["name"] for t in recipe["tasks"]] == ["sst2", "agnews"]
-    assert set(recipe["draws"]) == {"sst2", "agnews"} and sum(recipe["draws"].values()) == 8
-    assert all(v >= 1 for v in recipe["draws"].values())
+    assert recipe["draws"] == {"sst2": 8, "agnews": 8}  # B = B-hat = 2: both tasks in every step
     for curve in recipe["curves"].values():
         assert [c[0] for c in curve] == [4, 8] and all(0.0 <= c[2] <= 1.0 for c in curve)
-    assert len(recipe["history"]) == 8
+    assert len(recipe["history"]) == 16
     assert not (lib / "runs" / "mt").exists()
 
     grid = json.loads(cli("eval", "--library", lib, "--all-adapters", *dirs, "--limit", "12", "--json"))["results"]

@@ -1,4 +1,5 @@
-"""Task samplers: formulas, determinism, exact resume, and the worst-task property of the adaptive ones."""
+"""Task samplers: formulas, determinism, exact resume (JSON + safetensors), and the worst-task property of the
+adaptive ones (group DRO, DRM, MPTS) on a simulated task set whose losses fall as tasks are trained."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 
 from adaptforge.core import AdaptforgeError
 from adaptforge.train.samplers import (
     SAMPLERS,
+    DRMSampler,
     GroupDROConfig,
     MPTSConfig,
     MPTSSampler,
@@ -21,7 +25,10 @@ from adaptforge.train.samplers import (
     make_sampler,
 )
 
-ALL = ["uniform", "proportional", "temperature", "group_dro", "mpts"]
+ALL = ["uniform", "proportional", "temperature", "group_dro", "drm", "mpts"]
+# MPTS with each risk learner, as (name, options) cases.
+VARIANTS = [*((n, {}) for n in ALL), ("mpts", {"risk_model": "linear"})]
+VARIANT_IDS = [n + ("-linear" if o else "") for n, o in VARIANTS]
 SIZES = [5000, 40, 3000, 2000, 5000, 1000]
 
 # Synthetic multi-task training: the true loss of task i after k batches of it is
@@ -45,9 +52,12 @@ class Env:
         start, floor, h = CURVES[i]
         return floor + (start - floor) * h / (h + self.count[i])
 
-    def train(self, i: int, step: int) -> float:
-        noise = np.random.default_rng([self.seed, step]).standard_normal()
-        loss = self.true_loss(i) * float(np.exp(0.1 * noise))
+    def noisy(self, i: int, *key: int) -> float:
+        noise = np.random.default_rng([self.seed, *key]).standard_normal()
+        return self.true_loss(i) * float(np.exp(0.1 * noise))
+
+    def train(self, i: int, step: int, k: int = 0) -> float:
+        loss = self.noisy(i, step, k) if k else self.noisy(i, step)
         self.count[i] += 1
         return loss
 
@@ -55,12 +65,18 @@ class Env:
         return max(self.true_loss(i) for i in range(len(CURVES)))
 
 
-def run(sampler: TaskSampler, env: Env, start: int, stop: int) -> list[int]:
-    seq = []
+def run(sampler: TaskSampler, env: Env, start: int, stop: int, per_step: int = 1) -> list[int]:
+    """The trainer's protocol: choose (DRM evaluates candidates), train, observe, then feed post-update risk."""
+    seq: list[int] = []
     for step in range(start, stop):
-        t = sampler.next()
-        sampler.observe(t, env.train(t, step), step)
-        seq.append(t)
+        chosen = sampler.next_batch(
+            per_step, lambda pool, step=step: [env.noisy(i, step, 1000 + j) for j, i in enumerate(pool)]
+        )
+        for k, t in enumerate(chosen):
+            sampler.observe(t, env.train(t, step, k), step)
+        if sampler.wants_risk:
+            sampler.observe_risk(chosen, [env.noisy(t, step, 500 + k) for k, t in enumerate(chosen)], step)
+        seq += chosen
     return seq
 
 
@@ -81,7 +97,12 @@ def test_every_sampler_is_a_method_with_paper_and_typed_config():
         assert cls.help().params == tuple(cls.params_type.help_rows())
         assert all(row.help for row in cls.help().params)
         assert cls.parse_params(None) == cls.params_type() == cls.parse_params({})
-    assert [r.name for r in SAMPLERS.get("mpts").help().params][:2] == ["beta", "tau"]
+    assert [r.name for r in SAMPLERS.get("mpts").help().params][:4] == [
+        "candidates",
+        "risk_model",
+        "gamma_mean",
+        "gamma_std",
+    ]
 
 
 def test_static_probabilities_match_formulas():
@@ -113,29 +134,38 @@ def test_draw_frequencies_follow_probabilities():
 # ------------------------------------------------------------------------- determinism and resume
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_sequences_are_deterministic_under_seed(name):
-    a = run(make_sampler(name, tasks(), seed=7), Env(0), 0, 200)
-    b = run(make_sampler(name, tasks(), seed=7), Env(0), 0, 200)
-    c = run(make_sampler(name, tasks(), seed=8), Env(0), 0, 200)
+@pytest.mark.parametrize(("name", "options"), VARIANTS, ids=VARIANT_IDS)
+def test_sequences_are_deterministic_under_seed(name, options):
+    a = run(make_sampler(name, tasks(), options, seed=7), Env(0), 0, 60, per_step=2)
+    b = run(make_sampler(name, tasks(), options, seed=7), Env(0), 0, 60, per_step=2)
+    c = run(make_sampler(name, tasks(), options, seed=8), Env(0), 0, 60, per_step=2)
     assert a == b
     assert a != c
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_state_dict_resumes_the_identical_sequence(name):
-    full_sampler, full_env = make_sampler(name, tasks(), seed=11), Env(5)
-    first = run(full_sampler, full_env, 0, 150)
+@pytest.mark.parametrize(("name", "options"), VARIANTS, ids=VARIANT_IDS)
+def test_state_dict_resumes_the_identical_sequence(name, options, tmp_path):
+    full_sampler, full_env = make_sampler(name, tasks(), options, seed=11), Env(5)
+    first = run(full_sampler, full_env, 0, 40, per_step=2)
     state = json.loads(json.dumps(full_sampler.state_dict(), allow_nan=False))  # strictly JSON
+    save_file(full_sampler.state_tensors(), str(tmp_path / "sampler.safetensors"))  # the checkpoint's format
+    tensors = load_file(str(tmp_path / "sampler.safetensors"))
     env_at_kill = copy.deepcopy(full_env)
-    rest = run(full_sampler, full_env, 150, 400)
+    rest = run(full_sampler, full_env, 40, 100, per_step=2)
 
-    resumed = make_sampler(name, tasks(), seed=999)  # the seed is overridden by the saved RNG state
-    resumed.load_state_dict(state)
+    resumed = make_sampler(name, tasks(), options, seed=999)  # the seed is overridden by the saved RNG state
+    resumed.load_state_dict(state, tensors)
     assert np.array_equal(resumed.draw_counts(), np.bincount(first, minlength=len(SIZES)))
-    assert run(resumed, env_at_kill, 150, 400) == rest
+    assert run(resumed, env_at_kill, 40, 100, per_step=2) == rest
     assert np.array_equal(resumed.probabilities(), full_sampler.probabilities())
     assert resumed.state_dict() == json.loads(json.dumps(full_sampler.state_dict()))
+    assert resumed.evaluations == full_sampler.evaluations
+    saved, now = full_sampler.state_tensors(), resumed.state_tensors()
+    assert saved.keys() == now.keys() and all(torch.equal(saved[k], now[k]) for k in saved)
+    if name == "mpts" and not options:
+        assert any(k.startswith("adam/") for k in saved) and "generator" in saved  # optimiser and z-noise RNG
+        with pytest.raises(AdaptforgeError, match="risk learner tensor 'net/encoder.0.weight' is missing"):
+            make_sampler(name, tasks(), options).load_state_dict(state, {})
 
 
 def test_load_state_dict_refuses_a_different_setup():
@@ -159,11 +189,10 @@ def test_load_state_dict_refuses_a_different_setup():
 # --------------------------------------------------------------------------------- adaptive samplers
 
 
-def test_adaptive_samplers_visit_every_task_first():
-    for name in ("group_dro", "mpts"):
-        sampler = make_sampler(name, tasks(), seed=1)
-        first = run(sampler, Env(0), 0, len(SIZES))
-        assert sorted(first) == list(range(len(SIZES))), name
+def test_group_dro_visits_every_task_first():
+    sampler = make_sampler("group_dro", tasks(), seed=1)
+    first = run(sampler, Env(0), 0, len(SIZES))
+    assert sorted(first) == list(range(len(SIZES)))
 
 
 def test_group_dro_moves_mass_to_the_highest_loss_task():
@@ -192,64 +221,75 @@ def test_group_dro_size_adjustment_favours_small_tasks():
     assert sampler.probabilities()[0] > 0.9
 
 
-def test_mpts_risk_model_predicts_the_next_loss_better_than_the_last_level():
-    err_model, err_level = [], []
-    for seed in range(3):
-        sampler, env = make_sampler("mpts", tasks(), seed=seed), Env(seed + 1)
-        assert isinstance(sampler, MPTSSampler)
-        for step in range(600):
-            t = sampler.next()
-            mean, std = sampler.predict()
-            level = sampler.state_dict()["state"]["level"][t]
-            expected = env.true_loss(t)  # the noise-free loss of the batch about to be trained
-            if step >= 100:  # after the warm-up and a few updates of the risk model
-                err_model.append(abs(mean[t] - expected))
-                err_level.append(abs(level - expected))
-                assert std[t] > 0
-            sampler.observe(t, env.train(t, step), step)
-    # The learned model corrects the lag of the EMA level (about 20% lower error on this curve family).
-    assert np.mean(err_model) < 0.9 * np.mean(err_level), (np.mean(err_model), np.mean(err_level))
+@pytest.mark.parametrize("risk_model", ["np", "linear"])
+def test_mpts_risk_learner_learns_each_tasks_risk(risk_model):
+    """Fed noisy risks of fixed per-task levels, the risk learner ranks the tasks by their true risk."""
+    truth = np.array([0.2, 1.5, 0.6, 1.0, 0.4, 2.0])
+    sampler = make_sampler("mpts", tasks(), {"risk_model": risk_model}, seed=0)
+    assert isinstance(sampler, MPTSSampler)
+    rng = np.random.default_rng(0)
+    for step in range(150):
+        chosen = [int(i) for i in rng.choice(6, size=3, replace=False)]
+        sampler.observe_risk(chosen, list(truth[chosen] * np.exp(0.1 * rng.standard_normal(3))), step)
+    mean, std = sampler.predict()
+    assert np.corrcoef(mean, truth)[0, 1] > 0.9, mean
+    assert (std >= 0).all() and std.max() > 0
+    assert sampler.evaluations == 450  # one per observed risk
 
 
-def test_mpts_prefers_tasks_predicted_to_stay_hard():
-    # Two tasks at the same level: task 0 is flat, task 1 is falling fast. MPTS anticipates the fall.
-    sampler = make_sampler("mpts", tasks([100, 100]), MPTSConfig(beta=0.0, ema=0.2), seed=0)
-    flat, falling = 1.0, 2.0
-    for step in range(400):
-        t = sampler.next()
-        if t == 1:
-            falling = max(0.5, falling * 0.97)
-        sampler.observe(t, flat if t == 0 else falling, step)
-        if abs(sampler.state_dict()["state"]["level"][1] - 1.0) < 0.02 and falling < 0.99:
-            break
-    else:
-        pytest.fail("the falling task's level never reached the flat task's")
-    mean, _ = sampler.predict()
-    assert mean[1] < mean[0]  # same level now, but its next loss is predicted lower...
-    p = sampler.probabilities()
-    assert p[0] > p[1]  # ...so the flat task, which will stay hard, is preferred
-
-
-def test_mpts_uses_reduced_task_features_and_dev_losses():
+def test_mpts_identifiers_are_principal_components_or_one_hot():
     rng = np.random.default_rng(0)
     infos = [TaskInfo(f"t{i}", 100, 3, tuple(rng.normal(size=384))) for i in range(6)]
-    sampler = make_sampler("mpts", infos, {"task_feature_dim": 3})
-    assert sampler.dim == 8  # [level, trend, log gap, log size, 1] + 3 principal components
-    sampler.observe_eval(dict.fromkeys(range(6), 1.0) | {4: 3.0})  # dev losses end the warm-up
-    assert int(np.argmax(sampler.probabilities())) == 4
-    assert make_sampler("mpts", infos, {"task_feature_dim": 0}).dim == 5
+    assert make_sampler("mpts", infos, {"identifier_dim": 3}).identifiers.shape == (6, 3)
+    assert make_sampler("mpts", infos).identifiers.shape == (6, 5)  # centred, 6 tasks span N - 1 = 5 directions
+    assert np.array_equal(make_sampler("mpts", tasks()).identifiers, np.eye(len(SIZES)))
 
 
-@pytest.mark.parametrize("name", ["group_dro", "mpts"])
-def test_adaptive_samplers_lower_the_worst_task_loss(name):
-    """The property these samplers exist for: same step budget, lower worst-task loss than uniform."""
+def test_mpts_takes_the_top_b_of_b_hat_candidates_and_the_uniform_half():
+    sampler = make_sampler("mpts", tasks(), {"candidates": 6, "risk_model": "linear", "gamma_std": 0.0})
+    for step in range(30):  # task 5 is by far the riskiest, task 3 next
+        sampler.observe_risk([0, 1, 2, 3, 4, 5], [0.1, 0.1, 0.1, 1.0, 0.1, 3.0], step)
+    assert sampler.next_batch(2) == [5, 3]  # all 6 tasks are candidates: the two riskiest
+    half = make_sampler(
+        "mpts", tasks(), {"candidates": 6, "risk_model": "linear", "gamma_std": 0.0, "uniform_half": True}
+    )
+    half.load_state_dict({**sampler.state_dict(), "config": half.config.to_dict()})
+    picks = [half.next_batch(4) for _ in range(20)]
+    assert all(p[:2] == [5, 3] and len(set(p)) == 4 for p in picks)  # top half by score, the rest uniform
+    assert len({tuple(sorted(p[2:])) for p in picks}) > 1
+
+
+def test_drm_trains_the_worst_candidates_and_pays_for_every_evaluation():
+    losses = [0.5, 0.6, 2.0, 0.4, 1.0, 0.7]
+    sampler = make_sampler("drm", tasks(), {"candidates": 6})
+    assert isinstance(sampler, DRMSampler)
+    assert sampler.next_batch(2, lambda pool: [losses[i] for i in pool]) == [2, 4]
+    assert sampler.evaluations == 6
+
+
+@pytest.mark.parametrize(
+    ("name", "options"), [("group_dro", {}), ("drm", {}), ("mpts", {}), ("mpts", {"risk_model": "linear"})]
+)
+def test_adaptive_samplers_lower_the_worst_task_loss(name, options):
+    """The property these samplers exist for: same steps and examples, lower worst-task loss than uniform,
+    with the reducible-loss toy of ``CURVES`` (task 0 stays hard unless it is trained often)."""
     worst: dict[str, list[float]] = {"uniform": [], name: []}
-    for seed in range(4):
+    for seed in range(3):
         for sampler_name in worst:
             env = Env(seed)
-            run(make_sampler(sampler_name, tasks(), seed=seed), env, 0, 600)
+            opts = {"candidates": 6, **options} if sampler_name == name and name != "group_dro" else {}
+            run(make_sampler(sampler_name, tasks(), opts, seed=seed), env, 0, 300, per_step=2)
             worst[sampler_name].append(env.worst())
     assert np.mean(worst[name]) < 0.7 * np.mean(worst["uniform"]), worst
+
+
+def test_drm_spends_more_task_evaluations_than_mpts():
+    spent = {}
+    for name in ("drm", "mpts"):
+        sampler = make_sampler(name, tasks(), {"candidates": 6}, seed=0)
+        run(sampler, Env(0), 0, 50, per_step=2)
+        spent[name] = sampler.evaluations
+    assert spent == {"drm": 50 * 6, "mpts": 50 * 2}  # B-hat per step against B per step
 
 
 # ---------------------------------------------------------------------------------------- errors
@@ -265,10 +305,18 @@ def test_bad_configs_and_inputs_give_clear_errors():
             TemperatureConfig(temperature=bad)
     with pytest.raises(AdaptforgeError, match="'temperature' must be a finite number > 0, got '2'"):
         TemperatureConfig.from_dict({"temperature": "2"})
-    with pytest.raises(AdaptforgeError, match=r"'floor' must be in \[0, 1\], got 1.5"):
-        MPTSConfig(floor=1.5)
-    with pytest.raises(AdaptforgeError, match="task sampler 'mpts': 'tau' must be > 0, got 0"):
-        make_sampler("mpts", tasks(), {"tau": 0})
+    with pytest.raises(AdaptforgeError, match=r"'risk_model' must be one of .*np.*linear.*got 'vae'"):
+        MPTSConfig(risk_model="vae")
+    with pytest.raises(AdaptforgeError, match="task sampler 'mpts': 'lr' must be > 0, got 0"):
+        make_sampler("mpts", tasks(), {"lr": 0})
+    with pytest.raises(AdaptforgeError, match=r"task sampler 'mpts': unknown parameter 'gama_std'.*'gamma_std'"):
+        make_sampler("mpts", tasks(), {"gama_std": 1})
+    with pytest.raises(AdaptforgeError, match=r"candidates \(B-hat\) = 2 is below the 3 tasks per step"):
+        make_sampler("mpts", tasks(), {"candidates": 2}).next_batch(3)
+    with pytest.raises(AdaptforgeError, match="'drm': next_batch needs an evaluate function"):
+        make_sampler("drm", tasks()).next_batch(1)
+    with pytest.raises(AdaptforgeError, match="evaluate returned 1 losses for 8 candidates"):
+        make_sampler("drm", tasks()).next_batch(1, lambda pool: [1.0])
     with pytest.raises(AdaptforgeError, match="task sampler 'temperature' takes TemperatureConfig, got GroupDROConfig"):
         make_sampler("temperature", tasks(), GroupDROConfig())
     assert make_sampler("temperature", tasks(), SamplerConfig()).config == TemperatureConfig()

@@ -53,12 +53,15 @@ def train_cmd(
     label_col: LabelColOpt = "label",
     description: DescriptionOpt = None,
     multitask: Annotated[bool, typer.Option("--multitask", help="One adapter on all given tasks.", metavar="")] = False,
-    sampler: Annotated[str, typer.Option(help="Task sampler: uniform, proportional, temperature, group_dro, mpts.")] = (
-        "uniform"
-    ),
+    sampler: Annotated[
+        str, typer.Option(help="Task sampler: uniform, proportional, temperature, group_dro, drm, mpts.")
+    ] = "uniform",
     sampler_opt: Annotated[
         list[str] | None, typer.Option("--sampler-opt", help="Sampler option key=value; repeatable.")
     ] = None,
+    tasks_per_step: Annotated[
+        int, typer.Option("--tasks-per-step", help="B: tasks mixed in each step's batch (splits --batch-size).")
+    ] = 1,
     steps: Annotated[int | None, typer.Option(help="Total steps (default: epochs over all data).")] = None,
     eval_every: Annotated[int, typer.Option("--eval-every", help="Steps between dev checks (curves).")] = 0,
     as_json: JsonOpt = False,
@@ -89,6 +92,7 @@ def train_cmd(
             targets=tuple(t.strip() for t in targets.split(",")) if targets else None,
             sampler=sampler,
             sampler_options=parse_options(sampler_opt or []),
+            tasks_per_step=tasks_per_step,
             steps=steps,
             eval_every=eval_every,
         )

@@ -16,6 +16,7 @@ from adaptforge.scorers import describe, make_scorer
 from adaptforge.tasks import Task
 from adaptforge.train.checkpoint import load_checkpoint
 from adaptforge.train.config import TrainConfig
+from adaptforge.train.samplers import SAMPLERS
 from adaptforge.train.trainer import ProgressFn, TrainResult, train_tasks
 
 
@@ -46,6 +47,8 @@ def train_into_library(
     resumes with ``resume=True`` and a finished one leaves nothing behind.
     """
     tasks = [tasks] if isinstance(tasks, Task) else list(tasks)
+    if cfg is not None:  # a misspelt sampler or option fails before any work (naming the known ones)
+        SAMPLERS.get(cfg.sampler).parse_params(cfg.sampler_options)
     library.check_free(name, overwrite)
     with library.run_lock(name):  # a second train of this name refuses at once
         left = load_checkpoint(library.run_dir(name)) if not resume else None

@@ -1,15 +1,16 @@
 """Resumable training checkpoints, stored with safetensors (no pickle) and written atomically.
 
 A checkpoint holds the LoRA parameters, the AdamW moments, the global torch RNG state (dropout),
-the step and the resolved config; the data order is a pure function of (seed, epoch), so a
-resumed run replays exactly the batches the killed one would have seen.
+the step, the resolved config and the task sampler's state (JSON in ``state.json``, its learned
+weights, e.g. MPTS's risk learner and its optimiser, as ``extra/...`` tensors); the data order is a
+pure function of (seed, epoch), so a resumed run replays exactly the batches the killed one would have seen.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +45,22 @@ class Checkpoint:
     params: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
     rng: torch.Tensor
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def extra_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        """The extra tensors saved under ``prefix`` (e.g. ``"sampler/"``), with the prefix removed."""
+        return {k[len(prefix) :]: v for k, v in self.extra.items() if k.startswith(prefix)}
 
 
 def save_checkpoint(
-    folder: Path, step: int, meta: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer
+    folder: Path,
+    step: int,
+    meta: dict[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Write to a temporary sibling folder, fsync, then swap it in with a rename."""
+    """Write to a temporary sibling folder, fsync, then swap it in with a rename (``extra``: more tensors)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     params = dict(model.named_parameters())
@@ -59,6 +70,8 @@ def save_checkpoint(
         for key, value in state.items():
             tensors[f"opt/{names[idx]}/{key}"] = torch.as_tensor(value).clone()
     tensors["rng/torch"] = torch.get_rng_state()
+    for key, value in (extra or {}).items():
+        tensors[f"extra/{key}"] = value.detach().contiguous().clone()
     groups = [{k: v for k, v in g.items() if k != "params"} for g in opt_state["param_groups"]]
     tmp = stage_folder(folder)
     save_file(tensors, str(tmp / STATE_FILE))
@@ -106,7 +119,8 @@ def load_checkpoint(folder: Path) -> Checkpoint | None:
         if entry:
             state[idx] = entry
     groups = [{**g, "params": list(range(len(names)))} for g in meta["groups"]]
-    return Checkpoint(meta["step"], meta, params, {"state": state, "param_groups": groups}, tensors["rng/torch"])
+    extra = {k[len("extra/") :]: v for k, v in tensors.items() if k.startswith("extra/")}
+    return Checkpoint(meta["step"], meta, params, {"state": state, "param_groups": groups}, tensors["rng/torch"], extra)
 
 
 def restore(checkpoint: Checkpoint, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:

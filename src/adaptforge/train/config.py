@@ -46,12 +46,22 @@ class TrainConfig(Params):
     seed: int = param(0, help="seed of the training sample, the data order, the task sampler, LoRA init and dropout")
     checkpoint_every: int = param(50, ge=0, help="steps between resumable checkpoints (0: never)")
     sampler: str = param("uniform", help="multi-task training: which task each step's batch comes from")
-    sampler_options: dict[str, Any] = param(default_factory=dict, help="the sampler's config (see train/samplers.py)")
+    sampler_options: dict[str, Any] = param(default_factory=dict, help="the sampler's config (see train/samplers/)")
+    tasks_per_step: int = param(
+        1, ge=1, help="B: task sub-batches in every step's batch (batch_size is split evenly among them)"
+    )
     steps: int | None = param(None, ge=1, help="null: epochs x (batches in one pass over every task)")
     eval_every: int = param(
         0, ge=0, help="steps between dev-loss checks of every task (curves, adaptive samplers); 0: never"
     )
     eval_examples: int = param(64, ge=1, help="dev examples per task in those checks")
+
+    def check(self) -> None:
+        self.require(
+            "batch_size",
+            self.batch_size % self.tasks_per_step == 0,
+            f"a multiple of tasks_per_step ({self.tasks_per_step}), so every task sub-batch has the same size",
+        )
 
     def resolved(self, kind: str, default_targets: tuple[str, ...]) -> TrainConfig:
         """Fill the per-kind defaults so the stored recipe says exactly what ran."""

@@ -1,8 +1,13 @@
 """LoRA training, single-task or multi-task, top to bottom.
 
 One loop serves both: each task is a stream of batches whose order is a pure function of
-(seed, task index, epoch), and a task sampler (train/samplers.py) picks the stream of every step;
-single-task training is the one-stream case. LoRA layers are injected with PEFT into the backbone
+(seed, task index, epoch), and a task sampler (train/samplers/) picks the streams of every step:
+``tasks_per_step`` sub-batches of ``batch_size / tasks_per_step`` examples, each scored with its own
+task's label set, their losses averaged into one update. Single-task training is the one-stream
+case. Samplers that look at tasks before choosing (DRM) get an evaluator of candidates' next
+batches; samplers that learn from risk after adaptation (MPTS) get each trained task's loss on its
+sub-batch measured after the update. Both run in eval mode without gradients and never touch the
+torch RNG, so they change no dropout draw. LoRA layers are injected with PEFT into the backbone
 for the duration of the run and removed afterwards (``unload``), so the shared backbone is
 unchanged and no model copy is made. The result is a :class:`LoraDelta` read from the trained
 LoRA layers with PEFT's own per-module scaling.
@@ -14,7 +19,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +32,7 @@ from adaptforge.batching import Batch, EncodedSplit, batch_order, make_batch
 from adaptforge.core import AdaptforgeError, LoraDelta, LoraModule
 from adaptforge.evaluate import predict_logits
 from adaptforge.layers import lora_layers, mostly_transposed
-from adaptforge.scorers import LabelInputs, Scorer, make_scorer
+from adaptforge.scorers import LabelInputs, Scorer, describe, make_scorer
 from adaptforge.tasks import Task
 from adaptforge.train.checkpoint import load_checkpoint, restore, save_checkpoint
 from adaptforge.train.config import TrainConfig
@@ -45,6 +50,9 @@ class TrainResult:
     history: list[tuple[int, int, float]] = field(default_factory=list)  # (step, task index, batch loss)
     curves: dict[str, list[tuple[int, float, float]]] = field(default_factory=dict)  # task -> (step, dev loss, acc)
     draws: list[int] = field(default_factory=list)  # batches drawn per task
+    evaluations: int = 0  # task evaluations the sampler spent (choosing or measuring risk)
+    sampler_seconds: float = 0.0  # wall time of the sampler's own compute (choosing, learning), evaluations excluded
+    evaluation_seconds: float = 0.0  # wall time of the task evaluations it asked for (forward passes)
     n_train: int = 0
     seconds: float = 0.0
     examples_per_second: float = 0.0
@@ -148,6 +156,23 @@ def data_fingerprint(tasks: list[Task], cfg: TrainConfig) -> str:
     return h.hexdigest()[:16]
 
 
+def task_identifier(scorer: Scorer, task: Task, n_train: int) -> tuple[float, ...]:
+    """What the sampler knows a task by (MPTS's identifier): the embedding of its description and label
+    names (:func:`describe`) followed by its log training size and label count."""
+    return (*describe(scorer, task).astype(float).tolist(), math.log(n_train), float(len(task.labels)))
+
+
+def batch_losses(scorer: Scorer, model: torch.nn.Module, batches: Sequence[tuple[Batch, LabelInputs]]) -> list[float]:
+    """Loss of each batch under ``model`` in eval mode without gradients (no dropout, no RNG use)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return [float(scorer.loss(model, batch, labels)) for batch, labels in batches]
+    finally:
+        model.train(was_training)
+
+
 def dev_check(scorer: Scorer, model: torch.nn.Module, task: Task, n: int, seed: int) -> tuple[float, float]:
     """Dev loss and accuracy on a fixed sample, without touching the dropout RNG."""
     split = "dev" if "dev" in task.splits else "train"
@@ -187,6 +212,7 @@ def train_tasks(
     transposed = check_targets(backbone, cfg.targets or ())
     scorer = scorer or make_scorer(backbone, cfg.max_length, cfg.temperature)
     streams = []
+    sub_batch = cfg.batch_size // cfg.tasks_per_step
     for i, task in enumerate(tasks):
         examples = task.sample("train", cfg.max_train, seed=cfg.seed)
         if len({e.label for e in examples}) < 2:
@@ -196,15 +222,14 @@ def train_tasks(
                 examples[0].label if examples else None,
             )
         streams.append(
-            TaskStream(task, i, scorer.encode(task, examples), scorer.encode_labels(task), cfg.batch_size, cfg.seed)
+            TaskStream(task, i, scorer.encode(task, examples), scorer.encode_labels(task), sub_batch, cfg.seed)
         )
-    sampler: TaskSampler = make_sampler(
-        cfg.sampler,
-        [TaskInfo(s.task.name, len(s.encoded), len(s.task.labels)) for s in streams],
-        cfg.sampler_options,
-        seed=cfg.seed,
-    )
-    total = cfg.steps or cfg.epochs * sum(s.steps_per_epoch for s in streams)
+    infos = [
+        TaskInfo(s.task.name, len(s.encoded), len(s.task.labels), task_identifier(scorer, s.task, len(s.encoded)))
+        for s in streams
+    ]
+    sampler: TaskSampler = make_sampler(cfg.sampler, infos, cfg.sampler_options, seed=cfg.seed)
+    total = cfg.steps or math.ceil(cfg.epochs * sum(s.steps_per_epoch for s in streams) / cfg.tasks_per_step)
     meta = {"config": cfg.to_dict(), "tasks": names, "base": backbone.fingerprint, "data": data_fingerprint(tasks, cfg)}
 
     torch.manual_seed(cfg.seed)
@@ -216,6 +241,15 @@ def train_tasks(
         history: list[tuple[int, int, float]] = []
         curves: dict[str, list[tuple[int, float, float]]] = {n: [] for n in names}
         draws = [0] * len(streams)
+        timers = {"sampler": 0.0, "evaluation": 0.0}
+
+        def evaluate(candidates: Sequence[int]) -> list[float]:  # the batch each candidate would train on next
+            tick = time.perf_counter()
+            batches = [(streams[c].batch(draws[c]), streams[c].labels) for c in candidates]
+            losses = batch_losses(scorer, model, batches)
+            timers["evaluation"] += time.perf_counter() - tick
+            return losses
+
         if resume and checkpoint_dir is not None:
             ckpt = load_checkpoint(checkpoint_dir)
             if ckpt is not None:
@@ -226,34 +260,52 @@ def train_tasks(
                         "without --resume (or with a new --name)"
                     )
                 restore(ckpt, model, optimizer)
-                sampler.load_state_dict(ckpt.meta["sampler"])
+                sampler.load_state_dict(ckpt.meta["sampler"], ckpt.extra_tensors("sampler/"))
                 start = resumed_from = ckpt.step
                 history = [tuple(x) for x in ckpt.meta["history"]]
                 curves = {k: [tuple(x) for x in v] for k, v in ckpt.meta["curves"].items()}
                 draws = list(ckpt.meta["draws"])
+                timers = {k: float(ckpt.meta.get(f"{k}_seconds", 0.0)) for k in timers}
                 log.info("resuming %s from step %d/%d", "+".join(names), start, total)
         model.train()
         t0, seen = time.perf_counter(), 0
         for step in range(start, total):
-            i = sampler.next()
-            batch = streams[i].batch(draws[i])
-            draws[i] += 1
+            tick, evaluated = time.perf_counter(), timers["evaluation"]
+            chosen = sampler.next_batch(cfg.tasks_per_step, evaluate)
+            timers["sampler"] += time.perf_counter() - tick - (timers["evaluation"] - evaluated)
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * lr_factor(step, total, cfg.warmup_ratio)
-            loss = scorer.loss(model, batch, streams[i].labels)
-            if not torch.isfinite(loss):
-                raise AdaptforgeError(
-                    f"training diverged: the loss is {loss.item()} at step {step + 1}/{total} (lr {cfg.lr}); "
-                    "no adapter was stored. Lower --lr"
-                )
-            loss.backward()
+            trained: list[tuple[Batch, LabelInputs]] = []
+            losses = []
+            for i in chosen:
+                batch = streams[i].batch(draws[i])
+                draws[i] += 1
+                loss = scorer.loss(model, batch, streams[i].labels)
+                if not torch.isfinite(loss):
+                    raise AdaptforgeError(
+                        f"training diverged: the loss is {loss.item()} at step {step + 1}/{total} (lr {cfg.lr}); "
+                        "no adapter was stored. Lower --lr"
+                    )
+                (loss / len(chosen)).backward()  # the step's loss: the mean over its task sub-batches
+                trained.append((batch, streams[i].labels))
+                losses.append(loss.item())
+                seen += len(batch.index)
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            seen += len(batch.index)
-            history.append((step, i, loss.item()))
-            sampler.observe(i, history[-1][2], step)
+            risks = None
+            if sampler.wants_risk:
+                tick = time.perf_counter()
+                risks = batch_losses(scorer, model, trained)
+                timers["evaluation"] += time.perf_counter() - tick
+            tick = time.perf_counter()
+            for i, loss_value in zip(chosen, losses, strict=True):
+                history.append((step, i, loss_value))
+                sampler.observe(i, loss_value, step)
+            if risks is not None:
+                sampler.observe_risk(chosen, risks, step)
+            timers["sampler"] += time.perf_counter() - tick
             done = step + 1
             if cfg.eval_every and (done % cfg.eval_every == 0 or done == total):
                 dev = {s.index: dev_check(scorer, model, s.task, cfg.eval_examples, cfg.seed) for s in streams}
@@ -261,14 +313,23 @@ def train_tasks(
                     curves[s.task.name].append((done, *dev[s.index]))
                 sampler.observe_eval({k: v[0] for k, v in dev.items()})
             if progress:
-                progress(done, total, history[-1][2])
+                progress(done, total, sum(losses) / len(losses))
             if (
                 checkpoint_dir is not None
                 and cfg.checkpoint_every
                 and (done % cfg.checkpoint_every == 0 or done == stop_after)
             ):
-                state = {**meta, "history": history, "curves": curves, "draws": draws, "sampler": sampler.state_dict()}
-                save_checkpoint(checkpoint_dir, done, state, model, optimizer)
+                state = {
+                    **meta,
+                    "history": history,
+                    "curves": curves,
+                    "draws": draws,
+                    "sampler": sampler.state_dict(),
+                    "sampler_seconds": timers["sampler"],
+                    "evaluation_seconds": timers["evaluation"],
+                }
+                extra = {f"sampler/{k}": v for k, v in sampler.state_tensors().items()}
+                save_checkpoint(checkpoint_dir, done, state, model, optimizer, extra)
             if stop_after is not None and done >= stop_after:
                 break
         seconds = time.perf_counter() - t0
@@ -287,6 +348,9 @@ def train_tasks(
         history,
         curves,
         draws,
+        sampler.evaluations,
+        timers["sampler"],
+        timers["evaluation"],
         sum(len(s.encoded) for s in streams),
         seconds,
         seen / seconds if seconds > 0 else 0.0,
