@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +44,16 @@ class Checkpoint:
     params: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
     rng: torch.Tensor
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # the trainer's own tensors (snapshots)
 
 
 def save_checkpoint(
-    folder: Path, step: int, meta: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer
+    folder: Path,
+    step: int,
+    meta: dict[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Write to a temporary sibling folder, fsync, then swap it in with a rename."""
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -59,6 +65,7 @@ def save_checkpoint(
         for key, value in state.items():
             tensors[f"opt/{names[idx]}/{key}"] = torch.as_tensor(value).clone()
     tensors["rng/torch"] = torch.get_rng_state()
+    tensors.update({f"extra/{k}": v.detach().contiguous() for k, v in (extra or {}).items()})
     groups = [{k: v for k, v in g.items() if k != "params"} for g in opt_state["param_groups"]]
     tmp = stage_folder(folder)
     save_file(tensors, str(tmp / STATE_FILE))
@@ -106,7 +113,8 @@ def load_checkpoint(folder: Path) -> Checkpoint | None:
         if entry:
             state[idx] = entry
     groups = [{**g, "params": list(range(len(names)))} for g in meta["groups"]]
-    return Checkpoint(meta["step"], meta, params, {"state": state, "param_groups": groups}, tensors["rng/torch"])
+    extra = {k[len("extra/") :]: v for k, v in tensors.items() if k.startswith("extra/")}
+    return Checkpoint(meta["step"], meta, params, {"state": state, "param_groups": groups}, tensors["rng/torch"], extra)
 
 
 def restore(checkpoint: Checkpoint, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:

@@ -27,6 +27,7 @@ from adaptforge.batching import Batch, EncodedSplit, batch_order, make_batch
 from adaptforge.core import AdaptforgeError, LoraDelta, LoraModule
 from adaptforge.evaluate import predict_logits
 from adaptforge.scorers import LabelInputs, Scorer, make_scorer
+from adaptforge.snapshots import Snapshots, snapshot_steps
 from adaptforge.tasks import Task
 from adaptforge.train.checkpoint import load_checkpoint, restore, save_checkpoint
 from adaptforge.train.config import TrainConfig
@@ -48,6 +49,7 @@ class TrainResult:
     seconds: float = 0.0
     examples_per_second: float = 0.0
     resumed_from: int | None = None
+    snapshots: Snapshots | None = None  # cfg.snapshots evenly spaced copies of the factors (no demonstrations)
 
 
 def lora_config(cfg: TrainConfig) -> LoraConfig:
@@ -211,6 +213,8 @@ def train_tasks(
         history: list[tuple[int, int, float]] = []
         curves: dict[str, list[tuple[int, float, float]]] = {n: [] for n in names}
         draws = [0] * len(streams)
+        keep_at = set(snapshot_steps(total, cfg.snapshots))
+        snaps: dict[str, torch.Tensor] = {}  # "<step>/<module>/A|B"; checkpointed, so a resume keeps them
         if resume and checkpoint_dir is not None:
             ckpt = load_checkpoint(checkpoint_dir)
             if ckpt is not None:
@@ -226,6 +230,7 @@ def train_tasks(
                 history = [tuple(x) for x in ckpt.meta["history"]]
                 curves = {k: [tuple(x) for x in v] for k, v in ckpt.meta["curves"].items()}
                 draws = list(ckpt.meta["draws"])
+                snaps = dict(ckpt.extra)
                 log.info("resuming %s from step %d/%d", "+".join(names), start, total)
         model.train()
         t0, seen = time.perf_counter(), 0
@@ -255,6 +260,9 @@ def train_tasks(
                 for s in streams:
                     curves[s.task.name].append((done, *dev[s.index]))
                 sampler.observe_eval({k: v[0] for k, v in dev.items()})
+            if done in keep_at:
+                for module, lora in extract_delta(model).modules.items():
+                    snaps[f"{done}/{module}/A"], snaps[f"{done}/{module}/B"] = lora.A, lora.B
             if progress:
                 progress(done, total, history[-1][2])
             if (
@@ -263,7 +271,7 @@ def train_tasks(
                 and (done % cfg.checkpoint_every == 0 or done == stop_after)
             ):
                 state = {**meta, "history": history, "curves": curves, "draws": draws, "sampler": sampler.state_dict()}
-                save_checkpoint(checkpoint_dir, done, state, model, optimizer)
+                save_checkpoint(checkpoint_dir, done, state, model, optimizer, extra=snaps)
             if stop_after is not None and done >= stop_after:
                 break
         seconds = time.perf_counter() - t0
@@ -286,4 +294,17 @@ def train_tasks(
         seconds,
         seen / seconds if seconds > 0 else 0.0,
         resumed_from,
+        collect_snapshots(snaps),
     )
+
+
+def collect_snapshots(flat: dict[str, torch.Tensor]) -> Snapshots | None:
+    """``"<step>/<module>/A|B"`` tensors as :class:`Snapshots` in step order (None when there are none)."""
+    by_step: dict[int, dict[str, dict[str, torch.Tensor]]] = {}
+    for key, value in flat.items():
+        step, module, which = key.split("/")
+        by_step.setdefault(int(step), {}).setdefault(module, {})[which] = value
+    if not by_step:
+        return None
+    steps = sorted(by_step)
+    return Snapshots(steps, [{m: (f["A"], f["B"]) for m, f in by_step[s].items()} for s in steps])
