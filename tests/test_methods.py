@@ -16,6 +16,7 @@ import adaptforge.compose  # noqa: F401  (registers the composers and the arrow 
 import adaptforge.merge  # noqa: F401  (registers the merge methods and the entropy router)
 from adaptforge.compose import COMPOSERS
 from adaptforge.core import AdaptforgeError, Registry
+from adaptforge.generate.methods import GENERATORS
 from adaptforge.merge import MERGE_METHODS
 from adaptforge.methods import Method
 from adaptforge.params import Params
@@ -29,6 +30,7 @@ REGISTRIES: dict[str, Registry] = {
     "router": ROUTERS,
     "sampler": SAMPLERS,
     "tta": TTA_METHODS,
+    "generator": GENERATORS,
 }
 CASES = [(family, name) for family, registry in REGISTRIES.items() for name in registry.names()]
 
