@@ -21,6 +21,7 @@ The generator is fitted once per held-out task (params seed 0); the benchmark se
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import sys
@@ -156,6 +157,7 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=30)
     parser.add_argument("--test-limit", type=int, default=200)
     parser.add_argument("--budget-minutes", type=float, default=38.0)
+    parser.add_argument("--stop-at", default=None, help="UTC HH:MM after which no new cell starts (a wall-clock end)")
     parser.add_argument("--out", type=Path, default=Path("out/generate"))
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
@@ -187,8 +189,16 @@ def main() -> None:
             flush=True,
         )
 
+    stop_at = None
+    if args.stop_at:
+        now = datetime.datetime.now(datetime.UTC)
+        hh, mm = (int(x) for x in args.stop_at.split(":"))
+        stop_at = now.replace(hour=hh, minute=mm, second=0, microsecond=0)
+        stop_at += datetime.timedelta(days=1) if stop_at < now - datetime.timedelta(hours=12) else datetime.timedelta()
+
     def over_budget() -> bool:
-        return (time.perf_counter() - start) / 60 > args.budget_minutes
+        late = stop_at is not None and datetime.datetime.now(datetime.UTC) > stop_at
+        return late or (time.perf_counter() - start) / 60 > args.budget_minutes
 
     seeds = [int(s) for s in args.seeds.split(",")]
     for seed in seeds:

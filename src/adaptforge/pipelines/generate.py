@@ -1,8 +1,10 @@
-"""``adaptforge generate``: an adapter for a task never trained on, from its description and labels.
+"""``adaptforge generate``: an adapter for a task never trained on, by a registered generator (:data:`GENERATORS`).
 
-The library's generator (:mod:`adaptforge.generate`), fitted on the tasks' own adapters and cached in
-``<library>/generators/<key>``, decodes the adapter; it is stored with the training adapters as parents
-and a :class:`~adaptforge.provenance.GenerateProvenance`.
+``span`` (default) conditions on the description and labels; ``icm`` (ICM-LoRA) on the in-context task vector of
+k demonstrations (``--examples``, ``--shots``; ``--shots 0``: the description). The method's generator, fitted
+on the library and cached in ``<library>/generators/<key>``, decodes the adapter; it is stored with the training
+adapters as parents and a :class:`~adaptforge.provenance.GenerateProvenance` naming the generator, the condition
+source and the seed.
 """
 
 from __future__ import annotations
