@@ -115,7 +115,7 @@ def test_generate_icm_cli_writes_a_peft_folder_with_lineage(encoder_library, min
         "icm",
     )
     result = run_cli(*common, "--out", "gen-icm", "--examples", examples, "--shots", 4, "--seed", 1)
-    assert "generate icm: added gen-icm" in result.stdout
+    assert "generate: added gen-icm" in result.stdout
     record = encoder_library.get("gen-icm")
     assert record.kind == "generate" and len(record.parents) == 2
     assert record.params["generator_method"] == "icm" and record.params["condition_source"] == "4 demonstrations"

@@ -191,7 +191,7 @@ def generate_into_library(
         overwrite=overwrite,
     )
     say(f"added {record.name} ({record.id}) to {library.root}")
-    outcome = NewTaskOutcome(record, f"generate {method}", 0.0, info)
+    outcome = NewTaskOutcome(record, "generate", 0.0, info)
     if eval_task is not None:
         outcome.evals = zero_shot_vs(
             scorer,
