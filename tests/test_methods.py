@@ -17,6 +17,7 @@ import adaptforge.merge  # noqa: F401  (registers the merge methods and the entr
 from adaptforge.backends import BACKENDS
 from adaptforge.compose import COMPOSERS
 from adaptforge.core import AdaptforgeError, Registry
+from adaptforge.generate.methods import GENERATORS
 from adaptforge.merge import MERGE_METHODS
 from adaptforge.methods import Method
 from adaptforge.params import Params
@@ -31,6 +32,7 @@ REGISTRIES: dict[str, Registry] = {
     "sampler": SAMPLERS,
     "tta": TTA_METHODS,
     "backend": BACKENDS,
+    "generator": GENERATORS,
 }
 CASES = [(family, name) for family, registry in REGISTRIES.items() for name in registry.names()]
 

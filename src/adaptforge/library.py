@@ -59,6 +59,7 @@ from adaptforge.durable import (
     staged_folder,
 )
 from adaptforge.provenance import Provenance
+from adaptforge.snapshots import SNAPSHOTS_FILE, Snapshots, read_snapshots
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +156,7 @@ class AdapterRecord:
     embedding: np.ndarray | None = field(compare=False, repr=False)
     config_checksum: str = ""  # sha256 of adapter_config.json
     kind: str = "other"  # what made it: one of KINDS (the method column says which algorithm)
+    extra_checksums: dict = field(default_factory=dict, compare=False)  # more files of the folder -> sha256
 
     def __hash__(self) -> int:
         return hash((self.id, self.checksum))
@@ -190,6 +192,7 @@ class AdapterRecord:
             "path": str(self.path),
             "embedding": None if self.embedding is None else [float(x) for x in self.embedding],
             "kind": self.kind,
+            "extra_checksums": dict(self.extra_checksums),
         }
 
 
@@ -285,12 +288,17 @@ def _schema_v3(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE metrics ADD COLUMN subset TEXT NOT NULL DEFAULT 'unknown'")
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_schema_v1, _schema_v2, _schema_v3)
+def _schema_v4(conn: sqlite3.Connection) -> None:
+    """Adapters may hold more files than the PEFT pair (training snapshots); their sha256 per file name."""
+    conn.execute("ALTER TABLE adapters ADD COLUMN extra_checksums TEXT NOT NULL DEFAULT '{}'")
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_schema_v1, _schema_v2, _schema_v3, _schema_v4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _RECORD_COLUMNS = (
     "id, name, task, description, embedding, embedding_dim, base_model, base_fingerprint, rank, targets, "
-    "recipe, method, params, checksum, config_checksum, created, kind"
+    "recipe, method, params, checksum, config_checksum, created, kind, extra_checksums"
 )
 
 
@@ -384,7 +392,7 @@ def _insert_record(conn: sqlite3.Connection, record: AdapterRecord) -> None:
     """The catalog row and lineage rows of one adapter (the caller holds the transaction)."""
     vector = record.embedding
     conn.execute(
-        f"INSERT INTO adapters ({_RECORD_COLUMNS}) VALUES ({','.join('?' * 17)})",
+        f"INSERT INTO adapters ({_RECORD_COLUMNS}) VALUES ({','.join('?' * 18)})",
         (
             record.id,
             record.name,
@@ -403,6 +411,7 @@ def _insert_record(conn: sqlite3.Connection, record: AdapterRecord) -> None:
             record.config_checksum,
             record.created,
             record.kind,
+            json.dumps(dict(record.extra_checksums), sort_keys=True),
         ),
     )
     conn.executemany(
@@ -451,6 +460,7 @@ def read_provenance(folder: Path) -> AdapterRecord:
             embedding=None if embedding is None else _as_embedding(embedding),
             config_checksum=_require_text(info["config_checksum"], "config_checksum"),
             kind=_kind(info.get("kind") or infer_kind(info.get("recipe"), str(info["method"]))),
+            extra_checksums={str(k): str(v) for k, v in (info.get("extra_checksums") or {}).items()},
         )
     except KeyError as err:
         raise LibraryError(f"{path}: missing field {err.args[0]!r}") from None
@@ -677,6 +687,7 @@ class Library:
             config_checksum,
             created,
             kind,
+            extra_checksums,
         ) = row
         embedding = None
         if blob is not None:
@@ -706,6 +717,7 @@ class Library:
             embedding=embedding,
             config_checksum=config_checksum,
             kind=kind,
+            extra_checksums=json.loads(extra_checksums or "{}"),
         )
 
     def get(self, name_or_id: str) -> AdapterRecord:
@@ -791,8 +803,12 @@ class Library:
         parents: Sequence[str] = (),
         metrics: Sequence[MetricRow] = (),
         overwrite: bool = False,
+        snapshots: Snapshots | None = None,
     ) -> AdapterRecord:
         """Store ``delta`` atomically under ``name``; returns its record.
+
+        ``snapshots`` (training snapshots, :mod:`adaptforge.snapshots`) are written beside the PEFT files and
+        checksummed with them; they are part of this adapter, not adapters of their own.
 
         ``kind`` says what made it (one of :data:`KINDS`; default: inferred from ``recipe`` and ``method``,
         see :func:`infer_kind`); pipelines pass a typed :class:`~adaptforge.provenance.Provenance` instead
@@ -840,6 +856,9 @@ class Library:
             write_adapter(delta, tmp, base_model)
             checksum = sha256_file(tmp / WEIGHTS_FILE)
             config_checksum = sha256_file(tmp / CONFIG_FILE)
+            extra = {}
+            if snapshots is not None and len(snapshots):
+                extra[SNAPSHOTS_FILE] = sha256_file(snapshots.write(tmp))
             record = AdapterRecord(
                 id=ident,
                 name=name,
@@ -859,6 +878,7 @@ class Library:
                 embedding=None if vector is None else self._frozen(vector),
                 config_checksum=config_checksum,
                 kind=kind,
+                extra_checksums=extra,
             )
             write_provenance(record, tmp)
             share_files(tmp)
@@ -959,7 +979,12 @@ class Library:
     @staticmethod
     def _verify(record: AdapterRecord) -> None:
         """Both files present with the sha256 recorded (by the catalog, or by the provenance file on rebuild)."""
-        for filename, expected in ((WEIGHTS_FILE, record.checksum), (CONFIG_FILE, record.config_checksum)):
+        files = (
+            (WEIGHTS_FILE, record.checksum),
+            (CONFIG_FILE, record.config_checksum),
+            *record.extra_checksums.items(),
+        )
+        for filename, expected in files:
             path = record.path / filename
             try:
                 actual = sha256_file(path)
@@ -987,6 +1012,17 @@ class Library:
         except AdapterFormatError as err:
             raise CorruptAdapterError(f"adapter {record.name!r} ({record.id}): {err}") from None
         return delta, record
+
+    def snapshots(self, name_or_id: str) -> Snapshots | None:
+        """The training snapshots stored with an adapter (checksums checked), or None if it has none."""
+        record = self.get(name_or_id)
+        if SNAPSHOTS_FILE not in record.extra_checksums:
+            return None
+        self._verify(record)
+        try:
+            return read_snapshots(record.path / SNAPSHOTS_FILE)
+        except AdaptforgeError as err:
+            raise CorruptAdapterError(f"adapter {record.name!r} ({record.id}): {err}") from None
 
     def check(self, record: AdapterRecord) -> list[str]:
         """Every integrity problem of one stored adapter: files present, checksums, a readable and finite PEFT

@@ -188,13 +188,22 @@ class GenerateProvenance(Provenance):
     labels: Sequence[str]
     seed: int | None
     info: Mapping[str, Any]
+    generator_method: str = "span"
+    generator_id: str | None = None  # the generator's folder name in <library>/generators
+    condition_source: str = "description"  # what the condition was read from ("16 demonstrations", ...)
 
     @property
     def method(self) -> str:
         return "generate"
 
     def params(self) -> dict[str, Any]:
-        return {"labels": {self.task: list(self.labels)}, "seed": self.seed}
+        return {
+            "labels": {self.task: list(self.labels)},
+            "seed": self.seed,
+            "generator_method": self.generator_method,
+            "generator_id": self.generator_id,
+            "condition_source": self.condition_source,
+        }
 
     def recipe(self) -> dict[str, Any]:
         return {"kind": "generate", "labels": list(self.labels), **dict(self.info)}

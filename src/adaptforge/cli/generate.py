@@ -36,6 +36,16 @@ def generate_cmd(
     labels: Annotated[str, typer.Option(help="Comma-separated label strings, in order.")],
     task_name: Annotated[str | None, typer.Option("--task", help="Task name recorded (default: --out).")] = None,
     seed: Annotated[int | None, typer.Option(help="Sample the generator with this seed (default: its mean).")] = None,
+    method: Annotated[
+        str, typer.Option("--method", help="Generator: span (description, library adapters) or icm (snapshots).")
+    ] = "span",
+    shots: Annotated[
+        int | None, typer.Option("--shots", min=0, help="icm: demonstrations k (default 16); 0: description only.")
+    ] = None,
+    examples: Annotated[
+        Path | None,
+        typer.Option("--examples", help="icm: labelled demonstrations (JSONL text/label, or a task folder)."),
+    ] = None,
     model: ModelOpt = None,
     eval_dir: Annotated[Path | None, typer.Option("--eval", help="Task folder to compare with zero-shot.")] = None,
     split: Annotated[str, typer.Option(help="Split evaluated by --eval.")] = "test",
@@ -46,14 +56,19 @@ def generate_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """An adapter for a task never trained on, from its description and labels (generator over the library)."""
+    from adaptforge.generate.methods import GENERATORS
     from adaptforge.library import Library
-    from adaptforge.pipelines.generate import generate_into_library
+    from adaptforge.pipelines.generate import generate_into_library, read_demonstrations
     from adaptforge.tasks import load_task
 
     with cli_errors():
         names = [x.strip() for x in labels.split(",")]
         if len(names) < 2 or any(not x for x in names):
             raise AdaptforgeError(f"--labels {labels!r}: expected at least two comma-separated non-empty labels")
+        GENERATORS.get(method)  # an unknown name fails here, with suggestions
+        if method != "icm" and (shots is not None or examples is not None):
+            raise AdaptforgeError(f"--shots and --examples are for --method icm; --method {method} reads no examples")
+        demos = read_demonstrations(examples, names) if examples is not None else None
         lib = Library(library, create=False)
         outcome = generate_into_library(
             description,
@@ -62,6 +77,9 @@ def generate_cmd(
             out_name,
             task_name=task_name,
             seed=seed,
+            method=method,
+            examples=demos,
+            shots=shots,
             model=model,
             eval_task=load_task(
                 eval_dir, text_col=text_col, label_col=label_col, description=one_description(description, 1)

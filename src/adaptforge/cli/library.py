@@ -78,6 +78,8 @@ def library_show(
         info["files"] = {p.name: p.stat().st_size for p in sorted(rec.path.iterdir()) if p.is_file()}
         problems = lib.check(rec)
         info["integrity"] = {"ok": not problems, "problems": problems}
+        snaps = None if problems else lib.snapshots(rec.name)
+        info["snapshots"] = None if snaps is None else {"count": len(snaps), "steps": snaps.steps}
     if as_json:
         out.print_json(json.dumps(info, default=str))
     else:

@@ -250,6 +250,9 @@ def adapter_summary(info: dict) -> Table:
         add("metric", f"{m['task']}/{m['split']} {m['metric']} {value} (n={m['n']})")
     for name, size in info["files"].items():
         add("file", f"{name} {size / 1024:.1f} KiB")
+    if info.get("snapshots"):
+        steps = info["snapshots"]["steps"]
+        add("snapshots", f"{info['snapshots']['count']} (steps {steps[0]}..{steps[-1]}), not separate adapters")
     add("checksum", info["checksum"][:16])
     add("integrity", "ok" if info["integrity"]["ok"] else "DAMAGED")
     return table

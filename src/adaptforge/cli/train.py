@@ -64,6 +64,9 @@ def train_cmd(
     ] = 1,
     steps: Annotated[int | None, typer.Option(help="Total steps (default: epochs over all data).")] = None,
     eval_every: Annotated[int, typer.Option("--eval-every", help="Steps between dev checks (curves).")] = 0,
+    snapshots: Annotated[
+        int, typer.Option("--snapshots", help="Keep N evenly spaced snapshots of the LoRA weights (generate icm).")
+    ] = 0,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a LoRA adapter on one task (or, with --multitask, on several) and add it to the library."""
@@ -95,6 +98,7 @@ def train_cmd(
             tasks_per_step=tasks_per_step,
             steps=steps,
             eval_every=eval_every,
+            snapshots=snapshots,
         )
         lib = Library(library)  # created here when new; removed again if the run fails before it lands
         backbone = Backbone.load(model)
@@ -114,6 +118,7 @@ def train_cmd(
         "examples_per_second": round(trained.result.examples_per_second, 1),
         "eval": [e.to_json() for e in trained.evals],
         "zero_shot": [e.to_json() for e in trained.zero_shot],
+        "snapshots": 0 if trained.result.snapshots is None else len(trained.result.snapshots),
     }
     if as_json:
         out.print_json(json.dumps(summary))

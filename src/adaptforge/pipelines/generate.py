@@ -1,38 +1,31 @@
-"""``adaptforge generate``: an adapter for a task never trained on, from its description and labels.
+"""``adaptforge generate``: an adapter for a task never trained on, by a registered generator (:data:`GENERATORS`).
 
-The library's generator (:mod:`adaptforge.generate`), fitted on the tasks' own adapters and cached in
-``<library>/generators/<key>``, decodes the adapter; it is stored with the training adapters as parents
-and a :class:`~adaptforge.provenance.GenerateProvenance`.
+``span`` (default) conditions on the description and labels; ``icm`` (ICM-LoRA) on the in-context task vector of
+k demonstrations (``--examples``, ``--shots``; ``--shots 0``: the description). The method's generator, fitted
+on the library and cached in ``<library>/generators/<key>``, decodes the adapter; it is stored with the training
+adapters as parents and a :class:`~adaptforge.provenance.GenerateProvenance` naming the generator, the condition
+source and the seed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from adaptforge.backbone import Backbone
 from adaptforge.core import AdaptforgeError
 from adaptforge.evaluate import check_request, evaluate
-from adaptforge.generate import GeneratorConfig, LoraGenerator, collect_samples
+from adaptforge.generate import GeneratorConfig, LoraGenerator
+from adaptforge.generate.methods import FEW_ADAPTERS, GENERATORS, GENERATORS_DIR, SpanMethod, generator_key
 from adaptforge.library import AdapterRecord, Library
+from adaptforge.params import Params
 from adaptforge.pipelines.common import NewTaskOutcome, Notify, check_has_adapters, load_base, reporter, zero_shot_vs
 from adaptforge.provenance import GenerateProvenance
 from adaptforge.scorers import describe, make_scorer
-from adaptforge.tasks import Task
-
-GENERATORS_DIR = "generators"
-FEW_ADAPTERS = 8  # below this many training adapters a learned generator has little to learn from
-
-
-def generator_key(records: Sequence[AdapterRecord], config: GeneratorConfig) -> str:
-    """Identity of a generator: the exact adapters it was trained on (checksums) and its config."""
-    payload = json.dumps(
-        {"adapters": sorted(r.checksum for r in records), "config": config.to_dict()}, sort_keys=True
-    ).encode()
-    return hashlib.sha256(payload).hexdigest()[:16]
+from adaptforge.tasks import Example, Task, load_task
 
 
 def library_generator(
@@ -45,23 +38,43 @@ def library_generator(
     """The generator of the library's single-task adapters on ``backbone``: loaded from
     ``<library>/generators/<key>`` when one was fitted on exactly these adapters with this config, else
     fitted and saved there (atomically, by :meth:`LoraGenerator.save`)."""
-    say = reporter(notify)
     config = config or GeneratorConfig()
-    samples = collect_samples(library, backbone.fingerprint, exclude_tasks=exclude_tasks)
-    records = [library.get(name) for name in samples.names]
-    folder = library.root / GENERATORS_DIR / generator_key(records, config)
-    if folder.is_dir():
-        say(f"reusing generator {folder.name} ({len(records)} adapters)")
-        return LoraGenerator.load(folder), records, folder
-    if len(records) < FEW_ADAPTERS:
-        say(
-            f"warning: the generator learns from only {len(records)} adapters; with fewer than {FEW_ADAPTERS} it "
-            "can do little more than return their mean (train or import more tasks' adapters)"
-        )
-    say(f"fitting the generator on {len(records)} adapters")
-    generator = LoraGenerator.fit(samples, config)
-    generator.save(folder)
-    return generator, records, folder
+    got = SpanMethod.obtain(
+        library, backbone.fingerprint, make_scorer(backbone), config, exclude_tasks, reporter(notify)
+    )
+    assert isinstance(got.generator, LoraGenerator)
+    return got.generator, got.records, got.folder
+
+
+def read_demonstrations(path: Path, labels: Sequence[str]) -> list[Example]:
+    """Labelled examples from a JSONL file (``{"text": ..., "label": ...}`` per line) or a task folder's train
+    split; every label must be one of ``labels``."""
+    path = Path(path)
+    if path.is_dir():
+        examples = list(load_task(path).splits.get("train", ()))
+    else:
+        if not path.is_file():
+            raise AdaptforgeError(f"--examples {path}: no such file")
+        examples = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise AdaptforgeError(f"--examples {path}, line {n}: not JSON ({err.msg})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                raise AdaptforgeError(f"--examples {path}, line {n}: field 'text' (a string) is missing")
+            if row.get("label") in (None, ""):
+                raise AdaptforgeError(
+                    f"--examples {path}, line {n}: field 'label' is missing; demonstrations need their labels "
+                    "(or use --shots 0 for description-only conditioning)"
+                )
+            examples.append(Example(row["text"], str(row["label"])))
+    bad = [e.label for e in examples if e.label not in labels]
+    if bad:
+        raise AdaptforgeError(f"--examples {path}: label {bad[0]!r} is not one of --labels {list(labels)}")
+    return examples
 
 
 def generate_into_library(
@@ -70,6 +83,10 @@ def generate_into_library(
     library: Library,
     out: str,
     *,
+    method: str = "span",
+    examples: Sequence[Example] | None = None,
+    shots: int | None = None,
+    params: Params | Mapping[str, Any] | None = None,
     task_name: str | None = None,
     seed: int | None = None,
     config: GeneratorConfig | None = None,
@@ -81,36 +98,78 @@ def generate_into_library(
     overwrite: bool = False,
     notify: Notify | None = None,
 ) -> NewTaskOutcome:
-    """Generate an adapter for a task never trained on, from its description and labels alone (ICM-LoRA
-    style, see :mod:`adaptforge.generate`); ``eval_task`` (optional) reports zero-shot vs generated."""
+    """Generate an adapter for a task never trained on with a registered generator (:data:`GENERATORS`):
+    ``span`` from its description and labels, ``icm`` from ``shots`` of its ``examples`` (in-context task
+    vector; ``shots=0``: description only). ``eval_task`` (optional) reports zero-shot vs generated."""
     say = reporter(notify)
     start = time.perf_counter()
+    gen_method = GENERATORS.get(method)
     library.check_free(out, overwrite)
     if eval_task is not None:
         check_request([eval_task], eval_split, limit)
     if not isinstance(description, str) or not description.strip():
         raise AdaptforgeError("--description must be a non-empty task description")
+    if config is not None and params is None:
+        params = config
+    if method == "icm" and shots is not None:
+        base = params if isinstance(params, Mapping) else (params.to_dict() if params is not None else {})
+        params = {**base, **({"condition": "description"} if shots == 0 else {"shots": shots})}
+    typed = gen_method.parse_params(params)
     task = Task(task_name or out, description.strip(), tuple(labels), {})
     if eval_task is not None and tuple(eval_task.labels) != task.labels:
         raise AdaptforgeError(
             f"--eval task {eval_task.name!r} has labels {list(eval_task.labels)}, but --labels gave "
             f"{list(task.labels)}; they must match (same order)"
         )
+    k = gen_method.uses_demonstrations(typed)
+    demos: list[Example] = []
+    if k:
+        given = list(examples or ())
+        if not given:
+            raise AdaptforgeError(
+                f"--method {method} conditions on {k} demonstrations of the task: pass --examples FILE (JSONL with "
+                "'text' and 'label', or a task folder), or --shots 0 for description-only conditioning"
+            )
+        if k > len(given):
+            raise AdaptforgeError(
+                f"--shots {k} but --examples holds {len(given)} labelled example(s); pass --shots {len(given)} "
+                "or fewer, or give more examples"
+            )
+        missing = [e for e in given if e.label not in task.labels]
+        if missing:
+            raise AdaptforgeError(f"--examples: label {missing[0].label!r} is not one of --labels {list(task.labels)}")
+        pool = Task(task.name, task.description, task.labels, {"train": tuple(given)})
+        demos = list(pool.sample("train", k, seed=seed or 0))
     check_has_adapters(library, "generate")
     backbone = load_base(model, library=library, backbone=backbone, notify=say)
     scorer = make_scorer(backbone)
-    generator, records, folder = library_generator(library, backbone, config, notify=say)
-    embedding = describe(scorer, task)
-    delta = generator.generate(embedding, seed=seed)
-    sizes = generator.sizes()
+    got = gen_method.obtain(library, backbone.fingerprint, scorer, typed, (), say)
+    condition, source = gen_method.condition(scorer, task, demos, typed)
+    gen_start = time.perf_counter()
+    delta = got.generator.generate(condition, seed=seed)
+    generation_seconds = time.perf_counter() - gen_start
     info = {
-        "generator": str(folder.relative_to(library.root)),
-        "generator_parameters": sizes["generator_parameters"],
-        "training_adapters": len(records),
-        "training_adapter_parameters": sizes["library_parameters"],
+        "generator_method": method,
+        "generator": str(got.folder.relative_to(library.root)),
+        "generator_id": got.folder.name,
+        "condition_source": source,
+        "generator_bytes": got.generator_bytes,
+        "training_bytes": got.training_bytes,
+        "training_adapters": len(got.records),
         "seed": seed,
-        "generator_info": generator.info,
+        "generation_seconds": round(generation_seconds, 3),
+        "generator_info": got.generator.info,
     }
+    if isinstance(got.generator, LoraGenerator):
+        sizes = got.generator.sizes()
+        info |= {
+            "generator_parameters": sizes["generator_parameters"],
+            "training_adapter_parameters": sizes["library_parameters"],
+        }
+    say(
+        f"generator {got.folder.name}: {got.generator_bytes / 1e6:.2f} MB, trained on "
+        f"{got.training_bytes / 1e6:.2f} MB of adapters ({100 * got.generator_bytes / max(got.training_bytes, 1):.1f}%)"
+    )
     record = library.add(
         delta,
         name=out,
@@ -118,9 +177,17 @@ def generate_into_library(
         base_fingerprint=backbone.fingerprint,
         task=task.name,
         description=task.description,
-        embedding=embedding,
-        provenance=GenerateProvenance(task=task.name, labels=list(task.labels), seed=seed, info=info),
-        parents=[r.id for r in records],
+        embedding=describe(scorer, task),
+        provenance=GenerateProvenance(
+            task=task.name,
+            labels=list(task.labels),
+            seed=seed,
+            info=info,
+            generator_method=method,
+            generator_id=got.folder.name,
+            condition_source=source,
+        ),
+        parents=[r.id for r in got.records],
         overwrite=overwrite,
     )
     say(f"added {record.name} ({record.id}) to {library.root}")
@@ -137,3 +204,6 @@ def generate_into_library(
         )
     outcome.seconds = time.perf_counter() - start
     return outcome
+
+
+__all__ = ["FEW_ADAPTERS", "GENERATORS_DIR", "generator_key", "generate_into_library", "library_generator"]

@@ -3,6 +3,7 @@ and add it to the library with its provenance."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -13,11 +14,14 @@ from adaptforge.library import AdapterRecord, Library, MetricRow
 from adaptforge.pipelines.common import record_result
 from adaptforge.provenance import TaskRef, TrainProvenance
 from adaptforge.scorers import describe, make_scorer
+from adaptforge.snapshots import demonstrations_of
 from adaptforge.tasks import Task
 from adaptforge.train.checkpoint import load_checkpoint
 from adaptforge.train.config import TrainConfig
 from adaptforge.train.samplers import SAMPLERS
 from adaptforge.train.trainer import ProgressFn, TrainResult, train_tasks
+
+DEMONSTRATIONS = 64  # labelled train examples stored with snapshots (label-stratified, the run's seed)
 
 
 @dataclass
@@ -85,6 +89,10 @@ def train_into_library(
         for (task, _), ev in zip(cells, zero_shot, strict=True):  # the base model's row, next to the adapter's
             record_result(library, None, backbone.fingerprint, task, ev)
         single = tasks[0] if len(tasks) == 1 else None
+        snapshots = result.snapshots
+        if snapshots is not None and single is not None:  # the task's demonstrations, for in-context conditions
+            examples = single.sample("train", DEMONSTRATIONS, seed=result.config.seed)
+            snapshots = dataclasses.replace(snapshots, demonstrations=demonstrations_of(examples))
         provenance = TrainProvenance(
             config=result.config.to_dict(),
             tasks=[TaskRef(t.name, t.version, t.fingerprint()) for t in tasks],
@@ -107,6 +115,7 @@ def train_into_library(
             provenance=provenance,
             metrics=metrics,
             overwrite=overwrite,
+            snapshots=snapshots,
         )
         library.clear_run(name)
         return TrainedAdapter(record, result, evals, zero_shot)

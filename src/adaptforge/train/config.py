@@ -55,6 +55,9 @@ class TrainConfig(Params):
         0, ge=0, help="steps between dev-loss checks of every task (curves, adaptive samplers); 0: never"
     )
     eval_examples: int = param(64, ge=1, help="dev examples per task in those checks")
+    snapshots: int = param(
+        0, ge=0, help="keep this many evenly spaced snapshots of the LoRA factors over the run (ICM-LoRA's data)"
+    )
 
     def check(self) -> None:
         self.require(

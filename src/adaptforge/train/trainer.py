@@ -33,6 +33,7 @@ from adaptforge.core import AdaptforgeError, LoraDelta, LoraModule
 from adaptforge.evaluate import predict_logits
 from adaptforge.layers import lora_layers, mostly_transposed
 from adaptforge.scorers import LabelInputs, Scorer, describe, make_scorer
+from adaptforge.snapshots import Snapshots, snapshot_steps
 from adaptforge.tasks import Task
 from adaptforge.train.checkpoint import load_checkpoint, restore, save_checkpoint
 from adaptforge.train.config import TrainConfig
@@ -57,6 +58,7 @@ class TrainResult:
     seconds: float = 0.0
     examples_per_second: float = 0.0
     resumed_from: int | None = None
+    snapshots: Snapshots | None = None  # cfg.snapshots evenly spaced copies of the factors (no demonstrations)
 
 
 def lora_config(cfg: TrainConfig, transposed: bool = False) -> LoraConfig:
@@ -250,6 +252,8 @@ def train_tasks(
             timers["evaluation"] += time.perf_counter() - tick
             return losses
 
+        keep_at = set(snapshot_steps(total, cfg.snapshots))
+        snaps: dict[str, torch.Tensor] = {}  # "<step>/<module>/A|B"; checkpointed, so a resume keeps them
         if resume and checkpoint_dir is not None:
             ckpt = load_checkpoint(checkpoint_dir)
             if ckpt is not None:
@@ -266,6 +270,7 @@ def train_tasks(
                 curves = {k: [tuple(x) for x in v] for k, v in ckpt.meta["curves"].items()}
                 draws = list(ckpt.meta["draws"])
                 timers = {k: float(ckpt.meta.get(f"{k}_seconds", 0.0)) for k in timers}
+                snaps = ckpt.extra_tensors("snapshots/")
                 log.info("resuming %s from step %d/%d", "+".join(names), start, total)
         model.train()
         t0, seen = time.perf_counter(), 0
@@ -312,6 +317,9 @@ def train_tasks(
                 for s in streams:
                     curves[s.task.name].append((done, *dev[s.index]))
                 sampler.observe_eval({k: v[0] for k, v in dev.items()})
+            if done in keep_at:
+                for module, lora in extract_delta(model).modules.items():
+                    snaps[f"{done}/{module}/A"], snaps[f"{done}/{module}/B"] = lora.A, lora.B
             if progress:
                 progress(done, total, sum(losses) / len(losses))
             if (
@@ -329,6 +337,7 @@ def train_tasks(
                     "evaluation_seconds": timers["evaluation"],
                 }
                 extra = {f"sampler/{k}": v for k, v in sampler.state_tensors().items()}
+                extra |= {f"snapshots/{k}": v for k, v in snaps.items()}
                 save_checkpoint(checkpoint_dir, done, state, model, optimizer, extra)
             if stop_after is not None and done >= stop_after:
                 break
@@ -355,4 +364,17 @@ def train_tasks(
         seconds,
         seen / seconds if seconds > 0 else 0.0,
         resumed_from,
+        collect_snapshots(snaps),
     )
+
+
+def collect_snapshots(flat: dict[str, torch.Tensor]) -> Snapshots | None:
+    """``"<step>/<module>/A|B"`` tensors as :class:`Snapshots` in step order (None when there are none)."""
+    by_step: dict[int, dict[str, dict[str, torch.Tensor]]] = {}
+    for key, value in flat.items():
+        step, module, which = key.split("/")
+        by_step.setdefault(int(step), {}).setdefault(module, {})[which] = value
+    if not by_step:
+        return None
+    steps = sorted(by_step)
+    return Snapshots(steps, [{m: (f["A"], f["B"]) for m, f in by_step[s].items()} for s in steps])

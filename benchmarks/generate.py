@@ -1,0 +1,250 @@
+"""ICM-LoRA (``generate --method icm``) vs the span generator and the new-task baselines (issue 14).
+
+The library holds one adapter per dev task (``--train`` examples, ``--epochs``, seed 0, so every task's LoRA
+starts from the same initialisation, as the paper's runs of one recipe do) with ``--snapshots`` snapshots each.
+Three parts, rows to ``<out>/runs.jsonl`` (skipped when present, so a run resumes):
+
+1. Seen-task reconstruction: icm fitted on all tasks; per task, the adapter generated from k demonstrations
+   of its train split, accuracy / the task's own adapter's accuracy on the same test examples.
+2. New tasks, k = 16: leave-one-task-out over the dev tasks (icm and span refitted without the held-out
+   task) and the related-task protocol of ``benchmarks/new_task.py`` (four tasks not in the library):
+   icm vs zero-shot, retrieval, span (``generate`` there) and a LoRA trained on the 16 shots; the baselines
+   run through ``new_task.run_cell``.
+3. Cost: fit and generation seconds, generator and training bytes.
+
+The generator is fitted once per held-out task (params seed 0); the benchmark seeds vary the demonstrations
+(and the baselines' shots). ``--budget-minutes`` stops starting new cells after that much time.
+
+    python benchmarks/generate.py [--seeds 0,1,2] [--out out/generate] [--budget-minutes 38]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+from new_task import TASKS, fit_generator, mean, run_cell  # noqa: E402
+
+from adaptforge.backbone import Backbone  # noqa: E402
+from adaptforge.compose import draw_shots  # noqa: E402
+from adaptforge.demo import shipped_tasks_dir  # noqa: E402
+from adaptforge.evaluate import evaluate  # noqa: E402
+from adaptforge.generate.condition import task_vector  # noqa: E402
+from adaptforge.generate.icm import IcmParams  # noqa: E402
+from adaptforge.generate.methods import IcmMethod, Obtained  # noqa: E402
+from adaptforge.library import Library  # noqa: E402
+from adaptforge.pipelines.train import train_into_library  # noqa: E402
+from adaptforge.scorers import Scorer, make_scorer  # noqa: E402
+from adaptforge.tasks import Task, load_task  # noqa: E402
+from adaptforge.train.config import TrainConfig  # noqa: E402
+
+RELATED = "movie_review,customer_review,tweet_offensive,mpqa_polarity"
+BASELINES = ("zero_shot", "retrieval", "generate", "shot_lora")  # "generate" is the span generator
+
+
+def build_library(tasks: list[Task], backbone: Backbone, library: Library, args: argparse.Namespace) -> None:
+    for task in tasks:
+        name = f"{task.name}-s"
+        if library.exists(name):
+            continue
+        t0 = time.perf_counter()
+        cfg = TrainConfig(
+            max_train=args.train, epochs=args.epochs, seed=0, checkpoint_every=0, snapshots=args.snapshots
+        )
+        train_into_library(task, backbone, library, name, cfg, eval_splits=())
+        print(f"trained {name} in {time.perf_counter() - t0:.0f}s", flush=True)
+
+
+def icm_for(library: Library, backbone: Backbone, scorer: Scorer, held_out: str | None) -> Obtained:
+    exclude = [held_out] if held_out else []
+    return IcmMethod.obtain(library, backbone.fingerprint, scorer, IcmParams(), exclude, lambda m: print(m))
+
+
+def icm_cell(task: Task, k: int, seed: int, got: Obtained, scorer: Scorer, args) -> dict[str, Any]:
+    shots = draw_shots(task, k, seed=seed)
+    t0 = time.perf_counter()
+    delta = got.generator.generate(task_vector(scorer, task, shots.examples))
+    gen_s = time.perf_counter() - t0
+    result = evaluate(scorer, task, "test", delta, limit=args.test_limit)
+    return {
+        "task": task.name,
+        "k": k,
+        "seed": seed,
+        "method": "icm",
+        "accuracy": result.accuracy,
+        "macro_f1": result.macro_f1,
+        "n_test": result.n,
+        "fit_seconds": round(gen_s, 2),
+        "generator_fit_seconds": got.generator.info.get("fit_seconds"),
+        "generator_bytes": got.generator_bytes,
+        "training_bytes": got.training_bytes,
+    }
+
+
+def table(rows: list[dict[str, Any]], protocol: str, tasks: list[str]) -> str:
+    cell = [r for r in rows if r["protocol"] == protocol]
+    zero = {t: mean([r["accuracy"] for r in cell if r["method"] == "zero_shot" and r["task"] == t]) for t in tasks}
+    lines = [
+        "| method | mean acc | Δ vs zero-shot | seeds | " + " | ".join(tasks) + " |",
+        "|---|---|---|---|" + "---|" * len(tasks),
+    ]
+    for method in ("zero_shot", "retrieval", "span", "shot_lora", "icm"):
+        mine = [r for r in cell if r["method"] == method]
+        per = {t: mean([r["accuracy"] for r in mine if r["task"] == t]) for t in tasks}
+        if not mine or any(v != v for v in per.values()):
+            continue
+        avg, base = mean(list(per.values())), mean(list(zero.values()))
+        lines.append(
+            f"| {method} | {avg * 100:.1f} | {(avg - base) * 100:+.1f} | {len({r['seed'] for r in mine})} | "
+            + " | ".join(f"{per[t] * 100:.1f}" for t in tasks)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def report(rows: list[dict[str, Any]], dev: list[str], related: list[str]) -> str:
+    recon = [r for r in rows if r["protocol"] == "reconstruction"]
+    out = ["### Seen-task reconstruction (icm accuracy / the task's own adapter, same test examples)", ""]
+    out += ["| task | own adapter | icm | ratio | seeds |", "|---|---|---|---|---|"]
+    ratios = []
+    for t in dev:
+        mine = [r for r in recon if r["task"] == t]
+        if not mine:
+            continue
+        own, gen = mean([r["own_accuracy"] for r in mine]), mean([r["accuracy"] for r in mine])
+        ratios.append(gen / own)
+        out.append(f"| {t} | {own * 100:.1f} | {gen * 100:.1f} | {gen / own:.3f} | {len(mine)} |")
+    out.append(f"| **mean** | | | **{mean(ratios):.3f}** | |")
+    out += ["", "### Leave-one-task-out, k = 16", "", table(rows, "loo", dev)]
+    out += ["", "### Related new tasks, k = 16", "", table(rows, "related", related)]
+    icm = [r for r in rows if r["method"] == "icm"]
+    if icm:
+        fits = {r["generator_bytes"]: r for r in icm}
+        out += [
+            "",
+            "### Cost",
+            "",
+            f"- icm generator fit: {mean([r['generator_fit_seconds'] or 0 for r in icm]):.1f} s (mean over fits); "
+            f"generation (task vector + decode): {mean([r['fit_seconds'] for r in icm]):.2f} s",
+            f"- icm generator {mean([r['generator_bytes'] for r in fits.values()]) / 1e6:.2f} MB vs "
+            f"{mean([r['training_bytes'] for r in fits.values()]) / 1e6:.2f} MB of snapshots it learned from "
+            f"({100 * mean([r['generator_bytes'] / r['training_bytes'] for r in fits.values()]):.1f}%)",
+        ]
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", default=TASKS)
+    parser.add_argument("--related", default=RELATED, help="tasks not in the library, folders under --data")
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/tasks"))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--shots", type=int, default=16)
+    parser.add_argument("--train", type=int, default=200, help="training examples per library adapter")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--snapshots", type=int, default=30)
+    parser.add_argument("--candidates", type=int, default=30)
+    parser.add_argument("--test-limit", type=int, default=200)
+    parser.add_argument("--budget-minutes", type=float, default=38.0)
+    parser.add_argument("--stop-at", default=None, help="UTC HH:MM after which no new cell starts (a wall-clock end)")
+    parser.add_argument("--out", type=Path, default=Path("out/generate"))
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    dev = [load_task(shipped_tasks_dir() / n) for n in args.tasks.split(",")]
+    related = [load_task(args.data / n) for n in args.related.split(",")]
+    log_path = args.out / "runs.jsonl"
+    rows = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.is_file() else []
+    names_dev, names_rel = [t.name for t in dev], [t.name for t in related]
+    if args.report_only:
+        print(report(rows, names_dev, names_rel))
+        return
+    start = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    backbone = Backbone.load()
+    scorer = make_scorer(backbone)
+    library = Library(args.out / "library")
+    build_library(dev, backbone, library, args)
+    done = {(r["protocol"], r["task"], r["seed"], r["method"]) for r in rows}
+    k = args.shots
+
+    def emit(row: dict[str, Any]) -> None:
+        rows.append(row)
+        with log_path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        print(
+            f"[{time.perf_counter() - start:6.0f}s] {row['protocol']:<14} {row['task']:<20} seed {row['seed']} "
+            f"{row['method']:<10} acc {row['accuracy']:.3f}",
+            flush=True,
+        )
+
+    stop_at = None
+    if args.stop_at:
+        now = datetime.datetime.now(datetime.UTC)
+        hh, mm = (int(x) for x in args.stop_at.split(":"))
+        stop_at = now.replace(hour=hh, minute=mm, second=0, microsecond=0)
+        stop_at += datetime.timedelta(days=1) if stop_at < now - datetime.timedelta(hours=12) else datetime.timedelta()
+
+    def over_budget() -> bool:
+        late = stop_at is not None and datetime.datetime.now(datetime.UTC) > stop_at
+        return late or (time.perf_counter() - start) / 60 > args.budget_minutes
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for seed in seeds:
+        if over_budget():
+            break
+        full = icm_for(library, backbone, scorer, None)
+        for task in dev:  # 1. reconstruction
+            if ("reconstruction", task.name, seed, "icm") in done:
+                continue
+            own, _ = library.load(f"{task.name}-s")
+            own_acc = evaluate(scorer, task, "test", own, limit=args.test_limit).accuracy
+            emit({"protocol": "reconstruction", **icm_cell(task, k, seed, full, scorer, args), "own_accuracy": own_acc})
+        for protocol, held in (("related", related), ("loo", dev)):  # 2. new tasks
+            for task in held:
+                if over_budget():
+                    break
+                got = full if protocol == "related" else None
+                for method in ("icm", *BASELINES):
+                    if (protocol, task.name, seed, "span" if method == "generate" else method) in done:
+                        continue
+                    if method == "zero_shot" and seed != seeds[0]:
+                        continue
+                    if method == "icm":
+                        got = got or icm_for(library, backbone, scorer, task.name)
+                        row = icm_cell(task, k, seed, got, scorer, args)
+                    else:
+                        exclude = task.name if protocol == "loo" else "-"
+                        gens = {task.name: fit_generator(library, backbone, exclude, 0)} if method == "generate" else {}
+                        row = run_cell(
+                            method,
+                            task,
+                            0 if method in ("zero_shot", "generate") else k,
+                            seed,
+                            library,
+                            backbone,
+                            scorer,
+                            gens,
+                            args,
+                        )
+                        row["method"] = "span" if method == "generate" else method
+                    emit({"protocol": protocol, **row})
+    text = report(rows, names_dev, names_rel)
+    (args.out / "report.md").write_text(text + "\n")
+    print(text)
+    print(f"total {time.perf_counter() - start:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,352 @@
+"""ICM-LoRA as published: a CVAE over raw, per-tensor z-normalised LoRA factors of training snapshots,
+conditioned on the in-context task vector (Shao et al. 2025, "In-Context Meta LoRA Generation",
+https://arxiv.org/abs/2501.17635; reference code YihuaJerry/ICM-LoRA, ``model/CVAE_design.py``,
+``utils/normalizeLoraWeight_small.py``, ``ICL/last_time_step_icl.py``).
+
+Data: every snapshot (``adaptforge train --snapshots N``) of every task adapter from ``tail`` of its run on is
+one sample; its parameters are the A and B tensors of every module (template order), flattened and
+z-normalised per tensor, ``(x - mean_t) / std_t``. The reference normalises each file with its own statistics
+and keeps them per file; one mean and std per tensor over all samples is kept here, so a generated adapter
+needs no statistics of a particular training file. The condition of a sample is the task vector
+(:mod:`~adaptforge.generate.condition`) over ``shots`` demonstrations stored with the snapshots, drawn afresh
+for each sample so the generator sees the spread of k-shot task vectors it will be given.
+
+Model: the reference encodes the flattened sequence with 12 strided 1-D convolutions and decodes with
+transposed ones (millions of weights). Here encoder and decoder are two-layer MLPs, and the decoder's
+hidden width is small (``hidden_dim``, default 8) so that the saved generator stays below 10% of the bytes
+of the snapshots it learned from: the decoder's last layer is ``hidden_dim x L`` and is stored in float16.
+As in the reference, the condition joins the latent heads (``mu``, ``log var`` from ``[h(x), c]``) and the
+decoder input (``[z, c]``); the loss is the mean squared error plus ``beta`` times the KL divergence. Only what
+generation needs (condition projection, decoder, tensor statistics) is saved; the encoder is training-only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from adaptforge.core import AdaptforgeError, LoraDelta, LoraModule
+from adaptforge.generate.dataset import AdapterTemplate
+from adaptforge.generate.storage import (
+    GeneratorFileError,
+    field,
+    read_generator_files,
+    tensor,
+    write_generator_files,
+)
+from adaptforge.library import AdapterRecord, Library
+from adaptforge.params import Params, param
+from adaptforge.snapshots import SNAPSHOTS_FILE
+from adaptforge.tasks import Example, Task
+
+CONDITIONS: tuple[str, ...] = ("demos", "description")
+
+
+@dataclass(frozen=True, kw_only=True)
+class IcmParams(Params):
+    """How an ICM-LoRA generator is fitted (its ``to_dict()`` is part of the stored generator's cache key)."""
+
+    label: ClassVar[str] = "icm params"
+
+    condition: str = param(
+        "demos",
+        choices=CONDITIONS,
+        help="'demos': task vector over k demonstrations (the paper); 'description': description + label names",
+    )
+    shots: int = param(16, ge=1, help="demonstrations per training condition (k)")
+    tail: float = param(0.75, ge=0, le=1, help="use snapshots from this fraction of each run on (1.0: last only)")
+    latent_dim: int = param(32, ge=1, help="size of z (the reference's latent_dim flag; tens to hundreds)")
+    hidden_dim: int = param(8, ge=1, help="decoder width; the saved decoder is about hidden_dim x L float16 values")
+    encoder_dim: int = param(16, ge=1, help="encoder width (training only, not saved)")
+    cond_dim: int = param(32, ge=1, help="the task vector is projected to this size")
+    beta: float = param(0.1, ge=0, help="KL weight (the reference uses 0.005 with a 12-layer conv decoder)")
+    condition_noise: float = param(0.5, ge=0, help="Gaussian noise on the normalised condition while training")
+    lr: float = param(2e-3, gt=0, help="AdamW learning rate")
+    steps: int = param(300, ge=1, help="optimizer steps")
+    batch_size: int = param(16, ge=1, help="samples per step")
+    seed: int = param(0, help="network init, demonstration draws, batch order and latent noise")
+
+
+class IcmCvae(nn.Module):
+    """``q(z | x, c)``, ``p(x | z, c)``; buffers: per-element mean/std of x and the condition's mean/scale."""
+
+    def __init__(self, length: int, c_dim: int, p: IcmParams) -> None:
+        super().__init__()
+        self.length, self.c_dim, self.latent_dim = length, c_dim, p.latent_dim
+        self.cond = nn.Linear(c_dim, p.cond_dim)
+        self.to_latent = nn.Sequential(
+            nn.Linear(length, p.encoder_dim), nn.SiLU(), nn.Linear(p.encoder_dim, p.latent_dim)
+        )
+        self.fc_mu = nn.Linear(p.latent_dim + p.cond_dim, p.latent_dim)
+        self.fc_var = nn.Linear(p.latent_dim + p.cond_dim, p.latent_dim)
+        self.decoder = nn.Sequential(
+            nn.Linear(p.latent_dim + p.cond_dim, p.hidden_dim), nn.SiLU(), nn.Linear(p.hidden_dim, length)
+        )
+        self.register_buffer("c_mean", torch.zeros(c_dim))
+        self.register_buffer("c_scale", torch.ones(()))
+
+    def condition(self, c: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        normalised = (c - self.c_mean) / self.c_scale
+        return self.cond(normalised if noise is None else normalised + noise)
+
+    def encode(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        joined = torch.cat([self.to_latent(x), h], dim=-1)
+        return self.fc_mu(joined), self.fc_var(joined).clamp(-10.0, 10.0)
+
+    def decode(self, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return self.decoder(torch.cat([z, h], dim=-1))
+
+    def saved_state(self) -> dict[str, torch.Tensor]:
+        """What generation needs: condition projection, decoder and normalisation (float16 for the big matrix)."""
+        out = {f"cond.{k}": v for k, v in self.cond.state_dict().items()}
+        out |= {f"decoder.{k}": v for k, v in self.decoder.state_dict().items()}
+        out["decoder.2.weight"], out["decoder.2.bias"] = out["decoder.2.weight"].half(), out["decoder.2.bias"].half()
+        return {**out, "c_mean": self.c_mean, "c_scale": self.c_scale}
+
+
+@dataclass
+class IcmSamples:
+    """Flattened, normalised snapshots ``x [N, L]``, their task index, and per task the demonstrations."""
+
+    template: AdapterTemplate
+    x: torch.Tensor
+    task_of: list[int]
+    tasks: list[Task]  # description, labels and stored demonstrations (as the train split) of each task
+    records: list[AdapterRecord]
+    mean: torch.Tensor  # [2 * modules] per-tensor statistics, A then B per module
+    std: torch.Tensor
+    raw_bytes: int  # bytes of the snapshots used, float32
+
+
+def flat_sizes(template: AdapterTemplate) -> list[int]:
+    sizes = []
+    for m in template.modules:
+        sizes += [m.rank * m.in_features, m.out_features * m.rank]
+    return sizes
+
+
+def collect_icm_samples(
+    library: Library, base_fingerprint: str, tail: float, exclude_tasks: Sequence[str] = ()
+) -> IcmSamples:
+    """The snapshots of the library's task adapters on ``base_fingerprint`` (not ``exclude_tasks``)."""
+    chosen: list[tuple[AdapterRecord, list[LoraDelta], list[dict[str, str]]]] = []
+    template: AdapterTemplate | None = None
+    for record in library.list(base_fingerprint=base_fingerprint):
+        if not record.is_task_adapter or record.task in exclude_tasks or SNAPSHOTS_FILE not in record.extra_checksums:
+            continue
+        delta, _ = library.load(record.name, expected_fingerprint=base_fingerprint)
+        snaps = library.snapshots(record.name)
+        assert snaps is not None
+        own = AdapterTemplate.of(delta)
+        if template is None:
+            template = own
+        if own != template:  # names, shapes, ranks and scales: raw factors are only comparable within one layout
+            continue
+        if not snaps.demonstrations:
+            continue
+        last = max(snaps.steps)
+        keep = [i for i, s in enumerate(snaps.steps) if s >= tail * last]
+        deltas = snaps.deltas(delta_scales(delta))
+        chosen.append((record, [deltas[i] for i in keep], snaps.demonstrations))
+    if template is None or not chosen:
+        raise AdaptforgeError(
+            f"library {library.root}: no task adapter on base {base_fingerprint} has training snapshots; "
+            "--method icm learns from them: train adapters with `adaptforge train --snapshots 20` "
+            "(or use --method span)"
+        )
+    rows, task_of, tasks = [], [], []
+    for t, (record, deltas, demos) in enumerate(chosen):
+        labels = tuple(dict.fromkeys(d["label"] for d in demos))
+        known = tuple((record.params.get("labels") or {}).get(record.task, labels))
+        examples = tuple(Example(d["text"], d["label"]) for d in demos)
+        tasks.append(Task(str(record.task), record.description or "", known, {"train": examples}))
+        for d in deltas:
+            rows.append(flatten(d, template))
+            task_of.append(t)
+    raw = torch.stack(rows)
+    sizes = flat_sizes(template)
+    parts = raw.split(sizes, dim=1)
+    mean = torch.stack([p.mean() for p in parts])
+    std = torch.stack([p.std().clamp(min=1e-12) for p in parts])
+    x = torch.cat([(p - m) / s for p, m, s in zip(parts, mean, std, strict=True)], dim=1)
+    return IcmSamples(template, x, task_of, tasks, [c[0] for c in chosen], mean, std, raw.numel() * 4)
+
+
+def delta_scales(delta: LoraDelta) -> dict[str, float]:
+    return {name: float(delta[name].scale) for name in delta}
+
+
+def flatten(delta: LoraDelta, template: AdapterTemplate) -> torch.Tensor:
+    return torch.cat([t.float().flatten() for m in template.modules for t in (delta[m.name].A, delta[m.name].B)])
+
+
+def unflatten(x: torch.Tensor, template: AdapterTemplate) -> LoraDelta:
+    parts = x.split(flat_sizes(template))
+    modules = {}
+    for i, m in enumerate(template.modules):
+        A = parts[2 * i].reshape(m.rank, m.in_features).contiguous()
+        B = parts[2 * i + 1].reshape(m.out_features, m.rank).contiguous()
+        modules[m.name] = LoraModule(A=A, B=B, scale=m.scale)
+    return LoraDelta(modules)
+
+
+def init_decoder_output(cvae: IcmCvae, x: torch.Tensor) -> None:
+    """Data-dependent start: output bias = the samples' mean, output weights = their top principal directions
+    (scaled by singular value / sqrt(N)). The mean includes the shared random init of A, hundreds of thousands of
+    values Adam would otherwise take thousands of steps to reach; the reference trains for hundreds of epochs."""
+    last = cvae.decoder[2]
+    mean = x.mean(0)
+    _, S, Vh = torch.linalg.svd(x - mean, full_matrices=False)
+    h = min(last.weight.shape[1], Vh.shape[0])
+    last.bias.copy_(mean)
+    last.weight.zero_()
+    last.weight[:, :h].copy_((Vh[:h] * (S[:h, None] / max(1, x.shape[0]) ** 0.5)).T)
+
+
+ConditionFn = Callable[[Task, Sequence[Example]], np.ndarray]
+
+
+def draw(examples: Sequence[Example], k: int, gen: torch.Generator) -> list[Example]:
+    idx = torch.randperm(len(examples), generator=gen)[:k].sort().values
+    return [examples[int(i)] for i in idx]
+
+
+class IcmGenerator:
+    """A fitted ICM-LoRA generator: decoder, condition projection and tensor statistics."""
+
+    def __init__(self, params: IcmParams, template: AdapterTemplate, cvae: IcmCvae, mean, std, info: dict) -> None:
+        self.params, self.template, self.cvae, self.mean, self.std, self.info = params, template, cvae, mean, std, info
+        self.cvae.eval()
+
+    @classmethod
+    def fit(cls, samples: IcmSamples, condition: ConditionFn, params: IcmParams) -> IcmGenerator:
+        """Train on ``samples``; ``condition(task, demonstrations)`` gives each sample's task vector."""
+        start = time.perf_counter()
+        gen = torch.Generator().manual_seed(params.seed)
+        conds = []
+        for t in samples.task_of:
+            task = samples.tasks[t]
+            shots = draw(task.splits["train"], params.shots, gen) if params.condition == "demos" else []
+            conds.append(torch.from_numpy(condition(task, shots)))
+        c = torch.stack(conds).float()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(params.seed)
+            cvae = IcmCvae(samples.x.shape[1], c.shape[1], params)
+        with torch.no_grad():
+            init_decoder_output(cvae, samples.x)
+            cvae.c_mean.copy_(c.mean(0))
+            cvae.c_scale.copy_((c - c.mean(0)).pow(2).sum(1).mean().sqrt().clamp(min=1e-6))
+        opt = torch.optim.AdamW(cvae.parameters(), lr=params.lr, weight_decay=0.0)
+        n, x = len(samples.task_of), samples.x
+        batch = min(params.batch_size, n)
+        curve = []
+        cvae.train()
+        for step in range(1, params.steps + 1):
+            idx = torch.randperm(n, generator=gen)[:batch]
+            noise = torch.randn(c[idx].shape, generator=gen) * (params.condition_noise / c.shape[1] ** 0.5)
+            h = cvae.condition(c[idx], noise if params.condition_noise > 0 else None)
+            mu, logvar = cvae.encode(x[idx], h)
+            z = mu + torch.randn(mu.shape, generator=gen) * (0.5 * logvar).exp()
+            recon = (cvae.decode(z, h) - x[idx]).pow(2).mean()
+            kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1)).mean()
+            loss = recon + params.beta * kl
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if step % max(1, params.steps // 20) == 0 or step == params.steps:
+                curve.append((step, round(recon.item(), 6), round(kl.item(), 6)))
+        generator = cls(params, samples.template, cvae, samples.mean, samples.std, {})
+        generator.info = {
+            "method": "icm",
+            "reference": "https://arxiv.org/abs/2501.17635",
+            "params": params.to_dict(),
+            "n_samples": n,
+            "tasks": [t.name for t in samples.tasks],
+            "adapters": [r.name for r in samples.records],
+            "curve": curve,
+            "fit_seconds": round(time.perf_counter() - start, 3),
+            "training_bytes": samples.raw_bytes,
+        }
+        return generator
+
+    def generate(self, condition: np.ndarray, seed: int | None = None) -> LoraDelta:
+        """Decode ``z = 0`` (the prior mean; ``seed`` None) or ``z ~ N(0, I)`` drawn with ``seed``."""
+        c = torch.as_tensor(np.asarray(condition, dtype=np.float32)).reshape(1, -1)
+        if c.shape[1] != self.cvae.c_dim:
+            raise AdaptforgeError(
+                f"condition has {c.shape[1]} dimensions; this generator was fitted on {self.cvae.c_dim}-dimensional "
+                "task vectors of another base model"
+            )
+        z = torch.zeros(1, self.cvae.latent_dim)
+        if seed is not None:
+            z = torch.randn(z.shape, generator=torch.Generator().manual_seed(int(seed)))
+        with torch.no_grad():
+            x = self.cvae.decode(z, self.cvae.condition(c))[0]
+        parts = x.split(flat_sizes(self.template))
+        raw = torch.cat([p * s + m for p, m, s in zip(parts, self.mean, self.std, strict=True)])
+        return unflatten(raw, self.template)
+
+    # ------------------------------------------------------------------ storage
+
+    def save(self, folder: Path) -> int:
+        """Write the generator (atomically); returns the tensor file's bytes."""
+        tensors = {f"cvae.{k}": v for k, v in self.cvae.saved_state().items()}
+        tensors |= {"stats.mean": self.mean, "stats.std": self.std}
+        meta = {
+            "method": "icm",
+            "params": self.params.to_dict(),
+            "template": self.template.to_json(),
+            "shape": {"length": self.cvae.length, "c_dim": self.cvae.c_dim},
+            "info": self.info,
+        }
+        write_generator_files(folder, meta, tensors)
+        return self.bytes(folder)
+
+    @staticmethod
+    def bytes(folder: Path) -> int:
+        return sum(p.stat().st_size for p in Path(folder).iterdir() if p.is_file())
+
+    @classmethod
+    def load(cls, folder: Path) -> IcmGenerator:
+        meta, tensors = read_generator_files(folder)
+        if meta.get("method") != "icm":
+            raise GeneratorFileError(f"{folder}: field 'method' is {meta.get('method')!r}, not 'icm'")
+        try:
+            params = IcmParams.from_dict(field(meta, "params", folder))
+            template = AdapterTemplate.from_json(field(meta, "template", folder))
+            shape = field(meta, "shape", folder)
+            cvae = IcmCvae(int(shape["length"]), int(shape["c_dim"]), params)
+        except (KeyError, TypeError, ValueError) as err:
+            raise GeneratorFileError(f"{folder}: malformed metadata ({type(err).__name__}: {err})") from None
+        state = {}
+        for key, value in cvae.saved_state().items():
+            stored = tensor(tensors, f"cvae.{key}", folder, tuple(value.shape)).float()
+            state[key] = stored
+        cvae.cond.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("cond.")})
+        cvae.decoder.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("decoder.")})
+        cvae.c_mean.copy_(state["c_mean"])
+        cvae.c_scale.copy_(state["c_scale"])
+        n = 2 * len(template.modules)
+        mean = tensor(tensors, "stats.mean", folder, (n,))
+        std = tensor(tensors, "stats.std", folder, (n,))
+        return cls(params, template, cvae, mean, std, dict(meta.get("info") or {}))
+
+
+def icm_key(records: Sequence[AdapterRecord], params: IcmParams, base_fingerprint: str) -> str:
+    """Identity of an ICM generator: its adapters and their snapshots (checksums), params and base."""
+    payload = {
+        "method": "icm",
+        "adapters": sorted(f"{r.checksum}:{r.extra_checksums.get(SNAPSHOTS_FILE)}" for r in records),
+        "params": params.to_dict(),
+        "base": base_fingerprint,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,209 @@
+"""``generate --method icm`` (ICM-LoRA): in-context task vectors on the encoder and a causal LM, the CVAE over
+raw normalised snapshot factors, its size, storage, PEFT-loadable output with lineage, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli, small_task
+
+from adaptforge.core import AdaptforgeError
+from adaptforge.generate.condition import demonstration_ids, task_vector
+from adaptforge.generate.icm import IcmGenerator, IcmParams, collect_icm_samples, flatten, unflatten
+from adaptforge.generate.methods import GENERATORS, IcmMethod
+from adaptforge.library import Library
+from adaptforge.pipelines.generate import generate_into_library
+from adaptforge.pipelines.train import train_into_library
+from adaptforge.scorers import make_scorer
+from adaptforge.tasks import Example, write_task
+from adaptforge.train.config import TrainConfig
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+TINY = IcmParams(shots=4, latent_dim=2, hidden_dim=2, encoder_dim=4, cond_dim=4, steps=30, batch_size=4)
+TASKS = ("sst2", "agnews")
+
+
+def flat(result) -> str:
+    """The CLI's output with Rich's line wrapping undone."""
+    return " ".join(result.output.split())
+
+
+def snapshot_library(root, backbone, targets, snapshots: int = 4) -> Library:
+    lib = Library(root)
+    for name in TASKS:
+        cfg = TrainConfig(max_train=16, batch_size=4, epochs=1, rank=2, targets=targets, snapshots=snapshots)
+        train_into_library(small_task(name, n_train=16, n_test=8), backbone, lib, f"{name}-s", cfg, eval_splits=())
+    return lib
+
+
+@pytest.fixture(scope="module")
+def encoder_library(tmp_path_factory, minilm):
+    return snapshot_library(tmp_path_factory.mktemp("icm") / "lib", minilm, ("query",))
+
+
+def test_flatten_round_trips_and_stats_are_per_tensor(encoder_library, minilm) -> None:
+    samples = collect_icm_samples(encoder_library, minilm.fingerprint, tail=0.5)
+    assert len(samples.records) == 2 and len(samples.task_of) == 6  # steps 2, 3, 4 of each 4-step run
+    assert samples.mean.shape == samples.std.shape == (2 * len(samples.template.modules),)
+    parts = samples.x.split(
+        [
+            t.numel()
+            for m in samples.template.modules
+            for t in (torch.empty(m.rank, m.in_features), torch.empty(m.out_features, m.rank))
+        ],
+        dim=1,
+    )
+    for p in parts:  # z-normalised per tensor over all samples
+        assert abs(float(p.mean())) < 1e-4 and abs(float(p.std()) - 1) < 1e-3
+    final, _ = encoder_library.load("sst2-s")
+    back = unflatten(flatten(final, samples.template), samples.template)
+    assert all(torch.equal(back[m].A, final[m].A) and torch.equal(back[m].B, final[m].B) for m in final)
+
+
+def test_encoder_task_vector_is_the_mean_pooled_demonstration(minilm) -> None:
+    scorer = make_scorer(minilm)
+    task = small_task("sst2", n_train=8, n_test=8)
+    demos = task.splits["train"][:3]
+    ids = demonstration_ids(scorer, task, demos)
+    label_ids = scorer.encode_labels(task).ids[task.labels.index(demos[0].label)]
+    assert ids[0][-len(label_ids) + 1 :] == list(label_ids[1:])  # input, then the label, one [SEP] at the end
+    single = [task_vector(scorer, task, [d]) for d in demos]
+    assert np.allclose(task_vector(scorer, task, demos), np.mean(single, axis=0), atol=1e-5)
+    with pytest.raises(AdaptforgeError, match="demonstration 1 of task 'sst2' has label 'nope', not one of"):
+        task_vector(scorer, task, [Example("x", "nope")])
+
+
+def test_icm_fits_small_generates_and_round_trips(encoder_library, minilm, tmp_path) -> None:
+    scorer = make_scorer(minilm)
+    got = IcmMethod.obtain(encoder_library, minilm.fingerprint, scorer, TINY, (), lambda m: None)
+    assert got.fitted_now and got.generator_bytes < got.training_bytes
+    task = small_task("sst2", n_train=16, n_test=8)
+    cond = task_vector(scorer, task, task.splits["train"][:4])
+    mean_delta = got.generator.generate(cond)
+    first = next(iter(mean_delta))
+    assert torch.equal(got.generator.generate(cond, seed=3)[first].A, got.generator.generate(cond, seed=3)[first].A)
+    assert not torch.equal(got.generator.generate(cond, seed=3)[first].A, mean_delta[first].A)
+    loaded = IcmGenerator.load(got.folder)
+    again = loaded.generate(cond)
+    for m in mean_delta:  # float16 decoder on disk: close, not bit-equal
+        assert torch.allclose(again[m].B, mean_delta[m].B, atol=1e-3, rtol=1e-2)
+    reuse = IcmMethod.obtain(encoder_library, minilm.fingerprint, scorer, TINY, (), lambda m: None)
+    assert not reuse.fitted_now and reuse.folder == got.folder
+    with pytest.raises(AdaptforgeError, match="fitted on 384-dimensional task vectors of another base model"):
+        loaded.generate(np.zeros(64, dtype=np.float32))
+
+
+def test_generate_icm_cli_writes_a_peft_folder_with_lineage(encoder_library, minilm, tmp_path) -> None:
+    from peft import PeftModel
+
+    examples = tmp_path / "demos.jsonl"
+    rows = [{"text": e.text, "label": e.label} for e in small_task("sst2", n_train=8, n_test=8).splits["train"]]
+    examples.write_text("\n".join(json.dumps(r) for r in rows))
+    labels = ",".join(small_task("sst2", n_train=8, n_test=8).labels)
+    common = (
+        "generate",
+        "--library",
+        encoder_library.root,
+        "--description",
+        "Sentiment of a review.",
+        "--labels",
+        labels,
+        "--method",
+        "icm",
+    )
+    result = run_cli(*common, "--out", "gen-icm", "--examples", examples, "--shots", 4, "--seed", 1)
+    assert "generate: added gen-icm" in result.stdout
+    record = encoder_library.get("gen-icm")
+    assert record.kind == "generate" and len(record.parents) == 2
+    assert record.params["generator_method"] == "icm" and record.params["condition_source"] == "4 demonstrations"
+    assert record.params["seed"] == 1 and record.params["generator_id"]
+    assert record.recipe["generator_bytes"] > 0 and record.recipe["training_bytes"] > 0
+    assert "MB, trained on " in flat(result) and " MB of adapters (" in flat(result)  # both sizes printed
+    model = PeftModel.from_pretrained(minilm.model, str(record.path))
+    assert any("lora_A" in n for n, _ in model.named_parameters())
+    model.unload()
+    # bad input, with the exact messages
+    r = run_cli(*common, "--out", "x", "--examples", examples, "--shots", 20, ok=False)
+    assert r.exit_code != 0
+    assert (
+        f"--shots 20 but --examples holds {len(rows)} labelled example(s); pass --shots {len(rows)} or fewer" in flat(r)
+    )
+    r = run_cli(*common, "--out", "x", ok=False)
+    assert "--method icm conditions on 16 demonstrations of the task: pass --examples FILE" in flat(r)
+    unlabelled = tmp_path / "bad.jsonl"
+    unlabelled.write_text(json.dumps({"text": "great"}) + "\n")
+    r = run_cli(*common, "--out", "x", "--examples", unlabelled, ok=False)
+    assert f"--examples {unlabelled}, line 1: field 'label' is missing; demonstrations need their labels" in flat(r)
+    r = run_cli(*common[:-1], "span", "--out", "x", "--shots", 4, ok=False)
+    assert "--shots and --examples are for --method icm; --method span reads no examples" in flat(r)
+    r = run_cli(*common[:-1], "icn", "--out", "x", ok=False)
+    assert "unknown generator 'icn'; known: icm, span. Did you mean 'icm'?" in flat(r)
+
+
+def test_description_only_conditioning(encoder_library) -> None:
+    outcome = generate_into_library(
+        "Sentiment of a review.",
+        ["negative", "positive"],
+        encoder_library,
+        "gen-desc",
+        method="icm",
+        shots=0,
+        params=TINY,
+    )
+    assert outcome.record.params["condition_source"] == "description"
+
+
+def test_no_snapshots_in_the_library_is_a_clear_error(trained_library, tmp_path) -> None:
+    lib, _ = trained_library
+    r = run_cli(
+        "generate",
+        "--library",
+        lib.root,
+        "--out",
+        "x",
+        "--description",
+        "d",
+        "--labels",
+        "a,b",
+        "--method",
+        "icm",
+        "--shots",
+        0,
+        ok=False,
+    )
+    assert "has training snapshots; --method icm learns from them: train adapters with " in flat(r)
+    assert "`adaptforge train --snapshots 20` (or use --method span)" in flat(r)
+
+
+def test_causal_path_last_token_task_vector_and_generation(tmp_path, tiny_llama) -> None:
+    scorer = make_scorer(tiny_llama)
+    task = small_task("sst2", n_train=8, n_test=8)
+    demos = task.splits["train"][:2]
+    ids = demonstration_ids(scorer, task, demos)
+    with torch.no_grad():
+        out = tiny_llama.model(input_ids=torch.tensor([ids[0]]), output_hidden_states=True)
+    assert np.allclose(task_vector(scorer, task, demos[:1]), out.hidden_states[-1][0, -1].numpy(), atol=1e-4)
+    lib = snapshot_library(tmp_path / "lib", tiny_llama, ("q_proj", "v_proj"))
+    write_task(task, tmp_path / "task")
+    outcome = generate_into_library(
+        task.description,
+        list(task.labels),
+        lib,
+        "gen",
+        method="icm",
+        examples=list(task.splits["train"]),
+        shots=4,
+        params=TINY,
+        model=str(tiny_llama.name),
+        backbone=tiny_llama,
+    )
+    assert outcome.info["generator_info"]["n_samples"] == 4
+    delta, _ = lib.load("gen")
+    assert all(torch.isfinite(delta[m].B).all() for m in delta)
+
+
+def test_registry_has_both_methods() -> None:
+    assert GENERATORS.names() == ["icm", "span"]
