@@ -25,6 +25,9 @@ def test_demo_runs_end_to_end(tmp_path):
     assert {f"{t}-lora" for t in DEMO_TASKS} <= names
     merged = [r for r in library.list() if r.recipe.get("kind") == "merge"]
     assert merged and all(len(library.lineage(r.name)) == len(DEMO_TASKS) for r in merged)
+    sweep = summary["sweep"]
+    assert [r["status"] for r in sweep] == ["ran"] * 3 and all(0 <= r["accuracy"] <= 1 for r in sweep)
+    assert all(len(library.lineage(r["adapter"])) == len(DEMO_TASKS) for r in sweep)
     new = summary["new_task"]
     assert new["task"] == DEMO_NEW_TASK and DEMO_NEW_TASK not in DEMO_TASKS
     for key in (DEMO_COMPOSE_METHOD, "generate"):
@@ -36,4 +39,4 @@ def test_demo_runs_end_to_end(tmp_path):
     assert summary["prune"]["sparsity"] > 0.49 and 0 <= summary["prune"]["domain_adapter_pruned_base"] <= 1
     assert [s["adapter"] for s in summary["use"]["served"]] == ["sst2-lora", "agnews-lora", "tweet_emotion-lora"]
     assert (tmp_path / "demo" / "report.html").is_file() and summary["use"]["tta"]["n"] == 100
-    assert "pruned for sst2" in text and "served sst2-lora" in text and "tent on sst2" in text
+    assert "pruned for sst2" in text and "served sst2-lora" in text and "tent on sst2" in text and "best cell on dev" in text
