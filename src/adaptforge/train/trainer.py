@@ -183,9 +183,28 @@ def dev_check(scorer: Scorer, model: torch.nn.Module, task: Task, n: int, seed: 
     return loss, float((logits.argmax(-1) == gold).float().mean())
 
 
-def train(task: Task, backbone: Backbone, cfg: TrainConfig | None = None, **kwargs) -> TrainResult:
+def train(
+    task: Task,
+    backbone: Backbone,
+    cfg: TrainConfig | None = None,
+    *,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    progress: ProgressFn | None = None,
+    stop_after: int | None = None,
+    scorer: Scorer | None = None,
+) -> TrainResult:
     """Train one LoRA adapter on ``task``'s train split (see :func:`train_tasks` for the options)."""
-    return train_tasks([task], backbone, cfg, **kwargs)
+    return train_tasks(
+        [task],
+        backbone,
+        cfg,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        progress=progress,
+        stop_after=stop_after,
+        scorer=scorer,
+    )
 
 
 def train_tasks(
