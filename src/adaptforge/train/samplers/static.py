@@ -54,6 +54,10 @@ class _StaticSampler(TaskSampler):
     def probabilities(self) -> FloatArray:
         return self._p.copy()
 
+    def _capped_sizes(self, cap: int | None) -> FloatArray:
+        """Training-set sizes with every size above ``cap`` counted as ``cap`` (no cap: ``None``)."""
+        return self._sizes if cap is None else np.minimum(self._sizes, float(cap))
+
 
 @SAMPLERS.register
 class UniformSampler(_StaticSampler):
@@ -77,8 +81,7 @@ class ProportionalSampler(_StaticSampler):
     config: ProportionalConfig
 
     def _fixed_probabilities(self) -> FloatArray:
-        cap = self.config.size_cap
-        sizes = self._sizes if cap is None else np.minimum(self._sizes, float(cap))
+        sizes = self._capped_sizes(self.config.size_cap)
         return sizes / sizes.sum()
 
 
@@ -95,6 +98,4 @@ class TemperatureSampler(_StaticSampler):
     config: TemperatureConfig
 
     def _fixed_probabilities(self) -> FloatArray:
-        cap = self.config.size_cap
-        sizes = self._sizes if cap is None else np.minimum(self._sizes, float(cap))
-        return softmax(np.log(sizes) / self.config.temperature)
+        return softmax(np.log(self._capped_sizes(self.config.size_cap)) / self.config.temperature)
