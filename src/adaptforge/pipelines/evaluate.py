@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import adaptforge.compose  # noqa: F401 - registers the arrow router that stored compositions name
 import adaptforge.merge  # noqa: F401 - registers the entropy (DaWin) router that stored merges name
@@ -31,13 +30,17 @@ def evaluate_grid(
     record: bool = True,
     on_cell: Callable[[str, str | None], None] | None = None,
     scorer: Scorer | None = None,
+    backend: Backend | None = None,
 ) -> list[EvalResult]:
     """Every (adapter or zero-shot) x task cell; metrics are written to the library when given. A stored
     routed adapter (DaWin merge, Arrow composition) is evaluated through its router, exactly as when it was
-    made (:func:`~adaptforge.routing.stored_router`)."""
+    made (:func:`~adaptforge.routing.stored_router`). ``backend`` (e.g. Ray) runs the cells as its jobs, with
+    the same results in the same order; ``None``: one cell after the other in this process."""
     check_request(tasks, split, limit)
-    scorer = scorer or make_scorer(backbone)
     columns: list[str | None] = ([None] if zero_shot else []) + list(adapters)
+    if backend is not None:
+        return _evaluate_on(backend, tasks, backbone, library, columns, split, limit, record, on_cell)
+    scorer = scorer or make_scorer(backbone)
     results = []
     for adapter in columns:
         delta = None
@@ -100,23 +103,19 @@ class EvalJob:
         return evaluate_cell(scorer, self.task, self.split, self.limit, self.adapter, delta, router)
 
 
-def evaluate_grid_on(
+def _evaluate_on(
     backend: Backend,
     tasks: Sequence[Task],
     backbone: Backbone,
     library: Library | None,
-    adapters: Sequence[str],
-    *,
-    zero_shot: bool,
-    split: str = "test",
-    limit: int | None = None,
-    on_cell: Callable[[str, str | None], None] | None = None,
+    columns: Sequence[str | None],
+    split: str,
+    limit: int | None,
+    record: bool,
+    on_cell: Callable[[str, str | None], None] | None,
 ) -> list[EvalResult]:
-    """:func:`evaluate_grid` with the cells run as ``backend`` jobs (e.g. Ray tasks on actors that each load the
-    base once); the same results in the same order, recorded here by the driver. A failed cell is an error
-    naming it (the grid's other cells still finish first)."""
-    check_request(tasks, split, limit)
-    columns: list[str | None] = ([None] if zero_shot else []) + list(adapters)
+    """The grid's cells as ``backend`` jobs (e.g. Ray tasks on actors that each load the base once), recorded
+    here by the driver. A failed cell is an error naming it (the grid's other cells still finish first)."""
     if any(a is not None for a in columns) and library is None:
         raise AdaptforgeError("evaluating a named adapter needs --library")
     jobs = [EvalJob(a, t, split, limit, f"{a or 'zero-shot'} on {t.name}") for a in columns for t in tasks]
@@ -132,8 +131,8 @@ def evaluate_grid_on(
     if failed:
         raise AdaptforgeError(f"{len(failed)} of {len(jobs)} eval cell(s) failed: " + "; ".join(failed))
     results = [o.payload for o in outcomes]
-    if library is not None:
-        ids = {a: library.get(a).id for a in adapters}
+    if record and library is not None:
+        ids = {a: library.get(a).id for a in columns if a is not None}
         for job, res in zip(jobs, results, strict=True):
             record_result(library, ids.get(job.adapter) if job.adapter else None, backbone.fingerprint, job.task, res)
     return results
@@ -173,14 +172,12 @@ def evaluate_adapters(
     results: list[EvalResult] = []
     skipped: list[str] = []
 
-    def grid(*args: Any, **options: Any) -> list[EvalResult]:
-        if backend is None:
-            return evaluate_grid(*args, on_cell=on_cell, **options)
-        return evaluate_grid_on(backend, *args, on_cell=on_cell, **options)
-
     if not groups:
         backbone = load_base(model, notify=notify)
-        return GridOutcome(grid(tasks, backbone, library, [], zero_shot=True, split=split, limit=limit), skipped)
+        cells = evaluate_grid(
+            tasks, backbone, library, [], zero_shot=True, split=split, limit=limit, on_cell=on_cell, backend=backend
+        )
+        return GridOutcome(cells, skipped)
     for fingerprint, group in groups.items():
         names = [r.name for r in group]
         try:
@@ -191,6 +188,9 @@ def evaluate_adapters(
         if backbone.fingerprint != fingerprint:
             skipped += [f"{n}: made on base {group[0].base_model!r}, not on --model {model!r}" for n in names]
             continue
-        results += grid(tasks, backbone, library, names, zero_shot=zero_shot, split=split, limit=limit)
+        results += evaluate_grid(
+            tasks, backbone, library, names, zero_shot=zero_shot, split=split, limit=limit, on_cell=on_cell,
+            backend=backend,
+        )  # fmt: skip
         zero_shot = False  # one zero-shot row: the first base's
     return GridOutcome(results, skipped)
