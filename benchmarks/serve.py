@@ -383,11 +383,11 @@ def run_load(engine: Engine, draw: Callable[[], tuple[str, str]], clients: int, 
         t.start()
     for t in threads:
         t.join()
-    lat = np.array(latencies) if latencies else np.array([float("nan")])
-    return {
+    lat = np.array(latencies)
+    return {  # no request finished inside the window: no latency (null in the JSON, "-" in the table)
         "texts_per_s": len(latencies) / seconds,
-        "p50_ms": float(np.percentile(lat, 50) * 1000),
-        "p99_ms": float(np.percentile(lat, 99) * 1000),
+        "p50_ms": float(np.percentile(lat, 50) * 1000) if latencies else None,
+        "p99_ms": float(np.percentile(lat, 99) * 1000) if latencies else None,
         "requests": len(latencies),
         "errors": len(errors),
         "first_error": errors[0] if errors else None,
@@ -404,6 +404,10 @@ def check_agreement(engines: dict[str, Engine], workload: Workload) -> float:
     return worst
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
 def markdown(rows: list[dict], baselines: Sequence[str]) -> str:
     head = "| stream | clients | engine | texts/s | p50 ms | p99 ms | " + " | ".join(f"x {b}" for b in baselines) + " |"
     lines = [head, "|" + "---|" * (6 + len(baselines))]
@@ -415,8 +419,8 @@ def markdown(rows: list[dict], baselines: Sequence[str]) -> str:
             ok = base and base["texts_per_s"] > 0 and r["engine"].startswith("ours")
             ratios.append(f"{r['texts_per_s'] / base['texts_per_s']:.2f}" if ok else "")
         lines.append(
-            f"| {r['stream']} | {r['clients']} | {r['engine']} | {r['texts_per_s']:.1f} | {r['p50_ms']:.0f} | "
-            f"{r['p99_ms']:.0f} | " + " | ".join(ratios) + " |"
+            f"| {r['stream']} | {r['clients']} | {r['engine']} | {r['texts_per_s']:.1f} | {_ms(r['p50_ms'])} | "
+            f"{_ms(r['p99_ms'])} | " + " | ".join(ratios) + " |"
         )
     return "\n".join(lines)
 
