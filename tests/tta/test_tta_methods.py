@@ -234,3 +234,25 @@ def test_bad_params_and_setups_are_refused(encoder, llama):
     llama_setup, _ = llama
     with pytest.raises(AdaptforgeError, match="target module .* does not exist"):
         run_tta(tent, TtaSetup(setup.scorer, setup.task, llama_setup.adapter), texts, {"update": "lora"})
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "passes"),
+    [
+        ("tent", {}, 2),  # one forward pass with gradients, one to predict after the update
+        ("tent", {"online": True}, 1),  # TENT's protocol: the update's own forward pass predicts
+        ("eata", {"e_margin": 1e-6}, 1),  # no input is reliable: no update, the first pass is the prediction
+    ],
+)
+def test_no_forward_pass_is_repeated_at_unchanged_parameters(encoder, name, params, passes):
+    """Forward passes over the inputs per batch (the encoder's label passes are separate, 2-row calls)."""
+    setup, texts = encoder
+    model = setup.scorer.backbone.model
+    sizes: list[int] = []
+    handle = model.register_forward_hook(lambda module, args, kwargs, out: sizes.append(len(kwargs["input_ids"])),
+                                         with_kwargs=True)  # fmt: skip
+    try:
+        run_tta(TTA_METHODS.get(name)(), setup, texts, params, granularity="batch", batch_size=3)
+    finally:
+        handle.remove()
+    assert sizes.count(3) == passes * 2  # two batches of 3 inputs
