@@ -68,11 +68,11 @@ RUNS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "input-lora": ("input-lora", "input", {}),
     "ttt-nn": ("ttt-nn", "input", {"pool_per_task": 256}),
     "atlas-unsup": ("atlas-unsup", "batch", {}),
-    "em-prior": ("em-prior", "stream", {}),
-    "em-prior-batch": ("em-prior", "batch", {}),
+    "em-prior": ("em-prior", "batch", {}),
+    "em-prior-stream": ("em-prior", "stream", {}),
 }
-RESET_RUNS = ("tent-stream-reset", "eata", "sar", "em-prior", "em-prior-batch")
-LABEL_SHIFT_RUNS = ("em-prior", "em-prior-batch")  # corrects the class prior only: reported apart (see markdown)
+RESET_RUNS = ("tent-stream-reset", "eata", "sar", "em-prior", "em-prior-stream")
+LABEL_SHIFT_RUNS = ("em-prior", "em-prior-stream")  # corrects the class prior only: reported apart (see markdown)
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
@@ -245,6 +245,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--markdown", type=Path, default=None)
+    parser.add_argument(
+        "--merge", default="", help="comma-separated result files whose cells are added to --json (runs kept apart)"
+    )
+    parser.add_argument("--render-only", action="store_true", help="run nothing: write the markdown of --json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pairs = [p for p in args.pairs.split(",") if p]
@@ -256,6 +260,19 @@ def main() -> None:
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     cells = load_cells(args.json)
     done = {(c["pair"], c["run"], c["seed"]) for c in cells}
+    for extra in (Path(p) for p in args.merge.split(",") if p):
+        for c in load_cells(extra):
+            if (c["pair"], c["run"], c["seed"]) not in done:
+                cells.append(c)
+                done.add((c["pair"], c["run"], c["seed"]))
+    if args.merge:
+        save_cells(args.json, config, cells)
+    if args.render_only:
+        text = markdown(cells, runs, pairs)
+        print(text)
+        if args.markdown is not None:
+            args.markdown.write_text(text)
+        return
 
     backbone = Backbone.load()
     lib = Library(args.work / "library")

@@ -132,7 +132,7 @@ def test_em_prior_takes_the_source_prior_from_the_adapters_own_task(setup, minil
     agnews = small_task("agnews", n_train=8, n_test=8)
     args = ["tta", write_task(agnews, tmp_path / "agnews"), "--library", lib.root, "--adapter", "agnews-a"]
     got = json.loads(run(*args, "--method", "em-prior", "--json").stdout)
-    assert got["granularity"] == "stream" and got["n"] == 8 and got["params"]["source_prior"] == "train"
+    assert got["granularity"] == "batch" and got["n"] == 8 and got["params"]["source_prior"] == "train"
     pooled = tta_on_task(agnews, lib, "agnews-a", method="em-prior", pool=[agnews], backbone=minilm)
     assert pooled.n == 8 and pooled.run.updated + 8 * pooled.run.resets >= 8
     mr = ["tta", setup[2], "--library", lib.root, "--adapter", "sst2-a", "--method", "em-prior"]
@@ -161,7 +161,7 @@ def test_everything_is_checked_before_any_work(lib, setup, tiny_llama_dir):
         (["--method", "input-lora", "--param", "objective=lm"], "objective 'lm' needs a causal LM"),
         (["--method", "tent", "--model", tiny_llama_dir], "was made for base model"),
         (
-            ["--method", "em-prior", "--save", "x"],
+            ["--method", "em-prior", "--granularity", "stream", "--save", "x"],
             "--save: tta method 'em-prior' changes no weights",
         ),
         (["--method", "em-prior", "--param", "source_prior=test"], "'source_prior' must be one of 'train', 'uniform'"),
