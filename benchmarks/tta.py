@@ -61,6 +61,7 @@ RUNS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "tent": ("tent", "batch", {}),
     "tent-online": ("tent", "batch", {"online": True, "steps": 1}),
     "tent-stream": ("tent", "stream", {}),
+    "tent-stream-online": ("tent", "stream", {"online": True}),  # TENT's own protocol: online, continual
     "tent-stream-reset": ("tent", "stream", {"reset_window": 64}),
     "eata": ("eata", "stream", {}),
     "sar": ("sar", "stream", {}),
