@@ -41,10 +41,14 @@ SOURCE_PRIORS = ("train", "uniform")
 
 @dataclass(frozen=True, kw_only=True)
 class EmPriorParams(TtaParams):
-    """EM's iterations and tolerance, and where the source prior comes from. ``steps`` and ``lr`` are not used
-    (nothing is trained)."""
+    """EM's iterations and tolerance, where the source prior comes from, and the collapse guard."""
 
+    steps: int = param(1, ge=1, help="not used: em-prior takes no gradient step")
+    lr: float = param(1e-3, gt=0, help="not used: em-prior takes no gradient step")
     reset_window: int = param(64, ge=0, help="stream: predictions watched for collapse (0: never reset)")
+    collapse_fraction: float = param(
+        0.9, gt=0, le=1, help="collapse: one class above this fraction of the estimated prior or (stream) of the window"
+    )
     iterations: int = param(100, ge=1, help="EM iterations at most (stops earlier at tolerance)")
     tolerance: float = param(1e-6, gt=0, help="stop when no class prior moves by more than this")
     source_prior: str = param(
