@@ -29,6 +29,7 @@ QUICK: dict[str, dict] = {
     "input-lora": {"steps": 1, "views": 1},
     "ttt-nn": {"neighbours": 2, "pool_per_task": 4},
     "atlas-unsup": {"steps": 1, "candidates": 1},
+    "em-prior": {"source_prior": "uniform"},  # sst2-a's own task has other label names (Good, Bad)
 }
 
 
@@ -124,6 +125,22 @@ def test_ttt_nn_defaults_to_the_library_tasks_training_pools(setup, minilm):
     assert outcome.granularity == "input" and outcome.run.units == 2
 
 
+def test_em_prior_takes_the_source_prior_from_the_adapters_own_task(setup, minilm, tmp_path):
+    """agnews-a on agnews inputs: its train split's prior comes from the package's agnews (or a --pool task of
+    that name); sst2-a on movie_review: label names differ, refused unless the prior is uniform."""
+    lib = setup[0]
+    agnews = small_task("agnews", n_train=8, n_test=8)
+    args = ["tta", write_task(agnews, tmp_path / "agnews"), "--library", lib.root, "--adapter", "agnews-a"]
+    got = json.loads(run(*args, "--method", "em-prior", "--json").stdout)
+    assert got["granularity"] == "batch" and got["n"] == 8 and got["params"]["source_prior"] == "train"
+    pooled = tta_on_task(agnews, lib, "agnews-a", method="em-prior", pool=[agnews], backbone=minilm)
+    assert pooled.n == 8 and pooled.run.updated + 8 * pooled.run.resets >= 8
+    mr = ["tta", setup[2], "--library", lib.root, "--adapter", "sst2-a", "--method", "em-prior"]
+    refused = run(*mr, ok=False)
+    assert refused.exit_code == 2 and "adapter's task 'sst2' has labels ['Good', 'Bad']" in refused.output
+    run(*mr, "--param", "source_prior=uniform")
+
+
 def test_everything_is_checked_before_any_work(lib, setup, tiny_llama_dir):
     mr = setup[2]
     before = snapshot(lib.root)
@@ -143,6 +160,11 @@ def test_everything_is_checked_before_any_work(lib, setup, tiny_llama_dir):
         (["--method", "tent", "--param", "d_margin=0.5"], "unknown parameter 'd_margin'"),
         (["--method", "input-lora", "--param", "objective=lm"], "objective 'lm' needs a causal LM"),
         (["--method", "tent", "--model", tiny_llama_dir], "was made for base model"),
+        (
+            ["--method", "em-prior", "--granularity", "stream", "--save", "x"],
+            "--save: tta method 'em-prior' changes no weights",
+        ),
+        (["--method", "em-prior", "--param", "source_prior=test"], "'source_prior' must be one of 'train', 'uniform'"),
     ]
     for extra, message in cases:
         result = run(*base, *extra, ok=False)

@@ -26,6 +26,7 @@ QUICK: dict[str, dict] = {
     "input-lora": {"steps": 1, "views": 1},
     "ttt-nn": {"neighbours": 2, "pool_per_task": 6},
     "atlas-unsup": {"steps": 1, "candidates": 1},
+    "em-prior": {},
 }
 
 
@@ -41,7 +42,9 @@ def encoder(minilm, trained_library):
     adapter, _ = lib.load("sst2-a")
     other, _ = lib.load("subjectivity-a")
     task = small_task("movie_review", n_train=8, n_test=8)
-    setup = TtaSetup(make_scorer(minilm), task, adapter, [("subjectivity-a", other)], [small_task("sst2", 16, 8)])
+    source = small_task("movie_review", 16, 8, seed=1)  # em-prior's source prior needs movie_review's labels
+    pool = [small_task("sst2", 16, 8)]
+    setup = TtaSetup(make_scorer(minilm), task, adapter, [("subjectivity-a", other)], pool, source=source)
     return setup, short_texts("movie_review", 6)
 
 
@@ -55,7 +58,9 @@ def llama(tiny_llama):
     adapter = random_delta(names, rank=2, scale=1.0, std=0.1)
     other = random_delta(names, rank=2, scale=1.0, std=0.1, seed=1)
     task = small_task("sst2", n_train=8, n_test=8)
-    setup = TtaSetup(make_scorer(tiny_llama), task, adapter, [("other", other)], [small_task("agnews", 8, 4)])
+    setup = TtaSetup(
+        make_scorer(tiny_llama), task, adapter, [("other", other)], [small_task("agnews", 8, 4)], source=task
+    )
     return setup, short_texts("sst2", 4)
 
 
@@ -112,6 +117,7 @@ def test_sessions_see_no_labels(encoder):
     setup, texts = encoder
     assert setup.task.splits == {} and setup.task.labels == ("negative", "positive")
     assert all(set(t.splits) == {"train"} for t in setup.pool)
+    assert setup.source is not None and set(setup.source.splits) == {"train"}
     inputs = encode_inputs(setup.scorer, setup.task, texts)
     assert set(inputs.encoded.targets) == {-1}  # a loss that read them would fail
     with pytest.raises(IndexError):
@@ -228,3 +234,25 @@ def test_bad_params_and_setups_are_refused(encoder, llama):
     llama_setup, _ = llama
     with pytest.raises(AdaptforgeError, match="target module .* does not exist"):
         run_tta(tent, TtaSetup(setup.scorer, setup.task, llama_setup.adapter), texts, {"update": "lora"})
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "passes"),
+    [
+        ("tent", {}, 2),  # one forward pass with gradients, one to predict after the update
+        ("tent", {"online": True}, 1),  # TENT's protocol: the update's own forward pass predicts
+        ("eata", {"e_margin": 1e-6}, 1),  # no input is reliable: no update, the first pass is the prediction
+    ],
+)
+def test_no_forward_pass_is_repeated_at_unchanged_parameters(encoder, name, params, passes):
+    """Forward passes over the inputs per batch (the encoder's label passes are separate, 2-row calls)."""
+    setup, texts = encoder
+    model = setup.scorer.backbone.model
+    sizes: list[int] = []
+    handle = model.register_forward_hook(lambda module, args, kwargs, out: sizes.append(len(kwargs["input_ids"])),
+                                         with_kwargs=True)  # fmt: skip
+    try:
+        run_tta(TTA_METHODS.get(name)(), setup, texts, params, granularity="batch", batch_size=3)
+    finally:
+        handle.remove()
+    assert sizes.count(3) == passes * 2  # two batches of 3 inputs

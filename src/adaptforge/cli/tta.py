@@ -33,7 +33,8 @@ def tta_cmd(
     library: Annotated[Path | None, typer.Option("--library", "-l", help="Adapter library folder.")] = None,
     adapter: Annotated[str | None, typer.Option("--adapter", "-a", help="The adapter to adapt (name or id).")] = None,
     method: Annotated[
-        str | None, typer.Option(help="input-lora, tent, eata, sar, pseudo, ttt-nn, atlas-unsup (see --list).")
+        str | None,
+        typer.Option(help="input-lora, tent, eata, sar, pseudo, ttt-nn, atlas-unsup, em-prior (see --list)."),
     ] = None,
     granularity: Annotated[
         str | None, typer.Option(help="input, batch or stream (default: the method's own, see --list).")
@@ -44,7 +45,10 @@ def tta_cmd(
     param: Annotated[list[str] | None, typer.Option("--param", help="Other method parameter key=value.")] = None,
     pool: Annotated[
         list[Path] | None,
-        typer.Option("--pool", help="ttt-nn: task whose train split neighbours come from; repeatable."),
+        typer.Option(
+            "--pool",
+            help="ttt-nn: task whose train split neighbours come from; em-prior: the adapter's task; repeatable.",
+        ),
     ] = None,
     split: Annotated[str, typer.Option(help="Split whose inputs are adapted on and scored.")] = "test",
     limit: LimitOpt = None,

@@ -135,6 +135,15 @@ def library_pool(library: Library, fingerprint: str) -> list[Task]:
     return shipped_pool([r.task for r in library.list(base_fingerprint=fingerprint) if r.is_task_adapter and r.task])
 
 
+def source_task(record: AdapterRecord, pool: Sequence[Task]) -> Task | None:
+    """The adapter's own training task (em-prior reads its train split's label prior): a ``--pool`` task of that
+    name, else the package's copy of it, else ``None``."""
+    if not record.task:
+        return None
+    found = [t for t in pool if t.name == record.task] or shipped_pool([record.task])
+    return found[0] if found else None
+
+
 def library_candidates(
     library: Library, scorer: Scorer, task: Task, record: AdapterRecord, delta: LoraDelta, n: int
 ) -> list[tuple[str, LoraDelta]]:
@@ -221,7 +230,8 @@ def tta_on_task(
     pools = list(pool) if pool or not impl.needs_pool else library_pool(library, backbone.fingerprint)
     wanted = impl.candidates_wanted(typed)
     candidates = library_candidates(library, scorer, task, record, delta, wanted) if wanted else []
-    setup = TtaSetup(scorer, task, delta, candidates=candidates, pool=pools)
+    source = source_task(record, pool) if impl.source_wanted(typed) else None
+    setup = TtaSetup(scorer, task, delta, candidates=candidates, pool=pools, source=source)
     impl.check(setup, typed)
 
     examples = task.sample(split, limit, seed=sample_seed)

@@ -6,7 +6,8 @@
 - ``sar``: sharpness-aware, reliable inputs, recovery reset (https://arxiv.org/abs/2302.12400);
 - ``pseudo``: agreement-filtered dropout pseudo labels, T-SAS style (https://arxiv.org/abs/2310.13307);
 - ``ttt-nn``: a step on the input's nearest training neighbours (https://arxiv.org/abs/2305.18466);
-- ``atlas-unsup``: aTLAS coefficients over library adapters by entropy (https://arxiv.org/abs/2407.18242).
+- ``atlas-unsup``: aTLAS coefficients over library adapters by entropy (https://arxiv.org/abs/2407.18242);
+- ``em-prior``: the inputs' class prior by EM, posteriors re-weighted, no gradient (Saerens et al. 2002).
 
 :func:`run_tta` runs any of them per input, per batch or along a stream (:class:`Stream`, with resets).
 ``adaptforge tta`` itself is :mod:`adaptforge.pipelines.tta`.
@@ -30,6 +31,7 @@ from adaptforge.tta.base import (
 from adaptforge.tta.entropy import Eata, EataParams, EntropyParams, Sar, SarParams, Tent
 from adaptforge.tta.input_lora import InputLora, InputLoraParams
 from adaptforge.tta.neighbours import TttNn, TttNnParams
+from adaptforge.tta.prior import EmPrior, EmPriorParams
 from adaptforge.tta.pseudo import Pseudo, PseudoParams
 
 __all__ = [
@@ -39,6 +41,8 @@ __all__ = [
     "AtlasUnsupParams",
     "Eata",
     "EataParams",
+    "EmPrior",
+    "EmPriorParams",
     "EntropyParams",
     "InputLora",
     "InputLoraParams",

@@ -66,18 +66,26 @@ def label_only(task: Task) -> Task:
 class TtaSetup:
     """What a method may read: the scorer, the task's description and labels (``task`` has no splits, so
     the labels of the inputs are not there to read), the task adapter, and for some methods other library
-    adapters (``candidates``, name and tensors; atlas-unsup) or labelled training pools (``pool``: tasks
-    whose *train* split is searched; ttt-nn)."""
+    adapters (``candidates``, name and tensors; atlas-unsup), labelled training pools (``pool``: tasks
+    whose *train* split is searched; ttt-nn) or the adapter's own training task (``source``, train split
+    only: the label prior it was trained under; em-prior)."""
 
     scorer: Scorer
     task: Task
     adapter: LoraDelta
     candidates: Sequence[tuple[str, LoraDelta]] = ()
     pool: Sequence[Task] = ()
+    source: Task | None = None
 
     def __post_init__(self) -> None:
         self.task = label_only(self.task)
-        self.pool = [t.with_splits(**{s: None for s in t.splits if s != "train"}) for t in self.pool]
+        self.pool = [train_only(t) for t in self.pool]
+        self.source = None if self.source is None else train_only(self.source)
+
+
+def train_only(task: Task) -> Task:
+    """``task`` with its train split only (a training pool: never the split being adapted on)."""
+    return task.with_splits(**{s: None for s in task.splits if s != "train"})
 
 
 @dataclass(frozen=True)
@@ -167,8 +175,10 @@ class Session:
             self._stack.close()
             self._stack = None
 
-    def _new_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.tunable.parameters(), lr=self.params.lr)
+    def _new_optimizer(self) -> torch.optim.Optimizer | None:
+        """Adam over the tunable (``None`` for a gradient-free method, whose tunable has no tensors)."""
+        params = self.tunable.parameters()
+        return torch.optim.Adam(params, lr=self.params.lr) if params else None
 
     def start(self) -> None:  # noqa: B027 - optional hook
         """Work once the tunable is active, before the first input (ttt-nn embeds its pool here)."""
@@ -237,6 +247,10 @@ class TtaMethod(Method):
     def candidates_wanted(self, params: TtaParams) -> int:
         """How many other library adapters the method mixes in (fetched by the caller into ``candidates``)."""
         return 0
+
+    def source_wanted(self, params: TtaParams) -> bool:
+        """Whether the method reads the adapter's own training task (fetched by the caller into ``source``)."""
+        return False
 
     def unsaved_reason(self, params: TtaParams) -> str | None:
         """Why the adapted state cannot be stored as an adapter with these params (``None``: it can)."""

@@ -13,8 +13,9 @@ task adapter's own LoRA factors (``update="lora"``, which ``--save`` can store):
   reset when the moving average of the filtered entropy falls towards zero.
 
 EATA and SAR default to stream mode with the collapse reset on (``reset_window``). By default an input's
-prediction is a fresh forward pass after its updates; ``online=true`` takes it from the forward pass of the
-last update instead, TENT's own protocol, which saves that forward pass.
+prediction is a fresh forward pass after its updates (skipped when no update followed the last forward pass,
+e.g. a filter kept no input: that pass already is the prediction); ``online=true`` takes it from the forward
+pass of the last update instead, TENT's own protocol, which saves that forward pass.
 """
 
 from __future__ import annotations
@@ -100,23 +101,26 @@ class EntropySession(Session):
 
     def adapt(self, inputs: Inputs) -> Step:
         p = cast(EntropyParams, self.params)
-        last, updated = None, 0
+        last, updated, moved = None, 0, False  # moved: the parameters changed after ``last`` was computed
         with torch.enable_grad():
             for _ in range(p.steps):
                 logits = self.logits(inputs)
                 last = logits.detach()
                 keep, weights = self.select(last)
                 if len(keep) == 0:
+                    moved = False
                     break
-                self.step(inputs, logits, keep, weights)
+                moved = self.step(inputs, logits, keep, weights)
                 self.after_update(torch.softmax(last[keep], dim=-1))
                 updated = max(updated, len(keep))
-        if p.online and last is not None:
+        if last is not None and (p.online or not moved):  # no update since the last forward: it is the prediction
             return Step(last, updated)
         return Step(self.predict(inputs), updated)
 
-    def step(self, inputs: Inputs, logits: torch.Tensor, keep: torch.Tensor, weights: torch.Tensor | None) -> None:
+    def step(self, inputs: Inputs, logits: torch.Tensor, keep: torch.Tensor, weights: torch.Tensor | None) -> bool:
+        """One update on the kept inputs; whether the parameters changed."""
         self.update(self.loss(logits, keep, weights))
+        return True
 
 
 class EataSession(EntropySession):
@@ -161,7 +165,7 @@ class SarSession(EntropySession):
         margin = p.e_margin * math.log(logits.shape[-1])
         return torch.nonzero(entropy(logits) < margin).flatten(), None
 
-    def step(self, inputs: Inputs, logits: torch.Tensor, keep: torch.Tensor, weights: torch.Tensor | None) -> None:
+    def step(self, inputs: Inputs, logits: torch.Tensor, keep: torch.Tensor, weights: torch.Tensor | None) -> bool:
         p = cast(SarParams, self.params)
         params = self.tunable.parameters()
         first = self.checked(self.loss(logits, keep, None))
@@ -181,8 +185,8 @@ class SarSession(EntropySession):
                 second.backward()
         finally:
             _shift(params, shifts, -1.0)
-        if second is None:
-            return
+        if second is None:  # no input is reliable at the shifted point: no update
+            return False
         assert self.optimizer is not None
         self.optimizer.step()
         if p.recover > 0:
@@ -191,6 +195,7 @@ class SarSession(EntropySession):
             if self.average < p.recover * math.log(logits.shape[-1]):
                 self.reset()
                 self.recovered = True
+        return True
 
     def adapt(self, inputs: Inputs) -> Step:
         self.recovered = False
