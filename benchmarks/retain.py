@@ -157,11 +157,14 @@ def main() -> None:
                 flush=True,
             )
     speed = ffn_speed(dense, domains[0], args)
+    first = next(r for r in args.runs.split(",") if r.endswith(":unstructured"))
+    packed = packed_size(dense, args.work / "pruned" / f"{domains[0].name}-{first.replace(':', '-')}")
     result = {
         "args": {k: str(v) for k, v in vars(args).items()},
         "dense_general": dense_general,
         "rows": rows,
         "ffn": speed,
+        "packed": {"run": f"{domains[0].name} {first}", **packed},
     }
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -476,6 +479,12 @@ def markdown(result: dict) -> str:
         f"{f['ffn_bytes'] / 1e6:.1f} MB vs {f['dense_bytes'] / 1e6:.1f} MB, CPU inference {f['speedup']:.2f}x "
         f"({f['ffn_seconds']:.2f}s vs {f['dense_seconds']:.2f}s for 256 texts, best of 3)",
     ]
+    p = result["packed"]
+    lines.append(
+        f"\nPacked (--compact) at {p['run']}: {p['packed_bytes'] / 1e6:.1f} MB vs dense "
+        f"{p['dense_bytes'] / 1e6:.1f} MB = {p['file_ratio']:.1%} of the whole file; the pruned layers alone "
+        f"{p['layers_ratio']:.1%} of their dense size"
+    )
     return "\n".join(lines) + "\n"
 
 
