@@ -72,6 +72,9 @@ def main() -> None:
     parser.add_argument(
         "--select-dpruner", default=None, help="only choose D-Pruner's general_weight on dev data: the grid, e.g. 0,1,4"
     )
+    parser.add_argument(
+        "--reuse", type=Path, default=None, help="a previous --json: keep its rows of runs not in --runs, and its ffn"
+    )
     parser.add_argument("--memory", action="store_true", help="only pruning time and peak memory, one process per run")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)  # method:pattern, run by --memory
     args = parser.parse_args()
@@ -156,8 +159,18 @@ def main() -> None:
                 f"retrained {retrained:.3f}  {cost['seconds']:.1f}s",
                 flush=True,
             )
-    speed = ffn_speed(dense, domains[0], args)
-    first = next(r for r in args.runs.split(",") if r.endswith(":unstructured"))
+    old = json.loads(args.reuse.read_text()) if args.reuse else None
+    if old is not None:  # rows of runs not asked for this time, measured before with the same code and data
+        asked = {tuple(r.split(":", 1)) for r in args.runs.split(",")}
+        order = [d.name for d in domains]
+        reused = [
+            {**r, "reused": True}
+            for r in old["rows"]
+            if r["method"] != "dense" and (r["method"], r["pattern"]) not in asked and r["domain"] in order
+        ]
+        rows = sorted(rows + reused, key=lambda r: (order.index(r["domain"]), r["method"] != "dense"))
+    speed = old["ffn"] if old is not None and "ffn" in old else ffn_speed(dense, domains[0], args)
+    first = next(f"{r['method']}:{r['pattern']}" for r in rows if r["pattern"] == "unstructured")
     packed = packed_size(dense, args.work / "pruned" / f"{domains[0].name}-{first.replace(':', '-')}")
     result = {
         "args": {k: str(v) for k, v in vars(args).items()},
