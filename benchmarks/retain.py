@@ -6,9 +6,12 @@ that domain and measure
   domain), normalised by the dense base's, averaged over the suite;
 - domain accuracy (test) with the dense-trained adapter applied to the pruned base, and with an adapter
   retrained on the pruned base (same config);
-- pruning seconds and peak resident memory of the prune step (ru_maxrss growth, a lower bound on CPU).
+- pruning seconds (the in-process ``prune_peak_growth_mb`` is not a measurement once training has set the
+  process's high-water mark: ``--memory`` measures time and peak memory per method, each in a fresh process).
 Also, once: FFN-neuron pruning at 50% vs dense, weights file size, parameter count and CPU inference speed
-side by side.
+side by side, and the packed (``--compact``) size of a 50% unstructured model against the dense file.
+Other modes: ``--select-dpruner`` (D-Pruner's ``general_weight`` on dev data only), ``--prepost-only``
+(base_interp's alpha rules), ``--memory``; ``--reuse`` keeps a previous run's rows for runs not asked again.
 
 python benchmarks/retain.py --threads 1 --json benchmarks/results/retain.json --markdown benchmarks/results/retain.md
 """
