@@ -189,18 +189,18 @@ class DPruner(PruneMethod):
     The score is ``D / mean(D) + lambda * E / mean(E)`` per layer (both terms scaled to mean 1 so that
     ``lambda`` is unit-free), compared within each output row as in Wanda.
 
-    Where we differ from the authors' code (psunlpgroup/D-Pruner, released as ``compressionOrg/D-Pruner``):
-    (a) it *trains* the base with LOMO on domain data for epochs (lr 0.03) while accumulating the score,
-    so the pruned model is also fine-tuned; we keep the base's weights (adapters trained on the dense base
-    still apply to the pruned one, and the comparison with Wanda/SparseGPT is at equal data) and take the
-    expansion at the dense weights over ``gradient_examples`` examples. (b) Its regulariser enters the score
-    only through the gradient, ``g + 2 lambda lr^2 E g^2 / 1000`` with lambda 0.1, which at a fixed point
-    (no training step) is zero; we charge the removal itself, ``lambda * E``, which is the paper's regulariser
-    evaluated at the pruned weight, and scale the two terms per layer. (c) Its accumulated term is
-    ``|gW + (gW)^2 / 2000 + W^3|``; we keep the paper's ``|gW + (gW)^2 / 2|`` (the ``/2000`` and ``W^3`` are in
-    neither the paper nor explained). (d) It thresholds each whole layer (or 128-column blocks); we compare
-    within rows like our Wanda. (e) Its general scores come from SparseGPT's sequential pass, which updates
-    the weights between column blocks; ours are at the dense weights, from one pass of the dense model."""
+    Where we differ from the authors' code (psunlpgroup/D-Pruner, released as ``compressionOrg/D-Pruner``): (a) it
+    *trains* the base with LOMO on domain data for epochs (lr 0.03) while accumulating the score, so the pruned
+    model is also fine-tuned; we keep the base's weights (adapters trained on the dense base still apply to the
+    pruned one, and like Wanda it only scores and masks) and take the expansion at the dense weights over
+    ``gradient_examples`` examples. (b) Its regulariser enters the score only through the gradient, ``g + 2 lambda
+    lr^2 E g^2 / 1000`` with lambda 0.1 (the regulariser's effect on a training step of size ``lr``), which vanishes
+    without training (``lr = 0``); we charge the removal itself, ``lambda * E``, the paper's regulariser evaluated
+    at the pruned weight, and scale the two terms per layer. (c) Its accumulated term is ``|gW + (gW)^2 / 2000 +
+    W^3|``; we keep the paper's ``|gW + (gW)^2 / 2|`` (the ``/2000`` and ``W^3`` are not explained there). (d) It
+    thresholds each whole layer (or 128-column blocks); we compare within rows like our Wanda. (e) Its general
+    scores come from SparseGPT's sequential pass, which updates the weights between column blocks; ours are at the
+    dense weights, from one pass of the dense model."""
 
     name = "dpruner"
     reference_url = "https://arxiv.org/abs/2405.06275"
