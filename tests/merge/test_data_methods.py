@@ -13,12 +13,12 @@ import torch
 from conftest import small_task
 
 from adaptforge.core import AdaptforgeError, LoraDelta, LoraModule
-from adaptforge.evaluate import evaluate, predict_logits
+from adaptforge.evaluate import evaluate, logits_of, predict_logits
 from adaptforge.lora.factors import fold
 from adaptforge.lora.hooks import LoraMixture
 from adaptforge.merge import MERGE_METHODS, EntropyRouter, evaluate_routed, merge, run
 from adaptforge.merge.dawin import entropy_weights
-from adaptforge.merge.interp import scale_delta
+from adaptforge.merge.interp import expected_retention, scale_delta
 from adaptforge.scorers import make_scorer
 from adaptforge.tasks import Example
 
@@ -195,3 +195,46 @@ def test_base_interp_agreement_rule_reads_no_retention_label(minilm, scorer, del
     }
     scrambled = run("base_interp", deltas, params, scorer, [tasks[0], retention.with_splits(**flipped)])
     assert scrambled.info["curve"] == curve and scrambled.info["alpha"] == result.info["alpha"]
+
+
+def test_expected_retention_is_the_soft_label_accuracy_relative_to_the_bases():
+    probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]], dtype=torch.float64)
+    assert expected_retention(probs, [0, 0, 1]) == pytest.approx(1.0)  # the base's own predictions
+    # flipping the unsure input costs 0.2 of 2.3 expected points; agreement would drop by a third
+    assert expected_retention(probs, [0, 1, 1]) == pytest.approx((0.9 + 0.4 + 0.8) / (0.9 + 0.6 + 0.8))
+    assert expected_retention(probs, [1, 1, 0]) == pytest.approx((0.1 + 0.4 + 0.2) / 2.3)
+
+
+def test_base_interp_expected_rule_estimates_accuracy_retention_from_the_bases_probabilities(
+    minilm, scorer, deltas, tasks
+):
+    """``retention_rule="expected"``: each alpha's retention is the merged model's expected accuracy under the
+    base's softmax probabilities on the retention inputs (first examples, no label read), relative to the
+    base's; recomputed here from the real logits, and unchanged when every retention label is scrambled."""
+    params = {"retention": ["subjectivity"], "grid": [1.0], "tolerance": 0.02, "examples_per_task": 16}
+    params["retention_rule"] = "expected"
+    result = run("base_interp", deltas, params, scorer, tasks)
+    curve = result.info["curve"]
+    assert result.info["retention_measure"].startswith("expected accuracy") and curve[0]["retention_accuracy"] == 1.0
+    retention = tasks[1]
+    inputs = list(retention.split("dev")[:16])
+    base = predict_logits_of(scorer, retention, inputs, None, 0.0).double().softmax(-1)
+    inner = merge("task_arithmetic", deltas).delta
+    for row in curve[1:]:
+        merged = predict_logits_of(scorer, retention, inputs, inner, row["alpha"]).argmax(-1)
+        expected = float(base.gather(1, merged.unsqueeze(1)).mean() / base.max(-1).values.mean())
+        assert row["retention_accuracy"] == pytest.approx(expected, abs=1e-6)
+    allowed = [r for r in curve if r["retention_accuracy"] >= 0.98 - 1e-12]
+    assert result.info["alpha"] == max(allowed, key=lambda r: (r["target_accuracy"], -r["alpha"]))["alpha"]
+    labels = list(retention.labels)
+    flipped = {
+        split: [Example(ex.text, labels[(labels.index(ex.label) + 1) % len(labels)]) for ex in retention.split(split)]
+        for split in retention.splits
+    }
+    scrambled = run("base_interp", deltas, params, scorer, [tasks[0], retention.with_splits(**flipped)])
+    assert scrambled.info["curve"] == curve and scrambled.info["alpha"] == result.info["alpha"]
+
+
+def predict_logits_of(scorer, task, examples, delta, alpha: float) -> torch.Tensor:
+    with scorer.backbone.applied(delta if alpha else None, weight=alpha) as model:
+        return logits_of(scorer, task, examples, model)

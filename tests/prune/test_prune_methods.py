@@ -7,10 +7,12 @@ import pytest
 import torch
 from conftest import small_task
 
+from adaptforge.batching import batch_order, make_batch
 from adaptforge.core import AdaptforgeError
+from adaptforge.lora.hooks import eval_mode
 from adaptforge.prune import PRUNE_METHODS, PruneParams, prunable_layers
 from adaptforge.prune.base import Calibration, nm_mask, unstructured_mask
-from adaptforge.prune.calibration import InputStats, collect_inputs, domain_gradients
+from adaptforge.prune.calibration import InputStats, batch_gradients, collect_inputs
 from adaptforge.prune.methods import DPrunerParams, SparseGptParams
 from adaptforge.scorers import make_scorer
 
@@ -133,24 +135,73 @@ def test_collected_statistics_equal_the_inputs_each_layer_saw(minilm):
     torch.testing.assert_close(stats[name].gram, X.T @ X)
 
 
-def test_dpruner_importance_is_the_refined_second_order_score(minilm):
+def test_dpruner_scores_are_the_papers_domain_taylor_term_plus_the_general_obs_error(minilm):
+    """D = mean over batches of |g W + (g W)^2 / 2| with g each batch's real loss gradient (checked against
+    autograd on the same batch), E = W^2 / U_jj^2 from the general texts' inputs, score = D/mean D + lambda E/mean E."""
     task = small_task("sst2", n_train=16, n_test=8)
     scorer = make_scorer(minilm)
     layers = prunable_layers(minilm)
     name = "encoder.layer.0.attention.self.query"
     one = {name: layers[name]}
-    general = collect_inputs(minilm, one, ["general text one", "and general text two"], gram=False)
+    texts = ["general text one", "and general text two, a little longer than the first"]
+    general = collect_inputs(minilm, one, texts, gram=True)
     calibration = Calibration(general=general, domain=None, scorer=scorer, domain_task=task)
-    g, F = domain_gradients(scorer, task, one, 16, 0, 8)
-    assert not layers[name].weight.requires_grad  # restored
     W = layers[name].weight.detach().double()
-    for lam in (0.0, 2.0):
+    grads = [g[name] for g in batch_gradients(scorer, task, one, 16, 0, 8)]
+    assert len(grads) == 2 and not layers[name].weight.requires_grad  # restored
+    # the first batch's gradient is the real gradient of the scorer's loss on those examples
+    examples = task.sample("train", 16, seed=0)
+    encoded, labels = scorer.encode(task, examples), scorer.encode_labels(task)
+    first = next(iter(batch_order(encoded.lengths(), 8, shuffle=False)))
+    weight = layers[name].weight
+    weight.requires_grad_(True)
+    try:
+        with eval_mode(minilm.model) as model:
+            (reference,) = torch.autograd.grad(scorer.loss(model, make_batch(encoded, first), labels), weight)
+    finally:
+        weight.requires_grad_(False)
+    torch.testing.assert_close(grads[0], reference.double())
+    D = sum((g * W + 0.5 * (g * W).pow(2)).abs() for g in grads) / 2
+    H = general[name].gram / general[name].tokens
+    H = H + torch.eye(H.shape[0], dtype=H.dtype) * 0.01 * torch.diag(H).mean()
+    U = torch.linalg.cholesky(torch.linalg.inv(H), upper=True)
+    E = W.pow(2) / torch.diag(U).pow(2)
+    for lam in (0.0, 3.0):
         impl = PRUNE_METHODS.get("dpruner")()
-        params = DPrunerParams(general_weight=lam, calibration_size=16)
+        params = DPrunerParams(general_weight=lam, gradient_examples=16, batch_size=8)
         impl.prepare(one, calibration, params)
         scores = impl.importance(name, layers[name], calibration, params)
-        G = (general[name].sq_sum / general[name].tokens).unsqueeze(0).expand_as(W)
-        G = G * F[name].mean() / G.mean()
-        expected = (g[name] * W).abs() + 0.5 * W.pow(2) * (F[name] + 2 * lam * G)
-        torch.testing.assert_close(scores, expected)
-    assert not torch.allclose(scores, (g[name] * W).abs() + 0.5 * W.pow(2) * F[name])  # lambda matters
+        torch.testing.assert_close(scores, D / D.mean() + lam * E / E.mean())
+    assert impl.domain_examples(params) == 16
+
+
+def test_dpruner_general_weight_trades_domain_for_general_reconstruction(minilm):
+    """The general term does its job: with a large lambda the pruned layer reproduces its output on the general
+    inputs better than with lambda = 0 (domain score only), and the mask follows the general error's ordering."""
+    task = small_task("sst2", n_train=16, n_test=8)
+    scorer = make_scorer(minilm)
+    name = "encoder.layer.1.output.dense"
+    layer = prunable_layers(minilm)[name]
+    seen: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda m, a, o: seen.append(a[0].detach().reshape(-1, a[0].shape[-1])))
+    texts = ["The river rises in the mountains and flows east to the sea.", "She wrote three novels and a play."]
+    try:
+        general = collect_inputs(minilm, {name: layer}, texts, gram=True)
+    finally:
+        handle.remove()
+    X = torch.cat(seen).double()
+    calibration = Calibration(general=general, domain=None, scorer=scorer, domain_task=task)
+    original = layer.weight.detach().clone()
+    errors = {}
+    for lam in (0.0, 100.0):
+        impl = PRUNE_METHODS.get("dpruner")()
+        params = DPrunerParams(general_weight=lam, gradient_examples=16, sparsity=0.5)
+        impl.prepare({name: layer}, calibration, params)
+        try:
+            report = impl.prune_layer(name, layer, 0.5, calibration, params)
+            assert report.sparsity == pytest.approx(0.5, abs=0.01)
+            errors[lam] = _output_error(original, layer.weight.detach(), X)
+        finally:
+            with torch.no_grad():
+                layer.weight.copy_(original)
+    assert errors[100.0] < errors[0.0]

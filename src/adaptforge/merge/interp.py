@@ -6,7 +6,10 @@ model's safety (Farn et al. 2024, https://arxiv.org/abs/2412.19512). ``alpha`` i
 the largest mean target-task accuracy among the values whose retention-task accuracy stays within
 ``tolerance`` of the base model's (``alpha = 0``, always allowed), on the ``dev`` splits: the mean over
 retention tasks (``retention_rule="mean"``) or every retention task on its own (``"each"``, stricter:
-one task may not pay for another's gain).
+one task may not pay for another's gain). Two rules read no retention label (pre/post-tuning merging without
+extra labelled data): ``"agreement"`` (the share of inputs on which the model predicts what the base
+predicts) and ``"expected"`` (the model's accuracy estimated with the base's own probabilities as soft labels,
+relative to the base's estimate of its own accuracy).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from adaptforge.tasks import Example, Task
 log = logging.getLogger(__name__)
 
 WISE_FT_URL = "https://arxiv.org/abs/2109.01903"
+RULES = ("mean", "each", "agreement", "expected")
+LABEL_FREE = ("agreement", "expected")
 DEFAULT_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
@@ -47,7 +52,13 @@ class BaseInterpParams(DataParams):
     ``retention_rule="agreement"`` no retention label is read: retention is the share of retention inputs
     (the first ``examples_per_task`` of the split, not a label-stratified sample) on which the model predicts
     what the base predicts, and it must stay >= 1 - ``tolerance`` (pre/post-tuning merging without extra
-    labelled data, https://arxiv.org/abs/2412.19512). ``grid``: the alphas tried."""
+    labelled data, https://arxiv.org/abs/2412.19512). ``retention_rule="expected"`` reads no label either and
+    estimates what the labelled rules measure, accuracy retention: with ``p`` the base's softmax probabilities
+    on an input and ``y`` the model's prediction, ``p[y]`` is the model's expected accuracy if the base's
+    probabilities are calibrated, and ``max p`` the base's own; per retention task
+    ``mean p[y] / mean max p``, averaged over tasks, must stay >= 1 - ``tolerance``. Agreement is a stricter
+    (sufficient) condition: a changed prediction on an input where the base itself was unsure costs
+    agreement a full point but expected accuracy little. ``grid``: the alphas tried."""
 
     inner: str = param("task_arithmetic", help="the merge whose delta is shrunk toward the base")
     inner_params: Mapping[str, Any] = param(default_factory=dict, help="params of the inner merge")
@@ -55,8 +66,9 @@ class BaseInterpParams(DataParams):
     tolerance: float = param(0.01, ge=0, help="allowed absolute drop of retention accuracy")
     retention_rule: str = param(
         "mean",
-        choices=("mean", "each", "agreement"),
-        help="retention accuracy: the mean over retention tasks, each task, or label-free agreement with the base",
+        choices=RULES,
+        help="retention: mean accuracy over retention tasks, each task's accuracy, or label-free: agreement with "
+        "the base's predictions, or expected accuracy under the base's probabilities relative to the base's",
     )
     grid: tuple[float, ...] = param(DEFAULT_GRID, help="the alphas tried (0 is always added)")
     examples_per_task: int | None = param(200, ge=1, help="label-stratified seeded sample per task (null: all)")
@@ -111,7 +123,7 @@ class BaseInterpolation(DataMergeMethod):
         retention = [t for t in tasks if t.name in p.retention]
         inner_params = {**dict(p.inner_params), "weights": weights, "scaling": 1.0}
         inner = run(p.inner, deltas, inner_params, scorer, targets if MERGE_METHODS.get(p.inner).needs_data else None)
-        label_free = p.retention_rule == "agreement"
+        label_free = p.retention_rule in LABEL_FREE
         examples = {
             t.name: list(t.split(p.split)[: p.examples_per_task])  # no label is read, not even to stratify
             if label_free and t.name in p.retention
@@ -119,11 +131,13 @@ class BaseInterpolation(DataMergeMethod):
             for t in tasks
         }
 
-        def predictions(alpha: float) -> dict[str, list[int]]:
+        def logits(alpha: float) -> dict[str, torch.Tensor]:
             with scorer.backbone.applied(inner.delta if alpha else None, weight=alpha) as model:
-                return {t.name: logits_of(scorer, t, examples[t.name], model).argmax(-1).tolist() for t in tasks}
+                return {t.name: logits_of(scorer, t, examples[t.name], model) for t in tasks}
 
-        base_predictions = predictions(0.0)
+        base_logits = logits(0.0)
+        base_predictions = {k: v.argmax(-1).tolist() for k, v in base_logits.items()}
+        base_probs = {k: v.double().softmax(-1) for k, v in base_logits.items()}
         gold = {
             t.name: base_predictions[t.name]
             if label_free and t.name in p.retention
@@ -132,8 +146,11 @@ class BaseInterpolation(DataMergeMethod):
         }
 
         def accuracies(alpha: float) -> dict[str, float]:
-            found = base_predictions if alpha == 0 else predictions(alpha)
-            return {t.name: accuracy(found[t.name], gold[t.name]) for t in tasks}
+            found = base_predictions if alpha == 0 else {k: v.argmax(-1).tolist() for k, v in logits(alpha).items()}
+            acc = {t.name: accuracy(found[t.name], gold[t.name]) for t in tasks}
+            if p.retention_rule == "expected":
+                acc.update({n: expected_retention(base_probs[n], found[n]) for n in p.retention})
+            return acc
 
         curve = []
         for alpha in p.grid:
@@ -160,12 +177,25 @@ class BaseInterpolation(DataMergeMethod):
         alpha = float(best["alpha"])
         info = {
             "alpha": alpha,
-            "retention_measure": "agreement with the base" if label_free else "accuracy",
+            "retention_measure": {
+                "agreement": "agreement with the base",
+                "expected": "expected accuracy under the base's probabilities, relative to the base's",
+            }.get(p.retention_rule, "accuracy"),
             "base_retention_accuracy": curve[0]["retention_accuracy"],
             "curve": curve,
             "inner": {"method": p.inner, "info": _jsonable(inner.info)},
         }
         return MergeResult(scale_delta(inner.delta, alpha), dict(inner.reconstruction_error), info)
+
+
+def expected_retention(base_probs: torch.Tensor, predictions: Sequence[int]) -> float:
+    """``mean_i p_i[y_i] / mean_i max p_i``: the expected accuracy of predictions ``y`` when the base's
+    probabilities ``p`` (``[n, labels]``) are taken as soft labels, relative to the base's own expected
+    accuracy under them (1 for the base's predictions)."""
+    if not len(predictions):
+        return float("nan")
+    chosen = base_probs.gather(1, torch.tensor(list(predictions)).unsqueeze(1)).squeeze(1)
+    return float(chosen.mean() / base_probs.max(-1).values.mean())
 
 
 def _gold(task: Task, examples: Sequence[Example]) -> list[int]:

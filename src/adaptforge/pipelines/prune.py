@@ -28,7 +28,7 @@ from adaptforge.evaluate import EvalResult, Perplexity, check_request, evaluate,
 from adaptforge.packed import PACKED_FILE, write_packed
 from adaptforge.pipelines.common import Notify, load_base, reporter
 from adaptforge.provenance import PruneProvenance
-from adaptforge.prune import PRUNE_METHODS, PruneParams, PruneReport, prunable_layers
+from adaptforge.prune import PRUNE_METHODS, PruneMethod, PruneParams, PruneReport, prunable_layers
 from adaptforge.prune.base import Calibration, LayerReport, layer_sparsity
 from adaptforge.prune.calibration import (
     CalibrationText,
@@ -39,7 +39,7 @@ from adaptforge.prune.calibration import (
     read_general,
 )
 from adaptforge.prune.ffn import ffn_blocks, neuron_scores, shrink
-from adaptforge.scorers import make_scorer
+from adaptforge.scorers import Scorer, make_scorer
 from adaptforge.tasks import Task
 
 RECORD_FILE = "adaptforge_prune.json"
@@ -119,6 +119,32 @@ def _own_copy(backbone: Backbone) -> Backbone:
     )
 
 
+def calibrate(
+    impl: PruneMethod,
+    params: PruneParams,
+    layers: dict[str, torch.nn.Module],
+    scorer: Scorer,
+    domain: Task,
+    general_text: CalibrationText | None,
+    domain_calib: CalibrationText,
+) -> Calibration:
+    """What ``impl`` asked for: input statistics of the general and/or domain texts, then its own whole-model
+    work (:meth:`PruneMethod.prepare`, D-Pruner's gradients); ``layers`` are scored against the result."""
+    work = scorer.backbone
+    calibration = Calibration(
+        general=collect_inputs(work, layers, general_text.texts, gram=impl.needs_gram, max_length=params.max_length)
+        if general_text is not None
+        else None,
+        domain=collect_inputs(work, layers, domain_calib.texts, gram=impl.needs_gram, max_length=params.max_length)
+        if impl.needs_domain
+        else None,
+        scorer=scorer,
+        domain_task=domain,
+    )
+    impl.prepare(layers, calibration, params)
+    return calibration
+
+
 def prune_model(
     method: str,
     domain: Task,
@@ -170,19 +196,9 @@ def prune_model(
                 held_out[key] = HeldOutPerplexity(text, perplexity(work.model, work.tokenizer, text.texts))
     layers = prunable_layers(work)
     sparsity = layer_sparsity(typed, list(layers))
-    domain_calib = domain_text(domain, typed.calibration_size, typed.seed)
+    domain_calib = domain_text(domain, impl.domain_examples(typed), typed.seed)
     say(f"calibrating {method} on {len(layers)} layers")
-    calibration = Calibration(
-        general=collect_inputs(work, layers, general_text.texts, gram=impl.needs_gram, max_length=typed.max_length)
-        if general_text is not None
-        else None,
-        domain=collect_inputs(work, layers, domain_calib.texts, gram=impl.needs_gram, max_length=typed.max_length)
-        if impl.needs_domain
-        else None,
-        scorer=scorer,
-        domain_task=domain,
-    )
-    impl.prepare(layers, calibration, typed)
+    calibration = calibrate(impl, typed, layers, scorer, domain, general_text, domain_calib)
     dense_params = sum(p.numel() for p in work.model.parameters())
     report = PruneReport()
     width = None

@@ -169,6 +169,10 @@ class PruneMethod(Method):
             notes.append(f"patterns: {', '.join(cls.patterns)}")
         return tuple(notes)
 
+    def domain_examples(self, params: PruneParams) -> int:
+        """How many domain train examples the method reads (recorded with the pruned model)."""
+        return params.calibration_size
+
     def prepare(self, layers: dict[str, torch.nn.Module], calibration: Calibration, params: PruneParams) -> None:  # noqa: B027
         """Whole-model work before layers are scored (D-Pruner's gradients); optional."""
 

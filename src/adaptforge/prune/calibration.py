@@ -166,18 +166,18 @@ def collect_inputs(
     return stats
 
 
-def domain_gradients(
+def batch_gradients(
     scorer: Scorer, task: Task, layers: dict[str, torch.nn.Module], n: int, seed: int, batch_size: int = 8
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Mean gradient ``g`` and empirical Fisher diagonal ``F`` (mean of squared per-batch gradients) of the
-    domain task's loss with respect to every layer's weight, ``(out, in)`` whatever the layer's layout, on ``n``
-    train examples; the weights' ``requires_grad`` is restored after."""
+) -> Iterator[dict[str, torch.Tensor]]:
+    """The domain task's loss gradient with respect to every layer's weight, ``(out, in)`` float64 whatever the
+    layer's layout, one dict per batch of ``batch_size`` of ``n`` train examples (a label-stratified seeded
+    sample, in length-sorted batches). Only those weights require grad meanwhile; their ``requires_grad`` is
+    restored after, also when the caller stops early."""
     examples = task.sample("train", n, seed=seed)
+    if not examples:
+        raise AdaptforgeError(f"task {task.name!r}: no training examples to compute the domain loss on")
     encoded, labels = scorer.encode(task, examples), scorer.encode_labels(task)
-    grads = {name: torch.zeros_like(weight_view(layer), dtype=torch.float64) for name, layer in layers.items()}
-    fisher = {name: torch.zeros_like(weight_view(layer), dtype=torch.float64) for name, layer in layers.items()}
     before = {name: layer.weight.requires_grad for name, layer in layers.items()}
-    batches = 0
     try:
         for layer in layers.values():
             layer.weight.requires_grad_(True)
@@ -186,16 +186,15 @@ def domain_gradients(
                 for layer in layers.values():
                     layer.weight.grad = None
                 scorer.loss(model, make_batch(encoded, index), labels).backward()
-                batches += 1
+                grads = {}
                 for name, layer in layers.items():
                     grad = layer.weight.grad
-                    g = 0.0 if grad is None else (grad.T if is_transposed(layer) else grad).detach().double()
-                    grads[name] += g
-                    fisher[name] += g * g if isinstance(g, torch.Tensor) else 0.0
+                    if grad is None:
+                        grads[name] = torch.zeros(weight_view(layer).shape, dtype=torch.float64)
+                    else:
+                        grads[name] = (grad.T if is_transposed(layer) else grad).detach().double()
+                yield grads
     finally:
         for name, layer in layers.items():
             layer.weight.grad = None
             layer.weight.requires_grad_(before[name])
-    if batches == 0:
-        raise AdaptforgeError(f"task {task.name!r}: no training examples to compute the domain loss on")
-    return {k: v / batches for k, v in grads.items()}, {k: v / batches for k, v in fisher.items()}
