@@ -21,6 +21,7 @@ The generator is fitted once per held-out task (params seed 0); the benchmark se
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -66,9 +67,18 @@ def build_library(tasks: list[Task], backbone: Backbone, library: Library, args:
         print(f"trained {name} in {time.perf_counter() - t0:.0f}s", flush=True)
 
 
-def icm_for(library: Library, backbone: Backbone, scorer: Scorer, held_out: str | None) -> Obtained:
+def icm_params(text: str) -> IcmParams:
+    """``key=value,...`` over :class:`IcmParams`' defaults (values parsed by the field's type)."""
+    kinds = {f.name: str(f.type) for f in dataclasses.fields(IcmParams)}
+    casts = {"int": int, "float": float, "str": str}
+    return IcmParams.from_dict(
+        {k: casts[kinds[k]](v) for k, v in (item.split("=", 1) for item in text.split(",") if item)}
+    )
+
+
+def icm_for(library: Library, backbone: Backbone, scorer: Scorer, held_out: str | None, params: IcmParams) -> Obtained:
     exclude = [held_out] if held_out else []
-    return IcmMethod.obtain(library, backbone.fingerprint, scorer, IcmParams(), exclude, lambda m: print(m))
+    return IcmMethod.obtain(library, backbone.fingerprint, scorer, params, exclude, lambda m: print(m))
 
 
 def icm_cell(task: Task, k: int, seed: int, got: Obtained, scorer: Scorer, args) -> dict[str, Any]:
@@ -159,6 +169,7 @@ def main() -> None:
     parser.add_argument("--budget-minutes", type=float, default=38.0)
     parser.add_argument("--stop-at", default=None, help="UTC HH:MM after which no new cell starts (a wall-clock end)")
     parser.add_argument("--out", type=Path, default=Path("out/generate"))
+    parser.add_argument("--icm", default="", help="icm params over the defaults, key=value,... (chosen on dev)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -201,10 +212,12 @@ def main() -> None:
         return late or (time.perf_counter() - start) / 60 > args.budget_minutes
 
     seeds = [int(s) for s in args.seeds.split(",")]
+    params = icm_params(args.icm)
+    print(f"icm params: {params.to_dict()}", flush=True)
     for seed in seeds:
         if over_budget():
             break
-        full = icm_for(library, backbone, scorer, None)
+        full = icm_for(library, backbone, scorer, None, params)
         for task in dev:  # 1. reconstruction
             if ("reconstruction", task.name, seed, "icm") in done:
                 continue
@@ -222,7 +235,7 @@ def main() -> None:
                     if method == "zero_shot" and seed != seeds[0]:
                         continue
                     if method == "icm":
-                        got = got or icm_for(library, backbone, scorer, task.name)
+                        got = got or icm_for(library, backbone, scorer, task.name, params)
                         row = icm_cell(task, k, seed, got, scorer, args)
                     else:
                         exclude = task.name if protocol == "loo" else "-"
