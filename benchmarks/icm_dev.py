@@ -116,6 +116,7 @@ def main() -> None:
     parser.add_argument("--loo", default="", help="comma-separated tasks for leave-one-out on dev ('' none)")
     parser.add_argument("--loo-variants", default="", help="variants that run --loo ('' all)")
     parser.add_argument("--json", type=Path, default=None, help="append one row per variant here")
+    parser.add_argument("--no-eval", action="store_true", help="diagnostics only: no accuracy, no leave-one-out")
     parser.add_argument("--select", type=Path, default=None, help="print the chosen variant's key=value of this file")
     args = parser.parse_args()
     if args.select:
@@ -137,7 +138,7 @@ def main() -> None:
 
     own_dev: dict[str, float] = {}
     zero_dev: dict[str, float] = {}
-    for name, task in tasks.items():
+    for name, task in tasks.items() if not args.no_eval else ():
         own, _ = library.load(f"{name}-s")
         own_dev[name] = evaluate(scorer, task, "dev", own, limit=args.dev_limit).accuracy
         zero_dev[name] = evaluate(scorer, task, "dev", None, limit=args.dev_limit).accuracy
@@ -178,6 +179,12 @@ def main() -> None:
             row["active_units"] = int((mu.var(0) > 0.01).sum())
             row["kl"] = round(float((-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1)).mean()), 3)
             row["h_norm"] = round(float(h.norm(dim=1).mean()), 3)
+            post = torch.stack([cvae.decode(mu, hs)[task_of == t].mean(0) for t in range(len(samples.tasks))])
+            err = (post - means).pow(2).sum(1).sqrt() / (means - x.mean(0)).pow(2).sum(1).sqrt()
+            row["recon_rel_err_posterior_z"] = round(float(err.mean()), 3)
+        if args.no_eval:
+            print(json.dumps(row), flush=True)
+            continue
         ratios = {}
         for t in samples.tasks:
             task = tasks[t.name]

@@ -20,6 +20,7 @@ from adaptforge.generate.icm import (
     collect_icm_samples,
     flat_sizes,
     flatten,
+    init_decoder_output,
     unflatten,
 )
 from adaptforge.generate.methods import GENERATORS, IcmMethod
@@ -249,12 +250,13 @@ def test_condition_normalisation_folds_into_the_saved_projection(norm) -> None:
 
 
 def test_standardised_condition_decodes_each_seen_task_nearest_its_own_snapshots(encoder_library, minilm) -> None:
-    """With the condition standardised per dimension, the z = 0 decode of a task's task vector lands much
-    nearer that task's snapshots than the other task's (the scalar scaling left the projected condition at a
-    few hundredths of z's scale, and the benchmark's decodes were nearly one adapter for every task)."""
+    """With the defaults (condition standardised per dimension, linear decoder from the principal directions),
+    the z = 0 decode of a task's task vector lands much nearer that task's snapshots than the other task's (the
+    first version's scalar scaling left the projected condition at a few hundredths of z's scale, and the
+    benchmark's decodes were nearly one adapter for every task)."""
     scorer = make_scorer(minilm)
     samples = collect_icm_samples(encoder_library, minilm.fingerprint, tail=0.5)
-    params = dataclasses.replace(TINY, condition_norm="standardise", steps=150)
+    params = dataclasses.replace(TINY, steps=150)
 
     def condition(task, shots):
         return task_vector(scorer, task, shots)
@@ -268,3 +270,17 @@ def test_standardised_condition_decodes_each_seen_task_nearest_its_own_snapshots
         parts = x.split(flat_sizes(samples.template))
         xn = torch.cat([(p - m) / s for p, m, s in zip(parts, samples.mean, samples.std, strict=True)])
         assert (xn - own[t]).norm() < 0.5 * (xn - own[1 - t]).norm()
+
+
+def test_frozen_output_layer_stays_the_mean_and_principal_directions(encoder_library, minilm) -> None:
+    scorer = make_scorer(minilm)
+    samples = collect_icm_samples(encoder_library, minilm.fingerprint, tail=0.5)
+    params = dataclasses.replace(TINY, output_lr_scale=0.0, decoder_act="identity", steps=10)
+    generator = IcmGenerator.fit(samples, lambda task, shots: task_vector(scorer, task, shots), params)
+    last = generator.cvae.decoder[2]
+    assert isinstance(generator.cvae.decoder[1], torch.nn.Identity)
+    start = IcmCvae(samples.x.shape[1], generator.cvae.c_dim, params)
+    with torch.no_grad():
+        init_decoder_output(start, samples.x)
+    assert torch.equal(last.bias, start.decoder[2].bias) and torch.equal(last.weight, start.decoder[2].weight)
+    assert torch.allclose(last.bias, samples.x.mean(0), atol=1e-5)
