@@ -15,7 +15,10 @@ Three parts, rows to ``<out>/runs.jsonl`` (skipped when present, so a run resume
 The generator is fitted once per held-out task (params seed 0); the benchmark seeds vary the demonstrations
 (and the baselines' shots). ``--budget-minutes`` stops starting new cells after that much time.
 
-    python benchmarks/generate.py [--seeds 0,1,2] [--out out/generate] [--budget-minutes 38]
+``--icm key=value,...`` overrides icm's params (chosen on dev splits with ``benchmarks/icm_dev.py``); ``--methods``
+runs only some of the new-task methods (rows already in ``runs.jsonl`` are kept).
+
+    python benchmarks/generate.py [--seeds 0,1,2] [--out out/generate] [--budget-minutes 38] [--methods icm,span]
 """
 
 from __future__ import annotations
