@@ -15,12 +15,16 @@ Three parts, rows to ``<out>/runs.jsonl`` (skipped when present, so a run resume
 The generator is fitted once per held-out task (params seed 0); the benchmark seeds vary the demonstrations
 (and the baselines' shots). ``--budget-minutes`` stops starting new cells after that much time.
 
-    python benchmarks/generate.py [--seeds 0,1,2] [--out out/generate] [--budget-minutes 38]
+``--icm key=value,...`` overrides icm's params (chosen on dev splits with ``benchmarks/icm_dev.py``); ``--methods``
+runs only some of the new-task methods (rows already in ``runs.jsonl`` are kept).
+
+    python benchmarks/generate.py [--seeds 0,1,2] [--out out/generate] [--budget-minutes 38] [--methods icm,span]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -66,9 +70,18 @@ def build_library(tasks: list[Task], backbone: Backbone, library: Library, args:
         print(f"trained {name} in {time.perf_counter() - t0:.0f}s", flush=True)
 
 
-def icm_for(library: Library, backbone: Backbone, scorer: Scorer, held_out: str | None) -> Obtained:
+def icm_params(text: str) -> IcmParams:
+    """``key=value,...`` over :class:`IcmParams`' defaults (values parsed by the field's type)."""
+    kinds = {f.name: str(f.type) for f in dataclasses.fields(IcmParams)}
+    casts = {"int": int, "float": float, "str": str}
+    return IcmParams.from_dict(
+        {k: casts[kinds[k]](v) for k, v in (item.split("=", 1) for item in text.split(",") if item)}
+    )
+
+
+def icm_for(library: Library, backbone: Backbone, scorer: Scorer, held_out: str | None, params: IcmParams) -> Obtained:
     exclude = [held_out] if held_out else []
-    return IcmMethod.obtain(library, backbone.fingerprint, scorer, IcmParams(), exclude, lambda m: print(m))
+    return IcmMethod.obtain(library, backbone.fingerprint, scorer, params, exclude, lambda m: print(m))
 
 
 def icm_cell(task: Task, k: int, seed: int, got: Obtained, scorer: Scorer, args) -> dict[str, Any]:
@@ -159,6 +172,12 @@ def main() -> None:
     parser.add_argument("--budget-minutes", type=float, default=38.0)
     parser.add_argument("--stop-at", default=None, help="UTC HH:MM after which no new cell starts (a wall-clock end)")
     parser.add_argument("--out", type=Path, default=Path("out/generate"))
+    parser.add_argument(
+        "--methods",
+        default="icm,zero_shot,retrieval,span,shot_lora",
+        help="new-task methods to run (the baselines do not depend on icm's params)",
+    )
+    parser.add_argument("--icm", default="", help="icm params over the defaults, key=value,... (chosen on dev)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -201,15 +220,21 @@ def main() -> None:
         return late or (time.perf_counter() - start) / 60 > args.budget_minutes
 
     seeds = [int(s) for s in args.seeds.split(",")]
+    params = icm_params(args.icm)
+    methods = set(args.methods.split(","))
+    own_accs: dict[str, float] = {}
+    print(f"icm params: {params.to_dict()}", flush=True)
     for seed in seeds:
         if over_budget():
             break
-        full = icm_for(library, backbone, scorer, None)
+        full = icm_for(library, backbone, scorer, None, params)
         for task in dev:  # 1. reconstruction
             if ("reconstruction", task.name, seed, "icm") in done:
                 continue
-            own, _ = library.load(f"{task.name}-s")
-            own_acc = evaluate(scorer, task, "test", own, limit=args.test_limit).accuracy
+            if task.name not in own_accs:  # the same for every seed
+                own, _ = library.load(f"{task.name}-s")
+                own_accs[task.name] = evaluate(scorer, task, "test", own, limit=args.test_limit).accuracy
+            own_acc = own_accs[task.name]
             emit({"protocol": "reconstruction", **icm_cell(task, k, seed, full, scorer, args), "own_accuracy": own_acc})
         for protocol, held in (("related", related), ("loo", dev)):  # 2. new tasks
             for task in held:
@@ -217,12 +242,14 @@ def main() -> None:
                     break
                 got = full if protocol == "related" else None
                 for method in ("icm", *BASELINES):
+                    if ("span" if method == "generate" else method) not in methods:
+                        continue
                     if (protocol, task.name, seed, "span" if method == "generate" else method) in done:
                         continue
                     if method == "zero_shot" and seed != seeds[0]:
                         continue
                     if method == "icm":
-                        got = got or icm_for(library, backbone, scorer, task.name)
+                        got = got or icm_for(library, backbone, scorer, task.name, params)
                         row = icm_cell(task, k, seed, got, scorer, args)
                     else:
                         exclude = task.name if protocol == "loo" else "-"

@@ -18,6 +18,15 @@ of the snapshots it learned from: the decoder's last layer is ``hidden_dim x L``
 As in the reference, the condition joins the latent heads (``mu``, ``log var`` from ``[h(x), c]``) and the
 decoder input (``[z, c]``); the loss is the mean squared error plus ``beta`` times the KL divergence. Only what
 generation needs (condition projection, decoder, tensor statistics) is saved; the encoder is training-only.
+
+Why the defaults differ from the first version (issue 14, ``benchmarks/icm_dev.py``, dev splits only): with the
+condition centred and divided by one scale, its projection was a few hundredths of z's scale, neither z nor the
+condition moved the decode (posterior collapse and an ignored condition at once), and the decoder explained only
+16% of the snapshots' variance in 300 steps, so every task got nearly the mean adapter. The condition is now
+standardised per dimension (``condition_norm``), the decoder's hidden layer is linear (``decoder_act``: the
+output layer starts from the principal directions, whose coordinates SiLU cannot make negative), and the large
+output layer is kept at that start (``output_lr_scale`` 0) so the few small layers are what Adam fits; the
+reference trains every weight for hundreds of epochs on a GPU, which is not the budget here.
 """
 
 from __future__ import annotations
@@ -49,6 +58,8 @@ from adaptforge.snapshots import SNAPSHOTS_FILE
 from adaptforge.tasks import Example, Task
 
 CONDITIONS: tuple[str, ...] = ("demos", "description")
+CONDITION_NORMS: tuple[str, ...] = ("scalar", "standardise", "whiten")
+DECODER_ACTS: tuple[str, ...] = ("silu", "identity")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,6 +81,25 @@ class IcmParams(Params):
     cond_dim: int = param(32, ge=1, help="the task vector is projected to this size")
     beta: float = param(0.1, ge=0, help="KL weight (the reference uses 0.005 with a 12-layer conv decoder)")
     condition_noise: float = param(0.5, ge=0, help="Gaussian noise on the normalised condition while training")
+    condition_norm: str = param(
+        "standardise",
+        choices=CONDITION_NORMS,
+        help="'scalar': centre, one scale; 'standardise': per dimension; 'whiten': onto the training tasks' "
+        "directions, each to unit variance (statistics of the training conditions, folded into the saved projection)",
+    )
+    decoder_act: str = param(
+        "identity",
+        choices=DECODER_ACTS,
+        help="decoder hidden activation; 'identity': the output is the mean plus the top principal directions "
+        "times a linear function of [z, condition] (SiLU cannot go below -0.28, so it cannot reach negative "
+        "coordinates along the principal directions the output layer starts from)",
+    )
+    output_lr_scale: float = param(
+        0.0,
+        ge=0,
+        help="learning rate of the decoder's output layer (hidden_dim x L) relative to lr; 0 keeps it at the "
+        "samples' mean and principal directions and learns only the small layers",
+    )
     lr: float = param(2e-3, gt=0, help="AdamW learning rate")
     steps: int = param(300, ge=1, help="optimizer steps")
     batch_size: int = param(16, ge=1, help="samples per step")
@@ -89,14 +119,58 @@ class IcmCvae(nn.Module):
         self.fc_mu = nn.Linear(p.latent_dim + p.cond_dim, p.latent_dim)
         self.fc_var = nn.Linear(p.latent_dim + p.cond_dim, p.latent_dim)
         self.decoder = nn.Sequential(
-            nn.Linear(p.latent_dim + p.cond_dim, p.hidden_dim), nn.SiLU(), nn.Linear(p.hidden_dim, length)
+            nn.Linear(p.latent_dim + p.cond_dim, p.hidden_dim),
+            nn.SiLU() if p.decoder_act == "silu" else nn.Identity(),
+            nn.Linear(p.hidden_dim, length),
         )
         self.register_buffer("c_mean", torch.zeros(c_dim))
         self.register_buffer("c_scale", torch.ones(()))
+        self.c_proj: torch.Tensor | None = None  # training only: [c_dim, r] whitening, folded into ``cond`` after
 
     def condition(self, c: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         normalised = (c - self.c_mean) / self.c_scale
+        if self.c_proj is not None:
+            normalised = normalised @ self.c_proj
         return self.cond(normalised if noise is None else normalised + noise)
+
+    def set_condition_stats(self, c: torch.Tensor, task_of: torch.Tensor, norm: str, cond_dim: int) -> float:
+        """Normalisation of the training conditions ``c [N, d]``; returns the RMS norm of the normalised ones.
+
+        'scalar' centres and divides by one scale (unit RMS norm). 'standardise' and 'whiten' use a projection
+        ``P``: ``diag(1 / std)`` per dimension, or the principal directions of the task means (the between-task
+        scatter, rank < number of tasks) each scaled to unit variance over the tasks, which drops the directions
+        in which only the demonstration draws differ. ``cond`` is rebuilt for ``P``'s width; :meth:`fold`
+        merges ``P`` into it so the saved generator is the same for every mode."""
+        with torch.no_grad():
+            self.c_mean.copy_(c.mean(0))
+            centred = c - self.c_mean
+            if norm == "scalar":
+                self.c_scale.copy_(centred.pow(2).sum(1).mean().sqrt().clamp(min=1e-6))
+                return 1.0
+            if norm == "standardise":
+                proj = torch.diag(1.0 / centred.std(0).clamp(min=1e-6))
+            else:
+                tasks = sorted(set(task_of.tolist()))
+                means = torch.stack([centred[task_of == t].mean(0) for t in tasks])
+                means = means - means.mean(0)
+                _, S, Vh = torch.linalg.svd(means, full_matrices=False)
+                keep = S.max() * 1e-4 < S
+                if float(S.max()) <= 0:
+                    raise AdaptforgeError("icm: every training task has the same condition; nothing to condition on")
+                proj = Vh[keep].T * (max(1, len(tasks) - 1) ** 0.5 / S[keep])
+            self.c_proj = proj
+        self.cond = nn.Linear(proj.shape[1], cond_dim)
+        return float((centred @ proj).pow(2).sum(1).mean().sqrt())
+
+    def fold(self) -> None:
+        """Merge the training-time projection into ``cond`` (``W P^T``), so generation needs no ``P``."""
+        if self.c_proj is None:
+            return
+        folded = nn.Linear(self.c_dim, self.cond.out_features)
+        with torch.no_grad():
+            folded.weight.copy_(self.cond.weight @ self.c_proj.T)
+            folded.bias.copy_(self.cond.bias)
+        self.cond, self.c_proj = folded, None
 
     def encode(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         joined = torch.cat([self.to_latent(x), h], dim=-1)
@@ -241,18 +315,25 @@ class IcmGenerator:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(params.seed)
             cvae = IcmCvae(samples.x.shape[1], c.shape[1], params)
+            rms = cvae.set_condition_stats(c, torch.tensor(samples.task_of), params.condition_norm, params.cond_dim)
         with torch.no_grad():
             init_decoder_output(cvae, samples.x)
-            cvae.c_mean.copy_(c.mean(0))
-            cvae.c_scale.copy_((c - c.mean(0)).pow(2).sum(1).mean().sqrt().clamp(min=1e-6))
-        opt = torch.optim.AdamW(cvae.parameters(), lr=params.lr, weight_decay=0.0)
+        width = cvae.cond.in_features
+        out_layer = cvae.decoder[2]
+        others = [q for n, q in cvae.named_parameters() if not n.startswith("decoder.2.")]
+        groups = [{"params": others, "lr": params.lr}]
+        if params.output_lr_scale > 0:
+            groups.append({"params": list(out_layer.parameters()), "lr": params.lr * params.output_lr_scale})
+        else:  # the output layer stays the samples' mean and principal directions
+            out_layer.requires_grad_(False)
+        opt = torch.optim.AdamW(groups, lr=params.lr, weight_decay=0.0)
         n, x = len(samples.task_of), samples.x
         batch = min(params.batch_size, n)
         curve = []
         cvae.train()
         for step in range(1, params.steps + 1):
             idx = torch.randperm(n, generator=gen)[:batch]
-            noise = torch.randn(c[idx].shape, generator=gen) * (params.condition_noise / c.shape[1] ** 0.5)
+            noise = torch.randn((len(idx), width), generator=gen) * (params.condition_noise * rms / width**0.5)
             h = cvae.condition(c[idx], noise if params.condition_noise > 0 else None)
             mu, logvar = cvae.encode(x[idx], h)
             z = mu + torch.randn(mu.shape, generator=gen) * (0.5 * logvar).exp()
@@ -264,6 +345,7 @@ class IcmGenerator:
             opt.step()
             if step % max(1, params.steps // 20) == 0 or step == params.steps:
                 curve.append((step, round(recon.item(), 6), round(kl.item(), 6)))
+        cvae.fold()
         generator = cls(params, samples.template, cvae, samples.mean, samples.std, {})
         generator.info = {
             "method": "icm",
