@@ -187,13 +187,7 @@ def test_base_interp_agreement_rule_reads_no_retention_label(minilm, scorer, del
     assert result.info["retention_measure"] == "agreement with the base" and curve[0]["retention_accuracy"] == 1.0
     allowed = [r for r in curve if r["retention_accuracy"] >= 0.9 - 1e-12]
     assert result.info["alpha"] == max(allowed, key=lambda r: (r["target_accuracy"], -r["alpha"]))["alpha"]
-    retention = tasks[1]
-    labels = list(retention.labels)
-    flipped = {
-        split: [Example(ex.text, labels[(labels.index(ex.label) + 1) % len(labels)]) for ex in retention.split(split)]
-        for split in retention.splits
-    }
-    scrambled = run("base_interp", deltas, params, scorer, [tasks[0], retention.with_splits(**flipped)])
+    scrambled = run("base_interp", deltas, params, scorer, [tasks[0], with_every_label_shifted(tasks[1])])
     assert scrambled.info["curve"] == curve and scrambled.info["alpha"] == result.info["alpha"]
 
 
@@ -226,13 +220,18 @@ def test_base_interp_expected_rule_estimates_accuracy_retention_from_the_bases_p
         assert row["retention_accuracy"] == pytest.approx(expected, abs=1e-6)
     allowed = [r for r in curve if r["retention_accuracy"] >= 0.98 - 1e-12]
     assert result.info["alpha"] == max(allowed, key=lambda r: (r["target_accuracy"], -r["alpha"]))["alpha"]
-    labels = list(retention.labels)
-    flipped = {
-        split: [Example(ex.text, labels[(labels.index(ex.label) + 1) % len(labels)]) for ex in retention.split(split)]
-        for split in retention.splits
-    }
-    scrambled = run("base_interp", deltas, params, scorer, [tasks[0], retention.with_splits(**flipped)])
+    scrambled = run("base_interp", deltas, params, scorer, [tasks[0], with_every_label_shifted(retention)])
     assert scrambled.info["curve"] == curve and scrambled.info["alpha"] == result.info["alpha"]
+
+
+def with_every_label_shifted(task):
+    """The task with each example's label replaced by the next label name: every label wrong."""
+    labels = list(task.labels)
+    shifted = {
+        split: [Example(ex.text, labels[(labels.index(ex.label) + 1) % len(labels)]) for ex in task.split(split)]
+        for split in task.splits
+    }
+    return task.with_splits(**shifted)
 
 
 def predict_logits_of(scorer, task, examples, delta, alpha: float) -> torch.Tensor:
