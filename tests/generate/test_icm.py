@@ -124,9 +124,11 @@ def test_generate_icm_cli_writes_a_peft_folder_with_lineage(encoder_library, min
         "--method",
         "icm",
     )
-    result = run_cli(*common, "--out", "gen-icm", "--examples", examples, "--shots", 4, "--seed", 1)
+    small = [x for k in ("latent_dim", "hidden_dim", "steps") for x in ("--param", f"{k}={getattr(TINY, k)}")]
+    result = run_cli(*common, "--out", "gen-icm", "--examples", examples, "--shots", 4, "--seed", 1, *small)
     assert "generate: added gen-icm" in result.stdout
     record = encoder_library.get("gen-icm")
+    assert record.recipe["generator_params"]["latent_dim"] == TINY.latent_dim  # --param reached the generator
     assert record.kind == "generate" and len(record.parents) == 2
     assert record.params["generator_method"] == "icm" and record.params["condition_source"] == "4 demonstrations"
     assert record.params["seed"] == 1 and record.params["generator_id"]
@@ -149,6 +151,8 @@ def test_generate_icm_cli_writes_a_peft_folder_with_lineage(encoder_library, min
     assert f"--examples {unlabelled}, line 1: field 'label' is missing; demonstrations need their labels" in flat(r)
     r = run_cli(*common[:-1], "span", "--out", "x", "--shots", 4, ok=False)
     assert "--shots and --examples are for --method icm; --method span reads no examples" in flat(r)
+    r = run_cli(*common, "--out", "x", "--examples", examples, "--param", "latnt=3", ok=False)
+    assert "generator 'icm': unknown parameter 'latnt'; known:" in flat(r) and "Did you mean 'latent_dim'?" in flat(r)
     r = run_cli(*common[:-1], "icn", "--out", "x", ok=False)
     assert "unknown generator 'icn'; known: icm, span. Did you mean 'icm'?" in flat(r)
 

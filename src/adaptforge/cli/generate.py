@@ -18,6 +18,7 @@ from adaptforge.cli.app import (
     app,
     cli_errors,
     one_description,
+    parse_options,
 )
 from adaptforge.cli.render import (
     notify,
@@ -45,6 +46,10 @@ def generate_cmd(
     examples: Annotated[
         Path | None,
         typer.Option("--examples", help="icm: labelled demonstrations (JSONL text/label, or a task folder)."),
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", help="Generator parameter key=value (e.g. latent_dim=16 for icm)."),
     ] = None,
     model: ModelOpt = None,
     eval_dir: Annotated[Path | None, typer.Option("--eval", help="Task folder to compare with zero-shot.")] = None,
@@ -80,6 +85,7 @@ def generate_cmd(
             method=method,
             examples=demos,
             shots=shots,
+            params=parse_options(param or []),
             model=model,
             eval_task=load_task(
                 eval_dir, text_col=text_col, label_col=label_col, description=one_description(description, 1)

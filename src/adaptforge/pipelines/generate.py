@@ -152,6 +152,7 @@ def generate_into_library(
         "generator_method": method,
         "generator": str(got.folder.relative_to(library.root)),
         "generator_id": got.folder.name,
+        "generator_params": typed.to_dict(),
         "condition_source": source,
         "generator_bytes": got.generator_bytes,
         "training_bytes": got.training_bytes,
