@@ -37,6 +37,7 @@ __all__ = [
     "Example",
     "Task",
     "TaskFormatError",
+    "read_examples",
     "load_task",
     "load_tasks",
     "write_task",
@@ -366,8 +367,11 @@ def _parse_json(path: Path) -> Any:
 # --------------------------------------------------------------------------------------------- task folder
 
 
-def _read_jsonl(path: Path, labels: Sequence[str], text_col: str, label_col: str) -> tuple[Example, ...]:
-    """Examples of one split file; every line is checked so the error points at the first bad record."""
+def read_examples(
+    path: Path, labels: Sequence[str], text_col: str = "text", label_col: str = "label"
+) -> tuple[Example, ...]:
+    """The labelled examples of a JSONL file (a split, or demonstrations given on the command line); every line
+    is checked so the error points at the first bad record. An empty file gives no examples."""
     examples: list[Example] = []
     for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
         if not line.strip():
@@ -397,10 +401,6 @@ def _read_jsonl(path: Path, labels: Sequence[str], text_col: str, label_col: str
             )
         _check_label(label, labels, _where(path, lineno, label_col))
         examples.append(Example(text, label))
-    if not examples:
-        raise TaskFormatError(
-            f"{path}: split file is empty; expected at least one record (delete the file to leave the split out)"
-        )
     return tuple(examples)
 
 
@@ -465,7 +465,13 @@ def _load_folder(
             f"{folder}: a task folder needs train.jsonl or test.jsonl (found "
             f"{', '.join(p + '.jsonl' for p in present) or 'neither'})"
         )
-    splits = {s: _read_jsonl(folder / f"{s}.jsonl", labels, text_col, label_col) for s in present}
+    splits = {s: read_examples(folder / f"{s}.jsonl", labels, text_col, label_col) for s in present}
+    for s, examples in splits.items():
+        if not examples:
+            raise TaskFormatError(
+                f"{folder / f'{s}.jsonl'}: split file is empty; expected at least one record (delete the file to "
+                "leave the split out)"
+            )
     return Task(
         task_name,
         task_description,

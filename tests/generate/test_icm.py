@@ -148,7 +148,8 @@ def test_generate_icm_cli_writes_a_peft_folder_with_lineage(encoder_library, min
     unlabelled = tmp_path / "bad.jsonl"
     unlabelled.write_text(json.dumps({"text": "great"}) + "\n")
     r = run_cli(*common, "--out", "x", "--examples", unlabelled, ok=False)
-    assert f"--examples {unlabelled}, line 1: field 'label' is missing; demonstrations need their labels" in flat(r)
+    assert f"--examples {unlabelled}, line 1, field 'label': missing field; the record has ['text']" in flat(r)
+    assert "demonstrations are labelled, one JSON object per line" in flat(r)
     r = run_cli(*common[:-1], "span", "--out", "x", "--shots", 4, ok=False)
     assert "--shots and --examples are for --method icm; --method span reads no examples" in flat(r)
     r = run_cli(*common, "--out", "x", "--examples", examples, "--param", "latnt=3", ok=False)

@@ -9,7 +9,6 @@ source and the seed.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,7 +24,7 @@ from adaptforge.params import Params
 from adaptforge.pipelines.common import NewTaskOutcome, Notify, check_has_adapters, load_base, reporter, zero_shot_vs
 from adaptforge.provenance import GenerateProvenance
 from adaptforge.scorers import describe, make_scorer
-from adaptforge.tasks import Example, Task, load_task
+from adaptforge.tasks import Example, Task, TaskFormatError, load_task, read_examples
 
 
 def library_generator(
@@ -47,34 +46,24 @@ def library_generator(
 
 
 def read_demonstrations(path: Path, labels: Sequence[str]) -> list[Example]:
-    """Labelled examples from a JSONL file (``{"text": ..., "label": ...}`` per line) or a task folder's train
-    split; every label must be one of ``labels``."""
+    """Labelled examples from a JSONL file (``{"text": ..., "label": ...}`` per line, read by the task reader so
+    its errors name the line and field) or a task folder's train split; every label must be one of ``labels``."""
     path = Path(path)
     if path.is_dir():
         examples = list(load_task(path).splits.get("train", ()))
-    else:
-        if not path.is_file():
-            raise AdaptforgeError(f"--examples {path}: no such file")
-        examples = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise AdaptforgeError(f"--examples {path}, line {n}: not JSON ({err.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                raise AdaptforgeError(f"--examples {path}, line {n}: field 'text' (a string) is missing")
-            if row.get("label") in (None, ""):
-                raise AdaptforgeError(
-                    f"--examples {path}, line {n}: field 'label' is missing; demonstrations need their labels "
-                    "(or use --shots 0 for description-only conditioning)"
-                )
-            examples.append(Example(row["text"], str(row["label"])))
-    bad = [e.label for e in examples if e.label not in labels]
-    if bad:
-        raise AdaptforgeError(f"--examples {path}: label {bad[0]!r} is not one of --labels {list(labels)}")
-    return examples
+        bad = [e.label for e in examples if e.label not in labels]
+        if bad:
+            raise AdaptforgeError(f"--examples {path}: label {bad[0]!r} is not one of --labels {list(labels)}")
+        return examples
+    if not path.is_file():
+        raise AdaptforgeError(f"--examples {path}: no such file")
+    try:
+        return list(read_examples(path, labels))
+    except TaskFormatError as err:
+        raise AdaptforgeError(
+            f"--examples {err}; demonstrations are labelled, one JSON object per line like "
+            '{"text": ..., "label": ...} (--shots 0 conditions on the description alone)'
+        ) from None
 
 
 def generate_into_library(
