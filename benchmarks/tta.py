@@ -110,11 +110,11 @@ def word_drop(text: str, rate: float, rng: random.Random) -> str:
     return " ".join(kept or words[:1])
 
 
-def corrupted(task: Task, kind: str, rate: float, seed: int) -> Task:
-    """``task`` with its test texts corrupted (labels unchanged), reproducibly per (seed, example)."""
+def corrupted(task: Task, kind: str, rate: float, seed: int, split: str = "test") -> Task:
+    """``task`` with its ``split`` texts corrupted (labels unchanged), reproducibly per (seed, example)."""
     fn = char_noise if kind == "chars" else word_drop
-    test = [Example(fn(e.text, rate, random.Random(f"{seed}:{i}")), e.label) for i, e in enumerate(task.split("test"))]
-    return task.with_splits(test=test)
+    rows = [Example(fn(e.text, rate, random.Random(f"{seed}:{i}")), e.label) for i, e in enumerate(task.split(split))]
+    return task.with_splits(**{split: rows})
 
 
 def parse_pair(spec: str) -> tuple[str, str, str]:
@@ -126,12 +126,13 @@ def parse_pair(spec: str) -> tuple[str, str, str]:
     return "corrupt", source, f"{source}~{corruption}"
 
 
-def target_task(spec: str, seed: int) -> Task:
+def target_task(spec: str, seed: int, split: str = "test") -> Task:
+    """The pair's target: the shift target task, or the source task with its ``split`` corrupted."""
     kind, source, target = parse_pair(spec)
     if kind == "shift":
         return load_task(SHARED / target)
     how, rate = target.split("~", 1)[1].split(":")
-    return corrupted(load_task(SHARED / source), how, float(rate), seed)
+    return corrupted(load_task(SHARED / source), how, float(rate), seed, split)
 
 
 def load_cells(path: Path | None) -> list[dict[str, Any]]:
@@ -325,6 +326,7 @@ def main() -> None:
                     "ratio": outcome.cost_ratio or float("nan"),
                     "setup_s": outcome.run.setup_seconds,
                     "resets": outcome.run.resets,
+                    "drifts": outcome.run.drifts,
                     "updated": outcome.run.updated,
                     "wall_s": time.perf_counter() - start,
                 }

@@ -12,7 +12,10 @@ task adapter's own LoRA factors (``update="lora"``, which ``--save`` can store):
   (SAM: the gradient taken at the parameters pushed ``rho`` along the first gradient), and a recovery
   reset when the moving average of the filtered entropy falls towards zero.
 
-EATA and SAR default to stream mode with the collapse reset on (``reset_window``). By default an input's
+EATA and SAR default to stream mode with two resets on: the collapse reset (``reset_window``) and the anchor guard
+(``anchor_agreement``: reset when the predictions stop agreeing with the unadapted model's on the same inputs,
+:class:`~adaptforge.tta.base.AnchorGuard`), which catches the slow drift the collapse check misses; ``tent`` can
+use both in a stream (off by default, as in TENT). By default an input's
 prediction is a fresh forward pass after its updates (skipped when no update followed the last forward pass,
 e.g. a filter kept no input: that pass already is the prediction); ``online=true`` takes it from the forward
 pass of the last update instead, TENT's own protocol, which saves that forward pass.
@@ -28,7 +31,7 @@ import torch
 
 from adaptforge.merge.dawin import entropy
 from adaptforge.params import param
-from adaptforge.tta.base import TTA_METHODS, Inputs, Session, Step, TtaMethod, TtaParams, TtaSetup
+from adaptforge.tta.base import TTA_METHODS, GuardParams, Inputs, Session, Step, TtaMethod, TtaParams, TtaSetup
 from adaptforge.tta.tunable import AdapterFactors, NormAffine, Tunable
 
 TENT_URL = "https://arxiv.org/abs/2006.10726"
@@ -55,8 +58,8 @@ def norm_reason(method: str, update: str) -> str | None:
 
 
 @dataclass(frozen=True, kw_only=True)
-class EntropyParams(TtaParams):
-    """Adds what is updated and where predictions come from (see the module docstring)."""
+class EntropyParams(GuardParams):
+    """Adds what is updated and where predictions come from (see the module docstring), and the anchor guard."""
 
     update: str = param("norm", choices=UPDATES, help="norm: LayerNorm/RMSNorm affine parameters; lora: adapter")
     online: bool = param(False, help="predict from the forward pass of the last update (TENT's protocol)")
