@@ -158,6 +158,12 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):+.1f} ± {statistics.stdev(values):.1f}"
 
 
+def resets(rows: list[dict[str, Any]]) -> str:
+    """Resets summed over cells, with how many of them the anchor guard fired (drift), when any."""
+    total, drifts = sum(r["resets"] for r in rows), sum(r.get("drifts", 0) for r in rows)
+    return f"{total} ({drifts} drift)" if drifts else str(total)
+
+
 def markdown(cells: list[dict[str, Any]], runs: list[str], pairs: list[str]) -> str:
     """Per pair and run: accuracy before/after and change (points, mean ± sd over seeds), cost and resets; then a
     summary per run (means over shift and corruption pairs, worst pair) and the three bars."""
@@ -181,7 +187,7 @@ def markdown(cells: list[dict[str, Any]], runs: list[str], pairs: list[str]) -> 
                 f"| {100 * statistics.mean(r['after'] for r in rows):.1f} | {mean_sd(deltas)} "
                 f"| {statistics.mean(r['tta_ms'] for r in rows):.1f} "
                 f"| {statistics.mean(r['plain_ms'] for r in rows):.1f} "
-                f"| {statistics.mean(r['ratio'] for r in rows):.2f} | {sum(r['resets'] for r in rows)} | {len(rows)} |"
+                f"| {statistics.mean(r['ratio'] for r in rows):.2f} | {resets(rows)} | {len(rows)} |"
             )
     summary = ["", "| run | mean Δ shift (pts) | mean Δ corruption (pts) | worst pair Δ | mean cost ratio | resets |"]
     summary.append("|---|---|---|---|---|---|")
@@ -199,7 +205,7 @@ def markdown(cells: list[dict[str, Any]], runs: list[str], pairs: list[str]) -> 
         summary.append(
             f"| {run} | {mean_sd([statistics.mean(shift)]) if shift else '-'} "
             f"| {mean_sd([statistics.mean(corrupt)]) if corrupt else '-'} | {worst[0]:+.1f} ({worst[1]}) "
-            f"| {statistics.mean(c['ratio'] for c in rows):.2f} | {sum(c['resets'] for c in rows)} |"
+            f"| {statistics.mean(c['ratio'] for c in rows):.2f} | {resets(rows)} |"
         )
     bars = ["", "Bars:"]
     if best is not None:
