@@ -68,6 +68,7 @@ RUNS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "pseudo": ("pseudo", "batch", {}),
     "input-lora": ("input-lora", "input", {}),
     "ttt-nn": ("ttt-nn", "input", {"pool_per_task": 256}),
+    "ttt-nn-24": ("ttt-nn", "input", {"pool_per_task": 256}),  # the earlier run's cells, on 24 inputs per pair
     "atlas-unsup": ("atlas-unsup", "batch", {}),
     "em-prior": ("em-prior", "batch", {}),
     "em-prior-stream": ("em-prior", "stream", {}),

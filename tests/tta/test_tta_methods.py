@@ -148,7 +148,7 @@ def test_a_stream_that_resets_after_every_batch_is_batch_mode(encoder, name):
     task adapter again, with a fresh optimizer and method state: exactly what batch granularity does."""
     setup, texts = encoder
     method = TTA_METHODS.get(name)()
-    params = {**QUICK[name], "lr": 0.05, "reset_window": 2, "collapse_fraction": 0.01}
+    params = {**QUICK[name], "lr": 0.05, "reset_window": 2, "collapse_fraction": 0.01, "anchor_agreement": 0.0}
     stream = run_tta(method, setup, texts, params, granularity="stream", batch_size=2)
     batch = run_tta(method, setup, texts, params, granularity="batch", batch_size=2)
     assert stream.resets == 3
