@@ -14,10 +14,6 @@ method: among the candidates whose worst dev pair loses at most 1 point, the bes
 (a tie goes to the lower threshold, which lets the method adapt more); if no candidate keeps every pair within 1
 point, the one whose worst pair is best.
 
---study calibrate (shift pairs and corruption pairs): em-prior with and without calibration (a temperature fitted
-by NLL on the adapter's *source* task dev split before EM, Alexandari et al. 2020). Rule: calibration becomes the
-default when its mean change over the dev pairs is higher than without it.
-
 python benchmarks/tta_dev.py --study guard --threads 1 --json benchmarks/results/tta_dev_guard.json
 """
 
@@ -54,12 +50,8 @@ STUDIES: dict[str, dict[str, tuple[str, str, dict[str, Any]]]] = {
         for run in ("eata", "sar")
         for a in GUARD_CANDIDATES
     },
-    "calibrate": {
-        "em-prior": ("em-prior", "batch", {"calibrate": False}),
-        "em-prior+calibrate": ("em-prior", "batch", {"calibrate": True}),
-    },
 }
-STUDY_PAIRS = {"em-prior": SHIFT, "guard": f"{SHIFT},{CORRUPT}", "calibrate": f"{SHIFT},{CORRUPT}"}
+STUDY_PAIRS = {"em-prior": SHIFT, "guard": f"{SHIFT},{CORRUPT}"}
 
 
 def choose_guard(rows: list[dict[str, Any]]) -> dict[str, float]:
