@@ -296,3 +296,24 @@ def test_no_forward_pass_is_repeated_at_unchanged_parameters(encoder, name, para
     finally:
         handle.remove()
     assert sizes.count(3) == passes * 2  # two batches of 3 inputs
+
+
+@pytest.mark.parametrize(("params", "passes"), [({"e_margin": 1e-6}, 1), ({"e_margin": 1.0, "d_margin": 1.0}, 3)])
+def test_the_anchor_guard_adds_a_forward_pass_only_once_the_state_has_moved(encoder, params, passes):
+    """eata in a stream with its guard on: with no reliable input nothing updates and the one forward pass is both
+    the prediction and the source's; once updates happen, each batch also pays the guard's pass at the starting
+    state (forward with gradients, prediction after the update, source)."""
+    setup, texts = encoder
+    model = setup.scorer.backbone.model
+    sizes: list[int] = []
+    handle = model.register_forward_hook(lambda module, args, kwargs, out: sizes.append(len(kwargs["input_ids"])),
+                                         with_kwargs=True)  # fmt: skip
+    try:
+        run = run_tta(
+            TTA_METHODS.get("eata")(), setup, texts, {**params, "anchor_agreement": 0.01, "lr": 1e-4},
+            granularity="stream", batch_size=3,
+        )  # fmt: skip
+    finally:
+        handle.remove()
+    assert run.drifts == 0
+    assert sizes.count(3) == passes * 2  # two batches of 3 inputs
