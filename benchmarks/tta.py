@@ -68,6 +68,7 @@ RUNS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "pseudo": ("pseudo", "batch", {}),
     "input-lora": ("input-lora", "input", {}),
     "ttt-nn": ("ttt-nn", "input", {"pool_per_task": 256}),
+    "ttt-nn-24": ("ttt-nn", "input", {"pool_per_task": 256}),  # the earlier run's cells, on 24 inputs per pair
     "atlas-unsup": ("atlas-unsup", "batch", {}),
     "em-prior": ("em-prior", "batch", {}),
     "em-prior-stream": ("em-prior", "stream", {}),
@@ -110,11 +111,11 @@ def word_drop(text: str, rate: float, rng: random.Random) -> str:
     return " ".join(kept or words[:1])
 
 
-def corrupted(task: Task, kind: str, rate: float, seed: int) -> Task:
-    """``task`` with its test texts corrupted (labels unchanged), reproducibly per (seed, example)."""
+def corrupted(task: Task, kind: str, rate: float, seed: int, split: str = "test") -> Task:
+    """``task`` with its ``split`` texts corrupted (labels unchanged), reproducibly per (seed, example)."""
     fn = char_noise if kind == "chars" else word_drop
-    test = [Example(fn(e.text, rate, random.Random(f"{seed}:{i}")), e.label) for i, e in enumerate(task.split("test"))]
-    return task.with_splits(test=test)
+    rows = [Example(fn(e.text, rate, random.Random(f"{seed}:{i}")), e.label) for i, e in enumerate(task.split(split))]
+    return task.with_splits(**{split: rows})
 
 
 def parse_pair(spec: str) -> tuple[str, str, str]:
@@ -126,12 +127,13 @@ def parse_pair(spec: str) -> tuple[str, str, str]:
     return "corrupt", source, f"{source}~{corruption}"
 
 
-def target_task(spec: str, seed: int) -> Task:
+def target_task(spec: str, seed: int, split: str = "test") -> Task:
+    """The pair's target: the shift target task, or the source task with its ``split`` corrupted."""
     kind, source, target = parse_pair(spec)
     if kind == "shift":
         return load_task(SHARED / target)
     how, rate = target.split("~", 1)[1].split(":")
-    return corrupted(load_task(SHARED / source), how, float(rate), seed)
+    return corrupted(load_task(SHARED / source), how, float(rate), seed, split)
 
 
 def load_cells(path: Path | None) -> list[dict[str, Any]]:
@@ -157,6 +159,12 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):+.1f} ± {statistics.stdev(values):.1f}"
 
 
+def resets(rows: list[dict[str, Any]]) -> str:
+    """Resets summed over cells, with how many of them the anchor guard fired (drift), when any."""
+    total, drifts = sum(r["resets"] for r in rows), sum(r.get("drifts", 0) for r in rows)
+    return f"{total} ({drifts} drift)" if drifts else str(total)
+
+
 def markdown(cells: list[dict[str, Any]], runs: list[str], pairs: list[str]) -> str:
     """Per pair and run: accuracy before/after and change (points, mean ± sd over seeds), cost and resets; then a
     summary per run (means over shift and corruption pairs, worst pair) and the three bars."""
@@ -180,7 +188,7 @@ def markdown(cells: list[dict[str, Any]], runs: list[str], pairs: list[str]) -> 
                 f"| {100 * statistics.mean(r['after'] for r in rows):.1f} | {mean_sd(deltas)} "
                 f"| {statistics.mean(r['tta_ms'] for r in rows):.1f} "
                 f"| {statistics.mean(r['plain_ms'] for r in rows):.1f} "
-                f"| {statistics.mean(r['ratio'] for r in rows):.2f} | {sum(r['resets'] for r in rows)} | {len(rows)} |"
+                f"| {statistics.mean(r['ratio'] for r in rows):.2f} | {resets(rows)} | {len(rows)} |"
             )
     summary = ["", "| run | mean Δ shift (pts) | mean Δ corruption (pts) | worst pair Δ | mean cost ratio | resets |"]
     summary.append("|---|---|---|---|---|---|")
@@ -198,7 +206,7 @@ def markdown(cells: list[dict[str, Any]], runs: list[str], pairs: list[str]) -> 
         summary.append(
             f"| {run} | {mean_sd([statistics.mean(shift)]) if shift else '-'} "
             f"| {mean_sd([statistics.mean(corrupt)]) if corrupt else '-'} | {worst[0]:+.1f} ({worst[1]}) "
-            f"| {statistics.mean(c['ratio'] for c in rows):.2f} | {sum(c['resets'] for c in rows)} |"
+            f"| {statistics.mean(c['ratio'] for c in rows):.2f} | {resets(rows)} |"
         )
     bars = ["", "Bars:"]
     if best is not None:
@@ -325,6 +333,7 @@ def main() -> None:
                     "ratio": outcome.cost_ratio or float("nan"),
                     "setup_s": outcome.run.setup_seconds,
                     "resets": outcome.run.resets,
+                    "drifts": outcome.run.drifts,
                     "updated": outcome.run.updated,
                     "wall_s": time.perf_counter() - start,
                 }

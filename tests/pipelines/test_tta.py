@@ -63,10 +63,16 @@ def test_cli_reports_before_and_after_on_the_same_inputs_with_cost_and_resets(li
     assert evaluated["results"][0]["accuracy"] == pytest.approx(got["before"]["accuracy"])
 
 
-@pytest.mark.parametrize("method", TTA_METHODS.names())
-def test_the_labels_of_the_adapted_split_are_never_read(setup, minilm, method):
+GUARDED = {"lr": 0.5, "anchor_agreement": 1.0}  # a stream that drifts, with the anchor guard firing on any change
+
+
+@pytest.mark.parametrize(
+    ("method", "extra", "granularity", "batch_size"),
+    [(m, {}, None, 4) for m in TTA_METHODS.names()] + [(m, GUARDED, "stream", 2) for m in ("tent", "eata", "sar")],
+)
+def test_the_labels_of_the_adapted_split_are_never_read(setup, minilm, method, extra, granularity, batch_size):
     """Same texts with every label flipped, or all replaced by one label: identical adapted predictions (the
-    scores differ, so the labels were read, by the scoring only)."""
+    scores differ, so the labels were read, by the scoring only); also with the anchor guard on and firing."""
     lib, task, _, _ = setup
     examples = sorted(task.split("test"), key=lambda e: len(e.text))[:4]  # the 4 shortest, both labels
     flipped = {label: other for label, other in zip(task.labels, reversed(task.labels), strict=True)}
@@ -76,10 +82,22 @@ def test_the_labels_of_the_adapted_split_are_never_read(setup, minilm, method):
     ]
     pool = [small_task("sst2", 8, 4)]
     outcomes = [
-        tta_on_task(v, lib, "sst2-a", method=method, params=QUICK[method], batch_size=4, backbone=minilm, pool=pool)
+        tta_on_task(
+            v,
+            lib,
+            "sst2-a",
+            method=method,
+            params={**QUICK[method], **extra},
+            granularity=granularity,
+            batch_size=batch_size,
+            backbone=minilm,
+            pool=pool,
+        )  # fmt: skip
         for v in variants
     ]
     assert outcomes[0].predictions == outcomes[1].predictions
+    if extra:
+        assert outcomes[0].run.drifts == outcomes[1].run.drifts >= 1
     assert outcomes[1].after.accuracy == pytest.approx(sum(p == 0 for p in outcomes[1].predictions) / len(examples))
     assert outcomes[0].before.loss != pytest.approx(outcomes[1].before.loss)
 
@@ -165,6 +183,9 @@ def test_everything_is_checked_before_any_work(lib, setup, tiny_llama_dir):
             "--save: tta method 'em-prior' changes no weights",
         ),
         (["--method", "em-prior", "--param", "source_prior=test"], "'source_prior' must be one of 'train', 'uniform'"),
+        (["--method", "em-prior", "--steps", "2"], "--steps: tta method 'em-prior' takes no gradient step"),
+        (["--method", "em-prior", "--param", "lr=0.1"], "unknown parameter 'lr'"),
+        (["--method", "eata", "--param", "anchor_agreement=1.5"], r"'anchor_agreement' must be in \[0, 1\], got 1.5"),
     ]
     for extra, message in cases:
         result = run(*base, *extra, ok=False)

@@ -10,8 +10,8 @@ from conftest import random_delta, small_task
 
 from adaptforge.core import AdaptforgeError, LoraDelta
 from adaptforge.scorers import make_scorer
-from adaptforge.tta import TTA_METHODS, Stream, TtaSetup, encode_inputs, run_tta
-from adaptforge.tta.base import CollapseWatch
+from adaptforge.tta import TTA_METHODS, GradientParams, Stream, TtaSetup, encode_inputs, run_tta
+from adaptforge.tta.base import AnchorGuard, CollapseWatch
 from adaptforge.tta.tunable import norm_parameters
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -79,9 +79,10 @@ def check_run(setup: TtaSetup, texts: list[str], name: str, granularity: str, **
     model = setup.scorer.backbone.model
     before = weights(model)
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    run = run_tta(
-        TTA_METHODS.get(name)(), setup, texts, {**QUICK[name], **extra}, granularity=granularity, batch_size=2
-    )
+    method = TTA_METHODS.get(name)()
+    if not issubclass(method.params_type, GradientParams):  # em-prior: no lr to set
+        extra.pop("lr", None)
+    run = run_tta(method, setup, texts, {**QUICK[name], **extra}, granularity=granularity, batch_size=2)
     assert run.logits.shape == (len(texts), len(setup.task.labels))
     assert torch.isfinite(run.logits).all()
     assert run.units == (len(texts) if granularity == "input" else (len(texts) + 1) // 2)
@@ -147,7 +148,7 @@ def test_a_stream_that_resets_after_every_batch_is_batch_mode(encoder, name):
     task adapter again, with a fresh optimizer and method state: exactly what batch granularity does."""
     setup, texts = encoder
     method = TTA_METHODS.get(name)()
-    params = {**QUICK[name], "lr": 0.05, "reset_window": 2, "collapse_fraction": 0.01}
+    params = {**QUICK[name], "lr": 0.05, "reset_window": 2, "collapse_fraction": 0.01, "anchor_agreement": 0.0}
     stream = run_tta(method, setup, texts, params, granularity="stream", batch_size=2)
     batch = run_tta(method, setup, texts, params, granularity="batch", batch_size=2)
     assert stream.resets == 3
@@ -164,6 +165,45 @@ def test_collapse_watch_fires_on_a_full_window_dominated_by_one_class():
     assert not watch.collapsed([1, 1, 1])  # starts over after a reset
     assert not watch.collapsed([0])  # 3 of 4 = 0.75
     assert not CollapseWatch(window=0, fraction=0.5).collapsed([1] * 100)
+
+
+def test_anchor_guard_measures_agreement_since_the_last_reset_over_its_window():
+    guard = AnchorGuard(agreement=0.75, window=4)
+    assert not guard.drifted([0, 1], [0, 1])  # 2 of 2
+    assert not guard.drifted([0, 1], [0, 0])  # 3 of 4
+    assert guard.drifted([1], [0])  # the last 4: 2 of 4 agree
+    assert not guard.drifted([0], [0])  # starts over after a reset: 1 of 1
+    assert guard.drifted([0], [1])  # 1 of 2
+
+
+def test_the_anchor_guard_resets_a_drifting_stream_to_the_source_state_exactly(encoder):
+    """A stream made to drift (tent on the adapter's factors at a large learning rate), with a guard that fires on
+    any disagreement with the unadapted model: when it fires, the factors are the adapter's again bit for bit, the
+    optimizer is fresh, and the batch that drifted is predicted by the unadapted model."""
+    setup, texts = encoder
+    method = TTA_METHODS.get("tent")()
+    params = method.parse_params({"update": "lora", "lr": 0.5, "anchor_agreement": 1.0})
+    inputs = encode_inputs(setup.scorer, setup.task, texts)
+    source = plain(setup, texts)
+    fired = []
+    with method.open(setup, params) as session:
+        start = [torch.cat([setup.adapter[n].A.flatten(), setup.adapter[n].B.flatten()]) for n in setup.adapter]
+        stream = Stream(session, batch_size=2)
+        for i in range(0, len(texts), 2):
+            chunk = stream.feed(inputs.subset(range(i, i + 2)))
+            if chunk.drifts:
+                fired.append(i)
+                assert chunk.resets == 1 and session.at_start()
+                delta = session.delta()
+                assert delta is not None
+                now = [torch.cat([delta[n].A.flatten(), delta[n].B.flatten()]) for n in setup.adapter]
+                assert all(torch.equal(a, b.float()) for a, b in zip(now, start, strict=True))
+                assert session.optimizer is not None and not session.optimizer.state
+                assert torch.allclose(chunk.logits, source[i : i + 2].float(), atol=1e-4)
+    assert fired, "the stream never drifted: raise the learning rate"
+    assert stream.drifts == len(fired)
+    off = run_tta(method, setup, texts, {"update": "lora", "lr": 0.5}, granularity="stream", batch_size=2)
+    assert off.drifts == 0 and off.resets == 0
 
 
 def test_sar_recovery_resets_and_is_counted(encoder):
@@ -255,4 +295,25 @@ def test_no_forward_pass_is_repeated_at_unchanged_parameters(encoder, name, para
         run_tta(TTA_METHODS.get(name)(), setup, texts, params, granularity="batch", batch_size=3)
     finally:
         handle.remove()
+    assert sizes.count(3) == passes * 2  # two batches of 3 inputs
+
+
+@pytest.mark.parametrize(("params", "passes"), [({"e_margin": 1e-6}, 1), ({"e_margin": 1.0, "d_margin": 1.0}, 3)])
+def test_the_anchor_guard_adds_a_forward_pass_only_once_the_state_has_moved(encoder, params, passes):
+    """eata in a stream with its guard on: with no reliable input nothing updates and the one forward pass is both
+    the prediction and the source's; once updates happen, each batch also pays the guard's pass at the starting
+    state (forward with gradients, prediction after the update, source)."""
+    setup, texts = encoder
+    model = setup.scorer.backbone.model
+    sizes: list[int] = []
+    handle = model.register_forward_hook(lambda module, args, kwargs, out: sizes.append(len(kwargs["input_ids"])),
+                                         with_kwargs=True)  # fmt: skip
+    try:
+        run = run_tta(
+            TTA_METHODS.get("eata")(), setup, texts, {**params, "anchor_agreement": 0.01, "lr": 1e-4},
+            granularity="stream", batch_size=3,
+        )  # fmt: skip
+    finally:
+        handle.remove()
+    assert run.drifts == 0
     assert sizes.count(3) == passes * 2  # two batches of 3 inputs

@@ -282,7 +282,8 @@ def tta_table(outcome: TtaOutcome) -> Table:
         f"{after.macro_f1 - outcome.before.macro_f1:+.3f}",
         "-" if ratio is None else f"x{ratio:.2f}",
     )
-    notes = [f"resets: {outcome.run.resets}", f"inputs that updated: {outcome.run.updated} of {after.n}"]
+    resets = f"resets: {outcome.run.resets}" + (f" ({outcome.run.drifts} by drift)" if outcome.run.drifts else "")
+    notes = [resets, f"inputs that updated: {outcome.run.updated} of {after.n}"]
     if outcome.candidates:
         notes.append(f"mixed with: {', '.join(outcome.candidates)}")
     if outcome.pool:

@@ -31,7 +31,7 @@ from adaptforge.pipelines.common import Notify, load_base, reporter
 from adaptforge.provenance import TtaProvenance
 from adaptforge.scorers import Scorer, describe, make_scorer
 from adaptforge.tasks import Task, load_task
-from adaptforge.tta import TTA_METHODS, TtaMethod, TtaParams, TtaRun, TtaSetup, encode_inputs, run_tta
+from adaptforge.tta import TTA_METHODS, GradientParams, TtaMethod, TtaParams, TtaRun, TtaSetup, encode_inputs, run_tta
 from adaptforge.tta.base import check_granularity, units
 
 
@@ -94,6 +94,7 @@ class TtaOutcome:
                 "units": self.run.units,
             },
             "resets": self.run.resets,
+            "drifts": self.run.drifts,
             "updated": self.run.updated,
             "candidates": self.candidates,
             "pool": self.pool,
@@ -111,6 +112,8 @@ def resolve_params(
     for flag, key, value in flags:
         if value is None:
             continue
+        if not issubclass(method.params_type, GradientParams):
+            raise AdaptforgeError(f"{flag}: tta method {method.name!r} takes no gradient step (it has no {key})")
         if key in merged:
             raise AdaptforgeError(f"{flag} and --param {key}=... both given; give {key} once")
         merged[key] = value

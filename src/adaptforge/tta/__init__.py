@@ -17,6 +17,9 @@ from adaptforge.tta.atlas import AtlasUnsup, AtlasUnsupParams
 from adaptforge.tta.base import (
     GRANULARITIES,
     TTA_METHODS,
+    AnchorGuard,
+    GradientParams,
+    GuardParams,
     Inputs,
     Session,
     Step,
@@ -37,6 +40,7 @@ from adaptforge.tta.pseudo import Pseudo, PseudoParams
 __all__ = [
     "GRANULARITIES",
     "TTA_METHODS",
+    "AnchorGuard",
     "AtlasUnsup",
     "AtlasUnsupParams",
     "Eata",
@@ -44,6 +48,8 @@ __all__ = [
     "EmPrior",
     "EmPriorParams",
     "EntropyParams",
+    "GradientParams",
+    "GuardParams",
     "InputLora",
     "InputLoraParams",
     "Inputs",

@@ -21,12 +21,12 @@ from adaptforge.core import AdaptforgeError
 from adaptforge.merge.atlas import ATLAS_URL
 from adaptforge.merge.dawin import entropy
 from adaptforge.params import param
-from adaptforge.tta.base import TTA_METHODS, Inputs, Session, Step, TtaMethod, TtaParams, TtaSetup
+from adaptforge.tta.base import TTA_METHODS, GradientParams, Inputs, Session, Step, TtaMethod, TtaParams, TtaSetup
 from adaptforge.tta.tunable import Mixture
 
 
 @dataclass(frozen=True, kw_only=True)
-class AtlasUnsupParams(TtaParams):
+class AtlasUnsupParams(GradientParams):
     """``candidates`` other library adapters mixed in (nearest by task description; 0: the task adapter's
     per-block scaling alone), all starting at coefficient ``init``."""
 

@@ -10,7 +10,8 @@ it, and :meth:`Session.adapt`, which updates on some inputs and returns their pr
 * ``batch``: every ``batch_size`` consecutive inputs together, state restored after each batch;
 * ``stream``: batches in order, state carried over (a :class:`Stream`, which can be fed in pieces); an
   automatic reset restores the starting state when the predictions collapse (one class holds more than
-  ``collapse_fraction`` of the last ``reset_window`` predictions), as EATA and SAR guard against.
+  ``collapse_fraction`` of the last ``reset_window`` predictions), as EATA and SAR guard against, and, for
+  methods with :class:`GuardParams`, when they drift away from the unadapted model's (:class:`AnchorGuard`).
 
 Labels of the inputs are never given to a method: a session sees texts (:class:`Inputs`, whose encoded
 targets are ``-1`` so any accidental use fails) and the task's description and labels without its splits
@@ -44,10 +45,8 @@ GRANULARITIES = ("input", "batch", "stream")
 
 @dataclass(frozen=True, kw_only=True)
 class TtaParams(Params):
-    """Parameters every test-time method takes."""
+    """Parameters every test-time method takes (a gradient method adds steps and lr: :class:`GradientParams`)."""
 
-    steps: int = param(1, ge=1, help="gradient steps per input, batch or stream batch")
-    lr: float = param(1e-3, gt=0, help="Adam learning rate of what the method updates")
     reset_window: int = param(
         0, ge=0, help="stream: predictions watched for collapse; a collapse resets the state (0: never reset)"
     )
@@ -55,6 +54,28 @@ class TtaParams(Params):
         0.9, gt=0, le=1, help="stream: a collapse is one class holding more than this fraction of the window"
     )
     seed: int = param(0, ge=0, help="seed of everything random in the method (initialisation, word drops, dropout)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GradientParams(TtaParams):
+    """Adds the gradient steps and learning rate of a method that trains what it adapts."""
+
+    steps: int = param(1, ge=1, help="gradient steps per input, batch or stream batch")
+    lr: float = param(1e-3, gt=0, help="Adam learning rate of what the method updates")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GuardParams(GradientParams):
+    """Adds the anchor guard against slow drift in a stream (:class:`AnchorGuard`)."""
+
+    anchor_agreement: float = param(
+        0.0,
+        ge=0,
+        le=1,
+        help="stream: reset when fewer than this fraction of the last anchor_window predictions agree with the "
+        "unadapted model's on the same inputs (0: off; costs a forward pass per batch once the state has moved)",
+    )
+    anchor_window: int = param(32, ge=1, help="stream: predictions the anchor agreement is measured over")
 
 
 def label_only(task: Task) -> Task:
@@ -178,7 +199,10 @@ class Session:
     def _new_optimizer(self) -> torch.optim.Optimizer | None:
         """Adam over the tunable (``None`` for a gradient-free method, whose tunable has no tensors)."""
         params = self.tunable.parameters()
-        return torch.optim.Adam(params, lr=self.params.lr) if params else None
+        if not params:
+            return None
+        assert isinstance(self.params, GradientParams), f"{self.method}: a method that trains takes GradientParams"
+        return torch.optim.Adam(params, lr=self.params.lr)
 
     def start(self) -> None:  # noqa: B027 - optional hook
         """Work once the tunable is active, before the first input (ttt-nn embeds its pool here)."""
@@ -188,7 +212,8 @@ class Session:
 
     @abstractmethod
     def adapt(self, inputs: Inputs) -> Step:
-        """Update on ``inputs`` (``params.steps`` steps, or fewer if a filter keeps none) and predict them."""
+        """Update on ``inputs`` (a gradient method: ``params.steps`` steps, or fewer if a filter keeps none) and
+        predict them."""
 
     def reset(self) -> None:
         """Back to the starting state: the tunable's values, a fresh optimizer, the random stream re-seeded (so
@@ -197,6 +222,21 @@ class Session:
         self.optimizer = self._new_optimizer()
         self.generator.manual_seed(self.params.seed)
         self.on_reset()
+
+    def at_start(self) -> bool:
+        """Whether the tunable still holds its starting values (nothing updated since the last reset)."""
+        return all(torch.equal(p, v) for p, v in zip(self.tunable.parameters(), self._initial, strict=True))
+
+    @torch.no_grad()
+    def source_logits(self, inputs: Inputs) -> torch.Tensor:
+        """``[n, labels]`` logits of ``inputs`` at the starting state (the unadapted model); the current values
+        and the optimizer's state are kept."""
+        current = self.tunable.snapshot()
+        self.tunable.restore(self._initial)
+        try:
+            return self.logits(inputs)
+        finally:
+            self.tunable.restore(current)
 
     def delta(self) -> LoraDelta | None:
         """The adapter as adapted so far (``None`` when what is updated is not an adapter: norm parameters)."""
@@ -289,20 +329,58 @@ class CollapseWatch:
         return False
 
 
+class AnchorGuard:
+    """A label-free guard against slow drift: the adapted model's predictions are compared with the unadapted
+    (starting) model's on the same inputs; when fewer than ``agreement`` of the pairs seen since the last reset
+    (the last ``window`` of them) agree, :meth:`drifted` says so and the window starts over.
+
+    Why: EATA's and SAR's own guards see only the adapted model. A collapse check (one class > 90% of a window)
+    and SAR's recovery rule (reset when the moving average of the reliable inputs' entropy falls below e0,
+    Niu et al. 2023, https://arxiv.org/abs/2302.12400, ``sar.py``: ``ema < 0.2``) both wait for a degenerate
+    model, and a model that moves some predictions to wrong classes while staying confident and spread over
+    the classes trips neither. EATA's Fisher regulariser (Niu et al. 2022, https://arxiv.org/abs/2204.02610,
+    ``main.py``: squared gradients of the model's own pseudo-label cross-entropy on in-distribution inputs,
+    penalty ``fisher_alpha * F * (theta - theta0)^2``) slows the drift in parameter space but needs
+    in-distribution inputs and cannot say when predictions have changed. The anchor measures the drift where it
+    does harm, in the predictions, on the inputs the stream meets, with no labels and no source data. Every
+    changed prediction is a disagreement, so a shift of the predicted-class marginal is caught as well.
+    The price is a forward pass at the starting state per batch once the state has moved (counted in the cost).
+    """
+
+    def __init__(self, agreement: float, window: int) -> None:
+        self.agreement = agreement
+        self._pairs: collections.deque[bool] = collections.deque(maxlen=window)
+
+    def drifted(self, adapted: Sequence[int], source: Sequence[int]) -> bool:
+        self._pairs.extend(a == s for a, s in zip(adapted, source, strict=True))
+        if self._pairs and sum(self._pairs) < self.agreement * len(self._pairs):
+            self._pairs.clear()
+            return True
+        return False
+
+    def clear(self) -> None:
+        self._pairs.clear()
+
+
 @dataclass
 class Chunk:
-    """Predictions of some inputs with what the adaptation cost: seconds, resets, inputs that updated."""
+    """Predictions of some inputs with what the adaptation cost: seconds, resets (of which ``drifts`` by the
+    anchor guard), inputs that updated."""
 
     logits: torch.Tensor
     seconds: float
     resets: int
     updated: int
+    drifts: int = 0
 
 
 class Stream:
     """Stream-mode adaptation fed in pieces: batches of ``batch_size`` in order, state carried over from
     one :meth:`feed` to the next (a stream fed in two parts gives what one feed of both gives, when the
-    first part is a whole number of batches), reset when the predictions collapse."""
+    first part is a whole number of batches), reset when the predictions collapse or, with ``anchor_agreement``
+    on, drift from the unadapted model's (:class:`AnchorGuard`). The batch that reveals a drift is predicted by
+    the starting state (its logits are at hand: the guard computed them), the state is reset, and the stream
+    goes on from there."""
 
     def __init__(self, session: Session, batch_size: int) -> None:
         if batch_size < 1:
@@ -310,25 +388,44 @@ class Stream:
         self.session = session
         self.batch_size = batch_size
         self.watch = CollapseWatch(session.params.reset_window, session.params.collapse_fraction)
+        p = session.params
+        self.guard: AnchorGuard | None = None
+        if isinstance(p, GuardParams) and p.anchor_agreement > 0:
+            self.guard = AnchorGuard(p.anchor_agreement, p.anchor_window)
         self.resets = 0
+        self.drifts = 0
 
     def feed(self, inputs: Inputs, on_batch: Callable[[int], None] | None = None) -> Chunk:
-        parts, seconds, resets, updated = [], 0.0, 0, 0
+        parts, seconds, resets, updated, drifts = [], 0.0, 0, 0, 0
         for start in range(0, len(inputs), self.batch_size):
             batch = inputs.subset(range(start, min(start + self.batch_size, len(inputs))))
             t0 = time.perf_counter()
             step = self.session.adapt(batch)
-            collapsed = self.watch.collapsed(step.logits.argmax(-1).tolist())
-            if collapsed:
+            logits = step.logits
+            predicted = logits.argmax(-1).tolist()
+            drifted = False
+            if self.guard is not None:
+                # at the starting state (and no reset inside adapt) the prediction already is the source's
+                same = self.session.at_start() and not step.reset
+                source = logits if same else self.session.source_logits(batch)
+                drifted = self.guard.drifted(predicted, source.argmax(-1).tolist())
+                if drifted:
+                    logits = source
+            collapsed = not drifted and self.watch.collapsed(predicted)
+            if collapsed or drifted:
                 self.session.reset()
+            if (collapsed or drifted or step.reset) and self.guard is not None:
+                self.guard.clear()
             seconds += time.perf_counter() - t0
-            resets += int(collapsed or step.reset)
+            resets += int(collapsed or drifted or step.reset)
+            drifts += int(drifted)
             updated += step.updated
-            parts.append(step.logits.detach())
+            parts.append(logits.detach())
             if on_batch:
                 on_batch(len(batch))
         self.resets += resets
-        return Chunk(_cat(parts, inputs, self.session), seconds, resets, updated)
+        self.drifts += drifts
+        return Chunk(_cat(parts, inputs, self.session), seconds, resets, updated, drifts)
 
 
 def _cat(parts: list[torch.Tensor], inputs: Inputs, session: Session) -> torch.Tensor:
@@ -351,7 +448,8 @@ def check_granularity(granularity: str, batch_size: int) -> None:
 @dataclass
 class TtaRun:
     """A method run over inputs: their predictions, the cost (seconds adapting and predicting, seconds opening
-    the session), resets that fired, inputs that updated, and in stream mode the adapter at the end."""
+    the session), resets that fired (``drifts`` of them by the anchor guard), inputs that updated, and in
+    stream mode the adapter at the end."""
 
     logits: torch.Tensor
     granularity: str
@@ -362,6 +460,7 @@ class TtaRun:
     updated: int
     units: int
     delta: LoraDelta | None = None
+    drifts: int = 0
 
 
 def run_tta(
@@ -398,6 +497,7 @@ def run_tta(
                 chunk.updated,
                 len(units(len(inputs), granularity, batch_size)),
                 session.delta(),
+                chunk.drifts,
             )
         parts, seconds, updated, resets = [], 0.0, 0, 0
         ranges = units(len(inputs), granularity, batch_size)

@@ -12,7 +12,10 @@ task adapter's own LoRA factors (``update="lora"``, which ``--save`` can store):
   (SAM: the gradient taken at the parameters pushed ``rho`` along the first gradient), and a recovery
   reset when the moving average of the filtered entropy falls towards zero.
 
-EATA and SAR default to stream mode with the collapse reset on (``reset_window``). By default an input's
+EATA and SAR default to stream mode with two resets on: the collapse reset (``reset_window``) and the anchor guard
+(``anchor_agreement``: reset when the predictions stop agreeing with the unadapted model's on the same inputs,
+:class:`~adaptforge.tta.base.AnchorGuard`), which catches the slow drift the collapse check misses; ``tent`` can
+use both in a stream (off by default, as in TENT). By default an input's
 prediction is a fresh forward pass after its updates (skipped when no update followed the last forward pass,
 e.g. a filter kept no input: that pass already is the prediction); ``online=true`` takes it from the forward
 pass of the last update instead, TENT's own protocol, which saves that forward pass.
@@ -28,7 +31,7 @@ import torch
 
 from adaptforge.merge.dawin import entropy
 from adaptforge.params import param
-from adaptforge.tta.base import TTA_METHODS, Inputs, Session, Step, TtaMethod, TtaParams, TtaSetup
+from adaptforge.tta.base import TTA_METHODS, GuardParams, Inputs, Session, Step, TtaMethod, TtaParams, TtaSetup
 from adaptforge.tta.tunable import AdapterFactors, NormAffine, Tunable
 
 TENT_URL = "https://arxiv.org/abs/2006.10726"
@@ -55,8 +58,8 @@ def norm_reason(method: str, update: str) -> str | None:
 
 
 @dataclass(frozen=True, kw_only=True)
-class EntropyParams(TtaParams):
-    """Adds what is updated and where predictions come from (see the module docstring)."""
+class EntropyParams(GuardParams):
+    """Adds what is updated and where predictions come from (see the module docstring), and the anchor guard."""
 
     update: str = param("norm", choices=UPDATES, help="norm: LayerNorm/RMSNorm affine parameters; lora: adapter")
     online: bool = param(False, help="predict from the forward pass of the last update (TENT's protocol)")
@@ -69,6 +72,13 @@ class EataParams(EntropyParams):
     uniform average, so small label sets need a value near 1) and ``ema`` (factor of the moving average)."""
 
     reset_window: int = param(64, ge=0, help="stream: predictions watched for collapse (0: never reset)")
+    anchor_agreement: float = param(
+        0.98,
+        ge=0,
+        le=1,
+        help="stream: reset when fewer than this fraction of the last anchor_window predictions agree with the "
+        "unadapted model's (0: off); 0.98 chosen on dev splits (benchmarks/tta_dev.py --study guard)",
+    )
     e_margin: float = param(0.4, gt=0, le=1, help="reliable: entropy below e_margin * ln(labels)")
     d_margin: float = param(0.9, gt=0, le=1, help="non-redundant: |cosine| to the average probabilities below this")
     ema: float = param(0.9, ge=0, lt=1, help="moving-average factor of the updating inputs' probabilities")
@@ -80,6 +90,13 @@ class SarParams(EntropyParams):
     the paper's 0.2 for 1000 classes is 0.03 ln C; 0 turns recovery off)."""
 
     reset_window: int = param(64, ge=0, help="stream: predictions watched for collapse (0: never reset)")
+    anchor_agreement: float = param(
+        0.95,
+        ge=0,
+        le=1,
+        help="stream: reset when fewer than this fraction of the last anchor_window predictions agree with the "
+        "unadapted model's (0: off); 0.95 chosen on dev splits (benchmarks/tta_dev.py --study guard)",
+    )
     e_margin: float = param(0.4, gt=0, le=1, help="reliable: entropy below e_margin * ln(labels)")
     rho: float = param(0.05, gt=0, help="SAM neighbourhood radius")
     recover: float = param(0.03, ge=0, help="reset when the moving average of the entropy falls below this * ln C")
@@ -240,7 +257,14 @@ class Tent(EntropyMethod):
 class Eata(EntropyMethod):
     """EATA (Niu et al. 2022, https://arxiv.org/abs/2204.02610): entropy minimisation on reliable, non-redundant
     inputs. Each is weighted by its confidence; in a stream, the state is reset when the predictions
-    collapse. The paper's Fisher anti-forgetting term is not included (it needs in-distribution data)."""
+    collapse or drift from the unadapted model's (the anchor guard, ``anchor_agreement``).
+
+    Where this differs from the reference code (github.com/mr-eggplant/EATA, ``eata.py``/``main.py``): its
+    anti-forgetting term, a Fisher-weighted L2 pull to the source parameters (Fisher from the squared gradients of
+    the model's pseudo-label cross-entropy on 2000 in-distribution inputs), is not included. It needs source-domain
+    inputs at test time and bounds the drift in parameter space, with a weight (2000 there) tuned per model. The
+    anchor guard replaces it: it needs only the stream's own inputs and bounds the drift where it harms, in the
+    predictions."""
 
     name = "eata"
     reference_url = EATA_URL
@@ -252,8 +276,11 @@ class Eata(EntropyMethod):
 @TTA_METHODS.register
 class Sar(EntropyMethod):
     """SAR (Niu et al. 2023, https://arxiv.org/abs/2302.12400): sharpness-aware entropy minimisation, reliable
-    inputs only. With model recovery when the entropy's moving average collapses; in a stream, also reset
-    when the predictions collapse."""
+    inputs only. With model recovery when the entropy's moving average collapses (the reference code,
+    github.com/mr-eggplant/SAR ``sar.py``, resets when the 0.9 moving average of the second-step entropy is below
+    0.2 nats for 1000 classes; here ``recover * ln C``); in a stream, also reset when the predictions collapse or
+    drift from the unadapted model's (the anchor guard, ``anchor_agreement``), which the recovery rule, waiting for
+    near-zero entropy, does not see."""
 
     name = "sar"
     reference_url = SAR_URL

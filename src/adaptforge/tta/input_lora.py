@@ -32,6 +32,7 @@ from adaptforge.merge.dawin import entropy
 from adaptforge.params import param
 from adaptforge.tta.base import (
     TTA_METHODS,
+    GradientParams,
     Inputs,
     Session,
     Step,
@@ -48,7 +49,7 @@ OBJECTIVES = ("auto", "agreement", "lm")
 
 
 @dataclass(frozen=True, kw_only=True)
-class InputLoraParams(TtaParams):
+class InputLoraParams(GradientParams):
     """The fresh LoRA (``rank``, scale ``alpha / rank``, on the task adapter's target modules) and its
     self-supervised ``objective`` (``auto``: agreement for encoders, lm for causal LMs)."""
 

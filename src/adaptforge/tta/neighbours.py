@@ -26,14 +26,24 @@ from adaptforge.core import AdaptforgeError
 from adaptforge.params import param
 from adaptforge.scorers import LabelInputs
 from adaptforge.tasks import Example
-from adaptforge.tta.base import TTA_METHODS, Inputs, Session, Step, TtaMethod, TtaParams, TtaSetup, lm_loss
+from adaptforge.tta.base import (
+    TTA_METHODS,
+    GradientParams,
+    Inputs,
+    Session,
+    Step,
+    TtaMethod,
+    TtaParams,
+    TtaSetup,
+    lm_loss,
+)
 from adaptforge.tta.entropy import UPDATES, norm_reason, tunable_for
 
 TTT_NN_URL = "https://arxiv.org/abs/2305.18466"
 
 
 @dataclass(frozen=True, kw_only=True)
-class TttNnParams(TtaParams):
+class TttNnParams(GradientParams):
     """How many neighbours, from how large a pool per task, trained on with which objective."""
 
     update: str = param("lora", choices=UPDATES, help="lora: the adapter's factors; norm: norm affine parameters")

@@ -41,10 +41,9 @@ SOURCE_PRIORS = ("train", "uniform")
 
 @dataclass(frozen=True, kw_only=True)
 class EmPriorParams(TtaParams):
-    """EM's iterations and tolerance, where the source prior comes from, and the collapse guard."""
+    """EM's iterations and tolerance, where the source prior comes from, and the collapse guard (no steps or lr:
+    em-prior takes no gradient step)."""
 
-    steps: int = param(1, ge=1, help="not used: em-prior takes no gradient step")
-    lr: float = param(1e-3, gt=0, help="not used: em-prior takes no gradient step")
     reset_window: int = param(64, ge=0, help="stream: predictions watched for collapse (0: never reset)")
     collapse_fraction: float = param(
         0.9, gt=0, le=1, help="collapse: one class above this fraction of the estimated prior or (stream) of the window"

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from adaptforge.params import param
-from adaptforge.tta.base import TTA_METHODS, Inputs, Session, Step, TtaMethod, TtaParams, TtaSetup
+from adaptforge.tta.base import TTA_METHODS, GradientParams, Inputs, Session, Step, TtaMethod, TtaParams, TtaSetup
 from adaptforge.tta.entropy import UPDATES, norm_reason, tunable_for
 
 TSAS_URL = "https://arxiv.org/abs/2310.13307"
@@ -47,7 +47,7 @@ def input_dropout(
 
 
 @dataclass(frozen=True, kw_only=True)
-class PseudoParams(TtaParams):
+class PseudoParams(GradientParams):
     """``samples`` stochastic votes per input with ``dropout``; inputs whose majority label has at least
     ``agreement`` of the votes are self-trained on for ``steps`` steps."""
 
