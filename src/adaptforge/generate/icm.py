@@ -60,6 +60,7 @@ from adaptforge.tasks import Example, Task
 CONDITIONS: tuple[str, ...] = ("demos", "description")
 CONDITION_NORMS: tuple[str, ...] = ("scalar", "standardise", "whiten")
 DECODER_ACTS: tuple[str, ...] = ("silu", "identity")
+CONDITION_DRAWS: tuple[str, ...] = ("per_sample", "per_step")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,6 +100,13 @@ class IcmParams(Params):
         ge=0,
         help="learning rate of the decoder's output layer (hidden_dim x L) relative to lr; 0 keeps it at the "
         "samples' mean and principal directions and learns only the small layers",
+    )
+    condition_draw: str = param(
+        "per_sample",
+        choices=CONDITION_DRAWS,
+        help="'per_sample': one draw of k demonstrations per snapshot, fixed for the fit; 'per_step': a fresh draw "
+        "for every sample of every batch (the mean of k of the task's per-demonstration vectors, read once), so the "
+        "generator sees the whole within-task spread of k-shot task vectors",
     )
     lr: float = param(2e-3, gt=0, help="AdamW learning rate")
     steps: int = param(300, ge=1, help="optimizer steps")
@@ -294,6 +302,18 @@ def draw(examples: Sequence[Example], k: int, gen: torch.Generator) -> list[Exam
     return [examples[int(i)] for i in idx]
 
 
+def demo_vectors(condition: ConditionFn, task: Task) -> torch.Tensor:
+    """``[n, d]``: the condition of each stored demonstration alone. The task vector over k of them is their mean
+    (:func:`~adaptforge.generate.condition.task_vector` averages per-demonstration readings), so fresh k-shot
+    conditions cost no further forward passes."""
+    return torch.stack([torch.from_numpy(condition(task, [e])) for e in task.splits["train"]]).float()
+
+
+def mean_of_draw(pool: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """The mean of ``k`` rows of ``pool`` drawn without replacement (all rows when it has at most ``k``)."""
+    return pool[torch.randperm(len(pool), generator=gen)[:k]].mean(0)
+
+
 class IcmGenerator:
     """A fitted ICM-LoRA generator: decoder, condition projection and tensor statistics."""
 
@@ -306,12 +326,17 @@ class IcmGenerator:
         """Train on ``samples``; ``condition(task, demonstrations)`` gives each sample's task vector."""
         start = time.perf_counter()
         gen = torch.Generator().manual_seed(params.seed)
-        conds = []
-        for t in samples.task_of:
-            task = samples.tasks[t]
-            shots = draw(task.splits["train"], params.shots, gen) if params.condition == "demos" else []
-            conds.append(torch.from_numpy(condition(task, shots)))
-        c = torch.stack(conds).float()
+        per_step = params.condition == "demos" and params.condition_draw == "per_step"
+        if per_step:  # each demonstration read once; a k-shot task vector is the mean of k of these rows
+            pools = [demo_vectors(condition, task) for task in samples.tasks]
+            c = torch.stack([mean_of_draw(pools[t], params.shots, gen) for t in samples.task_of])
+        else:
+            conds = []
+            for t in samples.task_of:
+                task = samples.tasks[t]
+                shots = draw(task.splits["train"], params.shots, gen) if params.condition == "demos" else []
+                conds.append(torch.from_numpy(condition(task, shots)))
+            c = torch.stack(conds).float()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(params.seed)
             cvae = IcmCvae(samples.x.shape[1], c.shape[1], params)
@@ -333,8 +358,13 @@ class IcmGenerator:
         cvae.train()
         for step in range(1, params.steps + 1):
             idx = torch.randperm(n, generator=gen)[:batch]
+            c_batch = (
+                torch.stack([mean_of_draw(pools[samples.task_of[i]], params.shots, gen) for i in idx.tolist()])
+                if per_step
+                else c[idx]
+            )
             noise = torch.randn((len(idx), width), generator=gen) * (params.condition_noise * rms / width**0.5)
-            h = cvae.condition(c[idx], noise if params.condition_noise > 0 else None)
+            h = cvae.condition(c_batch, noise if params.condition_noise > 0 else None)
             mu, logvar = cvae.encode(x[idx], h)
             z = mu + torch.randn(mu.shape, generator=gen) * (0.5 * logvar).exp()
             recon = (cvae.decode(z, h) - x[idx]).pow(2).mean()
