@@ -281,9 +281,9 @@ def assert_decodes_nearest_own(generator: IcmGenerator, samples, condition, shot
 
 
 def test_per_step_draws_read_each_demonstration_once(encoder_library, minilm) -> None:
-    """``condition_draw='per_step'`` reads every stored demonstration alone, once, and forms each step's k-shot
-    conditions as means of those readings; that is exact because a task vector is the mean of its
-    demonstrations' readings. The fit still tells the two seen tasks apart."""
+    """The fit reads every stored demonstration alone, once, and forms k-shot conditions as means of those
+    readings (with ``condition_draw='per_step'`` a fresh draw each step); that is exact because a task vector is
+    the mean of its demonstrations' readings. The fit still tells the two seen tasks apart."""
     scorer = make_scorer(minilm)
     samples = collect_icm_samples(encoder_library, minilm.fingerprint, tail=0.5)
     calls: list[int] = []

@@ -9,7 +9,12 @@ z-normalised per tensor, ``(x - mean_t) / std_t``. The reference normalises each
 and keeps them per file; one mean and std per tensor over all samples is kept here, so a generated adapter
 needs no statistics of a particular training file. The condition of a sample is the task vector
 (:mod:`~adaptforge.generate.condition`) over ``shots`` demonstrations stored with the snapshots, drawn afresh
-for each sample so the generator sees the spread of k-shot task vectors it will be given.
+for each sample so the generator sees the spread of k-shot task vectors it will be given; with ``condition_draw``
+'per_step' the draw is renewed for every sample of every batch. Each stored demonstration is read once and a
+k-shot vector is the mean of k readings (which is what :func:`~adaptforge.generate.condition.task_vector`
+computes), so draws cost no forward passes. The reference computes one task vector per
+task (``ICL/last_time_step_icl.py`` averages about 30 examples into one file that ``TrainScript_CVAE.py`` pairs with
+every sample); a generator given k demonstrations of a new task sees one noisy draw, so here it trains on draws.
 
 Model: the reference encodes the flattened sequence with 12 strided 1-D convolutions and decodes with
 transposed ones (millions of weights). Here encoder and decoder are two-layer MLPs, and the decoder's
@@ -326,17 +331,13 @@ class IcmGenerator:
         """Train on ``samples``; ``condition(task, demonstrations)`` gives each sample's task vector."""
         start = time.perf_counter()
         gen = torch.Generator().manual_seed(params.seed)
-        per_step = params.condition == "demos" and params.condition_draw == "per_step"
-        if per_step:  # each demonstration read once; a k-shot task vector is the mean of k of these rows
+        demos = params.condition == "demos"
+        per_step = demos and params.condition_draw == "per_step"
+        if demos:  # each demonstration read once; a k-shot task vector is the mean of k of these readings
             pools = [demo_vectors(condition, task) for task in samples.tasks]
             c = torch.stack([mean_of_draw(pools[t], params.shots, gen) for t in samples.task_of])
         else:
-            conds = []
-            for t in samples.task_of:
-                task = samples.tasks[t]
-                shots = draw(task.splits["train"], params.shots, gen) if params.condition == "demos" else []
-                conds.append(torch.from_numpy(condition(task, shots)))
-            c = torch.stack(conds).float()
+            c = torch.stack([torch.from_numpy(condition(samples.tasks[t], [])) for t in samples.task_of]).float()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(params.seed)
             cvae = IcmCvae(samples.x.shape[1], c.shape[1], params)
