@@ -280,7 +280,7 @@ def assert_decodes_nearest_own(generator: IcmGenerator, samples, condition, shot
         assert (xn - own[t]).norm() < 0.5 * (xn - own[1 - t]).norm()
 
 
-def test_per_step_draws_read_each_demonstration_once(encoder_library, minilm) -> None:
+def test_per_step_draws_read_each_demonstration_once(encoder_library, minilm, tmp_path) -> None:
     """The fit reads every stored demonstration alone, once, and forms k-shot conditions as means of those
     readings (with ``condition_draw='per_step'`` a fresh draw each step); that is exact because a task vector is
     the mean of its demonstrations' readings. The fit still tells the two seen tasks apart."""
@@ -292,9 +292,12 @@ def test_per_step_draws_read_each_demonstration_once(encoder_library, minilm) ->
         calls.append(len(shots))
         return task_vector(scorer, task, shots)
 
-    params = dataclasses.replace(TINY, condition_draw="per_step", steps=150)
+    params = dataclasses.replace(TINY, condition_draw="per_step", steps=150, hidden_dim=0)
     generator = IcmGenerator.fit(samples, condition, params)
     assert set(calls) == {1} and len(calls) == sum(len(t.splits["train"]) for t in samples.tasks)
+    assert generator.cvae.decoder[2].in_features == len(samples.tasks)  # hidden_dim 0: one per training task
+    generator.save(tmp_path / "g")
+    assert IcmGenerator.load(tmp_path / "g").cvae.hidden == len(samples.tasks)
     task = samples.tasks[0]
     shots = task.splits["train"][:4]
     single = np.mean([task_vector(scorer, task, [e]) for e in shots], axis=0)

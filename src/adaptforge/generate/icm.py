@@ -82,7 +82,12 @@ class IcmParams(Params):
     shots: int = param(16, ge=1, help="demonstrations per training condition (k)")
     tail: float = param(0.75, ge=0, le=1, help="use snapshots from this fraction of each run on (1.0: last only)")
     latent_dim: int = param(32, ge=1, help="size of z (the reference's latent_dim flag; tens to hundreds)")
-    hidden_dim: int = param(8, ge=1, help="decoder width; the saved decoder is about hidden_dim x L float16 values")
+    hidden_dim: int = param(
+        8,
+        ge=0,
+        help="decoder width; the saved decoder is about hidden_dim x L float16 values; 0: the number of training "
+        "tasks (the frozen output layer then keeps as many principal directions as the task means need)",
+    )
     encoder_dim: int = param(16, ge=1, help="encoder width (training only, not saved)")
     cond_dim: int = param(32, ge=1, help="the task vector is projected to this size")
     beta: float = param(0.1, ge=0, help="KL weight (the reference uses 0.005 with a 12-layer conv decoder)")
@@ -122,9 +127,12 @@ class IcmParams(Params):
 class IcmCvae(nn.Module):
     """``q(z | x, c)``, ``p(x | z, c)``; buffers: per-element mean/std of x and the condition's mean/scale."""
 
-    def __init__(self, length: int, c_dim: int, p: IcmParams) -> None:
+    def __init__(self, length: int, c_dim: int, p: IcmParams, hidden: int = 0) -> None:
         super().__init__()
         self.length, self.c_dim, self.latent_dim = length, c_dim, p.latent_dim
+        self.hidden = hidden or p.hidden_dim
+        if self.hidden < 1:
+            raise AdaptforgeError("icm: hidden_dim 0 (one per training task) needs the number of tasks")
         self.cond = nn.Linear(c_dim, p.cond_dim)
         self.to_latent = nn.Sequential(
             nn.Linear(length, p.encoder_dim), nn.SiLU(), nn.Linear(p.encoder_dim, p.latent_dim)
@@ -132,9 +140,9 @@ class IcmCvae(nn.Module):
         self.fc_mu = nn.Linear(p.latent_dim + p.cond_dim, p.latent_dim)
         self.fc_var = nn.Linear(p.latent_dim + p.cond_dim, p.latent_dim)
         self.decoder = nn.Sequential(
-            nn.Linear(p.latent_dim + p.cond_dim, p.hidden_dim),
+            nn.Linear(p.latent_dim + p.cond_dim, self.hidden),
             nn.SiLU() if p.decoder_act == "silu" else nn.Identity(),
-            nn.Linear(p.hidden_dim, length),
+            nn.Linear(self.hidden, length),
         )
         self.register_buffer("c_mean", torch.zeros(c_dim))
         self.register_buffer("c_scale", torch.ones(()))
@@ -340,7 +348,7 @@ class IcmGenerator:
             c = torch.stack([torch.from_numpy(condition(samples.tasks[t], [])) for t in samples.task_of]).float()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(params.seed)
-            cvae = IcmCvae(samples.x.shape[1], c.shape[1], params)
+            cvae = IcmCvae(samples.x.shape[1], c.shape[1], params, params.hidden_dim or len(samples.tasks))
             rms = cvae.set_condition_stats(c, torch.tensor(samples.task_of), params.condition_norm, params.cond_dim)
         with torch.no_grad():
             init_decoder_output(cvae, samples.x)
@@ -418,7 +426,7 @@ class IcmGenerator:
             "method": "icm",
             "params": self.params.to_dict(),
             "template": self.template.to_json(),
-            "shape": {"length": self.cvae.length, "c_dim": self.cvae.c_dim},
+            "shape": {"length": self.cvae.length, "c_dim": self.cvae.c_dim, "hidden": self.cvae.hidden},
             "info": self.info,
         }
         write_generator_files(folder, meta, tensors)
@@ -437,7 +445,7 @@ class IcmGenerator:
             params = IcmParams.from_dict(field(meta, "params", folder))
             template = AdapterTemplate.from_json(field(meta, "template", folder))
             shape = field(meta, "shape", folder)
-            cvae = IcmCvae(int(shape["length"]), int(shape["c_dim"]), params)
+            cvae = IcmCvae(int(shape["length"]), int(shape["c_dim"]), params, int(shape.get("hidden", 0)))
         except (KeyError, TypeError, ValueError) as err:
             raise GeneratorFileError(f"{folder}: malformed metadata ({type(err).__name__}: {err})") from None
         state = {}
