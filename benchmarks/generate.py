@@ -307,14 +307,6 @@ def main() -> None:
         if over_budget():
             break
         full = icm_for(library, backbone, condition, None, params) if "icm" in methods else None
-        for task in dev + extra if full is not None else ():  # 1. reconstruction, every library task
-            if ("reconstruction", task.name, seed, "icm") in done:
-                continue
-            if task.name not in own_accs:  # the same for every seed
-                own, _ = library.load(f"{task.name}-s")
-                own_accs[task.name] = evaluate(scorer, task, "test", own, limit=args.test_limit).accuracy
-            own_acc = own_accs[task.name]
-            emit({"protocol": "reconstruction", **icm_cell(task, k, seed, full, scorer, args), "own_accuracy": own_acc})
         for protocol, held in (("related", related), ("loo", dev)):  # 2. new tasks
             for task in held:
                 if over_budget():
@@ -346,6 +338,17 @@ def main() -> None:
                         )
                         row["method"] = "span" if method == "generate" else method
                     emit({"protocol": protocol, **row})
+        # 1. reconstruction, every library task (after the new tasks, which decide the default)
+        for task in dev + extra if full is not None else ():
+            if ("reconstruction", task.name, seed, "icm") in done:
+                continue
+            if over_budget():
+                break
+            if task.name not in own_accs:  # the same for every seed
+                own, _ = library.load(f"{task.name}-s")
+                own_accs[task.name] = evaluate(scorer, task, "test", own, limit=args.test_limit).accuracy
+            own_acc = own_accs[task.name]
+            emit({"protocol": "reconstruction", **icm_cell(task, k, seed, full, scorer, args), "own_accuracy": own_acc})
     text = report(rows, names_dev, names_rel, [t.name for t in extra])
     (args.out / "report.md").write_text(text + "\n")
     print(text)
