@@ -18,8 +18,10 @@ every sample); a generator given k demonstrations of a new task sees one noisy d
 
 Model: the reference encodes the flattened sequence with 12 strided 1-D convolutions and decodes with
 transposed ones (millions of weights). Here encoder and decoder are two-layer MLPs, and the decoder's
-hidden width is small (``hidden_dim``, default 8) so that the saved generator stays below 10% of the bytes
-of the snapshots it learned from: the decoder's last layer is ``hidden_dim x L`` and is stored in float16.
+hidden width is small (``hidden_dim``, default: one per training task, which the frozen output layer needs to
+hold the task means' directions) so that the saved generator stays below 10% of the bytes of the snapshots it
+learned from: the decoder's last layer is ``hidden_dim x L`` and is stored in float16 (about 6% at 8 snapshots
+per task).
 As in the reference, the condition joins the latent heads (``mu``, ``log var`` from ``[h(x), c]``) and the
 decoder input (``[z, c]``); the loss is the mean squared error plus ``beta`` times the KL divergence. Only what
 generation needs (condition projection, decoder, tensor statistics) is saved; the encoder is training-only.
@@ -31,7 +33,8 @@ condition moved the decode (posterior collapse and an ignored condition at once)
 standardised per dimension (``condition_norm``), the decoder's hidden layer is linear (``decoder_act``: the
 output layer starts from the principal directions, whose coordinates SiLU cannot make negative), and the large
 output layer is kept at that start (``output_lr_scale`` 0) so the few small layers are what Adam fits; the
-reference trains every weight for hundreds of epochs on a GPU, which is not the budget here.
+reference trains every weight for hundreds of epochs on a GPU, which is not the budget here. The third round
+(22 training tasks) chose ``hidden_dim`` 0 and ``condition_draw`` 'per_step' on dev splits (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -83,7 +86,7 @@ class IcmParams(Params):
     tail: float = param(0.75, ge=0, le=1, help="use snapshots from this fraction of each run on (1.0: last only)")
     latent_dim: int = param(32, ge=1, help="size of z (the reference's latent_dim flag; tens to hundreds)")
     hidden_dim: int = param(
-        8,
+        0,
         ge=0,
         help="decoder width; the saved decoder is about hidden_dim x L float16 values; 0: the number of training "
         "tasks (the frozen output layer then keeps as many principal directions as the task means need)",
@@ -112,7 +115,7 @@ class IcmParams(Params):
         "samples' mean and principal directions and learns only the small layers",
     )
     condition_draw: str = param(
-        "per_sample",
+        "per_step",
         choices=CONDITION_DRAWS,
         help="'per_sample': one draw of k demonstrations per snapshot, fixed for the fit; 'per_step': a fresh draw "
         "for every sample of every batch (the mean of k of the task's per-demonstration vectors, read once), so the "
