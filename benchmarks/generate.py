@@ -30,6 +30,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from new_task import TASKS, fit_generator, mean, run_cell  # noqa: E402
 
@@ -45,15 +47,20 @@ from adaptforge.compose import draw_shots  # noqa: E402
 from adaptforge.demo import shipped_tasks_dir  # noqa: E402
 from adaptforge.evaluate import evaluate  # noqa: E402
 from adaptforge.generate.condition import task_vector  # noqa: E402
-from adaptforge.generate.icm import IcmParams  # noqa: E402
-from adaptforge.generate.methods import IcmMethod, Obtained  # noqa: E402
+from adaptforge.generate.icm import IcmGenerator, IcmParams, collect_icm_samples, icm_key  # noqa: E402
+from adaptforge.generate.methods import GENERATORS_DIR, IcmMethod, Obtained, folder_bytes  # noqa: E402
 from adaptforge.library import Library  # noqa: E402
 from adaptforge.pipelines.train import train_into_library  # noqa: E402
 from adaptforge.scorers import Scorer, make_scorer  # noqa: E402
-from adaptforge.tasks import Task, load_task  # noqa: E402
+from adaptforge.tasks import Example, Task, load_task  # noqa: E402
 from adaptforge.train.config import TrainConfig  # noqa: E402
 
 RELATED = "movie_review,customer_review,tweet_offensive,mpqa_polarity"
+# library-only tasks (issue 14, third round): more tasks for the generator to learn from; none is a related target
+EXTRA = (
+    "amazon,boolq,cb,qqp,rte,sni_emotion,sni_sentiment140,sni_sst2_polarity,tweet_irony,"
+    "tweet_stance_abortion,tweet_stance_atheism,tweet_stance_climate,wic,yelp"
+)
 BASELINES = ("zero_shot", "retrieval", "generate", "shot_lora")  # "generate" is the span generator
 
 
@@ -79,9 +86,34 @@ def icm_params(text: str) -> IcmParams:
     )
 
 
-def icm_for(library: Library, backbone: Backbone, scorer: Scorer, held_out: str | None, params: IcmParams) -> Obtained:
-    exclude = [held_out] if held_out else []
-    return IcmMethod.obtain(library, backbone.fingerprint, scorer, params, exclude, lambda m: print(m))
+class CachedCondition:
+    """``IcmMethod.condition`` with each (task, demonstrations) read once per run: the fits read every stored
+    demonstration of every task, and the leave-one-out refits read the same ones again."""
+
+    def __init__(self, scorer: Scorer, params: IcmParams) -> None:
+        self.scorer, self.params, self.seen = scorer, params, {}
+
+    def __call__(self, task: Task, shots: Sequence[Example]) -> np.ndarray:
+        key = (task.name, tuple((e.text, e.label) for e in shots))
+        if key not in self.seen:
+            self.seen[key] = IcmMethod.condition(self.scorer, task, shots, self.params)[0]
+        return self.seen[key]
+
+
+def icm_for(
+    library: Library, backbone: Backbone, condition: CachedCondition, held_out: str | None, params: IcmParams
+) -> Obtained:
+    """What ``IcmMethod.obtain`` does (same samples, fit, key and folder), with the run's cached condition."""
+    samples = collect_icm_samples(library, backbone.fingerprint, params.tail, [held_out] if held_out else [])
+    folder = library.root / GENERATORS_DIR / icm_key(samples.records, params, backbone.fingerprint)
+    if folder.is_dir():
+        return Obtained(
+            IcmGenerator.load(folder), samples.records, folder, folder_bytes(folder), samples.raw_bytes, False
+        )
+    print(f"fitting icm on {len(samples.task_of)} snapshots of {len(samples.records)} adapters", flush=True)
+    generator = IcmGenerator.fit(samples, condition, params)
+    size = generator.save(folder)
+    return Obtained(generator, samples.records, folder, size, samples.raw_bytes, True)
 
 
 def icm_cell(task: Task, k: int, seed: int, got: Obtained, scorer: Scorer, args) -> dict[str, Any]:
@@ -126,29 +158,68 @@ def table(rows: list[dict[str, Any]], protocol: str, tasks: list[str]) -> str:
     return "\n".join(lines)
 
 
-def report(rows: list[dict[str, Any]], dev: list[str], related: list[str]) -> str:
+def per_seed_means(rows: list[dict[str, Any]], protocol: str, method: str, tasks: list[str]) -> dict[int, float]:
+    """Mean accuracy over ``tasks`` per seed (seeds where every task has a row); a method that does not depend on
+    the seed (zero-shot, span) ran seed 0 only and stands for every seed."""
+    mine = [r for r in rows if r["protocol"] == protocol and r["method"] == method]
+    out = {}
+    for seed in sorted({r["seed"] for r in mine}):
+        accs = {r["task"]: r["accuracy"] for r in mine if r["seed"] == seed}
+        if all(t in accs for t in tasks):
+            out[seed] = mean([accs[t] for t in tasks])
+    return out
+
+
+def icm_beats_span(rows: list[dict[str, Any]], protocol: str, tasks: list[str]) -> tuple[bool, str]:
+    """The default rule (issue 14, written before the third round's numbers): icm beats span in a protocol when,
+    with ``d_s`` = icm's minus span's mean accuracy at seed ``s``, every ``d_s > 0`` and ``mean(d_s)`` exceeds the
+    seed-to-seed noise, the larger of the two methods' standard deviations (ddof 1) of their per-seed means.
+    ``icm`` becomes the default of ``adaptforge generate`` only if it beats span in both protocols."""
+    icm, span = per_seed_means(rows, protocol, "icm", tasks), per_seed_means(rows, protocol, "span", tasks)
+    if not icm or not span:
+        return False, "missing rows"
+    d = [icm[s] - span.get(s, span[min(span)]) for s in icm]
+    spread = [float(np.std(list(v.values()), ddof=1)) if len(v) > 1 else 0.0 for v in (icm, span)]
+    noise, margin = max(spread), mean(d)
+    won = len(d) > 1 and min(d) > 0 and margin > noise
+    return won, (
+        f"icm - span = {margin * 100:+.1f} points (per seed {', '.join(f'{x * 100:+.1f}' for x in d)}), "
+        f"seed-to-seed noise {noise * 100:.1f}: {'beats' if won else 'does not beat'} span"
+    )
+
+
+def report(rows: list[dict[str, Any]], dev: list[str], related: list[str], extra: Sequence[str] = ()) -> str:
     recon = [r for r in rows if r["protocol"] == "reconstruction"]
     out = ["### Seen-task reconstruction (icm accuracy / the task's own adapter, same test examples)", ""]
     out += ["| task | own adapter | icm | ratio | seeds |", "|---|---|---|---|---|"]
-    ratios = []
-    for t in dev:
+    ratios, ratios_dev = [], []
+    for t in [*dev, *extra]:
         mine = [r for r in recon if r["task"] == t]
         if not mine:
             continue
         own, gen = mean([r["own_accuracy"] for r in mine]), mean([r["accuracy"] for r in mine])
         ratios.append(gen / own)
+        if t in dev:
+            ratios_dev.append(gen / own)
         out.append(f"| {t} | {own * 100:.1f} | {gen * 100:.1f} | {gen / own:.3f} | {len(mine)} |")
-    out.append(f"| **mean** | | | **{mean(ratios):.3f}** | |")
+    out.append(f"| **mean** ({len(ratios)} tasks) | | | **{mean(ratios):.3f}** | |")
+    if extra and ratios_dev:
+        out.append(f"| mean of the {len(ratios_dev)} dev tasks | | | {mean(ratios_dev):.3f} | |")
     out += ["", "### Leave-one-task-out, k = 16", "", table(rows, "loo", dev)]
     out += ["", "### Related new tasks, k = 16", "", table(rows, "related", related)]
+    verdicts = [icm_beats_span(rows, "loo", dev), icm_beats_span(rows, "related", related)]
+    out += ["", "### Default rule (icm vs span, both protocols)", ""]
+    out += [f"- leave-one-out: {verdicts[0][1]}", f"- related: {verdicts[1][1]}"]
+    out.append(f"- icm {'becomes' if all(v[0] for v in verdicts) else 'does not become'} the default")
     icm = [r for r in rows if r["method"] == "icm"]
     if icm:
-        fits = {r["generator_bytes"]: r for r in icm}
+        fits = {(r["generator_fit_seconds"], r["training_bytes"]): r for r in icm}  # one row per fitted generator
         out += [
             "",
             "### Cost",
             "",
-            f"- icm generator fit: {mean([r['generator_fit_seconds'] or 0 for r in icm]):.1f} s (mean over fits); "
+            f"- icm generator fit: {mean([r['generator_fit_seconds'] or 0 for r in fits.values()]):.1f} s (mean over "
+            f"{len(fits)} fits); "
             f"generation (task vector + decode): {mean([r['fit_seconds'] for r in icm]):.2f} s",
             f"- icm generator {mean([r['generator_bytes'] for r in fits.values()]) / 1e6:.2f} MB vs "
             f"{mean([r['training_bytes'] for r in fits.values()]) / 1e6:.2f} MB of snapshots it learned from "
@@ -160,6 +231,9 @@ def report(rows: list[dict[str, Any]], dev: list[str], related: list[str]) -> st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", default=TASKS)
+    parser.add_argument(
+        "--extra-tasks", default="", help=f"library-only tasks under --data (held out nowhere); e.g. {EXTRA}"
+    )
     parser.add_argument("--related", default=RELATED, help="tasks not in the library, folders under --data")
     parser.add_argument("--data", type=Path, default=Path("../shared/data/tasks"))
     parser.add_argument("--seeds", default="0,1,2")
@@ -183,18 +257,22 @@ def main() -> None:
     torch.set_num_threads(1)
     dev = [load_task(shipped_tasks_dir() / n) for n in args.tasks.split(",")]
     related = [load_task(args.data / n) for n in args.related.split(",")]
+    extra = [load_task(args.data / n) for n in args.extra_tasks.split(",") if n]
+    clash = {t.name for t in extra} & {t.name for t in dev + related}
+    if clash:
+        parser.error(f"--extra-tasks {sorted(clash)} are also dev or related tasks")
     log_path = args.out / "runs.jsonl"
     rows = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.is_file() else []
     names_dev, names_rel = [t.name for t in dev], [t.name for t in related]
     if args.report_only:
-        print(report(rows, names_dev, names_rel))
+        print(report(rows, names_dev, names_rel, [t.name for t in extra]))
         return
     start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     backbone = Backbone.load()
     scorer = make_scorer(backbone)
     library = Library(args.out / "library")
-    build_library(dev, backbone, library, args)
+    build_library(dev + extra, backbone, library, args)
     done = {(r["protocol"], r["task"], r["seed"], r["method"]) for r in rows}
     k = args.shots
 
@@ -223,19 +301,12 @@ def main() -> None:
     params = icm_params(args.icm)
     methods = set(args.methods.split(","))
     own_accs: dict[str, float] = {}
+    condition = CachedCondition(scorer, params)
     print(f"icm params: {params.to_dict()}", flush=True)
     for seed in seeds:
         if over_budget():
             break
-        full = icm_for(library, backbone, scorer, None, params)
-        for task in dev:  # 1. reconstruction
-            if ("reconstruction", task.name, seed, "icm") in done:
-                continue
-            if task.name not in own_accs:  # the same for every seed
-                own, _ = library.load(f"{task.name}-s")
-                own_accs[task.name] = evaluate(scorer, task, "test", own, limit=args.test_limit).accuracy
-            own_acc = own_accs[task.name]
-            emit({"protocol": "reconstruction", **icm_cell(task, k, seed, full, scorer, args), "own_accuracy": own_acc})
+        full = icm_for(library, backbone, condition, None, params) if "icm" in methods else None
         for protocol, held in (("related", related), ("loo", dev)):  # 2. new tasks
             for task in held:
                 if over_budget():
@@ -246,10 +317,10 @@ def main() -> None:
                         continue
                     if (protocol, task.name, seed, "span" if method == "generate" else method) in done:
                         continue
-                    if method == "zero_shot" and seed != seeds[0]:
-                        continue
+                    if method in ("zero_shot", "generate") and seed != seeds[0]:
+                        continue  # neither depends on the seed (span: fitted with seed 0, decodes z = 0)
                     if method == "icm":
-                        got = got or icm_for(library, backbone, scorer, task.name, params)
+                        got = got or icm_for(library, backbone, condition, task.name, params)
                         row = icm_cell(task, k, seed, got, scorer, args)
                     else:
                         exclude = task.name if protocol == "loo" else "-"
@@ -267,7 +338,18 @@ def main() -> None:
                         )
                         row["method"] = "span" if method == "generate" else method
                     emit({"protocol": protocol, **row})
-    text = report(rows, names_dev, names_rel)
+        # 1. reconstruction, every library task (after the new tasks, which decide the default)
+        for task in dev + extra if full is not None else ():
+            if ("reconstruction", task.name, seed, "icm") in done:
+                continue
+            if over_budget():
+                break
+            if task.name not in own_accs:  # the same for every seed
+                own, _ = library.load(f"{task.name}-s")
+                own_accs[task.name] = evaluate(scorer, task, "test", own, limit=args.test_limit).accuracy
+            own_acc = own_accs[task.name]
+            emit({"protocol": "reconstruction", **icm_cell(task, k, seed, full, scorer, args), "own_accuracy": own_acc})
+    text = report(rows, names_dev, names_rel, [t.name for t in extra])
     (args.out / "report.md").write_text(text + "\n")
     print(text)
     print(f"total {time.perf_counter() - start:.0f}s", flush=True)

@@ -267,14 +267,43 @@ def test_standardised_condition_decodes_each_seen_task_nearest_its_own_snapshots
         return task_vector(scorer, task, shots)
 
     generator = IcmGenerator.fit(samples, condition, params)
+    assert_decodes_nearest_own(generator, samples, condition, params.shots)
+
+
+def assert_decodes_nearest_own(generator: IcmGenerator, samples, condition, shots: int) -> None:
     task_of = torch.tensor(samples.task_of)
     own = [samples.x[task_of == t].mean(0) for t in range(2)]
     for t, task in enumerate(samples.tasks):
-        cond = condition(task, task.splits["train"][: params.shots])
+        cond = condition(task, task.splits["train"][:shots])
         x = flatten(generator.generate(cond), samples.template)
         parts = x.split(flat_sizes(samples.template))
         xn = torch.cat([(p - m) / s for p, m, s in zip(parts, samples.mean, samples.std, strict=True)])
         assert (xn - own[t]).norm() < 0.5 * (xn - own[1 - t]).norm()
+
+
+def test_per_step_draws_read_each_demonstration_once(encoder_library, minilm, tmp_path) -> None:
+    """The fit reads every stored demonstration alone, once, and forms k-shot conditions as means of those
+    readings (with ``condition_draw='per_step'`` a fresh draw each step); that is exact because a task vector is
+    the mean of its demonstrations' readings. The fit still tells the two seen tasks apart."""
+    scorer = make_scorer(minilm)
+    samples = collect_icm_samples(encoder_library, minilm.fingerprint, tail=0.5)
+    calls: list[int] = []
+
+    def condition(task, shots):
+        calls.append(len(shots))
+        return task_vector(scorer, task, shots)
+
+    params = dataclasses.replace(TINY, condition_draw="per_step", steps=150, hidden_dim=0)
+    generator = IcmGenerator.fit(samples, condition, params)
+    assert set(calls) == {1} and len(calls) == sum(len(t.splits["train"]) for t in samples.tasks)
+    assert generator.cvae.decoder[2].in_features == len(samples.tasks)  # hidden_dim 0: one per training task
+    generator.save(tmp_path / "g")
+    assert IcmGenerator.load(tmp_path / "g").cvae.hidden == len(samples.tasks)
+    task = samples.tasks[0]
+    shots = task.splits["train"][:4]
+    single = np.mean([task_vector(scorer, task, [e]) for e in shots], axis=0)
+    np.testing.assert_allclose(single, task_vector(scorer, task, shots), atol=1e-5)
+    assert_decodes_nearest_own(generator, samples, condition, params.shots)
 
 
 def test_frozen_output_layer_stays_the_mean_and_principal_directions(encoder_library, minilm) -> None:

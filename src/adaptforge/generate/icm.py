@@ -9,12 +9,19 @@ z-normalised per tensor, ``(x - mean_t) / std_t``. The reference normalises each
 and keeps them per file; one mean and std per tensor over all samples is kept here, so a generated adapter
 needs no statistics of a particular training file. The condition of a sample is the task vector
 (:mod:`~adaptforge.generate.condition`) over ``shots`` demonstrations stored with the snapshots, drawn afresh
-for each sample so the generator sees the spread of k-shot task vectors it will be given.
+for each sample so the generator sees the spread of k-shot task vectors it will be given; with ``condition_draw``
+'per_step' the draw is renewed for every sample of every batch. Each stored demonstration is read once and a
+k-shot vector is the mean of k readings (which is what :func:`~adaptforge.generate.condition.task_vector`
+computes), so draws cost no forward passes. The reference computes one task vector per
+task (``ICL/last_time_step_icl.py`` averages about 30 examples into one file that ``TrainScript_CVAE.py`` pairs with
+every sample); a generator given k demonstrations of a new task sees one noisy draw, so here it trains on draws.
 
 Model: the reference encodes the flattened sequence with 12 strided 1-D convolutions and decodes with
 transposed ones (millions of weights). Here encoder and decoder are two-layer MLPs, and the decoder's
-hidden width is small (``hidden_dim``, default 8) so that the saved generator stays below 10% of the bytes
-of the snapshots it learned from: the decoder's last layer is ``hidden_dim x L`` and is stored in float16.
+hidden width is small (``hidden_dim``, default: one per training task, which the frozen output layer needs to
+hold the task means' directions) so that the saved generator stays below 10% of the bytes of the snapshots it
+learned from: the decoder's last layer is ``hidden_dim x L`` and is stored in float16 (about 6% at 8 snapshots
+per task).
 As in the reference, the condition joins the latent heads (``mu``, ``log var`` from ``[h(x), c]``) and the
 decoder input (``[z, c]``); the loss is the mean squared error plus ``beta`` times the KL divergence. Only what
 generation needs (condition projection, decoder, tensor statistics) is saved; the encoder is training-only.
@@ -26,7 +33,8 @@ condition moved the decode (posterior collapse and an ignored condition at once)
 standardised per dimension (``condition_norm``), the decoder's hidden layer is linear (``decoder_act``: the
 output layer starts from the principal directions, whose coordinates SiLU cannot make negative), and the large
 output layer is kept at that start (``output_lr_scale`` 0) so the few small layers are what Adam fits; the
-reference trains every weight for hundreds of epochs on a GPU, which is not the budget here.
+reference trains every weight for hundreds of epochs on a GPU, which is not the budget here. The third round
+(22 training tasks) chose ``hidden_dim`` 0 and ``condition_draw`` 'per_step' on dev splits (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -60,6 +68,7 @@ from adaptforge.tasks import Example, Task
 CONDITIONS: tuple[str, ...] = ("demos", "description")
 CONDITION_NORMS: tuple[str, ...] = ("scalar", "standardise", "whiten")
 DECODER_ACTS: tuple[str, ...] = ("silu", "identity")
+CONDITION_DRAWS: tuple[str, ...] = ("per_sample", "per_step")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,7 +85,12 @@ class IcmParams(Params):
     shots: int = param(16, ge=1, help="demonstrations per training condition (k)")
     tail: float = param(0.75, ge=0, le=1, help="use snapshots from this fraction of each run on (1.0: last only)")
     latent_dim: int = param(32, ge=1, help="size of z (the reference's latent_dim flag; tens to hundreds)")
-    hidden_dim: int = param(8, ge=1, help="decoder width; the saved decoder is about hidden_dim x L float16 values")
+    hidden_dim: int = param(
+        0,
+        ge=0,
+        help="decoder width; the saved decoder is about hidden_dim x L float16 values; 0: the number of training "
+        "tasks (the frozen output layer then keeps as many principal directions as the task means need)",
+    )
     encoder_dim: int = param(16, ge=1, help="encoder width (training only, not saved)")
     cond_dim: int = param(32, ge=1, help="the task vector is projected to this size")
     beta: float = param(0.1, ge=0, help="KL weight (the reference uses 0.005 with a 12-layer conv decoder)")
@@ -100,6 +114,13 @@ class IcmParams(Params):
         help="learning rate of the decoder's output layer (hidden_dim x L) relative to lr; 0 keeps it at the "
         "samples' mean and principal directions and learns only the small layers",
     )
+    condition_draw: str = param(
+        "per_step",
+        choices=CONDITION_DRAWS,
+        help="'per_sample': one draw of k demonstrations per snapshot, fixed for the fit; 'per_step': a fresh draw "
+        "for every sample of every batch (the mean of k of the task's per-demonstration vectors, read once), so the "
+        "generator sees the whole within-task spread of k-shot task vectors",
+    )
     lr: float = param(2e-3, gt=0, help="AdamW learning rate")
     steps: int = param(300, ge=1, help="optimizer steps")
     batch_size: int = param(16, ge=1, help="samples per step")
@@ -109,9 +130,12 @@ class IcmParams(Params):
 class IcmCvae(nn.Module):
     """``q(z | x, c)``, ``p(x | z, c)``; buffers: per-element mean/std of x and the condition's mean/scale."""
 
-    def __init__(self, length: int, c_dim: int, p: IcmParams) -> None:
+    def __init__(self, length: int, c_dim: int, p: IcmParams, hidden: int = 0) -> None:
         super().__init__()
         self.length, self.c_dim, self.latent_dim = length, c_dim, p.latent_dim
+        self.hidden = hidden or p.hidden_dim
+        if self.hidden < 1:
+            raise AdaptforgeError("icm: hidden_dim 0 (one per training task) needs the number of tasks")
         self.cond = nn.Linear(c_dim, p.cond_dim)
         self.to_latent = nn.Sequential(
             nn.Linear(length, p.encoder_dim), nn.SiLU(), nn.Linear(p.encoder_dim, p.latent_dim)
@@ -119,9 +143,9 @@ class IcmCvae(nn.Module):
         self.fc_mu = nn.Linear(p.latent_dim + p.cond_dim, p.latent_dim)
         self.fc_var = nn.Linear(p.latent_dim + p.cond_dim, p.latent_dim)
         self.decoder = nn.Sequential(
-            nn.Linear(p.latent_dim + p.cond_dim, p.hidden_dim),
+            nn.Linear(p.latent_dim + p.cond_dim, self.hidden),
             nn.SiLU() if p.decoder_act == "silu" else nn.Identity(),
-            nn.Linear(p.hidden_dim, length),
+            nn.Linear(self.hidden, length),
         )
         self.register_buffer("c_mean", torch.zeros(c_dim))
         self.register_buffer("c_scale", torch.ones(()))
@@ -294,6 +318,18 @@ def draw(examples: Sequence[Example], k: int, gen: torch.Generator) -> list[Exam
     return [examples[int(i)] for i in idx]
 
 
+def demo_vectors(condition: ConditionFn, task: Task) -> torch.Tensor:
+    """``[n, d]``: the condition of each stored demonstration alone. The task vector over k of them is their mean
+    (:func:`~adaptforge.generate.condition.task_vector` averages per-demonstration readings), so fresh k-shot
+    conditions cost no further forward passes."""
+    return torch.stack([torch.from_numpy(condition(task, [e])) for e in task.splits["train"]]).float()
+
+
+def mean_of_draw(pool: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """The mean of ``k`` rows of ``pool`` drawn without replacement (all rows when it has at most ``k``)."""
+    return pool[torch.randperm(len(pool), generator=gen)[:k]].mean(0)
+
+
 class IcmGenerator:
     """A fitted ICM-LoRA generator: decoder, condition projection and tensor statistics."""
 
@@ -306,15 +342,16 @@ class IcmGenerator:
         """Train on ``samples``; ``condition(task, demonstrations)`` gives each sample's task vector."""
         start = time.perf_counter()
         gen = torch.Generator().manual_seed(params.seed)
-        conds = []
-        for t in samples.task_of:
-            task = samples.tasks[t]
-            shots = draw(task.splits["train"], params.shots, gen) if params.condition == "demos" else []
-            conds.append(torch.from_numpy(condition(task, shots)))
-        c = torch.stack(conds).float()
+        demos = params.condition == "demos"
+        per_step = demos and params.condition_draw == "per_step"
+        if demos:  # each demonstration read once; a k-shot task vector is the mean of k of these readings
+            pools = [demo_vectors(condition, task) for task in samples.tasks]
+            c = torch.stack([mean_of_draw(pools[t], params.shots, gen) for t in samples.task_of])
+        else:
+            c = torch.stack([torch.from_numpy(condition(samples.tasks[t], [])) for t in samples.task_of]).float()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(params.seed)
-            cvae = IcmCvae(samples.x.shape[1], c.shape[1], params)
+            cvae = IcmCvae(samples.x.shape[1], c.shape[1], params, params.hidden_dim or len(samples.tasks))
             rms = cvae.set_condition_stats(c, torch.tensor(samples.task_of), params.condition_norm, params.cond_dim)
         with torch.no_grad():
             init_decoder_output(cvae, samples.x)
@@ -333,8 +370,13 @@ class IcmGenerator:
         cvae.train()
         for step in range(1, params.steps + 1):
             idx = torch.randperm(n, generator=gen)[:batch]
+            c_batch = (
+                torch.stack([mean_of_draw(pools[samples.task_of[i]], params.shots, gen) for i in idx.tolist()])
+                if per_step
+                else c[idx]
+            )
             noise = torch.randn((len(idx), width), generator=gen) * (params.condition_noise * rms / width**0.5)
-            h = cvae.condition(c[idx], noise if params.condition_noise > 0 else None)
+            h = cvae.condition(c_batch, noise if params.condition_noise > 0 else None)
             mu, logvar = cvae.encode(x[idx], h)
             z = mu + torch.randn(mu.shape, generator=gen) * (0.5 * logvar).exp()
             recon = (cvae.decode(z, h) - x[idx]).pow(2).mean()
@@ -387,7 +429,7 @@ class IcmGenerator:
             "method": "icm",
             "params": self.params.to_dict(),
             "template": self.template.to_json(),
-            "shape": {"length": self.cvae.length, "c_dim": self.cvae.c_dim},
+            "shape": {"length": self.cvae.length, "c_dim": self.cvae.c_dim, "hidden": self.cvae.hidden},
             "info": self.info,
         }
         write_generator_files(folder, meta, tensors)
@@ -406,7 +448,7 @@ class IcmGenerator:
             params = IcmParams.from_dict(field(meta, "params", folder))
             template = AdapterTemplate.from_json(field(meta, "template", folder))
             shape = field(meta, "shape", folder)
-            cvae = IcmCvae(int(shape["length"]), int(shape["c_dim"]), params)
+            cvae = IcmCvae(int(shape["length"]), int(shape["c_dim"]), params, int(shape.get("hidden", 0)))
         except (KeyError, TypeError, ValueError) as err:
             raise GeneratorFileError(f"{folder}: malformed metadata ({type(err).__name__}: {err})") from None
         state = {}
