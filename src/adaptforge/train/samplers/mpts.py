@@ -49,6 +49,9 @@ loop makes the adapted loss the natural target):
 - ``risk_scale=log_k`` (on ``drm`` too, so the oracle and its approximation rank the same risk): the
   risk is the loss divided by ``ln k``, the cross-entropy of a ``k``-way task at chance. Raw
   cross-entropy makes the label count drive the choice (see :func:`~adaptforge.train.samplers.base.chance_scale`).
+  The reference rescales too where scales differ (``MetaRL/main.py`` standardises each batch's negated
+  returns before training the risk learner); a per-batch standardisation would not remove a per-task
+  offset such as ln k, so the scale here is per task.
 - ``risk_target=pre_update``: the risk learner fits the trained tasks' training loss measured before
   the update, the forward pass the step makes anyway, so MPTS spends no task evaluation at all
   (post_update costs ``B`` extra forward passes, ~28% of a step on the benchmark's family). It is
