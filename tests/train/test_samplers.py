@@ -30,9 +30,9 @@ ALL = ["uniform", "proportional", "temperature", "group_dro", "drm", "mpts"]
 VARIANTS = [
     *((n, {}) for n in ALL),
     ("mpts", {"risk_model": "linear"}),
-    ("mpts", {"risk_target": "pre_update", "risk_scale": "log_k"}),
+    ("mpts", {"risk_target": "pre_update", "risk_scale": "none"}),
     ("mpts", {"risk_model": "linear", "risk_target": "pre_update"}),
-    ("drm", {"risk_scale": "log_k"}),
+    ("drm", {"risk_scale": "none"}),
 ]
 VARIANT_IDS = [n + "".join(f"-{v}" for v in o.values()) for n, o in VARIANTS]
 SIZES = [5000, 40, 3000, 2000, 5000, 1000]

@@ -46,8 +46,11 @@ Differences from the reference, and why:
 Two options the reference does not have (its sinusoid tasks share one loss scale, and its MAML inner
 loop makes the adapted loss the natural target):
 
-- ``risk_scale=log_k`` (on ``drm`` too, so the oracle and its approximation rank the same risk): the
-  risk is the loss divided by ``ln k``, the cross-entropy of a ``k``-way task at chance. Raw
+- ``risk_scale=log_k`` (the default, on ``drm`` too, so the oracle and its approximation rank the same
+  risk; ``none`` is the paper's raw loss): the risk is the loss divided by ``ln k``, the cross-entropy
+  of a ``k``-way task at chance. It was chosen on the family's dev splits (BENCHMARKS.md, issue 13),
+  where the rule's pick was ``risk_scale=log_k`` with ``uniform_half=true`` and ``risk_model=linear``;
+  only ``risk_scale`` became a default (the other two stay the paper's: pass them as options). Raw
   cross-entropy makes the label count drive the choice (see :func:`~adaptforge.train.samplers.base.chance_scale`).
   The reference rescales too where scales differ (``MetaRL/main.py`` standardises each batch's negated
   returns before training the risk learner); a per-batch standardisation would not remove a per-task
