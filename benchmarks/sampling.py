@@ -21,6 +21,21 @@ evaluations the sampler spent, the sampler's own time per step against the step 
     python benchmarks/sampling.py --distribution family --steps 120 --seeds 0
     python benchmarks/sampling.py --report     # tables and the CVaR curve PNG from runs.jsonl
     python benchmarks/sampling.py --probe 4    # seconds per step, to size --steps for a time budget
+    python benchmarks/sampling.py --distribution family --split dev --seeds 0 --samplers ...  # selection runs
+    python benchmarks/sampling.py --select --distribution family   # apply SELECTION_RULE to the dev rows
+
+Choosing MPTS's options (``--split dev`` + ``--select``): never on test. ``--split dev`` evaluates the
+*training* tasks on their dev splits (``--test-limit`` examples each; the family's members have 32) and
+logs those rows apart; ``--select`` applies the rule below, written before any dev run was looked at.
+
+SELECTION_RULE (issue 13, third attempt): on seed 0 of the family (the distribution with enough tasks
+for a CVaR20 to average over: 8 of the 40 trained members; the real tasks' 5 would make it one task),
+among the candidate specs, keep those whose dev average is within 1 point of uniform's dev average and
+pick the one with the highest dev CVaR20 (ties: the earlier in the list). If none keeps the average,
+pick the highest dev average. Candidates, in order: ``mpts`` (raw loss), ``mpts:risk_scale=log_k``,
+``mpts:uniform_half=true`` (raw loss), ``mpts:risk_scale=log_k:uniform_half=true`` (stage 1), then the stage-1
+winner with ``risk_model=linear`` and with ``risk_target=pre_update`` (stage 2); the final pick is over
+all six.
 
 A sampler spec is ``name`` or ``name:key=value:key=value`` (options of that sampler's config).
 """
@@ -30,6 +45,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import random
 import statistics
@@ -53,6 +69,13 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "tasks"
 REAL = "sst2,agnews,trec_question_type,tweet_emotion,dbpedia"  # the >= 5-point rule, see the docstring
 PARENTS = "dbpedia,agnews,trec_question_type,tweet_emotion,sni_emotion,yelp,amazon"
 SAMPLERS = "uniform,group_dro,drm,mpts,mpts:risk_model=linear"
+# raw loss spelled out: it was the default when the rule was written and run (log_k is now)
+STAGE1 = [
+    "mpts:risk_scale=none",
+    "mpts:risk_scale=log_k",
+    "mpts:risk_scale=none:uniform_half=true",
+    "mpts:risk_scale=log_k:uniform_half=true",
+]
 ALPHAS = (0.1, 0.2, 0.3, 0.5)
 
 
@@ -119,11 +142,14 @@ def run_one(
     result = train_tasks(train, backbone, cfg)
     train_wall = time.perf_counter() - wall0
     scorer = make_scorer(backbone, result.config.max_length, result.config.temperature)
-    accs = {t.name: evaluate(scorer, t, "test", result.delta, limit=args.test_limit).accuracy for t in test}
+    if args.split == "dev":  # selection runs: the training tasks' dev splits, never the test splits
+        test = train
+    accs = {t.name: evaluate(scorer, t, args.split, result.delta, limit=args.test_limit).accuracy for t in test}
     seen = {t.name for t in train}
     row: dict[str, Any] = {
         "spec": spec,
         "seed": seed,
+        "split": args.split,
         "accuracy": accs,
         **summary(list(accs.values())),
         "evaluations": result.evaluations,
@@ -140,39 +166,83 @@ def run_one(
     return row
 
 
+def mean_sd(values: list[float], scale: float = 100.0, fmt: str = ".1f") -> str:
+    mean = statistics.mean(values) * scale
+    if len(values) < 2:
+        return f"{mean:{fmt}}"
+    return f"{mean:{fmt}} ± {statistics.stdev(values) * scale:{fmt}}"
+
+
 def table(rows: list[dict[str, Any]], specs: list[str]) -> str:
-    by = {s: [r for r in rows if r["spec"] == s] for s in specs}
+    """Mean ± sd over the seeds present (per seed in brackets for avg and CVaR20), task evaluations and
+    the overhead counted two ways: the sampler's own compute, and that plus the task evaluations it asked for."""
+    by = {s: sorted((r for r in rows if r["spec"] == s), key=lambda r: r["seed"]) for s in specs}
     by = {s: v for s, v in by.items() if v}
     cols = ["avg", "worst", *(f"cvar{int(a * 100)}" for a in ALPHAS)]
     head = "| sampler | seeds | avg | worst | " + " | ".join(f"CVaR{int(a * 100)}" for a in ALPHAS)
-    lines = [head + " | task evals | eval ms/step | sampler ms/step | step ms | sampler share |", "|---" * 13 + "|"]
+    lines = [
+        head + " | task evals | eval ms/step | sampler ms/step | step ms | sampler share | share incl. evals |",
+        "|---" * 14 + "|",
+    ]
     for s, rs in by.items():
         steps = rs[0]["config"]["steps"]
-        cells = [f"{statistics.mean(r[c] for r in rs) * 100:.1f}" for c in cols]
+        cells = []
+        for c in cols:
+            cell = mean_sd([r[c] for r in rs])
+            if c in ("avg", "cvar20") and len(rs) > 1:
+                cell += " (" + " / ".join(f"{r[c] * 100:.1f}" for r in rs) + ")"
+            cells.append(cell)
         sampler_ms = statistics.mean(r["sampler_seconds"] for r in rs) / steps * 1000
         step_ms = statistics.mean(r["loop_seconds"] for r in rs) / steps * 1000
         evals = statistics.mean(r["evaluations"] for r in rs)
-        timed = [
-            r["evaluation_seconds"] for r in rs if "evaluation_seconds" in r
-        ]  # absent in runs made before it was timed
-        eval_ms = f"{statistics.mean(timed) / steps * 1000:.0f}" if len(timed) == len(rs) else "n/a"
+        timed = [r["evaluation_seconds"] for r in rs if "evaluation_seconds" in r]  # absent in early runs
+        eval_ms = statistics.mean(timed) / steps * 1000 if len(timed) == len(rs) else math.nan
         lines.append(
-            f"| {s} | {len(rs)} | "
+            f"| {s} | {','.join(str(r['seed']) for r in rs)} | "
             + " | ".join(cells)
-            + f" | {evals:.0f} | {eval_ms} | {sampler_ms:.2f} | {step_ms:.0f} "
-            f"| {sampler_ms / step_ms:.2%} |"
+            + f" | {evals:.0f} | {eval_ms:.0f} | {sampler_ms:.2f} | {step_ms:.0f} "
+            f"| {sampler_ms / step_ms:.2%} | {(sampler_ms + eval_ms) / step_ms:.1%} |"
         )
     if any("unseen" in r for rs in by.values() for r in rs):
         lines += ["", "Seen (trained) vs unseen family members:", ""]
         lines += ["| sampler | seen avg | seen CVaR20 | unseen avg | unseen CVaR20 |", "|---|---|---|---|---|"]
         for s, rs in by.items():
-            vals = [
-                statistics.mean(r[part][key] for r in rs) * 100
-                for part in ("seen", "unseen")
-                for key in ("avg", "cvar20")
-            ]
-            lines.append(f"| {s} | " + " | ".join(f"{v:.1f}" for v in vals) + " |")
+            vals = [mean_sd([r[part][key] for r in rs]) for part in ("seen", "unseen") for key in ("avg", "cvar20")]
+            lines.append(f"| {s} | " + " | ".join(vals) + " |")
     return "\n".join(lines)
+
+
+def select(rows: list[dict[str, Any]], seed: int) -> str:
+    """SELECTION_RULE (module docstring) on the dev rows of ``seed``: a table and the pick, with its reason."""
+    dev = {r["spec"]: r for r in rows if r.get("split") == "dev" and r["seed"] == seed}
+    if "uniform" not in dev or not all(s in dev for s in STAGE1):
+        missing = [s for s in ["uniform", *STAGE1] if s not in dev]
+        return f"stage 1 incomplete: no dev rows for {', '.join(missing)}"
+    base = dev["uniform"]["avg"]
+    stage1 = pick([(s, dev[s]) for s in STAGE1], base)
+    stage2 = [with_option(stage1, "risk_model=linear"), with_option(stage1, "risk_target=pre_update")]
+    lines = [f"dev (seed {seed}): uniform avg {base * 100:.1f} cvar20 {dev['uniform']['cvar20'] * 100:.1f}"]
+    for s in [*STAGE1, *stage2]:
+        if s in dev:
+            r = dev[s]
+            keeps = "keeps avg" if r["avg"] >= base - 0.01 else "avg > 1 below uniform"
+            lines.append(f"  {s:<48} avg {r['avg'] * 100:5.1f} cvar20 {r['cvar20'] * 100:5.1f}  {keeps}")
+    lines.append(f"stage 1 pick: {stage1}")
+    if not all(s in dev for s in stage2):
+        return "\n".join([*lines, f"stage 2 to run: {','.join(s for s in stage2 if s not in dev)}"])
+    final = pick([(s, dev[s]) for s in [*STAGE1, *stage2]], base)
+    return "\n".join([*lines, f"final pick: {final}"])
+
+
+def pick(candidates: list[tuple[str, dict[str, Any]]], uniform_avg: float) -> str:
+    keep = [(s, r) for s, r in candidates if r["avg"] >= uniform_avg - 0.01]
+    if keep:  # max CVaR20; max() keeps the first of ties
+        return max(keep, key=lambda sr: sr[1]["cvar20"])[0]
+    return max(candidates, key=lambda sr: sr[1]["avg"])[0]
+
+
+def with_option(spec: str, option: str) -> str:
+    return f"{spec}:{option}"
 
 
 def plot(rows_by_dist: dict[str, list[dict[str, Any]]], specs: list[str], path: Path) -> None:
@@ -224,6 +294,15 @@ def probe(train: list[Task], test: list[Task], backbone: Backbone, args: argpars
     print(f"evaluation on {len(test)} tasks (<= {args.test_limit} each): {time.perf_counter() - t0:.1f}s")
 
 
+def append(log: Path, row: dict[str, Any]) -> None:
+    """One ``write`` of the whole line with O_APPEND, so two benchmark processes can share the log."""
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(row) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--distribution", choices=("real", "family"), default="real")
@@ -243,12 +322,18 @@ def main() -> None:
     parser.add_argument("--probe", type=int, default=0, help="only time this many steps and exit")
     parser.add_argument("--report", action="store_true", help="only write the tables and the PNG")
     parser.add_argument("--report-seeds", default=None, help="with --report: only these seeds (e.g. 0)")
+    parser.add_argument("--split", choices=("test", "dev"), default="test", help="dev: the training tasks' dev splits")
+    parser.add_argument("--select", action="store_true", help="only apply SELECTION_RULE to the dev rows (seed 0)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     specs = args.samplers.split(",")
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "runs.jsonl"
     rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    rows = [r for r in rows if r.get("split", "test") == args.split]
+    if args.select:
+        print(select([r for r in rows if r["distribution"] == args.distribution], seed=0))
+        return
     if args.report:
         if args.report_seeds is not None:
             keep = {int(x) for x in args.report_seeds.split(",")}
@@ -257,6 +342,7 @@ def main() -> None:
         by_dist = {d: rs for d, rs in by_dist.items() if rs}
         text = "\n\n".join(f"### {d}\n\n{table(rs, specs)}" for d, rs in by_dist.items())
         tag = f"_seeds{args.report_seeds.replace(',', '-')}" if args.report_seeds else ""
+        tag += "_dev" if args.split == "dev" else ""
         (args.out / f"report{tag}.md").write_text(text + "\n")
         plot(by_dist, specs, args.out / f"cvar{tag}.png")
         print(text)
@@ -268,6 +354,8 @@ def main() -> None:
         return
     setting = {k: getattr(args, k) for k in ("distribution", "steps", "tasks_per_step", "candidates", "batch_size")}
     setting |= {k: getattr(args, k) for k in ("max_train", "max_length", "test_limit", "per_parent", "train_tasks")}
+    if args.split == "dev":  # test rows keep the setting they were logged with (no key), so they still match
+        setting["split"] = "dev"
     done = {(r["spec"], r["seed"]) for r in rows if r.get("setting") == setting}
     print(f"{args.distribution}: train on {len(train)} tasks, test on {len(test)}; {json.dumps(setting)}", flush=True)
     start = time.perf_counter()
@@ -277,8 +365,7 @@ def main() -> None:
                 continue
             row = {**run_one(spec, seed, train, test, backbone, args), "setting": setting}
             row["distribution"] = args.distribution
-            with log.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
+            append(log, row)
             print(
                 f"[{time.perf_counter() - start:6.0f}s] {spec:<26} seed {seed}: avg {row['avg']:.3f} "
                 f"worst {row['worst']:.3f} cvar20 {row['cvar20']:.3f} evals {row['evaluations']} "

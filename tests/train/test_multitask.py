@@ -173,6 +173,22 @@ def test_multitask_mpts_resume_gives_identical_weights_and_draws(minilm, tasks, 
         assert torch.equal(full.delta[module].B, resumed.delta[module].B), module
 
 
+def test_mpts_pre_update_risk_costs_no_evaluation_and_resumes_exactly(minilm, tasks, tmp_path):
+    """risk_target=pre_update learns from the step's own training losses: no task evaluation, no evaluation
+    time, and a checkpoint taken between a step and the next (losses not yet learned) resumes exactly."""
+    opts = {"candidates": 3, "risk_model": "linear", "risk_target": "pre_update", "risk_scale": "log_k"}
+    cfg = config("mpts", eval_every=0, sampler_options=opts, checkpoint_every=2)
+    full = train_tasks(tasks, minilm, cfg)
+    assert full.evaluations == 0 and full.evaluation_seconds == 0.0
+    train_tasks(tasks, minilm, cfg, checkpoint_dir=tmp_path / "ckpt", stop_after=7)
+    assert len(load_checkpoint(tmp_path / "ckpt").meta["sampler"]["state"]["pending"]) == 2
+    resumed = train_tasks(tasks, minilm, cfg, checkpoint_dir=tmp_path / "ckpt", resume=True)
+    assert resumed.resumed_from == 7 and resumed.draws == full.draws
+    assert [h[:2] for h in resumed.history] == [h[:2] for h in full.history]
+    for module in full.delta:
+        assert torch.equal(full.delta[module].A, resumed.delta[module].A), module
+
+
 def test_sampler_registry_has_every_sampler():
     assert set(ALL) <= set(SAMPLERS.names())
 

@@ -27,8 +27,14 @@ from adaptforge.train.samplers import (
 
 ALL = ["uniform", "proportional", "temperature", "group_dro", "drm", "mpts"]
 # MPTS with each risk learner, as (name, options) cases.
-VARIANTS = [*((n, {}) for n in ALL), ("mpts", {"risk_model": "linear"})]
-VARIANT_IDS = [n + ("-linear" if o else "") for n, o in VARIANTS]
+VARIANTS = [
+    *((n, {}) for n in ALL),
+    ("mpts", {"risk_model": "linear"}),
+    ("mpts", {"risk_target": "pre_update", "risk_scale": "none"}),
+    ("mpts", {"risk_model": "linear", "risk_target": "pre_update"}),
+    ("drm", {"risk_scale": "none"}),
+]
+VARIANT_IDS = [n + "".join(f"-{v}" for v in o.values()) for n, o in VARIANTS]
 SIZES = [5000, 40, 3000, 2000, 5000, 1000]
 
 # Synthetic multi-task training: the true loss of task i after k batches of it is
@@ -99,9 +105,9 @@ def test_every_sampler_is_a_method_with_paper_and_typed_config():
         assert cls.parse_params(None) == cls.params_type() == cls.parse_params({})
     assert [r.name for r in SAMPLERS.get("mpts").help().params][:4] == [
         "candidates",
+        "risk_scale",
         "risk_model",
-        "gamma_mean",
-        "gamma_std",
+        "risk_target",
     ]
 
 

@@ -124,6 +124,12 @@ class CandidateConfig(SamplerConfig):
     """Options of samplers that choose each step's tasks among ``candidates`` drawn uniformly (DRM, MPTS)."""
 
     candidates: int = param(8, ge=1, help="B-hat: tasks drawn uniformly per step, of which the B trained are chosen")
+    risk_scale: str = param(
+        "log_k",
+        choices=("none", "log_k"),
+        help="risk a task is ranked by: log_k, loss / ln(label count), the loss at chance (chosen on dev "
+        "splits, BENCHMARKS.md issue 13); none, the raw loss (the paper's)",
+    )
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -132,6 +138,25 @@ class CandidateConfig(SamplerConfig):
 def softmax(logits: FloatArray) -> FloatArray:
     z = np.exp(logits - np.max(logits))
     return z / z.sum()
+
+
+def chance_scale(tasks: Sequence[TaskInfo], risk_scale: str, owner: str) -> FloatArray:
+    """Per-task divisor of losses: 1 (``none``) or ``ln k``, the cross-entropy of a k-way task at chance (``log_k``).
+
+    Raw cross-entropy ranks many-label tasks as risky only because their chance loss is higher (ln 14
+    = 2.6 for dbpedia against ln 2 = 0.7 for a binary task), so a loss-ranking sampler spends its
+    batches on label count; divided by ``ln k`` every task's risk is 1 at chance and 0 when solved.
+    Tasks with one label are treated as binary (``ln 2``).
+    """
+    if risk_scale == "none":
+        return np.ones(len(tasks))
+    unknown = [t.name for t in tasks if t.n_labels < 1]
+    if unknown:
+        raise AdaptforgeError(
+            f"{owner}: risk_scale=log_k needs every task's label count (n_labels >= 1); missing for "
+            f"{', '.join(unknown)}"
+        )
+    return np.log(np.maximum([t.n_labels for t in tasks], 2).astype(np.float64))
 
 
 def mix_floor(p: FloatArray, floor: float) -> FloatArray:
@@ -160,7 +185,7 @@ class TaskSampler(Method):
     trainer measures the post-update loss of the trained tasks and calls :meth:`observe_risk`.
     """
 
-    wants_risk: ClassVar[bool] = False
+    wants_risk: bool = False  # class default; a sampler may set it per instance from its config
 
     kind = "task sampler"
     params_base = SamplerConfig

@@ -42,6 +42,26 @@ Differences from the reference, and why:
   losses (``observe_eval``) are ignored, as the reference has neither.
 - ``uniform_half`` (off by default) fills half the batch with uniformly chosen candidates, the
   paper's variant that keeps the average risk in check.
+
+Two options the reference does not have (its sinusoid tasks share one loss scale, and its MAML inner
+loop makes the adapted loss the natural target):
+
+- ``risk_scale=log_k`` (the default, on ``drm`` too, so the oracle and its approximation rank the same
+  risk; ``none`` is the paper's raw loss): the risk is the loss divided by ``ln k``, the cross-entropy
+  of a ``k``-way task at chance. It was chosen on the family's dev splits (BENCHMARKS.md, issue 13),
+  where the rule's pick was ``risk_scale=log_k`` with ``uniform_half=true`` and ``risk_model=linear``;
+  only ``risk_scale`` became a default (the other two stay the paper's: pass them as options). Raw
+  cross-entropy makes the label count drive the choice (see :func:`~adaptforge.train.samplers.base.chance_scale`).
+  The reference rescales too where scales differ (``MetaRL/main.py`` standardises each batch's negated
+  returns before training the risk learner); a per-batch standardisation would not remove a per-task
+  offset such as ln k, so the scale here is per task.
+- ``risk_target=pre_update``: the risk learner fits the trained tasks' training loss measured before
+  the update, the forward pass the step makes anyway, so MPTS spends no task evaluation at all
+  (post_update costs ``B`` extra forward passes, ~28% of a step on the benchmark's family). It is
+  the loss the task has under the current model on a batch not yet trained on, which is also what
+  ``drm`` ranks its candidates by; the post-update loss is measured on the batch just fitted. The
+  step's observations are learned at the start of the next :meth:`MPTSSampler.next_batch` (kept in
+  the state until then, so a resume between steps loses nothing).
 """
 
 from __future__ import annotations
@@ -65,7 +85,9 @@ from adaptforge.train.samplers.base import (
     SamplerConfig,
     TaskInfo,
     TaskSampler,
+    chance_scale,
     draw_candidates,
+    is_int,
     state_floats,
 )
 
@@ -73,6 +95,12 @@ from adaptforge.train.samplers.base import (
 @dataclass(frozen=True, kw_only=True)
 class MPTSConfig(CandidateConfig):
     risk_model: str = param("np", choices=("np", "linear"), help="np: the paper's neural process; linear: cheaper")
+    risk_target: str = param(
+        "post_update",
+        choices=("post_update", "pre_update"),
+        help="risk the learner fits: post_update, the trained tasks' loss after the update (the paper's, "
+        "B evaluations a step); pre_update, their training loss before it (no extra forward pass)",
+    )
     gamma_mean: float = param(1.0, ge=0, help="acquisition weight of the predicted risk's mean (reference: 1)")
     gamma_std: float = param(3.0, ge=0, help="acquisition weight of the predicted risk's std (reference: 3)")
     uniform_half: bool = param(False, help="train the top half by score and a uniform half of the candidates")
@@ -270,19 +298,22 @@ class MPTSSampler(TaskSampler):
     with the highest ``gamma_mean * mean + gamma_std * std`` (see the module docstring).
 
     :meth:`probabilities` is the candidate distribution (uniform); :meth:`predict` gives the risk
-    learner's mean and std for every task. Costs ``B`` task evaluations per step (the post-update risk).
+    learner's mean and std for every task. Costs ``B`` task evaluations per step (the post-update risk; none with
+    ``risk_target=pre_update``).
     """
 
     name = "mpts"
     reference_url = "https://arxiv.org/abs/2501.11039"
     params_type = MPTSConfig
     config: MPTSConfig
-    wants_risk = True
 
     def __init__(
         self, config: SamplerConfig | Mapping[str, Any] | None = None, *, tasks: Sequence[TaskInfo], seed: int = 0
     ) -> None:
         super().__init__(config, tasks=tasks, seed=seed)
+        self.wants_risk = self.config.risk_target == "post_update"
+        self._scale = chance_scale(self.tasks, self.config.risk_scale, self.owner())
+        self._pending: list[tuple[int, float]] = []  # pre_update: this step's (task, loss), learned at the next step
         self.identifiers = identifiers(self.tasks, self.config.identifier_dim)
         x_dim = self.identifiers.shape[1]
         self.learner: NeuralRiskLearner | LinearRiskLearner = (
@@ -307,6 +338,7 @@ class MPTSSampler(TaskSampler):
         """Top ``size`` of ``candidates`` by acquisition score (``evaluate`` is not used: that is the point)."""
         size = self._check_size(size)
         cfg = self.config
+        self._learn_pending()
         if size > cfg.candidates:
             raise AdaptforgeError(
                 f"{self.owner()}: candidates (B-hat) = {cfg.candidates} is below the {size} tasks per step; "
@@ -325,20 +357,43 @@ class MPTSSampler(TaskSampler):
         return [int(i) for i in chosen_idx]
 
     def _observe_risk(self, tasks: list[int], risks: list[float], step: int) -> None:
-        x, y = self.identifiers[tasks], np.asarray(risks, dtype=np.float64)
+        self._learn(tasks, risks)
+
+    def _observe(self, task: int, loss: float, step: int) -> None:
+        if self.config.risk_target == "pre_update":
+            self._pending.append((task, loss))
+
+    def _learn_pending(self) -> None:
+        """pre_update: one risk-learner update on the previous step's batch (its B tasks, as post_update's)."""
+        if self._pending:
+            tasks, losses = zip(*self._pending, strict=True)
+            self._pending = []
+            self._learn(list(tasks), list(losses))
+
+    def _learn(self, tasks: list[int], losses: Sequence[float]) -> None:
+        x = self.identifiers[tasks]
+        y = np.asarray(losses, dtype=np.float64) / self._scale[tasks]
         if isinstance(self.learner, NeuralRiskLearner):
             self.learner_loss = self.learner.update(x, y)
         else:
             self.learner.update(x, y)
 
     def _state(self) -> dict[str, Any]:
-        return self.learner.state() if isinstance(self.learner, LinearRiskLearner) else {}
+        learned = self.learner.state() if isinstance(self.learner, LinearRiskLearner) else {}
+        return {**learned, "pending": [[t, v] for t, v in self._pending]}
 
     def _tensors(self) -> dict[str, Any]:
         return self.learner.tensors() if isinstance(self.learner, NeuralRiskLearner) else {}
 
     def _load_state(self, state: Mapping[str, Any], tensors: Mapping[str, Any]) -> None:
+        pending = state.get("pending", [])
+        if not isinstance(pending, list) or not all(
+            isinstance(p, (list, tuple)) and len(p) == 2 and is_int(p[0]) and 0 <= p[0] < self.n_tasks for p in pending
+        ):
+            raise AdaptforgeError(f"{self.owner()}: malformed 'pending' in the state: {pending!r}")
+        restored = [(int(t), self._check_loss(int(t), v)) for t, v in pending]
         if isinstance(self.learner, LinearRiskLearner):
             self.learner.load(state)
         else:
             self.learner.load(tensors, self.owner())
+        self._pending = restored

@@ -28,6 +28,7 @@ from adaptforge.train.samplers.base import (
     SamplerConfig,
     TaskInfo,
     TaskSampler,
+    chance_scale,
     draw_candidates,
     is_int,
     mix_floor,
@@ -53,7 +54,8 @@ class GroupDROConfig(SamplerConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class DRMConfig(CandidateConfig):
-    """``candidates`` (B-hat) is DRM's only option; its cost per step is B-hat task evaluations."""
+    """``candidates`` (B-hat) and ``risk_scale`` (as MPTS's, so the oracle and its approximation rank the same
+    risk); the cost per step is B-hat task evaluations."""
 
 
 class _AdaptiveSampler(TaskSampler):
@@ -171,7 +173,8 @@ class DRMSampler(TaskSampler):
     Each step draws ``candidates`` tasks uniformly (:func:`draw_candidates`), asks the trainer's
     ``evaluate`` for each one's loss on the batch it would train on next (no gradient), and returns the
     ``B`` with the highest loss. The reference sums the worst ``B`` adapted losses of the ``B-hat``
-    candidates it adapted to; here the candidates' current losses rank them, and the trainer then
+    candidates it adapted to; here the candidates' current losses rank them (divided by ``ln k`` with
+    ``risk_scale=log_k``; the reference's sinusoid MSE needs no such scale), and the trainer then
     trains on exactly those batches, so no evaluation is wasted on a batch that is not used.
     :meth:`probabilities` is the candidate distribution (uniform); the choice among candidates is
     deterministic given their losses.
@@ -181,6 +184,12 @@ class DRMSampler(TaskSampler):
     reference_url = "https://arxiv.org/abs/2501.11039"
     params_type = DRMConfig
     config: DRMConfig
+
+    def __init__(
+        self, config: SamplerConfig | Mapping[str, Any] | None = None, *, tasks: Sequence[TaskInfo], seed: int = 0
+    ) -> None:
+        super().__init__(config, tasks=tasks, seed=seed)
+        self._scale = chance_scale(self.tasks, self.config.risk_scale, self.owner())
 
     def probabilities(self) -> FloatArray:
         return np.full(self.n_tasks, 1.0 / self.n_tasks)
@@ -200,7 +209,7 @@ class DRMSampler(TaskSampler):
         if evaluate is None:
             raise AdaptforgeError(f"{self.owner()}: next_batch needs an evaluate function (task indices -> losses)")
         pool = draw_candidates(self._rng, self.n_tasks, self.config.candidates)
-        losses = self._evaluate_candidates(pool, evaluate)
-        chosen = pool[np.argsort(-losses, kind="stable")[:size]]
+        risks = self._evaluate_candidates(pool, evaluate) / self._scale[pool]
+        chosen = pool[np.argsort(-risks, kind="stable")[:size]]
         np.add.at(self._draws, chosen, 1)
         return [int(i) for i in chosen]
