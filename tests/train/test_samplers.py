@@ -190,6 +190,13 @@ def test_load_state_dict_refuses_a_different_setup():
     with pytest.raises(AdaptforgeError, match="log_q"):
         target.load_state_dict(broken)
     assert target.state_dict() == before  # a rejected state changes nothing
+    # a state written before an option existed: today's default need not be what that run used
+    drm = make_sampler("drm", tasks(), {"candidates": 4})
+    run(drm, Env(0), 0, 5)
+    old = drm.state_dict()
+    old["config"] = {k: v for k, v in old["config"].items() if k != "risk_scale"}
+    with pytest.raises(AdaptforgeError, match=r"predates the option\(s\) risk_scale .*start it over without --resume"):
+        make_sampler("drm", tasks(), {"candidates": 4}).load_state_dict(old)
 
 
 # --------------------------------------------------------------------------------- adaptive samplers

@@ -359,7 +359,14 @@ class TaskSampler(Method):
                 f"{self.owner()}: the state is for tasks {state.get('tasks')}, this sampler has {names}; "
                 "resume with the same tasks in the same order"
             )
-        saved = self.params_type.from_dict(state.get("config", {}), owner=self.owner())
+        raw = state.get("config", {})
+        newer = [k for k in self.config.to_dict() if isinstance(raw, Mapping) and k not in raw]
+        if newer:  # a default filled in now need not be what the run used (risk_scale's default changed with it)
+            raise AdaptforgeError(
+                f"{self.owner()}: the state predates the option(s) {', '.join(newer)} (written by an older "
+                "adaptforge), so resuming would not continue the same run; start it over without --resume"
+            )
+        saved = self.params_type.from_dict(raw, owner=self.owner())
         if saved != self.config:
             diff = {k: (v, getattr(self.config, k)) for k, v in saved.to_dict().items() if getattr(self.config, k) != v}
             raise AdaptforgeError(
