@@ -4,6 +4,9 @@ adapter a stream ends with is what it predicted with; bad params are refused nam
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 import torch
 from conftest import random_delta, small_task
@@ -276,6 +279,19 @@ def test_bad_params_and_setups_are_refused(encoder, llama):
         run_tta(tent, TtaSetup(setup.scorer, setup.task, llama_setup.adapter), texts, {"update": "lora"})
 
 
+@contextmanager
+def input_batch_sizes(setup: TtaSetup) -> Iterator[list[int]]:
+    """The row count of every forward pass of the model while inside (the encoder's label passes have 2 rows)."""
+    sizes: list[int] = []
+    handle = setup.scorer.backbone.model.register_forward_hook(
+        lambda module, args, kwargs, out: sizes.append(len(kwargs["input_ids"])), with_kwargs=True
+    )
+    try:
+        yield sizes
+    finally:
+        handle.remove()
+
+
 @pytest.mark.parametrize(
     ("name", "params", "passes"),
     [
@@ -287,14 +303,8 @@ def test_bad_params_and_setups_are_refused(encoder, llama):
 def test_no_forward_pass_is_repeated_at_unchanged_parameters(encoder, name, params, passes):
     """Forward passes over the inputs per batch (the encoder's label passes are separate, 2-row calls)."""
     setup, texts = encoder
-    model = setup.scorer.backbone.model
-    sizes: list[int] = []
-    handle = model.register_forward_hook(lambda module, args, kwargs, out: sizes.append(len(kwargs["input_ids"])),
-                                         with_kwargs=True)  # fmt: skip
-    try:
+    with input_batch_sizes(setup) as sizes:
         run_tta(TTA_METHODS.get(name)(), setup, texts, params, granularity="batch", batch_size=3)
-    finally:
-        handle.remove()
     assert sizes.count(3) == passes * 2  # two batches of 3 inputs
 
 
@@ -304,16 +314,10 @@ def test_the_anchor_guard_adds_a_forward_pass_only_once_the_state_has_moved(enco
     the prediction and the source's; once updates happen, each batch also pays the guard's pass at the starting
     state (forward with gradients, prediction after the update, source)."""
     setup, texts = encoder
-    model = setup.scorer.backbone.model
-    sizes: list[int] = []
-    handle = model.register_forward_hook(lambda module, args, kwargs, out: sizes.append(len(kwargs["input_ids"])),
-                                         with_kwargs=True)  # fmt: skip
-    try:
+    with input_batch_sizes(setup) as sizes:
         run = run_tta(
             TTA_METHODS.get("eata")(), setup, texts, {**params, "anchor_agreement": 0.01, "lr": 1e-4},
             granularity="stream", batch_size=3,
         )  # fmt: skip
-    finally:
-        handle.remove()
     assert run.drifts == 0
     assert sizes.count(3) == passes * 2  # two batches of 3 inputs
