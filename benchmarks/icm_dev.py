@@ -145,6 +145,12 @@ def main() -> None:
             cache[key] = task_vector(scorer, task, shots)
         return cache[key]
 
+    def dev_gain(generator: IcmGenerator, task: Task, zero: float) -> float:
+        """Dev accuracy of the adapter generated from 16 train-split shots, minus zero-shot's, in points."""
+        shots = draw_shots(task, 16, seed=0)
+        acc = evaluate(scorer, task, "dev", generator.generate(condition(task, shots.examples)), limit=args.dev_limit)
+        return round((acc.accuracy - zero) * 100, 1)
+
     own_dev: dict[str, float] = {}
     zero_dev: dict[str, float] = {}
     for name, task in tasks.items() if not args.no_eval else ():
@@ -214,9 +220,7 @@ def main() -> None:
         if related:
             rel = {}
             for name, task in related.items():
-                shots = draw_shots(task, 16, seed=0)
-                acc = evaluate(scorer, task, "dev", g.generate(condition(task, shots.examples)), limit=args.dev_limit)
-                rel[name] = round((acc.accuracy - zero_dev[name]) * 100, 1)
+                rel[name] = dev_gain(g, task, zero_dev[name])
             row["related_dev_delta_vs_zero"] = rel
             row["related_dev_mean_delta"] = round(float(np.mean(list(rel.values()))), 2)
             new_cells += list(rel.values())
@@ -225,10 +229,7 @@ def main() -> None:
             for name in args.loo.split(","):
                 held = collect_icm_samples(library, fp, params.tail, [name])
                 gl = IcmGenerator.fit(held, condition, params)
-                task = tasks[name]
-                shots = draw_shots(task, 16, seed=0)
-                acc = evaluate(scorer, task, "dev", gl.generate(condition(task, shots.examples)), limit=args.dev_limit)
-                delta_loo[name] = round((acc.accuracy - zero_dev[name]) * 100, 1)
+                delta_loo[name] = dev_gain(gl, tasks[name], zero_dev[name])
             row["loo_dev_delta_vs_zero"] = delta_loo
             row["loo_dev_mean_delta"] = round(float(np.mean(list(delta_loo.values()))), 2)
             new_cells += list(delta_loo.values())
