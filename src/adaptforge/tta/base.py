@@ -64,17 +64,17 @@ class GradientParams(TtaParams):
     lr: float = param(1e-3, gt=0, help="Adam learning rate of what the method updates")
 
 
+ANCHOR_HELP = (
+    "stream: reset when fewer than this fraction of the last anchor_window predictions agree with the unadapted "
+    "model's on the same inputs (0: off)"
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class GuardParams(GradientParams):
     """Adds the anchor guard against slow drift in a stream (:class:`AnchorGuard`)."""
 
-    anchor_agreement: float = param(
-        0.0,
-        ge=0,
-        le=1,
-        help="stream: reset when fewer than this fraction of the last anchor_window predictions agree with the "
-        "unadapted model's on the same inputs (0: off; costs a forward pass per batch once the state has moved)",
-    )
+    anchor_agreement: float = param(0.0, ge=0, le=1, help=ANCHOR_HELP + " (costs a forward pass per batch once moved)")
     anchor_window: int = param(32, ge=1, help="stream: predictions the anchor agreement is measured over")
 
 

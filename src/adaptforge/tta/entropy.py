@@ -31,7 +31,17 @@ import torch
 
 from adaptforge.merge.dawin import entropy
 from adaptforge.params import param
-from adaptforge.tta.base import TTA_METHODS, GuardParams, Inputs, Session, Step, TtaMethod, TtaParams, TtaSetup
+from adaptforge.tta.base import (
+    ANCHOR_HELP,
+    TTA_METHODS,
+    GuardParams,
+    Inputs,
+    Session,
+    Step,
+    TtaMethod,
+    TtaParams,
+    TtaSetup,
+)
 from adaptforge.tta.tunable import AdapterFactors, NormAffine, Tunable
 
 TENT_URL = "https://arxiv.org/abs/2006.10726"
@@ -72,13 +82,7 @@ class EataParams(EntropyParams):
     uniform average, so small label sets need a value near 1) and ``ema`` (factor of the moving average)."""
 
     reset_window: int = param(64, ge=0, help="stream: predictions watched for collapse (0: never reset)")
-    anchor_agreement: float = param(
-        0.98,
-        ge=0,
-        le=1,
-        help="stream: reset when fewer than this fraction of the last anchor_window predictions agree with the "
-        "unadapted model's (0: off); 0.98 chosen on dev splits (benchmarks/tta_dev.py --study guard)",
-    )
+    anchor_agreement: float = param(0.98, ge=0, le=1, help=ANCHOR_HELP + "; 0.98 chosen on dev splits")
     e_margin: float = param(0.4, gt=0, le=1, help="reliable: entropy below e_margin * ln(labels)")
     d_margin: float = param(0.9, gt=0, le=1, help="non-redundant: |cosine| to the average probabilities below this")
     ema: float = param(0.9, ge=0, lt=1, help="moving-average factor of the updating inputs' probabilities")
@@ -90,13 +94,7 @@ class SarParams(EntropyParams):
     the paper's 0.2 for 1000 classes is 0.03 ln C; 0 turns recovery off)."""
 
     reset_window: int = param(64, ge=0, help="stream: predictions watched for collapse (0: never reset)")
-    anchor_agreement: float = param(
-        0.95,
-        ge=0,
-        le=1,
-        help="stream: reset when fewer than this fraction of the last anchor_window predictions agree with the "
-        "unadapted model's (0: off); 0.95 chosen on dev splits (benchmarks/tta_dev.py --study guard)",
-    )
+    anchor_agreement: float = param(0.95, ge=0, le=1, help=ANCHOR_HELP + "; 0.95 chosen on dev splits")
     e_margin: float = param(0.4, gt=0, le=1, help="reliable: entropy below e_margin * ln(labels)")
     rho: float = param(0.05, gt=0, help="SAM neighbourhood radius")
     recover: float = param(0.03, ge=0, help="reset when the moving average of the entropy falls below this * ln C")
