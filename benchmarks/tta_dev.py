@@ -14,7 +14,14 @@ method: among the candidates whose worst dev pair loses at most 1 point, the bes
 (a tie goes to the lower threshold, which lets the method adapt more); if no candidate keeps every pair within 1
 point, the one whose worst pair is best.
 
+--study tent-blocks (shift and corruption pairs): where tent (per batch, its defaults otherwise) updates norm
+layers, ``last_blocks`` 0 (every norm layer, TENT's choice), 1, 2 or 3 (the last blocks' only: the backward pass
+stops there, so it costs less). Rule, accuracy first: keep the candidates whose mean change over all dev pairs is
+within 0.5 point of the best candidate's mean and whose worst dev pair is within 1 point of the best worst pair;
+among them the cheapest (lowest mean cost ratio); a tie goes to more blocks.
+
 python benchmarks/tta_dev.py --study guard --threads 1 --json benchmarks/results/tta_dev_guard.json
+python benchmarks/tta_dev.py --study tent-blocks --threads 1 --json benchmarks/results/tta_dev_blocks.json
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from adaptforge.pipelines.tta import tta_on_task  # noqa: E402
 from adaptforge.tasks import load_task  # noqa: E402
 
 GUARD_CANDIDATES = (0.9, 0.95, 0.98)
+BLOCK_CANDIDATES = (0, 1, 2, 3)
 # study -> setting label -> (method, granularity, params); the pairs each study runs on
 STUDIES: dict[str, dict[str, tuple[str, str, dict[str, Any]]]] = {
     "em-prior": {
@@ -50,8 +58,9 @@ STUDIES: dict[str, dict[str, tuple[str, str, dict[str, Any]]]] = {
         for run in ("eata", "sar")
         for a in GUARD_CANDIDATES
     },
+    "tent-blocks": {f"tent@{n}": ("tent", "batch", {"last_blocks": n}) for n in BLOCK_CANDIDATES},
 }
-STUDY_PAIRS = {"em-prior": SHIFT, "guard": f"{SHIFT},{CORRUPT}"}
+STUDY_PAIRS = {"em-prior": SHIFT, "guard": f"{SHIFT},{CORRUPT}", "tent-blocks": f"{SHIFT},{CORRUPT}"}
 
 
 def choose_guard(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -68,6 +77,19 @@ def choose_guard(rows: list[dict[str, Any]]) -> dict[str, float]:
         best = max(ok, key=lambda s: (s[1], s[3])) if ok else max(scores, key=lambda s: (s[2], s[1], s[3]))
         chosen[run] = best[4]
     return chosen
+
+
+def choose_blocks(rows: list[dict[str, Any]]) -> int:
+    """The rule of --study tent-blocks (module docstring): tent's ``last_blocks``."""
+    scores = []
+    for n in BLOCK_CANDIDATES:
+        mine = [r for r in rows if r["setting"] == f"tent@{n}"]
+        if mine:
+            deltas = [round(100 * (r["after"] - r["before"]), 6) for r in mine]  # rounded as in choose_guard
+            scores.append((n, statistics.mean(deltas), min(deltas), statistics.mean(r["ratio"] for r in mine)))
+    best_mean, best_worst = max(s[1] for s in scores), max(s[2] for s in scores)
+    ok = [s for s in scores if s[1] >= best_mean - 0.5 and s[2] >= best_worst - 1]
+    return min(ok, key=lambda s: (s[3], -s[0]))[0]
 
 
 def main() -> None:
@@ -129,6 +151,8 @@ def main() -> None:
         )
     if args.study == "guard":
         print(f"\nchosen anchor_agreement per method (rule in the docstring): {choose_guard(rows)}")
+    if args.study == "tent-blocks":
+        print(f"\nchosen last_blocks for tent (rule in the docstring): {choose_blocks(rows)}")
 
 
 if __name__ == "__main__":

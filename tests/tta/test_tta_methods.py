@@ -92,6 +92,7 @@ def check_run(setup: TtaSetup, texts: list[str], name: str, granularity: str, **
     after = weights(model)
     assert all(torch.equal(before[k], after[k]) for k in before), f"{name} left the base model changed"
     assert flags == {n: p.requires_grad for n, p in model.named_parameters()}
+    assert all(p.grad is None for p in model.parameters()), f"{name} left gradients on the base model"
     assert not model.training
     return run.logits
 
@@ -277,6 +278,43 @@ def test_bad_params_and_setups_are_refused(encoder, llama):
     llama_setup, _ = llama
     with pytest.raises(AdaptforgeError, match="target module .* does not exist"):
         run_tta(tent, TtaSetup(setup.scorer, setup.task, llama_setup.adapter), texts, {"update": "lora"})
+
+
+def adapted_once(setup: TtaSetup, texts: list[str], params: dict) -> tuple[dict[str, bool], dict[str, bool]]:
+    """One tent batch inside a session: which of the model's parameters (by path) took a gradient, and which
+    changed; and the LoRA factors' change per module when ``update=lora`` (from the session's delta)."""
+    tent = TTA_METHODS.get("tent")()
+    model = setup.scorer.backbone.model
+    with tent.open(setup, tent.parse_params({"lr": 0.05, **params})) as session:
+        before = weights(model)
+        session.adapt(encode_inputs(setup.scorer, setup.task, texts))
+        graded = {n: p.grad is not None for n, p in model.named_parameters()}
+        changed = {n: not torch.equal(before[n], p) for n, p in model.named_parameters()}
+        delta = session.delta()
+    if delta is not None:
+        changed = {n: not torch.equal(delta[n].B, setup.adapter[n].B) for n in delta}
+    return graded, changed
+
+
+def test_last_blocks_updates_only_the_top_blocks_and_the_final_norm(encoder, llama):
+    """The backward pass stops at the first updated block: norms below it get no gradient and stay put."""
+    setup, texts = encoder
+    graded, changed = adapted_once(setup, texts, {"last_blocks": 1})
+    top = {n for n in graded if n.startswith("encoder.layer.5.") and "LayerNorm" in n}
+    assert len(top) == 4 and {n for n, g in graded.items() if g} == top
+    assert {n for n, c in changed.items() if c} == top
+    graded, _ = adapted_once(setup, texts, {"last_blocks": 0})
+    assert sum(graded.values()) == 26  # every norm, the embedding LayerNorm included
+    # tiny LLaMA: the last block's two RMSNorms and the final norm after the blocks
+    setup, texts = llama
+    graded, _ = adapted_once(setup, texts, {"last_blocks": 1})
+    assert {n for n, g in graded.items() if g} == {
+        "model.layers.1.input_layernorm.weight", "model.layers.1.post_attention_layernorm.weight", "model.norm.weight"
+    }  # fmt: skip
+    _, changed = adapted_once(setup, texts, {"last_blocks": 1, "update": "lora"})
+    assert {n for n, c in changed.items() if c} == {n for n in setup.adapter if n.startswith("model.layers.1.")}
+    with pytest.raises(AdaptforgeError, match=r"last_blocks=3: .* has 2 transformer blocks \('model.layers'\); use 0"):
+        adapted_once(setup, texts, {"last_blocks": 3})
 
 
 @contextmanager

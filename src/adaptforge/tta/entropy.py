@@ -2,7 +2,8 @@
 
 All three lower the Shannon entropy of the predictions on unlabelled inputs, updating either the
 LayerNorm/RMSNorm affine parameters (``update="norm"``, with the task adapter added to the weights) or the
-task adapter's own LoRA factors (``update="lora"``, which ``--save`` can store):
+task adapter's own LoRA factors (``update="lora"``, which ``--save`` can store), everywhere or, with
+``last_blocks=N``, only in the last N transformer blocks (and a norm after them), where the backward pass stops:
 
 * TENT (Wang et al. 2021, https://arxiv.org/abs/2006.10726): the mean entropy of every input;
 * EATA (Niu et al. 2022, https://arxiv.org/abs/2204.02610): only reliable (entropy below
@@ -50,11 +51,13 @@ SAR_URL = "https://arxiv.org/abs/2302.12400"
 UPDATES = ("norm", "lora")
 
 
-def tunable_for(setup: TtaSetup, update: str) -> Tunable:
-    """What ``update`` names: norm affine parameters (adapter in the weights) or the adapter's LoRA factors."""
+def tunable_for(setup: TtaSetup, update: str, blocks: int = 0) -> Tunable:
+    """What ``update`` names: norm affine parameters (adapter in the weights) or the adapter's LoRA factors;
+    everywhere, or in the last ``blocks`` transformer blocks only."""
+    backbone = setup.scorer.backbone
     if update == "norm":
-        return NormAffine(setup.scorer.backbone, setup.adapter)
-    return AdapterFactors(setup.scorer.backbone.model, setup.adapter)
+        return NormAffine(backbone, setup.adapter, blocks)
+    return AdapterFactors(backbone.model, setup.adapter, blocks, backbone.name)
 
 
 def norm_reason(method: str, update: str) -> str | None:
@@ -72,6 +75,10 @@ class EntropyParams(GuardParams):
     """Adds what is updated and where predictions come from (see the module docstring), and the anchor guard."""
 
     update: str = param("norm", choices=UPDATES, help="norm: LayerNorm/RMSNorm affine parameters; lora: adapter")
+    last_blocks: int = param(
+        0, ge=0, help="update only in the last N transformer blocks (and a norm after them; the backward stops "
+        "there); 0: everywhere"
+    )  # fmt: skip
     online: bool = param(False, help="predict from the forward pass of the last update (TENT's protocol)")
 
 
@@ -236,7 +243,7 @@ class EntropyMethod(TtaMethod):
 
     def open(self, setup: TtaSetup, params: TtaParams) -> Session:
         p = cast(EntropyParams, params)
-        return self.session_type(self.name, setup, p, tunable_for(setup, p.update))
+        return self.session_type(self.name, setup, p, tunable_for(setup, p.update, p.last_blocks))
 
 
 @TTA_METHODS.register

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -101,11 +101,14 @@ class LiveLora(GatedLora):
         )
 
 
-def norm_parameters(model: torch.nn.Module) -> list[torch.Tensor]:
-    """Affine parameters (weight, and bias when present) of every LayerNorm / RMSNorm, in module order."""
+def norm_parameters(model: torch.nn.Module, where: Callable[[str], bool] | None = None) -> list[torch.Tensor]:
+    """Affine parameters (weight, and bias when present) of every LayerNorm / RMSNorm (whose module path
+    ``where`` accepts, when given), in module order."""
     out = []
-    for module in model.modules():
+    for path, module in model.named_modules():
         name = type(module).__name__
+        if where is not None and not where(path):
+            continue
         if isinstance(module, torch.nn.LayerNorm) or name.endswith(("LayerNorm", "RMSNorm")):
             for attr in ("weight", "bias"):
                 p = getattr(module, attr, None)
@@ -114,22 +117,46 @@ def norm_parameters(model: torch.nn.Module) -> list[torch.Tensor]:
     return out
 
 
-class NormAffine(Tunable):
-    """The task adapter added to the base weights and the norm layers' affine parameters trained in place;
-    on exit their values and ``requires_grad`` flags are restored and the adapter taken out again."""
+def last_blocks(model: torch.nn.Module, n: int, name: str) -> Callable[[str], bool]:
+    """Which module paths of ``model`` lie in its last ``n`` transformer blocks or after them (a final norm);
+    every path when ``n`` is 0. The blocks are the longest ``nn.ModuleList`` (BERT's ``encoder.layer``,
+    LLaMA's ``model.layers``, GPT-2's ``transformer.h``).
 
-    def __init__(self, backbone: Backbone, adapter: LoraDelta) -> None:
+    Why: updating only there, the backward pass stops at the first of those blocks; nothing below them needs a
+    gradient, so autograd records none of it. ``name`` is the model's name for the error."""
+    if n == 0:
+        return lambda path: True
+    lists = [(len(m), path) for path, m in model.named_modules() if isinstance(m, torch.nn.ModuleList)]
+    if not lists:
+        raise AdaptforgeError(f"last_blocks={n}: {name} has no list of transformer blocks (nn.ModuleList); use 0")
+    size, stack = max(lists, key=lambda x: x[0])  # the first longest
+    if n > size:
+        raise AdaptforgeError(f"last_blocks={n}: {name} has {size} transformer blocks ({stack!r}); use 0 to {size}")
+    order = [path for path, _ in model.named_modules()]
+    inside = tuple(f"{stack}.{i}." for i in range(size - n, size))
+    after = max(i for i, path in enumerate(order) if path.startswith(f"{stack}.")) + 1
+    later = set(order[after:])
+    return lambda path: path.startswith(inside) or path in later
+
+
+class NormAffine(Tunable):
+    """The task adapter added to the base weights and the norm layers' affine parameters trained in place (every
+    norm layer, or those of the last ``blocks`` blocks: :func:`last_blocks`); on exit their values and
+    ``requires_grad`` flags are restored and the adapter taken out again."""
+
+    def __init__(self, backbone: Backbone, adapter: LoraDelta, blocks: int = 0) -> None:
         super().__init__()
         self.backbone = backbone
         self.adapter = adapter
+        self.blocks = blocks
         self._params: list[torch.Tensor] = []
 
     def _enter(self, stack: contextlib.ExitStack) -> None:
-        params = norm_parameters(self.backbone.model)
+        model, name = self.backbone.model, self.backbone.name
+        params = norm_parameters(model, last_blocks(model, self.blocks, name))
         if not params:
-            raise AdaptforgeError(
-                f"update 'norm': {self.backbone.name} has no LayerNorm or RMSNorm layers; use update 'lora'"
-            )
+            where = f" in its last {self.blocks} blocks" if self.blocks else ""
+            raise AdaptforgeError(f"update 'norm': {name} has no LayerNorm or RMSNorm layers{where}; use update 'lora'")
         stack.enter_context(self.backbone.applied(self.adapter))
         saved = [(p, p.detach().clone(), p.requires_grad) for p in params]
 
@@ -138,6 +165,7 @@ class NormAffine(Tunable):
             for p, value, flag in saved:
                 p.copy_(value)
                 p.requires_grad_(flag)
+                p.grad = None  # the session's gradients are not the base model's
 
         stack.callback(put_back)
         for p in params:
@@ -150,17 +178,25 @@ class NormAffine(Tunable):
 
 
 class AdapterFactors(Tunable):
-    """The task adapter's LoRA factors, trained through hooks (the base weights are never written)."""
+    """The task adapter's LoRA factors, trained through hooks (the base weights are never written): every
+    module's, or those in the last ``blocks`` blocks (:func:`last_blocks`; the others stay as they are)."""
 
-    def __init__(self, model: torch.nn.Module, adapter: LoraDelta) -> None:
+    def __init__(self, model: torch.nn.Module, adapter: LoraDelta, blocks: int = 0, name: str = "the model") -> None:
         super().__init__()
         self.lora = LiveLora(model, adapter)
+        within = last_blocks(model, blocks, name)
+        self._trained = [i for i, module in enumerate(self.lora.modules) if within(module)]
+        if not self._trained:
+            raise AdaptforgeError(f"update 'lora': the adapter has no module in the last {blocks} blocks of {name}")
+        for i in set(range(len(self.lora.modules))) - set(self._trained):
+            self.lora.A[i].requires_grad_(False)
+            self.lora.B[i].requires_grad_(False)
 
     def _enter(self, stack: contextlib.ExitStack) -> None:
         stack.enter_context(self.lora)
 
     def parameters(self) -> list[torch.Tensor]:
-        return self.lora.parameters()
+        return [*(self.lora.A[i] for i in self._trained), *(self.lora.B[i] for i in self._trained)]
 
     def delta(self) -> LoraDelta:
         return self.lora.delta()
