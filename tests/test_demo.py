@@ -6,10 +6,27 @@ import io
 import json
 
 import pytest
+from conftest import random_delta
 from rich.console import Console
 
-from adaptforge.demo import DEMO_COMPOSE_METHOD, DEMO_NEW_TASK, DEMO_TASKS, run_demo
+from adaptforge.demo import DEMO_COMPOSE_METHOD, DEMO_NEW_TASK, DEMO_TASKS, drop_orphans, run_demo
 from adaptforge.library import Library
+
+
+def test_a_rerun_drops_the_earlier_sweep_cells_whose_parents_were_replaced(tmp_path):
+    lib = Library(tmp_path / "lib")
+
+    def add(name: str, parents: tuple[str, ...] = (), overwrite: bool = False) -> None:
+        lib.add(random_delta(["m"]), name=name, base_model="b", base_fingerprint="fp", parents=list(parents),
+                overwrite=overwrite)  # fmt: skip
+
+    add("a"), add("b")
+    add("demo-sweep-ta-1", ("a", "b")), add("other-1", ("a", "b"))
+    add("a", overwrite=True)  # retrained under its name: a new id
+    add("demo-sweep-ta-2", ("a", "b"))
+    assert drop_orphans(lib, "demo-sweep-") == ["demo-sweep-ta-1"]
+    assert [r.name for r in lib.list()] == ["b", "other-1", "a", "demo-sweep-ta-2"]  # other names are not its to drop
+    assert drop_orphans(lib, "demo-sweep-") == []
 
 
 @pytest.mark.slow

@@ -174,10 +174,22 @@ DEMO_SWEEP_SCALINGS = (0.2, 0.35, 0.5)
 DEMO_SWEEP_DEV_LIMIT = 48
 
 
+def drop_orphans(library: Library, prefix: str) -> list[str]:
+    """Remove the adapters named ``prefix...`` with a parent no longer in the library; returns their names.
+    Why: a re-run of the demo retrains every adapter under its name with a new id, so the previous run's sweep
+    cells would stay behind, made from parents that are gone (their lineage warns on every listing)."""
+    ids = {r.id for r in library.list()}
+    stale = [r.name for r in library.list() if r.name.startswith(prefix) and not set(r.parents) <= ids]
+    for name in stale:
+        library.remove(name)
+    return stale
+
+
 def demo_sweep_step(tasks: list[Task], library: Library, out_dir: Path, console: Console) -> list[dict]:
     """A sweep spec written to ``out_dir/sweep.yaml`` and run in this process: task arithmetic over the
     per-task adapters at each of :data:`DEMO_SWEEP_SCALINGS`, scored on every task's dev split, so the
-    scaling is picked without looking at test. A second run of the demo skips the cells already there."""
+    scaling is picked without looking at test. Cells of an earlier run of the demo were made from the adapters
+    this run has just retrained (new ids), so they are removed first (:func:`drop_orphans`)."""
     import yaml
 
     from adaptforge.backends import BACKENDS
@@ -197,6 +209,7 @@ def demo_sweep_step(tasks: list[Task], library: Library, out_dir: Path, console:
             },
         },
     }
+    drop_orphans(library, f"{spec['name']}-")
     path = out_dir / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     outcome = run_sweep(SweepSpec.from_yaml(path), library, BACKENDS.get("local")({}))
