@@ -414,7 +414,7 @@ class Stream:
             collapsed = not drifted and self.watch.collapsed(predicted)
             if collapsed or drifted:
                 self.session.reset()
-            if (collapsed or drifted or step.reset) and self.guard is not None:
+            if (collapsed or step.reset) and self.guard is not None:  # a drift has cleared the guard already
                 self.guard.clear()
             seconds += time.perf_counter() - t0
             resets += int(collapsed or drifted or step.reset)
