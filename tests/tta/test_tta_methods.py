@@ -186,7 +186,7 @@ def test_the_anchor_guard_resets_a_drifting_stream_to_the_source_state_exactly(e
     optimizer is fresh, and the batch that drifted is predicted by the unadapted model."""
     setup, texts = encoder
     method = TTA_METHODS.get("tent")()
-    params = method.parse_params({"update": "lora", "lr": 0.5, "anchor_agreement": 1.0})
+    params = method.parse_params({"update": "lora", "last_blocks": 0, "lr": 0.5, "anchor_agreement": 1.0})
     inputs = encode_inputs(setup.scorer, setup.task, texts)
     source = plain(setup, texts)
     fired = []
@@ -206,7 +206,9 @@ def test_the_anchor_guard_resets_a_drifting_stream_to_the_source_state_exactly(e
                 assert torch.allclose(chunk.logits, source[i : i + 2].float(), atol=1e-4)
     assert fired, "the stream never drifted: raise the learning rate"
     assert stream.drifts == len(fired)
-    off = run_tta(method, setup, texts, {"update": "lora", "lr": 0.5}, granularity="stream", batch_size=2)
+    off = run_tta(
+        method, setup, texts, {"update": "lora", "last_blocks": 0, "lr": 0.5}, granularity="stream", batch_size=2
+    )
     assert off.drifts == 0 and off.resets == 0
 
 

@@ -31,7 +31,7 @@ from adaptforge.tta.base import (
     encode_inputs,
     run_tta,
 )
-from adaptforge.tta.entropy import Eata, EataParams, EntropyParams, Sar, SarParams, Tent
+from adaptforge.tta.entropy import Eata, EataParams, EntropyParams, Sar, SarParams, Tent, TentParams
 from adaptforge.tta.input_lora import InputLora, InputLoraParams
 from adaptforge.tta.neighbours import TttNn, TttNnParams
 from adaptforge.tta.prior import EmPrior, EmPriorParams
@@ -61,6 +61,7 @@ __all__ = [
     "Step",
     "Stream",
     "Tent",
+    "TentParams",
     "TtaMethod",
     "TtaParams",
     "TtaRun",
