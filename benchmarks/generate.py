@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from new_task import TASKS, fit_generator, mean, run_cell  # noqa: E402
+from new_task import TASKS, evaluate_each, fit_generator, mean, run_cell  # noqa: E402
 
 from adaptforge.backbone import Backbone  # noqa: E402
 from adaptforge.compose import draw_shots  # noqa: E402
@@ -121,7 +121,7 @@ def icm_cell(task: Task, k: int, seed: int, got: Obtained, scorer: Scorer, args)
     t0 = time.perf_counter()
     delta = got.generator.generate(task_vector(scorer, task, shots.examples))
     gen_s = time.perf_counter() - t0
-    result = evaluate(scorer, task, "test", delta, limit=args.test_limit)
+    result, correct = evaluate_each(scorer, task, delta, args.test_limit)
     return {
         "task": task.name,
         "k": k,
@@ -134,6 +134,7 @@ def icm_cell(task: Task, k: int, seed: int, got: Obtained, scorer: Scorer, args)
         "generator_fit_seconds": got.generator.info.get("fit_seconds"),
         "generator_bytes": got.generator_bytes,
         "training_bytes": got.training_bytes,
+        "correct": correct,
     }
 
 
@@ -188,6 +189,33 @@ def icm_beats_span(rows: list[dict[str, Any]], protocol: str, tasks: list[str]) 
     )
 
 
+def margin_errors(rows: list[dict[str, Any]], protocol: str, tasks: list[str], method: str, versus: str) -> str:
+    """``method``'s mean accuracy minus ``versus``'s over ``tasks`` (each averaged over its seeds), with the test
+    sampling standard error: paired, from the per-example differences on the same test examples where both rows
+    record which examples were right (``correct``; the seeds' answers averaged per example first, since every
+    seed scores the same examples), else binomial and unpaired, ``sqrt(sum_t p(1-p)/n) / T`` for each method.
+    The seeds change only the demonstrations, so the seed-to-seed deviation leaves this error out."""
+    cell = [r for r in rows if r["protocol"] == protocol]
+    diffs, var_paired, var_unpaired, paired = [], 0.0, 0.0, True
+    for t in tasks:
+        a = [r for r in cell if r["method"] == method and r["task"] == t]
+        b = [r for r in cell if r["method"] == versus and r["task"] == t]
+        if not a or not b:
+            return f"{method} - {versus}: missing rows"
+        pa, pb = mean([r["accuracy"] for r in a]), mean([r["accuracy"] for r in b])
+        n = a[0]["n_test"]
+        diffs.append(pa - pb)
+        var_unpaired += (pa * (1 - pa) / n + pb * (1 - pb) / n) / len(tasks) ** 2
+        if all("correct" in r for r in a + b):
+            ca = np.mean([[int(c) for c in r["correct"]] for r in a], axis=0)
+            cb = np.mean([[int(c) for c in r["correct"]] for r in b], axis=0)
+            var_paired += float(np.var(ca - cb, ddof=1)) / len(ca) / len(tasks) ** 2
+        else:
+            paired = False
+    text = f"{method} - {versus} = {mean(diffs) * 100:+.1f} points, unpaired binomial SE {var_unpaired**0.5 * 100:.1f}"
+    return text + (f", paired SE {var_paired**0.5 * 100:.1f}" if paired else " (no per-example rows to pair)")
+
+
 def report(rows: list[dict[str, Any]], dev: list[str], related: list[str], extra: Sequence[str] = ()) -> str:
     recon = [r for r in rows if r["protocol"] == "reconstruction"]
     out = ["### Seen-task reconstruction (icm accuracy / the task's own adapter, same test examples)", ""]
@@ -211,6 +239,10 @@ def report(rows: list[dict[str, Any]], dev: list[str], related: list[str], extra
     out += ["", "### Default rule (icm vs span, both protocols)", ""]
     out += [f"- leave-one-out: {verdicts[0][1]}", f"- related: {verdicts[1][1]}"]
     out.append(f"- icm {'becomes' if all(v[0] for v in verdicts) else 'does not become'} the default")
+    out += ["", "### Margins with test sampling error (200 test examples per task)", ""]
+    for protocol, names in (("loo", dev), ("related", related)):
+        for versus in ("span", "zero_shot"):
+            out.append(f"- {protocol}: {margin_errors(rows, protocol, names, 'icm', versus)}")
     icm = [r for r in rows if r["method"] == "icm"]
     if icm:
         fits = {(r["generator_fit_seconds"], r["training_bytes"]): r for r in icm}  # one row per fitted generator

@@ -12,7 +12,10 @@ Per variant (``--variant name:key=value,key=value``, keys are :class:`IcmParams`
   split) / the task's own adapter;
 - leave-one-out on **dev** splits (``--loo``): the generator refitted without the task, vs zero-shot;
 - related tasks on **dev** splits (``--related``): the generator fitted on the whole library (which must not
-  hold them), conditioned on 16 train-split demonstrations, vs zero-shot.
+  hold them), conditioned on 16 train-split demonstrations, vs zero-shot;
+- with ``--scales``, the same seen, related and leave-one-out cells again with the generated adapter's ``dW``
+  multiplied by each scale (the same fitted generators; a hint for new tasks, whose decodes are near the
+  average adapter, chosen by :func:`select_scale`).
 
 ``--extra-tasks`` names the library-only tasks (under ``--data``) that ``benchmarks/generate.py --extra-tasks``
 trained; their seen-task ratios count in the mean.
@@ -48,6 +51,7 @@ from adaptforge.evaluate import evaluate  # noqa: E402
 from adaptforge.generate.condition import task_vector  # noqa: E402
 from adaptforge.generate.icm import IcmGenerator, IcmParams, collect_icm_samples, draw  # noqa: E402
 from adaptforge.library import Library  # noqa: E402
+from adaptforge.merge.interp import scale_delta  # noqa: E402
 from adaptforge.scorers import make_scorer  # noqa: E402
 from adaptforge.tasks import Example, Task, load_task  # noqa: E402
 
@@ -110,6 +114,42 @@ def select(rows: list[dict]) -> str:
     return ",".join(f"{k}={v}" for k, v in best["params"].items())
 
 
+def select_scale(row: dict) -> float:
+    """The scale rule (issue 14, fourth round), fixed before any scaled row was seen, applied to the chosen
+    variant's row: a scale other than 1 is chosen only if its new-task mean dev delta beats scale 1's by at least
+    1.0 point (7 cells of 100 dev examples: smaller gains are noise) while its seen-task dev ratio stays within
+    0.02 of scale 1's; among those, the best new-task delta. Otherwise 1."""
+    base = {"new_dev_mean_delta": row["new_dev_mean_delta"], "seen_dev_mean": row["seen_dev_mean"]}
+    ok = {
+        float(a): r
+        for a, r in row.get("scales", {}).items()
+        if r["new_dev_mean_delta"] >= base["new_dev_mean_delta"] + 1.0
+        and r["seen_dev_mean"] >= base["seen_dev_mean"] - 0.02
+    }
+    return max(ok, key=lambda a: ok[a]["new_dev_mean_delta"]) if ok else 1.0
+
+
+def dev_cells(
+    ratios: dict[str, float], rel: dict[str, float], loo: dict[str, float], with_related: bool
+) -> dict[str, object]:
+    """A variant's dev numbers at one scale: seen ratios, related and leave-one-out deltas, their means."""
+    out: dict[str, object] = {
+        "seen_dev_ratio": ratios,
+        "seen_dev_mean": round(float(np.mean(list(ratios.values()))), 3),
+        "seen_dev_mean_dev8": round(float(np.mean([v for k, v in ratios.items() if k in TASKS.split(",")])), 3),
+    }
+    if rel:
+        out["related_dev_delta_vs_zero"] = rel
+        out["related_dev_mean_delta"] = round(float(np.mean(list(rel.values()))), 2)
+    if loo:
+        out["loo_dev_delta_vs_zero"] = loo
+        out["loo_dev_mean_delta"] = round(float(np.mean(list(loo.values()))), 2)
+    cells = [*rel.values(), *loo.values()]
+    if cells and with_related:
+        out["new_dev_mean_delta"] = round(float(np.mean(cells)), 2)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("out/generate"), help="folder holding generate.py's library")
@@ -124,11 +164,20 @@ def main() -> None:
     parser.add_argument("--loo-variants", default="", help="variants that run --loo ('' all)")
     parser.add_argument("--json", type=Path, default=None, help="append one row per variant here")
     parser.add_argument("--no-eval", action="store_true", help="diagnostics only: no accuracy, no leave-one-out")
-    parser.add_argument("--select", type=Path, default=None, help="print the chosen variant's key=value of this file")
+    parser.add_argument("--scales", default="", help="also evaluate dW times these scales, e.g. 1.5,2 ('' none)")
+    parser.add_argument(
+        "--select", type=Path, nargs="+", default=None, help="print the chosen variant's key=value over these files"
+    )
     args = parser.parse_args()
     if args.select:
-        print(select([json.loads(line) for line in args.select.read_text().splitlines()]))
+        rows = [json.loads(line) for path in args.select for line in path.read_text().splitlines()]
+        chosen = select(rows)
+        print(chosen)
+        row = next(r for r in rows if ",".join(f"{k}={v}" for k, v in r["params"].items()) == chosen)
+        if "scales" in row:
+            print(f"scale {select_scale(row)}")
         return
+    scales = [1.0, *(float(a) for a in args.scales.split(",") if a)]
     torch.set_num_threads(1)
     backbone = Backbone.load()
     scorer = make_scorer(backbone)
@@ -145,11 +194,18 @@ def main() -> None:
             cache[key] = task_vector(scorer, task, shots)
         return cache[key]
 
-    def dev_gain(generator: IcmGenerator, task: Task, zero: float) -> float:
-        """Dev accuracy of the adapter generated from 16 train-split shots, minus zero-shot's, in points."""
+    def dev_accuracy(generator: IcmGenerator, task: Task) -> dict[float, float]:
+        """Per scale, the dev accuracy of the adapter generated from 16 train-split shots (times the scale)."""
         shots = draw_shots(task, 16, seed=0)
-        acc = evaluate(scorer, task, "dev", generator.generate(condition(task, shots.examples)), limit=args.dev_limit)
-        return round((acc.accuracy - zero) * 100, 1)
+        delta = generator.generate(condition(task, shots.examples))
+        return {
+            a: evaluate(scorer, task, "dev", delta if a == 1 else scale_delta(delta, a), limit=args.dev_limit).accuracy
+            for a in scales
+        }
+
+    def dev_gain(generator: IcmGenerator, task: Task, zero: float) -> dict[float, float]:
+        """Per scale, dev accuracy minus zero-shot's, in points."""
+        return {a: round((acc - zero) * 100, 1) for a, acc in dev_accuracy(generator, task).items()}
 
     own_dev: dict[str, float] = {}
     zero_dev: dict[str, float] = {}
@@ -205,36 +261,27 @@ def main() -> None:
         if args.no_eval:
             print(json.dumps(row), flush=True)
             continue
-        ratios = {}
+        ratios: dict[float, dict[str, float]] = {a: {} for a in scales}
         for t in samples.tasks:
-            task = tasks[t.name]
-            shots = draw_shots(task, 16, seed=0)
-            delta = g.generate(condition(task, shots.examples))
-            ratios[t.name] = round(
-                evaluate(scorer, task, "dev", delta, limit=args.dev_limit).accuracy / own_dev[t.name], 3
-            )
-        row["seen_dev_ratio"] = ratios
-        row["seen_dev_mean"] = round(float(np.mean(list(ratios.values()))), 3)
-        row["seen_dev_mean_dev8"] = round(float(np.mean([v for k, v in ratios.items() if k in TASKS.split(",")])), 3)
-        new_cells: list[float] = []
-        if related:
-            rel = {}
-            for name, task in related.items():
-                rel[name] = dev_gain(g, task, zero_dev[name])
-            row["related_dev_delta_vs_zero"] = rel
-            row["related_dev_mean_delta"] = round(float(np.mean(list(rel.values()))), 2)
-            new_cells += list(rel.values())
+            for a, acc in dev_accuracy(g, tasks[t.name]).items():
+                ratios[a][t.name] = round(acc / own_dev[t.name], 3)
+        rel: dict[float, dict[str, float]] = {a: {} for a in scales}
+        for name, task in related.items():
+            for a, gain in dev_gain(g, task, zero_dev[name]).items():
+                rel[a][name] = gain
+        delta_loo: dict[float, dict[str, float]] = {a: {} for a in scales}
         if args.loo and (not args.loo_variants or vname in args.loo_variants.split(",")):
-            delta_loo = {}
             for name in args.loo.split(","):
                 held = collect_icm_samples(library, fp, params.tail, [name])
                 gl = IcmGenerator.fit(held, condition, params)
-                delta_loo[name] = dev_gain(gl, tasks[name], zero_dev[name])
-            row["loo_dev_delta_vs_zero"] = delta_loo
-            row["loo_dev_mean_delta"] = round(float(np.mean(list(delta_loo.values()))), 2)
-            new_cells += list(delta_loo.values())
-        if new_cells and args.related:
-            row["new_dev_mean_delta"] = round(float(np.mean(new_cells)), 2)
+                for a, gain in dev_gain(gl, tasks[name], zero_dev[name]).items():
+                    delta_loo[a][name] = gain
+        for a in scales:
+            cells = dev_cells(ratios[a], rel[a], delta_loo[a], bool(args.related))
+            if a == 1:
+                row |= cells
+            else:
+                row.setdefault("scales", {})[str(a)] = cells
         row["wall_seconds"] = round(time.perf_counter() - t0, 1)
         print(json.dumps(row), flush=True)
         if args.json:

@@ -48,8 +48,9 @@ from adaptforge.compose import (  # noqa: E402
     train_on_shots,
 )
 from adaptforge.compose.baselines import SHOT_TRAIN_DEFAULTS  # noqa: E402
+from adaptforge.core import LoraDelta  # noqa: E402
 from adaptforge.demo import shipped_tasks_dir  # noqa: E402
-from adaptforge.evaluate import EvalResult, evaluate  # noqa: E402
+from adaptforge.evaluate import EvalResult, predict_logits, result_from_logits, subset_of  # noqa: E402
 from adaptforge.generate import GeneratorConfig, LoraGenerator  # noqa: E402
 from adaptforge.library import Library  # noqa: E402
 from adaptforge.pipelines.generate import library_generator  # noqa: E402
@@ -83,6 +84,15 @@ def build_library(tasks: list[Task], backbone: Backbone, library: Library, args:
             print(f"trained {name} in {time.perf_counter() - t0:.0f}s", flush=True)
 
 
+def evaluate_each(scorer: Scorer, task: Task, delta: LoraDelta | None, limit: int | None) -> tuple[EvalResult, str]:
+    """``evaluate`` on the test split, plus which examples were right ('1') or wrong ('0') in the sample's order,
+    so two methods scored on the same examples can be compared pairwise (issue 14's margins)."""
+    with scorer.backbone.applied(delta) as model:
+        logits, gold = predict_logits(scorer, task, "test", model, limit=limit)
+    correct = "".join("1" if p == g else "0" for p, g in zip(logits.argmax(-1).tolist(), gold.tolist(), strict=True))
+    return result_from_logits(task, "test", None, logits, gold, subset_of(task, "test", limit)), correct
+
+
 def run_cell(
     method: str,
     task: Task,
@@ -100,7 +110,8 @@ def run_cell(
     info: dict[str, Any] = {}
 
     def test(delta=None) -> EvalResult:
-        return evaluate(scorer, task, "test", delta, limit=args.test_limit)
+        result, info["correct"] = evaluate_each(scorer, task, delta, args.test_limit)
+        return result
 
     def candidates():
         return rank_candidates(
