@@ -9,24 +9,23 @@ import pytest
 from conftest import random_delta
 from rich.console import Console
 
-from adaptforge.demo import DEMO_COMPOSE_METHOD, DEMO_NEW_TASK, DEMO_TASKS, drop_orphans, run_demo
+from adaptforge.demo import DEMO_COMPOSE_METHOD, DEMO_NEW_TASK, DEMO_TASKS, drop_previous_run, run_demo
 from adaptforge.library import Library
 
 
-def test_a_rerun_drops_the_earlier_sweep_cells_whose_parents_were_replaced(tmp_path):
+def test_a_rerun_first_drops_what_the_earlier_run_made_from_its_task_adapters(tmp_path):
     lib = Library(tmp_path / "lib")
 
-    def add(name: str, parents: tuple[str, ...] = (), overwrite: bool = False) -> None:
-        lib.add(random_delta(["m"]), name=name, base_model="b", base_fingerprint="fp", parents=list(parents),
-                overwrite=overwrite)  # fmt: skip
+    def add(name: str, parents: tuple[str, ...] = ()) -> None:
+        lib.add(random_delta(["m"]), name=name, base_model="b", base_fingerprint="fp", parents=list(parents))
 
-    add("a"), add("b")
-    add("demo-sweep-ta-1", ("a", "b")), add("other-1", ("a", "b"))
-    add("a", overwrite=True)  # retrained under its name: a new id
-    add("demo-sweep-ta-2", ("a", "b"))
-    assert drop_orphans(lib, "demo-sweep-") == ["demo-sweep-ta-1"]
-    assert [r.name for r in lib.list()] == ["b", "other-1", "a", "demo-sweep-ta-2"]  # other names are not its to drop
-    assert drop_orphans(lib, "demo-sweep-") == []
+    add("sst2-lora"), add("agnews-lora"), add("demo-ties", ("sst2-lora", "agnews-lora"))
+    add("demo-sweep-ta-1", ("sst2-lora", "agnews-lora")), add("mine", ("sst2-lora",))
+    add(f"{DEMO_NEW_TASK}-retrieval", ("agnews-lora",)), add(f"{DEMO_NEW_TASK}-tuned", (f"{DEMO_NEW_TASK}-retrieval",))
+    made = ["demo-ties", "demo-sweep-ta-1", f"{DEMO_NEW_TASK}-retrieval", f"{DEMO_NEW_TASK}-tuned"]
+    assert sorted(drop_previous_run(lib)) == sorted(made)  # a child before its parent, or remove would refuse
+    assert [r.name for r in lib.list()] == ["sst2-lora", "agnews-lora", "mine"]  # not the demo's: kept
+    assert drop_previous_run(lib) == []
 
 
 @pytest.mark.slow

@@ -52,6 +52,7 @@ def run_demo(
     backbone = Backbone.load()
     scorer = make_scorer(backbone)
     library = Library(out_dir / "library")
+    drop_previous_run(library)
     cfg = TrainConfig(epochs=epochs or 3, max_train=max_train)
     console.print(f"adaptforge demo: {len(tasks)} tasks on {backbone.name} ({backbone.fingerprint[:12]})")
     rows = []
@@ -174,22 +175,22 @@ DEMO_SWEEP_SCALINGS = (0.2, 0.35, 0.5)
 DEMO_SWEEP_DEV_LIMIT = 48
 
 
-def drop_orphans(library: Library, prefix: str) -> list[str]:
-    """Remove the adapters named ``prefix...`` with a parent no longer in the library; returns their names.
-    Why: a re-run of the demo retrains every adapter under its name with a new id, so the previous run's sweep
-    cells would stay behind, made from parents that are gone (their lineage warns on every listing)."""
-    ids = {r.id for r in library.list()}
-    stale = [r.name for r in library.list() if r.name.startswith(prefix) and not set(r.parents) <= ids]
-    for name in stale:
+def drop_previous_run(library: Library) -> list[str]:
+    """Remove what an earlier run of the demo made from its task adapters (merges, sweep cells, the new task's
+    adapters: names ``demo-...`` and ``<new task>-...``), newest first; returns their names.
+    Why: this run retrains every task adapter under its name with a new id, so those would stay behind made from
+    parents that are gone (every overwrite and listing warns about them); the demo makes them again anyway."""
+    prefixes = ("demo-", f"{DEMO_NEW_TASK}-")
+    made = [r.name for r in reversed(library.list()) if r.name.startswith(prefixes)]
+    for name in made:
         library.remove(name)
-    return stale
+    return made
 
 
 def demo_sweep_step(tasks: list[Task], library: Library, out_dir: Path, console: Console) -> list[dict]:
     """A sweep spec written to ``out_dir/sweep.yaml`` and run in this process: task arithmetic over the
     per-task adapters at each of :data:`DEMO_SWEEP_SCALINGS`, scored on every task's dev split, so the
-    scaling is picked without looking at test. Cells of an earlier run of the demo were made from the adapters
-    this run has just retrained (new ids), so they are removed first (:func:`drop_orphans`)."""
+    scaling is picked without looking at test."""
     import yaml
 
     from adaptforge.backends import BACKENDS
@@ -209,7 +210,6 @@ def demo_sweep_step(tasks: list[Task], library: Library, out_dir: Path, console:
             },
         },
     }
-    drop_orphans(library, f"{spec['name']}-")
     path = out_dir / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     outcome = run_sweep(SweepSpec.from_yaml(path), library, BACKENDS.get("local")({}))
