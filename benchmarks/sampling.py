@@ -270,12 +270,13 @@ def select_mean(rows: list[dict[str, Any]], candidates: list[str], seeds: list[i
     missing = [f"{s} seed {n}" for s in ["uniform", *candidates] for n in seeds if n not in dev.get(s, {})]
     if missing:
         return "incomplete, no dev rows for: " + "; ".join(missing)
-    means = {s: {k: statistics.mean(dev[s][n][k] for n in seeds) for k in ("avg", "cvar20")} for s in dev}
+    specs = ["uniform", *candidates]  # other specs may have dev rows of some seeds (earlier attempts)
+    means = {s: {k: statistics.mean(dev[s][n][k] for n in seeds) for k in ("avg", "cvar20")} for s in specs}
     sds = {s: {k: statistics.stdev(dev[s][n][k] for n in seeds) if len(seeds) > 1 else 0.0 for k in means[s]}
-           for s in dev}  # fmt: skip
+           for s in specs}  # fmt: skip
     base = means["uniform"]["avg"]
     lines = [f"dev, seeds {','.join(map(str, seeds))}: mean ± sd over seeds (per seed in brackets)"]
-    for s in ["uniform", *candidates]:
+    for s in specs:
         cells = [
             f"{k} {means[s][k] * 100:5.1f} ± {sds[s][k] * 100:3.1f} ("
             + " / ".join(f"{dev[s][n][k] * 100:.1f}" for n in seeds)
