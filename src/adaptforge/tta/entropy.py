@@ -49,6 +49,10 @@ TENT_URL = "https://arxiv.org/abs/2006.10726"
 EATA_URL = "https://arxiv.org/abs/2204.02610"
 SAR_URL = "https://arxiv.org/abs/2302.12400"
 UPDATES = ("norm", "lora")
+LAST_BLOCKS_HELP = (
+    "update only in the last N transformer blocks (and a norm after them; the backward pass stops there); "
+    "0: everywhere, as in TENT"
+)
 
 
 def tunable_for(setup: TtaSetup, update: str, blocks: int = 0) -> Tunable:
@@ -75,10 +79,7 @@ class EntropyParams(GuardParams):
     """Adds what is updated and where predictions come from (see the module docstring), and the anchor guard."""
 
     update: str = param("norm", choices=UPDATES, help="norm: LayerNorm/RMSNorm affine parameters; lora: adapter")
-    last_blocks: int = param(
-        0, ge=0, help="update only in the last N transformer blocks (and a norm after them; the backward stops "
-        "there); 0: everywhere"
-    )  # fmt: skip
+    last_blocks: int = param(0, ge=0, help=LAST_BLOCKS_HELP)
     online: bool = param(False, help="predict from the forward pass of the last update (TENT's protocol)")
 
 
@@ -87,8 +88,7 @@ class TentParams(EntropyParams):
     """TENT's: the norm layers of the last block only by default (chosen on dev splits, benchmarks/tta_dev.py
     --study tent-blocks: as accurate as every norm layer and cheaper, the backward pass stops at the last block)."""
 
-    last_blocks: int = param(1, ge=0, help="update only in the last N transformer blocks (and a norm after them); "
-                             "0: everywhere, as in TENT; 1 chosen on dev splits")  # fmt: skip
+    last_blocks: int = param(1, ge=0, help=LAST_BLOCKS_HELP + "; 1 chosen on dev splits")
 
 
 @dataclass(frozen=True, kw_only=True)
