@@ -185,12 +185,15 @@ class TaskSampler(Method):
     trainer measures the post-update loss of the trained tasks and calls :meth:`observe_risk`.
     """
 
-    wants_risk: bool = False  # class default; a sampler may set it per instance from its config
-
     kind = "task sampler"
     params_base = SamplerConfig
     params_type: ClassVar[type[Params]] = SamplerConfig
     config: SamplerConfig
+
+    @property
+    def wants_risk(self) -> bool:
+        """Whether the trainer should measure the trained tasks' post-update loss for :meth:`observe_risk`."""
+        return False
 
     def __init__(
         self, config: SamplerConfig | Mapping[str, Any] | None = None, *, tasks: Sequence[TaskInfo], seed: int = 0

@@ -307,11 +307,14 @@ class MPTSSampler(TaskSampler):
     params_type = MPTSConfig
     config: MPTSConfig
 
+    @property
+    def wants_risk(self) -> bool:
+        return self.config.risk_target == "post_update"  # pre_update learns from the step's own training losses
+
     def __init__(
         self, config: SamplerConfig | Mapping[str, Any] | None = None, *, tasks: Sequence[TaskInfo], seed: int = 0
     ) -> None:
         super().__init__(config, tasks=tasks, seed=seed)
-        self.wants_risk = self.config.risk_target == "post_update"
         self._scale = chance_scale(self.tasks, self.config.risk_scale, self.owner())
         self._pending: list[tuple[int, float]] = []  # pre_update: this step's (task, loss), learned at the next step
         self.identifiers = identifiers(self.tasks, self.config.identifier_dim)
