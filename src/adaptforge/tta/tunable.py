@@ -126,13 +126,14 @@ def last_blocks(model: torch.nn.Module, n: int, name: str) -> Callable[[str], bo
     gradient, so autograd records none of it. ``name`` is the model's name for the error."""
     if n == 0:
         return lambda path: True
-    lists = [(len(m), path) for path, m in model.named_modules() if isinstance(m, torch.nn.ModuleList)]
+    modules = list(model.named_modules())
+    lists = [(len(m), path) for path, m in modules if isinstance(m, torch.nn.ModuleList)]
     if not lists:
         raise AdaptforgeError(f"last_blocks={n}: {name} has no list of transformer blocks (nn.ModuleList); use 0")
     size, stack = max(lists, key=lambda x: x[0])  # the first longest
     if n > size:
         raise AdaptforgeError(f"last_blocks={n}: {name} has {size} transformer blocks ({stack!r}); use 0 to {size}")
-    order = [path for path, _ in model.named_modules()]
+    order = [path for path, _ in modules]
     inside = tuple(f"{stack}.{i}." for i in range(size - n, size))
     after = max(i for i, path in enumerate(order) if path.startswith(f"{stack}.")) + 1
     later = set(order[after:])
