@@ -63,14 +63,19 @@ STUDIES: dict[str, dict[str, tuple[str, str, dict[str, Any]]]] = {
 STUDY_PAIRS = {"em-prior": SHIFT, "guard": f"{SHIFT},{CORRUPT}", "tent-blocks": f"{SHIFT},{CORRUPT}"}
 
 
+def dev_deltas(rows: list[dict[str, Any]], setting: str) -> list[float]:
+    """A setting's accuracy change per dev pair, in points, rounded: accuracies are counts over 100 inputs, and
+    -1.0000000000000009 is one input, a loss of 1 point."""
+    return [round(100 * (r["after"] - r["before"]), 6) for r in rows if r["setting"] == setting]
+
+
 def choose_guard(rows: list[dict[str, Any]]) -> dict[str, float]:
     """The rule of --study guard (module docstring): per method, the chosen ``anchor_agreement``."""
     chosen = {}
     for run in sorted({r["setting"].split("@")[0] for r in rows}):
         scores = []
         for a in GUARD_CANDIDATES:
-            # rounded: accuracies are counts over 100 inputs, and -1.0000000000000009 is one input, a loss of 1 point
-            deltas = [round(100 * (r["after"] - r["before"]), 6) for r in rows if r["setting"] == f"{run}@{a}"]
+            deltas = dev_deltas(rows, f"{run}@{a}")
             if deltas:
                 scores.append((min(deltas) >= -1, statistics.mean(deltas), min(deltas), -a, a))
         ok = [s for s in scores if s[0]]
@@ -83,10 +88,10 @@ def choose_blocks(rows: list[dict[str, Any]]) -> int:
     """The rule of --study tent-blocks (module docstring): tent's ``last_blocks``."""
     scores = []
     for n in BLOCK_CANDIDATES:
-        mine = [r for r in rows if r["setting"] == f"tent@{n}"]
-        if mine:
-            deltas = [round(100 * (r["after"] - r["before"]), 6) for r in mine]  # rounded as in choose_guard
-            scores.append((n, statistics.mean(deltas), min(deltas), statistics.mean(r["ratio"] for r in mine)))
+        deltas = dev_deltas(rows, f"tent@{n}")
+        if deltas:
+            ratios = [r["ratio"] for r in rows if r["setting"] == f"tent@{n}"]
+            scores.append((n, statistics.mean(deltas), min(deltas), statistics.mean(ratios)))
     best_mean, best_worst = max(s[1] for s in scores), max(s[2] for s in scores)
     ok = [s for s in scores if s[1] >= best_mean - 0.5 and s[2] >= best_worst - 1]
     return min(ok, key=lambda s: (s[3], -s[0]))[0]
