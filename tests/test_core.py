@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -293,3 +296,84 @@ def test_items_is_a_copy() -> None:
     items["beta"] = Base  # type: ignore[index]
     assert "beta" not in reg
     assert reg.names() == ["alpha"]
+
+
+# ------------------------------------------------------------------ declared entries, loaded on first lookup
+
+
+def _widget_modules(root: Path, decorate: bool = True) -> None:
+    """A registry module declaring two widgets and the two modules that define them."""
+    (root / "widget_registry.py").write_text(
+        "from adaptforge.core import Registry\n"
+        "REG = Registry('widget', entries={'alpha': 'widget_alpha:Alpha', 'beta': 'widget_beta:Beta'})\n"
+    )
+    for name in ("alpha", "beta"):
+        head = "@REG.register\n" if decorate else ""
+        (root / f"widget_{name}.py").write_text(
+            f"from widget_registry import REG\n{head}class {name.title()}:\n    name = {name!r}\n"
+        )
+
+
+@pytest.fixture
+def widget_path(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    for name in ("widget_registry", "widget_alpha", "widget_beta"):
+        sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize("decorate", [True, False])
+def test_declared_entries_are_named_without_import_and_loaded_on_first_lookup(widget_path, decorate) -> None:
+    _widget_modules(widget_path, decorate=decorate)
+    from widget_registry import REG
+
+    assert REG.names() == ["alpha", "beta"] and "beta" in REG
+    assert "widget_alpha" not in sys.modules and "widget_beta" not in sys.modules
+    alpha = REG.get("alpha")
+    assert alpha.__name__ == "Alpha" and "widget_alpha" in sys.modules and "widget_beta" not in sys.modules
+    assert REG.get("alpha") is alpha
+    assert list(REG.items()) == ["alpha", "beta"] and "widget_beta" in sys.modules
+
+
+def test_a_registry_with_entries_refuses_an_undeclared_item(widget_path) -> None:
+    _widget_modules(widget_path)
+    from widget_registry import REG
+
+    with pytest.raises(ValueError, match="'gamma' .* is not declared in the registry's entries"):
+        REG.register(make_class("gamma", base=object))
+    with pytest.raises(ValueError, match="'alpha' .* is not declared"):  # declared, but at another address
+        REG.register(make_class("alpha", base=object))
+    with pytest.raises(AdaptforgeError, match="unknown widget 'gamma'; known: alpha, beta"):
+        REG.get("gamma")
+
+
+PROJECT_REGISTRIES = {
+    "adaptforge.merge.base": "MERGE_METHODS",
+    "adaptforge.compose.base": "COMPOSERS",
+    "adaptforge.generate.methods": "GENERATORS",
+    "adaptforge.train.samplers.base": "SAMPLERS",
+    "adaptforge.routing": "ROUTERS",
+    "adaptforge.prune.base": "PRUNE_METHODS",
+    "adaptforge.tta.base": "TTA_METHODS",
+    "adaptforge.backends.base": "BACKENDS",
+}
+
+
+def test_every_project_registry_resolves_every_entry_in_a_fresh_process() -> None:
+    """Importing only the module that defines a registry is enough to find and load every method in it."""
+    import subprocess
+
+    script = (
+        "import importlib, json, sys\n"
+        f"found = {{}}\nfor module, attr in {PROJECT_REGISTRIES!r}.items():\n"
+        "    reg = getattr(importlib.import_module(module), attr)\n"
+        "    names = reg.names()\n"
+        "    found[attr] = [names, sorted(n for n in names if reg.get(n).name == n)]\n"
+        "print(json.dumps(found))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    found = json.loads(out.strip().splitlines()[-1])
+    assert set(found) == set(PROJECT_REGISTRIES.values())
+    for attr, (names, loaded) in found.items():
+        assert names and names == loaded, attr
+    assert {"entropy", "arrow"} <= set(found["ROUTERS"][0]) and "dawin" in found["MERGE_METHODS"][0]

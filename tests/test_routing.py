@@ -11,7 +11,6 @@ import torch
 from conftest import small_task
 from test_reliability import minilm_delta
 
-import adaptforge.pipelines.evaluate  # noqa: F401  (registers every router)
 from adaptforge.library import Library
 from adaptforge.lora.factors import fold
 from adaptforge.pipelines.evaluate import evaluate_grid

@@ -7,6 +7,7 @@ Everything that merges, composes or generates adapters works on :class:`LoraDelt
 from __future__ import annotations
 
 import difflib
+import importlib
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -108,15 +109,19 @@ def did_you_mean(word: object, known: Iterable[str]) -> str:
 class Registry(Generic[T]):
     """Name -> implementation table with duplicate checks and "did you mean" errors.
 
-    Items are registered by the ``name`` they declare (``@REGISTRY.register`` on a class), so a name is
-    written once. ``base`` (optional) is the class every item must subclass; an item with a
-    ``check_contract`` classmethod has it called at registration, so a method that forgets its paper link or
-    params type fails at import, not when a user first picks it.
+    ``entries`` declares every item as ``name -> "module:attr"``, where it is defined, and is loaded on first
+    lookup (as lm-eval's registry does): what a registry knows never depends on which modules the caller
+    happened to import. Items still register by the ``name`` they declare (``@REGISTRY.register`` on a class,
+    run when their module is imported); a registry with a table refuses an item the table does not declare at
+    that address, so the table cannot drift from the code. ``base`` (optional) is the class every item must
+    subclass; an item with a ``check_contract`` classmethod has it called at registration, so a method that
+    forgets its paper link or params type fails at import, not when a user first picks it.
     """
 
-    def __init__(self, kind: str, base: type | None = None) -> None:
+    def __init__(self, kind: str, base: type | None = None, entries: Mapping[str, str] | None = None) -> None:
         self.kind = kind
         self.base = base
+        self._entries: dict[str, str] = dict(entries or {})
         self._items: dict[str, T] = {}
 
     def register(self, item: T) -> T:
@@ -125,6 +130,13 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind} {item!r} must declare a lowercase, non-empty class attribute 'name'")
         if self.base is not None and not (isinstance(item, type) and issubclass(item, self.base)):
             raise ValueError(f"{self.kind} {name!r} must subclass {self.base.__name__}")
+        if self._entries:
+            where = f"{getattr(item, '__module__', '?')}:{getattr(item, '__qualname__', '?')}"
+            if self._entries.get(name) != where:
+                raise ValueError(
+                    f"{self.kind} {name!r} ({where}) is not declared in the registry's entries "
+                    f"(declared: {self._entries.get(name)!r}); add it where the registry is defined"
+                )
         check = getattr(item, "check_contract", None)
         if callable(check):
             check()
@@ -133,20 +145,33 @@ class Registry(Generic[T]):
         self._items[name] = item
         return item
 
+    def _load(self, name: str) -> None:
+        """Import the module that defines a declared item; importing it registers the item."""
+        module, _, attr = self._entries[name].partition(":")
+        item = getattr(importlib.import_module(module), attr)
+        if name not in self._items:  # a module that defines the item without decorating it
+            self.register(item)
+
     def get(self, name: str) -> T:
+        if isinstance(name, str) and name not in self._items and name in self._entries:
+            self._load(name)
         try:
             return self._items[name]
         except (KeyError, TypeError):
+            known = self.names()
             raise AdaptforgeError(
-                f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self._items))}."
-                f"{did_you_mean(name, self._items)}"
+                f"unknown {self.kind} {name!r}; known: {', '.join(known)}.{did_you_mean(name, known)}"
             ) from None
 
     def names(self) -> list[str]:
-        return sorted(self._items)
+        """Every name, declared or registered, without importing anything."""
+        return sorted(set(self._items) | set(self._entries))
 
     def items(self) -> Mapping[str, T]:
-        return dict(self._items)
+        for name in self._entries:
+            if name not in self._items:
+                self._load(name)
+        return {name: self._items[name] for name in self.names()}
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        return name in self._items or name in self._entries

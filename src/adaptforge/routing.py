@@ -64,7 +64,11 @@ class Router(Method):
         """Accuracy, macro-F1 and loss of the routed model on a split (the examples ``evaluate`` would use)."""
 
 
-ROUTERS: Registry[type[Router]] = Registry("router", base=Router)
+ROUTERS: Registry[type[Router]] = Registry(
+    "router",
+    base=Router,
+    entries={"entropy": "adaptforge.merge.dawin:EntropyRouter", "arrow": "adaptforge.compose.arrow:ArrowRouter"},
+)
 
 
 def stored_settings(recipe: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -2,14 +2,9 @@
 Ray cluster), interchangeable and giving the same numbers for the same jobs. Ray is imported only when the
 ``ray`` backend runs."""
 
-from adaptforge.backends.base import Backend, BackendParams, Job, JobOutcome, Worker, WorkerSetup
+from adaptforge.backends.base import BACKENDS, Backend, BackendParams, Job, JobOutcome, Worker, WorkerSetup
 from adaptforge.backends.local import LocalBackend, LocalParams
 from adaptforge.backends.ray_backend import RayBackend, RayParams
-from adaptforge.core import Registry
-
-BACKENDS: Registry[type[Backend]] = Registry("sweep backend", Backend)
-BACKENDS.register(LocalBackend)
-BACKENDS.register(RayBackend)
 
 __all__ = [
     "BACKENDS",

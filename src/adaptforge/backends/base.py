@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from adaptforge.core import Registry
 from adaptforge.methods import Method
 from adaptforge.params import Params
 
@@ -168,3 +169,10 @@ class Backend(Method):
     def describe(self) -> str:
         """One line for progress output: where the jobs run."""
         return self.name
+
+
+BACKENDS: Registry[type[Backend]] = Registry(
+    "sweep backend",
+    Backend,
+    entries={"local": "adaptforge.backends.local:LocalBackend", "ray": "adaptforge.backends.ray_backend:RayBackend"},
+)

@@ -6,7 +6,17 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
-from adaptforge.backends.base import Backend, BackendParams, Job, JobOutcome, OnDone, Pool, Worker, WorkerSetup
+from adaptforge.backends.base import (
+    BACKENDS,
+    Backend,
+    BackendParams,
+    Job,
+    JobOutcome,
+    OnDone,
+    Pool,
+    Worker,
+    WorkerSetup,
+)
 from adaptforge.params import param
 
 
@@ -28,6 +38,7 @@ class LocalParams(BackendParams):
     threads: int | None = param(None, ge=1, help="torch intra-op threads while the jobs run; null: leave as is")
 
 
+@BACKENDS.register
 class LocalBackend(Backend):
     """Run the jobs one after another in this process (no Ray needed): the reference every other backend matches.
 

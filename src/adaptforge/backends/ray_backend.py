@@ -19,7 +19,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
-from adaptforge.backends.base import Backend, BackendParams, Job, JobOutcome, OnDone, Pool, Worker, WorkerSetup
+from adaptforge.backends.base import (
+    BACKENDS,
+    Backend,
+    BackendParams,
+    Job,
+    JobOutcome,
+    OnDone,
+    Pool,
+    Worker,
+    WorkerSetup,
+)
 from adaptforge.core import AdaptforgeError
 from adaptforge.params import param
 
@@ -138,6 +148,7 @@ class RayPool:
         return [outcomes[i] for i in range(len(jobs))]
 
 
+@BACKENDS.register
 class RayBackend(Backend):
     """Run the jobs on Ray actors (one backbone per actor), locally or on a cluster given by its address."""
 

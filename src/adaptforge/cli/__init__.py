@@ -2,7 +2,7 @@
 (:mod:`adaptforge.pipelines`) and rendering the result (:mod:`adaptforge.cli.render`); no work is done here.
 The shared Typer apps and options are in :mod:`adaptforge.cli.app`."""
 
-from adaptforge.cli import (  # noqa: F401 - registers verbs
+from adaptforge.cli import (
     compose,
     demo,
     evaluate,
@@ -19,4 +19,7 @@ from adaptforge.cli import (  # noqa: F401 - registers verbs
 )
 from adaptforge.cli.app import app
 
-__all__ = ["app"]
+# Each verb module adds its command to ``app`` when imported; this is the one list of them.
+VERBS = (compose, demo, evaluate, generate, library, merge, predict, prune, report, serve, sweep, train, tta)
+
+__all__ = ["VERBS", "app"]

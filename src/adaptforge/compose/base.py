@@ -119,7 +119,17 @@ class Composer(Method):
         """Compose validated inputs."""
 
 
-COMPOSERS: Registry[type[Composer]] = Registry("composer", base=Composer)
+COMPOSERS: Registry[type[Composer]] = Registry(
+    "composer",
+    base=Composer,
+    entries={
+        "arrow": "adaptforge.compose.arrow:Arrow",
+        "atlas": "adaptforge.compose.atlas:FewShotAtlas",
+        "lorahub": "adaptforge.compose.lorahub:LoraHub",
+        "retrieval": "adaptforge.compose.retrieval:Retrieval",
+        "tuned": "adaptforge.compose.tuned:Tuned",
+    },
+)
 
 
 def compose(

@@ -89,7 +89,11 @@ class Generator(Method):
         return 0
 
 
-GENERATORS: Registry[type[Generator]] = Registry("generator", Generator)
+GENERATORS: Registry[type[Generator]] = Registry(
+    "generator",
+    Generator,
+    entries={"span": "adaptforge.generate.methods:SpanMethod", "icm": "adaptforge.generate.methods:IcmMethod"},
+)
 
 
 @GENERATORS.register

@@ -180,7 +180,27 @@ class DataMergeMethod(MergeMethod):
         """Fit on validated inputs; ``weights`` already include ``params.scaling``."""
 
 
-MERGE_METHODS: Registry[type[MergeMethod]] = Registry("merge method", base=MergeMethod)
+MERGE_METHODS: Registry[type[MergeMethod]] = Registry(
+    "merge method",
+    base=MergeMethod,
+    entries={
+        "atlas": "adaptforge.merge.atlas:Atlas",
+        "dawin": "adaptforge.merge.dawin:Dawin",
+        "task_arithmetic": "adaptforge.merge.generalized:TaskArithmetic",
+        "linear": "adaptforge.merge.generalized:Linear",
+        "linear_factors": "adaptforge.merge.generalized:LinearFactors",
+        "magnitude_prune": "adaptforge.merge.generalized:MagnitudePrune",
+        "magnitude_prune_factors": "adaptforge.merge.generalized:MagnitudePruneFactors",
+        "ties": "adaptforge.merge.generalized:Ties",
+        "ties_factors": "adaptforge.merge.generalized:TiesFactors",
+        "dare_linear": "adaptforge.merge.generalized:DareLinear",
+        "dare_linear_factors": "adaptforge.merge.generalized:DareLinearFactors",
+        "dare_ties": "adaptforge.merge.generalized:DareTies",
+        "dare_ties_factors": "adaptforge.merge.generalized:DareTiesFactors",
+        "base_interp": "adaptforge.merge.interp:BaseInterpolation",
+        "tall": "adaptforge.merge.tall:TallConsensus",
+    },
+)
 
 
 def merge(method: str, deltas: list[LoraDelta], params: MergeParams | Mapping[str, Any] | None = None) -> MergeResult:

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import adaptforge.compose  # noqa: F401 - registers the arrow router that stored compositions name
-import adaptforge.merge  # noqa: F401 - registers the entropy (DaWin) router that stored merges name
 from adaptforge.backbone import Backbone
 from adaptforge.backends import Backend, JobOutcome, Worker, WorkerSetup
 from adaptforge.core import AdaptforgeError, LoraDelta

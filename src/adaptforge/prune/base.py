@@ -196,4 +196,13 @@ class PruneMethod(Method):
         return LayerReport(name, (int(weight.shape[0]), int(weight.shape[1])), zero)
 
 
-PRUNE_METHODS: Registry[type[PruneMethod]] = Registry("prune method", base=PruneMethod)
+PRUNE_METHODS: Registry[type[PruneMethod]] = Registry(
+    "prune method",
+    base=PruneMethod,
+    entries={
+        "magnitude": "adaptforge.prune.methods:Magnitude",
+        "wanda": "adaptforge.prune.methods:Wanda",
+        "sparsegpt": "adaptforge.prune.methods:SparseGpt",
+        "dpruner": "adaptforge.prune.methods:DPruner",
+    },
+)

@@ -18,8 +18,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import adaptforge.compose  # noqa: F401 - registers the arrow router that stored compositions name
-import adaptforge.merge  # noqa: F401 - registers the entropy (DaWin) router that stored merges name
 from adaptforge.core import AdaptforgeError, LoraDelta, did_you_mean
 from adaptforge.library import AdapterRecord, Library, LibraryError
 from adaptforge.merge import MERGE_METHODS, run

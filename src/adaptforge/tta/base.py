@@ -304,7 +304,20 @@ class TtaMethod(Method):
         """A new session (enter it with ``with``) adapting ``setup.adapter``."""
 
 
-TTA_METHODS: Registry[type[TtaMethod]] = Registry("tta method", base=TtaMethod)
+TTA_METHODS: Registry[type[TtaMethod]] = Registry(
+    "tta method",
+    base=TtaMethod,
+    entries={
+        "atlas-unsup": "adaptforge.tta.atlas:AtlasUnsup",
+        "tent": "adaptforge.tta.entropy:Tent",
+        "eata": "adaptforge.tta.entropy:Eata",
+        "sar": "adaptforge.tta.entropy:Sar",
+        "input-lora": "adaptforge.tta.input_lora:InputLora",
+        "ttt-nn": "adaptforge.tta.neighbours:TttNn",
+        "em-prior": "adaptforge.tta.prior:EmPrior",
+        "pseudo": "adaptforge.tta.pseudo:Pseudo",
+    },
+)
 
 
 class CollapseWatch:

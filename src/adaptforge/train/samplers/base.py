@@ -395,7 +395,18 @@ class TaskSampler(Method):
         self.seed = int(seed)
 
 
-SAMPLERS: Registry[type[TaskSampler]] = Registry("task sampler", base=TaskSampler)
+SAMPLERS: Registry[type[TaskSampler]] = Registry(
+    "task sampler",
+    base=TaskSampler,
+    entries={
+        "mpts": "adaptforge.train.samplers.mpts:MPTSSampler",
+        "group_dro": "adaptforge.train.samplers.robust:GroupDROSampler",
+        "drm": "adaptforge.train.samplers.robust:DRMSampler",
+        "uniform": "adaptforge.train.samplers.static:UniformSampler",
+        "proportional": "adaptforge.train.samplers.static:ProportionalSampler",
+        "temperature": "adaptforge.train.samplers.static:TemperatureSampler",
+    },
+)
 
 
 def make_sampler(
