@@ -12,8 +12,6 @@ import json
 
 import pytest
 
-import adaptforge.compose  # noqa: F401  (registers the composers and the arrow router)
-import adaptforge.merge  # noqa: F401  (registers the merge methods and the entropy router)
 from adaptforge.backends import BACKENDS
 from adaptforge.compose import COMPOSERS
 from adaptforge.core import AdaptforgeError, Registry
