@@ -5,37 +5,26 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import library_copy, task_dir
 from conftest import run_cli as run
-from conftest import task_dir
 
 
 @pytest.fixture(scope="module")
-def trained_library(tmp_path_factory):
-    lib = tmp_path_factory.mktemp("cli") / "lib"
-    run(
-        "train",
-        task_dir("sst2"),
-        "--library",
-        lib,
-        "--name",
-        "sst2-a",
-        "--max-train",
-        "32",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "16",
-    )
-    return lib
+def cli_library(trained_library, tmp_path_factory):
+    """A private copy of the session's trained library (its ``sst2-a``: 32 examples, 1 epoch, rank 4) with
+    ``sst2-a``'s dev accuracy recorded through the CLI, as a folder."""
+    root = library_copy(trained_library, tmp_path_factory.mktemp("cli") / "lib").root
+    run("eval", trained_library[1]["sst2"], "--library", root, "--adapter", "sst2-a", "--split", "dev")
+    return root
 
 
-def test_eval_json_contract(trained_library):
+def test_eval_json_contract(cli_library):
     out = run(
         "eval",
         task_dir("sst2"),
         task_dir("subjectivity"),
         "--library",
-        trained_library,
+        cli_library,
         "--adapter",
         "sst2-a",
         "--zero-shot",
@@ -54,15 +43,15 @@ def test_eval_json_contract(trained_library):
         assert set(r) == {"task", "adapter", "split", "n", "accuracy", "macro_f1", "loss"} and r["n"] == 20
         assert r["split"] == "test" and r["loss"] > 0
         assert 0.0 <= r["accuracy"] <= 1.0
-    shown = json.loads(run("library", "show", "sst2-a", "--library", trained_library, "--json").stdout)
+    shown = json.loads(run("library", "show", "sst2-a", "--library", cli_library, "--json").stdout)
     assert {(m["task"], m["metric"]) for m in shown["metrics"]} >= {("sst2", "accuracy"), ("subjectivity", "macro_f1")}
     assert shown["recipe"]["config"]["max_train"] == 32 and shown["method"] == "train"
 
 
-def test_library_list_export_import_rm(trained_library, tmp_path):
-    listed = json.loads(run("library", "list", "--library", trained_library, "--json").stdout)["adapters"]
-    assert [a["name"] for a in listed] == ["sst2-a"]
-    run("library", "export", "sst2-a", "--library", trained_library, "--out", tmp_path / "exported")
+def test_library_list_export_import_rm(cli_library, tmp_path):
+    listed = json.loads(run("library", "list", "--library", cli_library, "--json").stdout)["adapters"]
+    assert sorted(a["name"] for a in listed) == ["agnews-a", "sst2-a", "sst2-b", "subjectivity-a"]
+    run("library", "export", "sst2-a", "--library", cli_library, "--out", tmp_path / "exported")
     from peft import AutoPeftModel
 
     loaded = AutoPeftModel.from_pretrained(tmp_path / "exported")  # base resolvable, auto class recorded
@@ -74,7 +63,7 @@ def test_library_list_export_import_rm(trained_library, tmp_path):
     again = json.loads(run("library", "show", "again", "--library", other, "--json").stdout)
     assert again["method"] == "import" and again["task"] == "sst2"
     a = json.loads(
-        run("eval", task_dir("sst2"), "--library", trained_library, "-a", "sst2-a", "--limit", "16", "--json").stdout
+        run("eval", task_dir("sst2"), "--library", cli_library, "-a", "sst2-a", "--limit", "16", "--json").stdout
     )
     b = json.loads(run("eval", task_dir("sst2"), "--library", other, "-a", "again", "--limit", "16", "--json").stdout)
     assert a["results"][0]["accuracy"] == b["results"][0]["accuracy"]
@@ -82,12 +71,14 @@ def test_library_list_export_import_rm(trained_library, tmp_path):
     assert json.loads(run("library", "list", "--library", other, "--json").stdout)["adapters"] == []
 
 
-def test_corrupted_adapter_is_refused(trained_library, tmp_path):
+def test_corrupted_adapter_is_refused(cli_library, tmp_path):
     import shutil
 
     lib = tmp_path / "copy"
-    shutil.copytree(trained_library, lib)
-    weights = next((lib / "adapters").glob("*/adapter_model.safetensors"))
+    shutil.copytree(cli_library, lib)
+    from adaptforge.library import Library
+
+    weights = lib / "adapters" / Library(lib).get("sst2-a").id / "adapter_model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-10] ^= 0xFF
     weights.write_bytes(bytes(data))
@@ -105,26 +96,26 @@ def test_bad_task_file_is_a_clear_error(tmp_path):
     assert "test.jsonl" in result.output and "line 2" in result.output and "'c'" in result.output
 
 
-def test_library_show_is_readable_and_json_has_everything(trained_library):
-    shown = run("library", "show", "sst2-a", "--library", trained_library).stdout
+def test_library_show_is_readable_and_json_has_everything(cli_library):
+    shown = run("library", "show", "sst2-a", "--library", cli_library).stdout
     for expected in (
         "sst2-a",
         "kind",
         "train (train)",
         "base",
         "rank",
-        "8 on",
+        "4 on",
         "sst2/dev accuracy",
         "(n=",
         "integrity",
     ):
         assert expected in shown, expected
     assert "adapter_model.safetensors" in shown and "[" not in shown.split("integrity")[-1]
-    brief = json.loads(run("library", "show", "sst2-a", "--library", trained_library, "--json").stdout)
+    brief = json.loads(run("library", "show", "sst2-a", "--library", cli_library, "--json").stdout)
     assert brief["embedding"] == "<384 floats>" and brief["kind"] == "train" and brief["integrity"]["ok"]
     assert brief["files"]["adapter_model.safetensors"] > 0
     full = json.loads(
-        run("library", "show", "sst2-a", "--library", trained_library, "--json", "--with-embeddings").stdout
+        run("library", "show", "sst2-a", "--library", cli_library, "--json", "--with-embeddings").stdout
     )
     assert len(full["embedding"]) == 384 and all(isinstance(v, float) for v in full["embedding"])
 

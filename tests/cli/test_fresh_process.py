@@ -96,7 +96,7 @@ def test_serve_routes_and_serves_a_stored_router(routed_library) -> None:
             for body in (
                 {"texts": ["a fine film"], "route": {"method": "dawin", "adapters": ["sst2-a", "sst2-b"]}},
                 {"texts": ["a fine film"], "route": {"method": "arrow", "adapters": ["sst2-a", "sst2-b"]}},
-                {"texts": ["a fine film"], "adapter": "dw"},
+                {"texts": ["a fine film"], "adapter": "dw", "task": "sst2"},
             ):
                 answer = c.post("/v1/classify", json=body)
                 assert answer.status_code == 200, answer.text
