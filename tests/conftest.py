@@ -12,6 +12,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # execnet gives its workers COLUMNS=80; the CLI tests read a pipe's width
+    for name in ("COLUMNS", "LINES"):
+        os.environ.pop(name, None)
 
 SHARED_TASKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tasks"
 SHIPPED_TASKS = Path(__file__).resolve().parents[1] / "src" / "adaptforge" / "data" / "tasks"
@@ -84,11 +87,11 @@ def small_task(name: str, n_train: int = 64, n_test: int = 64, seed: int = 0):
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
-    """One intra-op thread for a module: its batches are tiny, small LAPACK calls are ~100x slower with two
-    OpenMP threads on a loaded 2-core box, and extra threads only spin. Use with
-    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    """One intra-op torch thread for the whole run: the suite's batches are tiny, small LAPACK calls are ~100x
+    slower with two OpenMP threads on a loaded 2-core box, and the suite runs as two pytest-xdist workers, one
+    per core. Subprocesses (the CLI, Ray workers, servers) choose their own threads."""
     import torch
 
     threads = torch.get_num_threads()

@@ -29,8 +29,6 @@ from adaptforge.evaluate import (
 from adaptforge.scorers import make_scorer
 from adaptforge.tasks import Example, Task
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 def confusion_f1(pred: Sequence[int], gold: Sequence[int], n_labels: int) -> float:
     """Macro-F1 from a confusion matrix (rows gold, columns predicted) over labels seen in gold or predictions."""

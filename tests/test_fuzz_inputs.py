@@ -13,7 +13,6 @@ import random
 import shutil
 from pathlib import Path
 
-import pytest
 import torch
 from conftest import MINILM_ATTENTION, random_delta, snapshot, task_dir
 from safetensors.torch import load_file, save_file
@@ -22,8 +21,6 @@ from adaptforge.adapters import CONFIG_FILE, WEIGHTS_FILE, write_adapter
 from adaptforge.core import AdaptforgeError
 from adaptforge.library import Library
 from adaptforge.tasks import load_task, write_task
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TASK_CASES = 300
 PEFT_CASES = 200

@@ -14,7 +14,6 @@ from adaptforge.backbone import Backbone
 from adaptforge.core import AdaptforgeError
 from adaptforge.layers import is_transposed, lora_layers, weight_view
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 BLOCK = "transformer.h.{}.attn.{}"
 
 

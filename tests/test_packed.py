@@ -14,8 +14,6 @@ from adaptforge.core import AdaptforgeError
 from adaptforge.packed import PACKED_FILE, pack, packed_only, read_packed, unpack
 from adaptforge.tasks import write_task
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 def test_pack_round_trip_is_exact_for_every_pattern_and_keeps_aliases():
     gen = torch.Generator().manual_seed(0)

@@ -26,8 +26,6 @@ from adaptforge.adapters import CONFIG_FILE, WEIGHTS_FILE, write_adapter
 from adaptforge.core import LoraDelta, LoraModule
 from adaptforge.library import EXPORT_RECORD_FILE, Library, LibraryError
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 MODULES = MINILM_ATTENTION
 
 

@@ -17,8 +17,6 @@ from adaptforge.pipelines.evaluate import evaluate_grid
 from adaptforge.routing import RECIPE_KEY, ROUTERS, routed_settings, stored_router, stored_settings
 from adaptforge.scorers import make_scorer
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 def test_every_known_router_is_registered() -> None:
     assert set(ROUTERS.names()) >= {"arrow", "entropy"}

@@ -18,8 +18,6 @@ from adaptforge.core import AdaptforgeError
 from adaptforge.library import Library
 from adaptforge.pipelines.sweep import SweepSpec, run_sweep
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 @dataclass(frozen=True)
 class ThreadsJob:

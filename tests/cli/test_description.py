@@ -14,7 +14,6 @@ import pytest
 from conftest import run_cli as run
 from conftest import small_task, task_dir
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 FLAG = "Decide whether the movie review is positive or negative."
 SIDE = "Is the sentiment of this sentence negative or positive?"
 

@@ -17,8 +17,6 @@ from conftest import MINILM_ATTENTION, library_copy, random_delta, run_cli
 
 from adaptforge.library import Library
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 def sweep_help(monkeypatch) -> str:
     monkeypatch.setenv("COLUMNS", "200")  # no wrapping inside the example lines

@@ -42,9 +42,6 @@ from adaptforge.train.config import TrainConfig
 CHEAP = {"lorahub": {"budget": 4}, "atlas": {"steps": 2}, "arrow": {}, "retrieval": {}, "tuned": {"epochs": 1}}
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
 @pytest.fixture(scope="module")
 def scorer(minilm):
     return make_scorer(minilm)

@@ -33,9 +33,6 @@ RANK, DIM = 2, 8
 FAST = GeneratorConfig(steps=800, hidden_dim=32, latent_dim=2, cond_dim=8, condition_noise=0.0)
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
 def linear_world(seed: int = 0) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]], np.ndarray]:
     """Per module fixed ``B0 (out x r)``, ``A0 (r x in)``, ``W (r x d)``: the adapter of condition ``e`` is
     ``B0 diag(W e) A0``, linear in ``e``; and 6 unit task embeddings."""

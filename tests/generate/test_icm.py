@@ -31,7 +31,6 @@ from adaptforge.scorers import make_scorer
 from adaptforge.tasks import Example, write_task
 from adaptforge.train.config import TrainConfig
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TINY = IcmParams(shots=4, latent_dim=2, hidden_dim=2, encoder_dim=4, cond_dim=4, steps=30, batch_size=4)
 TASKS = ("sst2", "agnews")
 

@@ -25,9 +25,6 @@ from adaptforge.tasks import Example
 MODULES = ["encoder.layer.0.attention.self.query", "encoder.layer.1.attention.self.value"]
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
 @pytest.fixture(scope="module")
 def deltas() -> list[LoraDelta]:
     g = torch.Generator().manual_seed(0)

@@ -25,9 +25,6 @@ from adaptforge.merge.ops import (
 T = torch.tensor
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
 # Three task tensors of three entries: column sums -2, 1, 1; sign counts +1, -1, -1.
 TASKS = T([[1.0, -2.0, 3.0], [2.0, -1.0, -1.0], [-5.0, 4.0, -1.0]])
 

@@ -31,9 +31,6 @@ PREFIX = "base_model.model."
 _names = (f"merged{i}" for i in itertools.count())
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
 @pytest.fixture(scope="module")
 def peft_setup(tmp_path_factory):
     torch.manual_seed(0)

@@ -18,8 +18,6 @@ from adaptforge.evaluate import evaluate
 from adaptforge.library import Library
 from adaptforge.tasks import write_task
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 @pytest.fixture(scope="module")
 def setup(trained_library, tmp_path_factory):

@@ -22,9 +22,6 @@ from adaptforge.library import Library
 TASKS = LIBRARY_TASKS
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
 @pytest.fixture(scope="module")
 def setup(trained_library):
     return trained_library

@@ -11,8 +11,6 @@ from adaptforge.evaluate import evaluate, predict_logits
 from adaptforge.scorers import make_scorer
 from adaptforge.tasks import load_task
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 def test_predictions_are_the_ones_eval_scores(trained_library, minilm, tmp_path):
     lib, dirs = trained_library

@@ -15,8 +15,6 @@ from adaptforge.pipelines.prune import RECORD_FILE, prune_model, read_record
 from adaptforge.prune import prunable_layers
 from adaptforge.tasks import write_task
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 @pytest.fixture(scope="module")
 def tasks(tmp_path_factory):

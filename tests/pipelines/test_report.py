@@ -24,7 +24,6 @@ from conftest import run_cli as run
 from adaptforge.evaluate import cvar
 from adaptforge.library import Library
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 LIMIT = 12
 
 

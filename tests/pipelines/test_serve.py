@@ -33,8 +33,6 @@ from adaptforge.scorers import make_scorer
 from adaptforge.serve import ServeConfig, ServeLimits
 from adaptforge.tasks import Example, load_task
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 TASK_ADAPTERS = ("sst2-a", "sst2-b", "subjectivity-a", "agnews-a")
 
 

@@ -13,8 +13,6 @@ from adaptforge.backends import BACKENDS
 from adaptforge.pipelines.sweep import SweepSpec, cell_key, run_sweep
 from adaptforge.pipelines.sweep_spec import SweepSpecError
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 def write_spec(folder: Path, text: str) -> Path:
     path = folder / "grid.yaml"

@@ -19,8 +19,6 @@ from adaptforge.pipelines.tta import tta_on_task
 from adaptforge.tasks import Example, write_task
 from adaptforge.tta import TTA_METHODS
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 QUICK: dict[str, dict] = {
     "tent": {},
     "eata": {"e_margin": 1.0, "d_margin": 1.0},

@@ -16,8 +16,6 @@ from adaptforge.prune.calibration import InputStats, batch_gradients, collect_in
 from adaptforge.prune.methods import DPrunerParams, SparseGptParams
 from adaptforge.scorers import make_scorer
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 def test_unstructured_masks_remove_the_lowest_scores_per_row_or_per_layer():
     scores = torch.rand(8, 20, generator=torch.Generator().manual_seed(0))

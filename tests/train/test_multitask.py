@@ -34,9 +34,6 @@ def config(sampler: str, **kw) -> TrainConfig:
     return TrainConfig(sampler=sampler, **{**base, **kw})
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
 @pytest.fixture(scope="module")
 def tasks():
     """Three real tasks of unequal size (48 / 16 / 16 training examples) and label count (2 / 2 / 4)."""

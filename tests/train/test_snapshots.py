@@ -15,7 +15,6 @@ from adaptforge.snapshots import SNAPSHOTS_FILE, snapshot_steps
 from adaptforge.train.config import TrainConfig
 from adaptforge.train.trainer import train
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CFG = dict(max_train=32, batch_size=8, rank=2, targets=("query",), epochs=2)  # 8 steps
 
 

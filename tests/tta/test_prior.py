@@ -14,8 +14,6 @@ from adaptforge.tasks import Example
 from adaptforge.tta import TTA_METHODS, TtaSetup, encode_inputs, run_tta
 from adaptforge.tta.prior import adjust, em_prior, train_prior
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 def bayes_posteriors(prior_s: torch.Tensor, prior_t: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
     """Log-posteriors under ``prior_s`` (exact Bayes, so calibrated) of ``n`` inputs drawn with class prior

@@ -17,8 +17,6 @@ from adaptforge.tta import TTA_METHODS, GradientParams, Stream, TtaSetup, encode
 from adaptforge.tta.base import AnchorGuard, CollapseWatch
 from adaptforge.tta.tunable import norm_parameters
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 METHODS = TTA_METHODS.names()
 # the smallest settings that still exercise each method's whole path (filters open, a vote, a neighbour, ...)
 QUICK: dict[str, dict] = {

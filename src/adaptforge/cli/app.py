@@ -68,7 +68,7 @@ ThreadsOpt = Annotated[
 
 
 def _fail(err: Exception) -> None:
-    console.print(Text.assemble(("error:", "red"), " ", str(err)))
+    console.print(Text.assemble(("error:", "red"), " ", str(err)), soft_wrap=True)  # one line, however wide
     raise typer.Exit(2)
 
 
