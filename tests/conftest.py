@@ -116,6 +116,12 @@ def minilm():
     return Backbone.load()
 
 
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
+)
+
+
 def _tiny_tokenizer(folder: Path):
     """A byte-level BPE trained in memory on real task text: no download, a real HF fast tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -139,6 +145,7 @@ def _tiny_tokenizer(folder: Path):
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
     )
+    fast.chat_template = TINY_CHAT_TEMPLATE  # generation tasks build prompts with the model's chat template
     fast.save_pretrained(folder)
     return fast
 
