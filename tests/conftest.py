@@ -84,6 +84,25 @@ def small_task(name: str, n_train: int = 64, n_test: int = 64, seed: int = 0):
     )
 
 
+WORDS = ["good", "bad", "film", "movie", "great", "story", "the", "a", "actors", "plot", "fun", "long"]
+
+
+def reverse_task(n_train: int = 24, n_test: int = 6):
+    """Say the two words in reverse order: a generation task the tiny model can learn a little of."""
+    import torch
+
+    from adaptforge.tasks import Example, Task
+
+    gen = torch.Generator().manual_seed(0)
+
+    def example() -> Example:
+        i, j = torch.randint(len(WORDS), (2,), generator=gen).tolist()
+        return Example(f"{WORDS[i]} {WORDS[j]}", f"{WORDS[j]} {WORDS[i]}")
+
+    splits = {"train": [example() for _ in range(n_train)], "test": [example() for _ in range(n_test)]}
+    return Task("reverse2", "Reverse the two words.", (), splits, task_type="generation")
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One intra-op thread for a module: its batches are tiny, small LAPACK calls are ~100x slower with two

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from conftest import WORDS, reverse_task
 
 from adaptforge.core import AdaptforgeError
 from adaptforge.generation import (
@@ -20,23 +21,9 @@ from adaptforge.generation import (
     rouge_l,
     sft_labels,
 )
-from adaptforge.tasks import Example, Task, TaskFormatError, load_task, write_task
+from adaptforge.tasks import Example, TaskFormatError, load_task, write_task
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-WORDS = ["good", "bad", "film", "movie", "great", "story", "the", "a", "actors", "plot", "fun", "long"]
-
-
-def reverse_task(n_train: int = 24, n_test: int = 6) -> Task:
-    """Say the two words in reverse order: a generation task the tiny model can learn a little of."""
-    gen = torch.Generator().manual_seed(0)
-
-    def example() -> Example:
-        i, j = torch.randint(len(WORDS), (2,), generator=gen).tolist()
-        return Example(f"{WORDS[i]} {WORDS[j]}", f"{WORDS[j]} {WORDS[i]}")
-
-    splits = {"train": [example() for _ in range(n_train)], "test": [example() for _ in range(n_test)]}
-    return Task("reverse2", "Reverse the two words.", (), splits, task_type="generation")
 
 
 def write_split(folder, meta: dict, rows: list) -> None:
