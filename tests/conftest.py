@@ -87,6 +87,25 @@ def small_task(name: str, n_train: int = 64, n_test: int = 64, seed: int = 0):
     )
 
 
+WORDS = ["good", "bad", "film", "movie", "great", "story", "the", "a", "actors", "plot", "fun", "long"]
+
+
+def reverse_task(n_train: int = 24, n_test: int = 6):
+    """Say the two words in reverse order: a generation task the tiny model can learn a little of."""
+    import torch
+
+    from adaptforge.tasks import Example, Task
+
+    gen = torch.Generator().manual_seed(0)
+
+    def example() -> Example:
+        i, j = torch.randint(len(WORDS), (2,), generator=gen).tolist()
+        return Example(f"{WORDS[i]} {WORDS[j]}", f"{WORDS[j]} {WORDS[i]}")
+
+    splits = {"train": [example() for _ in range(n_train)], "test": [example() for _ in range(n_test)]}
+    return Task("reverse2", "Reverse the two words.", (), splits, task_type="generation")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
     """One intra-op torch thread for the whole run: the suite's batches are tiny, small LAPACK calls are ~100x
@@ -119,6 +138,12 @@ def minilm():
     return Backbone.load()
 
 
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
+)
+
+
 def _tiny_tokenizer(folder: Path):
     """A byte-level BPE trained in memory on real task text: no download, a real HF fast tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -142,6 +167,7 @@ def _tiny_tokenizer(folder: Path):
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
     )
+    fast.chat_template = TINY_CHAT_TEMPLATE  # generation tasks build prompts with the model's chat template
     fast.save_pretrained(folder)
     return fast
 

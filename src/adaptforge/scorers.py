@@ -66,7 +66,23 @@ class Scorer(ABC):
         return F.cross_entropy(self.logits(model, batch, self.label_context(model, labels)), batch.targets)
 
 
+def needs_causal(backbone: Backbone) -> str:
+    """Why a generation task cannot run on an encoder, and what to pass instead."""
+    return (
+        f"generation tasks need a causal LM (--model smollm2, or a *ForCausalLM folder); {backbone.name} is an encoder"
+    )
+
+
+def classification_only(task: Task, what: str) -> None:
+    """Refuse a generation task where only label scoring is defined, in one line that names both."""
+    if task.generative:
+        raise AdaptforgeError(
+            f"{what} scores a label set (classification only); task {task.name!r} is a generation task"
+        )
+
+
 def _targets(task: Task, examples: Sequence[Example]) -> tuple[int, ...]:
+    classification_only(task, "this method")
     index = {label: i for i, label in enumerate(task.labels)}
     unknown = sorted({e.label for e in examples} - set(index))
     if unknown:
@@ -181,7 +197,16 @@ class CausalLMScorer(Scorer):
         return torch.cat(parts) if parts else torch.empty(0)
 
 
-def make_scorer(backbone: Backbone, max_length: int | None = None, temperature: float = 0.05) -> Scorer:
+def make_scorer(
+    backbone: Backbone, max_length: int | None = None, temperature: float = 0.05, generative: bool = False
+) -> Scorer:
+    """The scorer of a backbone; ``generative``: for generation tasks (supervised fine-tuning, causal LMs only)."""
+    if generative:
+        from adaptforge.generation import SFTScorer  # the generation module builds on this one
+
+        if backbone.kind != "causal":
+            raise AdaptforgeError(needs_causal(backbone))
+        return SFTScorer(backbone, max_length=max_length or 256)
     if backbone.kind == "causal":
         return CausalLMScorer(backbone, max_length=max_length or 256)
     return EncoderScorer(backbone, max_length=max_length or 128, temperature=temperature)
@@ -190,5 +215,5 @@ def make_scorer(backbone: Backbone, max_length: int | None = None, temperature: 
 def describe(scorer: Scorer, task: Task) -> np.ndarray:
     """Embedding of a task's description and label set: what the catalog stores with an adapter, what
     retrieval ranks by and what the generator is conditioned on."""
-    text = f"{task.description} Labels: {', '.join(task.labels)}."
+    text = f"{task.description} Labels: {', '.join(task.labels)}." if task.labels else task.description
     return scorer.embed_texts([text])[0].numpy().astype(np.float32)

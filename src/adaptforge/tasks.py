@@ -1,4 +1,4 @@
-"""Classification tasks: load them from disk, validate them loudly, split and sample them reproducibly.
+"""Tasks (classification or generation): load them from disk, validate them loudly, split and sample them.
 
 Three on-disk formats are read by :func:`load_task`:
 
@@ -6,6 +6,9 @@ Three on-disk formats are read by :func:`load_task`:
   ``description`` and ``labels`` (extra keys such as ``source``, ``license``, ``version``, ``sizes`` are
   allowed) plus ``train.jsonl`` / ``dev.jsonl`` / ``test.jsonl`` with one ``{"text": ..., "label": ...}``
   object a line. At least ``train.jsonl`` or ``test.jsonl`` must exist; absent splits stay absent.
+  With ``"type": "generation"`` there are no labels and each line is ``{"prompt": ..., "response": ...}`` or a
+  chat ``{"messages": [{"role", "content"}, ...]}`` ending in the assistant's answer (see
+  :func:`read_generation_examples`); an example keeps the prompt as ``text`` and the response as ``label``.
 * a **Super-NaturalInstructions** task JSON (``*.json``): ``Definition`` becomes the description and
   ``Instances[i].output[0]`` the label of ``Instances[i].input``.
 * a **CSV** file (``*.csv``) with a header row; an optional ``split`` column assigns rows to splits.
@@ -22,7 +25,7 @@ import hashlib
 import io
 import json
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -36,8 +39,10 @@ __all__ = [
     "SPLITS",
     "Example",
     "Task",
+    "TASK_TYPES",
     "TaskFormatError",
     "read_examples",
+    "read_generation_examples",
     "load_task",
     "load_tasks",
     "write_task",
@@ -45,6 +50,9 @@ __all__ = [
 
 SPLITS: tuple[str, ...] = ("train", "dev", "test")
 """The split names a task may have, in the order they are stored and written."""
+
+TASK_TYPES: tuple[str, ...] = ("classification", "generation")
+"""``task.json``'s ``type``: scored over a label set, or answered by free text (supervised fine-tuning)."""
 
 MAX_INFERRED_LABELS = 50
 """More distinct outputs than this, with no explicit ``labels``, means the data is generative, not classification."""
@@ -78,16 +86,20 @@ def _where(file: str | Path, line: int | None = None, field_: str | None = None)
 
 @dataclass(frozen=True)
 class Example:
-    """One labelled text; pair tasks (NLI, paraphrase, QA) put both parts into ``text``."""
+    """One labelled text; pair tasks (NLI, paraphrase, QA) put both parts into ``text``. In a generation task
+    ``text`` is the prompt (the last user turn), ``label`` the response, and ``history`` the chat turns
+    (``(role, content)``) before that prompt, if it came as a multi-turn conversation."""
 
     text: str
     label: str
+    history: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.text, str):
             raise TaskFormatError(f"Example.text must be a string, got {type(self.text).__name__}")
         if not isinstance(self.label, str):
             raise TaskFormatError(f"Example.label must be a string, got {type(self.label).__name__}")
+        object.__setattr__(self, "history", tuple((str(r), str(c)) for r, c in self.history))
 
 
 @dataclass(frozen=True, repr=False)
@@ -107,6 +119,11 @@ class Task:
     license: str | None = None
     version: str | None = None
     path: Path | None = field(default=None, compare=False)
+    task_type: str = "classification"  # one of TASK_TYPES; generation tasks have no labels
+
+    @property
+    def generative(self) -> bool:
+        return self.task_type == "generation"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -116,7 +133,11 @@ class Task:
         if isinstance(self.labels, str) or not isinstance(self.labels, Iterable):
             raise TaskFormatError(f"task {self.name!r}: labels must be a sequence of strings, got {self.labels!r}")
         labels = tuple(self.labels)
-        problem = _label_list_problem(labels)
+        if self.task_type not in TASK_TYPES:
+            raise TaskFormatError(f"task {self.name!r}: type {self.task_type!r} is not one of {list(TASK_TYPES)}")
+        problem = _label_list_problem(labels) if not self.generative else None
+        if self.generative and labels:
+            problem = f"a generation task has no labels, got {list(labels)}"
         if problem:
             raise TaskFormatError(f"task {self.name!r}: {problem}")
         allowed = set(labels)
@@ -141,7 +162,10 @@ class Task:
                         f"task {self.name!r}, split {split!r}, example {i}: expected an Example, "
                         f"got {type(example).__name__}"
                     )
-                if example.label not in allowed:
+                if self.generative:
+                    if not example.label.strip():
+                        raise TaskFormatError(f"task {self.name!r}, split {split!r}, example {i}: empty response")
+                elif example.label not in allowed:
                     raise TaskFormatError(
                         f"task {self.name!r}, split {split!r}, example {i}: label "
                         f"{example.label!r} is not one of {list(labels)}"
@@ -154,6 +178,8 @@ class Task:
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{k}={len(v)}" for k, v in self.splits.items())
+        if self.generative:
+            return f"Task(name={self.name!r}, generation, splits({sizes}))"
         return f"Task(name={self.name!r}, labels={self.labels!r}, splits({sizes}))"
 
     def __hash__(self) -> int:
@@ -166,6 +192,7 @@ class Task:
                 self.source,
                 self.license,
                 self.version,
+                self.task_type,
             )
         )
 
@@ -201,6 +228,8 @@ class Task:
             raise TaskFormatError(f"task {self.name!r}: sample size must be a non-negative integer or None, got {n!r}")
         if n is None or n >= len(examples):
             return examples
+        if self.generative:  # free-text responses: no classes to stratify by
+            return tuple(examples[i] for i in sorted(random.Random(seed).sample(range(len(examples)), n)))
         chosen = _stratified_pick([e.label for e in examples], n, random.Random(seed), at_least_one=True)
         return tuple(examples[i] for i in chosen)
 
@@ -213,7 +242,15 @@ class Task:
             else:
                 merged[name] = examples
         return Task(
-            self.name, self.description, self.labels, merged, self.source, self.license, self.version, self.path
+            self.name,
+            self.description,
+            self.labels,
+            merged,
+            self.source,
+            self.license,
+            self.version,
+            self.path,
+            self.task_type,
         )
 
     def fingerprint(self) -> str:
@@ -225,10 +262,13 @@ class Task:
             return cached
         h = hashlib.sha256()
         h.update(json.dumps([self.name, self.description, list(self.labels)], ensure_ascii=False).encode())
+        if self.generative:  # classification fingerprints stay as they were recorded
+            h.update(b"\n#generation")
         for split, examples in self.splits.items():
             h.update(f"\n#{split}\n".encode())
             for e in examples:
-                h.update(json.dumps([e.text, e.label], ensure_ascii=False).encode() + b"\n")
+                row = [e.text, e.label] + ([[list(t) for t in e.history]] if e.history else [])
+                h.update(json.dumps(row, ensure_ascii=False).encode() + b"\n")
         object.__setattr__(self, "_fingerprint", h.hexdigest()[:16])  # not a field: equality is unchanged
         return self.__dict__["_fingerprint"]
 
@@ -404,6 +444,56 @@ def read_examples(
     return tuple(examples)
 
 
+_ROLES = ("system", "user", "assistant")
+
+
+def _generation_record(record: dict, where: Callable[[str], str]) -> Example:
+    """One ``{"prompt", "response"}`` or ``{"messages": [...]}`` record as an Example (errors name the field)."""
+    if "messages" in record:
+        messages = record["messages"]
+        if not isinstance(messages, list) or len(messages) < 2:
+            raise TaskFormatError(f"{where('messages')}: expected a list of at least a user and an assistant turn")
+        turns = []
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or m.get("role") not in _ROLES or not isinstance(m.get("content"), str):
+                raise TaskFormatError(
+                    f'{where(f"messages[{i}]")}: expected {{"role": one of {list(_ROLES)}, "content": a string}}'
+                )
+            turns.append((m["role"], m["content"]))
+        if turns[-1][0] != "assistant" or turns[-2][0] != "user":
+            raise TaskFormatError(f"{where('messages')}: must end with a user turn followed by the assistant's answer")
+        if not turns[-1][1].strip():
+            raise TaskFormatError(f"{where(f'messages[{len(turns) - 1}].content')}: empty response")
+        return Example(turns[-2][1], turns[-1][1], tuple(turns[:-2]))
+    for key in ("prompt", "response"):
+        if key not in record:
+            raise TaskFormatError(
+                f'{where(key)}: missing field; expected {{"prompt", "response"}} or {{"messages": [...]}}'
+            )
+        if not isinstance(record[key], str):
+            raise TaskFormatError(f"{where(key)}: expected a string, got {type(record[key]).__name__}")
+    if not record["response"].strip():
+        raise TaskFormatError(f"{where('response')}: empty response")
+    return Example(record["prompt"], record["response"])
+
+
+def read_generation_examples(path: Path) -> tuple[Example, ...]:
+    """The examples of a generation task's JSONL split: ``{"prompt", "response"}`` or chat ``{"messages"}`` lines
+    (system/user/assistant turns, the last two a user prompt and the assistant's response)."""
+    examples = []
+    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TaskFormatError(f"{_where(path, lineno)}: invalid JSON ({exc.msg}, column {exc.colno})") from None
+        if not isinstance(record, dict):
+            raise TaskFormatError(f"{_where(path, lineno)}: expected a JSON object, got {type(record).__name__}")
+        examples.append(_generation_record(record, lambda key, n=lineno: _where(path, n, key)))
+    return tuple(examples)
+
+
 def _load_folder(
     folder: Path,
     text_col: str,
@@ -444,7 +534,14 @@ def _load_folder(
 
     task_name = text_field("name", name)
     task_description = text_field("description", description)
-    if labels is None:
+    task_type = meta.get("type", "classification")
+    if task_type not in TASK_TYPES:
+        raise TaskFormatError(f"{_where(meta_path, field_='type')}: {task_type!r} is not one of {list(TASK_TYPES)}")
+    if task_type == "generation":
+        if labels or meta.get("labels"):
+            raise TaskFormatError(f"{_where(meta_path, field_='labels')}: a generation task has no labels")
+        labels = ()
+    elif labels is None:
         if "labels" not in meta:
             raise TaskFormatError(
                 f"{_where(meta_path, field_='labels')}: missing field; expected a list of label strings"
@@ -465,7 +562,10 @@ def _load_folder(
             f"{folder}: a task folder needs train.jsonl or test.jsonl (found "
             f"{', '.join(p + '.jsonl' for p in present) or 'neither'})"
         )
-    splits = {s: read_examples(folder / f"{s}.jsonl", labels, text_col, label_col) for s in present}
+    if task_type == "generation":
+        splits = {s: read_generation_examples(folder / f"{s}.jsonl") for s in present}
+    else:
+        splits = {s: read_examples(folder / f"{s}.jsonl", labels, text_col, label_col) for s in present}
     for s, examples in splits.items():
         if not examples:
             raise TaskFormatError(
@@ -481,6 +581,7 @@ def _load_folder(
         license=optional_field("license"),
         version=optional_field("version"),
         path=folder,
+        task_type=task_type,
     )
 
 
@@ -704,6 +805,8 @@ def write_task(task: Task, folder: Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {"name": task.name, "description": task.description, "labels": list(task.labels)}
+    if task.generative:
+        meta = {"name": task.name, "type": task.task_type, "description": task.description}
     for key in ("source", "license", "version"):
         value = getattr(task, key)
         if value is not None:
@@ -712,12 +815,23 @@ def write_task(task: Task, folder: Path) -> Path:
     for split in SPLITS:
         target = folder / f"{split}.jsonl"
         if split in task.splits:
-            lines = (json.dumps({"text": e.text, "label": e.label}, ensure_ascii=False) for e in task.splits[split])
+            lines = (json.dumps(_record(task, e), ensure_ascii=False) for e in task.splits[split])
             write_file(target, ("\n".join(lines) + "\n").encode("utf-8"))
         elif target.exists():
             target.unlink()
     write_file(folder / "task.json", (json.dumps(meta, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
     return folder
+
+
+def _record(task: Task, e: Example) -> dict[str, Any]:
+    """An example as its JSONL line: ``{"text", "label"}``, or for generation ``{"prompt", "response"}`` (a chat
+    with earlier turns as ``{"messages"}``)."""
+    if not task.generative:
+        return {"text": e.text, "label": e.label}
+    if not e.history:
+        return {"prompt": e.text, "response": e.label}
+    turns = [*e.history, ("user", e.text), ("assistant", e.label)]
+    return {"messages": [{"role": r, "content": c} for r, c in turns]}
 
 
 def is_text_file(path: Path) -> bool:

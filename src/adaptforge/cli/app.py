@@ -36,7 +36,20 @@ T = TypeVar("T")
 
 LibraryOpt = Annotated[Path, typer.Option("--library", "-l", help="Adapter library folder.")]
 ModelOpt = Annotated[
-    str | None, typer.Option("--model", "-m", help="HF model path or name (default: embedded MiniLM).")
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="HF model folder or hub name, or smollm2 (the embedded SmolLM2-135M-Instruct; default: embedded MiniLM).",
+    ),
+]
+MaxNewTokensOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-new-tokens",
+        help="Generation tasks: most tokens per greedy answer (> 0, below the model's context; a prompt longer "
+        "than the context left is cut from the left, with a warning).",
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.", metavar="")]
 TextColOpt = Annotated[str, typer.Option("--text-col", help="Field (task folder) or column (CSV) holding the text.")]

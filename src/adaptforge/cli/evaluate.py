@@ -15,6 +15,7 @@ from adaptforge.cli.app import (
     JsonOpt,
     LabelColOpt,
     LimitOpt,
+    MaxNewTokensOpt,
     ModelOpt,
     RayAddressOpt,
     TextColOpt,
@@ -56,8 +57,10 @@ def eval_cmd(
     ray_address: RayAddressOpt = None,
     workers: WorkersOpt = None,
     threads_per_worker: ThreadsOpt = None,
+    max_new_tokens: MaxNewTokensOpt = 64,
 ) -> None:
-    """Evaluate adapters and/or zero-shot on tasks: accuracy and macro-F1 per cell.
+    """Evaluate adapters and/or zero-shot on tasks: accuracy and macro-F1 per cell; on a generation task, greedy
+    answers scored by exact match and ROUGE-L, and the response loss (mean NLL per token).
 
     With --backend ray the cells run as Ray tasks on actors that each load the base model once (the same numbers
     as in this process); the driver records the results in the library.
@@ -100,13 +103,18 @@ def eval_cmd(
                 limit=limit,
                 on_cell=cell,
                 backend=runner,
+                max_new_tokens=max_new_tokens,
             )
     results = grid.results
     for line in grid.skipped:
         console.print(Text.assemble(("skipped:", "yellow"), " ", line))
     if as_json:
-        keys = ("task", "adapter", "split", "n", "accuracy", "macro_f1", "loss")
-        rows = [{k: r.to_json()[k] for k in keys} for r in results]
+        rows = [{k: r.to_json()[k] for k in ("task", "adapter", "split", "n", *r.metric_values())} for r in results]
         out.print_json(json.dumps({"results": rows, "skipped": grid.skipped}))
         return
-    out.print(grid_table(results, title=f"{split} accuracy / macro-F1"))
+    kinds = {r.primary_metric for r in results}
+    what = " | ".join(
+        name for metric, name in (("accuracy", "accuracy / macro-F1"), ("exact_match", "exact match / ROUGE-L"))
+        if metric in kinds
+    )  # fmt: skip
+    out.print(grid_table(results, title=f"{split} {what}"))

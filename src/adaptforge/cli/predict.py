@@ -8,13 +8,19 @@ from typing import Annotated
 
 import typer
 
-from adaptforge.cli.app import LibraryOpt, ModelOpt, app, cli_errors, one_description
+from adaptforge.cli.app import LibraryOpt, MaxNewTokensOpt, ModelOpt, app, cli_errors, one_description
 from adaptforge.cli.render import notify, out
 
 
 @app.command("predict")
 def predict_cmd(
-    inputs: Annotated[Path, typer.Argument(help="Task folder/.json/.csv (its --split), .jsonl with 'text', or .txt.")],
+    inputs: Annotated[
+        Path,
+        typer.Argument(
+            help="Task folder/.json/.csv (its --split), .jsonl with 'text', or .txt; a generation task or a .jsonl "
+            "with 'prompt' is answered (the prompt as the user turn, exactly as given unless --description)."
+        ),
+    ],
     library: LibraryOpt,
     adapter: Annotated[str, typer.Option("--adapter", "-a", help="Adapter name or id.")],
     out_file: Annotated[Path | None, typer.Option("--out", "-o", help="JSONL file (default: stdout).")] = None,
@@ -27,8 +33,10 @@ def predict_cmd(
         typer.Option(help="Task instruction; wins over a task input's own (default: the task's or adapter's)."),
     ] = None,
     model: ModelOpt = None,
+    max_new_tokens: MaxNewTokensOpt = 64,
 ) -> None:
-    """One prediction per input (label and scores) as JSON lines, with an adapter from the library.
+    """One prediction per input (label and scores) as JSON lines, with an adapter from the library; on a generation
+    task or prompts, one greedy answer ({"prompt", "output"}, plus "gold" for a task).
 
     Example: adaptforge predict reviews.jsonl --library lib --adapter sst2-a --out predictions.jsonl
     """
@@ -46,11 +54,14 @@ def predict_cmd(
             description=one_description(description, 1),
             model=model,
             notify=notify,
+            max_new_tokens=max_new_tokens,
         )
         if out_file is None:
             for row in rows:
                 out.print(json.dumps(row.to_json(), ensure_ascii=False), markup=False, highlight=False, soft_wrap=True)
             return
         count, correct = write_predictions(rows, out_file)
-    gold = f"; accuracy against the task's labels {correct / count:.3f}" if count and correct else ""
+    gold = (
+        f"; accuracy (answers: exact match) against the task's gold {correct / count:.3f}" if count and correct else ""
+    )
     notify(f"wrote {count} predictions to {out_file}{gold}")

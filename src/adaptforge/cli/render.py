@@ -110,7 +110,8 @@ def notify(msg: str) -> None:
 
 
 def grid_table(results: list[EvalResult], title: str) -> Table:
-    """Adapters as rows, tasks as columns, with average, worst-task and CVaR(20%) columns."""
+    """Adapters as rows, tasks as columns, with average, worst-task and CVaR(20%) columns of each cell's primary
+    metric (accuracy; exact match on a generation task); a cell shows accuracy / macro-F1 or EM / ROUGE-L."""
     from adaptforge.evaluate import cvar, worst
 
     tasks = list(dict.fromkeys(r.task for r in results))
@@ -119,14 +120,13 @@ def grid_table(results: list[EvalResult], title: str) -> Table:
     table.add_column("adapter")
     for t in tasks:
         table.add_column(t, justify="right")
-    for col in ("avg acc", "worst", "CVaR20"):
+    primary = {r.primary_metric for r in results}
+    for col in ("avg acc" if primary == {"accuracy"} else "avg", "worst", "CVaR20"):
         table.add_column(col, justify="right")
     cells = {(r.adapter, r.task): r for r in results}
     for a in rows:
-        accs = [cells[(a, t)].accuracy for t in tasks if (a, t) in cells]
-        row = [
-            f"{cells[(a, t)].accuracy:.3f} / {cells[(a, t)].macro_f1:.3f}" if (a, t) in cells else "-" for t in tasks
-        ]
+        accs = [cells[(a, t)].primary for t in tasks if (a, t) in cells]
+        row = [cells[(a, t)].cell_text() if (a, t) in cells else "-" for t in tasks]
         table.add_row(
             a or "(zero-shot)", *row, f"{sum(accs) / len(accs):.3f}", f"{worst(accs):.3f}", f"{cvar(accs):.3f}"
         )

@@ -104,8 +104,8 @@ def train_cmd(
         backbone = Backbone.load(model)
         with progress_bar(f"train {name}") as bar:
 
-            def step(done: int, total: int, loss: float) -> None:
-                bar.update(0, completed=done, total=total, info=f"loss {loss:.3f}")
+            def step(done: int, total: int, loss: float, tokens_per_second: float) -> None:
+                bar.update(0, completed=done, total=total, info=f"loss {loss:.3f}, {tokens_per_second:.0f} tok/s")
 
             trained = train_into_library(
                 tasks, backbone, lib, name, cfg, resume=resume, progress=step, overwrite=overwrite
@@ -116,6 +116,7 @@ def train_cmd(
         "tasks": [t.name for t in tasks],
         "n_train": trained.result.n_train,
         "examples_per_second": round(trained.result.examples_per_second, 1),
+        "tokens_per_second": round(trained.result.tokens_per_second, 1),
         "eval": [e.to_json() for e in trained.evals],
         "zero_shot": [e.to_json() for e in trained.zero_shot],
         "snapshots": 0 if trained.result.snapshots is None else len(trained.result.snapshots),
@@ -125,7 +126,12 @@ def train_cmd(
     else:
         for z, e in zip(trained.zero_shot, trained.evals, strict=True):
             out.print(
-                f"{e.task}/{e.split} (n={e.n}): zero-shot {z.accuracy:.3f} -> {name} {e.accuracy:.3f} "
-                f"({e.accuracy - z.accuracy:+.3f}); macro-F1 {z.macro_f1:.3f} -> {e.macro_f1:.3f}"
+                f"{e.task}/{e.split} (n={e.n}): zero-shot {z.primary:.3f} -> {name} {e.primary:.3f} "
+                f"({e.primary - z.primary:+.3f}); "
+                + (
+                    f"macro-F1 {z.macro_f1:.3f} -> {e.macro_f1:.3f}"
+                    if e.primary_metric == "accuracy"
+                    else f"exact match, ROUGE-L {z.rouge_l:.3f} -> {e.rouge_l:.3f}"
+                )
             )
         out.print(f"added {trained.record.name} ({trained.record.id}) to {lib.root}")

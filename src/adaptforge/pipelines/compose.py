@@ -20,7 +20,7 @@ from adaptforge.library import Library
 from adaptforge.pipelines.common import NewTaskOutcome, Notify, check_has_adapters, load_base, reporter, zero_shot_vs
 from adaptforge.provenance import ComposeProvenance
 from adaptforge.routing import routed_settings
-from adaptforge.scorers import describe, make_scorer
+from adaptforge.scorers import classification_only, describe, make_scorer
 from adaptforge.tasks import Task
 
 
@@ -48,6 +48,7 @@ def compose_into_library(
     ``method``; the result is stored as ``out`` with the candidates as parents and the shots, weights and
     method info in its recipe. ``eval_split`` (``None``: skip) reports zero-shot vs the new adapter.
     """
+    classification_only(task, f"compose {method!r}")
     say = reporter(notify)
     start = time.perf_counter()
     library.check_free(out, overwrite)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from adaptforge.backbone import Backbone
 from adaptforge.backends import Backend, JobOutcome, Worker, WorkerSetup
 from adaptforge.core import AdaptforgeError, LoraDelta
-from adaptforge.evaluate import EvalResult, check_request, evaluate
+from adaptforge.evaluate import EvalResult, check_request, evaluate_task
 from adaptforge.library import AdapterRecord, Library
 from adaptforge.pipelines.common import Notify, load_base, record_result
 from adaptforge.routing import Router, stored_router
@@ -29,15 +29,17 @@ def evaluate_grid(
     on_cell: Callable[[str, str | None], None] | None = None,
     scorer: Scorer | None = None,
     backend: Backend | None = None,
+    max_new_tokens: int = 64,
 ) -> list[EvalResult]:
     """Every (adapter or zero-shot) x task cell; metrics are written to the library when given. A stored
     routed adapter (DaWin merge, Arrow composition) is evaluated through its router, exactly as when it was
     made (:func:`~adaptforge.routing.stored_router`). ``backend`` (e.g. Ray) runs the cells as its jobs, with
     the same results in the same order; ``None``: one cell after the other in this process."""
     check_request(tasks, split, limit)
+    check_generation(tasks, backbone, max_new_tokens)
     columns: list[str | None] = ([None] if zero_shot else []) + list(adapters)
     if backend is not None:
-        return _evaluate_on(backend, tasks, backbone, library, columns, split, limit, record, on_cell)
+        return _evaluate_on(backend, tasks, backbone, library, columns, split, limit, record, on_cell, max_new_tokens)
     scorer = scorer or make_scorer(backbone)
     results = []
     for adapter in columns:
@@ -53,7 +55,7 @@ def evaluate_grid(
         for task in tasks:
             if on_cell:
                 on_cell(task.name, adapter)
-            res = evaluate_cell(scorer, task, split, limit, adapter, delta, router)
+            res = evaluate_cell(scorer, task, split, limit, adapter, delta, router, max_new_tokens)
             results.append(res)
             if record and library is not None:
                 record_result(library, adapter_id, backbone.fingerprint, task, res)
@@ -68,11 +70,30 @@ def evaluate_cell(
     adapter: str | None,
     delta: LoraDelta | None,
     router: Router | None,
+    max_new_tokens: int = 64,
 ) -> EvalResult:
-    """One cell: the adapter's delta (or, for a stored routed adapter, its router; ``None``: zero-shot) on a task."""
+    """One cell: the adapter's delta (or, for a stored routed adapter, its router; ``None``: zero-shot) on a task
+    (a generation task: ``max_new_tokens`` greedy tokens per answer)."""
     if router is not None:
+        if task.generative:
+            raise AdaptforgeError(
+                f"adapter {adapter!r} is routed per input over label scores (classification only); task "
+                f"{task.name!r} is a generation task"
+            )
         return router.evaluate(scorer, task, split, limit, adapter)
-    return evaluate(scorer, task, split, delta, adapter=adapter, limit=limit)
+    return evaluate_task(scorer, task, split, delta, adapter, limit, max_new_tokens)
+
+
+def check_generation(tasks: Sequence[Task], backbone: Backbone, max_new_tokens: int) -> None:
+    """Generation tasks need a causal LM and a token budget that fits its context: refused before any cell runs."""
+    if not any(t.generative for t in tasks):
+        return
+    from adaptforge.generation import check_max_new_tokens, context_length
+    from adaptforge.scorers import needs_causal
+
+    if backbone.kind != "causal":
+        raise AdaptforgeError(needs_causal(backbone))
+    check_max_new_tokens(max_new_tokens, context_length(backbone))
 
 
 @dataclass(frozen=True)
@@ -85,6 +106,7 @@ class EvalJob:
     split: str
     limit: int | None
     key: str
+    max_new_tokens: int = 64
 
     def execute(self, worker: Worker) -> EvalResult:
         scorer = worker.scorer()
@@ -98,7 +120,9 @@ class EvalJob:
                 cached = (loaded, stored_router(library, rec, fingerprint))
                 worker.cache[("eval", self.adapter)] = cached
             delta, router = cached
-        return evaluate_cell(scorer, self.task, self.split, self.limit, self.adapter, delta, router)
+        return evaluate_cell(
+            scorer, self.task, self.split, self.limit, self.adapter, delta, router, self.max_new_tokens
+        )
 
 
 def _evaluate_on(
@@ -111,12 +135,15 @@ def _evaluate_on(
     limit: int | None,
     record: bool,
     on_cell: Callable[[str, str | None], None] | None,
+    max_new_tokens: int = 64,
 ) -> list[EvalResult]:
     """The grid's cells as ``backend`` jobs (e.g. Ray tasks on actors that each load the base once), recorded
     here by the driver. A failed cell is an error naming it (the grid's other cells still finish first)."""
     if any(a is not None for a in columns) and library is None:
         raise AdaptforgeError("evaluating a named adapter needs --library")
-    jobs = [EvalJob(a, t, split, limit, f"{a or 'zero-shot'} on {t.name}") for a in columns for t in tasks]
+    jobs = [
+        EvalJob(a, t, split, limit, f"{a or 'zero-shot'} on {t.name}", max_new_tokens) for a in columns for t in tasks
+    ]
     setup = WorkerSetup(model=backbone.name, library=None if library is None else str(library.root))
 
     def done(outcome: JobOutcome) -> None:
@@ -156,6 +183,7 @@ def evaluate_adapters(
     on_cell: Callable[[str, str | None], None] | None = None,
     notify: Notify | None = None,
     backend: Backend | None = None,
+    max_new_tokens: int = 64,
 ) -> GridOutcome:
     """``adaptforge eval``: adapters grouped by the base they were made on, each group on its own base (or on
     ``--model``, where adapters of another base are skipped with a reason instead of aborting the grid).
@@ -173,8 +201,9 @@ def evaluate_adapters(
     if not groups:
         backbone = load_base(model, notify=notify)
         cells = evaluate_grid(
-            tasks, backbone, library, [], zero_shot=True, split=split, limit=limit, on_cell=on_cell, backend=backend
-        )
+            tasks, backbone, library, [], zero_shot=True, split=split, limit=limit, on_cell=on_cell, backend=backend,
+            max_new_tokens=max_new_tokens,
+        )  # fmt: skip
         return GridOutcome(cells, skipped)
     for fingerprint, group in groups.items():
         names = [r.name for r in group]
@@ -188,7 +217,7 @@ def evaluate_adapters(
             continue
         results += evaluate_grid(
             tasks, backbone, library, names, zero_shot=zero_shot, split=split, limit=limit, on_cell=on_cell,
-            backend=backend,
+            backend=backend, max_new_tokens=max_new_tokens,
         )  # fmt: skip
         zero_shot = False  # one zero-shot row: the first base's
     return GridOutcome(results, skipped)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from adaptforge.backbone import Backbone
 from adaptforge.core import AdaptforgeError
-from adaptforge.evaluate import EvalResult, evaluate
+from adaptforge.evaluate import EvalResult, evaluate_task
 from adaptforge.library import AdapterRecord, Library, MetricRow
 from adaptforge.pipelines.common import record_result
 from adaptforge.provenance import TaskRef, TrainProvenance
@@ -69,8 +69,8 @@ def train_into_library(
         scorer = make_scorer(backbone, result.config.max_length, result.config.temperature)
         fingerprints = {t.name: t.fingerprint() for t in tasks}
         cells = [(task, split) for task in tasks for split in eval_splits if split in task.splits]
-        evals = [evaluate(scorer, t, split, result.delta, adapter=name, limit=eval_limit) for t, split in cells]
-        zero_shot = [evaluate(scorer, t, split, None, limit=eval_limit) for t, split in cells]
+        evals = [evaluate_task(scorer, t, split, result.delta, name, eval_limit) for t, split in cells]
+        zero_shot = [evaluate_task(scorer, t, split, None, None, eval_limit) for t, split in cells]
         metrics = [
             MetricRow(
                 None,

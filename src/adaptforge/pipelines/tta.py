@@ -29,7 +29,7 @@ from adaptforge.library import AdapterRecord, Library
 from adaptforge.lora.hooks import eval_mode
 from adaptforge.pipelines.common import Notify, load_base, reporter
 from adaptforge.provenance import TtaProvenance
-from adaptforge.scorers import Scorer, describe, make_scorer
+from adaptforge.scorers import Scorer, classification_only, describe, make_scorer
 from adaptforge.tasks import Task, load_task
 from adaptforge.tta import TTA_METHODS, GradientParams, TtaMethod, TtaParams, TtaRun, TtaSetup, encode_inputs, run_tta
 from adaptforge.tta.base import check_granularity, units
@@ -209,6 +209,7 @@ def tta_on_task(
     ``limit`` takes a seeded label-stratified sample of the split (``sample_seed``; the same examples
     ``adaptforge eval --limit`` scores with seed 0), kept in the split's order, which is the stream's order.
     """
+    classification_only(task, f"tta {method!r}")
     say = reporter(notify)
     start = time.perf_counter()
     impl = TTA_METHODS.get(method)()

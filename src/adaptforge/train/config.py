@@ -38,6 +38,9 @@ class TrainConfig(Params):
     grad_clip: float = param(1.0, help="max gradient norm; <= 0: no clipping")
     epochs: int = param(3, ge=1, help="passes over the training data (unless steps is set)")
     batch_size: int = param(32, ge=1, help="examples per step")
+    grad_accum: int = param(
+        1, ge=1, help="micro-batches per step: each holds batch_size / grad_accum examples, gradients summed"
+    )
     max_length: int | None = param(None, ge=8, help="tokens; null: 128 for encoders, 256 for causal LMs")
     max_train: int | None = param(
         None, ge=1, help="cap on training examples (label-stratified seeded sample); null: all"
@@ -64,6 +67,12 @@ class TrainConfig(Params):
             "batch_size",
             self.batch_size % self.tasks_per_step == 0,
             f"a multiple of tasks_per_step ({self.tasks_per_step}), so every task sub-batch has the same size",
+        )
+        self.require(
+            "batch_size",
+            self.batch_size % (self.tasks_per_step * self.grad_accum) == 0,
+            f"a multiple of tasks_per_step x grad_accum ({self.tasks_per_step} x {self.grad_accum}), so every "
+            "micro-batch has the same size",
         )
 
     def resolved(self, kind: str, default_targets: tuple[str, ...]) -> TrainConfig:

@@ -31,6 +31,7 @@ from adaptforge.backbone import Backbone
 from adaptforge.batching import Batch, EncodedSplit, batch_order, make_batch
 from adaptforge.core import AdaptforgeError, LoraDelta, LoraModule
 from adaptforge.evaluate import predict_logits
+from adaptforge.generation import mean_response_loss
 from adaptforge.layers import lora_layers, mostly_transposed
 from adaptforge.scorers import LabelInputs, Scorer, describe, make_scorer
 from adaptforge.snapshots import Snapshots, snapshot_steps
@@ -40,7 +41,7 @@ from adaptforge.train.config import TrainConfig
 from adaptforge.train.samplers import TaskInfo, TaskSampler, make_sampler
 
 log = logging.getLogger(__name__)
-ProgressFn = Callable[[int, int, float], None]  # (step, total_steps, loss)
+ProgressFn = Callable[[int, int, float, float], None]  # (step, total_steps, loss, tokens per second)
 
 
 @dataclass
@@ -57,6 +58,7 @@ class TrainResult:
     n_train: int = 0
     seconds: float = 0.0
     examples_per_second: float = 0.0
+    tokens_per_second: float = 0.0  # input tokens (prompt + response for SFT, padding excluded) per second
     resumed_from: int | None = None
     snapshots: Snapshots | None = None  # cfg.snapshots evenly spaced copies of the factors (no demonstrations)
 
@@ -145,6 +147,8 @@ def resume_mismatch(saved: dict, current: dict) -> str | None:
         if saved.get(key) != current[key]:
             return f"{what} changed since the checkpoint was written"
     old, new = saved.get("config") or {}, current["config"]
+    added = {k: v for k, v in TrainConfig().to_dict().items() if k not in old and new.get(k) == v}
+    old = {**added, **old}  # a setting added since the checkpoint was written, left at its default, is no change
     diffs = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     return f"the training settings changed ({'; '.join(diffs)})" if diffs else None
 
@@ -176,8 +180,12 @@ def batch_losses(scorer: Scorer, model: torch.nn.Module, batches: Sequence[tuple
 
 
 def dev_check(scorer: Scorer, model: torch.nn.Module, task: Task, n: int, seed: int) -> tuple[float, float]:
-    """Dev loss and accuracy on a fixed sample, without touching the dropout RNG."""
+    """Dev loss and accuracy on a fixed sample, without touching the dropout RNG (a generation task: its response
+    loss, accuracy NaN; decoding every few steps would cost more than the training)."""
     split = "dev" if "dev" in task.splits else "train"
+    if task.generative:
+        encoded = scorer.encode(task, task.sample(split, n, seed=seed))
+        return mean_response_loss(scorer, model, encoded, 16), float("nan")
     logits, gold = predict_logits(scorer, task, split, model, limit=n, seed=seed)
     loss = float(torch.nn.functional.cross_entropy(logits, gold))
     return loss, float((logits.argmax(-1) == gold).float().mean())
@@ -229,14 +237,18 @@ def train_tasks(
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise AdaptforgeError(f"train: task names must be unique, got {names}")
+    generative = {t.generative for t in tasks}
+    if len(generative) > 1:
+        raise AdaptforgeError("train: the tasks mix classification and generation; train them as separate adapters")
+    generative = generative.pop()
     cfg = (cfg or TrainConfig()).resolved(backbone.kind, backbone.default_targets())
     transposed = check_targets(backbone, cfg.targets or ())
-    scorer = scorer or make_scorer(backbone, cfg.max_length, cfg.temperature)
+    scorer = scorer or make_scorer(backbone, cfg.max_length, cfg.temperature, generative=generative)
     streams = []
-    sub_batch = cfg.batch_size // cfg.tasks_per_step
+    sub_batch = cfg.batch_size // (cfg.tasks_per_step * cfg.grad_accum)  # one micro-batch of one task
     for i, task in enumerate(tasks):
         examples = task.sample("train", cfg.max_train, seed=cfg.seed)
-        if len({e.label for e in examples}) < 2:
+        if not generative and len({e.label for e in examples}) < 2:
             log.warning(
                 "task %r: the training data holds a single label (%r); the adapter can only learn to predict it",
                 task.name,
@@ -250,7 +262,8 @@ def train_tasks(
         for s in streams
     ]
     sampler: TaskSampler = make_sampler(cfg.sampler, infos, cfg.sampler_options, seed=cfg.seed)
-    total = cfg.steps or math.ceil(cfg.epochs * sum(s.steps_per_epoch for s in streams) / cfg.tasks_per_step)
+    per_step = cfg.tasks_per_step * cfg.grad_accum  # stream batches consumed by one optimizer step
+    total = cfg.steps or math.ceil(cfg.epochs * sum(s.steps_per_epoch for s in streams) / per_step)
     meta = {"config": cfg.to_dict(), "tasks": names, "base": backbone.fingerprint, "data": data_fingerprint(tasks, cfg)}
 
     torch.manual_seed(cfg.seed)
@@ -292,7 +305,7 @@ def train_tasks(
                 snaps = ckpt.extra_tensors("snapshots/")
                 log.info("resuming %s from step %d/%d", "+".join(names), start, total)
         model.train()
-        t0, seen = time.perf_counter(), 0
+        t0, seen, tokens = time.perf_counter(), 0, 0
         for step in range(start, total):
             tick, evaluated = time.perf_counter(), timers["evaluation"]
             chosen = sampler.next_batch(cfg.tasks_per_step, evaluate)
@@ -302,18 +315,23 @@ def train_tasks(
             trained: list[tuple[Batch, LabelInputs]] = []
             losses = []
             for i in chosen:
-                batch = streams[i].batch(draws[i])
-                draws[i] += 1
-                loss = scorer.loss(model, batch, streams[i].labels)
-                if not torch.isfinite(loss):
-                    raise AdaptforgeError(
-                        f"training diverged: the loss is {loss.item()} at step {step + 1}/{total} (lr {cfg.lr}); "
-                        "no adapter was stored. Lower --lr"
-                    )
-                (loss / len(chosen)).backward()  # the step's loss: the mean over its task sub-batches
-                trained.append((batch, streams[i].labels))
-                losses.append(loss.item())
-                seen += len(batch.index)
+                task_losses = []
+                for _ in range(cfg.grad_accum):
+                    batch = streams[i].batch(draws[i])
+                    draws[i] += 1
+                    loss = scorer.loss(model, batch, streams[i].labels)
+                    if not torch.isfinite(loss):
+                        raise AdaptforgeError(
+                            f"training diverged: the loss is {loss.item()} at step {step + 1}/{total} (lr {cfg.lr}); "
+                            "no adapter was stored. Lower --lr"
+                        )
+                    # the step's loss: the mean over its task sub-batches and their micro-batches
+                    (loss / (len(chosen) * cfg.grad_accum)).backward()
+                    trained.append((batch, streams[i].labels))
+                    task_losses.append(loss.item())
+                    seen += len(batch.index)
+                    tokens += sum(len(x) for x in batch.ids)
+                losses.append(sum(task_losses) / len(task_losses))
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
@@ -340,7 +358,8 @@ def train_tasks(
                 for module, lora in extract_delta(model).modules.items():
                     snaps[f"{done}/{module}/A"], snaps[f"{done}/{module}/B"] = lora.A, lora.B
             if progress:
-                progress(done, total, sum(losses) / len(losses))
+                elapsed = time.perf_counter() - t0
+                progress(done, total, sum(losses) / len(losses), tokens / elapsed if elapsed > 0 else 0.0)
             if (
                 checkpoint_dir is not None
                 and cfg.checkpoint_every
@@ -382,6 +401,7 @@ def train_tasks(
         sum(len(s.encoded) for s in streams),
         seconds,
         seen / seconds if seconds > 0 else 0.0,
+        tokens / seconds if seconds > 0 else 0.0,
         resumed_from,
         collect_snapshots(snaps),
     )

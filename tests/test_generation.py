@@ -1,0 +1,135 @@
+"""Generation tasks on a tiny random LLaMA with a chat template: task files, the response-only loss, SFT,
+greedy decoding (batched == one at a time), metrics and the refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import WORDS, reverse_task
+
+from adaptforge.core import AdaptforgeError
+from adaptforge.generation import (
+    IGNORE,
+    SFTScorer,
+    encode_prompts,
+    evaluate_generation,
+    exact_match,
+    generate,
+    mean_response_loss,
+    rouge_l,
+    sft_labels,
+)
+from adaptforge.tasks import Example, TaskFormatError, load_task, write_task
+
+
+def write_split(folder, meta: dict, rows: list) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "task.json").write_text(json.dumps(meta))
+    (folder / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+GEN_META = {"name": "g", "type": "generation", "description": "Answer."}
+
+
+def test_generation_task_round_trips(tmp_path):
+    chat = Example("and then?", "the end", (("user", "start"), ("assistant", "middle")))
+    task = reverse_task().with_splits(dev=[chat])
+    loaded = load_task(write_task(task, tmp_path / "t"))
+    assert loaded == task and loaded.generative and loaded.labels == ()
+    assert loaded.split("dev")[0].history == (("user", "start"), ("assistant", "middle"))
+    assert len(loaded.sample("train", 5, seed=1)) == 5
+
+
+@pytest.mark.parametrize(
+    ("row", "field"),
+    [
+        ({"prompt": "q"}, "response"),
+        ({"prompt": "q", "response": "  "}, "response"),
+        ({"response": "a"}, "prompt"),
+        ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]}, "messages[1].content"),
+        ({"messages": [{"role": "user", "content": "q"}]}, "messages"),
+    ],
+)
+def test_bad_generation_rows_name_file_line_and_field(tmp_path, row, field):
+    write_split(tmp_path / "t", GEN_META, [{"prompt": "ok", "response": "fine"}, row])
+    with pytest.raises(TaskFormatError) as err:
+        load_task(tmp_path / "t")
+    assert f"train.jsonl, line 2, field {field!r}" in str(err.value)
+
+
+def test_response_only_labels(tiny_llama):
+    task = reverse_task()
+    scorer = SFTScorer(tiny_llama, max_length=64)
+    encoded = scorer.encode(task, task.split("train")[:3])
+    tok = tiny_llama.tokenizer
+    for ids, start, example in zip(encoded.ids, encoded.targets, task.split("train")[:3], strict=True):
+        assert tok.decode(ids[start:]) == example.label + tok.eos_token  # the response and eos, nothing else
+        assert tok.decode(ids[:start]).endswith("<s>assistant\n")  # the chat template's generation prompt
+        assert "Reverse the two words.\n\n" + example.text in tok.decode(ids[:start])
+    from adaptforge.batching import pad
+
+    input_ids, mask = pad(encoded.ids, tok.pad_token_id)
+    labels = sft_labels(input_ids, mask, torch.tensor(encoded.targets))
+    for row, (ids, start) in enumerate(zip(encoded.ids, encoded.targets, strict=True)):
+        assert (labels[row, :start] == IGNORE).all() and (labels[row, len(ids) :] == IGNORE).all()
+        assert labels[row, start : len(ids)].tolist() == list(ids[start:])
+
+
+def test_sft_lowers_response_loss(tiny_llama):
+    from adaptforge.train.config import TrainConfig
+    from adaptforge.train.trainer import train
+
+    task = reverse_task()
+    scorer = SFTScorer(tiny_llama, max_length=64)
+    encoded = scorer.encode(task, task.split("train"))
+    before = mean_response_loss(scorer, tiny_llama.model, encoded, 8)
+    seen = []
+    every = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # random weights learn slowly
+    cfg = TrainConfig(epochs=25, batch_size=8, grad_accum=2, lr=1e-2, rank=8, targets=every, checkpoint_every=0)
+    result = train(task, tiny_llama, cfg, progress=lambda step, total, loss, tps: seen.append(tps))
+    with tiny_llama.applied(result.delta) as model:
+        after = mean_response_loss(scorer, model, encoded, 8)
+    assert after < before - 0.5, (before, after)
+    assert result.tokens_per_second > 0 and all(t > 0 for t in seen)
+    assert sum(result.draws) == 2 * len(seen)  # two micro-batches per optimizer step
+
+
+def test_metrics_on_known_strings():
+    assert exact_match(["Paris.", "the cat  sat", "no"], ["paris", "The cat sat", "yes"]) == pytest.approx(2 / 3)
+    assert rouge_l(["the cat sat on the mat"], ["the cat sat on the mat"]) == pytest.approx(1.0)
+    assert rouge_l(["the cat"], ["the cat sat on the mat"]) == pytest.approx(2 * (1 * 2 / 6) / (1 + 2 / 6))
+    assert rouge_l(["xyz"], ["abc"]) == 0.0
+
+
+def test_batched_generation_equals_one_at_a_time(tiny_llama):
+    task = reverse_task(n_train=8)
+    prompts = encode_prompts(tiny_llama.tokenizer, task.description, task.split("train"), 100)
+    prompts[1] = prompts[1][-5:]  # lengths differ, so the batch is left-padded
+    batched = generate(tiny_llama.model, tiny_llama.tokenizer, prompts, 6, batch_size=8)
+    single = [generate(tiny_llama.model, tiny_llama.tokenizer, [p], 6)[0] for p in prompts]
+    assert batched == single
+
+
+def test_evaluate_generation_and_refusals(tiny_llama, minilm, caplog):
+    task = reverse_task()
+    res = evaluate_generation(tiny_llama, task, "test", max_new_tokens=4)
+    assert res.n == 6 and 0 <= res.exact_match <= 1 and 0 <= res.rouge_l <= 1 and res.loss > 0
+    assert set(res.metric_values()) == {"exact_match", "rouge_l", "loss"}
+    for bad in (0, -3, 512):
+        with pytest.raises(AdaptforgeError, match="--max-new-tokens"):
+            evaluate_generation(tiny_llama, task, "test", max_new_tokens=bad)
+    with pytest.raises(AdaptforgeError, match="need a causal LM"):
+        evaluate_generation(minilm, task, "test")
+    long = task.with_splits(test=[Example(" ".join(WORDS * 60), "a")])
+    caplog.set_level("WARNING")
+    assert evaluate_generation(tiny_llama, long, "test", max_new_tokens=2).n == 1
+    assert "cut from the left" in caplog.text
+
+
+def test_classification_only_method_refuses_generation_task(tiny_llama):
+    from adaptforge.scorers import make_scorer
+
+    with pytest.raises(AdaptforgeError, match="classification only.*'reverse2' is a generation task"):
+        make_scorer(tiny_llama).encode(reverse_task(), reverse_task().split("test"))
