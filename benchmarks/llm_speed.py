@@ -1,0 +1,189 @@
+"""SFT and generation speed on the embedded LLM, side by side with plain PEFT + transformers on the same data.
+
+python benchmarks/llm_speed.py [--task sni_emotion] [--train 96] [--prompts 32] [--max-new-tokens 16]
+    [--threads 2] [--json FILE]
+
+1. SFT tokens/s, one epoch over the same ``--train`` examples of one task, the same LoRA (rank 8, alpha 16 on
+   q/k/v/o), batch 8, lr 1e-3, the same token ids (the chat-template prompt + response + eos; loss on the
+   response only):
+   - ours: ``adaptforge.train.trainer.train`` (length-grouped dynamic batches);
+   - peer: a ``peft.get_peft_model`` model trained by ``transformers.Trainer`` with dynamic padding
+     (``DataCollatorForSeq2Seq``) and ``group_by_length=True``.
+   Tokens are the non-padding input tokens of every example, counted once per epoch for both.
+2. Greedy generation of ``--max-new-tokens`` tokens for ``--prompts`` prompts with one adapter:
+   - ours: what ``adaptforge predict`` runs (``generation.generate``: batches of 8 by length, left padding, KV
+     cache, the adapter folded into the base);
+   - peer: one prompt at a time, ``PeftModel.generate`` (the unmerged adapter), as a script would.
+   The outputs are compared token for token (both greedy on the same weights up to the fold's rounding).
+Bars (issue 29): SFT >= 1.5x the peer's tokens/s; batched generation >= 3x the peer's tokens/s.
+Run it alone on the machine: both sides share the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+from llm_sft import load  # noqa: E402
+from peft import LoraConfig, get_peft_model  # noqa: E402
+from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments  # noqa: E402
+
+from adaptforge.backbone import Backbone  # noqa: E402
+from adaptforge.generation import IGNORE, SFTScorer, encode_prompts, generate  # noqa: E402
+from adaptforge.train.config import TrainConfig  # noqa: E402
+from adaptforge.train.trainer import train  # noqa: E402
+
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+class Rows(torch.utils.data.Dataset):
+    def __init__(self, rows: list[dict]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.rows[i]
+
+
+def peer_sft(backbone: Backbone, ids: list[tuple[int, ...]], starts: list[int], args: argparse.Namespace) -> float:
+    """Seconds for one epoch of PEFT + Trainer over the same token ids."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(backbone.path, dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=list(TARGETS), lora_dropout=0.0))
+    rows = [
+        {"input_ids": list(x), "attention_mask": [1] * len(x), "labels": [IGNORE] * s + list(x[s:])}
+        for x, s in zip(ids, starts, strict=True)
+    ]
+    training = TrainingArguments(
+        output_dir=str(args.work / "peer"),
+        per_device_train_batch_size=8,
+        num_train_epochs=1,
+        learning_rate=1e-3,
+        group_by_length=True,
+        logging_strategy="no",
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        seed=0,
+    )
+    collator = DataCollatorForSeq2Seq(backbone.tokenizer, padding=True, label_pad_token_id=IGNORE)
+    trainer = Trainer(model=model, args=training, train_dataset=Rows(rows), data_collator=collator)
+    start = time.perf_counter()
+    trainer.train()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="sni_emotion")
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--train", type=int, default=96)
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=Path("out/llm_speed"))
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    task = load(args.task)
+    task = task.with_splits(train=task.sample("train", args.train, seed=0))
+    backbone = Backbone.load(args.model)
+    encoded = SFTScorer(backbone, max_length=256).encode(task, task.split("train"))
+    ids, starts = list(encoded.ids), list(encoded.targets)
+    tokens = sum(len(x) for x in ids)
+
+    cfg = TrainConfig(
+        epochs=1, batch_size=8, lr=1e-3, max_length=256, rank=8, alpha=16.0, targets=TARGETS, checkpoint_every=0, seed=0
+    )
+    start = time.perf_counter()
+    ours = train(task, backbone, cfg)
+    ours_s = time.perf_counter() - start
+    peer_s = peer_sft(backbone, ids, starts, args)
+    sft = {
+        "tokens": tokens,
+        "ours_s": ours_s,
+        "peer_s": peer_s,
+        "ours_tok_s": tokens / ours_s,
+        "peer_tok_s": tokens / peer_s,
+        "ratio": peer_s / ours_s,
+        "ours_reported_tok_s": ours.tokens_per_second,
+    }
+    print(json.dumps({"sft": sft}), flush=True)
+
+    examples = task.sample("test", args.prompts, seed=0)
+    prompts = encode_prompts(backbone.tokenizer, task.description, examples, 256)
+    start = time.perf_counter()
+    with backbone.applied(ours.delta) as tuned:
+        batched = generate(tuned, backbone.tokenizer, prompts, args.max_new_tokens, batch_size=8)
+    ours_gen = time.perf_counter() - start
+    from peft import PeftModel
+
+    folder = args.work / "adapter"
+    from adaptforge.adapters import write_adapter
+
+    write_adapter(ours.delta, folder, base_model=str(backbone.path))
+    from transformers import AutoModelForCausalLM
+
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(backbone.path), folder).eval()
+    tok = backbone.tokenizer
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    singles, new_tokens = [], 0
+    start = time.perf_counter()
+    with torch.no_grad():
+        for prompt in prompts:
+            x = torch.tensor([prompt])
+            out = peft_model.generate(
+                input_ids=x,
+                attention_mask=torch.ones_like(x),
+                max_new_tokens=args.max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad_id,
+                eos_token_id=tok.eos_token_id,
+            )
+            new_tokens += out.shape[1] - x.shape[1]
+            singles.append(tok.decode(out[0, x.shape[1] :], skip_special_tokens=True).strip())
+    peer_gen = time.perf_counter() - start
+    same = sum(a == b for a, b in zip(batched, singles, strict=True))
+    gen = {
+        "prompts": len(prompts),
+        "max_new_tokens": args.max_new_tokens,
+        "ours_s": ours_gen,
+        "peer_s": peer_gen,
+        "peer_new_tokens": new_tokens,
+        "ratio": peer_gen / ours_gen,
+        "identical_outputs": same,
+    }
+    print(json.dumps({"generation": gen}), flush=True)
+    print(
+        f"SFT: ours {sft['ours_tok_s']:.0f} tok/s, PEFT+Trainer {sft['peer_tok_s']:.0f} tok/s: "
+        f"{sft['ratio']:.2f}x (bar 1.5x: {'met' if sft['ratio'] >= 1.5 else 'NOT met'})"
+    )
+    print(
+        f"generation: batched {ours_gen:.1f} s vs one at a time {peer_gen:.1f} s for {len(prompts)} prompts: "
+        f"{gen['ratio']:.2f}x (bar 3x: {'met' if gen['ratio'] >= 3 else 'NOT met'}); "
+        f"{same}/{len(prompts)} outputs identical"
+    )
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {"settings": {**vars(args), "work": None, "json": None}, "sft": sft, "generation": gen}, indent=2
+            )
+            + "\n"
+        )
+
+
+if __name__ == "__main__":
+    main()
