@@ -199,6 +199,25 @@ def test_similar_ranks_by_cosine(lib: Library) -> None:
         lib.similar(np.zeros(3))
 
 
+def test_similar_equals_scoring_every_record(lib: Library) -> None:
+    """Scored from the embedding column, records built for the k returned only: the same adapters, order and
+    scores as scoring every record, ties (equal embeddings) going to the older adapter."""
+    rng = np.random.default_rng(3)
+    vectors = [rng.standard_normal(8) for _ in range(30)]
+    for i, vec in enumerate(vectors + vectors[:5]):  # five later adapters repeat an earlier embedding
+        lib.add(make_delta(0), name=f"e{i}", base_model=BASE, base_fingerprint=FP, embedding=vec)
+    query = rng.standard_normal(8).astype(np.float32).astype(np.float64)
+    records = lib.list()
+    unit = query / np.linalg.norm(query)
+    rows = [r.embedding.astype(np.float64) for r in records]
+    scores = [float(np.dot(e, unit) / np.linalg.norm(e)) for e in rows]
+    expected = sorted(range(len(records)), key=lambda i: (-round(scores[i], 12), records[i].created))
+    hits = lib.similar(query, k=len(records))
+    assert [r.id for r, _ in hits] == [records[i].id for i in expected]
+    assert [s for _, s in hits] == pytest.approx([scores[i] for i in expected], abs=1e-12)
+    assert hits[0][0] == lib.get(hits[0][0].id)
+
+
 def test_corrupted_file_refused(lib: Library) -> None:
     rec = lib.add(make_delta(0), name="victim", base_model=BASE, base_fingerprint=FP)
     weights = rec.path / WEIGHTS_FILE

@@ -1286,18 +1286,32 @@ class Library:
             where += " AND base_fingerprint = ?"
             args.append(base_fingerprint)
         with self._connect() as conn:
-            records = self._records(conn, where, args)
+            rows = conn.execute(
+                f"SELECT id, embedding, created FROM adapters {where} ORDER BY created, rowid", tuple(args)
+            ).fetchall()
             skipped = conn.execute(
                 "SELECT COUNT(*) FROM adapters WHERE embedding IS NOT NULL AND embedding_dim != ?", (int(query.size),)
             ).fetchone()[0]
-        if skipped:
-            logger.warning("similar: %d adapter(s) have embeddings of another dimension than %d", skipped, query.size)
-        if not records:
-            return []
-        matrix = np.stack([r.embedding for r in records]).astype(np.float64)  # type: ignore[misc]
-        scores = matrix @ query / np.linalg.norm(matrix, axis=1)
-        order = sorted(range(len(records)), key=lambda i: (-scores[i], records[i].created))
-        return [(records[i], float(scores[i])) for i in order[:k]]
+            if skipped:
+                logger.warning(
+                    "similar: %d adapter(s) have embeddings of another dimension than %d", skipped, query.size
+                )
+            if not rows:
+                return []
+            # Score from the raw embedding column; build records only for the k returned (a record costs far more
+            # than a dot product, and a library holds thousands of adapters).
+            blob = b"".join(r[1] for r in rows)
+            if len(blob) != len(rows) * query.size * _EMBEDDING_DTYPE.itemsize:
+                raise LibraryError(f"catalog {self.catalog_path}: an embedding's size does not match its recorded dim")
+            matrix = np.frombuffer(blob, dtype=_EMBEDDING_DTYPE).reshape(len(rows), query.size).astype(np.float64)
+            scores = matrix @ query / np.linalg.norm(matrix, axis=1)
+            created = np.array([float(r[2]) for r in rows])
+            # best score first, then the older adapter; scores equal to 12 decimals are ties (the same embedding can
+            # score a few ulps apart at two positions of one matrix product)
+            top = np.lexsort((created, -np.round(scores, 12)))[:k]
+            ids = [rows[i][0] for i in top]
+            found = {r.id: r for r in self._records(conn, f"WHERE id IN ({', '.join('?' * len(ids))})", ids)}
+        return [(found[rows[i][0]], float(scores[i])) for i in top]
 
 
 # --------------------------------------------------------------------------------------------------
