@@ -54,7 +54,7 @@ def scan_similar(lib: Library, query: np.ndarray, k: int) -> list[tuple[AdapterR
     records = [r for r in lib.list() if r.embedding is not None and r.embedding.size == q.size]
     matrix = np.stack([r.embedding for r in records]).astype(np.float64)
     scores = matrix @ q / np.linalg.norm(matrix, axis=1)
-    order = sorted(range(len(records)), key=lambda i: (-scores[i], records[i].created))
+    order = sorted(range(len(records)), key=lambda i: (-round(scores[i], 12), records[i].created))
     return [(records[i], float(scores[i])) for i in order[:k]]
 
 
