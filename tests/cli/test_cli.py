@@ -51,6 +51,9 @@ def test_eval_json_contract(cli_library):
 def test_library_list_export_import_rm(cli_library, tmp_path):
     listed = json.loads(run("library", "list", "--library", cli_library, "--json").stdout)["adapters"]
     assert sorted(a["name"] for a in listed) == ["agnews-a", "sst2-a", "sst2-b", "subjectivity-a"]
+    assert {a["embedding"] for a in listed} == {"<384 floats>"}  # the vectors only when asked for
+    full = json.loads(run("library", "list", "--library", cli_library, "--json", "--with-embeddings").stdout)
+    assert all(len(a["embedding"]) == 384 for a in full["adapters"])
     run("library", "export", "sst2-a", "--library", cli_library, "--out", tmp_path / "exported")
     from peft import AutoPeftModel
 

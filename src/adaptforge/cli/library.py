@@ -30,15 +30,27 @@ from adaptforge.cli.render import (
 
 @library_app.command("list")
 def library_list(
-    library: LibraryOpt, task: Annotated[str | None, typer.Option()] = None, as_json: JsonOpt = False
+    library: LibraryOpt,
+    task: Annotated[str | None, typer.Option()] = None,
+    as_json: JsonOpt = False,
+    with_embeddings: Annotated[
+        bool, typer.Option("--with-embeddings", help="Include description embeddings (JSON).", metavar="")
+    ] = False,
 ) -> None:
-    """List adapters."""
+    """List adapters (embeddings only with --with-embeddings: they are most of the catalog's bytes)."""
     from adaptforge.library import Library
 
     with cli_errors():
         records = Library(library, create=False).list(task=task)
     if as_json:
-        out.print_json(json.dumps({"adapters": [r.to_json() for r in records]}))
+        rows = []
+        for r in records:
+            row = r.to_json()
+            if not with_embeddings:
+                row["embedding"] = None if r.embedding is None else f"<{r.embedding.size} floats>"
+            rows.append(row)
+        # plain text, not rich's highlighted JSON: thousands of adapters must print in well under a second
+        out.file.write(json.dumps({"adapters": rows}, indent=2) + "\n")
         return
     table = Table(title=f"{library} ({len(records)} adapters)")
     for col in ("name", "kind", "method", "task", "rank", "modules", "parents"):
