@@ -1,5 +1,6 @@
 """The risk DRM and MPTS rank tasks by: ``risk_scale`` (loss over the chance-level loss ln k) and MPTS's
-``risk_target`` (post-update measurement, the paper's, or the pre-update training loss at no extra cost)."""
+``risk_target`` (the step's own training loss at no extra cost, the reference's choice and the default, or a
+post-update re-measurement)."""
 
 from __future__ import annotations
 

@@ -8,8 +8,8 @@ The trainer builds one sampler and drives it step by step; a step trains ``B`` t
         chosen = sampler.next_batch(B, evaluate)  # B task indices; evaluate(candidates) -> current losses
         losses = train_step(chosen)               # one update on the B sub-batches
         for t, loss in zip(chosen, losses):
-            sampler.observe(t, loss, step)        # the pre-update loss of each sub-batch
-        if sampler.wants_risk:                    # risk after adaptation (MPTS's target)
+            sampler.observe(t, loss, step)        # each sub-batch's loss from the step's forward pass
+        if sampler.wants_risk:                    # only mpts:risk_target=post_update (B extra passes)
             sampler.observe_risk(chosen, post_update_losses(chosen), step)
         # optionally, every eval_every steps: sampler.observe_eval({task_index: dev_loss, ...})
 
@@ -181,8 +181,8 @@ class TaskSampler(Method):
     ``params_type`` and implement :meth:`probabilities` (or override :meth:`next_batch`).
 
     Adaptive samplers override ``_observe`` / ``_observe_eval`` / ``_observe_risk`` / ``_state`` /
-    ``_load_state`` (and ``_tensors`` for learned weights). ``wants_risk``: the
-    trainer measures the post-update loss of the trained tasks and calls :meth:`observe_risk`.
+    ``_load_state`` (and ``_tensors`` for learned weights). ``wants_risk``: the trainer measures
+    the trained tasks' loss again after the update and calls :meth:`observe_risk` (extra forward passes).
     """
 
     kind = "task sampler"
