@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -94,7 +95,7 @@ def _check_tasks(tasks: Sequence[TaskInfo]) -> tuple[TaskInfo, ...]:
         if not isinstance(t, TaskInfo):
             raise AdaptforgeError(f"task sampler: tasks must be TaskInfo objects, got {type(t).__name__}")
     names = [t.name for t in tasks]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    dupes = sorted(n for n, c in Counter(names).items() if c > 1)  # linear: pools of thousands of tasks
     if dupes:
         raise AdaptforgeError(f"task sampler: task names must be unique; repeated: {', '.join(dupes)}")
     with_features = [t.feature_vector is not None for t in tasks]
@@ -123,13 +124,22 @@ class SamplerConfig(Params):
 class CandidateConfig(SamplerConfig):
     """Options of samplers that choose each step's tasks among ``candidates`` drawn uniformly (DRM, MPTS)."""
 
-    candidates: int = param(8, ge=1, help="B-hat: tasks drawn uniformly per step, of which the B trained are chosen")
-    risk_scale: str = param(
-        "log_k",
-        choices=("none", "log_k"),
-        help="risk a task is ranked by: log_k, loss / ln(label count), the loss at chance (chosen on dev "
-        "splits, BENCHMARKS.md issue 13); none, the raw loss (the paper's)",
+    candidates: int | None = param(
+        None,
+        ge=1,
+        help="B-hat: tasks drawn uniformly per step, of which the B trained are chosen; null: 2 B (the "
+        "reference's 16 of 32)",
     )
+    risk_scale: str = param(
+        "none",
+        choices=("none", "log_k"),
+        help="risk a task is ranked by: none, the raw loss (the reference's; picked by BENCHMARKS.md issue 13's "
+        "fourth-attempt dev rule); log_k, loss / ln(label count), the loss at chance",
+    )
+
+    def b_hat(self, size: int) -> int:
+        """Candidates per step for ``size`` trained tasks: ``candidates``, or ``2 * size`` when unset."""
+        return 2 * size if self.candidates is None else self.candidates
 
 
 # ------------------------------------------------------------------------------------------- helpers

@@ -8,7 +8,9 @@ The risk learner is then updated on the losses the training step computed anyway
 the default, as the reference: "without extra pay"), so MPTS spends no task evaluation of its own;
 ``risk_target=post_update`` measures the trained tasks again after the update (``B`` extra forward passes).
 
-Two risk learners (``risk_model``):
+Two risk learners (``risk_model``; the default is ``linear`` with ``risk_scale=none``, the pick of the
+dev rule SELECTION_RULE_4 in ``benchmarks/sampling.py``, BENCHMARKS.md issue 13, fourth attempt; that rule
+measured it with ``risk_target=post_update``, which the default no longer is):
 
 - ``np``: the paper's. A small neural process / amortised VAE, as the reference's ``RiskLearner``
   (``sinusoid/Model/risklearner.py``, ``backbone_risklearner.py``): an encoder maps each
@@ -88,10 +90,15 @@ from adaptforge.train.samplers.base import (
 
 @dataclass(frozen=True, kw_only=True)
 class MPTSConfig(CandidateConfig):
-    risk_model: str = param("np", choices=("np", "linear"), help="np: the paper's neural process; linear: cheaper")
+    risk_model: str = param(
+        "linear",
+        choices=("np", "linear"),
+        help="linear: Bayesian linear regression (picked by BENCHMARKS.md issue 13's fourth-attempt dev rule); "
+        "np: the paper's neural process",
+    )
     risk_target: str = param(
         "pre_update",
-        choices=("pre_update", "post_update"),
+        choices=("post_update", "pre_update"),
         help="risk the learner fits: pre_update, the trained tasks' losses from the step's own forward pass "
         "(the reference's choice, no extra forward pass); post_update, the same batches re-scored after the "
         "update (B extra evaluations a step)",
@@ -337,12 +344,13 @@ class MPTSSampler(TaskSampler):
         size = self._check_size(size)
         cfg = self.config
         self._learn_pending()
-        if size > cfg.candidates:
+        b_hat = cfg.b_hat(size)
+        if size > b_hat:
             raise AdaptforgeError(
-                f"{self.owner()}: candidates (B-hat) = {cfg.candidates} is below the {size} tasks per step; "
-                f"pass --sampler-opt candidates={size} or more"
+                f"{self.owner()}: candidates (B-hat) = {b_hat} is below the {size} tasks per step; "
+                f"pass --sampler-opt candidates={size} or more (or leave it unset: 2 B)"
             )
-        pool = draw_candidates(self._rng, self.n_tasks, cfg.candidates)
+        pool = draw_candidates(self._rng, self.n_tasks, b_hat)
         mean, std = self.predict(pool)
         order = np.argsort(-(cfg.gamma_mean * mean + cfg.gamma_std * std), kind="stable")
         n_top = size - size // 2 if cfg.uniform_half else size
