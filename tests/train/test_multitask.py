@@ -17,19 +17,21 @@ from adaptforge.scorers import describe, make_scorer
 from adaptforge.tasks import write_task
 from adaptforge.train.checkpoint import load_checkpoint
 from adaptforge.train.config import TrainConfig
-from adaptforge.train.samplers import SAMPLERS, TaskInfo, make_sampler
+from adaptforge.train.samplers import SAMPLERS, MPTSConfig, TaskInfo, make_sampler
 from adaptforge.train.trainer import dev_check, task_identifier, train_tasks
 
 ALL = ["uniform", "proportional", "temperature", "group_dro", "drm", "mpts"]
 REPLAYABLE = ["uniform", "proportional", "temperature", "group_dro"]  # choices a function of batch and dev losses
-MIXED = {"drm", "mpts"}  # trained with two tasks per step, chosen among all three
+# trained with two tasks per step, chosen among all three; mpts with the non-default neural risk learner and
+# post-update target, whose resume needs the most state (the defaults are checked through the CLI below)
+MIXED = {"drm": {"candidates": 3}, "mpts": {"candidates": 3, "risk_model": "np", "risk_target": "post_update"}}
 STEPS, EVAL_EVERY, EVAL_N = 12, 4, 8
 
 
 def config(sampler: str, **kw) -> TrainConfig:
     base = {"batch_size": 4, "steps": STEPS, "eval_every": EVAL_EVERY, "eval_examples": EVAL_N, "checkpoint_every": 0}
     if sampler in MIXED:
-        base |= {"tasks_per_step": 2, "sampler_options": {"candidates": 3}}
+        base |= {"tasks_per_step": 2, "sampler_options": MIXED[sampler]}
     base["dropout"] = 0.1  # dropout draws from the torch RNG, which a resumed run must restore too
     return TrainConfig(sampler=sampler, **{**base, **kw})
 
@@ -208,8 +210,6 @@ def test_cli_multitask_mpts_lands_one_adapter_and_eval_all_adapters_grid(tmp_pat
         "--sampler",
         "mpts",
         "--sampler-opt",
-        "gamma_std=1",
-        "--sampler-opt",
         "candidates=2",
         "--tasks-per-step",
         "2",
@@ -240,7 +240,11 @@ def test_cli_multitask_mpts_lands_one_adapter_and_eval_all_adapters_grid(tmp_pat
     recipe = rec["recipe"]
     assert recipe["kind"] == "train_multitask"
     assert recipe["config"]["sampler"] == "mpts"
-    assert recipe["config"]["sampler_options"] == {"gamma_std": 1, "candidates": 2}
+    # the stored recipe resolves every sampler option: the shipped defaults are the dev rule's pick (linear risk
+    # model, raw loss) with the reference's no-extra-cost target
+    assert recipe["config"]["sampler_options"] == MPTSConfig(candidates=2).to_dict()
+    opts = recipe["config"]["sampler_options"]
+    assert (opts["risk_model"], opts["risk_scale"], opts["risk_target"]) == ("linear", "none", "pre_update")
     assert recipe["config"]["tasks_per_step"] == 2
     assert [t["name"] for t in recipe["tasks"]] == ["sst2", "agnews"]
     assert recipe["draws"] == {"sst2": 8, "agnews": 8}  # B = B-hat = 2: both tasks in every step

@@ -1,5 +1,6 @@
 """The risk DRM and MPTS rank tasks by: ``risk_scale`` (loss over the chance-level loss ln k) and MPTS's
-``risk_target`` (post-update measurement, the paper's, or the pre-update training loss at no extra cost)."""
+``risk_target`` (the step's own training loss at no extra cost, the reference's choice and the default, or a
+post-update re-measurement)."""
 
 from __future__ import annotations
 
@@ -30,9 +31,9 @@ def test_chance_scale_is_ln_k_with_single_label_tasks_as_binary():
 
 
 def test_drm_ranks_by_loss_over_ln_k():
-    raw = make_sampler("drm", tasks(), {"candidates": 4, "risk_scale": "none"})
+    raw = make_sampler("drm", tasks(), {"candidates": 4})  # raw loss is the default (the reference's)
     assert raw.next_batch(2, lambda pool: [LOSSES[i] for i in pool]) == [2, 3]
-    scaled = make_sampler("drm", tasks(), {"candidates": 4})  # log_k is the default
+    scaled = make_sampler("drm", tasks(), {"candidates": 4, "risk_scale": "log_k"})
     assert scaled.next_batch(2, lambda pool: [LOSSES[i] for i in pool]) == [0, 2]
     assert scaled.evaluations == 4
 
@@ -91,8 +92,8 @@ def test_bad_risk_options_are_refused_with_the_known_values():
         make_sampler("drm", tasks(), {"risk_target": "pre_update"})
     unlabelled = [TaskInfo("a", 10, 2), TaskInfo("b", 10)]
     with pytest.raises(AdaptforgeError, match="risk_scale=log_k needs every task's label count .* missing for b"):
-        make_sampler("mpts", unlabelled)
-    assert make_sampler("mpts", unlabelled, {"risk_scale": "none"}).config.risk_scale == "none"
+        make_sampler("mpts", unlabelled, {"risk_scale": "log_k"})
+    assert make_sampler("mpts", unlabelled).config.risk_scale == "none"  # the default needs no label counts
     with pytest.raises(AdaptforgeError, match="task sampler 'mpts': the state was made with a different config"):
         state = make_sampler("mpts", tasks()).state_dict()
-        make_sampler("mpts", tasks(), {"risk_scale": "none"}).load_state_dict(state)
+        make_sampler("mpts", tasks(), {"risk_scale": "log_k"}).load_state_dict(state)

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from adaptforge.core import AdaptforgeError
+from adaptforge.train.config import TrainConfig
 from adaptforge.train.samplers import (
     SAMPLERS,
     DRMSampler,
@@ -29,10 +30,10 @@ ALL = ["uniform", "proportional", "temperature", "group_dro", "drm", "mpts"]
 # MPTS with each risk learner, as (name, options) cases.
 VARIANTS = [
     *((n, {}) for n in ALL),
-    ("mpts", {"risk_model": "linear"}),
-    ("mpts", {"risk_target": "pre_update", "risk_scale": "none"}),
-    ("mpts", {"risk_model": "linear", "risk_target": "pre_update"}),
-    ("drm", {"risk_scale": "none"}),
+    ("mpts", {"risk_model": "np", "risk_target": "post_update"}),
+    ("mpts", {"risk_model": "np", "risk_scale": "log_k"}),
+    ("mpts", {"risk_target": "post_update"}),
+    ("drm", {"risk_scale": "log_k"}),
 ]
 VARIANT_IDS = [n + "".join(f"-{v}" for v in o.values()) for n, o in VARIANTS]
 SIZES = [5000, 40, 3000, 2000, 5000, 1000]
@@ -168,7 +169,7 @@ def test_state_dict_resumes_the_identical_sequence(name, options, tmp_path):
     assert resumed.evaluations == full_sampler.evaluations
     saved, now = full_sampler.state_tensors(), resumed.state_tensors()
     assert saved.keys() == now.keys() and all(torch.equal(saved[k], now[k]) for k in saved)
-    if name == "mpts" and not options:
+    if name == "mpts" and options.get("risk_model") == "np":
         assert any(k.startswith("adam/") for k in saved) and "generator" in saved  # optimiser and z-noise RNG
         with pytest.raises(AdaptforgeError, match="risk learner tensor 'net/encoder.0.weight' is missing"):
             make_sampler(name, tasks(), options).load_state_dict(state, {})
@@ -281,7 +282,8 @@ def test_drm_trains_the_worst_candidates_and_pays_for_every_evaluation():
 
 
 @pytest.mark.parametrize(
-    ("name", "options"), [("group_dro", {}), ("drm", {}), ("mpts", {}), ("mpts", {"risk_model": "linear"})]
+    ("name", "options"),
+    [("group_dro", {}), ("drm", {}), ("mpts", {}), ("mpts", {"risk_model": "np", "risk_target": "post_update"})],
 )
 def test_adaptive_samplers_lower_the_worst_task_loss(name, options):
     """The property these samplers exist for: same steps and examples, lower worst-task loss than uniform,
@@ -298,11 +300,12 @@ def test_adaptive_samplers_lower_the_worst_task_loss(name, options):
 
 def test_drm_spends_more_task_evaluations_than_mpts():
     spent = {}
-    for name in ("drm", "mpts"):
-        sampler = make_sampler(name, tasks(), {"candidates": 6}, seed=0)
+    for name, opts in (("drm", {}), ("mpts", {}), ("mpts-post", {"risk_target": "post_update"})):
+        sampler = make_sampler(name.split("-")[0], tasks(), {"candidates": 6, **opts}, seed=0)
         run(sampler, Env(0), 0, 50, per_step=2)
         spent[name] = sampler.evaluations
-    assert spent == {"drm": 50 * 6, "mpts": 50 * 2}  # B-hat per step against B per step
+    # B-hat per step against none (the default learns from the step's own losses) or B (post_update)
+    assert spent == {"drm": 50 * 6, "mpts": 0, "mpts-post": 50 * 2}
 
 
 # ---------------------------------------------------------------------------------------- errors
@@ -329,7 +332,7 @@ def test_bad_configs_and_inputs_give_clear_errors():
     with pytest.raises(AdaptforgeError, match="'drm': next_batch needs an evaluate function"):
         make_sampler("drm", tasks()).next_batch(1)
     with pytest.raises(AdaptforgeError, match="evaluate returned 1 losses for 8 candidates"):
-        make_sampler("drm", tasks()).next_batch(1, lambda pool: [1.0])
+        make_sampler("drm", tasks(), {"candidates": 8}).next_batch(1, lambda pool: [1.0])
     with pytest.raises(AdaptforgeError, match="task sampler 'temperature' takes TemperatureConfig, got GroupDROConfig"):
         make_sampler("temperature", tasks(), GroupDROConfig())
     assert make_sampler("temperature", tasks(), SamplerConfig()).config == TemperatureConfig()
@@ -348,3 +351,22 @@ def test_bad_configs_and_inputs_give_clear_errors():
         sampler.observe(0, float("nan"), 0)
     with pytest.raises(AdaptforgeError, match="step must be an integer"):
         sampler.observe(0, 1.0, -1)
+
+
+def test_candidate_samplers_default_to_b_hat_twice_b_and_mpts_to_the_dev_rules_pick():
+    """Defaults (issue 32): B-hat = 2 B as the reference's 16 of 32; MPTS ships SELECTION_RULE_4's pick
+    (linear risk model, raw loss) with the reference's no-extra-cost risk target."""
+    cfg = MPTSConfig()
+    assert (cfg.candidates, cfg.risk_model, cfg.risk_scale, cfg.risk_target) == (None, "linear", "none", "pre_update")
+    assert cfg.b_hat(16) == 32 and MPTSConfig(candidates=5).b_hat(16) == 5
+    seen: list[list[int]] = []
+    drm = make_sampler("drm", tasks(), seed=0)
+    chosen = drm.next_batch(2, lambda pool: seen.append(list(pool)) or [float(i) for i in pool])
+    assert len(seen[0]) == 4 and drm.evaluations == 4 and sorted(chosen) == sorted(seen[0])[2:]
+    mpts = make_sampler("mpts", tasks(), seed=0)
+    for step in range(3):
+        for t in mpts.next_batch(2):
+            mpts.observe(t, 1.0, step)
+    assert not mpts.wants_risk and mpts.evaluations == 0
+    resolved = TrainConfig(sampler="mpts", tasks_per_step=4, batch_size=8).resolved("encoder", ("q",))
+    assert resolved.sampler_options == MPTSConfig(candidates=8).to_dict()  # the recipe stores what ran

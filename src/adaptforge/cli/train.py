@@ -60,7 +60,12 @@ def train_cmd(
         list[str] | None, typer.Option("--sampler-opt", help="Sampler option key=value; repeatable.")
     ] = None,
     tasks_per_step: Annotated[
-        int, typer.Option("--tasks-per-step", help="B: tasks mixed in each step's batch (splits --batch-size).")
+        int,
+        typer.Option(
+            "--tasks-per-step",
+            help="B: tasks mixed in each step's batch (splits --batch-size); drm and mpts choose them among "
+            "B-hat = 2 B candidates unless --sampler-opt candidates=N.",
+        ),
     ] = 1,
     steps: Annotated[int | None, typer.Option(help="Total steps (default: epochs over all data).")] = None,
     eval_every: Annotated[int, typer.Option("--eval-every", help="Steps between dev checks (curves).")] = 0,

@@ -76,8 +76,15 @@ class TrainConfig(Params):
         )
 
     def resolved(self, kind: str, default_targets: tuple[str, ...]) -> TrainConfig:
-        """Fill the per-kind defaults so the stored recipe says exactly what ran."""
-        updates = {k: v for k, v in _KIND_DEFAULTS[kind].items() if getattr(self, k) is None}
+        """Fill the per-kind defaults and every sampler option (``candidates`` unset: ``2 * tasks_per_step``)
+        so the stored recipe says exactly what ran."""
+        from adaptforge.train.samplers import SAMPLERS, CandidateConfig  # the registry loads samplers lazily
+
+        updates: dict[str, Any] = {k: v for k, v in _KIND_DEFAULTS[kind].items() if getattr(self, k) is None}
         if self.targets is None:
             updates["targets"] = tuple(default_targets)
+        options = SAMPLERS.get(self.sampler).parse_params(self.sampler_options)
+        if isinstance(options, CandidateConfig) and options.candidates is None:
+            options = dataclasses.replace(options, candidates=options.b_hat(self.tasks_per_step))
+        updates["sampler_options"] = options.to_dict()
         return dataclasses.replace(self, **updates)

@@ -5,8 +5,9 @@ One loop serves both: each task is a stream of batches whose order is a pure fun
 ``tasks_per_step`` sub-batches of ``batch_size / tasks_per_step`` examples, each scored with its own
 task's label set, their losses averaged into one update. Single-task training is the one-stream
 case. Samplers that look at tasks before choosing (DRM) get an evaluator of candidates' next
-batches; samplers that learn from risk after adaptation (MPTS) get each trained task's loss on its
-sub-batch measured after the update. Both run in eval mode without gradients and never touch the
+batches; every sampler gets each trained sub-batch's loss from the step's forward pass (MPTS's risk
+target by default), and a sampler that asks for it (``mpts:risk_target=post_update``) also gets that
+loss measured again after the update. Both run in eval mode without gradients and never touch the
 torch RNG, so they change no dropout draw. LoRA layers are injected with PEFT into the backbone
 for the duration of the run and removed afterwards (``unload``), so the shared backbone is
 unchanged and no model copy is made. The result is a :class:`LoraDelta` read from the trained

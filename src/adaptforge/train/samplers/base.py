@@ -8,8 +8,8 @@ The trainer builds one sampler and drives it step by step; a step trains ``B`` t
         chosen = sampler.next_batch(B, evaluate)  # B task indices; evaluate(candidates) -> current losses
         losses = train_step(chosen)               # one update on the B sub-batches
         for t, loss in zip(chosen, losses):
-            sampler.observe(t, loss, step)        # the pre-update loss of each sub-batch
-        if sampler.wants_risk:                    # risk after adaptation (MPTS's target)
+            sampler.observe(t, loss, step)        # each sub-batch's loss from the step's forward pass
+        if sampler.wants_risk:                    # only mpts:risk_target=post_update (B extra passes)
             sampler.observe_risk(chosen, post_update_losses(chosen), step)
         # optionally, every eval_every steps: sampler.observe_eval({task_index: dev_loss, ...})
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -94,7 +95,7 @@ def _check_tasks(tasks: Sequence[TaskInfo]) -> tuple[TaskInfo, ...]:
         if not isinstance(t, TaskInfo):
             raise AdaptforgeError(f"task sampler: tasks must be TaskInfo objects, got {type(t).__name__}")
     names = [t.name for t in tasks]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    dupes = sorted(n for n, c in Counter(names).items() if c > 1)  # linear: pools of thousands of tasks
     if dupes:
         raise AdaptforgeError(f"task sampler: task names must be unique; repeated: {', '.join(dupes)}")
     with_features = [t.feature_vector is not None for t in tasks]
@@ -123,13 +124,22 @@ class SamplerConfig(Params):
 class CandidateConfig(SamplerConfig):
     """Options of samplers that choose each step's tasks among ``candidates`` drawn uniformly (DRM, MPTS)."""
 
-    candidates: int = param(8, ge=1, help="B-hat: tasks drawn uniformly per step, of which the B trained are chosen")
-    risk_scale: str = param(
-        "log_k",
-        choices=("none", "log_k"),
-        help="risk a task is ranked by: log_k, loss / ln(label count), the loss at chance (chosen on dev "
-        "splits, BENCHMARKS.md issue 13); none, the raw loss (the paper's)",
+    candidates: int | None = param(
+        None,
+        ge=1,
+        help="B-hat: tasks drawn uniformly per step, of which the B trained are chosen; null: 2 B (the "
+        "reference's 16 of 32)",
     )
+    risk_scale: str = param(
+        "none",
+        choices=("none", "log_k"),
+        help="risk a task is ranked by: none, the raw loss (the reference's; picked by BENCHMARKS.md issue 13's "
+        "fourth-attempt dev rule); log_k, loss / ln(label count), the loss at chance",
+    )
+
+    def b_hat(self, size: int) -> int:
+        """Candidates per step for ``size`` trained tasks: ``candidates``, or ``2 * size`` when unset."""
+        return 2 * size if self.candidates is None else self.candidates
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -181,8 +191,8 @@ class TaskSampler(Method):
     ``params_type`` and implement :meth:`probabilities` (or override :meth:`next_batch`).
 
     Adaptive samplers override ``_observe`` / ``_observe_eval`` / ``_observe_risk`` / ``_state`` /
-    ``_load_state`` (and ``_tensors`` for learned weights). ``wants_risk``: the
-    trainer measures the post-update loss of the trained tasks and calls :meth:`observe_risk`.
+    ``_load_state`` (and ``_tensors`` for learned weights). ``wants_risk``: the trainer measures
+    the trained tasks' loss again after the update and calls :meth:`observe_risk` (extra forward passes).
     """
 
     kind = "task sampler"

@@ -4,10 +4,13 @@ Adaptation", arXiv 2501.11039; reference code github.com/thu-rllab/MPTS).
 MPTS approximates DRM (evaluate ``B-hat`` candidates, train the worst ``B``) without evaluating the
 candidates: a *risk learner* predicts each candidate's risk from its identifier, and the ``B``
 candidates with the highest acquisition score ``gamma_mean * mean + gamma_std * std`` are trained.
-After the update the trained tasks' losses are measured (``B`` evaluations, against DRM's ``B-hat``)
-and the risk learner is updated on them.
+The risk learner is then updated on the losses the training step computed anyway (``risk_target=pre_update``,
+the default, as the reference: "without extra pay"), so MPTS spends no task evaluation of its own;
+``risk_target=post_update`` measures the trained tasks again after the update (``B`` extra forward passes).
 
-Two risk learners (``risk_model``):
+Two risk learners (``risk_model``; the default is ``linear`` with ``risk_scale=none``, the pick of the
+dev rule SELECTION_RULE_4 in ``benchmarks/sampling.py``, BENCHMARKS.md issue 13, fourth attempt; that rule
+measured it with ``risk_target=post_update``, which the default no longer is):
 
 - ``np``: the paper's. A small neural process / amortised VAE, as the reference's ``RiskLearner``
   (``sinusoid/Model/risklearner.py``, ``backbone_risklearner.py``): an encoder maps each
@@ -29,39 +32,32 @@ feature vectors the identifier is the task's one-hot index (a finite task set na
 
 Differences from the reference, and why:
 
-- Target: the loss of each trained task on its sub-batch measured *after* the update (the reference
-  uses the query loss after MAML's inner-loop adaptation; LoRA training has no inner loop, and the
-  post-update loss is the risk the model has after adapting to the task).
+- Target. The reference trains its risk learner on a loss it computes anyway: on sinusoids the query
+  loss after MAML's inner loop, from the same forward pass as the outer gradient; in MetaRL the returns
+  already collected. The default ``risk_target=pre_update`` is that choice here: each trained task's
+  loss on its sub-batch from the step's own forward pass (LoRA training has no inner loop, so this is
+  the loss before the update, on a batch not yet trained on; it is also what ``drm`` ranks candidates
+  by). The step's observations are learned at the start of the next :meth:`MPTSSampler.next_batch`
+  (kept in the state until then, so a resume between steps loses nothing). ``post_update`` is an
+  adaptforge option, not the paper's: it re-scores the trained batches after the optimiser step, ``B``
+  extra forward passes a step (28-29% of a step on BENCHMARKS.md's family, issue 13).
 - ``learner_steps`` gradient steps per observation (reference: 1) and ``lr`` 2e-2 (reference: 5e-4
   with one step): training here runs hundreds, not tens of thousands, of iterations. The value was
   picked on the simulated task set of ``tests/train/test_samplers.py`` (5e-3 barely moved the risk
   learner within 300 steps there), never on real test splits.
 - Candidates are drawn uniformly from a finite task set (without replacement while ``B-hat <= N``),
   not sampled from a continuous task distribution.
-- Only the post-update risk trains the risk learner; pre-update batch losses (``observe``) and dev
-  losses (``observe_eval``) are ignored, as the reference has neither.
+- Dev losses (``observe_eval``) are ignored, as the reference has none.
 - ``uniform_half`` (off by default) fills half the batch with uniformly chosen candidates, the
   paper's variant that keeps the average risk in check.
 
-Two options the reference does not have (its sinusoid tasks share one loss scale, and its MAML inner
-loop makes the adapted loss the natural target):
-
-- ``risk_scale=log_k`` (the default, on ``drm`` too, so the oracle and its approximation rank the same
-  risk; ``none`` is the paper's raw loss): the risk is the loss divided by ``ln k``, the cross-entropy
-  of a ``k``-way task at chance. It was chosen on the family's dev splits (BENCHMARKS.md, issue 13),
-  where the rule's pick was ``risk_scale=log_k`` with ``uniform_half=true`` and ``risk_model=linear``;
-  only ``risk_scale`` became a default (the other two stay the paper's: pass them as options). Raw
-  cross-entropy makes the label count drive the choice (see :func:`~adaptforge.train.samplers.base.chance_scale`).
-  The reference rescales too where scales differ (``MetaRL/main.py`` standardises each batch's negated
-  returns before training the risk learner); a per-batch standardisation would not remove a per-task
-  offset such as ln k, so the scale here is per task.
-- ``risk_target=pre_update``: the risk learner fits the trained tasks' training loss measured before
-  the update, the forward pass the step makes anyway, so MPTS spends no task evaluation at all
-  (post_update costs ``B`` extra forward passes, ~28% of a step on the benchmark's family). It is
-  the loss the task has under the current model on a batch not yet trained on, which is also what
-  ``drm`` ranks its candidates by; the post-update loss is measured on the batch just fitted. The
-  step's observations are learned at the start of the next :meth:`MPTSSampler.next_batch` (kept in
-  the state until then, so a resume between steps loses nothing).
+One option the reference does not have (its sinusoid tasks share one loss scale): ``risk_scale=log_k``
+(on ``drm`` too, so the oracle and its approximation rank the same risk; ``none`` is the reference's raw
+loss) divides the loss by ``ln k``, the cross-entropy of a ``k``-way task at chance, so label count
+does not drive the choice (see :func:`~adaptforge.train.samplers.base.chance_scale`). The reference
+rescales too where scales differ (``MetaRL/main.py`` standardises each batch's negated returns before
+training the risk learner); a per-batch standardisation would not remove a per-task offset such as
+ln k, so the scale here is per task.
 """
 
 from __future__ import annotations
@@ -94,12 +90,18 @@ from adaptforge.train.samplers.base import (
 
 @dataclass(frozen=True, kw_only=True)
 class MPTSConfig(CandidateConfig):
-    risk_model: str = param("np", choices=("np", "linear"), help="np: the paper's neural process; linear: cheaper")
+    risk_model: str = param(
+        "linear",
+        choices=("np", "linear"),
+        help="linear: Bayesian linear regression (picked by BENCHMARKS.md issue 13's fourth-attempt dev rule); "
+        "np: the paper's neural process",
+    )
     risk_target: str = param(
-        "post_update",
+        "pre_update",
         choices=("post_update", "pre_update"),
-        help="risk the learner fits: post_update, the trained tasks' loss after the update (the paper's, "
-        "B evaluations a step); pre_update, their training loss before it (no extra forward pass)",
+        help="risk the learner fits: pre_update, the trained tasks' losses from the step's own forward pass "
+        "(the reference's choice, no extra forward pass); post_update, the same batches re-scored after the "
+        "update (B extra evaluations a step)",
     )
     gamma_mean: float = param(1.0, ge=0, help="acquisition weight of the predicted risk's mean (reference: 1)")
     gamma_std: float = param(3.0, ge=0, help="acquisition weight of the predicted risk's std (reference: 3)")
@@ -298,8 +300,8 @@ class MPTSSampler(TaskSampler):
     with the highest ``gamma_mean * mean + gamma_std * std`` (see the module docstring).
 
     :meth:`probabilities` is the candidate distribution (uniform); :meth:`predict` gives the risk
-    learner's mean and std for every task. Costs ``B`` task evaluations per step (the post-update risk; none with
-    ``risk_target=pre_update``).
+    learner's mean and std for every task. Costs no task evaluation with the default ``risk_target=pre_update``
+    (``B`` a step with ``post_update``).
     """
 
     name = "mpts"
@@ -342,12 +344,13 @@ class MPTSSampler(TaskSampler):
         size = self._check_size(size)
         cfg = self.config
         self._learn_pending()
-        if size > cfg.candidates:
+        b_hat = cfg.b_hat(size)
+        if size > b_hat:
             raise AdaptforgeError(
-                f"{self.owner()}: candidates (B-hat) = {cfg.candidates} is below the {size} tasks per step; "
-                f"pass --sampler-opt candidates={size} or more"
+                f"{self.owner()}: candidates (B-hat) = {b_hat} is below the {size} tasks per step; "
+                f"pass --sampler-opt candidates={size} or more (or leave it unset: 2 B)"
             )
-        pool = draw_candidates(self._rng, self.n_tasks, cfg.candidates)
+        pool = draw_candidates(self._rng, self.n_tasks, b_hat)
         mean, std = self.predict(pool)
         order = np.argsort(-(cfg.gamma_mean * mean + cfg.gamma_std * std), kind="stable")
         n_top = size - size // 2 if cfg.uniform_half else size

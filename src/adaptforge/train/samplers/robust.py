@@ -201,14 +201,15 @@ class DRMSampler(TaskSampler):
 
     def next_batch(self, size: int, evaluate: Evaluator | None = None) -> list[int]:
         size = self._check_size(size)
-        if size > self.config.candidates:
+        b_hat = self.config.b_hat(size)
+        if size > b_hat:
             raise AdaptforgeError(
-                f"{self.owner()}: candidates (B-hat) = {self.config.candidates} is below the {size} tasks per step; "
-                f"pass --sampler-opt candidates={size} or more"
+                f"{self.owner()}: candidates (B-hat) = {b_hat} is below the {size} tasks per step; "
+                f"pass --sampler-opt candidates={size} or more (or leave it unset: 2 B)"
             )
         if evaluate is None:
             raise AdaptforgeError(f"{self.owner()}: next_batch needs an evaluate function (task indices -> losses)")
-        pool = draw_candidates(self._rng, self.n_tasks, self.config.candidates)
+        pool = draw_candidates(self._rng, self.n_tasks, b_hat)
         risks = self._evaluate_candidates(pool, evaluate) / self._scale[pool]
         chosen = pool[np.argsort(-risks, kind="stable")[:size]]
         np.add.at(self._draws, chosen, 1)
