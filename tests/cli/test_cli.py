@@ -123,6 +123,12 @@ def test_library_show_is_readable_and_json_has_everything(cli_library):
     assert len(full["embedding"]) == 384 and all(isinstance(v, float) for v in full["embedding"])
 
 
+def test_version() -> None:
+    from importlib.metadata import version
+
+    assert run("--version").stdout.strip() == f"adaptforge {version('adaptforge')}"
+
+
 def test_help_is_fast_to_load_and_shows_flags_as_flags():
     """`adaptforge --help` must not import torch (seconds of start-up), and boolean options read as flags."""
     import subprocess

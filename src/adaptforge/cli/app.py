@@ -21,6 +21,7 @@ from rich.text import Text  # noqa: E402
 
 from adaptforge.cli.render import (  # noqa: E402
     console,
+    out,
 )
 from adaptforge.errors import AdaptforgeError  # noqa: E402
 
@@ -120,8 +121,22 @@ def cli_errors() -> Iterator[None]:
         _fail(err)
 
 
+def _version(show: bool) -> None:
+    if show:
+        from importlib.metadata import version
+
+        out.print(f"adaptforge {version('adaptforge')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", metavar="")] = False) -> None:
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", metavar="")] = False,
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.", metavar=""),
+    ] = False,
+) -> None:
     # PEFT calls a transformers method that transformers deprecates; the warning is for PEFT's authors.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     logging.basicConfig(
