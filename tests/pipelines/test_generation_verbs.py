@@ -1,5 +1,6 @@
 """The verbs on a generation task with a tiny random LLaMA: train (SFT), eval --json, predict (task and prompt
-file), and the one-line refusals that write nothing."""
+file), plain merges of LLM adapters, and the one-line refusals that come before the base model loads and write
+nothing."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ def trained(tmp_path_factory, tiny_llama_dir):
     lib = root / "lib"
     common = ("--model", tiny_llama_dir, "--max-length", "64", "--batch-size", "8", "--rank", "4")
     run_cli("train", folder, "--library", lib, "--name", "rev", "--epochs", "1", *common)
+    run_cli("train", folder, "--library", lib, "--name", "rev-b", "--epochs", "1", "--seed", "1", *common)
     return folder, lib, tiny_llama_dir
 
 
@@ -61,3 +63,50 @@ def test_classification_only_method_on_generation_task_writes_nothing(trained):
     result = run_cli("tta", folder, "--library", lib, "-a", "rev", "--method", "tent", ok=False)
     assert result.exit_code != 0 and "generation task" in result.output
     assert snapshot(lib) == before
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Any attempt to load a base model fails the test: the refusals must come first."""
+    from adaptforge.backbone import Backbone
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the base model was loaded before the request was refused")
+
+    monkeypatch.setattr(Backbone, "load", classmethod(refuse))
+
+
+REFUSALS = {
+    "merge --data": ("merge", "rev", "rev-b", "-l", "{lib}", "--method", "atlas", "--data", "{task}", "--out", "m"),
+    "merge --eval": ("merge", "rev", "rev-b", "-l", "{lib}", "--eval", "{task}", "--out", "m"),
+    "prune --domain": ("prune", "--method", "wanda", "--sparsity", "0.5", "--domain", "{task}", "--out", "{tmp}/p"),
+    "generate --eval": ("generate", "-l", "{lib}", "-o", "g", "--description", "d", "--labels", "a,b", "--eval",
+                        "{task}"),
+    "generate --examples": (
+        "generate", "-l", "{lib}", "-o", "g", "--description", "d", "--labels", "a,b", "--method", "icm",
+        "--examples", "{task}",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("verb", sorted(REFUSALS))
+def test_label_scoring_on_generation_task_is_refused_before_loading(trained, tmp_path, no_model_load, verb):
+    folder, lib, model = trained
+    args = [str(a).format(task=folder, tmp=tmp_path, lib=lib) for a in REFUSALS[verb]]
+    before = snapshot(lib)
+    result = run_cli(*args, "--model", model, ok=False)
+    assert result.exit_code == 2, result.output + repr(result.exception)  # an AdaptforgeError, not a crash
+    message = [line for line in result.output.splitlines() if line.strip()]
+    assert len(message) == 1 and "generation task" in message[0] and "classification only" in message[0]
+    assert snapshot(lib) == before and not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties"])
+def test_plain_merges_of_llm_adapters_work_and_generate(trained, method):
+    """Merging needs no data: defined for LLM adapters; the merged adapter answers the generation task."""
+    folder, lib, model = trained
+    run_cli("merge", "rev", "rev-b", "--library", lib, "--method", method, "--out", f"m-{method}", "--overwrite")
+    result = run_cli("eval", folder, "--library", lib, "-a", f"m-{method}", "--json", "--max-new-tokens", "4")
+    (row,) = json.loads(result.stdout)["results"]
+    assert row["adapter"] == f"m-{method}" and row["n"] == 4 and 0 <= row["rouge_l"] <= 1
+
