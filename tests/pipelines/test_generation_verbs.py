@@ -1,5 +1,6 @@
 """The verbs on a generation task with a tiny random LLaMA: train (SFT), eval --json, predict (task and prompt
-file), and the one-line refusals that write nothing."""
+file), plain merges of LLM adapters, and the one-line refusals that come before the base model loads and write
+nothing."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ def trained(tmp_path_factory, tiny_llama_dir):
     lib = root / "lib"
     common = ("--model", tiny_llama_dir, "--max-length", "64", "--batch-size", "8", "--rank", "4")
     run_cli("train", folder, "--library", lib, "--name", "rev", "--epochs", "1", *common)
+    run_cli("train", folder, "--library", lib, "--name", "rev-b", "--epochs", "1", "--seed", "1", *common)
     return folder, lib, tiny_llama_dir
 
 
@@ -61,3 +63,111 @@ def test_classification_only_method_on_generation_task_writes_nothing(trained):
     result = run_cli("tta", folder, "--library", lib, "-a", "rev", "--method", "tent", ok=False)
     assert result.exit_code != 0 and "generation task" in result.output
     assert snapshot(lib) == before
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Any attempt to load a base model fails the test: the refusals must come first."""
+    from adaptforge.backbone import Backbone
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the base model was loaded before the request was refused")
+
+    monkeypatch.setattr(Backbone, "load", classmethod(refuse))
+
+
+REFUSALS = {
+    "merge --data": ("merge", "rev", "rev-b", "-l", "{lib}", "--method", "atlas", "--data", "{task}", "--out", "m"),
+    "merge --eval": ("merge", "rev", "rev-b", "-l", "{lib}", "--eval", "{task}", "--out", "m"),
+    "prune --domain": ("prune", "--method", "wanda", "--sparsity", "0.5", "--domain", "{task}", "--out", "{tmp}/p"),
+    "generate --eval": ("generate", "-l", "{lib}", "-o", "g", "--description", "d", "--labels", "a,b", "--eval",
+                        "{task}"),
+    "generate --examples": (
+        "generate", "-l", "{lib}", "-o", "g", "--description", "d", "--labels", "a,b", "--method", "icm",
+        "--examples", "{task}",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("verb", sorted(REFUSALS))
+def test_label_scoring_on_generation_task_is_refused_before_loading(trained, tmp_path, no_model_load, verb):
+    folder, lib, model = trained
+    args = [str(a).format(task=folder, tmp=tmp_path, lib=lib) for a in REFUSALS[verb]]
+    before = snapshot(lib)
+    result = run_cli(*args, "--model", model, ok=False)
+    assert result.exit_code == 2, result.output + repr(result.exception)  # an AdaptforgeError, not a crash
+    message = [line for line in result.output.splitlines() if line.strip()]
+    assert len(message) == 1 and "generation task" in message[0] and "classification only" in message[0]
+    assert snapshot(lib) == before and not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties"])
+def test_plain_merges_of_llm_adapters_work_and_generate(trained, method):
+    """Merging needs no data: defined for LLM adapters; the merged adapter answers the generation task."""
+    folder, lib, model = trained
+    run_cli("merge", "rev", "rev-b", "--library", lib, "--method", method, "--out", f"m-{method}", "--overwrite")
+    result = run_cli("eval", folder, "--library", lib, "-a", f"m-{method}", "--json", "--max-new-tokens", "4")
+    (row,) = json.loads(result.stdout)["results"]
+    assert row["adapter"] == f"m-{method}" and row["n"] == 4 and 0 <= row["rouge_l"] <= 1
+
+
+def peft_vs_ours(folder, tiny_llama, base_dir=None):
+    """Max |logit difference| between PEFT's load of an exported folder and adaptforge's delta on the same base,
+    and how far the adapter moves the base's logits; ``base_dir``: PeftModel on that base (the card's recipe)."""
+    import torch
+    from peft import AutoPeftModelForCausalLM, PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from adaptforge.adapters import read_adapter
+    from adaptforge.generation import encode_prompts
+
+    if base_dir is None:
+        theirs = AutoPeftModelForCausalLM.from_pretrained(folder).eval()
+    else:
+        theirs = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), folder).eval()
+    task = reverse_task(n_train=1, n_test=2)
+    ids = torch.tensor(encode_prompts(tiny_llama.tokenizer, task.description, task.split("test")[:1], 64))
+    delta, _ = read_adapter(folder)
+    with torch.no_grad(), tiny_llama.applied(delta) as model:
+        ours = model(ids).logits
+        peft_logits = theirs(input_ids=ids).logits
+    with torch.no_grad():
+        base = tiny_llama.model(ids).logits
+    return float((ours - peft_logits).abs().max()), float((ours - base).abs().max())
+
+
+def test_export_of_llm_adapter_loads_in_peft_with_our_logits(trained, tiny_llama, tmp_path):
+    folder, lib, model = trained
+    run_cli("library", "export", "rev", "--library", lib, "--out", tmp_path / "exported")
+    config = json.loads((tmp_path / "exported" / "adapter_config.json").read_text())
+    assert config["task_type"] == "CAUSAL_LM" and config["fan_in_fan_out"] is False
+    assert config["base_model_name_or_path"] == str(model.resolve())  # a user's folder: the path is its name
+    card = (tmp_path / "exported" / "README.md").read_text()
+    assert "# rev" in card and 'AutoPeftModelForCausalLM.from_pretrained("<this folder>")' in card
+    gap, moved = peft_vs_ours(tmp_path / "exported", tiny_llama)
+    assert gap < 1e-4 and moved > 10 * gap
+
+
+def test_export_of_embedded_llm_adapter_names_the_hub_id(trained, tiny_llama, tmp_path, monkeypatch):
+    """An adapter of ``smollm2`` is exported with the hub id, never this machine's cache path, and the card's
+    recipe (PeftModel on the converted folder) gives our logits. The tiny LLaMA stands in for the converted
+    folder (the real one takes minutes to convert): only the name's resolution is redirected."""
+    from adaptforge.adapters import read_adapter
+    from adaptforge.embedded import HUB_ID
+    from adaptforge.library import Library
+    from adaptforge.pipelines import exporting
+
+    folder, lib, model = trained
+    library = Library(lib)
+    delta, record = library.load("rev")
+    library.add(delta, name="rev-smol", base_model="smollm2", base_fingerprint=record.base_fingerprint, overwrite=True)
+    monkeypatch.setattr(exporting, "resolve_model_path", lambda name: str(model) if name == "smollm2" else name)
+    out = exporting.export_adapter(library, "rev-smol", tmp_path / "exported")
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == HUB_ID and config["task_type"] == "CAUSAL_LM"
+    card = (out / "README.md").read_text()
+    assert f"`{HUB_ID}`" in card and 'resolve_model_path("smollm2")' in card and str(model) not in card
+    first = next(iter(delta))
+    assert read_adapter(out)[0].dense(first).equal(delta.dense(first))  # the weights are copied as they are
+    gap, moved = peft_vs_ours(out, tiny_llama, base_dir=model)
+    assert gap < 1e-4 and moved > 10 * gap

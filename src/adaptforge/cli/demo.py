@@ -21,10 +21,26 @@ def demo_cmd(
     out_dir: Annotated[Path, typer.Option("--out", help="Where the library and summary go.")] = Path("out/demo"),
     max_train: Annotated[int | None, typer.Option("--max-train")] = None,
     epochs: Annotated[int | None, typer.Option()] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="A causal LM (smollm2: the embedded SmolLM2-135M-Instruct) runs the LLM demo: SFT on two "
+            "generation tasks, base vs adapter, a merge, greedy answers. Default: the encoder demo on MiniLM.",
+        ),
+    ] = None,
 ) -> None:
-    """End to end on the embedded model: zero-shot vs LoRA on the shipped tasks."""
-    from adaptforge.demo import run_demo
+    """End to end on the embedded model: zero-shot vs LoRA on the shipped tasks (--model smollm2: the LLM demo)."""
+    from dataclasses import replace
+
+    from adaptforge.demo import LlmDemoSizes, run_demo, run_llm_demo
 
     with cli_errors():
-        summary = run_demo(out_dir, console=out, max_train=max_train, epochs=epochs)
+        if model is None:
+            summary = run_demo(out_dir, console=out, max_train=max_train, epochs=epochs)
+        else:
+            sizes = LlmDemoSizes()
+            sizes = replace(sizes, max_train=max_train or sizes.max_train, epochs=epochs or sizes.epochs)
+            summary = run_llm_demo(out_dir, console=out, model=model, sizes=sizes)
     out.print(f"summary written to {summary}")

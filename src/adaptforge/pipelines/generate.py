@@ -23,7 +23,7 @@ from adaptforge.library import AdapterRecord, Library
 from adaptforge.params import Params
 from adaptforge.pipelines.common import NewTaskOutcome, Notify, check_has_adapters, load_base, reporter, zero_shot_vs
 from adaptforge.provenance import GenerateProvenance
-from adaptforge.scorers import describe, make_scorer
+from adaptforge.scorers import classification_only, describe, make_scorer
 from adaptforge.tasks import Example, Task, TaskFormatError, load_task, read_examples
 
 
@@ -50,7 +50,9 @@ def read_demonstrations(path: Path, labels: Sequence[str]) -> list[Example]:
     its errors name the line and field) or a task folder's train split; every label must be one of ``labels``."""
     path = Path(path)
     if path.is_dir():
-        examples = list(load_task(path).splits.get("train", ()))
+        task = load_task(path)
+        classification_only(task, "generate --examples")
+        examples = list(task.splits.get("train", ()))
         bad = [e.label for e in examples if e.label not in labels]
         if bad:
             raise AdaptforgeError(f"--examples {path}: label {bad[0]!r} is not one of --labels {list(labels)}")
@@ -96,6 +98,7 @@ def generate_into_library(
     library.check_free(out, overwrite)
     if eval_task is not None:
         check_request([eval_task], eval_split, limit)
+        classification_only(eval_task, f"generate {method!r} --eval")
     if not isinstance(description, str) or not description.strip():
         raise AdaptforgeError("--description must be a non-empty task description")
     if config is not None and params is None:

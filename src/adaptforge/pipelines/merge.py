@@ -32,7 +32,7 @@ from adaptforge.pipelines.common import Notify, choose_base, record_result, repo
 from adaptforge.pipelines.prune import read_record as read_prune_record
 from adaptforge.provenance import MergeProvenance
 from adaptforge.routing import Router, routed_settings
-from adaptforge.scorers import Scorer, make_scorer
+from adaptforge.scorers import Scorer, classification_only, make_scorer
 from adaptforge.tasks import Task, load_task
 
 RECIPE_KEYS = ("method", "adapters", "params", "out", "data")
@@ -408,6 +408,10 @@ def merge_into_library(
     records = _check_inputs(recipe, library, overwrite)
     dense_path = _check_dense_out(Path(dense_out) if dense_out is not None else None)
     data_tasks = [load_task(d) for d in recipe.data]
+    for task in data_tasks:
+        classification_only(task, f"merge {recipe.method!r} (fitted on --data)")
+    for task in eval_tasks:
+        classification_only(task, "merge --eval (accuracy normalized by each task's adapter)")
     fingerprint = records[0].base_fingerprint
     if backbone is None and (impl.needs_data or eval_tasks or dense_path is not None or model is not None):
         name = choose_base(model, records)

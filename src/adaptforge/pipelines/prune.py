@@ -39,7 +39,7 @@ from adaptforge.prune.calibration import (
     read_general,
 )
 from adaptforge.prune.ffn import ffn_blocks, neuron_scores, shrink
-from adaptforge.scorers import Scorer, make_scorer
+from adaptforge.scorers import Scorer, classification_only, make_scorer
 from adaptforge.tasks import Task
 
 RECORD_FILE = "adaptforge_prune.json"
@@ -177,6 +177,8 @@ def prune_model(
     if "train" not in domain.splits:
         raise AdaptforgeError(f"--domain task {domain.name!r} has no train split to calibrate on")
     tasks = [domain, *[t for t in eval_tasks if t.name != domain.name]]
+    for task in tasks:
+        classification_only(task, "prune (dense vs pruned zero-shot accuracy)")
     check_request(tasks, split, limit)
     general_text = read_general(general, typed.calibration_size, typed.seed) if impl.needs_general else None
     dense = load_base(model, backbone=backbone, notify=say)
