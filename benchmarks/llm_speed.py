@@ -22,6 +22,7 @@ Run it alone on the machine: both sides share the cores.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import time
@@ -64,12 +65,18 @@ def peer_sft(backbone: Backbone, ids: list[tuple[int, ...]], starts: list[int], 
         {"input_ids": list(x), "attention_mask": [1] * len(x), "labels": [IGNORE] * s + list(x[s:])}
         for x, s in zip(ids, starts, strict=True)
     ]
+    # length-grouped batches: transformers 5 spells it train_sampling_strategy, 4.x group_by_length
+    grouping = (
+        {"train_sampling_strategy": "group_by_length"}
+        if "train_sampling_strategy" in inspect.signature(TrainingArguments.__init__).parameters
+        else {"group_by_length": True}
+    )
     training = TrainingArguments(
+        **grouping,
         output_dir=str(args.work / "peer"),
         per_device_train_batch_size=8,
         num_train_epochs=1,
         learning_rate=1e-3,
-        group_by_length=True,
         logging_strategy="no",
         save_strategy="no",
         report_to=[],
