@@ -1183,7 +1183,7 @@ class Library:
 
     @staticmethod
     def _insert_metrics(conn: sqlite3.Connection, rows: Sequence[tuple[str | None, MetricRow]]) -> None:
-        # SQLite has no NaN (it would store NULL anyway); NULL is read back as NaN.
+        # A non-finite metric is no number: stored as NULL (SQLite has no NaN), read back as NaN.
         conn.executemany(
             "INSERT INTO metrics (adapter_id, base_fingerprint, task, split, metric, value, n, created, subset, "
             "task_fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -1194,7 +1194,7 @@ class Library:
                     m.task,
                     m.split,
                     m.metric,
-                    None if math.isnan(float(m.value)) else float(m.value),
+                    float(m.value) if math.isfinite(float(m.value)) else None,
                     int(m.n),
                     float(m.created),
                     m.subset,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -29,6 +28,7 @@ from adaptforge.cli.render import (
     console,
     grid_table,
     out,
+    print_json,
     progress_bar,
 )
 from adaptforge.errors import AdaptforgeError
@@ -107,6 +107,6 @@ def eval_cmd(
     if as_json:
         keys = ("task", "adapter", "split", "n", "accuracy", "macro_f1", "loss")
         rows = [{k: r.to_json()[k] for k in keys} for r in results]
-        out.print_json(json.dumps({"results": rows, "skipped": grid.skipped}))
+        print_json({"results": rows, "skipped": grid.skipped})
         return
     out.print(grid_table(results, title=f"{split} accuracy / macro-F1"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -25,6 +24,7 @@ from adaptforge.cli.render import (
     adapter_summary,
     console,
     out,
+    print_json,
 )
 
 
@@ -38,7 +38,7 @@ def library_list(
     with cli_errors():
         records = Library(library, create=False).list(task=task)
     if as_json:
-        out.print_json(json.dumps({"adapters": [r.to_json() for r in records]}))
+        print_json({"adapters": [r.to_json() for r in records]})
         return
     table = Table(title=f"{library} ({len(records)} adapters)")
     for col in ("name", "kind", "method", "task", "rank", "modules", "parents"):
@@ -81,7 +81,7 @@ def library_show(
         snaps = None if problems else lib.snapshots(rec.name)
         info["snapshots"] = None if snaps is None else {"count": len(snaps), "steps": snaps.steps}
     if as_json:
-        out.print_json(json.dumps(info, default=str))
+        print_json(info)
     else:
         out.print(adapter_summary(info))
         for problem in problems:
@@ -110,7 +110,7 @@ def library_verify(
     leftovers = found.messages() if found is not None else []
     runs = [str(p) for p in found.runs] if found is not None else []
     if as_json:
-        out.print_json(json.dumps({"adapters": count, "problems": problems, "leftovers": leftovers, "runs": runs}))
+        print_json({"adapters": count, "problems": problems, "leftovers": leftovers, "runs": runs})
     else:
         for line in problems:
             out.print(Text.assemble(("damaged:", "red"), " ", line))
@@ -179,7 +179,7 @@ def library_import(
         task = load_task(task_dir, description=text) if task_dir else None
         rec = import_peft_folder(folder, Backbone.load(model), Library(library), name, task, overwrite=overwrite)
     if as_json:
-        out.print_json(json.dumps(rec.to_json()))
+        print_json(rec.to_json())
     else:
         out.print(f"imported {rec.name} ({rec.id})")
 

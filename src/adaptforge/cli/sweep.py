@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,7 +20,7 @@ from adaptforge.cli.app import (
     cli_errors,
     library_folder,
 )
-from adaptforge.cli.render import console, notify, out, sweep_table
+from adaptforge.cli.render import console, notify, out, print_json, sweep_table
 
 # Typer renders the epilog with rich markup: "[" is escaped so the YAML lists print.
 EXAMPLES = r"""
@@ -76,7 +75,7 @@ def sweep_cmd(
             outcome = run_sweep(parsed, lib, runner, on_cell=cell, notify=notify)
     summary = outcome.to_json()
     if as_json:
-        out.print_json(json.dumps(summary))
+        print_json(summary)
     else:
         title = f"sweep {spec.name}: {summary['ran']} ran, {summary['skipped']} skipped, {summary['failed']} failed"
         out.print(sweep_table(summary["cells"], title))

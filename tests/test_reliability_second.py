@@ -1,0 +1,108 @@
+"""Hostile input, second pass (issue 28): each test reproduces one cause the probe found, through the real CLI or a
+real server on 127.0.0.1, on the embedded model, real SQLite and real files. A bad input gets one clear line
+naming the field, file or line, and the library is compared before and after every refused command.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import refused, run_cli, snapshot, task_dir
+
+from adaptforge.library import Library
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def strict_json(text: str) -> object:
+    """Parse as JSON proper: ``NaN`` and ``Infinity`` are not JSON."""
+
+    def no_constant(name: str) -> object:
+        raise AssertionError(f"{name} printed as a number")
+
+    return json.loads(text, parse_constant=no_constant)
+
+
+# ------------------------------------------------------------------- 1. finite inputs, non-finite results
+
+
+def test_an_adapter_whose_product_overflows_is_refused_on_import(library: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "huge"
+    run_cli("library", "export", "sst2-a", "--library", library, "--out", folder)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config["lora_alpha"] = 1e308  # a finite scale (1e308 / r) whose s * B @ A overflows
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    before = snapshot(library)
+    refused("library", "import", folder, "--library", library, "--name", "huge", contains="scale * B @ A")
+    assert snapshot(library) == before
+
+
+def test_json_output_never_holds_a_non_finite_number(library: Path) -> None:
+    lib = Library(library)
+    record = lib.get("sst2-a")
+    lib.record_metrics("sst2-a", record.base_fingerprint, "sst2", "test", {"loss": math.inf, "accuracy": 0.5}, 8)
+    with sqlite3.connect(library / "catalog.sqlite") as conn:  # stored as no number, not as a number
+        assert conn.execute("SELECT value FROM metrics WHERE metric = 'loss'").fetchall() == [(None,)]
+    result = run_cli("library", "show", "sst2-a", "--library", library, "--json")
+    shown = strict_json(result.stdout)
+    assert [m["value"] for m in shown["metrics"] if m["metric"] == "loss"] == [None]
+    assert "not a finite number, printed as null: /metrics/" in result.stderr
+
+
+def test_a_diverged_test_time_adaptation_is_an_error(library: Path) -> None:
+    before = snapshot(library)
+    args = ("tta", task_dir("sst2"), "--library", library, "--adapter", "sst2-a", "--method", "tent")
+    refused(*args, "--lr", "1e30", "--limit", 8, contains=("adaptation diverged", "--lr (now 1e+30)"))
+    assert snapshot(library) == before
+
+
+# --------------------------------------------------------------------------------------- a real server
+
+
+@pytest.fixture()
+def server(library: Path, minilm):
+    from adaptforge.pipelines.serve import build_service, start_in_thread
+    from adaptforge.serve import ServeConfig
+
+    with start_in_thread(build_service(Library(library), ServeConfig(port=0, max_wait_ms=5.0), backbone=minilm)) as s:
+        yield s
+
+
+MERGE = {"texts": ["a fine film"], "labels": ["good", "bad"], "merge": {"adapters": ["sst2-a", "agnews-a"]}}
+ARROW = {"texts": ["a fine film"], "labels": ["good", "bad"], "route": {"method": "arrow"}}
+NON_FINITE = [  # finite numbers in, NaN or infinite scores out
+    ({**MERGE, "merge": {**MERGE["merge"], "weights": [1e30, 1e30]}}, "merge.weights"),
+    ({**MERGE, "merge": {**MERGE["merge"], "weights": [1e308, 1e308]}}, "merge.weights"),
+    ({**MERGE, "merge": {**MERGE["merge"], "params": {"scaling": 1e308}}}, "merge.params"),
+    ({**ARROW, "route": {"method": "arrow", "params": {"temperature": 1e-300}}}, "route.params"),
+]
+SURROGATES = [  # "\ud800" is a lone UTF-16 surrogate: valid JSON, no text
+    ({"texts": ["\ud800"], "adapter": "sst2-a"}, "texts[0]"),
+    ({"texts": ["x"], "adapter": "sst2-a", "labels": ["good", "\ud800"]}, "labels[1]"),
+    ({"texts": ["x"], "adapter": "sst2-a", "labels": ["a", "b"], "description": "\ud800"}, "description"),
+    ({"texts": ["x"], "adapter": "\ud800"}, "adapter"),
+    ({**MERGE, "merge": {**MERGE["merge"], "params": {"\ud800": 1}}}, "merge.params"),
+]
+
+
+def post(c: httpx.Client, path: str, body: dict) -> httpx.Response:
+    """POST ``body`` as ASCII JSON, which can carry a lone surrogate as an escape (UTF-8 cannot)."""
+    return c.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
+
+
+def test_non_finite_results_and_surrogates_are_422_naming_the_field(server, caplog) -> None:
+    with httpx.Client(base_url=server.url, timeout=120) as c:
+        for body, field in NON_FINITE + SURROGATES:
+            response = post(c, "/v1/classify", body)
+            assert response.status_code == 422, (body, response.text)
+            error = response.json()["error"]
+            assert error["field"] == field and error["message"].startswith(field), error
+        embedding = post(c, "/v1/embeddings", {"model": "sst2-a", "input": ["\ud800"]})
+        assert embedding.status_code == 422 and embedding.json()["error"]["field"].startswith("input")
+        assert c.post("/v1/classify", json=MERGE).status_code == 200  # the server goes on
+    assert "Traceback" not in caplog.text
