@@ -106,3 +106,42 @@ def test_non_finite_results_and_surrogates_are_422_naming_the_field(server, capl
         assert embedding.status_code == 422 and embedding.json()["error"]["field"].startswith("input")
         assert c.post("/v1/classify", json=MERGE).status_code == 200  # the server goes on
     assert "Traceback" not in caplog.text
+
+
+# --------------------------------------------------------------------------------- 2. unbounded sweep specs
+
+BOMB = """\
+name: bomb
+train:
+  tasks: &a [{task}, {task}, {task}, {task}, {task}, {task}, {task}, {task}, {task}]
+  rank: 4
+  options: &b {{targets: [*a, *a, *a, *a, *a, *a, *a, *a, *a]}}
+  lr: [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+"""
+
+
+def test_yaml_aliases_are_refused_in_specs_and_recipes(library: Path, tmp_path: Path) -> None:
+    spec = tmp_path / "bomb.yaml"
+    spec.write_text(BOMB.format(task=task_dir("sst2")))
+    before = snapshot(library)
+    refused("sweep", spec, "--library", library, contains=(f"{spec}: line 5:", "alias *a refused"))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("adapters: &x [sst2-a, agnews-a]\nout: m\nparams: {weights: *x}\n")
+    refused("merge", "--recipe", recipe, "--library", library, contains=(f"{recipe}: line 3:", "alias *x refused"))
+    assert snapshot(library) == before
+
+
+def test_a_grid_above_the_cell_limit_is_refused_before_any_cell(library: Path, tmp_path: Path) -> None:
+    from adaptforge.pipelines.sweep_spec import SweepSpec
+
+    spec = tmp_path / "grid.yaml"
+    grid = {"rank": list(range(1, 101)), "lr": [1e-3 + i * 1e-6 for i in range(100)], "seeds": list(range(100))}
+    spec.write_text(json.dumps({"train": {"tasks": [str(task_dir("sst2"))], **grid}}))  # JSON is YAML
+    before = snapshot(library)
+    refused("sweep", spec, "--library", library, contains=("1000000 cells", "limit of 10000", "--max-cells"))
+    refused("sweep", spec, "--library", library, "--max-cells", 99, contains="limit of 99")
+    assert snapshot(library) == before
+    grid["seeds"] = [0, 1]  # 20000 cells: above the default, within an explicit limit
+    spec.write_text(json.dumps({"train": {"tasks": [str(task_dir("sst2"))], **grid}}))
+    refused("sweep", spec, "--library", library, contains="20000 cells")
+    assert len(SweepSpec.from_yaml(spec, max_cells=20_000).train.axes["seed"]) == 2

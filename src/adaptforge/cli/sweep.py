@@ -56,13 +56,22 @@ def sweep_cmd(
     workers: WorkersOpt = None,
     threads_per_worker: ThreadsOpt = None,
     as_json: JsonOpt = False,
+    max_cells: Annotated[
+        int | None,
+        typer.Option(
+            "--max-cells",
+            min=1,
+            help="Refuse a spec whose grid expands to more cells than this, checked before any cell is built "
+            "(default 10000).",
+        ),
+    ] = None,
 ) -> None:
     """Run a grid of trainings, merges or compositions (in this process or on Ray); every cell lands in the library."""
     from adaptforge.library import Library
     from adaptforge.pipelines.sweep import SweepSpec, run_sweep
 
     with cli_errors():
-        parsed = SweepSpec.from_yaml(spec)
+        parsed = SweepSpec.from_yaml(spec) if max_cells is None else SweepSpec.from_yaml(spec, max_cells)
         runner = backend_from_flags(backend, ray_address, workers, threads_per_worker)
         with library_folder(library):
             lib = Library(library)
