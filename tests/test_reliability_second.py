@@ -145,3 +145,37 @@ def test_a_grid_above_the_cell_limit_is_refused_before_any_cell(library: Path, t
     spec.write_text(json.dumps({"train": {"tasks": [str(task_dir("sst2"))], **grid}}))
     refused("sweep", spec, "--library", library, contains="20000 cells")
     assert len(SweepSpec.from_yaml(spec, max_cells=20_000).train.axes["seed"]) == 2
+
+
+# ------------------------------------------------------------------------------------ 4. deeply nested JSON
+
+DEEP = "[" * 50_000 + "]" * 50_000  # valid JSON, deeper than Python's parser can follow
+
+
+def test_deeply_nested_json_is_one_error_naming_file_and_line(library: Path, tmp_path: Path) -> None:
+    before = snapshot(library)
+    folder = tmp_path / "peft"
+    run_cli("library", "export", "sst2-a", "--library", library, "--out", folder)
+    config = folder / "adapter_config.json"
+    config.write_text(config.read_text().replace("{", '{\n"deep": ' + DEEP + ",\n", 1))
+    refused("library", "import", folder, "--library", library, "--name", "deep", contains=f"{config}: line 2: JSON nested")
+    task = tmp_path / "task"
+    task.mkdir()
+    (task / "task.json").write_text(json.dumps({"name": "t", "description": "d", "labels": ["a", "b"]}))
+    lines = [json.dumps({"text": f"x{i}", "label": "ab"[i % 2]}) for i in range(4)]
+    (task / "test.jsonl").write_text("\n".join([lines[0], '{"text": ' + DEEP + ', "label": "a"}', *lines[1:]]))
+    refused("eval", task, "--library", library, "--zero-shot", contains=f"{task / 'test.jsonl'}: line 2: JSON nested")
+    texts = tmp_path / "inputs.jsonl"
+    texts.write_text(json.dumps({"text": "fine"}) + "\n" + DEEP + "\n")
+    refused("predict", texts, "--library", library, "--adapter", "sst2-a", contains=f"{texts}: line 2: JSON nested")
+    assert snapshot(library) == before
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "deep.json").write_text(DEEP)
+    (bench / "big.json").write_text(json.dumps({"rows": [{"method": f"m{i}", "accuracy": 0.5} for i in range(600)]}))
+    page = tmp_path / "report.html"
+    result = run_cli("report", "--library", library, "--bench", bench, "--out", page, "--json")
+    html = page.read_text()
+    assert "deep.json: line 1: JSON nested more than 100 levels deep" in html
+    assert "big.json: showing the first 500 of 600 rows" in html and "m499" in html and "m500" not in html
+    assert "Traceback" not in result.output

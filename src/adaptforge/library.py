@@ -60,6 +60,7 @@ from adaptforge.durable import (
 )
 from adaptforge.provenance import Provenance
 from adaptforge.snapshots import SNAPSHOTS_FILE, Snapshots, read_snapshots
+from adaptforge.structured import parse_json
 
 logger = logging.getLogger(__name__)
 
@@ -434,9 +435,10 @@ def read_provenance(folder: Path) -> AdapterRecord:
     if not path.is_file():
         raise LibraryError(f"{path}: missing; this adapter was stored before provenance files were written")
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
         raise LibraryError(f"{path}: unreadable ({err})") from None
+    info = parse_json(text, str(path), LibraryError)
     if not isinstance(info, dict) or info.get("format") != PROVENANCE_FORMAT:
         raise LibraryError(f"{path}: not an adaptforge adapter record (field 'format' is not {PROVENANCE_FORMAT!r})")
     try:

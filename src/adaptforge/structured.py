@@ -19,17 +19,22 @@ from adaptforge.errors import AdaptforgeError
 MAX_DEPTH = 100  # levels of nesting: far beyond any config, far below the parsers' stack limits
 
 
-def parse_json(text: str, where: str, error: type[AdaptforgeError] = AdaptforgeError, first_line: int = 1) -> Any:
-    """``json.loads(text)``; invalid or too deeply nested JSON raises ``error`` naming ``where`` and the line
-    (``first_line`` is the line ``text`` starts on, for one line of a JSONL file)."""
+def parse_json(
+    text: str, where: str, error: type[AdaptforgeError] = AdaptforgeError, first_line: int = 1, expected: str = ""
+) -> Any:
+    """``json.loads(text)``; invalid or too deeply nested JSON raises ``error`` as ``WHERE: line N: ...``
+    (``first_line`` is the line ``text`` starts on, for one line of a JSONL file; ``expected`` ends the message
+    of invalid JSON with what was expected)."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise error(f"{where}:{first_line + exc.lineno - 1}: invalid JSON ({exc.msg}, column {exc.colno})") from None
+        hint = f"; expected {expected}" if expected else ""
+        line = first_line + exc.lineno - 1
+        raise error(f"{where}: line {line}: invalid JSON ({exc.msg}, column {exc.colno}){hint}") from None
     except RecursionError:
         line = first_line + (_too_deep(text) or 1) - 1
         raise error(
-            f"{where}:{line}: JSON nested more than {MAX_DEPTH} levels deep (here, and deeper than the parser can "
+            f"{where}: line {line}: JSON nested more than {MAX_DEPTH} levels deep (and deeper than the parser can "
             "follow); no adaptforge input needs that"
         ) from None
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from adaptforge.core import AdaptforgeError
 from adaptforge.durable import write_file
+from adaptforge.structured import parse_json
 
 __all__ = [
     "MAX_INFERRED_LABELS",
@@ -358,10 +359,7 @@ def _read_text(path: Path) -> str:
 
 
 def _parse_json(path: Path) -> Any:
-    try:
-        return json.loads(_read_text(path))
-    except json.JSONDecodeError as exc:
-        raise TaskFormatError(f"{_where(path, exc.lineno)}: invalid JSON ({exc.msg}, column {exc.colno})") from None
+    return parse_json(_read_text(path), str(path), TaskFormatError)
 
 
 # --------------------------------------------------------------------------------------------- task folder
@@ -376,13 +374,8 @@ def read_examples(
     for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TaskFormatError(
-                f"{_where(path, lineno)}: invalid JSON ({exc.msg}, column {exc.colno}); "
-                f'expected one object like {{"{text_col}": ..., "{label_col}": ...}} per line'
-            ) from None
+        expected = f'one object like {{"{text_col}": ..., "{label_col}": ...}} per line'
+        record = parse_json(line, str(path), TaskFormatError, lineno, expected)
         if not isinstance(record, dict):
             raise TaskFormatError(f"{_where(path, lineno)}: expected a JSON object, got {type(record).__name__}")
         for key in (text_col, label_col):
@@ -739,10 +732,7 @@ def read_texts(path: Path) -> list[str]:
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise TaskFormatError(f"{path}:{number}: not JSON ({err.msg})") from None
+        row = parse_json(line, str(path), TaskFormatError, number, 'an object like {"text": ...}')
         if not isinstance(row, dict) or not isinstance(row.get("text"), str):
             raise TaskFormatError(f"{path}:{number}: expected an object with a string field 'text'")
         texts.append(row["text"])
