@@ -158,7 +158,9 @@ def test_deeply_nested_json_is_one_error_naming_file_and_line(library: Path, tmp
     run_cli("library", "export", "sst2-a", "--library", library, "--out", folder)
     config = folder / "adapter_config.json"
     config.write_text(config.read_text().replace("{", '{\n"deep": ' + DEEP + ",\n", 1))
-    refused("library", "import", folder, "--library", library, "--name", "deep", contains=f"{config}: line 2: JSON nested")
+    refused(
+        "library", "import", folder, "--library", library, "--name", "deep", contains=f"{config}: line 2: JSON nested"
+    )
     task = tmp_path / "task"
     task.mkdir()
     (task / "task.json").write_text(json.dumps({"name": "t", "description": "d", "labels": ["a", "b"]}))
@@ -179,3 +181,17 @@ def test_deeply_nested_json_is_one_error_naming_file_and_line(library: Path, tmp
     assert "deep.json: line 1: JSON nested more than 100 levels deep" in html
     assert "big.json: showing the first 500 of 600 rows" in html and "m499" in html and "m500" not in html
     assert "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------------------- 7. predict's output path
+
+
+def test_predict_checks_its_output_and_input_before_the_work(library: Path, tmp_path: Path) -> None:
+    inputs = tmp_path / "inputs.jsonl"
+    inputs.write_text(json.dumps({"text": "a fine film"}) + "\n")
+    args = ("predict", inputs, "--library", library, "--adapter", "sst2-a", "--labels", "good,bad")
+    refused(*args, "--out", tmp_path, contains=f"--out {tmp_path} is a folder")
+    refused(*args, "--out", inputs, contains=f"--out {inputs} is the input")
+    assert inputs.read_text() == json.dumps({"text": "a fine film"}) + "\n"
+    inputs.write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps({"text": "x" * 200_000}) + "\n")
+    refused(*args, contains=f"{inputs}:2: 200012 characters, more than the limit of 100000")

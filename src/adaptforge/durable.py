@@ -205,3 +205,16 @@ def write_file(path: Path, payload: bytes) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def check_out_file(out: Path, reads: tuple[Path, ...] = (), flag: str = "--out") -> Path:
+    """``out`` resolved, checked before any work as a file a command may replace: not a folder, and not one of
+    the inputs it ``reads`` (nor inside an input folder), which the output would silently overwrite."""
+    out = Path(out).expanduser().resolve()
+    if out.is_dir():
+        raise AdaptforgeError(f"{flag} {out} is a folder; give a file name such as {out / 'out.jsonl'}")
+    for given in reads:
+        source = Path(given).expanduser().resolve()
+        if out == source or source in out.parents:
+            raise AdaptforgeError(f"{flag} {out} is the input {given} (or inside it); write the output elsewhere")
+    return out

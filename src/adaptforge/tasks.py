@@ -721,11 +721,20 @@ def is_text_file(path: Path) -> bool:
     )
 
 
+MAX_LINE_CHARS = 100_000  # one input of predict, calibration or tta text: tokenizing 20 MB takes minutes
+
+
 def read_texts(path: Path) -> list[str]:
     """Unlabelled inputs: one text per non-empty line of a ``.txt``, or the ``text`` field of each ``.jsonl``
     line; a malformed line is an error naming it."""
     path = Path(path)
     lines = _read_text(path).splitlines()
+    for number, line in enumerate(lines, start=1):
+        if len(line) > MAX_LINE_CHARS:
+            raise TaskFormatError(
+                f"{path}:{number}: {len(line)} characters, more than the limit of {MAX_LINE_CHARS} per input "
+                "(the model reads a few hundred tokens of it); split or shorten it"
+            )
     if path.suffix == ".txt":
         return [line.strip() for line in lines if line.strip()]
     texts = []
