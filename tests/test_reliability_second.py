@@ -195,3 +195,34 @@ def test_predict_checks_its_output_and_input_before_the_work(library: Path, tmp_
     assert inputs.read_text() == json.dumps({"text": "a fine film"}) + "\n"
     inputs.write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps({"text": "x" * 200_000}) + "\n")
     refused(*args, contains=f"{inputs}:2: 200012 characters, more than the limit of 100000")
+
+
+# -------------------------------------------------------------------- 3. a config that contradicts its weights
+
+
+@pytest.mark.parametrize("layers", [12, 3])  # MiniLM has 6: 6 layers would be random, or 3 dropped
+def test_a_model_folder_whose_config_contradicts_its_weights_is_refused(
+    minilm, library: Path, tmp_path: Path, layers: int
+) -> None:
+    folder = tmp_path / f"minilm-{layers}"
+    folder.mkdir()
+    for item in Path(minilm.path).iterdir():
+        (folder / item.name).symlink_to(item)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").unlink()
+    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": layers}))
+    missing = "missing from its weights" if layers > 6 else "in its weights but not in its config"
+    task = tmp_path / "task"
+    task.mkdir()
+    (task / "task.json").write_text(json.dumps({"name": "t", "description": "d", "labels": ["a", "b"]}))
+    for split in ("train", "dev", "test"):
+        (task / f"{split}.jsonl").write_text(
+            "\n".join(json.dumps({"text": f"x{i}", "label": "ab"[i % 2]}) for i in range(4))
+        )
+    before = snapshot(library)
+    contains = (f"{folder}: config.json does not match the weights", missing, "encoder.layer.")
+    refused("eval", task, "--library", library, "--zero-shot", "--model", folder, contains=contains)
+    out = tmp_path / "pruned"
+    prune = ("prune", "--model", folder, "--method", "magnitude", "--sparsity", 0.5, "--domain", task, "--out", out)
+    refused(*prune, contains=contains)
+    assert not out.exists() and snapshot(library) == before
