@@ -226,3 +226,23 @@ def test_a_model_folder_whose_config_contradicts_its_weights_is_refused(
     prune = ("prune", "--model", folder, "--method", "magnitude", "--sparsity", 0.5, "--domain", task, "--out", out)
     refused(*prune, contains=contains)
     assert not out.exists() and snapshot(library) == before
+
+
+# ------------------------------------------------------------------------------ 6. gc beside a live train
+
+
+def test_gc_and_verify_leave_a_live_run_alone(library: Path) -> None:
+    lib = Library(library)
+    live, dead = lib.run_dir("live"), lib.run_dir("dead")
+    staged = lib.runs_dir / ".tmp-live-0123abcd"  # the checkpoint a live train is writing
+    dead_staged = lib.runs_dir / ".tmp-dead-0123abcd"
+    for folder in (live, dead, staged, dead_staged):
+        folder.mkdir(parents=True)
+        (folder / "state.safetensors").write_bytes(b"x")
+    with lib.run_lock("live"):  # the very lock `adaptforge train --name live` holds while it runs
+        verify = run_cli("library", "verify", "--library", library, ok=False).output
+        assert f"run in progress (a live train holds its lock; leave it): {live}" in " ".join(verify.split())
+        assert f"delete it): {live}" not in verify and str(staged) not in verify
+        run_cli("library", "gc", "--library", library, "--min-age", 0)
+        assert staged.is_dir() and live.is_dir()
+    assert not dead_staged.exists() and dead.is_dir()  # a dead run's staging goes, its checkpoint stays

@@ -117,6 +117,22 @@ def exclusive_lock(path: Path, what: str) -> Iterator[None]:
         os.close(fd)
 
 
+def is_locked(path: Path) -> bool:
+    """Whether a live process holds the :func:`exclusive_lock` on ``path`` (probed without waiting; a lock file
+    left by a killed process is not held)."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases the probe's shared lock
+    return False
+
+
 TMP_PREFIX = ".tmp-"  # the one temp-name prefix: verify and gc recognise what a crash left behind
 
 

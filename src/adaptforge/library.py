@@ -53,6 +53,7 @@ from adaptforge.durable import (
     exclusive_lock,
     fsync_dir,
     fsync_tree,
+    is_locked,
     remove_inside,
     sha256_file,
     share_files,
@@ -96,6 +97,7 @@ class Leftovers:
     stale_temp: tuple[Path, ...]  # temp folders older than the age limit (adds, checkpoint swaps)
     runs: tuple[Path, ...]  # resumable checkpoints of runs that did not finish (kept by gc)
     missing: tuple[str, ...]  # catalog rows whose folder is gone
+    live: tuple[Path, ...] = ()  # runs a live train holds the lock of: neither leftovers nor unfinished
 
     def messages(self) -> list[str]:
         return [
@@ -1134,9 +1136,21 @@ class Library:
 
         temp = [e for e in sorted(self.adapters_dir.glob(f"{TMP_PREFIX}*")) if e.is_dir()]
         runs: list[Path] = []
+        live: set[str] = set()
         if self.runs_dir.is_dir():
-            temp += [e for e in sorted(self.runs_dir.glob(f"{TMP_PREFIX}*")) if e.is_dir()]
-            runs = [e for e in sorted(self.runs_dir.iterdir()) if e.is_dir() and not e.name.startswith(".")]
+            locks = self.runs_dir / LOCKS_DIR
+            live = {f.name for f in locks.iterdir() if is_locked(f)} if locks.is_dir() else set()
+
+            def in_use(entry: Path) -> bool:  # a live run's folder, its .old twin or its checkpoint being staged
+                staged = entry.name[len(TMP_PREFIX) :].rsplit("-", 1)[0] if entry.name.startswith(TMP_PREFIX) else None
+                return entry.name.removesuffix(".old") in live or staged in live
+
+            temp += [e for e in sorted(self.runs_dir.glob(f"{TMP_PREFIX}*")) if e.is_dir() and not in_use(e)]
+            runs = [
+                e
+                for e in sorted(self.runs_dir.iterdir())
+                if e.is_dir() and not e.name.startswith(".") and not in_use(e)
+            ]
         with self._connect() as conn:
             known = {r[0] for r in conn.execute("SELECT id FROM adapters")}
         folders = self.adapter_folders()
@@ -1145,6 +1159,7 @@ class Library:
             stale_temp=tuple(p for p in temp if stale(p)),
             runs=tuple(runs),
             missing=tuple(sorted(i for i in known if not (self.adapters_dir / i).is_dir())),
+            live=tuple(self.runs_dir / n for n in sorted(live)),
         )
 
     def gc(self, min_age: float = 3600.0) -> list[Path]:

@@ -118,6 +118,8 @@ def library_verify(
             out.print(Text.assemble(("leftover:", "yellow"), " ", line))
         for run in runs:
             out.print(f"unfinished run (resume with train --resume, or delete it): {run}")
+        for run in found.live if found is not None else ():
+            out.print(f"run in progress (a live train holds its lock; leave it): {run}")
         out.print(f"{count} adapter(s) checked, {len(problems)} problem(s), {len(leftovers)} leftover(s)")
     if problems or leftovers:
         raise typer.Exit(1)
