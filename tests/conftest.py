@@ -7,8 +7,12 @@ import os
 import sqlite3
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from adaptforge.core import LoraDelta
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -129,6 +133,44 @@ def run_cli(*args: object, ok: bool = True):
     if ok:
         assert result.exit_code == 0, result.output + repr(result.exception)
     return result
+
+
+def minilm_delta(seed: int, rank: int = 8, modules: Sequence[str] = MINILM_ATTENTION) -> LoraDelta:
+    """A LoRA delta that fits the embedded MiniLM (384 x 384 attention projections), small but not zero."""
+    return random_delta(modules, rank=rank, scale=2.0, seed=seed, std=0.01)
+
+
+@pytest.fixture()
+def library(minilm, tmp_path: Path) -> Path:
+    """A library of two MiniLM adapters (sst2 and agnews) and a merge child, plus an unrelated user file."""
+    from adaptforge.library import Library
+
+    root = tmp_path / "lib"
+    lib = Library(root)
+    for seed, (name, task) in enumerate((("sst2-a", "sst2"), ("agnews-a", "agnews"))):
+        lib.add(minilm_delta(seed), name=name, base_model=minilm.name, base_fingerprint=minilm.fingerprint, task=task)
+    lib.add(
+        minilm_delta(7),
+        name="child",
+        base_model=minilm.name,
+        base_fingerprint=minilm.fingerprint,
+        method="task_arithmetic",
+        parents=["sst2-a", "agnews-a"],
+    )
+    (root / "notes.txt").write_text("the user's own file")
+    return root
+
+
+def refused(*args: object, contains: str | tuple[str, ...] = ()) -> str:
+    """Run the CLI; it must refuse with exit 2 and a one-line error (no traceback) holding ``contains`` (matched
+    with runs of whitespace as one space: the console wraps long lines)."""
+    result = run_cli(*args, ok=False)
+    assert result.exit_code == 2, result.output + repr(result.exception)
+    assert "Traceback" not in result.output
+    flat = " ".join(result.output.split())
+    for text in (contains,) if isinstance(contains, str) else contains:
+        assert " ".join(text.split()) in flat, result.output
+    return result.output
 
 
 @pytest.fixture(scope="session")

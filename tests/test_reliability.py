@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import MINILM_ATTENTION, random_delta, run_cli, small_task, snapshot, task_dir
+from conftest import MINILM_ATTENTION, minilm_delta, refused, run_cli, small_task, snapshot, task_dir
 from safetensors.torch import load_file, save_file
 
 from adaptforge.adapters import CONFIG_FILE, WEIGHTS_FILE, write_adapter
@@ -27,40 +27,6 @@ from adaptforge.core import LoraDelta, LoraModule
 from adaptforge.library import EXPORT_RECORD_FILE, Library, LibraryError
 
 MODULES = MINILM_ATTENTION
-
-
-def minilm_delta(seed: int, rank: int = 8, modules: list[str] = MODULES) -> LoraDelta:
-    """A LoRA delta that fits the embedded MiniLM (384 x 384 attention projections), small but not zero."""
-    return random_delta(modules, rank=rank, scale=2.0, seed=seed, std=0.01)
-
-
-@pytest.fixture()
-def library(minilm, tmp_path: Path) -> Path:
-    """A library of two MiniLM adapters (sst2 and agnews) and a merge child, plus an unrelated user file."""
-    root = tmp_path / "lib"
-    lib = Library(root)
-    for seed, (name, task) in enumerate((("sst2-a", "sst2"), ("agnews-a", "agnews"))):
-        lib.add(minilm_delta(seed), name=name, base_model=minilm.name, base_fingerprint=minilm.fingerprint, task=task)
-    lib.add(
-        minilm_delta(7),
-        name="child",
-        base_model=minilm.name,
-        base_fingerprint=minilm.fingerprint,
-        method="task_arithmetic",
-        parents=["sst2-a", "agnews-a"],
-    )
-    (root / "notes.txt").write_text("the user's own file")
-    return root
-
-
-def refused(*args: object, contains: str | tuple[str, ...] = ()) -> str:
-    """Run the CLI; it must refuse with exit 2 and a one-line error (no traceback) holding ``contains``."""
-    result = run_cli(*args, ok=False)
-    assert result.exit_code == 2, result.output + repr(result.exception)
-    assert "Traceback" not in result.output
-    for text in (contains,) if isinstance(contains, str) else contains:
-        assert text in result.output, result.output
-    return result.output
 
 
 # ------------------------------------------------------------------------------------------- data loss

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from adaptforge.core import AdaptforgeError, LoraDelta, LoraModule
 from adaptforge.layers import is_lora_layer, layer_type, weight_view
+from adaptforge.structured import parse_json
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -171,11 +172,10 @@ def read_adapter(folder: str | Path) -> tuple[LoraDelta, dict[str, Any]]:
         if not path.is_file():
             raise AdapterFormatError(f"{path}: missing; a PEFT LoRA folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise AdapterFormatError(f"{config_path}: line {err.lineno}: invalid JSON ({err.msg})") from None
+        text = config_path.read_text(encoding="utf-8")
     except (UnicodeDecodeError, OSError) as err:
         raise AdapterFormatError(f"{config_path}: unreadable ({err})") from None
+    config = parse_json(text, str(config_path), AdapterFormatError)
     typed = PeftLoraConfig.parse(config, config_path)
     try:
         tensors = load_file(str(weights_path))

@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -117,6 +117,27 @@ def fingerprint(model: torch.nn.Module, config: Any) -> str:
     return h.hexdigest()[:32]
 
 
+def check_loaded_weights(model: PreTrainedModel, info: Mapping[str, Any], path: str) -> None:
+    """Refuse a model folder whose config contradicts its weights. transformers fills weights the files lack
+    with fresh random values and drops the ones the config has no room for, and only prints a report; a model
+    half made of random layers would then be trained on, pruned and saved as if it were the real one. Unexpected
+    weights of a head this model class does not have (``cls.*`` of a masked-LM checkpoint) are ignored."""
+    own = {name for name, _ in model.named_children()}
+    prefix = f"{model.base_model_prefix}." if getattr(model, "base_model_prefix", "") else ""
+    missing = sorted(info.get("missing_keys") or ())
+    unexpected = sorted(k for k in info.get("unexpected_keys") or () if k.removeprefix(prefix).split(".", 1)[0] in own)
+    for keys, what in (
+        (missing, "missing from its weights (they would be random)"),
+        (unexpected, "in its weights but not in its config (they would be dropped)"),
+    ):
+        if keys:
+            shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+            raise BackboneError(
+                f"{path}: config.json does not match the weights: {len(keys)} weight(s) {what}: {shown}; "
+                "fix config.json (layer count, sizes) or the weights"
+            )
+
+
 @dataclass
 class Backbone:
     """A frozen model plus tokenizer, identified by its fingerprint."""
@@ -155,7 +176,10 @@ class Backbone:
                 model = auto.from_config(config, dtype=dtype)
                 model.load_state_dict(read_packed(path), strict=True)
             else:  # safetensors only: a pickled checkpoint (pytorch_model.bin) can run code when loaded.
-                model = auto.from_pretrained(path, dtype=dtype, local_files_only=local, use_safetensors=True)
+                model, info = auto.from_pretrained(
+                    path, dtype=dtype, local_files_only=local, use_safetensors=True, output_loading_info=True
+                )
+                check_loaded_weights(model, info, path)
         except (OSError, ValueError, RuntimeError) as err:
             raise BackboneError(f"cannot load model weights from {path!r}: {err}") from None
         model.eval()

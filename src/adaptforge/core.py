@@ -96,7 +96,24 @@ class LoraDelta:
                 if not bool(torch.isfinite(tensor).all()):
                     bad = int((~torch.isfinite(tensor)).sum())
                     return f"module {name!r} {factor} holds {bad} NaN or infinite value(s)"
+            if not _dense_is_finite(m):
+                return (
+                    f"module {name!r}: scale {m.scale:g} and its factors are finite but scale * B @ A is not "
+                    "(it overflows float32); the scale (lora_alpha / r) or the factors are far too large"
+                )
         return None
+
+
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def _dense_is_finite(m: LoraModule) -> bool:
+    """Whether ``m.dense()`` is finite. ``|s| * r * max|B| * max|A|`` bounds every entry, so the dense
+    product is only formed when that bound does not already prove it (huge scales or factors)."""
+    bound = abs(float(m.scale)) * m.rank * float(m.B.abs().max()) * float(m.A.abs().max()) if m.rank else 0.0
+    if bound < _FLOAT32_MAX / 2:
+        return True
+    return bool(torch.isfinite(m.dense()).all())
 
 
 def did_you_mean(word: object, known: Iterable[str]) -> str:

@@ -117,6 +117,22 @@ def exclusive_lock(path: Path, what: str) -> Iterator[None]:
         os.close(fd)
 
 
+def is_locked(path: Path) -> bool:
+    """Whether a live process holds the :func:`exclusive_lock` on ``path`` (probed without waiting; a lock file
+    left by a killed process is not held)."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases the probe's shared lock
+    return False
+
+
 TMP_PREFIX = ".tmp-"  # the one temp-name prefix: verify and gc recognise what a crash left behind
 
 
@@ -205,3 +221,16 @@ def write_file(path: Path, payload: bytes) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def check_out_file(out: Path, reads: tuple[Path, ...] = (), flag: str = "--out") -> Path:
+    """``out`` resolved, checked before any work as a file a command may replace: not a folder, and not one of
+    the inputs it ``reads`` (nor inside an input folder), which the output would silently overwrite."""
+    out = Path(out).expanduser().resolve()
+    if out.is_dir():
+        raise AdaptforgeError(f"{flag} {out} is a folder; give a file name such as {out / 'out.jsonl'}")
+    for given in reads:
+        source = Path(given).expanduser().resolve()
+        if out == source or source in out.parents:
+            raise AdaptforgeError(f"{flag} {out} is the input {given} (or inside it); write the output elsewhere")
+    return out

@@ -53,6 +53,7 @@ from adaptforge.durable import (
     exclusive_lock,
     fsync_dir,
     fsync_tree,
+    is_locked,
     remove_inside,
     sha256_file,
     share_files,
@@ -60,6 +61,7 @@ from adaptforge.durable import (
 )
 from adaptforge.provenance import Provenance
 from adaptforge.snapshots import SNAPSHOTS_FILE, Snapshots, read_snapshots
+from adaptforge.structured import parse_json
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +97,7 @@ class Leftovers:
     stale_temp: tuple[Path, ...]  # temp folders older than the age limit (adds, checkpoint swaps)
     runs: tuple[Path, ...]  # resumable checkpoints of runs that did not finish (kept by gc)
     missing: tuple[str, ...]  # catalog rows whose folder is gone
+    live: tuple[Path, ...] = ()  # runs a live train holds the lock of: neither leftovers nor unfinished
 
     def messages(self) -> list[str]:
         return [
@@ -434,9 +437,10 @@ def read_provenance(folder: Path) -> AdapterRecord:
     if not path.is_file():
         raise LibraryError(f"{path}: missing; this adapter was stored before provenance files were written")
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
         raise LibraryError(f"{path}: unreadable ({err})") from None
+    info = parse_json(text, str(path), LibraryError)
     if not isinstance(info, dict) or info.get("format") != PROVENANCE_FORMAT:
         raise LibraryError(f"{path}: not an adaptforge adapter record (field 'format' is not {PROVENANCE_FORMAT!r})")
     try:
@@ -1132,9 +1136,21 @@ class Library:
 
         temp = [e for e in sorted(self.adapters_dir.glob(f"{TMP_PREFIX}*")) if e.is_dir()]
         runs: list[Path] = []
+        live: set[str] = set()
         if self.runs_dir.is_dir():
-            temp += [e for e in sorted(self.runs_dir.glob(f"{TMP_PREFIX}*")) if e.is_dir()]
-            runs = [e for e in sorted(self.runs_dir.iterdir()) if e.is_dir() and not e.name.startswith(".")]
+            locks = self.runs_dir / LOCKS_DIR
+            live = {f.name for f in locks.iterdir() if is_locked(f)} if locks.is_dir() else set()
+
+            def in_use(entry: Path) -> bool:  # a live run's folder, its .old twin or its checkpoint being staged
+                staged = entry.name[len(TMP_PREFIX) :].rsplit("-", 1)[0] if entry.name.startswith(TMP_PREFIX) else None
+                return entry.name.removesuffix(".old") in live or staged in live
+
+            temp += [e for e in sorted(self.runs_dir.glob(f"{TMP_PREFIX}*")) if e.is_dir() and not in_use(e)]
+            runs = [
+                e
+                for e in sorted(self.runs_dir.iterdir())
+                if e.is_dir() and not e.name.startswith(".") and not in_use(e)
+            ]
         with self._connect() as conn:
             known = {r[0] for r in conn.execute("SELECT id FROM adapters")}
         folders = self.adapter_folders()
@@ -1143,6 +1159,7 @@ class Library:
             stale_temp=tuple(p for p in temp if stale(p)),
             runs=tuple(runs),
             missing=tuple(sorted(i for i in known if not (self.adapters_dir / i).is_dir())),
+            live=tuple(self.runs_dir / n for n in sorted(live)),
         )
 
     def gc(self, min_age: float = 3600.0) -> list[Path]:
@@ -1183,7 +1200,7 @@ class Library:
 
     @staticmethod
     def _insert_metrics(conn: sqlite3.Connection, rows: Sequence[tuple[str | None, MetricRow]]) -> None:
-        # SQLite has no NaN (it would store NULL anyway); NULL is read back as NaN.
+        # A non-finite metric is no number: stored as NULL (SQLite has no NaN), read back as NaN.
         conn.executemany(
             "INSERT INTO metrics (adapter_id, base_fingerprint, task, split, metric, value, n, created, subset, "
             "task_fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -1194,7 +1211,7 @@ class Library:
                     m.task,
                     m.split,
                     m.metric,
-                    None if math.isnan(float(m.value)) else float(m.value),
+                    float(m.value) if math.isfinite(float(m.value)) else None,
                     int(m.n),
                     float(m.created),
                     m.subset,

@@ -33,6 +33,7 @@ from typing import Any
 
 from adaptforge.core import AdaptforgeError
 from adaptforge.durable import write_file
+from adaptforge.structured import parse_json
 
 __all__ = [
     "MAX_INFERRED_LABELS",
@@ -398,10 +399,7 @@ def _read_text(path: Path) -> str:
 
 
 def _parse_json(path: Path) -> Any:
-    try:
-        return json.loads(_read_text(path))
-    except json.JSONDecodeError as exc:
-        raise TaskFormatError(f"{_where(path, exc.lineno)}: invalid JSON ({exc.msg}, column {exc.colno})") from None
+    return parse_json(_read_text(path), str(path), TaskFormatError)
 
 
 # --------------------------------------------------------------------------------------------- task folder
@@ -416,13 +414,8 @@ def read_examples(
     for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TaskFormatError(
-                f"{_where(path, lineno)}: invalid JSON ({exc.msg}, column {exc.colno}); "
-                f'expected one object like {{"{text_col}": ..., "{label_col}": ...}} per line'
-            ) from None
+        expected = f'one object like {{"{text_col}": ..., "{label_col}": ...}} per line'
+        record = parse_json(line, str(path), TaskFormatError, lineno, expected)
         if not isinstance(record, dict):
             raise TaskFormatError(f"{_where(path, lineno)}: expected a JSON object, got {type(record).__name__}")
         for key in (text_col, label_col):
@@ -842,21 +835,27 @@ def is_text_file(path: Path) -> bool:
     )
 
 
+MAX_LINE_CHARS = 100_000  # one input of predict, calibration or tta text: tokenizing 20 MB takes minutes
+
+
 def read_texts(path: Path) -> list[str]:
     """Unlabelled inputs: one text per non-empty line of a ``.txt``, or the ``text`` field of each ``.jsonl``
     line; a malformed line is an error naming it."""
     path = Path(path)
     lines = _read_text(path).splitlines()
+    for number, line in enumerate(lines, start=1):
+        if len(line) > MAX_LINE_CHARS:
+            raise TaskFormatError(
+                f"{path}:{number}: {len(line)} characters, more than the limit of {MAX_LINE_CHARS} per input "
+                "(the model reads a few hundred tokens of it); split or shorten it"
+            )
     if path.suffix == ".txt":
         return [line.strip() for line in lines if line.strip()]
     texts = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise TaskFormatError(f"{path}:{number}: not JSON ({err.msg})") from None
+        row = parse_json(line, str(path), TaskFormatError, number, 'an object like {"text": ...}')
         if not isinstance(row, dict) or not isinstance(row.get("text"), str):
             raise TaskFormatError(f"{path}:{number}: expected an object with a string field 'text'")
         texts.append(row["text"])

@@ -295,7 +295,9 @@ def test_bench_folder_is_shown_and_unknown_files_are_notes(tmp_path):
     result = json.loads(run("report", "--library", lib.root, "--bench", bench, "--out", out, "--json").stdout)
     notes = "\n".join(result["notes"])
     assert (
-        "broken.json: invalid JSON" in notes and "odd.json: layout not recognised" in notes and "sub: a folder" in notes
+        "broken.json: line 1: invalid JSON" in notes
+        and "odd.json: layout not recognised" in notes
+        and "sub: a folder" in notes
     )
     page = Page(out.read_text(encoding="utf-8"))
     cells = [v for v, _ in page.nums if v["data-source"] == "bench"]

@@ -39,6 +39,6 @@ def test_unknown_files_are_skipped_with_a_note():
     view = read_bench("res", files)
     assert not view.tables
     notes = "\n".join(view.notes)
-    assert "bad.json: invalid JSON (line 1" in notes and "list.json: layout not recognised (top level: list)" in notes
+    assert "bad.json: line 1: invalid JSON (" in notes and "list.json: layout not recognised (top level: list)" in notes
     assert "other.json: layout not recognised (top level: x)" in notes and "empty-rows.json: layout" in notes
     assert "run.log: not a JSON result file" in notes and "binary.json: could not be read" in notes

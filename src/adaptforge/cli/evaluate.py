@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -30,6 +29,7 @@ from adaptforge.cli.render import (
     console,
     grid_table,
     out,
+    print_json,
     progress_bar,
 )
 from adaptforge.errors import AdaptforgeError
@@ -110,7 +110,7 @@ def eval_cmd(
         console.print(Text.assemble(("skipped:", "yellow"), " ", line))
     if as_json:
         rows = [{k: r.to_json()[k] for k in ("task", "adapter", "split", "n", *r.metric_values())} for r in results]
-        out.print_json(json.dumps({"results": rows, "skipped": grid.skipped}))
+        print_json({"results": rows, "skipped": grid.skipped})
         return
     kinds = {r.primary_metric for r in results}
     what = " | ".join(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -25,6 +24,7 @@ from adaptforge.cli.render import (
     adapter_summary,
     console,
     out,
+    print_json,
 )
 
 
@@ -49,8 +49,7 @@ def library_list(
             if not with_embeddings:
                 row["embedding"] = None if r.embedding is None else f"<{r.embedding.size} floats>"
             rows.append(row)
-        # plain text, not rich's highlighted JSON: thousands of adapters must print in well under a second
-        out.file.write(json.dumps({"adapters": rows}, indent=2) + "\n")
+        print_json({"adapters": rows})
         return
     table = Table(title=f"{library} ({len(records)} adapters)")
     for col in ("name", "kind", "method", "task", "rank", "modules", "parents"):
@@ -93,7 +92,7 @@ def library_show(
         snaps = None if problems else lib.snapshots(rec.name)
         info["snapshots"] = None if snaps is None else {"count": len(snaps), "steps": snaps.steps}
     if as_json:
-        out.print_json(json.dumps(info, default=str))
+        print_json(info)
     else:
         out.print(adapter_summary(info))
         for problem in problems:
@@ -122,7 +121,7 @@ def library_verify(
     leftovers = found.messages() if found is not None else []
     runs = [str(p) for p in found.runs] if found is not None else []
     if as_json:
-        out.print_json(json.dumps({"adapters": count, "problems": problems, "leftovers": leftovers, "runs": runs}))
+        print_json({"adapters": count, "problems": problems, "leftovers": leftovers, "runs": runs})
     else:
         for line in problems:
             out.print(Text.assemble(("damaged:", "red"), " ", line))
@@ -130,6 +129,8 @@ def library_verify(
             out.print(Text.assemble(("leftover:", "yellow"), " ", line))
         for run in runs:
             out.print(f"unfinished run (resume with train --resume, or delete it): {run}")
+        for run in found.live if found is not None else ():
+            out.print(f"run in progress (a live train holds its lock; leave it): {run}")
         out.print(f"{count} adapter(s) checked, {len(problems)} problem(s), {len(leftovers)} leftover(s)")
     if problems or leftovers:
         raise typer.Exit(1)
@@ -191,7 +192,7 @@ def library_import(
         task = load_task(task_dir, description=text) if task_dir else None
         rec = import_peft_folder(folder, Backbone.load(model), Library(library), name, task, overwrite=overwrite)
     if as_json:
-        out.print_json(json.dumps(rec.to_json()))
+        print_json(rec.to_json())
     else:
         out.print(f"imported {rec.name} ({rec.id})")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -27,6 +26,7 @@ from adaptforge.cli.render import (
     merge_table,
     notify,
     out,
+    print_json,
     print_methods,
 )
 from adaptforge.errors import AdaptforgeError
@@ -145,7 +145,7 @@ def merge_cmd(
             )
         )
     if as_json:
-        out.print_json(json.dumps(summary, default=str))
+        print_json(summary)
         return
     exact = (
         "exact (rank concatenation)"

@@ -40,10 +40,13 @@ def predict_cmd(
 
     Example: adaptforge predict reviews.jsonl --library lib --adapter sst2-a --out predictions.jsonl
     """
+    from adaptforge.durable import check_out_file
     from adaptforge.library import Library
     from adaptforge.pipelines.predict import predict, write_predictions
 
     with cli_errors():
+        if out_file is not None:
+            out_file = check_out_file(out_file, (inputs,))
         names = [x.strip() for x in labels.split(",")] if labels else None
         rows = predict(
             inputs,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -21,7 +20,7 @@ from adaptforge.cli.app import (
     parse_options,
     required,
 )
-from adaptforge.cli.render import notify, out, print_methods, prune_table
+from adaptforge.cli.render import notify, out, print_json, print_methods, prune_table
 from adaptforge.errors import AdaptforgeError
 
 
@@ -115,6 +114,6 @@ def prune_cmd(
             notify=notify,
         )
     if as_json:
-        out.print_json(json.dumps(outcome.to_json(), default=str))
+        print_json(outcome.to_json())
         return
     out.print(prune_table(outcome))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -109,6 +110,30 @@ def notify(msg: str) -> None:
     console.print(msg, style="dim")
 
 
+def finite_json(value: object, pointer: str = "") -> tuple[object, list[str]]:
+    """``value`` with every non-finite float (NaN, infinity) replaced by ``None``, and the JSON pointers of
+    those replaced: NaN is not JSON, and a parser that accepts it would read a broken metric as a number."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None, [f"{pointer or '/'} ({value})"]
+    if isinstance(value, dict):
+        pairs = [(k, finite_json(v, f"{pointer}/{k}")) for k, v in value.items()]
+        return {k: v for k, (v, _) in pairs}, [p for _, (_, ps) in pairs for p in ps]
+    if isinstance(value, (list, tuple)):
+        items = [finite_json(v, f"{pointer}/{i}") for i, v in enumerate(value)]
+        return [v for v, _ in items], [p for _, ps in items for p in ps]
+    return value, []
+
+
+def print_json(value: object) -> None:
+    """The one way a verb prints ``--json``: strict JSON on stdout; a non-finite number prints as ``null``
+    with a warning on stderr naming where it was (see :func:`finite_json`). Plain text, not rich's highlighted
+    JSON, which took 14 s for a thousand adapters."""
+    clean, replaced = finite_json(value)
+    if replaced:
+        console.print(f"warning: not a finite number, printed as null: {', '.join(replaced)}", style="yellow")
+    out.file.write(json.dumps(clean, default=str, allow_nan=False, indent=2) + "\n")
+
+
 def grid_table(results: list[EvalResult], title: str) -> Table:
     """Adapters as rows, tasks as columns, with average, worst-task and CVaR(20%) columns of each cell's primary
     metric (accuracy; exact match on a generation task); a cell shows accuracy / macro-F1 or EM / ROUGE-L."""
@@ -136,7 +161,7 @@ def grid_table(results: list[EvalResult], title: str) -> Table:
 def print_new_task(outcome: NewTaskOutcome, as_json: bool) -> None:
     """Compose and generate: the stored adapter, its candidates and zero-shot vs new adapter."""
     if as_json:
-        out.print_json(json.dumps(outcome.to_json(), default=str))
+        print_json(outcome.to_json())
         return
     record = outcome.record
     out.print(f"{outcome.method}: added {record.name} ({record.id}), rank {record.rank}, {outcome.seconds:.1f}s")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +16,7 @@ from adaptforge.cli.app import (
 from adaptforge.cli.render import (
     notify,
     out,
+    print_json,
 )
 
 
@@ -48,7 +48,7 @@ def report_cmd(
             "bytes": outcome.size,
             "notes": list(outcome.notes),
         }
-        out.print_json(json.dumps(summary))
+        print_json(summary)
         return
     for note in outcome.notes:
         notify(f"note: {note}")

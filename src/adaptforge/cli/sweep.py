@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,7 +20,7 @@ from adaptforge.cli.app import (
     cli_errors,
     library_folder,
 )
-from adaptforge.cli.render import console, notify, out, sweep_table
+from adaptforge.cli.render import console, notify, out, print_json, sweep_table
 
 # Typer renders the epilog with rich markup: "[" is escaped so the YAML lists print.
 EXAMPLES = r"""
@@ -57,13 +56,22 @@ def sweep_cmd(
     workers: WorkersOpt = None,
     threads_per_worker: ThreadsOpt = None,
     as_json: JsonOpt = False,
+    max_cells: Annotated[
+        int | None,
+        typer.Option(
+            "--max-cells",
+            min=1,
+            help="Refuse a spec whose grid expands to more cells than this, checked before any cell is built "
+            "(default 10000).",
+        ),
+    ] = None,
 ) -> None:
     """Run a grid of trainings, merges or compositions (in this process or on Ray); every cell lands in the library."""
     from adaptforge.library import Library
     from adaptforge.pipelines.sweep import SweepSpec, run_sweep
 
     with cli_errors():
-        parsed = SweepSpec.from_yaml(spec)
+        parsed = SweepSpec.from_yaml(spec) if max_cells is None else SweepSpec.from_yaml(spec, max_cells)
         runner = backend_from_flags(backend, ray_address, workers, threads_per_worker)
         with library_folder(library):
             lib = Library(library)
@@ -76,7 +84,7 @@ def sweep_cmd(
             outcome = run_sweep(parsed, lib, runner, on_cell=cell, notify=notify)
     summary = outcome.to_json()
     if as_json:
-        out.print_json(json.dumps(summary))
+        print_json(summary)
     else:
         title = f"sweep {spec.name}: {summary['ran']} ran, {summary['skipped']} skipped, {summary['failed']} failed"
         out.print(sweep_table(summary["cells"], title))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -24,6 +23,7 @@ from adaptforge.cli.app import (
 )
 from adaptforge.cli.render import (
     out,
+    print_json,
     progress_bar,
 )
 from adaptforge.errors import AdaptforgeError
@@ -127,7 +127,7 @@ def train_cmd(
         "snapshots": 0 if trained.result.snapshots is None else len(trained.result.snapshots),
     }
     if as_json:
-        out.print_json(json.dumps(summary))
+        print_json(summary)
     else:
         for z, e in zip(trained.zero_shot, trained.evals, strict=True):
             out.print(

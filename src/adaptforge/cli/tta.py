@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -22,7 +21,7 @@ from adaptforge.cli.app import (
     parse_options,
     required,
 )
-from adaptforge.cli.render import notify, out, print_methods, tta_table
+from adaptforge.cli.render import notify, out, print_json, print_methods, tta_table
 
 
 @app.command("tta")
@@ -102,6 +101,6 @@ def tta_cmd(
             notify=notify,
         )
     if as_json:
-        out.print_json(json.dumps(outcome.to_json(), default=str))
+        print_json(outcome.to_json())
         return
     out.print(tta_table(outcome))

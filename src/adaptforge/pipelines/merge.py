@@ -33,6 +33,7 @@ from adaptforge.pipelines.prune import read_record as read_prune_record
 from adaptforge.provenance import MergeProvenance
 from adaptforge.routing import Router, routed_settings
 from adaptforge.scorers import Scorer, classification_only, make_scorer
+from adaptforge.structured import parse_yaml
 from adaptforge.tasks import Task, load_task
 
 RECIPE_KEYS = ("method", "adapters", "params", "out", "data")
@@ -157,12 +158,7 @@ class MergeRecipe:
         path = Path(path)
         if not path.is_file():
             raise RecipeError(f"{path}: recipe file not found")
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            line = f" line {mark.line + 1}" if mark is not None else ""
-            raise RecipeError(f"{path}:{line} invalid YAML ({getattr(err, 'problem', err)})") from None
+        raw, _ = parse_yaml(path.read_text(), str(path), RecipeError)
         return cls.from_mapping(raw, where=str(path), base_dir=path.parent)
 
     def typed_params(self) -> MergeParams:

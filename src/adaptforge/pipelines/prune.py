@@ -40,6 +40,7 @@ from adaptforge.prune.calibration import (
 )
 from adaptforge.prune.ffn import ffn_blocks, neuron_scores, shrink
 from adaptforge.scorers import Scorer, classification_only, make_scorer
+from adaptforge.structured import parse_json
 from adaptforge.tasks import Task
 
 RECORD_FILE = "adaptforge_prune.json"
@@ -277,7 +278,8 @@ def read_record(folder: str | Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
         raise AdaptforgeError(f"{path}: unreadable prune record ({err})") from None
+    record = parse_json(text, str(path))
     return record if isinstance(record, dict) else None

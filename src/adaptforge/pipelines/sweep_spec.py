@@ -33,6 +33,7 @@ line, as is an unknown key (with the closest known one). Values are checked as t
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ from typing import Any
 import yaml
 
 from adaptforge.core import AdaptforgeError, did_you_mean
+from adaptforge.structured import parse_yaml
 
 TOP_KEYS = ("name", "model", "train", "merge", "compose")
 TRAIN_KEYS = ("tasks", "rank", "lr", "seeds", "epochs", "options", "eval")
@@ -49,6 +51,7 @@ COMPOSE_KEYS = ("tasks", "k", "seeds", "methods", "params", "options", "eval")
 EVAL_KEYS = {"train": ("split", "limit"), "merge": ("tasks", "split", "limit"), "compose": ("split", "limit")}
 COMPOSE_OPTIONS = ("candidates", "exclude_tasks")
 TRAIN_AXES = {"rank": "rank", "lr": "lr", "seeds": "seed", "epochs": "epochs"}  # spec key -> TrainConfig field
+MAX_CELLS = 10_000  # cells one spec may expand to (``adaptforge sweep --max-cells`` raises it)
 
 
 class SweepSpecError(AdaptforgeError):
@@ -113,23 +116,18 @@ class SweepSpec:
     lines: Mapping[tuple[str, ...], int] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> SweepSpec:
+    def from_yaml(cls, path: str | Path, max_cells: int = MAX_CELLS) -> SweepSpec:
         path = Path(path)
         if not path.is_file():
             raise SweepSpecError(f"{path}: sweep spec not found")
-        text = path.read_text()
-        try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            line = f" line {mark.line + 1}:" if mark is not None else ""
-            raise SweepSpecError(f"{path}:{line} invalid YAML ({getattr(err, 'problem', err)})") from None
-        return _Reader(str(path), path.parent, _lines(node) if node is not None else {}).spec(raw)
+        raw, node = parse_yaml(path.read_text(), str(path), SweepSpecError)
+        return _Reader(str(path), path.parent, _lines(node) if node is not None else {}, max_cells).spec(raw)
 
     @classmethod
-    def from_mapping(cls, raw: object, where: str = "spec", base_dir: Path | None = None) -> SweepSpec:
-        return _Reader(where, base_dir, {}).spec(raw)
+    def from_mapping(
+        cls, raw: object, where: str = "spec", base_dir: Path | None = None, max_cells: int = MAX_CELLS
+    ) -> SweepSpec:
+        return _Reader(where, base_dir, {}, max_cells).spec(raw)
 
 
 def _is_number(text: str) -> bool:
@@ -143,8 +141,23 @@ def _is_number(text: str) -> bool:
 class _Reader:
     """Walks the raw mapping; every error says where (file, key path, line) and what was expected."""
 
-    def __init__(self, source: str, base_dir: Path | None, lines: Mapping[tuple[str, ...], int]) -> None:
+    def __init__(
+        self, source: str, base_dir: Path | None, lines: Mapping[tuple[str, ...], int], max_cells: int = MAX_CELLS
+    ) -> None:
         self.source, self.base_dir, self.lines = source, base_dir, lines
+        self.max_cells, self.cells = max_cells, 0
+
+    def count(self, path: tuple[str, ...], cells: int) -> None:
+        """Add a stage's ``cells`` to the spec's count, refusing it above ``max_cells`` before any cell is built
+        or checked (a grid of 10^6 cells would otherwise validate for minutes and run for years)."""
+        before, self.cells = self.cells, self.cells + cells
+        if self.cells > self.max_cells:
+            earlier = f" (with {before} of the stages before)" if before else ""
+            raise self.fail(
+                path,
+                f"the grid expands to {self.cells} cells{earlier}, more than the limit of {self.max_cells}; "
+                "shrink it or raise the limit with --max-cells N",
+            )
 
     def fail(self, path: tuple[str, ...], message: str) -> SweepSpecError:
         line = self.lines.get(path)
@@ -204,9 +217,10 @@ class _Reader:
         return out
 
     def method_params(
-        self, raw: Mapping[str, Any], path: tuple[str, ...], methods: Sequence[str], registry: Any
+        self, raw: Mapping[str, Any], path: tuple[str, ...], methods: Sequence[str], registry: Any, outer: int
     ) -> dict[str, tuple[Mapping[str, Any], ...]]:
-        """Per method, the product of its parameters' value lists, each setting checked by the method's params."""
+        """Per method, the product of its parameters' value lists, each setting checked by the method's params;
+        ``outer`` is how many cells each setting makes (counted against the limit first)."""
         given = raw.get("params") or {}
         given = self.mapping(given, (*path, "params"), list(methods)) if given else {}
         out: dict[str, tuple[Mapping[str, Any], ...]] = {}
@@ -218,6 +232,7 @@ class _Reader:
                 raise self.fail(where, f"expected a mapping of parameter names to lists of values, got {grid!r}")
             keys = list(grid)
             axes = [self.axis(grid, k, where, ()) for k in keys]
+            self.count(where, math.prod(len(a) for a in axes) * outer)
             settings = [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*axes)]
             for setting in settings:
                 try:
@@ -253,6 +268,7 @@ class _Reader:
             if key in TRAIN_AXES.values() or key in TRAIN_AXES:
                 axis = next(k for k, f in TRAIN_AXES.items() if key in (k, f))
                 raise self.fail((*path, "options", str(key)), f"is a grid axis; set it as train.{axis} (a list)")
+        self.count(path, len(tasks) * math.prod(len(v) for v in axes.values()))
         for key, name in TRAIN_AXES.items():  # each value on its own first, so the error points at its line
             for i, value in enumerate(axes[name]):
                 try:
@@ -290,7 +306,7 @@ class _Reader:
                 raise self.fail(
                     (*path, "methods"), f"method {method!r} learns from data; list task folders in merge.data"
                 )
-        params = self.method_params(raw, path, methods, MERGE_METHODS)
+        params = self.method_params(raw, path, methods, MERGE_METHODS, len(merges))
         evals = self.eval_block(raw, path, "merge")
         return MergeGrid(
             tuple(tuple(g) for g in merges),
@@ -317,7 +333,7 @@ class _Reader:
                 if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                     raise self.fail((*path, key, str(i)), f"expected a non-negative integer, got {v!r}")
         methods = self.methods(raw, path, "lorahub", COMPOSERS)
-        params = self.method_params(raw, path, methods, COMPOSERS)
+        params = self.method_params(raw, path, methods, COMPOSERS, len(tasks) * len(ks) * len(seeds))
         options = self.mapping(raw.get("options") or {}, (*path, "options"), COMPOSE_OPTIONS)
         candidates = options.get("candidates", 20)
         if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:

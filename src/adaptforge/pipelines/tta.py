@@ -245,6 +245,13 @@ def tta_on_task(
     say(f"{method} at granularity {granularity}")
     run = run_tta(impl, setup, texts, typed, granularity=granularity, batch_size=batch_size, on_unit=on_unit)
 
+    diverged = int((~torch.isfinite(run.logits)).any(-1).sum())
+    if diverged:
+        hint = f"lower --lr (now {typed.lr:g}) or --steps" if isinstance(typed, GradientParams) else "check --param"
+        raise AdaptforgeError(
+            f"{method}: the adaptation diverged: the adapted scores of {diverged} of {len(texts)} inputs are not "
+            f"finite (NaN or infinity); {hint}. Nothing was stored."
+        )
     gold = torch.tensor([task.labels.index(e.label) for e in examples], dtype=torch.long)  # read only here
     subset = subset_of(task, split, limit, sample_seed)
     before = result_from_logits(task, split, record.name, before_logits, gold, subset)

@@ -8,15 +8,18 @@ new benchmark never breaks the report. Every cell keeps the JSON pointer it was 
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from adaptforge.errors import AdaptforgeError
 from adaptforge.report.markup import json_pointer as _pointer
 from adaptforge.report.model import BenchCell, BenchTable, BenchView
+from adaptforge.structured import parse_json
 
 MAX_COLUMNS = 24
+MAX_ROWS = 500  # per table: a 9 MB result file would otherwise become a page of tens of MB
 
 
 def _cell(value: Any, pointer: str) -> BenchCell | None:
@@ -116,18 +119,24 @@ def read_bench(folder: str, files: Sequence[tuple[str, str | None]]) -> BenchVie
             notes.append(f"{name}: not a JSON result file; skipped")
             continue
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            notes.append(f"{name}: invalid JSON (line {err.lineno}: {err.msg}); skipped")
+            data = parse_json(text, name)
+            table = None
+            if isinstance(data, Mapping) and "rows" in data:
+                table = _rows_table(name, data)
+            elif isinstance(data, Mapping) and "results" in data:
+                table = _results_table(name, data)
+        except AdaptforgeError as err:
+            notes.append(f"{err}; skipped")
             continue
-        table = None
-        if isinstance(data, Mapping) and "rows" in data:
-            table = _rows_table(name, data)
-        elif isinstance(data, Mapping) and "results" in data:
-            table = _results_table(name, data)
+        except RecursionError:  # parsed, but nested too deeply for the tables' walk
+            notes.append(f"{name}: nested too deeply to read as a table; skipped")
+            continue
         if table is None:
             keys = ", ".join(map(str, list(data)[:6])) if isinstance(data, Mapping) else type(data).__name__
             notes.append(f"{name}: layout not recognised (top level: {keys}); expected 'rows' or 'results'; skipped")
             continue
+        if len(table.rows) > MAX_ROWS:
+            notes.append(f"{name}: showing the first {MAX_ROWS} of {len(table.rows)} rows (the rest are in the file)")
+            table = dataclasses.replace(table, rows=table.rows[:MAX_ROWS])
         tables.append(table)
     return BenchView(folder, tuple(tables), tuple(notes))

@@ -179,7 +179,7 @@ def _validation_response(request: Request, exc: RequestValidationError) -> JSONR
         elif field == "body":
             message = f"body: expected a JSON object (Content-Type: application/json); {error.get('msg', '')}"
         else:
-            message = f"{field}: {error.get('msg', 'invalid value')}"
+            message = f"{field}: {str(error.get('msg', 'invalid value')).removeprefix('Value error, ')}"
         problems.append({"field": field, "message": message})
     first = problems[0] if problems else {"field": "body", "message": "body: invalid request"}
     return JSONResponse(

@@ -46,6 +46,7 @@ class MergeInputs:
     method: str
     records: tuple[AdapterRecord, ...]
     params: Params
+    blame: str  # the field a non-finite result is blamed on: merge.weights when given, else merge.params
 
 
 @dataclass(frozen=True)
@@ -276,22 +277,30 @@ class Resolver:
             params = method.parse_params(raw)
         except AdaptforgeError as err:
             raise InvalidRequest(f"merge.params: {err}", "merge.params") from None
-        return MergeInputs(spec.method, tuple(records), params)
+        return MergeInputs(
+            spec.method, tuple(records), params, "merge.params" if spec.weights is None else "merge.weights"
+        )
 
     def merge(self, inputs: MergeInputs) -> AdapterRef:
         """The merge as a cache reference, computed once per (method, adapters, weights, params)."""
         identity = [inputs.method, [f"{r.id}:{r.checksum}" for r in inputs.records], inputs.params.to_dict()]
         key = "merge:" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
-        delta = self._merged(key, lambda: self._run_merge(inputs.method, inputs.records, inputs.params))
+        delta = self._merged(key, lambda: self._run_merge(inputs))
         name = f"{inputs.method}({','.join(r.name for r in inputs.records)})"
         return AdapterRef(key, name, lambda: delta, delta)
 
-    def _run_merge(self, method: str, records: Sequence[AdapterRecord], params: Params) -> LoraDelta:
-        deltas = [self.library.load(r.id, expected_fingerprint=self.fingerprint)[0] for r in records]
+    def _run_merge(self, inputs: MergeInputs) -> LoraDelta:
+        deltas = [self.library.load(r.id, expected_fingerprint=self.fingerprint)[0] for r in inputs.records]
         try:
-            return run(method, deltas, params).delta
+            delta = run(inputs.method, deltas, inputs.params).delta
         except AdaptforgeError as err:
             raise InvalidRequest(f"merge: {err}", "merge.adapters") from None
+        bad = delta.non_finite()
+        if bad is not None:  # finite inputs, non-finite result: the weights or params are too large
+            raise InvalidRequest(
+                f"{inputs.blame}: the merged adapter is not finite ({bad}); use smaller weights or params", inputs.blame
+            )
+        return delta
 
     def _merged(self, key: str, compute: Callable[[], LoraDelta]) -> LoraDelta:
         delta = self.merges.get(key)

@@ -4,11 +4,35 @@ limits are checked by the service, which knows the library and the limits."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
 RouteName = Literal["arrow", "dawin", "retrieval"]
+
+
+def _unicode(value: Any) -> Any:
+    """Refuse a lone UTF-16 surrogate (JSON's ``"\\ud800"``) anywhere in a value: it is no text, so the
+    tokenizer and the UTF-8 encoder of every answer would fail on it, as a 500 instead of this 422."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError(
+                f"holds a lone UTF-16 surrogate ({value[err.start]!r} at character {err.start}); send valid Unicode"
+            ) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _unicode(key)
+            _unicode(item)
+    elif isinstance(value, list):
+        for item in value:
+            _unicode(item)
+    return value
+
+
+Text = Annotated[StrictStr, AfterValidator(_unicode)]
+Params = Annotated[dict[Text, Any], AfterValidator(_unicode)]
 
 
 class _Body(BaseModel):
@@ -18,39 +42,39 @@ class _Body(BaseModel):
 class MergeSpec(_Body):
     """A merge made for this request: ``adapters`` with task-preference ``weights`` by a registered method."""
 
-    method: StrictStr = "task_arithmetic"
-    adapters: list[StrictStr] = Field(min_length=1)
+    method: Text = "task_arithmetic"
+    adapters: list[Text] = Field(min_length=1)
     weights: list[StrictFloat | StrictInt] | None = None
-    params: dict[StrictStr, Any] = Field(default_factory=dict)
+    params: Params = Field(default_factory=dict)
 
 
 class RouteSpec(_Body):
     """Per-input routing for this request over ``adapters`` (default: the library's tasks' own adapters)."""
 
     method: RouteName
-    adapters: list[StrictStr] | None = None
-    params: dict[StrictStr, Any] = Field(default_factory=dict)
+    adapters: list[Text] | None = None
+    params: Params = Field(default_factory=dict)
 
 
 class ClassifyRequest(_Body):
-    texts: list[StrictStr] = Field(min_length=1)
-    adapter: StrictStr | None = None
-    adapters: list[StrictStr | None] | None = None
+    texts: list[Text] = Field(min_length=1)
+    adapter: Text | None = None
+    adapters: list[Text | None] | None = None
     merge: MergeSpec | None = None
     route: RouteName | RouteSpec | None = None
-    labels: list[StrictStr] | None = None
-    description: StrictStr | None = None
-    task: StrictStr | None = None
+    labels: list[Text] | None = None
+    description: Text | None = None
+    task: Text | None = None
 
 
 class EmbeddingsRequest(_Body):
     """OpenAI's embeddings body: ``model`` is an adapter name (or the base model's name, or ``base``)."""
 
-    model: StrictStr
-    input: StrictStr | list[StrictStr]
+    model: Text
+    input: Text | list[Text]
     encoding_format: Literal["float"] = "float"
     dimensions: StrictInt | None = None
-    user: StrictStr | None = None
+    user: Text | None = None
 
 
 FIELDS: dict[str, tuple[str, ...]] = {

@@ -30,11 +30,11 @@ from adaptforge.serve.batched import MixedLora
 from adaptforge.serve.batcher import Job, MicroBatcher
 from adaptforge.serve.cache import AdapterCache, Lru
 from adaptforge.serve.config import ServeConfig, ServeLimits
-from adaptforge.serve.errors import Busy, Unavailable
+from adaptforge.serve.errors import Busy, InvalidRequest, Unavailable
 from adaptforge.serve.metrics import Metrics
 from adaptforge.serve.plan import EmbedWork, Planner, RetrievalPlan, RoutedWork, RowsWork
 from adaptforge.serve.resolve import Resolver
-from adaptforge.serve.schema import ClassifyRequest, EmbeddingsRequest
+from adaptforge.serve.schema import ClassifyRequest, EmbeddingsRequest, RouteSpec
 from adaptforge.serve.scoring import Head, ScoreRow, classify, embed
 from adaptforge.tasks import Example
 
@@ -109,6 +109,7 @@ class Service:
             vectors = await self._run(EmbedWork(tuple(request.texts), (None,) * len(request.texts)), len(names))
             plan, names = await run_in_threadpool(self.planner.retrieve, request.texts, plan, vectors)
         logits = await self._run(plan, len(names), batchable=not isinstance(plan, RoutedWork))
+        _check_finite(logits, _blamed(request), "scores")
         heads = plan.heads if isinstance(plan, RowsWork) else (plan.head,) * len(names)
         self.metrics.inc("adaptforge_texts_total", len(names), {"route": "/v1/classify"})
         return {
@@ -119,6 +120,7 @@ class Service:
     async def embeddings(self, request: EmbeddingsRequest) -> dict[str, Any]:
         work, name, tokens = await run_in_threadpool(self.planner.embeddings, request)
         vectors = await self._run(work, len(work.texts))
+        _check_finite(vectors, "model", "embeddings")
         self.metrics.inc("adaptforge_texts_total", len(work.texts), {"route": "/v1/embeddings"})
         data = [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)]
         return {
@@ -280,6 +282,27 @@ class Service:
         rows = [ScoreRow(ids, work.head, i, None) for i, ids in enumerate(work.ids)]
         with GatedLora(model, router.deltas, gates.gate):
             return classify(self.scorer, model, gates.select, rows, self.config.max_batch)
+
+
+def _blamed(request: ClassifyRequest) -> str:
+    """The request field that decides the numbers: the merge's weights or params, the route, or the adapter."""
+    if request.merge is not None:
+        return "merge.weights" if request.merge.weights is not None else "merge.params"
+    if request.route is not None:
+        return "route.params" if isinstance(request.route, RouteSpec) and request.route.params else "route"
+    return "adapters" if request.adapters is not None else "adapter"
+
+
+def _check_finite(rows: Sequence[torch.Tensor], field: str, what: str) -> None:
+    """Finite inputs can still give infinite or NaN scores (huge merge weights, a tiny temperature): that is
+    no answer, and JSON cannot carry it, so the request is refused naming ``field``."""
+    bad = [i for i, row in enumerate(rows) if not bool(torch.isfinite(row).all())]
+    if bad:
+        raise InvalidRequest(
+            f"{field}: the {what} of {len(bad)} of {len(rows)} texts (first: texts[{bad[0]}]) are not finite "
+            "numbers (they overflow); use smaller values",
+            field,
+        )
 
 
 def _result(logits: torch.Tensor, head: Head, adapter: str) -> dict[str, Any]:

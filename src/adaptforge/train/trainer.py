@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
+from safetensors import SafetensorError
 
 from adaptforge.adapters import matches_target
 from adaptforge.backbone import Backbone
@@ -377,7 +378,13 @@ def train_tasks(
                 }
                 extra = {f"sampler/{k}": v for k, v in sampler.state_tensors().items()}
                 extra |= {f"snapshots/{k}": v for k, v in snaps.items()}
-                save_checkpoint(checkpoint_dir, done, state, model, optimizer, extra)
+                try:
+                    save_checkpoint(checkpoint_dir, done, state, model, optimizer, extra)
+                except (OSError, SafetensorError) as err:  # a full disk, or the folder removed under us
+                    raise AdaptforgeError(
+                        f"could not write the checkpoint of step {done} to {checkpoint_dir}: "
+                        f"{getattr(err, 'strerror', None) or err}; the previous checkpoint, if any, is kept"
+                    ) from None
             if stop_after is not None and done >= stop_after:
                 break
         seconds = time.perf_counter() - t0
