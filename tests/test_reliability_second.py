@@ -16,8 +16,6 @@ from conftest import refused, run_cli, snapshot, task_dir
 
 from adaptforge.library import Library
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 def strict_json(text: str) -> object:
     """Parse as JSON proper: ``NaN`` and ``Infinity`` are not JSON."""
