@@ -1,7 +1,7 @@
 """SFT and generation speed on the embedded LLM, side by side with plain PEFT + transformers on the same data.
 
-python benchmarks/llm_speed.py [--task sni_emotion] [--train 96] [--prompts 32] [--max-new-tokens 16]
-    [--threads 2] [--json FILE]
+python benchmarks/llm_speed.py [--task sni_emotion] [--train 96] [--prompts 32] [--max-new-tokens 32]
+    [--min-new-tokens 32] [--threads 2] [--json FILE]
 
 1. SFT tokens/s, one epoch over the same ``--train`` examples of one task, the same LoRA (rank 8, alpha 16 on
    q/k/v/o), batch 8, lr 1e-3, the same token ids (the chat-template prompt + response + eos; loss on the
@@ -10,7 +10,9 @@ python benchmarks/llm_speed.py [--task sni_emotion] [--train 96] [--prompts 32] 
    - peer: a ``peft.get_peft_model`` model trained by ``transformers.Trainer`` with dynamic padding
      (``DataCollatorForSeq2Seq``) and ``group_by_length=True``.
    Tokens are the non-padding input tokens of every example, counted once per epoch for both.
-2. Greedy generation of ``--max-new-tokens`` tokens for ``--prompts`` prompts with one adapter:
+2. Greedy generation of ``--max-new-tokens`` tokens for ``--prompts`` prompts with one adapter, the end of
+   sequence held off for ``--min-new-tokens`` on both sides (default: all 32, as throughput benchmarks ignore
+   EOS; the SFT adapter's own answers are a label word, which would time the prompts' prefill, not decoding):
    - ours: what ``adaptforge predict`` runs (``generation.generate``: batches of 8 by length, left padding, KV
      cache, the adapter folded into the base);
    - peer: one prompt at a time, ``PeftModel.generate`` (the unmerged adapter), as a script would.
@@ -98,7 +100,10 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--train", type=int, default=96)
     parser.add_argument("--prompts", type=int, default=32)
-    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument(
+        "--min-new-tokens", type=int, default=32, help="end of sequence held off this long on both sides (decode speed)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("out/llm_speed"))
     parser.add_argument("--json", type=Path)
@@ -134,7 +139,9 @@ def main() -> None:
     prompts = encode_prompts(backbone.tokenizer, task.description, examples, 256)
     start = time.perf_counter()
     with backbone.applied(ours.delta) as tuned:
-        batched = generate(tuned, backbone.tokenizer, prompts, args.max_new_tokens, batch_size=8)
+        batched = generate(
+            tuned, backbone.tokenizer, prompts, args.max_new_tokens, 8, min_new_tokens=args.min_new_tokens
+        )
     ours_gen = time.perf_counter() - start
     from peft import PeftModel
 
@@ -156,6 +163,7 @@ def main() -> None:
                 input_ids=x,
                 attention_mask=torch.ones_like(x),
                 max_new_tokens=args.max_new_tokens,
+                min_new_tokens=args.min_new_tokens or None,
                 do_sample=False,
                 pad_token_id=pad_id,
                 eos_token_id=tok.eos_token_id,

@@ -77,6 +77,34 @@ def test_response_only_labels(tiny_llama):
         assert labels[row, start : len(ids)].tolist() == list(ids[start:])
 
 
+def test_response_loss_skips_prompt_logits_and_equals_the_full_computation(tiny_llama):
+    """The output layer runs only from the earliest response start on; the NLL is the one of full logits."""
+    import torch.nn.functional as F
+
+    from adaptforge.batching import make_batch, pad
+    from adaptforge.generation import keeps_logits, response_nll
+
+    task = reverse_task()
+    encoded = SFTScorer(tiny_llama, max_length=64).encode(task, task.split("train")[:6])
+    batch = make_batch(encoded, list(range(6)))
+    model, pad_id = tiny_llama.model, tiny_llama.tokenizer.pad_token_id
+    assert keeps_logits(model)
+    input_ids, mask = pad(batch.ids, pad_id)
+    labels = sft_labels(input_ids, mask, batch.targets)
+    with torch.no_grad():
+        full = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1]
+        expected = F.cross_entropy(full.transpose(1, 2), labels[:, 1:], ignore_index=IGNORE, reduction="sum")
+        seen = []
+        hook = model.lm_head.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+        try:
+            nll, count = response_nll(model, batch, pad_id)
+        finally:
+            hook.remove()
+    assert int(count) == int((labels != IGNORE).sum())
+    torch.testing.assert_close(nll, expected, rtol=1e-5, atol=1e-5)
+    assert seen == [input_ids.shape[1] - int(batch.targets.min()) + 1] and seen[0] < input_ids.shape[1]
+
+
 def test_sft_lowers_response_loss(tiny_llama):
     from adaptforge.train.config import TrainConfig
     from adaptforge.train.trainer import train
