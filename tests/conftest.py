@@ -123,6 +123,17 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+def listening_url(proc) -> str:
+    """The ``http://127.0.0.1:PORT`` a started ``adaptforge serve`` process says it listens on (stderr)."""
+    import re
+
+    for line in proc.stderr:
+        found = re.search(r"(http://127\.0\.0\.1:\d+)", line)
+        if found:
+            return found.group(1)
+    raise AssertionError("the server never said where it listens")
+
+
 def run_cli(*args: object, ok: bool = True):
     """Invoke the real ``adaptforge`` CLI in-process (arguments stringified); ``ok`` asserts exit code 0."""
     from typer.testing import CliRunner

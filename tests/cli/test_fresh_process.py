@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import library_copy
+from conftest import library_copy, listening_url
 
 SCRIPT = Path(sys.executable).with_name("adaptforge")
 
@@ -85,13 +85,7 @@ def test_serve_routes_and_serves_a_stored_router(routed_library) -> None:
     command = [str(SCRIPT), "serve", "--library", str(lib.root), "--port", "0", "--threads", "1"]
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
     try:
-        url = None
-        for line in proc.stderr:  # type: ignore[union-attr]
-            found = re.search(r"(http://127\.0\.0\.1:\d+)", line)
-            if found:
-                url = found.group(1)
-                break
-        assert url is not None, "the server never said where it listens"
+        url = listening_url(proc)
         with httpx.Client(base_url=url, timeout=120) as c:
             for body in (
                 {"texts": ["a fine film"], "route": {"method": "dawin", "adapters": ["sst2-a", "sst2-b"]}},

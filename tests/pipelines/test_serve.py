@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from conftest import library_copy, random_delta, run_cli
+from conftest import library_copy, listening_url, random_delta, run_cli
 
 from adaptforge.core import AdaptforgeError
 from adaptforge.evaluate import logits_of
@@ -522,13 +522,7 @@ def test_cli_serves_and_shuts_down_cleanly_on_sigterm(trained_library, tmp_path)
     env = {**os.environ, "COLUMNS": "200"}
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        url = None
-        for line in proc.stderr:  # type: ignore[union-attr]
-            found = re.search(r"(http://127\.0\.0\.1:\d+)", line)
-            if found:
-                url = found.group(1)
-                break
-        assert url is not None, "the server never said where it listens"
+        url = listening_url(proc)
         with httpx.Client(base_url=url, timeout=60) as c:
             assert c.get("/health").json()["status"] == "ok"
             answer: dict = {}
