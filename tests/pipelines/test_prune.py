@@ -110,6 +110,22 @@ def test_an_existing_output_folder_is_never_overwritten(tiny_llama, tmp_path):
     assert [p.name for p in out.iterdir()] == ["keep.txt"] and not (out / RECORD_FILE).exists()
 
 
+def test_an_output_inside_a_library_is_refused_through_the_cli(tiny_llama_dir, tmp_path):
+    """verify and gc never look at a model folder under LIB/adapters: prune refuses to write one there."""
+    from conftest import snapshot
+
+    from adaptforge.library import Library
+
+    lib = Library(tmp_path / "lib")
+    before = snapshot(lib.root)
+    task = write_task(small_task("sst2", n_train=8, n_test=8), tmp_path / "sst2")
+    args = ["prune", "--method", "magnitude", "--sparsity", "0.5", "--domain", task, "--model", tiny_llama_dir]
+    refused = run_cli(*args, "--out", lib.root / "adapters" / "pruned", ok=False)
+    assert refused.exit_code == 2
+    assert f"is inside the adapter library {lib.root.resolve()}" in " ".join(refused.output.split())
+    assert snapshot(lib.root) == before and not (lib.root / "adapters" / "pruned").exists()
+
+
 def test_a_causal_lm_reports_held_out_perplexity_before_and_after(tiny_llama, tiny_llama_dir, tasks, tmp_path):
     """General = the shipped open-domain texts calibration did not read; domain = the evaluated split."""
     from adaptforge.evaluate import perplexity

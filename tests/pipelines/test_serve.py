@@ -387,7 +387,18 @@ def test_a_corrupted_adapter_is_a_server_error_and_the_server_stays_up(trained_l
         response = c.post("/v1/classify", json={"texts": ["x"], "adapter": "agnews-a"})
         assert response.status_code == 500 and response.json()["error"]["type"] == "corrupt_adapter"
         assert "sha256" in response.json()["error"]["message"]
+        assert str(lib.root) not in response.text and "<library>" in response.text  # the client gets no server path
         assert c.post("/v1/classify", json={"texts": ["x"], "adapter": "sst2-a"}).status_code == 200
+
+
+def test_a_422_lists_at_most_twenty_problems_and_docs_pages_are_off(limited):
+    body = {"texts": ["x"], **{f"unknown{i}": 1 for i in range(500)}}
+    with httpx.Client(base_url=limited.url, timeout=60) as c:
+        error = c.post("/v1/classify", json=body).json()["error"]
+        assert len(error["problems"]) == 20 and error["problems_not_listed"] == 480
+        assert error["field"] == "unknown0" and "unknown field" in error["message"]
+        assert c.get("/docs").status_code == 404 and c.get("/redoc").status_code == 404  # CDN pages, blank offline
+        assert "/v1/classify" in c.get("/openapi.json").json()["paths"]
 
 
 def test_thousands_of_bad_requests_leave_the_server_answering(limited):

@@ -24,7 +24,11 @@ def serve_cmd(
     max_wait_ms: Annotated[float | None, typer.Option(help="Batching wait after a first request (default 5).")] = None,
     api_key: Annotated[
         str | None,
-        typer.Option(envvar="ADAPTFORGE_API_KEY", show_envvar=True, help="Require this key on every call."),
+        typer.Option(
+            envvar="ADAPTFORGE_API_KEY",
+            show_envvar=True,
+            help="Require this key on every call; prefer the environment variable: a flag shows in `ps`.",
+        ),
     ] = None,
     threads: Annotated[int | None, typer.Option(help="Torch intra-op threads.")] = None,
     limit: Annotated[

@@ -25,6 +25,7 @@ from adaptforge.backbone import Backbone, fingerprint
 from adaptforge.core import AdaptforgeError
 from adaptforge.durable import staged_folder
 from adaptforge.evaluate import EvalResult, Perplexity, check_request, evaluate, perplexity
+from adaptforge.library import CATALOG_FILE
 from adaptforge.packed import PACKED_FILE, write_packed
 from adaptforge.pipelines.common import Notify, load_base, reporter
 from adaptforge.provenance import PruneProvenance
@@ -102,9 +103,16 @@ class PruneOutcome:
 
 
 def _check_out(out: Path) -> Path:
+    """A new or empty folder outside every adapter library (``verify`` and ``gc`` would never see it there)."""
     out = Path(out).expanduser().resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise AdaptforgeError(f"--out {out} exists and is not an empty folder; choose a new folder")
+    library = next((p for p in (out, *out.parents) if (p / CATALOG_FILE).is_file()), None)
+    if library is not None:
+        raise AdaptforgeError(
+            f"--out {out} is inside the adapter library {library}, which holds only adapters it catalogs; "
+            "write the pruned model outside it"
+        )
     return out
 
 

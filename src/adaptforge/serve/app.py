@@ -157,9 +157,13 @@ def _field(loc: tuple[Any, ...], kind: str) -> str:
     return out or "body"
 
 
+MAX_PROBLEMS = 20  # fields listed in one 422; a body with 60,000 unknown keys gets these and a count
+
+
 def _validation_response(request: Request, exc: RequestValidationError) -> JSONResponse:
     problems = []
-    for error in exc.errors():
+    errors = exc.errors()
+    for error in errors[:MAX_PROBLEMS]:
         kind = str(error.get("type", ""))
         field = _field(tuple(error.get("loc", ())), kind)
         if kind == "json_invalid":
@@ -182,9 +186,10 @@ def _validation_response(request: Request, exc: RequestValidationError) -> JSONR
             message = f"{field}: {str(error.get('msg', 'invalid value')).removeprefix('Value error, ')}"
         problems.append({"field": field, "message": message})
     first = problems[0] if problems else {"field": "body", "message": "body: invalid request"}
-    return JSONResponse(
-        error_body("invalid_request", first["message"], first["field"], problems=problems), status_code=422
-    )
+    body = error_body("invalid_request", first["message"], first["field"], problems=problems)
+    if len(errors) > MAX_PROBLEMS:
+        body["error"]["problems_not_listed"] = len(errors) - MAX_PROBLEMS
+    return JSONResponse(body, status_code=422)
 
 
 def create_app(service: Service) -> FastAPI:
@@ -195,7 +200,14 @@ def create_app(service: Service) -> FastAPI:
         yield
         service.stop()
 
-    app = FastAPI(title="adaptforge", summary="Many LoRA adapters behind one model.", lifespan=lifespan)
+    # No /docs or /redoc: their pages load scripts from a CDN and are blank offline; /openapi.json describes the API.
+    app = FastAPI(
+        title="adaptforge",
+        summary="Many LoRA adapters behind one model.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.add_middleware(Guard, service=service)
 
     @app.exception_handler(RequestValidationError)
@@ -209,8 +221,9 @@ def create_app(service: Service) -> FastAPI:
     @app.exception_handler(AdaptforgeError)
     async def on_adaptforge_error(request: Request, exc: AdaptforgeError) -> JSONResponse:
         if isinstance(exc, CorruptAdapterError):  # the library's fault, not the caller's
-            log.error("%s", exc)
-            return JSONResponse(error_body("corrupt_adapter", str(exc)), status_code=500)
+            log.error("%s", exc)  # the server's log keeps the paths; the client learns which adapter, not where
+            message = str(exc).replace(str(service.library.root), "<library>")
+            return JSONResponse(error_body("corrupt_adapter", message), status_code=500)
         return JSONResponse(error_body("invalid_request", str(exc)), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
