@@ -72,7 +72,7 @@ def smollm2_folder(root: Path | None = None) -> Path:
         raise EmbeddedModelError(
             f"converting {source.name} needs the {' and '.join(missing)} package(s): {INSTALL_HINT}"
         )
-    log.warning("converting %s to safetensors in %s (once; about two minutes)", source, dest)
+    log.warning("converting %s to safetensors in %s (once; under a minute on an idle machine)", source, dest)
     try:
         with staged_folder(dest) as tmp:
             convert_gguf(source, tmp)
