@@ -244,3 +244,41 @@ def test_gc_and_verify_leave_a_live_run_alone(library: Path) -> None:
         run_cli("library", "gc", "--library", library, "--min-age", 0)
         assert staged.is_dir() and live.is_dir()
     assert not dead_staged.exists() and dead.is_dir()  # a dead run's staging goes, its checkpoint stays
+
+
+# ------------------------------------------------------------------- weak spot: a full disk is not a damaged catalog
+
+
+def test_a_full_disk_names_free_space_not_rebuild(tmp_path: Path) -> None:
+    """The kernel refuses every write (a file-size limit of one byte, the way a full disk refuses them): the
+    catalog cannot open its journal, and the remedy named is free space, not `library rebuild` (which would drop
+    the stored metrics of a catalog that is not damaged)."""
+    import os
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import random_delta
+
+    lib = Library(tmp_path / "lib")
+    lib.add(random_delta(["encoder.layer.0.attention.self.query"]), name="x", base_model="m", base_fingerprint="fp")
+    before = snapshot(lib.root)
+
+    def no_writes() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1, 1))
+
+    for args in (["library", "list"], ["library", "rm", "x"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "adaptforge.cli", *args, "--library", str(lib.root)],
+            capture_output=True,
+            text=True,
+            preexec_fn=no_writes,
+            timeout=300,
+            env={**os.environ, "COLUMNS": "400"},
+        )
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "looks full" in done.stderr and "free space" in done.stderr and "Traceback" not in done.stderr
+        assert "library rebuild --library" not in done.stderr
+    assert snapshot(lib.root) == before

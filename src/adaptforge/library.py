@@ -560,7 +560,15 @@ class Library:
         conn.execute("PRAGMA synchronous = FULL")
         return conn
 
-    def _rebuild_hint(self) -> str:
+    def _rebuild_hint(self, err: BaseException) -> str:
+        """What to do about a catalog SQLite cannot open or read: free space when the disk is the cause (a full
+        disk looks like an I/O error, and a rebuild would not help), else rebuild a damaged file."""
+        text = str(err).lower()
+        if "full" in text or "disk i/o" in text or "too large" in text:
+            return (
+                "; the disk holding the library looks full (or a file-size limit was reached): free space and run "
+                "the command again (nothing was changed; `library rebuild` is not needed)"
+            )
         return (
             f"; if the file is damaged, `adaptforge library rebuild --library {self.root}` re-creates it from the "
             "adapter folders (the damaged file is kept aside)"
@@ -572,7 +580,7 @@ class Library:
         try:
             conn = self._open(create)
         except sqlite3.Error as err:
-            raise LibraryError(f"cannot open catalog {self.catalog_path}: {err}{self._rebuild_hint()}") from None
+            raise LibraryError(f"cannot open catalog {self.catalog_path}: {err}{self._rebuild_hint(err)}") from None
         try:
             yield conn
         except sqlite3.OperationalError as err:
@@ -582,7 +590,7 @@ class Library:
                 ) from err
             raise LibraryError(f"catalog {self.catalog_path}: {err}") from err
         except sqlite3.DatabaseError as err:
-            raise LibraryError(f"catalog {self.catalog_path}: {err}{self._rebuild_hint()}") from err
+            raise LibraryError(f"catalog {self.catalog_path}: {err}{self._rebuild_hint(err)}") from err
         finally:
             conn.close()
 
