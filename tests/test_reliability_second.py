@@ -168,6 +168,15 @@ def test_deeply_nested_json_is_one_error_naming_file_and_line(library: Path, tmp
     texts = tmp_path / "inputs.jsonl"
     texts.write_text(json.dumps({"text": "fine"}) + "\n" + DEEP + "\n")
     refused("predict", texts, "--library", library, "--adapter", "sst2-a", contains=f"{texts}: line 2: JSON nested")
+    prompts = tmp_path / "prompts.jsonl"  # prompts to answer (generation) are read by the same reader
+    deep = "[" * 20_000 + "]" * 20_000  # as deep a value, within predict's 100,000 characters a line
+    prompts.write_text(json.dumps({"prompt": "fine"}) + "\n" + '{"prompt": ' + deep + "}\n")
+    refused("predict", prompts, "--library", library, "--adapter", "sst2-a", contains=f"{prompts}: line 2: JSON nested")
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    (gen / "task.json").write_text(json.dumps({"name": "g", "description": "d", "type": "generation"}))
+    (gen / "test.jsonl").write_text(json.dumps({"prompt": "p", "response": "r"}) + "\n" + DEEP + "\n")
+    refused("eval", gen, "--library", library, "--zero-shot", contains=f"{gen / 'test.jsonl'}: line 2: JSON nested")
     assert snapshot(library) == before
     bench = tmp_path / "bench"
     bench.mkdir()

@@ -477,10 +477,8 @@ def read_generation_examples(path: Path) -> tuple[Example, ...]:
     for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TaskFormatError(f"{_where(path, lineno)}: invalid JSON ({exc.msg}, column {exc.colno})") from None
+        expected = 'one object like {"prompt": ..., "response": ...} or {"messages": [...]} per line'
+        record = parse_json(line, str(path), TaskFormatError, lineno, expected)
         if not isinstance(record, dict):
             raise TaskFormatError(f"{_where(path, lineno)}: expected a JSON object, got {type(record).__name__}")
         examples.append(_generation_record(record, lambda key, n=lineno: _where(path, n, key)))
@@ -838,9 +836,9 @@ def is_text_file(path: Path) -> bool:
 MAX_LINE_CHARS = 100_000  # one input of predict, calibration or tta text: tokenizing 20 MB takes minutes
 
 
-def read_texts(path: Path) -> list[str]:
-    """Unlabelled inputs: one text per non-empty line of a ``.txt``, or the ``text`` field of each ``.jsonl``
-    line; a malformed line is an error naming it."""
+def read_texts(path: Path, field: str = "text") -> list[str]:
+    """Unlabelled inputs: one text per non-empty line of a ``.txt``, or the ``field`` of each ``.jsonl`` line
+    (``text``; ``prompt`` for prompts to answer); a malformed line is an error naming it."""
     path = Path(path)
     lines = _read_text(path).splitlines()
     for number, line in enumerate(lines, start=1):
@@ -855,8 +853,8 @@ def read_texts(path: Path) -> list[str]:
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        row = parse_json(line, str(path), TaskFormatError, number, 'an object like {"text": ...}')
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise TaskFormatError(f"{path}:{number}: expected an object with a string field 'text'")
-        texts.append(row["text"])
+        row = parse_json(line, str(path), TaskFormatError, number, f'an object like {{"{field}": ...}}')
+        if not isinstance(row, dict) or not isinstance(row.get(field), str):
+            raise TaskFormatError(f"{path}:{number}: expected an object with a string field {field!r}")
+        texts.append(row[field])
     return texts

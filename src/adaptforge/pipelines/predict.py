@@ -28,7 +28,7 @@ from adaptforge.library import AdapterRecord, Library
 from adaptforge.pipelines.common import Notify, load_base
 from adaptforge.routing import stored_router
 from adaptforge.scorers import make_scorer, needs_causal
-from adaptforge.tasks import Example, Task, TaskFormatError, is_text_file, load_task, read_texts
+from adaptforge.tasks import Example, Task, is_text_file, load_task, read_texts
 
 
 @dataclass(frozen=True)
@@ -76,26 +76,10 @@ def prompt_file(path: Path) -> bool:
         if line.strip():
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):  # not a prompt file; read_texts names the bad line
                 return False
             return isinstance(row, dict) and "prompt" in row
     return False
-
-
-def read_prompts(path: Path) -> list[str]:
-    """The ``prompt`` of every line of a ``.jsonl``; a line without a string prompt is an error naming it."""
-    prompts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise TaskFormatError(f"{path}:{number}: not JSON ({err.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-            raise TaskFormatError(f"{path}:{number}: expected an object with a string field 'prompt'")
-        prompts.append(row["prompt"])
-    return prompts
 
 
 def answer(
@@ -115,7 +99,7 @@ def answer(
         examples = task.split(split)
         instruction = description if description is not None else task.description
     else:
-        examples = tuple(Example(p, "") for p in read_prompts(inputs))
+        examples = tuple(Example(p, "") for p in read_texts(inputs, field="prompt"))
         instruction = description or ""
     backbone = load_base(model, [record], notify=notify)
     if backbone.kind != "causal":
