@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 
 INSTALL_FAILED = { echo "error: pip could not install $(1); it needs the package index (PyPI, or the mirror in your pip configuration): check the network, then run make again" >&2; exit 1; }
 
-.PHONY: demo demo-llm test test-all test-latest lint bench browser lock check-lock
+.PHONY: demo demo-llm test test-all test-latest lint bench browser lock check-lock docs
 
 check-lock:
 	@python3 scripts/lock.py check
@@ -70,6 +70,11 @@ browser:
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
+
+# The generated references, docs/methods.md (from the method registries) and docs/cli.md (from --help);
+# tests/test_docs.py fails when they are stale.
+docs: $(STAMP)
+	$(PY) scripts/gen_docs.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_speed.py
