@@ -43,16 +43,34 @@ def _pages() -> list[Path]:
     return [p for p in pages if p.is_file()] + sorted((ROOT / "docs").rglob("*.md"))
 
 
+def _anchors(page: Path) -> set[str]:
+    """GitHub's heading anchors (lower case, punctuation dropped, spaces to hyphens) and explicit ``<a id>``s."""
+    text = page.read_text(encoding="utf-8")
+    found = set(re.findall(r'<a id="([^"]+)">', text))
+    in_code = False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        elif not in_code and line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            found.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return found
+
+
 def test_every_relative_link_in_the_docs_resolves() -> None:
+    """Files and heading anchors that README, BENCHMARKS, CHANGELOG and docs/ link to exist."""
     broken = []
     for page in _pages():
         for n, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
             for target in LINK.findall(line):
-                if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                if re.match(r"[a-z]+:", target):
                     continue
-                path = target.split("#", 1)[0]
-                if not (page.parent / path).exists():
+                path, _, anchor = target.partition("#")
+                dest = page.parent / path if path else page
+                if not dest.exists():
                     broken.append(f"{page.relative_to(ROOT)}:{n}: {target}")
+                elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
+                    broken.append(f"{page.relative_to(ROOT)}:{n}: {target} (no such heading)")
     assert not broken, "broken links:\n" + "\n".join(broken)
 
 

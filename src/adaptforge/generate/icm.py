@@ -26,17 +26,14 @@ As in the reference, the condition joins the latent heads (``mu``, ``log var`` f
 decoder input (``[z, c]``); the loss is the mean squared error plus ``beta`` times the KL divergence. Only what
 generation needs (condition projection, decoder, tensor statistics) is saved; the encoder is training-only.
 
-Why the defaults differ from the first version (issue 14, ``benchmarks/icm_dev.py``, dev splits only): with the
-condition centred and divided by one scale, its projection was a few hundredths of z's scale, neither z nor the
-condition moved the decode (posterior collapse and an ignored condition at once), and the decoder explained only
-16% of the snapshots' variance in 300 steps, so every task got nearly the mean adapter. The condition is now
-standardised per dimension (``condition_norm``), the decoder's hidden layer is linear (``decoder_act``: the
-output layer starts from the principal directions, whose coordinates SiLU cannot make negative), and the large
-output layer is kept at that start (``output_lr_scale`` 0) so the few small layers are what Adam fits; the
-reference trains every weight for hundreds of epochs on a GPU, which is not the budget here. The third round
-(22 training tasks) chose ``hidden_dim`` 0 and ``condition_draw`` 'per_step' on dev splits (BENCHMARKS.md); the
-fourth chose a larger fit budget, ``lr`` 0.01 and 600 steps (the 300 steps at 2e-3 that fitted 8 tasks left the
-22-task fit at a training MSE of 0.41; now 0.12).
+Why these defaults (each chosen on dev splits with ``benchmarks/icm_dev.py``; the rounds that chose them are in
+docs/experiments/icm.md): the condition is standardised per dimension (``condition_norm``), because centred and
+divided by one scale its projection is a few hundredths of z's scale and the decode ignores it; the decoder's hidden
+layer is linear (``decoder_act``), because the output layer starts from the principal directions, whose coordinates
+SiLU cannot make negative; that large output layer stays at its start (``output_lr_scale`` 0), so Adam fits only the
+few small layers, which a CPU budget can train where the reference trains every weight for hundreds of GPU epochs;
+``hidden_dim`` 0 sizes the decoder to the training tasks; ``condition_draw`` 'per_step' shows the generator the
+whole spread of k-shot task vectors; ``lr`` 0.01 and 600 steps fit a 22-task library (300 steps at 2e-3 underfit it).
 """
 
 from __future__ import annotations

@@ -133,8 +133,8 @@ class CandidateConfig(SamplerConfig):
     risk_scale: str = param(
         "none",
         choices=("none", "log_k"),
-        help="risk a task is ranked by: none, the raw loss (the reference's; picked by BENCHMARKS.md issue 13's "
-        "fourth-attempt dev rule); log_k, loss / ln(label count), the loss at chance",
+        help="risk a task is ranked by: none, the raw loss (the reference's; picked by issue 13's fourth-attempt dev "
+        "rule, docs/experiments/samplers.md); log_k, loss / ln(label count), the loss at chance",
     )
 
     def b_hat(self, size: int) -> int:

@@ -9,7 +9,7 @@ the default, as the reference: "without extra pay"), so MPTS spends no task eval
 ``risk_target=post_update`` measures the trained tasks again after the update (``B`` extra forward passes).
 
 Two risk learners (``risk_model``; the default is ``linear`` with ``risk_scale=none``, the pick of the
-dev rule SELECTION_RULE_4 in ``benchmarks/sampling.py``, BENCHMARKS.md issue 13, fourth attempt; that rule
+dev rule SELECTION_RULE_4 in ``benchmarks/sampling.py``, docs/experiments/samplers.md, fourth attempt; that rule
 measured it with ``risk_target=post_update``, which the default no longer is):
 
 - ``np``: the paper's. A small neural process / amortised VAE, as the reference's ``RiskLearner``
@@ -40,7 +40,7 @@ Differences from the reference, and why:
   by). The step's observations are learned at the start of the next :meth:`MPTSSampler.next_batch`
   (kept in the state until then, so a resume between steps loses nothing). ``post_update`` is an
   adaptforge option, not the paper's: it re-scores the trained batches after the optimiser step, ``B``
-  extra forward passes a step (28-29% of a step on BENCHMARKS.md's family, issue 13).
+  extra forward passes a step (28-29% of a step on the label-subset family, docs/experiments/samplers.md).
 - ``learner_steps`` gradient steps per observation (reference: 1) and ``lr`` 2e-2 (reference: 5e-4
   with one step): training here runs hundreds, not tens of thousands, of iterations. The value was
   picked on the simulated task set of ``tests/train/test_samplers.py`` (5e-3 barely moved the risk
@@ -93,8 +93,8 @@ class MPTSConfig(CandidateConfig):
     risk_model: str = param(
         "linear",
         choices=("np", "linear"),
-        help="linear: Bayesian linear regression (picked by BENCHMARKS.md issue 13's fourth-attempt dev rule); "
-        "np: the paper's neural process",
+        help="linear: Bayesian linear regression (picked by issue 13's fourth-attempt dev rule, "
+        "docs/experiments/samplers.md); np: the paper's neural process",
     )
     risk_target: str = param(
         "pre_update",
