@@ -69,7 +69,7 @@ browser:
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
 
 # The generated references, docs/methods.md (from the method registries) and docs/cli.md (from --help);
 # tests/test_docs.py fails when they are stale.
