@@ -17,6 +17,7 @@ import argparse
 import importlib
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -109,14 +110,26 @@ HELP_ENV = {
 }
 
 
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
 def _help(app: Any, args: list[str]) -> str:
-    """``adaptforge ARGS --help`` as a 100-column terminal without colour shows it, trailing blanks removed."""
+    """``adaptforge ARGS --help`` as a 100-column terminal without colour shows it, trailing blanks removed.
+
+    Typer reads ``TERMINAL_WIDTH``, ``FORCE_COLOR`` and ``GITHUB_ACTIONS`` once, at import; they are set aside for
+    the call (and escape codes dropped), so a CI runner renders the same page as a laptop."""
+    from typer import rich_utils
     from typer.testing import CliRunner
 
-    result = CliRunner().invoke(app, [*args, "--help"], prog_name="adaptforge", env=HELP_ENV, terminal_width=100)
+    saved = rich_utils.MAX_WIDTH, rich_utils.FORCE_TERMINAL, rich_utils.COLOR_SYSTEM
+    rich_utils.MAX_WIDTH, rich_utils.FORCE_TERMINAL, rich_utils.COLOR_SYSTEM = None, False, None
+    try:
+        result = CliRunner().invoke(app, [*args, "--help"], prog_name="adaptforge", env=HELP_ENV, terminal_width=100)
+    finally:
+        rich_utils.MAX_WIDTH, rich_utils.FORCE_TERMINAL, rich_utils.COLOR_SYSTEM = saved
     if result.exit_code != 0:
         raise RuntimeError(f"adaptforge {' '.join(args)} --help exited {result.exit_code}: {result.output}")
-    text = "\n".join(line.rstrip() for line in result.output.splitlines())
+    text = "\n".join(ANSI.sub("", line).rstrip() for line in result.output.splitlines())
     return text.strip("\n")
 
 
