@@ -16,14 +16,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-os.environ.setdefault("COLUMNS", "100")  # nothing below reads the terminal, but an import-time default might
 
 ROOT = Path(__file__).resolve().parents[1]
 REGENERATE = "make docs (python scripts/gen_docs.py)"
