@@ -18,7 +18,7 @@ from adaptforge.prune.base import (
     PruneParams,
     unstructured_mask,
 )
-from adaptforge.prune.calibration import InputStats, batch_gradients
+from adaptforge.prune.calibration import InputStats, batch_gradients, text_gradients
 
 
 def _stats(calibration: Calibration, name: str, general: bool) -> InputStats:
@@ -164,7 +164,9 @@ class DPrunerParams(PruneParams):
     general_weight: float = param(
         8.0, ge=0, help="lambda: weight of the general removal error against the domain score (each layer-normalised)"
     )
-    gradient_examples: int = param(512, ge=1, help="domain train examples whose loss gradients are accumulated")
+    gradient_examples: int = param(
+        512, ge=1, help="domain train examples (or texts of a plain-text domain) whose loss gradients are accumulated"
+    )
     batch_size: int = param(8, ge=1, help="domain examples per gradient batch")
     damping: float = param(0.01, gt=0, help="added to the general Hessian's diagonal, as a fraction of its mean")
 
@@ -223,9 +225,14 @@ class DPruner(PruneMethod):
         weights = {name: weight_view(layer).detach().double() for name, layer in layers.items()}
         score = {name: torch.zeros_like(W) for name, W in weights.items()}
         batches = 0
-        for grads in batch_gradients(
-            calibration.scorer, calibration.domain_task, layers, p.gradient_examples, p.seed, p.batch_size
-        ):
+        if calibration.domain_task is not None:
+            gradients = batch_gradients(
+                calibration.scorer, calibration.domain_task, layers, p.gradient_examples, p.seed, p.batch_size
+            )
+        else:  # a plain-text domain: the next-token loss on the first gradient_examples texts
+            texts = calibration.domain_texts[: p.gradient_examples]
+            gradients = text_gradients(calibration.scorer.backbone, layers, texts, p.max_length, p.batch_size)
+        for grads in gradients:
             batches += 1
             for name, g in grads.items():
                 gw = g * weights[name]
