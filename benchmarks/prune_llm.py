@@ -5,7 +5,7 @@ Corpora (``benchmarks/data/prune_llm``, see its README): open-domain (WikiText-2
 opinions) and medical (MedQuAD answers), each a calibration part and an evaluation part sharing no document.
 Every run prunes in a fresh process (so its peak memory is its own) and then measures perplexity on the general
 evaluation corpus and on the evaluation corpus of its domain(s) with ``adaptforge eval --metric perplexity``'s
-function (windows of 256 tokens, stride 128). A run is ``method:calibration:pattern``:
+function (windows of 256 tokens, stride 192). A run is ``method:calibration:pattern``:
 
 - ``magnitude:none``; ``wanda:general`` and ``sparsegpt:general`` (calibrated on the general corpus): evaluated on
   all three corpora;
@@ -39,7 +39,7 @@ GENERAL_CALIBRATED = ("magnitude:none", "wanda:general", "sparsegpt:general")
 DOMAIN_METHODS = ("wanda", "sparsegpt", "dpruner")
 CALIBRATION = 64  # calibration texts (each its first 256 tokens): the brief's 64 x 256
 MAX_LENGTH = 256
-CONTEXT, STRIDE = 256, 128
+CONTEXT, STRIDE = 256, 192  # every scored token sees >= 64 tokens of its text; 1.33 forwards per token
 DPRUNER_LAMBDA = 0.1  # the authors' lambda_weight (code/src/lomo.py); see the experiment record for its units
 
 
