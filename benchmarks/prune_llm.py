@@ -63,7 +63,14 @@ def rss_mb(field: str) -> float:
     raise SystemExit(f"/proc/self/status has no {field}")
 
 
-def run_one(run: str, threads: int, dpruner_lambda: float) -> dict:
+def variant(method: str, lam: float, lr: float, epochs: int) -> str | None:
+    """D-Pruner's setting as a label (``None`` for the other methods): lambda, and the LOMO training if any."""
+    if method != "dpruner":
+        return None
+    return f"lambda {lam:g}" + (f", LOMO lr {lr:g} x {epochs} epochs" if lr > 0 else "")
+
+
+def run_one(run: str, threads: int, dpruner_lambda: float, lr: float = 0.0, epochs: int = 1) -> dict:
     """One run in this (fresh) process: prune (time and peak resident memory over the loaded baseline), then
     perplexity of the pruned model on its evaluation corpora."""
     import torch
@@ -91,6 +98,7 @@ def run_one(run: str, threads: int, dpruner_lambda: float) -> dict:
         }
         if method == "dpruner":
             params |= {"general_weight": dpruner_lambda, "gradient_examples": CALIBRATION, "batch_size": 8}
+            params |= {"train_lr": lr, "train_epochs": epochs}
         general = [DATA / "general_calib.jsonl"]
         Path("/proc/self/clear_refs").write_text("5")  # the peak from here on is the pruning's
         baseline = rss_mb("VmRSS")
@@ -117,7 +125,7 @@ def run_one(run: str, threads: int, dpruner_lambda: float) -> dict:
         "calibration": calibration,
         "pattern": pattern,
         "sparsity": 0.0 if run == "dense" else sparsity,
-        "general_weight": dpruner_lambda if method == "dpruner" else None,
+        "variant": variant(method, dpruner_lambda, lr, epochs),
         "prune_seconds": round(prune_seconds, 2),
         "total_prune_seconds": round(seconds, 2),
         "peak_growth_mb": round(peak, 1),
@@ -127,14 +135,16 @@ def run_one(run: str, threads: int, dpruner_lambda: float) -> dict:
     }
 
 
-def file_name(run: str, dpruner_lambda: float) -> str:
+def file_name(run: str, dpruner_lambda: float, lr: float, epochs: int) -> str:
     name = run.replace(":", "_")
-    return f"{name}_l{dpruner_lambda:g}.json" if run.startswith("dpruner") else f"{name}.json"
+    if not run.startswith("dpruner"):
+        return f"{name}.json"
+    return f"{name}_l{dpruner_lambda:g}" + (f"_lomo{lr:g}x{epochs}" if lr > 0 else "") + ".json"
 
 
 def table(results: Path) -> str:
     rows = [json.loads(p.read_text()) for p in sorted(results.glob("*.json"))]
-    by = {(r["run"], r["general_weight"]): r for r in rows}
+    by = {(r["run"], r["variant"]): r for r in rows}
     dense = by[("dense", None)]["perplexity"]
     lines = [
         "| pattern | method | calibration | general ppl | legal ppl | medical ppl | prune s | peak MB |",
@@ -144,7 +154,7 @@ def table(results: Path) -> str:
     ]
     for r in sorted((r for r in rows if r["run"] != "dense"), key=lambda r: (r["pattern"] != "unstructured", r["run"])):
         cells = [f"{r['perplexity'][c]['value']:.2f}" if c in r["perplexity"] else "" for c in ("general", *DOMAINS)]
-        name = r["method"] + (f" (lambda {r['general_weight']:g})" if r["general_weight"] is not None else "")
+        name = r["method"] + (f" ({r['variant']})" if r["variant"] is not None else "")
         lines.append(
             f"| {r['pattern']} | {name} | {r['calibration']} | {' | '.join(cells)} | {r['prune_seconds']:.1f} | "
             f"{r['peak_growth_mb']:.0f} |"
@@ -154,13 +164,13 @@ def table(results: Path) -> str:
 
 
 def bars(by: dict) -> list[str]:
-    """The two bars of the issue, per domain and pattern, for every D-Pruner lambda that was run."""
+    """The two bars of the issue, per domain and pattern, for every D-Pruner setting that was run (the bar is
+    judged on lambda 0.1 without training; the others are for information)."""
     out = []
-    lambdas = sorted({k[1] for k in by if k[1] is not None})
-    for lam in lambdas:
+    for setting in sorted({k[1] for k in by if k[1] is not None}):
         for pattern in PATTERNS:
             for d in DOMAINS:
-                dp = by.get((f"dpruner:{d}:{pattern}", lam))
+                dp = by.get((f"dpruner:{d}:{pattern}", setting))
                 if dp is None:
                     continue
                 g, m = dp["perplexity"]["general"]["value"], dp["perplexity"][d]["value"]
@@ -172,7 +182,7 @@ def bars(by: dict) -> list[str]:
                 five = all(v <= 0.95 for v in ratios.values())
                 shown = ", ".join(f"{b} {v:.3f}" for b, v in ratios.items())
                 out.append(
-                    f"- lambda {lam:g}, {d}, {pattern}: not beaten on both by any of {len(ppl)} baselines: "
+                    f"- {setting}, {d}, {pattern}: not beaten on both by any of {len(ppl)} baselines: "
                     + ("MET" if not beaten_by else f"MISSED ({', '.join(beaten_by)})")
                     + f"; domain ppl / general-calibrated: {shown} -> >= 5% lower: {'MET' if five else 'MISSED'}"
                     + ("" if pattern == "unstructured" else " (the 5% bar is judged at 50% unstructured)")
@@ -186,11 +196,13 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/prune_llm"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dpruner-lambda", type=float, default=DPRUNER_LAMBDA)
+    parser.add_argument("--dpruner-lr", type=float, default=0.0, help="D-Pruner's LOMO variant: SGD step size")
+    parser.add_argument("--dpruner-epochs", type=int, default=1, help="D-Pruner's LOMO variant: passes")
     parser.add_argument("--table", action="store_true", help="only write the table from the results so far")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_one(args.child, args.threads, args.dpruner_lambda)))
+        print(json.dumps(run_one(args.child, args.threads, args.dpruner_lambda, args.dpruner_lr, args.dpruner_epochs)))
         return
     args.results.mkdir(parents=True, exist_ok=True)
     if args.table:
@@ -200,11 +212,12 @@ def main() -> None:
         return
     runs = args.runs.split(",") if args.runs else all_runs()
     for run in runs:
-        target = args.results / file_name(run, args.dpruner_lambda)
+        target = args.results / file_name(run, args.dpruner_lambda, args.dpruner_lr, args.dpruner_epochs)
         if target.exists() and not args.runs:
             continue
         cmd = [sys.executable, __file__, "--child", run, "--threads", str(args.threads)]
-        cmd += ["--dpruner-lambda", str(args.dpruner_lambda)]
+        cmd += ["--dpruner-lambda", str(args.dpruner_lambda), "--dpruner-lr", str(args.dpruner_lr)]
+        cmd += ["--dpruner-epochs", str(args.dpruner_epochs)]
         done = subprocess.run(cmd, check=True, capture_output=True, text=True)
         row = json.loads(done.stdout.strip().splitlines()[-1])
         target.write_text(json.dumps(row, indent=1) + "\n")
