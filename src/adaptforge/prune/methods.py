@@ -202,14 +202,15 @@ class DPruner(PruneMethod):
     to the pruned one, and like Wanda it only scores and masks) and take the expansion at the dense weights over
     ``gradient_examples`` examples. ``train_lr > 0`` is the LOMO variant: an SGD step (gradient clipped to
     ``clip_grad_norm``) after each batch, for ``train_epochs`` passes, the score accumulated at the moving weights;
-    unlike LOMO it updates only the scored (prunable) layers, at a constant rate, with no warm-up. (b) Its regulariser enters the score only through the gradient, ``g + 2 lambda
-    lr^2 E g^2 / 1000`` with lambda 0.1 (the regulariser's effect on a training step of size ``lr``), which vanishes
-    without training (``lr = 0``); we charge the removal itself, ``lambda * E``, the paper's regulariser evaluated
-    at the pruned weight, and scale the two terms per layer. (c) Its accumulated term is ``|gW + (gW)^2 / 2000 +
-    W^3|``; we keep the paper's ``|gW + (gW)^2 / 2|`` (the ``/2000`` and ``W^3`` are not explained there). (d) It
-    thresholds each whole layer (or 128-column blocks); we compare within rows like our Wanda. (e) Its general
-    scores come from SparseGPT's sequential pass, which updates the weights between column blocks; ours are at the
-    dense weights, from one pass of the dense model."""
+    unlike LOMO it updates only the scored (prunable) layers, at a constant rate, with no warm-up. (b) Its
+    regulariser enters the score only through the gradient, ``g + 2 lambda lr^2 E g^2 / 1000`` with lambda 0.1 (the
+    regulariser's effect on a training step of size ``lr``), which vanishes without training (``lr = 0``); we charge
+    the removal itself, ``lambda * E``, the paper's regulariser evaluated at the pruned weight, and scale the two
+    terms per layer. (c) Its accumulated term is ``|gW + (gW)^2 / 2000 + W^3|``; we keep the paper's ``|gW + (gW)^2
+    / 2|`` (the ``/2000`` and ``W^3`` are not explained there). (d) It thresholds each whole layer (or 128-column
+    blocks); we compare within rows like our Wanda. (e) Its general scores come from SparseGPT's sequential pass,
+    which updates the weights between column blocks; ours are at the dense weights, from one pass of the dense
+    model."""
 
     name = "dpruner"
     reference_url = "https://arxiv.org/abs/2405.06275"
