@@ -125,6 +125,64 @@ def perplexity(
     return Perplexity(float(np.exp(mean)), mean, count, len(ids))
 
 
+def strided_windows(n: int, context: int, stride: int) -> list[tuple[int, int, int]]:
+    """``(start, end, first)`` windows over a text of ``n`` tokens: each window is ``tokens[start:end]`` (at most
+    ``context`` tokens) and scores the tokens from position ``first`` to ``end`` (those the windows before it did
+    not). Windows start every ``stride`` (< ``context``) tokens, so every scored token after the first window sees
+    at least ``context - stride`` tokens before it; the text's first token is context only."""
+    windows: list[tuple[int, int, int]] = []
+    scored = 1
+    for start in range(0, n, stride):
+        end = min(start + context, n)
+        windows.append((start, end, scored))
+        scored = end
+        if end == n:
+            break
+    return windows
+
+
+@torch.no_grad()
+def corpus_perplexity(
+    model: torch.nn.Module,
+    tokenizer: object,
+    texts: Sequence[str],
+    context: int = 256,
+    stride: int = 128,
+    batch_size: int = 8,
+) -> Perplexity:
+    """Perplexity of a causal LM on whole texts of any length: each text's tokens are read in windows of
+    ``context`` tokens sliding by ``stride`` (:func:`strided_windows`), every token after the text's first is
+    predicted exactly once, and the value is ``exp`` of the mean NLL over all of them (token-weighted, texts
+    scored separately: a text never conditions on the one before it)."""
+    if not 1 <= stride < context:
+        raise AdaptforgeError(
+            f"perplexity: stride {stride} must be at least 1 and below the context ({context} tokens), so every "
+            "window's first scored token has a token before it"
+        )
+    ids = [tokenizer(t)["input_ids"] for t in texts]
+    ids = [x for x in ids if len(x) >= 2]
+    if not ids:
+        raise AdaptforgeError(f"perplexity: none of the {len(texts)} texts has two tokens or more")
+    pieces = [  # (window tokens, index in the window of the first scored token)
+        (x[start:end], first - start) for x in ids for start, end, first in strided_windows(len(x), context, stride)
+    ]
+    pad_id = getattr(tokenizer, "pad_token_id", None) or 0
+    total, count = 0.0, 0
+    with eval_mode(model):
+        for index in batch_order([len(p[0]) for p in pieces], batch_size, shuffle=False):
+            input_ids, mask = pad([pieces[i][0] for i in index], pad_id, left=False)
+            scored = mask.clone()
+            for row, i in enumerate(index):
+                scored[row, : pieces[i][1]] = 0
+            logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none")
+            keep = scored[:, 1:].bool()
+            total += float(nll[keep].double().sum())
+            count += int(keep.sum())
+    mean = total / count
+    return Perplexity(float(np.exp(mean)), mean, count, len(ids))
+
+
 @torch.no_grad()
 def logits_of(
     scorer: Scorer,

@@ -836,6 +836,23 @@ def is_text_file(path: Path) -> bool:
 MAX_LINE_CHARS = 100_000  # one input of predict, calibration or tta text: tokenizing 20 MB takes minutes
 
 
+def read_corpus(path: Path) -> list[str]:
+    """A plain-text corpus (a ``.txt``, one text a line, or a ``.jsonl`` of ``{"text": ...}``) with at least one
+    text; anything else is an error naming the file (and line)."""
+    path = Path(path)
+    if not path.exists():
+        raise TaskFormatError(f"{path}: no such corpus file")
+    if not is_text_file(path):
+        raise TaskFormatError(
+            f'{path}: not a text corpus; expected a .txt file (one text a line) or a .jsonl file of {{"text": ...}} '
+            "lines (a task folder's split is a task, not a corpus)"
+        )
+    texts = read_texts(path)
+    if not texts:
+        raise TaskFormatError(f"{path}: empty corpus (no non-empty text)")
+    return texts
+
+
 def read_texts(path: Path, field: str = "text") -> list[str]:
     """Unlabelled inputs: one text per non-empty line of a ``.txt``, or the ``field`` of each ``.jsonl`` line
     (``text``; ``prompt`` for prompts to answer); a malformed line is an error naming it."""

@@ -203,3 +203,57 @@ def test_dpruner_general_weight_trades_domain_for_general_reconstruction(minilm)
             with torch.no_grad():
                 layer.weight.copy_(original)
     assert errors[100.0] < errors[0.0]
+
+
+LM_TEXTS = ["the market rose on monday as investors cheered the report", "a short one", "the film is a delight"]
+
+
+def test_text_gradients_are_the_token_mean_next_token_loss_whatever_the_padding(tiny_llama):
+    """A plain-text domain's gradient: right-padded batches give the gradient of the mean NLL over the batch's
+    predicted tokens, the same as summing each text's NLL alone (no padding) and dividing by their count."""
+    from adaptforge.prune.calibration import text_gradients
+
+    layers = prunable_layers(tiny_llama)
+    name = "model.layers.1.mlp.down_proj"
+    one = {name: layers[name]}
+    (batched,) = [g[name] for g in text_gradients(tiny_llama, one, LM_TEXTS, max_length=64, batch_size=3)]
+    assert not layers[name].weight.requires_grad  # restored
+    weight = layers[name].weight
+    weight.requires_grad_(True)
+    try:
+        total, count = 0.0, 0
+        with eval_mode(tiny_llama.model) as model:
+            for text in LM_TEXTS:
+                ids = torch.tensor([tiny_llama.tokenizer(text)["input_ids"]])
+                total = total + model(input_ids=ids, labels=ids).loss * (ids.shape[1] - 1)
+                count += ids.shape[1] - 1
+            (reference,) = torch.autograd.grad(total / count, weight)
+    finally:
+        weight.requires_grad_(False)
+    torch.testing.assert_close(batched, reference.double(), rtol=1e-4, atol=1e-7)
+
+
+def test_dpruner_lomo_variant_takes_clipped_sgd_steps_on_the_scored_layers(tiny_llama):
+    """train_lr > 0: after each batch the scored layers move by -lr * clip * g (g at the weights before the step);
+    train_lr = 0 (the default) leaves every weight as it was."""
+    import copy
+
+    from adaptforge.backbone import Backbone
+    from adaptforge.prune.calibration import text_gradients
+
+    work = Backbone("t", "t", "causal", copy.deepcopy(tiny_llama.model), tiny_llama.tokenizer, "fp")
+    layers = prunable_layers(work)
+    before = {n: layer.weight.detach().clone() for n, layer in layers.items()}
+    (g,) = list(text_gradients(work, layers, LM_TEXTS, max_length=64, batch_size=3))
+    calibration = Calibration(
+        general=None, domain=None, scorer=make_scorer(work), domain_task=None, domain_texts=tuple(LM_TEXTS)
+    )
+    PRUNE_METHODS.get("dpruner")().prepare(layers, calibration, DPrunerParams(gradient_examples=3, max_length=64))
+    assert all(torch.equal(layer.weight, before[n]) for n, layer in layers.items())
+    params = DPrunerParams(gradient_examples=3, max_length=64, train_lr=0.5, clip_grad_norm=0.01)
+    PRUNE_METHODS.get("dpruner")().prepare(layers, calibration, params)
+    norm = float(torch.sqrt(sum(v.pow(2).sum() for v in g.values())))
+    assert norm > 0.01  # the clip is active
+    for n, layer in layers.items():
+        expected = before[n].double() - 0.5 * (0.01 / (norm + 1e-6)) * g[n]
+        torch.testing.assert_close(layer.weight.detach().double(), expected, rtol=1e-5, atol=1e-7)

@@ -28,7 +28,9 @@ from adaptforge.cli.app import (
 from adaptforge.cli.render import (
     console,
     grid_table,
+    notify,
     out,
+    perplexity_table,
     print_json,
     progress_bar,
 )
@@ -37,7 +39,10 @@ from adaptforge.errors import AdaptforgeError
 
 @app.command("eval")
 def eval_cmd(
-    task_dirs: Annotated[list[Path], typer.Argument(help="Task folders (or .json/.csv files).")],
+    task_dirs: Annotated[
+        list[Path],
+        typer.Argument(help="Task folders (or .json/.csv files); with --metric perplexity, .txt / .jsonl corpora."),
+    ],
     library: Annotated[Path | None, typer.Option("--library", "-l")] = None,
     adapter: Annotated[list[str] | None, typer.Option("--adapter", "-a", help="Adapter name; repeatable.")] = None,
     all_adapters: Annotated[
@@ -58,18 +63,38 @@ def eval_cmd(
     workers: WorkersOpt = None,
     threads_per_worker: ThreadsOpt = None,
     max_new_tokens: MaxNewTokensOpt = 64,
+    metric: Annotated[
+        str,
+        typer.Option(
+            "--metric",
+            help="task: each task's own metrics; perplexity: a causal model's perplexity on plain-text corpora.",
+        ),
+    ] = "task",
+    context: Annotated[int, typer.Option(min=2, help="perplexity: tokens per window.")] = 256,
+    stride: Annotated[int, typer.Option(min=1, help="perplexity: tokens between window starts (< --context).")] = 128,
 ) -> None:
     """Evaluate adapters and/or zero-shot on tasks: accuracy and macro-F1 per cell; on a generation task, greedy
     answers scored by exact match and ROUGE-L, and the response loss (mean NLL per token).
 
     With --backend ray the cells run as Ray tasks on actors that each load the base model once (the same numbers
     as in this process); the driver records the results in the library.
+
+    With --metric perplexity the arguments are corpora (a .txt, one text a line, or a .jsonl of {"text": ...}) and
+    --model any causal model (smollm2, a pruned folder): each text is read in windows of --context tokens that
+    start every --stride tokens, every token after a text's first is predicted once, and the perplexity is exp of
+    the mean negative log-likelihood over all of them. --limit: the first texts of each corpus.
     """
     from adaptforge.evaluate import check_request
     from adaptforge.library import Library
     from adaptforge.pipelines.evaluate import evaluate_adapters
     from adaptforge.tasks import load_tasks
 
+    if metric not in ("task", "perplexity"):
+        with cli_errors():
+            raise AdaptforgeError(f"--metric {metric!r}: expected task or perplexity")
+    if metric == "perplexity":
+        _perplexity(task_dirs, model, context, stride, limit, as_json, bool(adapter or all_adapters or library))
+        return
     with cli_errors():
         text = one_description(description, len(task_dirs), "TASK_DIRS")
         tasks = load_tasks(task_dirs, text_col=text_col, label_col=label_col, description=text)
@@ -118,3 +143,20 @@ def eval_cmd(
         if metric in kinds
     )  # fmt: skip
     out.print(grid_table(results, title=f"{split} {what}"))
+
+
+def _perplexity(
+    corpora: list[Path], model: str | None, context: int, stride: int, limit: int | None, as_json: bool, adapters: bool
+) -> None:
+    from adaptforge.pipelines.evaluate import evaluate_corpora
+
+    with cli_errors():
+        if adapters:
+            raise AdaptforgeError(
+                "--metric perplexity scores a model (--model, e.g. a pruned folder), not library adapters"
+            )
+        rows = evaluate_corpora(corpora, model=model, context=context, stride=stride, limit=limit, notify=notify)
+    if as_json:
+        print_json({"results": [r.to_json() for r in rows]})
+        return
+    out.print(perplexity_table(rows))

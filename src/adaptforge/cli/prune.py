@@ -34,7 +34,11 @@ def prune_cmd(
     ] = None,
     pattern: Annotated[str | None, typer.Option(help="unstructured, 2:4, 4:8 or ffn (whole neurons).")] = None,
     domain_dir: Annotated[
-        Path | None, typer.Option("--domain", help="The domain task folder (calibration: train).")
+        Path | None,
+        typer.Option(
+            "--domain",
+            help="The domain: a task folder (calibration: train) or, for a causal LM, a .txt / .jsonl text corpus.",
+        ),
     ] = None,
     general: Annotated[
         list[Path] | None,
@@ -75,18 +79,23 @@ def prune_cmd(
     """
     from adaptforge.pipelines.prune import prune_model
     from adaptforge.prune import PRUNE_METHODS
-    from adaptforge.tasks import load_task, load_tasks
+    from adaptforge.prune.calibration import read_corpus_text
+    from adaptforge.tasks import is_text_file, load_task, load_tasks
 
     if list_methods:
         print_methods("prune method", PRUNE_METHODS.items())
         return
     with cli_errors():
-        domain = load_task(
-            required(domain_dir, "--domain"),
-            text_col=text_col,
-            label_col=label_col,
-            description=one_description(description, 1, "--domain TASK"),
-        )
+        domain_path = required(domain_dir, "--domain")
+        if is_text_file(domain_path):
+            domain = read_corpus_text(domain_path)
+        else:
+            domain = load_task(
+                domain_path,
+                text_col=text_col,
+                label_col=label_col,
+                description=one_description(description, 1, "--domain TASK"),
+            )
         params: dict[str, object] = parse_options(param or [])
         if sparsity is not None:
             try:

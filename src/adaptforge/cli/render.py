@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # the CLI imports this module for --help; torch and the pipel
     from adaptforge.evaluate import EvalResult
     from adaptforge.methods import Method
     from adaptforge.pipelines.common import NewTaskOutcome
+    from adaptforge.pipelines.evaluate import CorpusPerplexity
     from adaptforge.pipelines.merge import MergeReport
     from adaptforge.pipelines.prune import PruneOutcome
     from adaptforge.pipelines.tta import TtaOutcome
@@ -132,6 +133,16 @@ def print_json(value: object) -> None:
     if replaced:
         console.print(f"warning: not a finite number, printed as null: {', '.join(replaced)}", style="yellow")
     out.file.write(json.dumps(clean, default=str, allow_nan=False, indent=2) + "\n")
+
+
+def perplexity_table(rows: list[CorpusPerplexity]) -> Table:
+    """``eval --metric perplexity``: one row per corpus."""
+    table = Table(title=f"perplexity (windows of {rows[0].context} tokens, stride {rows[0].stride})")
+    for column in ("corpus", "model", "perplexity", "tokens", "texts"):
+        table.add_column(column, justify="left" if column in ("corpus", "model") else "right")
+    for r in rows:
+        table.add_row(r.corpus, r.model, f"{r.result.value:.3f}", str(r.result.tokens), str(r.result.texts))
+    return table
 
 
 def grid_table(results: list[EvalResult], title: str) -> Table:

@@ -1,19 +1,21 @@
-"""``adaptforge eval``: every (adapter or zero-shot) x task cell on one split, recorded in the catalog."""
+"""``adaptforge eval``: every (adapter or zero-shot) x task cell on one split, recorded in the catalog; with
+``--metric perplexity``, a causal model's perplexity on plain-text corpora."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from adaptforge.backbone import Backbone
 from adaptforge.backends import Backend, JobOutcome, Worker, WorkerSetup
 from adaptforge.core import AdaptforgeError, LoraDelta
-from adaptforge.evaluate import EvalResult, check_request, evaluate_task
+from adaptforge.evaluate import EvalResult, Perplexity, check_request, corpus_perplexity, evaluate_task
 from adaptforge.library import AdapterRecord, Library
-from adaptforge.pipelines.common import Notify, load_base, record_result
+from adaptforge.pipelines.common import Notify, load_base, record_result, reporter
 from adaptforge.routing import Router, stored_router
 from adaptforge.scorers import Scorer, make_scorer
-from adaptforge.tasks import Task
+from adaptforge.tasks import Task, read_corpus
 
 
 def evaluate_grid(
@@ -221,3 +223,62 @@ def evaluate_adapters(
         )  # fmt: skip
         zero_shot = False  # one zero-shot row: the first base's
     return GridOutcome(results, skipped)
+
+
+PERPLEXITY_CONTEXT = 256  # tokens per window of `eval --metric perplexity` (SmolLM2 reads 8k; kept small for CPU)
+PERPLEXITY_STRIDE = 128  # windows start this far apart: every scored token sees >= 128 tokens of its text
+
+
+@dataclass(frozen=True)
+class CorpusPerplexity:
+    """One corpus's perplexity under one model (``adaptforge eval CORPUS --metric perplexity``)."""
+
+    corpus: str
+    model: str
+    result: Perplexity
+    context: int
+    stride: int
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "corpus": self.corpus,
+            "model": self.model,
+            "metric": "perplexity",
+            "perplexity": self.result.value,
+            "nll": self.result.nll,
+            "tokens": self.result.tokens,
+            "texts": self.result.texts,
+            "context": self.context,
+            "stride": self.stride,
+        }
+
+
+def evaluate_corpora(
+    corpora: Sequence[Path],
+    *,
+    model: str | None = None,
+    backbone: Backbone | None = None,
+    context: int = PERPLEXITY_CONTEXT,
+    stride: int = PERPLEXITY_STRIDE,
+    limit: int | None = None,
+    notify: Notify | None = None,
+) -> list[CorpusPerplexity]:
+    """Perplexity of a causal LM (the base, or any model folder such as a pruned one) on plain-text corpora, in
+    strided windows (:func:`~adaptforge.evaluate.corpus_perplexity`); ``limit``: the first texts of each.
+    Every corpus is read and checked before the model loads."""
+    texts = {path: read_corpus(path)[:limit] for path in corpora}
+    if not 1 <= stride < context:
+        raise AdaptforgeError(f"--stride {stride} must be at least 1 and below --context {context}")
+    base = load_base(model, backbone=backbone, notify=notify)
+    if base.kind != "causal":
+        raise AdaptforgeError(
+            f"--metric perplexity needs a causal language model; {base.name or 'the embedded MiniLM'} is an encoder "
+            "(give --model smollm2 or a causal model folder)"
+        )
+    say = reporter(notify)
+    out = []
+    for path, corpus in texts.items():
+        say(f"perplexity on {path} ({len(corpus)} texts)")
+        value = corpus_perplexity(base.model, base.tokenizer, corpus, context=context, stride=stride)
+        out.append(CorpusPerplexity(str(path), base.name, value, context, stride))
+    return out

@@ -77,6 +77,7 @@ class PruneOutcome:
     seconds: float
     evals: dict[str, dict[str, EvalResult]] = field(default_factory=dict)  # task -> {"dense", "pruned"}
     perplexity: dict[str, HeldOutPerplexity] = field(default_factory=dict)  # causal LMs: "general", "domain"
+    prune_seconds: float = 0.0  # calibration and pruning alone (no loading, evaluation or writing)
 
     def retention(self, task: str) -> float | None:
         pair = self.evals.get(task)
@@ -94,6 +95,7 @@ class PruneOutcome:
             "parameters": {"dense": self.parameters[0], "pruned": self.parameters[1]},
             "file_bytes": {"dense": self.file_bytes[0], "pruned": self.file_bytes[1], "packed": self.file_bytes[2]},
             "seconds": round(self.seconds, 2),
+            "prune_seconds": round(self.prune_seconds, 2),
             "eval": {
                 task: {**{k: v.to_json() for k, v in pair.items()}, "retention": self.retention(task)}
                 for task, pair in self.evals.items()
@@ -133,7 +135,7 @@ def calibrate(
     params: PruneParams,
     layers: dict[str, torch.nn.Module],
     scorer: Scorer,
-    domain: Task,
+    domain: Task | None,
     general_text: CalibrationText | None,
     domain_calib: CalibrationText,
 ) -> Calibration:
@@ -149,6 +151,7 @@ def calibrate(
         else None,
         scorer=scorer,
         domain_task=domain,
+        domain_texts=domain_calib.texts,
     )
     impl.prepare(layers, calibration, params)
     return calibration
@@ -156,7 +159,7 @@ def calibrate(
 
 def prune_model(
     method: str,
-    domain: Task,
+    domain: Task | CalibrationText,
     out: str | Path,
     *,
     params: Mapping[str, Any] | None = None,
@@ -170,7 +173,12 @@ def prune_model(
     notify: Notify | None = None,
 ) -> PruneOutcome:
     """Prune the base for ``domain`` with the registered ``method`` and write it to ``out`` (new or empty);
-    ``compact`` also writes the packed form (:mod:`adaptforge.packed`) beside the Hugging Face weights."""
+    ``compact`` also writes the packed form (:mod:`adaptforge.packed`) beside the Hugging Face weights.
+
+    ``domain`` is a task (calibration reads its train split) or, for a causal LM, plain domain text
+    (:func:`~adaptforge.prune.calibration.read_corpus`): calibration reads evenly spaced texts of it and
+    gradients come from the next-token loss; no zero-shot accuracy or held-out domain perplexity is measured
+    for it then (``adaptforge eval CORPUS --metric perplexity`` on a held-out corpus does that)."""
     say = reporter(notify)
     start = time.perf_counter()
     impl = PRUNE_METHODS.get(method)()
@@ -183,14 +191,20 @@ def prune_model(
     if typed.pattern == "ffn" and isinstance(typed.sparsity, tuple):
         raise AdaptforgeError("--pattern ffn keeps one width in every block: give one --sparsity value")
     out_dir = _check_out(Path(out))
-    if "train" not in domain.splits:
-        raise AdaptforgeError(f"--domain task {domain.name!r} has no train split to calibrate on")
-    tasks = [domain, *[t for t in eval_tasks if t.name != domain.name]]
+    task = domain if isinstance(domain, Task) else None
+    if task is not None and "train" not in task.splits:
+        raise AdaptforgeError(f"--domain task {task.name!r} has no train split to calibrate on")
+    tasks = [*([task] if task else []), *[t for t in eval_tasks if task is None or t.name != task.name]]
     for task in tasks:
         classification_only(task, "prune (dense vs pruned zero-shot accuracy)")
     check_request(tasks, split, limit)
     general_text = read_general(general, typed.calibration_size, typed.seed) if impl.needs_general else None
     dense = load_base(model, backbone=backbone, notify=say)
+    if task is None and dense.kind != "causal":
+        raise AdaptforgeError(
+            f"--domain {domain.source}: plain domain text needs a causal LM (its loss is next-token prediction); "
+            "for an encoder give a task folder"
+        )
     work = _own_copy(dense) if backbone is not None else dense
     scorer = make_scorer(work)
     evals: dict[str, dict[str, EvalResult]] = {}
@@ -200,16 +214,21 @@ def prune_model(
     held_out: dict[str, HeldOutPerplexity] = {}
     if work.kind == "causal":  # an LM's general ability is also how well it still models text
         n = min(limit or PERPLEXITY_TEXTS, PERPLEXITY_TEXTS)
-        texts = {"general": held_out_general(general_text, n), "domain": held_out_domain(domain, split, n, typed.seed)}
+        texts = {
+            "general": held_out_general(general_text, n),
+            "domain": held_out_domain(task, split, n, typed.seed) if task is not None else None,
+        }
         for key, text in texts.items():
             if text is not None:
                 say(f"perplexity of the dense base on held-out {key} text ({len(text.texts)} texts)")
                 held_out[key] = HeldOutPerplexity(text, perplexity(work.model, work.tokenizer, text.texts))
     layers = prunable_layers(work)
     sparsity = layer_sparsity(typed, list(layers))
-    domain_calib = domain_text(domain, impl.domain_examples(typed), typed.seed)
+    n_domain = impl.domain_examples(typed)
+    domain_calib = domain_text(task, n_domain, typed.seed) if task is not None else domain.spaced(n_domain)
     say(f"calibrating {method} on {len(layers)} layers")
-    calibration = calibrate(impl, typed, layers, scorer, domain, general_text, domain_calib)
+    prune_start = time.perf_counter()
+    calibration = calibrate(impl, typed, layers, scorer, task, general_text, domain_calib)
     dense_params = sum(p.numel() for p in work.model.parameters())
     report = PruneReport()
     width = None
@@ -228,6 +247,7 @@ def prune_model(
     else:
         for name, layer in layers.items():
             report.layers.append(impl.prune_layer(name, layer, sparsity[name], calibration, typed))
+    prune_seconds = time.perf_counter() - prune_start
     pruned_params = sum(p.numel() for p in work.model.parameters())
     new_fp = fingerprint(work.model, work.model.config)
     work = Backbone(str(out_dir), str(out_dir), work.kind, work.model, work.tokenizer, new_fp)
@@ -272,6 +292,7 @@ def prune_model(
         time.perf_counter() - start,
         evals,
         held_out,
+        prune_seconds,
     )
 
 

@@ -59,12 +59,14 @@ class PruneParams(Params):
 @dataclass
 class Calibration:
     """What a pruner may look at: general and domain input statistics (with Gram matrices when the method
-    asked for them), and the scorer and domain task for methods that need gradients."""
+    asked for them), and for methods that need gradients the scorer and the domain: a task, or (``domain_task``
+    ``None``, causal LMs) the plain domain texts, whose loss is next-token prediction."""
 
     general: dict[str, InputStats] | None
     domain: dict[str, InputStats] | None
     scorer: Scorer
-    domain_task: Task
+    domain_task: Task | None
+    domain_texts: tuple[str, ...] = ()
 
 
 @dataclass

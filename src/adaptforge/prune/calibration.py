@@ -8,7 +8,7 @@ here is collected with forward hooks on the frozen model, padding tokens exclude
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from adaptforge.core import AdaptforgeError
 from adaptforge.layers import is_transposed, weight_view
 from adaptforge.lora.hooks import eval_mode
 from adaptforge.scorers import Scorer
-from adaptforge.tasks import Task, is_text_file, load_task, read_texts
+from adaptforge.tasks import Task, is_text_file, load_task, read_corpus, read_texts
 
 GENERAL_SOURCES = ("dbpedia", "agnews", "boolq", "trec_question_type")
 
@@ -43,6 +43,16 @@ class CalibrationText:
 
     def record(self) -> dict[str, object]:
         return {"source": self.source, "n": len(self.texts), "sha256": self.sha256}
+
+    def spaced(self, n: int) -> CalibrationText:
+        """Up to ``n`` evenly spaced texts (all when there are fewer)."""
+        texts = self.texts[:: max(1, len(self.texts) // n)][:n]
+        return CalibrationText(texts, f"{self.source} (n={len(texts)})")
+
+
+def read_corpus_text(path: str | Path) -> CalibrationText:
+    """A plain-text domain for ``prune --domain``: a ``.txt`` (one text a line) or ``.jsonl`` of ``{"text"}``."""
+    return CalibrationText(tuple(read_corpus(Path(path))), str(path))
 
 
 def read_general(sources: Sequence[str | Path], n: int, seed: int) -> CalibrationText:
@@ -177,15 +187,50 @@ def batch_gradients(
     if not examples:
         raise AdaptforgeError(f"task {task.name!r}: no training examples to compute the domain loss on")
     encoded, labels = scorer.encode(task, examples), scorer.encode_labels(task)
+    losses = (
+        lambda model, index=index: scorer.loss(model, make_batch(encoded, index), labels)
+        for index in batch_order(encoded.lengths(), batch_size, shuffle=False)
+    )
+    yield from _gradients(scorer.backbone.model, layers, losses)
+
+
+def text_gradients(
+    backbone: Backbone, layers: dict[str, torch.nn.Module], texts: Sequence[str], max_length: int, batch_size: int = 8
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Like :func:`batch_gradients` for a causal LM on plain domain text: the gradient of the next-token loss (mean
+    over the batch's predicted tokens) of ``batch_size`` texts at a time, each its first ``max_length`` tokens,
+    right-padded so every token sits at the position it has alone."""
+    tok = backbone.tokenizer
+    ids = [x for x in (tok(t, truncation=True, max_length=max_length)["input_ids"] for t in texts) if len(x) >= 2]
+    if not ids:
+        raise AdaptforgeError("domain text: no text of two tokens or more to compute the next-token loss on")
+
+    def loss_of(index: list[int]):  # noqa: ANN202 - a closure over one batch
+        input_ids, mask = pad([ids[i] for i in index], tok.pad_token_id or 0, left=False)
+        labels = input_ids.masked_fill(mask == 0, -100)
+        return lambda model: model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+
+    losses = (loss_of(index) for index in batch_order([len(x) for x in ids], batch_size, shuffle=False))
+    yield from _gradients(backbone.model, layers, losses)
+
+
+def _gradients(
+    model: torch.nn.Module,
+    layers: dict[str, torch.nn.Module],
+    losses: Iterable[Callable[[torch.nn.Module], torch.Tensor]],
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Each loss's gradient with respect to every layer's weight, ``(out, in)`` float64 whatever the layout. Only
+    those weights require grad meanwhile; their ``requires_grad`` is restored after, also when the caller stops
+    early."""
     before = {name: layer.weight.requires_grad for name, layer in layers.items()}
     try:
         for layer in layers.values():
             layer.weight.requires_grad_(True)
-        with eval_mode(scorer.backbone.model) as model:
-            for index in batch_order(encoded.lengths(), batch_size, shuffle=False):
+        with eval_mode(model) as m:
+            for loss in losses:
                 for layer in layers.values():
                     layer.weight.grad = None
-                scorer.loss(model, make_batch(encoded, index), labels).backward()
+                loss(m).backward()
                 grads = {}
                 for name, layer in layers.items():
                     grad = layer.weight.grad

@@ -18,7 +18,7 @@ from adaptforge.prune.base import (
     PruneParams,
     unstructured_mask,
 )
-from adaptforge.prune.calibration import InputStats, batch_gradients
+from adaptforge.prune.calibration import InputStats, batch_gradients, text_gradients
 
 
 def _stats(calibration: Calibration, name: str, general: bool) -> InputStats:
@@ -164,9 +164,16 @@ class DPrunerParams(PruneParams):
     general_weight: float = param(
         8.0, ge=0, help="lambda: weight of the general removal error against the domain score (each layer-normalised)"
     )
-    gradient_examples: int = param(512, ge=1, help="domain train examples whose loss gradients are accumulated")
+    gradient_examples: int = param(
+        512, ge=1, help="domain train examples (or texts of a plain-text domain) whose loss gradients are accumulated"
+    )
     batch_size: int = param(8, ge=1, help="domain examples per gradient batch")
     damping: float = param(0.01, gt=0, help="added to the general Hessian's diagonal, as a fraction of its mean")
+    train_lr: float = param(
+        0.0, ge=0, help="LOMO-style SGD step on the scored layers after each batch (authors: 0.03); 0: no training"
+    )
+    train_epochs: int = param(1, ge=1, help="passes over the domain examples (with train_lr > 0)")
+    clip_grad_norm: float = param(1.0, gt=0, help="training steps clip the scored layers' gradient to this norm")
 
 
 @PRUNE_METHODS.register
@@ -191,16 +198,19 @@ class DPruner(PruneMethod):
 
     Where we differ from the authors' code (psunlpgroup/D-Pruner, released as ``compressionOrg/D-Pruner``): (a) it
     *trains* the base with LOMO on domain data for epochs (lr 0.03) while accumulating the score, so the pruned
-    model is also fine-tuned; we keep the base's weights (adapters trained on the dense base still apply to the
-    pruned one, and like Wanda it only scores and masks) and take the expansion at the dense weights over
-    ``gradient_examples`` examples. (b) Its regulariser enters the score only through the gradient, ``g + 2 lambda
-    lr^2 E g^2 / 1000`` with lambda 0.1 (the regulariser's effect on a training step of size ``lr``), which vanishes
-    without training (``lr = 0``); we charge the removal itself, ``lambda * E``, the paper's regulariser evaluated
-    at the pruned weight, and scale the two terms per layer. (c) Its accumulated term is ``|gW + (gW)^2 / 2000 +
-    W^3|``; we keep the paper's ``|gW + (gW)^2 / 2|`` (the ``/2000`` and ``W^3`` are not explained there). (d) It
-    thresholds each whole layer (or 128-column blocks); we compare within rows like our Wanda. (e) Its general
-    scores come from SparseGPT's sequential pass, which updates the weights between column blocks; ours are at the
-    dense weights, from one pass of the dense model."""
+    model is also fine-tuned; by default we keep the base's weights (adapters trained on the dense base still apply
+    to the pruned one, and like Wanda it only scores and masks) and take the expansion at the dense weights over
+    ``gradient_examples`` examples. ``train_lr > 0`` is the LOMO variant: an SGD step (gradient clipped to
+    ``clip_grad_norm``) after each batch, for ``train_epochs`` passes, the score accumulated at the moving weights;
+    unlike LOMO it updates only the scored (prunable) layers, at a constant rate, with no warm-up. (b) Its
+    regulariser enters the score only through the gradient, ``g + 2 lambda lr^2 E g^2 / 1000`` with lambda 0.1 (the
+    regulariser's effect on a training step of size ``lr``), which vanishes without training (``lr = 0``); we charge
+    the removal itself, ``lambda * E``, the paper's regulariser evaluated at the pruned weight, and scale the two
+    terms per layer. (c) Its accumulated term is ``|gW + (gW)^2 / 2000 + W^3|``; we keep the paper's ``|gW + (gW)^2
+    / 2|`` (the ``/2000`` and ``W^3`` are not explained there). (d) It thresholds each whole layer (or 128-column
+    blocks); we compare within rows like our Wanda. (e) Its general scores come from SparseGPT's sequential pass,
+    which updates the weights between column blocks; ours are at the dense weights, from one pass of the dense
+    model."""
 
     name = "dpruner"
     reference_url = "https://arxiv.org/abs/2405.06275"
@@ -220,17 +230,37 @@ class DPruner(PruneMethod):
 
     def prepare(self, layers: dict[str, torch.nn.Module], calibration: Calibration, params: PruneParams) -> None:
         p = cast(DPrunerParams, params)
-        weights = {name: weight_view(layer).detach().double() for name, layer in layers.items()}
-        score = {name: torch.zeros_like(W) for name, W in weights.items()}
+        score = {name: torch.zeros(weight_view(layer).shape, dtype=torch.float64) for name, layer in layers.items()}
         batches = 0
-        for grads in batch_gradients(
-            calibration.scorer, calibration.domain_task, layers, p.gradient_examples, p.seed, p.batch_size
-        ):
-            batches += 1
-            for name, g in grads.items():
-                gw = g * weights[name]
-                score[name] += (gw + 0.5 * gw * gw).abs()
+        for _ in range(p.train_epochs if p.train_lr > 0 else 1):
+            for grads in self._gradients(layers, calibration, p):
+                batches += 1
+                for name, g in grads.items():
+                    gw = g * weight_view(layers[name]).detach().double()
+                    score[name] += (gw + 0.5 * gw * gw).abs()
+                if p.train_lr > 0:
+                    self._step(layers, grads, p)
         self._domain = {name: s / batches for name, s in score.items()}
+
+    @staticmethod
+    def _gradients(layers: dict[str, torch.nn.Module], calibration: Calibration, p: DPrunerParams):  # noqa: ANN205
+        if calibration.domain_task is not None:
+            return batch_gradients(
+                calibration.scorer, calibration.domain_task, layers, p.gradient_examples, p.seed, p.batch_size
+            )
+        texts = calibration.domain_texts[: p.gradient_examples]  # a plain-text domain: the next-token loss
+        return text_gradients(calibration.scorer.backbone, layers, texts, p.max_length, p.batch_size)
+
+    @staticmethod
+    @torch.no_grad()
+    def _step(layers: dict[str, torch.nn.Module], grads: dict[str, torch.Tensor], p: DPrunerParams) -> None:
+        """One SGD step on the scored layers, the gradient clipped to ``clip_grad_norm`` over all of them (the
+        authors' LOMO update, which is plain SGD fused into the backward pass)."""
+        norm = float(torch.sqrt(sum(g.pow(2).sum() for g in grads.values())))
+        rate = p.train_lr * min(1.0, p.clip_grad_norm / (norm + 1e-6))
+        for name, g in grads.items():
+            weight = weight_view(layers[name])
+            weight.sub_((rate * g).to(weight.dtype))
 
     def components(
         self, name: str, layer: torch.nn.Module, calibration: Calibration, params: PruneParams
