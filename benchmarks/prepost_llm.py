@@ -11,9 +11,10 @@ Then the base and each adapter are interpolated along ``alpha`` in {0, 0.25, 0.5
 ``scaling = alpha``) and by SLERP (``merge --method slerp``, ``t = alpha``).
 
 Stages (each its own process, each well under 10 minutes here):
-``train --domain D --out DIR`` writes the adapter; ``curve --domain D --out DIR --json FILE`` scores every
-(method, alpha) on dev and test and applies the rules; ``report --json FILE... --png FILE`` prints the table
-and draws the curves.
+``train --domain D --out DIR`` writes the adapter; ``curve --domain D --method M --out DIR --json FILE``
+scores every alpha of one method on dev and test and applies the rules (the linear run also measures the
+refusal rates of the base and the adapter); ``report --json-in FILE... --png FILE`` joins the files, prints the
+tables and draws the curves.
 
 Label-free alpha rules, fixed before any curve was run (no label of the retained behaviour is read; the
 domain's own dev labels are, as any method selection on the domain would):
@@ -189,7 +190,7 @@ def stage_curve(args: argparse.Namespace) -> None:
     base = score(backbone, None, domain, held, {})
     rows: list[dict] = []
     merges: dict[tuple[str, float], LoraDelta | None] = {}
-    for method in ("linear", "slerp"):
+    for method in (args.method,):
         for alpha in ALPHAS:
             if alpha == 0.0:
                 delta, info = None, {}
@@ -202,13 +203,13 @@ def stage_curve(args: argparse.Namespace) -> None:
                 info["max_reconstruction_error"] = max(result.reconstruction_error.values(), default=0.0)
             merges[(method, alpha)] = delta
             s = base if alpha == 0.0 else score(backbone, delta, domain, held, base["dev"])
-            row = {"method": method, "alpha": alpha, **s, "info": info}
+            row = {"method": method, "alpha": alpha, "dev": dict(s["dev"]), "test": s["test"], "info": info}
             row["dev"].pop("held_answers", None)
             rows.append(row)
             print(json.dumps({k: row[k] for k in ("method", "alpha", "dev", "test")}), flush=True)
     adapter_dev = next(r for r in rows if r["alpha"] == 1.0)["dev"]["domain_em"]
     chosen: dict = {}
-    for method in ("linear", "slerp"):
+    for method in (args.method,):
         mine = [r for r in rows if r["method"] == method]
         ok = [r for r in mine if r["dev"]["domain_em"] >= MIN_MOVE * adapter_dev - 1e-12]
         agree = [r for r in mine if r["dev"]["agreement"] >= AGREEMENT - 1e-12]
@@ -218,13 +219,16 @@ def stage_curve(args: argparse.Namespace) -> None:
             "midpoint": 0.5,
         }
     harm = harmful("test")
-    refusals = {"base": refusal(backbone, None, harm), "adapter": refusal(backbone, adapter, harm)}
+    refusals = {}
+    if args.method == "linear":  # the two ends are the same models for both methods
+        refusals = {"base": refusal(backbone, None, harm), "adapter": refusal(backbone, adapter, harm)}
     for method, rules in chosen.items():
         alpha = rules["min-move"]
         if 0 < alpha < 1:
             refusals[f"{method}@{alpha}"] = refusal(backbone, merges[(method, alpha)], harm)
     out = {
         "domain": args.domain,
+        "method": args.method,
         "held_out": list(HELD_OUT),
         "sizes": SIZES,
         "rows": rows,
@@ -246,8 +250,20 @@ def bar_row(data: dict, method: str, alpha: float) -> dict:
     }
 
 
+def joined(paths: Sequence[Path]) -> list[dict]:
+    """One record per domain from its per-method files (rows, chosen alphas and refusal rates joined)."""
+    by: dict[str, dict] = {}
+    for path in paths:
+        part = json.loads(path.read_text())
+        d = by.setdefault(part["domain"], {"domain": part["domain"], "rows": [], "chosen": {}, "refusal": {}})
+        d["rows"] += part["rows"]
+        d["chosen"].update(part["chosen"])
+        d["refusal"].update(part["refusal"])
+    return list(by.values())
+
+
 def stage_report(args: argparse.Namespace) -> None:
-    runs = [json.loads(p.read_text()) for p in args.json_in]
+    runs = joined(args.json_in)
     print("| domain | method | alpha | domain dev EM | agreement | domain test EM | held-out ROUGE-L | held-out EM |")
     print("|---|---|---|---|---|---|---|---|")
     for d in runs:
@@ -312,6 +328,7 @@ def main() -> None:
     p = sub.add_parser("curve")
     p.add_argument("--domain", choices=DOMAINS, required=True)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--method", choices=("linear", "slerp"), required=True)
     p.add_argument("--json", type=Path, required=True)
     p = sub.add_parser("report")
     p.add_argument("--json-in", type=Path, nargs="+", required=True)
