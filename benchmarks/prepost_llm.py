@@ -29,7 +29,8 @@ The bar (issue 31): where SFT loses >= 5 points of a behaviour, some label-free 
 base's behaviour and >= 90% of the adapter's domain gain (EM over the base's), on >= 2 of 3 domains.
 Dev: first 24 domain dev examples, first 12 dev prompts per held-out task; test: first 30 domain test examples,
 20 per held-out task, the 60 AdvBench test prompts (sizes cut from 48/20/50/40 and 16 new tokens after the first
-run's base row took 90 s: the lock is shared by eight jobs; no merge had been scored). Greedy decoding: nothing is random after training (seed 0).
+run's base row took 90 s: the lock is shared by eight jobs; no merge had been scored). Greedy decoding: nothing
+is random after training (seed 0).
 """
 
 from __future__ import annotations
