@@ -318,11 +318,13 @@ def draw(runs: list[dict], path: Path) -> None:
             for r, x, y in zip(rows, xs, ys, strict=True):
                 if method == "linear":
                     ax.annotate(f"{r['alpha']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        base = next(r for r in d["rows"] if r["alpha"] == 0.0)["test"]["held_rouge_l"]
+        ax.axhline(0.95 * base, color="grey", lw=0.8, ls=":", label="95% of the base")
         ax.set_title(f"SFT on {d['domain']}")
         ax.set_xlabel("domain test exact match")
         ax.set_ylabel("held-out ROUGE-L (behaviour b)")
         ax.legend(fontsize=8)
-    fig.suptitle("SmolLM2-135M-Instruct: base -> SFT adapter along alpha (labels: alpha)", fontsize=10)
+    fig.suptitle("SmolLM2-135M-Instruct, base to SFT adapter (point labels: alpha)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
