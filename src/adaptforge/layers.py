@@ -11,6 +11,8 @@ layer's input and output need no change, and only code that reads or writes a ba
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from transformers.pytorch_utils import Conv1D
 
@@ -36,6 +38,13 @@ def weight_view(module: torch.nn.Module) -> torch.Tensor:
     """The layer's weight as ``(out, in)``: the weight itself for ``nn.Linear``, its transpose (a view, so
     in-place writes such as ``add_`` or ``mul_`` reach the layer) for ``Conv1D``."""
     return module.weight.T if is_transposed(module) else module.weight
+
+
+def base_weights(model: torch.nn.Module, modules: Iterable[str]) -> dict[str, torch.Tensor]:
+    """The ``(out, in)`` weights (:func:`weight_view`, detached) of the named layers of ``model``: what merge
+    methods that read the base (SLERP) take; a name the model lacks is left out (the method says which)."""
+    named = dict(model.named_modules())
+    return {name: weight_view(named[name]).detach() for name in modules if name in named}
 
 
 def layer_type(module: torch.nn.Module) -> str:

@@ -202,6 +202,7 @@ DATA_FREE = [n for n in MERGE_METHODS.names() if not MERGE_METHODS.get(n).needs_
 @pytest.mark.parametrize("method", DATA_FREE)
 def test_different_ranks_are_accepted(method):
     a, b = _delta({"q": (8, 6)}, rank=2), _delta({"q": (8, 6)}, rank=5)
-    result = merge(method, [a, b])
+    base = {"q": torch.randn(8, 6)} if MERGE_METHODS.get(method).needs_base else None
+    result = merge(method, [a, b], base=base)
     assert result.delta["q"].shape == (8, 6)
     assert result.info["method"] == method and "params" in result.info

@@ -253,7 +253,16 @@ def _identity_params(method: str, weight: float) -> dict:
         {"weights": [weight]}
         | ({"density": 1.0} if "density" in fields else {})
         | ({"min_agree": 1} if "min_agree" in fields else {})
+        | ({"t": 1.0} if "t" in fields else {})  # SLERP's fine-tuned end
     )
+
+
+def _base_for(method: str, delta: LoraDelta) -> dict[str, torch.Tensor] | None:
+    """Random base weights for the methods that read them (SLERP), else None."""
+    if not MERGE_METHODS.get(method).needs_base:
+        return None
+    g = torch.Generator().manual_seed(11)
+    return {n: torch.randn(delta[n].shape, generator=g) for n in delta}
 
 
 @pytest.mark.parametrize("method", [n for n in MERGE_METHODS.names() if not MERGE_METHODS.get(n).needs_data])
@@ -261,8 +270,9 @@ def test_contract(method, tmp_path):
     deltas = _random_deltas()
     cls = MERGE_METHODS.get(method)
     assert cls.name == method and cls.reference_url.startswith("https://arxiv.org/abs/") and not cls.needs_data
-    result = merge(method, deltas)
-    again = merge(method, deltas)
+    base = _base_for(method, deltas[0])
+    result = merge(method, deltas, base=base)
+    again = merge(method, deltas, base=base)
     assert result.delta.targets == deltas[0].targets
     for name in deltas[0]:
         module = result.delta[name]
@@ -273,7 +283,7 @@ def test_contract(method, tmp_path):
 
     single = deltas[1]
     for weight in (1.0, -1.0):
-        out = merge(method, [single], _identity_params(method, weight))
+        out = merge(method, [single], _identity_params(method, weight), base=base)
         for name in single:
             torch.testing.assert_close(out.delta.dense(name), weight * single.dense(name), rtol=1e-5, atol=1e-5)
 

@@ -3,9 +3,11 @@
 A merge method is a :class:`~adaptforge.methods.Method` registered in :data:`MERGE_METHODS` by its
 ``name``: typed params (a :class:`MergeParams`), a ``reference_url``, and
 ``merge(deltas: list[LoraDelta], params) -> MergeResult``. Methods that learn from data subclass
-:class:`DataMergeMethod` and are fitted with ``fit(deltas, params, scorer, tasks)``; :func:`run` calls
-either kind. Inputs are validated before anything is computed: a non-empty list, the same target
-modules and delta shapes in every adapter, one weight per adapter. Different ranks are fine.
+:class:`DataMergeMethod` and are fitted with ``fit(deltas, params, scorer, tasks)``; methods that read the base
+model's weights (SLERP between base and fine-tuned weights) subclass :class:`BaseMergeMethod` and are run with
+``merge_with_base(deltas, params, base)``; :func:`run` calls every kind. Inputs are validated before anything
+is computed: a non-empty list, the same target modules and delta shapes in every adapter, one weight per adapter.
+Different ranks are fine.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
 
 from adaptforge.adapters import check_compatible
 from adaptforge.core import AdaptforgeError, LoraDelta, Registry
@@ -88,6 +92,7 @@ class MergeMethod(Method):
     params_base = MergeParams
     params_type: ClassVar[type[Params]] = MergeParams
     needs_data: ClassVar[bool] = False
+    needs_base: ClassVar[bool] = False
 
     def merge(self, deltas: list[LoraDelta], params: MergeParams | Mapping[str, Any] | None = None) -> MergeResult:
         """Validate everything, then merge one module at a time."""
@@ -105,6 +110,62 @@ class MergeMethod(Method):
     @abstractmethod
     def _merge(self, deltas: list[LoraDelta], weights: list[float], params: MergeParams) -> MergeResult:
         """Merge validated inputs; ``weights`` already include ``params.scaling``."""
+
+
+class BaseMergeMethod(MergeMethod):
+    """A merge method that reads the base model's weights (``base``: module name -> weight as ``(out, in)``,
+    see :func:`adaptforge.layers.base_weights`); call :meth:`merge_with_base` (``merge`` explains that)."""
+
+    needs_base = True
+
+    @classmethod
+    def notes(cls) -> tuple[str, ...]:
+        return ("reads the base model's weights (adaptforge merge loads the base)",)
+
+    def merge(self, deltas: list[LoraDelta], params: MergeParams | Mapping[str, Any] | None = None) -> MergeResult:
+        """Validate the inputs like every method (so bad inputs get the same errors), then explain the base."""
+        typed = self.parse_params(params)
+        assert isinstance(typed, MergeParams)
+        check_mergeable(deltas, typed.weights)
+        self.validate(deltas, typed)
+        raise AdaptforgeError(
+            f"merge method {self.name!r} interpolates the base model's weights: call "
+            "merge_with_base(deltas, params, base) with base = adaptforge.layers.base_weights(model, deltas[0]) "
+            "(adaptforge merge loads the base model itself)"
+        )
+
+    def merge_with_base(
+        self,
+        deltas: list[LoraDelta],
+        params: MergeParams | Mapping[str, Any] | None,
+        base: Mapping[str, torch.Tensor],
+    ) -> MergeResult:
+        """Validate inputs and that ``base`` holds every target module with the delta's shape, then merge."""
+        typed = self.parse_params(params)
+        assert isinstance(typed, MergeParams)
+        weights = check_mergeable(deltas, typed.weights)
+        self.validate(deltas, typed)
+        for name in sorted(deltas[0].modules):
+            if name not in base:
+                raise AdaptforgeError(f"module {name!r}: the base model has no such layer; merge adapters of this base")
+            shape = tuple(base[name].shape)
+            if shape != deltas[0][name].shape:
+                raise AdaptforgeError(
+                    f"module {name!r}: the base weight has shape {shape} but the adapters' delta "
+                    f"{deltas[0][name].shape}; adapters of another base model cannot be merged with it"
+                )
+        result = self._merge_base(deltas, [typed.scaling * w for w in weights], typed, base)
+        result.info = {"method": self.name, "params": typed.to_dict(), **result.info}
+        return result
+
+    def _merge(self, deltas: list[LoraDelta], weights: list[float], params: MergeParams) -> MergeResult:
+        raise AssertionError("base-reading methods merge through merge_with_base()")  # pragma: no cover
+
+    @abstractmethod
+    def _merge_base(
+        self, deltas: list[LoraDelta], weights: list[float], params: MergeParams, base: Mapping[str, torch.Tensor]
+    ) -> MergeResult:
+        """Merge validated inputs against the base weights; ``weights`` already include ``params.scaling``."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -199,13 +260,25 @@ MERGE_METHODS: Registry[type[MergeMethod]] = Registry(
         "dare_ties_factors": "adaptforge.merge.generalized:DareTiesFactors",
         "base_interp": "adaptforge.merge.interp:BaseInterpolation",
         "tall": "adaptforge.merge.tall:TallConsensus",
+        "slerp": "adaptforge.merge.slerp:Slerp",
     },
 )
 
 
-def merge(method: str, deltas: list[LoraDelta], params: MergeParams | Mapping[str, Any] | None = None) -> MergeResult:
-    """Merge ``deltas`` with a registered data-free method, e.g. ``merge("ties", deltas, {"density": 0.2})``."""
-    return MERGE_METHODS.get(method)().merge(deltas, params)
+def merge(
+    method: str,
+    deltas: list[LoraDelta],
+    params: MergeParams | Mapping[str, Any] | None = None,
+    base: Mapping[str, torch.Tensor] | None = None,
+) -> MergeResult:
+    """Merge ``deltas`` with a registered data-free method, e.g. ``merge("ties", deltas, {"density": 0.2})``;
+    ``base`` (module name -> base weight) is for the methods that read it (``slerp``) and refused by the others."""
+    impl = MERGE_METHODS.get(method)()
+    if isinstance(impl, BaseMergeMethod) and base is not None:
+        return impl.merge_with_base(deltas, params, base)
+    if base is not None:
+        raise AdaptforgeError(f"merge method {method!r} does not read the base weights; do not pass base")
+    return impl.merge(deltas, params)
 
 
 def run(
@@ -214,10 +287,20 @@ def run(
     params: MergeParams | Mapping[str, Any] | None = None,
     scorer: Scorer | None = None,
     tasks: Sequence[Task] | None = None,
+    base: Mapping[str, torch.Tensor] | None = None,
 ) -> MergeResult:
     """Run any registered method: ``merge`` for data-free ones, ``fit`` (which needs ``scorer`` and
-    ``tasks``) for data-driven ones. Data given to a data-free method is an error, not silently unused."""
+    ``tasks``) for data-driven ones, ``merge_with_base`` (which needs ``base``) for those that read the base
+    weights. Data given to a data-free method is an error, not silently unused."""
     impl = MERGE_METHODS.get(method)()
+    if isinstance(impl, BaseMergeMethod):
+        if tasks:
+            raise AdaptforgeError(f"merge method {method!r} does not use data; drop --data / the recipe's 'data'")
+        if base is None:
+            return impl.merge(deltas, params)  # validates, then says what is missing
+        return impl.merge_with_base(deltas, params, base)
+    if base is not None:
+        raise AdaptforgeError(f"merge method {method!r} does not read the base weights; do not pass base")
     if isinstance(impl, DataMergeMethod):
         if scorer is None or not tasks:
             raise AdaptforgeError(

@@ -74,14 +74,21 @@ class BaseInterpParams(DataParams):
     examples_per_task: int | None = param(200, ge=1, help="label-stratified seeded sample per task (null: all)")
 
     def check(self) -> None:
-        known = ", ".join(n for n in MERGE_METHODS.names() if n not in ("base_interp", "dawin"))
+        known = ", ".join(n for n in MERGE_METHODS.names() if _shrinkable(n))
         self.require("inner", self.inner in MERGE_METHODS, f"a merge method ({known})")
-        static = f"a method with one static delta, {known} (base_interp and dawin cannot be shrunk toward the base)"
-        self.require("inner", self.inner not in ("base_interp", "dawin"), static)
+        static = (
+            f"a method with one static delta of the adapters alone, {known} (base_interp and dawin cannot be "
+            "shrunk toward the base; slerp reads the base itself)"
+        )
+        self.require("inner", _shrinkable(self.inner), static)
         for key in ("weights", "scaling"):
             self.require("inner_params", key not in self.inner_params, f"without {key!r} (give it at the top level)")
         self.require("grid", bool(self.grid), "a non-empty list of numbers")
         object.__setattr__(self, "grid", tuple(sorted(set(self.grid) | {0.0})))
+
+
+def _shrinkable(name: str) -> bool:
+    return name not in ("base_interp", "dawin") and not MERGE_METHODS.get(name).needs_base
 
 
 def scale_delta(delta: LoraDelta, alpha: float) -> LoraDelta:

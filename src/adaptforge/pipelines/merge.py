@@ -25,7 +25,7 @@ from adaptforge.backbone import Backbone
 from adaptforge.core import AdaptforgeError, LoraDelta, did_you_mean
 from adaptforge.durable import publish_folder, remove_inside, stage_folder
 from adaptforge.evaluate import EvalResult, check_request, evaluate, subset_of, worst
-from adaptforge.layers import weight_view
+from adaptforge.layers import base_weights, weight_view
 from adaptforge.library import AdapterRecord, Library, validate_name
 from adaptforge.merge import MERGE_METHODS, MergeParams, MergeResult, run
 from adaptforge.pipelines.common import Notify, choose_base, record_result, reporter
@@ -409,7 +409,8 @@ def merge_into_library(
     for task in eval_tasks:
         classification_only(task, "merge --eval (accuracy normalized by each task's adapter)")
     fingerprint = records[0].base_fingerprint
-    if backbone is None and (impl.needs_data or eval_tasks or dense_path is not None or model is not None):
+    wanted = impl.needs_data or impl.needs_base or eval_tasks or dense_path is not None or model is not None
+    if backbone is None and wanted:
         name = choose_base(model, records)
         say(f"loading base model {name}")
         backbone = Backbone.load(name)
@@ -422,7 +423,8 @@ def merge_into_library(
     scorer = make_scorer(backbone) if backbone is not None else None
     say(f"merging {len(deltas)} adapters with {recipe.method}")
     merge_start = time.perf_counter()
-    result = run(recipe.method, deltas, params, scorer, data_tasks or None)
+    base = base_weights(backbone.model, deltas[0].modules) if impl.needs_base and backbone is not None else None
+    result = run(recipe.method, deltas, params, scorer, data_tasks or None, base)
     provenance = MergeProvenance(
         merge_recipe=recipe.to_dict(),
         typed_params=params.to_dict(),

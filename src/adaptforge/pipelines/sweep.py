@@ -224,7 +224,7 @@ def merge_cells(spec: SweepSpec, tasks: _Tasks, library: Library) -> list[MergeC
                 label = f"{'+'.join(group)} {method}" + (f" {shown}" if shown else "")
                 name = f"{spec.name}-{method}-{key}"
                 recipe = MergeRecipe(method, tuple(group), name, dict(params), grid.data)
-                needs_model = impl.needs_data or bool(eval_tasks) or spec.model is not None
+                needs_model = impl.needs_data or impl.needs_base or bool(eval_tasks) or spec.model is not None
                 cells.append(MergeCell(recipe, eval_tasks, grid.split, grid.limit, needs_model, name, key, label))
     return cells
 

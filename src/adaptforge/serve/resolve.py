@@ -254,6 +254,12 @@ class Resolver:
                 "`adaptforge merge --data ...` and ask for the stored adapter",
                 "merge.method",
             )
+        if method.needs_base:
+            raise InvalidRequest(
+                f"merge.method: {spec.method!r} reads the base model's weights and cannot run per request; store it "
+                "with `adaptforge merge --method " + spec.method + " ...` and ask for the stored adapter",
+                "merge.method",
+            )
         if len(spec.adapters) > self.limits.max_merge_adapters:
             raise TooLarge(
                 f"merge.adapters: {len(spec.adapters)} adapters, more than the limit of "
