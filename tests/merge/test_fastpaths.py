@@ -47,3 +47,36 @@ def test_gram_svd_matches_the_full_svd(shape, true_rank):
             )
             or true_rank < rank
         )  # A = V_r^T has orthonormal rows (PEFT's convention)
+
+
+@pytest.mark.parametrize("decay", ["low_rank_plus_sparse_noise", "flat"])
+def test_block_iteration_gives_the_full_svd_truncation(monkeypatch, decay):
+    """Large enough for the subspace iteration (n >= 3 x block); a flat spectrum falls back to eigh."""
+    import adaptforge.lora.factors as factors
+
+    g = torch.Generator().manual_seed(3)
+    if decay == "flat":
+        m = torch.randn(300, 150, generator=g)
+    else:
+        m = torch.randn(300, 24, generator=g) @ torch.randn(24, 150, generator=g)
+        m = m * (torch.rand(300, 150, generator=g) < 0.3)  # a TIES-like sparsified sum: full rank, fast decay
+    sizes = []
+    eigh = torch.linalg.eigh
+    monkeypatch.setattr(torch.linalg, "eigh", lambda x: sizes.append(x.shape[0]) or eigh(x))
+    for matrix in (m, m.T):
+        module, err = factors.dense_svd(matrix, 8)
+        U, S, Vh = torch.linalg.svd(matrix.double(), full_matrices=False)
+        best = (U[:, :8] * S[:8]) @ Vh[:8]
+        torch.testing.assert_close(module.dense().double(), best, rtol=1e-5, atol=1e-5 * float(S[0]))
+        assert err == pytest.approx(truncation_error(S, 8), rel=1e-4)
+    assert (150 in sizes) == (decay == "flat")  # the full eigendecomposition only as the fallback
+
+
+def test_dense_of_a_full_rank_module_skips_the_identity_factor():
+    from adaptforge.core import LoraModule
+
+    m = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(LoraModule(A=torch.eye(4), B=m, scale=2.0).dense(), 2.0 * m)
+    assert torch.equal(LoraModule(A=m, B=torch.eye(6), scale=1.0).dense(), m)
+    square = torch.eye(4) + 0.5
+    torch.testing.assert_close(LoraModule(A=square, B=m, scale=1.0).dense(), m @ square)
