@@ -80,3 +80,16 @@ def test_dense_of_a_full_rank_module_skips_the_identity_factor():
     assert torch.equal(LoraModule(A=m, B=torch.eye(6), scale=1.0).dense(), m)
     square = torch.eye(4) + 0.5
     torch.testing.assert_close(LoraModule(A=square, B=m, scale=1.0).dense(), m @ square)
+
+
+@pytest.mark.parametrize("sign_method", [None, "total", "count"])
+def test_combining_one_task_at_a_time_equals_the_stacked_combine(sign_method):
+    from adaptforge.merge.ops import combine, combine_each
+
+    g = torch.Generator().manual_seed(0)
+    tensors = [magnitude_trim(torch.randn(50, 30, generator=g), 0.3) for _ in range(4)]
+    tensors.append(torch.zeros(50, 30))  # an all-zero task never agrees
+    weights = [0.7, -0.4, 1.3, 0.2, 5.0]
+    before = [t.clone() for t in tensors]
+    assert torch.equal(combine_each(tensors, weights, sign_method), combine(torch.stack(tensors), weights, sign_method))
+    assert all(torch.equal(a, b) for a, b in zip(tensors, before, strict=True))  # inputs untouched

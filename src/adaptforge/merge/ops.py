@@ -152,6 +152,33 @@ def combine(
     return disjoint_mean(stacked * _expand(weights, stacked), mask)
 
 
+def combine_each(
+    tensors: Sequence[torch.Tensor], weights: Sequence[float], sign_method: SignMethod | None = None
+) -> torch.Tensor:
+    """:func:`combine` over a list of same-shape task tensors, one tensor at a time: the same sums in the same
+    task order (so the same values), without the ``tasks x ...`` temporaries a stack needs, which keeps each
+    step's operands in cache. Only reads ``tensors``."""
+    if len(tensors) != len(weights) or not tensors:
+        raise ValueError(f"{len(weights)} weights for {len(tensors)} task tensors")
+    if sign_method is None:
+        out = torch.zeros_like(tensors[0])
+        for x, w in zip(tensors, weights, strict=True):
+            out.add_(x * w)
+        return out
+    if sign_method not in ("total", "count"):
+        raise ValueError(f"sign election method is 'total' or 'count', got {sign_method!r}")
+    score = torch.zeros_like(tensors[0])
+    for x in tensors:
+        score.add_(x if sign_method == "total" else x.sign())
+    sign = torch.where(score >= 0, 1.0, -1.0).to(score.dtype)
+    total, count = torch.zeros_like(score), torch.zeros_like(score)
+    for x, w in zip(tensors, weights, strict=True):
+        agree = (x * sign > 0).to(x.dtype)  # sign(x) == sign; zeros never agree
+        total.addcmul_(x, agree, value=w)  # (w x) agree: exact, agree is 0 or 1
+        count.add_(agree)
+    return total.div_(count.clamp_(min=1.0))
+
+
 def sparsify_merge(
     stacked: torch.Tensor,
     weights: Sequence[float] | torch.Tensor,
