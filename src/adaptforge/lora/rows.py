@@ -7,9 +7,9 @@ matmuls per module) and gives each row of a forward the coefficient row :meth:`R
 it. :func:`mixed_logits` is the one routed scoring path (``eval``, ``predict``, ``serve``, DaWin merges):
 it lays out each scorer's rows so every row carries its input's coefficients:
 
-* encoder: the label strings are embedded under each input's own model (as scoring that input alone does),
-  so a chunk of inputs is two forwards: its ``inputs x labels`` label rows, then its texts; each input keeps
-  the logits against its own label embeddings;
+* encoder: the label strings are embedded under each input's own model (as scoring that input alone does):
+  the ``inputs x labels`` label rows sorted by length (short rows, little padding), then the texts by chunk,
+  each input keeping the logits against its own label embeddings;
 * causal LM: one forward per chunk, prompt-major (``CausalLMScorer.logits``), each input's coefficients
   repeated once per label.
 
@@ -79,17 +79,40 @@ def mixed_logits(
     n_labels = len(labels.ids)
     out = torch.empty(len(examples), n_labels)
     with eval_mode(model), RowMixture(model, deltas, coefficients) as mixture:
+        contexts = _label_contexts(scorer, model, mixture, labels, len(examples), batch_size)
         for index in batch_order(encoded.lengths(), batch_size, shuffle=False):
             batch = make_batch(encoded, index)
-            per_label = [i for i in index for _ in range(n_labels)]  # input-major, each input's labels in order
-            if isinstance(scorer, EncoderScorer):
-                mixture.select(per_label)
-                context = scorer.label_context(model, LabelInputs(labels.labels * len(index), labels.ids * len(index)))
+            if contexts is not None:
                 mixture.select(index)
-                wide = scorer.logits(model, batch, context).view(len(index), len(index), n_labels)
+                wide = scorer.logits(model, batch, contexts[index].reshape(len(index) * n_labels, -1))
                 rows = torch.arange(len(index))
-                out[index] = wide[rows, rows].float()  # each input against its own label embeddings
+                out[index] = wide.view(len(index), len(index), n_labels)[rows, rows].float()  # own labels only
             else:
-                mixture.select(per_label)  # the causal scorer's sequences: prompt-major, one per label
+                mixture.select([i for i in index for _ in range(n_labels)])  # prompt-major, one row per label
                 out[index] = scorer.logits(model, batch, labels).float()
     return out
+
+
+def _label_contexts(
+    scorer: Scorer, model: torch.nn.Module, mixture: RowMixture, labels: LabelInputs, n: int, batch_size: int
+) -> torch.Tensor | None:
+    """The encoder's ``[n, labels, dim]`` label embeddings, each input's labels under its own coefficients: all
+    ``n x labels`` label rows sorted by length (least padding), ``batch_size x labels`` rows per forward.
+    ``None`` for the causal LM, whose label context needs no forward."""
+    if not isinstance(scorer, EncoderScorer):
+        return None
+    n_labels = len(labels.ids)
+    order = sorted(range(n * n_labels), key=lambda r: (len(labels.ids[r % n_labels]), r))
+    contexts: torch.Tensor | None = None
+    for start in range(0, len(order), batch_size * n_labels):
+        part = order[start : start + batch_size * n_labels]
+        mixture.select([r // n_labels for r in part])
+        chunk = LabelInputs(
+            tuple(labels.labels[r % n_labels] for r in part), tuple(labels.ids[r % n_labels] for r in part)
+        )
+        embedded = scorer.label_context(model, chunk)
+        if contexts is None:
+            contexts = embedded.new_empty(n, n_labels, embedded.shape[-1])
+        rows = torch.tensor(part)
+        contexts[rows // n_labels, rows % n_labels] = embedded
+    return contexts  # None only for no inputs, when nothing is scored
