@@ -49,17 +49,16 @@ def test_gram_svd_matches_the_full_svd(shape, true_rank):
         )  # A = V_r^T has orthonormal rows (PEFT's convention)
 
 
-@pytest.mark.parametrize("decay", ["low_rank_plus_sparse_noise", "flat"])
+@pytest.mark.parametrize("decay", ["low_rank_plus_noise", "flat"])
 def test_block_iteration_gives_the_full_svd_truncation(monkeypatch, decay):
-    """Large enough for the subspace iteration (n >= 3 x block); a flat spectrum falls back to eigh."""
+    """Large enough for the subspace iteration (n >= 3 x block): a fast-decaying spectrum (a sum of LoRA deltas
+    plus small full-rank noise) converges in it; a flat one falls back to eigh. Both give the SVD's truncation."""
     import adaptforge.lora.factors as factors
 
     g = torch.Generator().manual_seed(3)
-    if decay == "flat":
-        m = torch.randn(300, 150, generator=g)
-    else:
-        m = torch.randn(300, 24, generator=g) @ torch.randn(24, 150, generator=g)
-        m = m * (torch.rand(300, 150, generator=g) < 0.3)  # a TIES-like sparsified sum: full rank, fast decay
+    m = torch.randn(300, 150, generator=g)
+    if decay != "flat":
+        m = torch.randn(300, 24, generator=g) @ torch.randn(24, 150, generator=g) + 0.01 * m
     sizes = []
     eigh = torch.linalg.eigh
     monkeypatch.setattr(torch.linalg, "eigh", lambda x: sizes.append(x.shape[0]) or eigh(x))
