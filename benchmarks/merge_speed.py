@@ -200,7 +200,8 @@ def main() -> None:
             def to_dense_model(ours: str = ours, params: dict[str, Any] = params) -> None:
                 """mergekit's output: a full model folder, base + the exact merged dW (no re-factoring)."""
                 loaded = [read_adapter(d)[0] for d in adapter_dirs]
-                merged = merge(ours, loaded, {**params, "rank": 2 * args.hidden}).delta
+                full_rank = {} if ours == "task_arithmetic" else {"rank": 2 * args.hidden}  # TA: exact concat
+                merged = merge(ours, loaded, {**params, **full_rank}).delta
                 (root / "ours-dense").mkdir(exist_ok=True)
                 write_dense_model(base, merged, root / "ours-dense")  # what merge --dense-out writes
 
