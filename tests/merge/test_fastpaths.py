@@ -92,3 +92,26 @@ def test_combining_one_task_at_a_time_equals_the_stacked_combine(sign_method):
     before = [t.clone() for t in tensors]
     assert torch.equal(combine_each(tensors, weights, sign_method), combine(torch.stack(tensors), weights, sign_method))
     assert all(torch.equal(a, b) for a, b in zip(tensors, before, strict=True))  # inputs untouched
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "many_ties", "mostly_zeros"])
+def test_sampled_selection_is_the_exact_kth_largest(kind):
+    """From 2^16 entries the threshold comes from a sampled bracket (or the full selection when it misses)."""
+    from adaptforge.merge.ops import kth_largest
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(100_000, generator=g)
+    if kind == "many_ties":
+        x = torch.round(x * 3)
+    elif kind == "mostly_zeros":
+        x = torch.where(torch.rand(100_000, generator=g) < 0.9, torch.zeros(100_000), x)
+    mag = x.abs()
+    ordered = mag.sort(descending=True).values
+    for k in (1, 2, 5_000, 20_000, 50_000, 99_999, 100_000):
+        assert kth_largest(mag, k).item() == ordered[k - 1].item()
+    for density in (0.05, 0.2, 0.5):
+        keep = keep_count(mag.numel(), density)
+        first = mag.argsort(descending=True, stable=True)[:keep]  # ties: the first by index
+        expected = torch.zeros_like(x)
+        expected[first] = x[first]
+        assert torch.equal(magnitude_trim(x, density), expected)
