@@ -14,7 +14,8 @@ in the materialized models flips a few entries at the TIES trim threshold (~1e-3
 Timed, each the median of ``--repeats`` runs, all on ``--threads`` torch threads:
 - adaptforge: ``merge(method, deltas, params)`` in memory; end to end from the PEFT folders to a PEFT
   folder (read, merge, re-factor to LoRA, write); and from the PEFT folders to a dense model folder,
-  mergekit's output (read, merge at full rank, which skips the SVD, add to the base, ``save_pretrained``);
+  mergekit's output (read, merge at full rank, which skips the SVD, stream base + dW into a model folder as
+  ``merge --dense-out`` does, :func:`adaptforge.dense.write_dense_model`; ``save_pretrained`` until 2026-12-07);
 - PEFT: ``add_weighted_adapter`` on the loaded PeftModel (in memory), the matching combination type;
 - mergekit: ``run_merge`` from model folders to an output folder (its only mode), ``--mergekit-path``
   being a folder where ``pip install --no-deps --target`` put mergekit 0.1.5 and immutables.
@@ -46,6 +47,7 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from adaptforge.adapters import read_adapter, write_adapter  # noqa: E402
 from adaptforge.core import LoraDelta  # noqa: E402
+from adaptforge.dense import write_dense_model  # noqa: E402
 from adaptforge.merge import merge  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -198,13 +200,10 @@ def main() -> None:
             def to_dense_model(ours: str = ours, params: dict[str, Any] = params) -> None:
                 """mergekit's output: a full model folder, base + the exact merged dW (no re-factoring)."""
                 loaded = [read_adapter(d)[0] for d in adapter_dirs]
-                merged = merge(ours, loaded, {**params, "rank": 2 * args.hidden}).delta
-                full = LlamaForCausalLM.from_pretrained(base)
-                named = dict(full.named_modules())
-                with torch.no_grad():
-                    for mod in merged:
-                        named[mod].weight.add_(merged.dense(mod))
-                full.save_pretrained(root / "ours-dense")
+                full_rank = {} if ours == "task_arithmetic" else {"rank": 2 * args.hidden}  # TA: exact concat
+                merged = merge(ours, loaded, {**params, **full_rank}).delta
+                (root / "ours-dense").mkdir(exist_ok=True)
+                write_dense_model(base, merged, root / "ours-dense")  # what merge --dense-out writes
 
             t_dense, _ = timed(to_dense_model, args.repeats)
             t_peft = peft_time(model, names, peft_type, peft_kwargs, args.repeats)

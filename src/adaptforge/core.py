@@ -47,8 +47,18 @@ class LoraModule:
         return int(self.B.shape[0]), int(self.A.shape[1])
 
     def dense(self) -> torch.Tensor:
-        """``scale * B @ A`` in float32 (upcast so half-precision factors merge exactly)."""
-        return (self.B.float() @ self.A.float()) * float(self.scale)
+        """``scale * B @ A`` in float32 (upcast so half-precision factors merge exactly). A full-rank module
+        whose other factor is the identity (how a dense merge is held as LoRA) skips the matmul: same values."""
+        B, A = self.B.float(), self.A.float()
+        if _is_identity(A):
+            return B * float(self.scale)
+        if _is_identity(B):
+            return A * float(self.scale)
+        return (B @ A) * float(self.scale)
+
+
+def _is_identity(x: torch.Tensor) -> bool:
+    return x.shape[0] == x.shape[1] and x.shape[0] > 1 and torch.equal(x, torch.eye(x.shape[0], dtype=x.dtype))
 
 
 @dataclass

@@ -3,6 +3,8 @@
 - :mod:`~adaptforge.lora.factors`: factor algebra (stacking, exact weighted sums, re-factoring by SVD);
 - :mod:`~adaptforge.lora.hooks`: adapters applied through forward hooks (:class:`LoraMixture`, the gated
   hooks Arrow routes through) and :func:`eval_mode`;
+- :mod:`~adaptforge.lora.rows`: per-row mixtures (each row of a forward on its own merge of the adapters), the
+  one routed scoring path of eval, predict, serve and DaWin;
 - :mod:`~adaptforge.lora.objective`: losses of a mixture on labelled examples, for methods that fit
   mixing coefficients.
 

@@ -2,8 +2,9 @@
 
 A :class:`Router` holds the adapters it mixes and returns, for a list of examples of a task, one
 coefficient row per example (``n x adapters``). :func:`evaluate_routed` scores each example with the
-base model plus ``sum_i c_i dW_i`` for its own row (low-rank hooks, no weight rewrites), so any scorer
-works unchanged: the label side of the scorer sees the same per-input model as the text side.
+base model plus ``sum_i c_i dW_i`` for its own row (per-row low-rank hooks in batched forwards,
+:mod:`adaptforge.lora.rows`; no weight rewrites): the label side of the scorer sees the same per-input model
+as the text side.
 The router contract and its registry live in :mod:`adaptforge.routing`.
 
 DaWin (Oh et al. 2024, "DaWin: Training-free Dynamic Weight Interpolation for Robust Adaptation",
@@ -22,11 +23,10 @@ from typing import Any, cast
 
 import torch
 
-from adaptforge.batching import make_batch
 from adaptforge.core import AdaptforgeError, LoraDelta
 from adaptforge.evaluate import EvalResult, logits_of, result_from_logits, subset_of
 from adaptforge.lora.factors import fold, truncate
-from adaptforge.lora.hooks import LoraMixture, eval_mode
+from adaptforge.lora.rows import mixed_logits
 from adaptforge.merge.base import MERGE_METHODS, DataMergeMethod, DataParams, MergeParams, MergeResult, is_finite_number
 from adaptforge.params import param
 from adaptforge.routing import ROUTERS, Router
@@ -128,8 +128,8 @@ def evaluate_routed(
     with that ``limit``); returns the result and the ``n x adapters`` coefficients used.
 
     ``coefficients`` skips routing (e.g. when the adapters' logits are already known). Each example is
-    scored with its own merged model through :class:`~adaptforge.lora.hooks.LoraMixture`: the
-    coefficient row is broadcast to every target module.
+    scored with its own merged model, its coefficient row applied at every target module
+    (:class:`~adaptforge.lora.rows.RowMixture`, all examples in batched forwards).
     """
     examples = task.sample(split, limit, seed=seed)
     logits, coefs = routed_logits(scorer, task, router, examples, coefficients)
@@ -145,23 +145,11 @@ def routed_logits(
     examples: Sequence[Example],
     coefficients: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[n, labels]`` logits of ``examples``, each under its own per-input merge, and the coefficients used."""
+    """``[n, labels]`` logits of ``examples``, each under its own per-input merge, and the coefficients used:
+    the routing passes (one batched pass per adapter), then one mixed pass with per-row coefficients
+    (:func:`~adaptforge.lora.rows.mixed_logits`)."""
     coefs = router.route(scorer, task, examples) if coefficients is None else coefficients  # type: ignore[attr-defined]
-    if tuple(coefs.shape) != (len(examples), len(router.deltas)):
-        raise AdaptforgeError(
-            f"routing coefficients have shape {tuple(coefs.shape)}; expected ({len(examples)}, {len(router.deltas)})"
-        )
-    model = scorer.backbone.model
-    encoded = scorer.encode(task, examples)
-    labels = scorer.encode_labels(task)
-    n_modules = len(router.deltas[0])
-    logits = torch.empty(len(examples), len(task.labels))
-    with eval_mode(model), LoraMixture(model, router.deltas, torch.zeros(n_modules, len(router.deltas))) as mixture:
-        for j in range(len(examples)):
-            mixture.set_coefficients(coefs[j].float().expand(n_modules, -1))
-            context = scorer.label_context(model, labels)
-            logits[j] = scorer.logits(model, make_batch(encoded, [j]), context)[0].float()
-    return logits, coefs
+    return mixed_logits(scorer, task, router.deltas, examples, coefs), coefs
 
 
 @dataclass(frozen=True, kw_only=True)

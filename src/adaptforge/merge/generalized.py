@@ -36,7 +36,7 @@ from adaptforge.merge.base import (
     MergeParams,
     MergeResult,
 )
-from adaptforge.merge.ops import SignMethod, Sparsify, combine, random_drop, sparsify
+from adaptforge.merge.ops import SignMethod, Sparsify, combine, combine_each, sparsify
 from adaptforge.params import param
 
 TASK_ARITHMETIC_URL = "https://arxiv.org/abs/2212.04089"
@@ -112,16 +112,13 @@ class GeneralizedTaskArithmetic(MergeMethod):
                 if params.rank is not None:
                     module, errors[name] = lowrank_svd(module, params.rank)
             else:
-                stacked = torch.stack([m.dense() for m in inputs])
-                if self.sparsify == "random" and density < 1:
-                    # DARE: drop in place and rescale once after combining (combine is homogeneous in
-                    # the inputs); one draw for the stack is the same stream as one per adapter in order
-                    assert generator is not None
-                    dropped = random_drop(stacked, density, generator, rescale=False)
-                    merged = combine(dropped, weights, sign) / density
-                else:
-                    sparse = torch.stack([sparsify(x, self.sparsify, density, generator) for x in stacked])
-                    merged = combine(sparse, weights, sign)
+                # one adapter at a time (draws in adapter order, as one draw for the stack would be);
+                # DARE rescales once after combining, which is homogeneous in the inputs
+                rescale = self.sparsify == "random" and density < 1
+                sparse = [sparsify(m.dense(), self.sparsify, density, generator, rescale=False) for m in inputs]
+                merged = combine_each(sparse, weights, sign)
+                if rescale:
+                    merged /= density
                 module, errors[name] = dense_svd(merged, params.rank or max(m.rank for m in inputs))
             modules[name] = module
         return MergeResult(LoraDelta(modules), errors, {"space": self.space})

@@ -23,9 +23,10 @@ import yaml
 
 from adaptforge.backbone import Backbone
 from adaptforge.core import AdaptforgeError, LoraDelta, did_you_mean
+from adaptforge.dense import can_stream, write_dense_model
 from adaptforge.durable import publish_folder, remove_inside, stage_folder
 from adaptforge.evaluate import EvalResult, check_request, evaluate, subset_of, worst
-from adaptforge.layers import base_weights, weight_view
+from adaptforge.layers import base_weights, transposed_layers, weight_view
 from adaptforge.library import AdapterRecord, Library, validate_name
 from adaptforge.merge import MERGE_METHODS, MergeParams, MergeResult, run
 from adaptforge.pipelines.common import Notify, choose_base, record_result, reporter
@@ -359,7 +360,8 @@ def mask_report(backbone: Backbone, delta: LoraDelta, names: Sequence[str], kept
 def write_dense(
     backbone: Backbone, delta: LoraDelta, folder: Path, recipe: Mapping[str, Any], keep_mask: bool = True
 ) -> tuple[Path, MaskReport | None]:
-    """Stage ``W_base + dW`` as a full model with ``save_pretrained`` (plus tokenizer and the recipe) beside
+    """Stage ``W_base + dW`` as a full model (streamed from the base's safetensors, :mod:`adaptforge.dense`, else
+    ``save_pretrained``; plus tokenizer and the recipe) beside
     ``folder``; :func:`~adaptforge.durable.publish_folder` makes it appear. ``AutoModel`` /
     ``AutoModelForCausalLM`` load it. On a base ``adaptforge prune`` zeroed, ``keep_mask`` keeps those zeros
     (``dW`` masked) so the written model stays as sparse as its base; the report says what plain merging
@@ -367,9 +369,14 @@ def write_dense(
     pruned = pruned_targets(backbone, delta)
     report = mask_report(backbone, delta, pruned, keep_mask) if pruned else None
     tmp = stage_folder(folder)
+    zeros = pruned if keep_mask else ()
     try:
-        with backbone.applied(delta, keep_zeros=pruned if keep_mask else ()) as model:
-            model.save_pretrained(tmp)
+        if can_stream(Path(backbone.path), delta, next(backbone.model.parameters()).dtype):
+            transposed = transposed_layers(backbone.model, list(delta))
+            write_dense_model(Path(backbone.path), delta, tmp, transposed, zeros)  # no model copy
+        else:
+            with backbone.applied(delta, keep_zeros=zeros) as model:
+                model.save_pretrained(tmp)
         backbone.tokenizer.save_pretrained(tmp)
         written = {**recipe, "dense_mask": report.to_json()} if report is not None else dict(recipe)
         (tmp / RECIPE_FILE).write_text(yaml.safe_dump(written, sort_keys=False))

@@ -17,7 +17,7 @@ by name per request on top of that. Here, on CPU and with plain torch:
 Why not :class:`~adaptforge.lora.hooks.GatedLora` with a one-hot gate per row: it multiplies every row by every
 adapter's factors and masks, so its cost grows with the distinct adapters in the batch (measured on MiniLM, 32
 rows: +14% over the base forward with 1 adapter, +120% with 32), while the gather stays within 7%.
-``GatedLora`` remains the tool for rows that *mix* adapters (DaWin routing), see :mod:`adaptforge.serve.service`.
+``GatedLora`` remains the tool for rows that *mix* adapters (DaWin routing), see :mod:`adaptforge.lora.rows`.
 Missing modules and lower-rank modules are zero-padded, which is exact. Nothing touches the base weights.
 """
 

@@ -1,8 +1,8 @@
 """Scoring rows that each carry their own adapter selection, through the scorers' public calls.
 
 A *selection* is whatever decides the LoRA term of a forward's rows: the gathered adapters of
-:class:`~adaptforge.serve.batched.MixedLora`, or per-row mixing coefficients through
-:class:`~adaptforge.lora.hooks.GatedLora` (DaWin). Both expose ``select(entries)``: model row ``i`` of the next
+:class:`~adaptforge.serve.batched.MixedLora` (per-input routers score through :mod:`adaptforge.lora.rows`, whose
+:class:`~adaptforge.lora.rows.RowMixture` has the same interface). ``select(entries)``: model row ``i`` of the next
 forward uses entry ``entries[i]``. The functions here only have to know how each scorer lays out its rows:
 
 * the encoder scores ``embed(description + text) . embed(label) / T``, and ``adaptforge eval`` embeds the labels

@@ -3,10 +3,9 @@ queues it for the one model worker (:mod:`adaptforge.serve.batcher`) and shapes 
 
 On the worker, a batch of requests for any mix of adapters (stored, request-time merges, the bare base) is one
 forward per scorer pass through :class:`~adaptforge.serve.batched.MixedLora`. Routed requests run alone, through
-the same Router contract ``adaptforge eval`` uses, so served and evaluated numbers agree: a per-token router
-(Arrow) is applied exactly as its ``evaluate`` does; a per-input router (DaWin) gives each text its coefficients
-(``route``), and the texts then run in one forward with per-row gates
-(:class:`~adaptforge.lora.hooks.GatedLora`), the batched form of ``evaluate_routed``'s per-example loop.
+the same Router contract ``adaptforge eval`` uses (``Router.logits``), so served and evaluated numbers agree: a
+per-token router (Arrow) applies its gates in batched forwards; a per-input router (DaWin) routes the texts,
+then scores them in batched forwards with per-row coefficients (:mod:`adaptforge.lora.rows`).
 """
 
 from __future__ import annotations
@@ -21,9 +20,7 @@ import torch
 from starlette.concurrency import run_in_threadpool
 
 from adaptforge.backbone import Backbone
-from adaptforge.evaluate import logits_of
 from adaptforge.library import Library
-from adaptforge.lora.hooks import GatedLora
 from adaptforge.routing import stored_settings
 from adaptforge.scorers import make_scorer
 from adaptforge.serve.batched import MixedLora
@@ -39,23 +36,6 @@ from adaptforge.serve.scoring import Head, ScoreRow, classify, embed
 from adaptforge.tasks import Example
 
 BASE_NAMES = ("base",)
-
-
-class _RowGates:
-    """Per-row mixing coefficients for :class:`GatedLora`: ``select`` picks each forward row's coefficients."""
-
-    def __init__(self, coefficients: torch.Tensor) -> None:
-        self.coefficients = coefficients.float()
-        self.current = self.coefficients[:0]
-
-    def select(self, entries: Sequence[int]) -> None:
-        self.current = self.coefficients[torch.tensor(list(entries), dtype=torch.long)]
-
-    def gate(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        w = self.current
-        if x.shape[0] != w.shape[0]:
-            raise RuntimeError(f"routed batch: a module got {x.shape[0]} rows, {w.shape[0]} were selected")
-        return w.reshape(w.shape[0], *([1] * (x.dim() - 2)), w.shape[1])
 
 
 class Service:
@@ -272,16 +252,9 @@ class Service:
             start += job.rows
 
     def _execute_routed(self, work: RoutedWork) -> list[torch.Tensor]:
-        model, router, task = self.backbone.model, work.router, work.head.task
+        task = work.head.task
         examples = [Example(t, task.labels[0]) for t in work.texts]
-        applied = getattr(router, "applied", None)
-        if applied is not None:  # per token (Arrow): exactly what its evaluate runs
-            with applied(model):
-                return list(logits_of(self.scorer, task, examples, model))
-        gates = _RowGates(router.route(self.scorer, task, examples))  # type: ignore[attr-defined]
-        rows = [ScoreRow(ids, work.head, i, None) for i, ids in enumerate(work.ids)]
-        with GatedLora(model, router.deltas, gates.gate):
-            return classify(self.scorer, model, gates.select, rows, self.config.max_batch)
+        return list(work.router.logits(self.scorer, task, examples))  # exactly what eval and predict score
 
 
 def _blamed(request: ClassifyRequest) -> str:
