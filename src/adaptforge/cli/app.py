@@ -22,6 +22,7 @@ from rich.text import Text  # noqa: E402
 from adaptforge.cli.render import (  # noqa: E402
     console,
     out,
+    show_progress,
 )
 from adaptforge.errors import AdaptforgeError  # noqa: E402
 
@@ -132,6 +133,14 @@ def _version(show: bool) -> None:
 @app.callback()
 def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", metavar="")] = False,
+    progress_every: Annotated[
+        float,
+        typer.Option(
+            "--progress-every",
+            min=0,
+            help="Seconds between progress lines (done/total, rate, ETA) of a long step; 0: one line per step.",
+        ),
+    ] = 5.0,
     show_version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.", metavar=""),
@@ -142,6 +151,7 @@ def main(
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    show_progress(progress_every)
 
 
 def parse_options(pairs: list[str]) -> dict[str, object]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -21,6 +22,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+
+from adaptforge.progress import ThrottledProgress, progress_line
 
 if TYPE_CHECKING:  # the CLI imports this module for --help; torch and the pipelines load only when used
     from adaptforge.evaluate import EvalResult
@@ -75,12 +78,8 @@ class LineProgress:
             console.print(self.line(now), highlight=False)
 
     def line(self, now: float) -> str:
-        seconds = max(now - self.start, 1e-9)
-        rate = self.done / seconds
-        parts = [f"{self.description}: {self.done}/{self.total if self.total else '?'}", f"{rate:.2f}/s"]
-        if self.total and rate > 0:
-            parts.append(f"ETA {max(self.total - self.done, 0) / rate:.0f}s")
-        return "  ".join(parts + ([self.info] if self.info else []))
+        rate = self.done / max(now - self.start, 1e-9)
+        return progress_line(self.description, self.done, self.total, rate, self.info)
 
 
 @contextmanager
@@ -108,6 +107,17 @@ def progress_bar(description: str, total: int | None = None) -> Iterator[Progres
 
 def notify(msg: str) -> None:
     console.print(msg, style="dim")
+
+
+def show_progress(every: float) -> None:
+    """Print the ``adaptforge.progress`` lines of long steps (search, fitting, pruning, evaluation) on stderr, one
+    per ``every`` seconds per step (0: every step); replaces a handler an earlier command in this process set."""
+    logger = logging.getLogger("adaptforge.progress")
+    for old in [h for h in logger.handlers if isinstance(h, ThrottledProgress)]:
+        logger.removeHandler(old)
+    logger.addHandler(ThrottledProgress(lambda line: console.print(line, highlight=False), every))
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
 
 
 def finite_json(value: object, pointer: str = "") -> tuple[object, list[str]]:
