@@ -3,10 +3,11 @@ ETA off a terminal, results that could not run say so, and what a user learns fr
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
-from conftest import library_copy, run_cli, small_task
+from conftest import library_copy, refused, run_cli, small_task
 
 from adaptforge.library import Library
 from adaptforge.tasks import write_task
@@ -60,3 +61,37 @@ def test_long_steps_print_progress_with_rate_and_eta_off_a_terminal(lib, setup, 
     quiet = run_cli("compose", task, "-l", lib.root, "--shots", 8, "--method", "lorahub", "--candidates", 2,
                     "--param", "budget=2", "--out", "mr2", "--no-eval")  # fmt: skip
     assert not PROGRESS.search(quiet.stderr)
+
+
+def test_eval_on_another_model_keeps_the_zero_shot_row_and_fails_when_nothing_could_run(lib, setup, tiny_llama_dir):
+    """An adapter made on MiniLM is skipped on ``--model OTHER``; the zero-shot row asked for still runs there, and
+    a request of which nothing could run exits non-zero instead of printing an empty table."""
+    task = setup[1]
+    both = run_cli("eval", task, "-l", lib.root, "-a", "sst2-a", "--zero-shot", "--model", tiny_llama_dir,
+                   "--limit", 8, "--json")  # fmt: skip
+    rows = json.loads(both.stdout)
+    assert [(r["adapter"], r["n"]) for r in rows["results"]] == [(None, 8)]
+    assert len(rows["skipped"]) == 1 and rows["skipped"][0].startswith("sst2-a: made on base")
+    alone = run_cli("eval", task, "-l", lib.root, "-a", "sst2-a", "--model", tiny_llama_dir, "--limit", 8, ok=False)
+    assert alone.exit_code == 2 and "Traceback" not in alone.output
+    flat = " ".join(alone.output.split())
+    assert "skipped: sst2-a" in flat and "nothing was evaluated" in flat and "--zero-shot" in flat
+
+
+def test_a_csv_without_a_description_warns_and_says_how_to_give_one(tmp_path, caplog):
+    """The warning goes through logging (the CLI prints WARNING records on stderr; pytest captures them here)."""
+    rows = ["review,sentiment"] + [f"{w} film,{'pos' if w == 'good' else 'neg'}" for w in ("good", "bad") * 6]
+    csv = tmp_path / "reviews.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    missing = refused("eval", csv, "--limit", 2, contains=("reviews.csv", "column not found", "--text-col"))
+    assert "--label-col" in " ".join(missing.split())
+    args = ("eval", csv, "--text-col", "review", "--label-col", "sentiment", "--split", "train", "--limit", 4)
+    caplog.set_level("WARNING", logger="adaptforge.tasks")
+    run_cli(*args)
+    warned = " ".join(caplog.text.split())
+    assert "no description" in warned and "reviews.description.txt" in warned and "--description" in warned
+    caplog.clear()
+    run_cli(*args, "--description", "Is the review positive?")
+    (tmp_path / "reviews.description.txt").write_text("Is the review positive?\n")
+    run_cli(*args)
+    assert "no description" not in caplog.text

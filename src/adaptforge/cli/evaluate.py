@@ -108,6 +108,12 @@ def eval_cmd(
     results = grid.results
     for line in grid.skipped:
         console.print(Text.assemble(("skipped:", "yellow"), " ", line))
+    if not results:  # every adapter asked for was skipped and no zero-shot row was asked for
+        with cli_errors():
+            raise AdaptforgeError(
+                "nothing was evaluated: every adapter asked for was skipped (above); evaluate them on the base "
+                "they were made on (drop --model), or add --zero-shot for the base alone"
+            )
     if as_json:
         rows = [{k: r.to_json()[k] for k in ("task", "adapter", "split", "n", *r.metric_values())} for r in results]
         print_json({"results": rows, "skipped": grid.skipped})
