@@ -95,3 +95,59 @@ def test_a_csv_without_a_description_warns_and_says_how_to_give_one(tmp_path, ca
     (tmp_path / "reviews.description.txt").write_text("Is the review positive?\n")
     run_cli(*args)
     assert "no description" not in caplog.text
+
+
+def python_blocks(card: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", card, re.S)
+
+
+def test_an_export_names_the_hub_id_its_card_scores_like_adaptforge_and_import_restores_the_record(
+    lib, setup, minilm, tmp_path, caplog
+):
+    """The export's config names ``sentence-transformers/all-MiniLM-L6-v2``; the card's two recipes (plain PEFT and
+    sentence-transformers' ``load_adapter``), run offline on the local copy, give adaptforge's logits; importing
+    the export brings back task, labels, description, metrics and lineage, with no warning about the base."""
+    import torch
+
+    from adaptforge.backbone import resolve_model_path
+    from adaptforge.evaluate import logits_of
+    from adaptforge.scorers import make_scorer
+    from adaptforge.tasks import Example, load_task
+
+    sst2 = setup[0][1]["sst2"]
+    run_cli("eval", sst2, "-l", lib.root, "-a", "sst2-a", "--limit", 8)
+    run_cli("merge", "sst2-a", "agnews-a", "-l", lib.root, "--method", "task_arithmetic", "--out", "both")
+    run_cli("library", "export", "sst2-a", "-l", lib.root, "--out", tmp_path / "exported")
+    folder = tmp_path / "exported"
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
+    card = (folder / "README.md").read_text()
+    peft_recipe, st_recipe = python_blocks(card)
+    local = resolve_model_path(None)
+    namespace: dict = {}
+    exec(peft_recipe.replace("sentence-transformers/all-MiniLM-L6-v2", local).replace("<this folder>", str(folder)),
+         namespace)  # fmt: skip
+    task = load_task(sst2)
+    assert namespace["labels"] == list(task.labels)
+    delta, _ = lib.load("sst2-a")
+    with minilm.applied(delta) as model:
+        ours = logits_of(make_scorer(minilm), task, [Example("an example input", task.labels[0])], model)
+    assert torch.allclose(namespace["logits"], ours, atol=1e-4)
+    exec(st_recipe, namespace)
+    assert torch.allclose(torch.as_tensor(namespace["logits"]), ours, atol=1e-4)
+
+    caplog.set_level("WARNING")
+    other = tmp_path / "other"
+    run_cli("library", "import", folder, "-l", other, "--name", "again")
+    assert "names base model" not in caplog.text  # the hub id is the embedded model's own name
+    again = json.loads(run_cli("library", "show", "again", "-l", other, "--json").stdout)
+    assert (again["task"], again["description"]) == ("sst2", task.description)
+    assert again["params"]["labels"] == {"sst2": list(task.labels)}
+    original = {(m.task, m.split, m.metric, m.value, m.n) for m in lib.metrics("sst2-a")}
+    restored = {(m["task"], m["split"], m["metric"], m["value"], m["n"]) for m in again["metrics"]}
+    assert restored == original and ("sst2", "test", "accuracy") in {r[:3] for r in restored}
+    assert again["recipe"]["origin"]["method"] == "train" and again["recipe"]["origin"]["name"] == "sst2-a"
+    run_cli("library", "export", "both", "-l", lib.root, "--out", tmp_path / "merged")
+    run_cli("library", "import", tmp_path / "merged", "-l", other, "--name", "both")
+    both = json.loads(run_cli("library", "show", "both", "-l", other, "--json").stdout)
+    assert [p["name"] for p in both["recipe"]["origin"]["lineage"]] == ["sst2-a", "agnews-a"]

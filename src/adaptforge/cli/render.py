@@ -275,6 +275,11 @@ def adapter_summary(info: dict) -> Table:
     add("rank", f"{info['rank']} on {len(info['targets'])} modules ({kinds})")
     if info["lineage"]:
         add("made from", ", ".join(f"{p['name']} ({p['kind']})" for p in info["lineage"]))
+    origin = (info.get("recipe") or {}).get("origin")
+    if isinstance(origin, dict):  # an adaptforge export imported here: how it was made where it came from
+        parents = ", ".join(str(p.get("name")) for p in origin.get("lineage") or [] if isinstance(p, dict))
+        made = f"{origin.get('name')} ({origin.get('kind')}, {origin.get('method')})"
+        add("imported from", made + (f", made from {parents}" if parents else ""))
     if info["children"]:
         add("used by", ", ".join(info["children"]))
     params = {k: v for k, v in (info.get("params") or {}).items() if k != "labels"}
