@@ -151,3 +151,71 @@ def test_an_export_names_the_hub_id_its_card_scores_like_adaptforge_and_import_r
     run_cli("library", "import", tmp_path / "merged", "-l", other, "--name", "both")
     both = json.loads(run_cli("library", "show", "both", "-l", other, "--json").stdout)
     assert [p["name"] for p in both["recipe"]["origin"]["lineage"]] == ["sst2-a", "agnews-a"]
+
+
+@pytest.mark.parametrize("verb", ["train", "eval", "merge", "compose", "generate", "serve", "library"])
+def test_help_shows_examples_whose_flags_exist(verb):
+    """Every verb a newcomer starts with shows examples under ``--help``, and every ``--flag`` an example uses is
+    an option of the command it runs (so the examples cannot rot silently)."""
+    from typer.testing import CliRunner
+
+    from adaptforge.cli import app
+
+    def help_of(*words: str) -> str:
+        result = CliRunner().invoke(app, [*words, "--help"], env={"COLUMNS": "250"})
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    text = help_of(verb)
+    assert "Examples" in text
+    commands = re.sub(r"\\\s*\n\s*", " ", text.split("Examples", 1)[1])  # join continued lines
+    lines = [line.strip() for line in commands.splitlines() if line.strip().startswith("adaptforge ")]
+    assert len(lines) >= 2
+    for line in lines:
+        words = line.split()
+        command = words[1:3] if verb == "library" else words[1:2]
+        options = help_of(*command)
+        for flag in sorted(set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", line))):
+            assert flag in options, f"{line}: {flag} is not an option of adaptforge {' '.join(command)}"
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Loading a base model fails the test: what is refused here is refused from the library and the files alone."""
+    from adaptforge.backbone import Backbone
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the base model was loaded before the refusal")
+
+    monkeypatch.setattr(Backbone, "load", refuse)
+
+
+def test_train_refuses_a_stopped_runs_checkpoint_before_loading_the_model(minilm, no_model_load, tmp_path):
+    from adaptforge.train.config import TrainConfig
+    from adaptforge.train.trainer import train
+
+    lib = Library(tmp_path / "lib")
+    task = small_task("sst2", n_train=16, n_test=8)
+    folder = write_task(task, tmp_path / "sst2")
+    cfg = TrainConfig(max_train=16, batch_size=4, checkpoint_every=1, rank=2, targets=("query",))
+    train(task, minilm, cfg, checkpoint_dir=lib.run_dir("s"), stop_after=2)  # a run stopped at step 2
+    refused("train", folder, "-l", lib.root, "--name", "s", contains=("stopped at step 2", "--resume", "--overwrite"))
+    refused("train", tmp_path / "none.csv", "-l", lib.root, "--name", "t", contains="no such file")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("review,label\nfine,pos\n")
+    refused("train", bad, "-l", lib.root, "--name", "t", contains=("column not found", "--text-col"))
+
+
+def test_icm_without_snapshots_is_refused_before_loading_the_model(lib, no_model_load):
+    refused(
+        "generate", "-l", lib.root, "--method", "icm", "--out", "g", "--description", "Is it positive?",
+        "--labels", "negative,positive", "--shots", 0,
+        contains=("no task adapter has training snapshots", "--snapshots"),
+    )  # fmt: skip
+
+
+def test_train_says_it_loads_the_base_model(tmp_path):
+    folder = write_task(small_task("sst2", n_train=8, n_test=8), tmp_path / "sst2")
+    result = run_cli("train", folder, "-l", tmp_path / "lib", "--name", "s", "--max-train", 8, "--epochs", 1,
+                     "--batch-size", 8, "--rank", 2, "--targets", "query")  # fmt: skip
+    assert "loading base model embedded MiniLM" in result.stderr

@@ -30,7 +30,19 @@ if TYPE_CHECKING:  # importing the backends loads torch; --help must not
     from adaptforge.backends import Backend
 
 app = typer.Typer(help="Adapt one foundation model to many tasks and manage the adapters.", no_args_is_help=True)
-library_app = typer.Typer(help="List, show, import, export and remove adapters.", no_args_is_help=True)
+LIBRARY_EXAMPLES = """
+Examples:
+
+  adaptforge library list -l lib
+  adaptforge library show sst2-lora -l lib     (task, base, lineage, metrics, files, integrity)
+  adaptforge library export sst2-lora -l lib --out sst2-peft     (a PEFT folder; its README scores in 10 lines)
+  adaptforge library import sst2-peft -l other --name sst2-lora     (an adaptforge export keeps its record)
+  adaptforge library import peft-folder -l lib --name mine --task $TASKS/sst2
+  adaptforge library verify -l lib
+"""
+library_app = typer.Typer(
+    help="List, show, import, export and remove adapters.", no_args_is_help=True, epilog=LIBRARY_EXAMPLES
+)
 app.add_typer(library_app, name="library")
 
 

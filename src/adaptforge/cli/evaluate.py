@@ -34,8 +34,16 @@ from adaptforge.cli.render import (
 )
 from adaptforge.errors import AdaptforgeError
 
+EXAMPLES = r"""
+Examples ($TASKS: the shipped tasks, src/adaptforge/data/tasks in a clone):
 
-@app.command("eval")
+  adaptforge eval $TASKS/sst2 $TASKS/agnews -l lib --all-adapters --zero-shot
+  adaptforge eval $TASKS/sst2 -l lib -a sst2-lora -a merged --limit 100 --json
+  adaptforge eval reviews.csv --text-col review --label-col sentiment -l lib -a reviews --split test
+"""
+
+
+@app.command("eval", epilog=EXAMPLES)
 def eval_cmd(
     task_dirs: Annotated[list[Path], typer.Argument(help="Task folders (or .json/.csv files).")],
     library: Annotated[Path | None, typer.Option("--library", "-l")] = None,

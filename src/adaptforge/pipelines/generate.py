@@ -133,6 +133,7 @@ def generate_into_library(
         pool = Task(task.name, task.description, task.labels, {"train": tuple(given)})
         demos = list(pool.sample("train", k, seed=seed or 0))
     check_has_adapters(library, "generate")
+    gen_method.check_library(library)
     backbone = load_base(model, library=library, backbone=backbone, notify=say)
     scorer = make_scorer(backbone)
     got = gen_method.obtain(library, backbone.fingerprint, scorer, typed, (), say)
