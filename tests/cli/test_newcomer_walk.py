@@ -219,3 +219,33 @@ def test_train_says_it_loads_the_base_model(tmp_path):
     result = run_cli("train", folder, "-l", tmp_path / "lib", "--name", "s", "--max-train", 8, "--epochs", 1,
                      "--batch-size", 8, "--rank", 2, "--targets", "query")  # fmt: skip
     assert "loading base model embedded MiniLM" in result.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_train_says_where_the_checkpoint_is_and_resume_finishes(tmp_path):
+    """SIGINT to a real ``adaptforge train`` process after its first checkpoints: exit 130 with the checkpoint's
+    folder and the resume command; ``--resume`` then finishes the run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = write_task(small_task("sst2", n_train=32, n_test=8), tmp_path / "sst2")
+    lib = tmp_path / "lib"
+    args = ["train", folder, "-l", lib, "--name", "s", "--batch-size", 2, "--epochs", 10, "--checkpoint-every", 1,
+            "--rank", 2, "--targets", "query", "--max-train", 32]  # fmt: skip
+    command = [sys.executable, "-m", "adaptforge.cli", *map(str, args)]
+    env = {**os.environ, "COLUMNS": "250"}
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 240
+    while not list((lib / "runs" / "s").rglob("state.json")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    flat = " ".join(stderr.split())
+    assert proc.returncode == 130, stderr
+    assert "interrupted: the last checkpoint (step" in flat and str(lib / "runs" / "s") in flat and "--resume" in flat
+    resumed = run_cli(*args, "--resume")
+    assert "added s" in resumed.stdout
