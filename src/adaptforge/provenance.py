@@ -202,7 +202,7 @@ class GenerateProvenance(Provenance):
 
     @property
     def method(self) -> str:
-        return "generate"
+        return self.generator_method  # the algorithm (span, icm); the kind says it was generated
 
     def params(self) -> dict[str, Any]:
         return {

@@ -249,3 +249,33 @@ def test_ctrl_c_during_train_says_where_the_checkpoint_is_and_resume_finishes(tm
     assert "interrupted: the last checkpoint (step" in flat and str(lib / "runs" / "s") in flat and "--resume" in flat
     resumed = run_cli(*args, "--resume")
     assert "added s" in resumed.stdout
+
+
+def test_a_composed_adapter_below_zero_shot_is_flagged_and_the_generator_method_is_recorded(minilm, tmp_path):
+    """The only candidate is a scrambling adapter (large random factors) stored as a task adapter: composing from it
+    scores below zero-shot, and compose says so after its evaluation. A generated adapter records its generator's
+    method (``span``) as its method, under the kind ``generate``."""
+    from conftest import MINILM_ATTENTION, random_delta
+
+    from adaptforge.scorers import describe, make_scorer
+
+    lib = Library(tmp_path / "lib")
+    task = small_task("sst2", n_train=16, n_test=48)
+    folder = write_task(task, tmp_path / "sst2")
+    other = small_task("subjectivity", n_train=8, n_test=8)
+    for seed, name in enumerate(("scrambler", "scrambler-2")):
+        lib.add(
+            random_delta(MINILM_ATTENTION, rank=8, scale=2.0, seed=seed, std=0.1), name=name, base_model=minilm.name,
+            base_fingerprint=minilm.fingerprint, task=other.name, description=other.description,
+            embedding=describe(make_scorer(minilm), other), method="train",
+        )  # fmt: skip
+    composed = run_cli("compose", folder, "-l", lib.root, "--shots", 0, "--method", "retrieval", "--candidates", 1,
+                       "--out", "c", "--limit", 48)  # fmt: skip
+    flat = " ".join(composed.output.split())
+    assert "warning: c scores" in flat and "below zero-shot" in flat and "library rm c" in flat
+
+    generated = run_cli("generate", "-l", lib.root, "--description", task.description, "--labels",
+                        ",".join(task.labels), "--out", "g", "--param", "steps=20", "--json")  # fmt: skip
+    assert "learned from 2 library adapters" in " ".join(generated.output.split())
+    record = lib.get("g")
+    assert (record.kind, record.method) == ("generate", "span")

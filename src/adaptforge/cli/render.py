@@ -174,7 +174,8 @@ def print_new_task(outcome: NewTaskOutcome, as_json: bool) -> None:
         print_json(outcome.to_json())
         return
     record = outcome.record
-    out.print(f"{outcome.method}: added {record.name} ({record.id}), rank {record.rank}, {outcome.seconds:.1f}s")
+    made = outcome.method + (f" ({record.method})" if record.method != outcome.method else "")  # generate (span)
+    out.print(f"{made}: added {record.name} ({record.id}), rank {record.rank}, {outcome.seconds:.1f}s")
     if outcome.candidates:
         weights = outcome.info.get("weights", {})
         table = Table(title="candidates")
