@@ -72,6 +72,8 @@ def test_eval_on_another_model_keeps_the_zero_shot_row_and_fails_when_nothing_co
     rows = json.loads(both.stdout)
     assert [(r["adapter"], r["n"]) for r in rows["results"]] == [(None, 8)]
     assert len(rows["skipped"]) == 1 and rows["skipped"][0].startswith("sst2-a: made on base")
+    table = run_cli("eval", task, "-l", lib.root, "-a", "sst2-a", "--zero-shot", "--limit", 8).stdout
+    assert "movie_review (n=8)" in table  # the examples behind every cell of the column
     alone = run_cli("eval", task, "-l", lib.root, "-a", "sst2-a", "--model", tiny_llama_dir, "--limit", 8, ok=False)
     assert alone.exit_code == 2 and "Traceback" not in alone.output
     flat = " ".join(alone.output.split())
@@ -151,6 +153,11 @@ def test_an_export_names_the_hub_id_its_card_scores_like_adaptforge_and_import_r
     run_cli("library", "import", tmp_path / "merged", "-l", other, "--name", "both")
     both = json.loads(run_cli("library", "show", "both", "-l", other, "--json").stdout)
     assert [p["name"] for p in both["recipe"]["origin"]["lineage"]] == ["sst2-a", "agnews-a"]
+    assert "imported from both (merge, task_arithmetic), made from sst2-a, agnews-a" in " ".join(
+        run_cli("library", "show", "both", "-l", other).stdout.split()
+    )
+    message = refused("library", "rm", "sst2-a", "-l", lib.root, contains=("parent of 'both'", "pass --force"))
+    assert "force=True" not in message
 
 
 @pytest.mark.parametrize("verb", ["train", "eval", "merge", "compose", "generate", "serve", "library"])

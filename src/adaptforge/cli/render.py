@@ -153,15 +153,23 @@ def grid_table(results: list[EvalResult], title: str) -> Table:
     rows = list(dict.fromkeys(r.adapter for r in results))
     table = Table(title=title)
     table.add_column("adapter")
-    for t in tasks:
-        table.add_column(t, justify="right")
+    sizes = {t: {r.n for r in results if r.task == t} for t in tasks}
+    for t in tasks:  # the examples each cell counts; a column whose cells differ shows n in each cell
+        table.add_column(
+            f"{t} (n={next(iter(sizes[t]))})" if len(sizes[t]) == 1 else f"{t} (n differs)", justify="right"
+        )
     primary = {r.primary_metric for r in results}
     for col in ("avg acc" if primary == {"accuracy"} else "avg", "worst", "CVaR20"):
         table.add_column(col, justify="right")
     cells = {(r.adapter, r.task): r for r in results}
     for a in rows:
         accs = [cells[(a, t)].primary for t in tasks if (a, t) in cells]
-        row = [cells[(a, t)].cell_text() if (a, t) in cells else "-" for t in tasks]
+        row = [
+            "-"
+            if (a, t) not in cells
+            else cells[(a, t)].cell_text() + (f" n={cells[(a, t)].n}" if len(sizes[t]) > 1 else "")
+            for t in tasks
+        ]
         table.add_row(
             a or "(zero-shot)", *row, f"{sum(accs) / len(accs):.3f}", f"{worst(accs):.3f}", f"{cvar(accs):.3f}"
         )
@@ -212,7 +220,7 @@ def merge_table(report: MergeReport, title: str) -> Table:
     low = report.worst_task
     if low is not None:
         norm = "-" if low.normalized is None else f"{low.normalized:.3f}"
-        table.add_row(f"worst: {low.task}", "", f"{low.accuracy:.3f}", "", norm)
+        table.add_row(f"worst normalized: {low.task}", "", f"{low.accuracy:.3f}", "", norm)
     return table
 
 
@@ -237,9 +245,14 @@ def prune_table(outcome: PruneOutcome) -> Table:
     size = f"{pruned_b / 1e6:.1f} MB" + (f" of {dense_b / 1e6:.1f} MB" if dense_b else "")
     if packed_b is not None:
         size += f" (packed {packed_b / 1e6:.1f} MB, {packed_b / pruned_b:.2f}x)"
+    count = (
+        f"parameters {pruned_p:,} of {dense_p:,}"
+        if pruned_p != dense_p
+        else f"{dense_p:,} parameters as before (pruned weights are zeros; --compact stores them packed)"
+    )
     title = (
-        f"{outcome.record['method']} ({outcome.record['params']['pattern']}): sparsity {outcome.report.sparsity:.3f}, "
-        f"parameters {pruned_p:,} of {dense_p:,}, weights {size}, {outcome.seconds:.1f}s -> {outcome.path}"
+        f"{outcome.record['method']} ({outcome.record['params']['pattern']}): sparsity {outcome.report.sparsity:.3f} "
+        f"of the pruned layers, {count}, weights {size}, {outcome.seconds:.1f}s -> {outcome.path}"
     )
     table = Table(title=title)
     for col in ("task", "split", "n", "dense acc", "pruned acc", "retention"):
