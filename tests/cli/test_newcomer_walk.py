@@ -286,3 +286,14 @@ def test_a_composed_adapter_below_zero_shot_is_flagged_and_the_generator_method_
     assert "learned from 2 library adapters" in " ".join(generated.output.split())
     record = lib.get("g")
     assert (record.kind, record.method) == ("generate", "span")
+
+
+def test_the_report_names_a_model_folder_base_by_its_folder(minilm, tmp_path):
+    from conftest import minilm_delta
+
+    lib = Library(tmp_path / "lib")
+    folder = str((tmp_path / "models" / "pruned-sst2").resolve())
+    lib.add(minilm_delta(0), name="on-pruned", base_model=folder, base_fingerprint=minilm.fingerprint, task="sst2")
+    run_cli("report", "-l", lib.root, "--out", tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    assert "base pruned-sst2 ·" in page and f"base {folder} ·" not in page
