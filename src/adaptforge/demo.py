@@ -62,6 +62,7 @@ def run_demo(
     drop_previous_run(library)
     cfg = TrainConfig(epochs=epochs or 3, max_train=max_train)
     console.print(f"adaptforge demo: {len(tasks)} tasks on {backbone.name} ({backbone.fingerprint[:12]})")
+    console.print(demo_size_line(tasks, cfg))
     rows = []
     for task in tasks:
         zero = evaluate(scorer, task, "test")
@@ -109,10 +110,21 @@ def run_demo(
         "average": {"zero_shot_accuracy": mean_zero, "lora_accuracy": mean_lora},
         "seconds": round(time.perf_counter() - t0, 1),
     }
+    console.print("== merge: the adapters merged by task arithmetic and TIES, each merge scored on every test split")
     summary["merge"] = demo_merge_step(tasks, backbone, library, console)
+    console.print("== sweep: task arithmetic's scaling chosen on dev")
     summary["sweep"] = demo_sweep_step(tasks, library, out_dir, console)
+    console.print(
+        f"== new task {DEMO_NEW_TASK}: from {DEMO_COMPOSE_SHOTS} shots (compose {DEMO_COMPOSE_METHOD}) and from its "
+        "description (generate)"
+    )
     summary["new_task"] = demo_compose_step(backbone, library, console)
+    console.print(
+        f"== prune: the base for {DEMO_PRUNE[0]} ({DEMO_PRUNE[1]}, sparsity {DEMO_PRUNE[2]}), dense vs pruned "
+        "zero-shot on every task"
+    )
     summary["prune"] = demo_prune_step(tasks, backbone, library, out_dir, console)
+    console.print("== use: one served request, test-time adaptation, the HTML report")
     summary["use"] = demo_use_step(tasks, backbone, library, out_dir, console)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     path = out_dir / "summary.json"
@@ -120,10 +132,28 @@ def run_demo(
     return path
 
 
+def demo_size_line(tasks: list[Task], cfg: TrainConfig) -> str:
+    """What the run will train, and how long the default size takes (``make demo``, measured on this machine)."""
+    per_task = [min(cfg.max_train or len(t.split("train")), len(t.split("train"))) for t in tasks]
+    passes = sum(per_task) * cfg.epochs
+    return (
+        f"training {len(tasks)} adapters on {min(per_task)}-{max(per_task)} examples each x {cfg.epochs} epochs "
+        f"({passes:,} example passes), then merge, sweep, compose, generate, prune and serve; the default "
+        f"(all 400 examples x 3 epochs, {DEFAULT_DEMO_PASSES:,} passes) takes 7 to 9 minutes on 2 idle CPU cores, "
+        "most of it training (--max-train 64 --epochs 1: a quick look)"
+    )
+
+
+DEFAULT_DEMO_PASSES = 400 * 3 * len(DEMO_TASKS)
+
+
 def train_with_bar(
     task: Task, backbone: Backbone, library: Library, cfg: TrainConfig, console: Console
 ) -> TrainedAdapter:
-    """Train ``<task>-lora`` into the library (replacing an earlier one) behind a transient progress bar."""
+    """Train ``<task>-lora`` into the library (replacing an earlier one) behind a transient progress bar (off a
+    terminal, where a live bar prints nothing, the trainer's progress lines instead)."""
+    if not console.is_terminal:
+        return train_into_library(task, backbone, library, f"{task.name}-lora", cfg, eval_splits=(), overwrite=True)
     with Progress(*Progress.get_default_columns(), console=console, transient=True) as bar:
         bar_id = bar.add_task(f"train {task.name}", total=None)
 

@@ -17,6 +17,7 @@ import torch
 from adaptforge.batching import batch_order, make_batch, pad
 from adaptforge.core import AdaptforgeError, LoraDelta
 from adaptforge.lora.hooks import eval_mode
+from adaptforge.progress import Steps
 from adaptforge.scorers import Scorer
 from adaptforge.tasks import Example, Task
 
@@ -197,10 +198,13 @@ def logits_of(
         encoded = scorer.encode(task, examples)
         context = scorer.label_context(model, scorer.encode_labels(task))
         out = torch.empty(len(encoded), len(task.labels))
+        steps = Steps(f"scoring {task.name}: examples", len(encoded))
         for index in batch_order(encoded.lengths(), batch_size, shuffle=False):
             out[index] = scorer.logits(model, make_batch(encoded, index), context).float()
             if on_batch:
                 on_batch(len(index))
+            else:
+                steps.advance(len(index))
     return out
 
 

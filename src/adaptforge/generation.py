@@ -21,6 +21,7 @@ from adaptforge.backbone import Backbone
 from adaptforge.batching import Batch, EncodedSplit, batch_order, make_batch, pad
 from adaptforge.core import AdaptforgeError, LoraDelta
 from adaptforge.lora.hooks import eval_mode
+from adaptforge.progress import Steps
 from adaptforge.scorers import CausalLMScorer, LabelInputs, needs_causal
 from adaptforge.tasks import Example, Task
 
@@ -158,6 +159,7 @@ def generate(
     ``min_new_tokens`` holds off the end-of-sequence token that long (vLLM's ``min_tokens``)."""
     outputs: list[str] = [""] * len(prompts)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    steps = Steps("greedy answers: prompts", len(prompts))
     with eval_mode(model) as model:
         for index in batch_order([len(p) for p in prompts], batch_size, shuffle=False):
             input_ids, mask = pad([prompts[i] for i in index], pad_id, left=True)
@@ -179,6 +181,8 @@ def generate(
                 outputs[i] = tokenizer.decode(out[row, input_ids.shape[1] :], skip_special_tokens=True).strip()
             if on_batch:
                 on_batch(len(index))
+            else:
+                steps.advance(len(index))
     return outputs
 
 

@@ -1126,7 +1126,7 @@ class Library:
             if children and not force:
                 raise LibraryError(
                     f"adapter {name!r} is a parent of {', '.join(repr(c) for c in children)}; "
-                    "remove those first or pass --force (force=True; their lineage will show it as missing)"
+                    "remove those first, or pass --force (their lineage then shows it as missing)"
                 )
             conn.execute("DELETE FROM adapters WHERE id = ?", (ident,))
         remove_inside(self.adapters_dir / ident, self.adapters_dir)

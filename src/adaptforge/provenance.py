@@ -85,18 +85,26 @@ class TrainProvenance(Provenance):
 
 @dataclass(frozen=True)
 class ImportProvenance(Provenance):
-    """``adaptforge library import``: the source folder and the PEFT config as found there."""
+    """``adaptforge library import``: the source folder and the PEFT config as found there; for an adaptforge
+    export, ``origin`` is how it was made where it came from (method, kind, recipe, parents by name)."""
 
     kind: ClassVar[str] = "import"
     source: str
     peft_config: Mapping[str, Any]
+    task: str | None = None
+    labels: Sequence[str] = ()
+    origin: Mapping[str, Any] | None = None
 
     @property
     def method(self) -> str:
         return "import"
 
+    def params(self) -> dict[str, Any]:
+        return {"labels": {self.task: list(self.labels)}} if self.task and self.labels else {}
+
     def recipe(self) -> dict[str, Any]:
-        return {"kind": "import", "source": self.source, "peft_config": dict(self.peft_config)}
+        recipe = {"kind": "import", "source": self.source, "peft_config": dict(self.peft_config)}
+        return recipe | ({"origin": dict(self.origin)} if self.origin is not None else {})
 
 
 @dataclass(frozen=True)
@@ -194,7 +202,7 @@ class GenerateProvenance(Provenance):
 
     @property
     def method(self) -> str:
-        return "generate"
+        return self.generator_method  # the algorithm (span, icm); the kind says it was generated
 
     def params(self) -> dict[str, Any]:
         return {

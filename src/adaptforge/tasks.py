@@ -24,6 +24,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from typing import Any
 from adaptforge.core import AdaptforgeError
 from adaptforge.durable import write_file
 from adaptforge.structured import parse_json
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "MAX_INFERRED_LABELS",
@@ -670,7 +673,8 @@ def _load_csv(
                     missing = [c for c in (text_col, label_col) if c not in header]
                     if missing:
                         raise TaskFormatError(
-                            f"{_where(path, line, missing[0])}: column not found in the header {header}"
+                            f"{_where(path, line, missing[0])}: column not found in the header {header}; name the "
+                            "text and label columns with --text-col and --label-col"
                         )
                     cols = header.index(text_col), header.index(label_col)
                     split_col = header.index("split") if "split" in header else None
@@ -754,7 +758,15 @@ def load_task(
         side = path.with_suffix(".description.txt")  # a CSV has no room for the instruction: a side file holds it
         if description is None and side.is_file():
             description = _read_text(side).strip()
-        return _load_csv(path, text_col, label_col, name, description, label_tuple, seed)
+        task = _load_csv(path, text_col, label_col, name, description, label_tuple, seed)
+        if not task.description:  # the instruction is what the model reads before each text: say it is missing
+            log.warning(
+                "%s: no description, so the task's instruction is empty (zero-shot and the library's retrieval of "
+                "similar adapters read it); write it to %s beside the CSV, or pass --description TEXT",
+                path,
+                side.name,
+            )
+        return task
     raise TaskFormatError(
         f"{path}: unsupported task format {suffix or '(no suffix)'!r}; expected a task folder, "
         "a Super-NaturalInstructions .json or a .csv"

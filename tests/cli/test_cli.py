@@ -55,9 +55,15 @@ def test_library_list_export_import_rm(cli_library, tmp_path):
     full = json.loads(run("library", "list", "--library", cli_library, "--json", "--with-embeddings").stdout)
     assert all(len(a["embedding"]) == 384 for a in full["adapters"])
     run("library", "export", "sst2-a", "--library", cli_library, "--out", tmp_path / "exported")
-    from peft import AutoPeftModel
+    from peft import PeftModel
+    from transformers import AutoModel
 
-    loaded = AutoPeftModel.from_pretrained(tmp_path / "exported")  # base resolvable, auto class recorded
+    from adaptforge.backbone import resolve_model_path
+
+    config = json.loads((tmp_path / "exported" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"  # the hub id, not a path
+    base = AutoModel.from_pretrained(resolve_model_path(config["base_model_name_or_path"]))  # offline: the local copy
+    loaded = PeftModel.from_pretrained(base, tmp_path / "exported")
     assert type(loaded.base_model.model).__name__ == "BertModel"
     card = (tmp_path / "exported" / "README.md").read_text()
     assert "# sst2-a" in card and "task: sst2" in card and "| sst2 | dev | accuracy |" in card

@@ -157,7 +157,7 @@ def test_generate_from_description_reuses_its_generator(lib, setup):
     assert first["eval"]["adapter"]["n"] == 16
     assert "warning: the generator learns from only 4 adapters" in " ".join(made.output.split())
     record = lib.get("gen-1")
-    assert record.method == "generate" and len(lib.lineage("gen-1")) == 4
+    assert (record.kind, record.method) == ("generate", "span") and len(lib.lineage("gen-1")) == 4
     assert record.recipe["generator_parameters"] > 0 and record.recipe["training_adapters"] == 4
     folders = list((lib.root / "generators").iterdir())
     run(*args, "--out", "gen-2")

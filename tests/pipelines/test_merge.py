@@ -210,7 +210,7 @@ def test_eval_prints_normalized_accuracy_and_records_it(lib, setup):
     # The references' accuracies were evaluated once and recorded; a second eval reuses them.
     assert any(m.task == "agnews" and m.metric == "accuracy" for m in lib.metrics("agnews-a"))
     table = run("merge", "sst2-a", "agnews-a", "--library", lib.root, "--out", "ta2", "--eval", dirs["agnews"])
-    assert said(table, "normalized") and said(table, "worst: agnews")
+    assert said(table, "normalized") and said(table, "worst normalized: agnews")
 
 
 def test_dense_out_loads_with_automodel_and_scores_like_the_lora(lib, setup, minilm, tmp_path):

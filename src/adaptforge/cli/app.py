@@ -22,6 +22,7 @@ from rich.text import Text  # noqa: E402
 from adaptforge.cli.render import (  # noqa: E402
     console,
     out,
+    show_progress,
 )
 from adaptforge.errors import AdaptforgeError  # noqa: E402
 
@@ -29,7 +30,19 @@ if TYPE_CHECKING:  # importing the backends loads torch; --help must not
     from adaptforge.backends import Backend
 
 app = typer.Typer(help="Adapt one foundation model to many tasks and manage the adapters.", no_args_is_help=True)
-library_app = typer.Typer(help="List, show, import, export and remove adapters.", no_args_is_help=True)
+LIBRARY_EXAMPLES = """
+Examples:
+
+  adaptforge library list -l lib
+  adaptforge library show sst2-lora -l lib     (task, base, lineage, metrics, files, integrity)
+  adaptforge library export sst2-lora -l lib --out sst2-peft     (a PEFT folder; its README scores in 10 lines)
+  adaptforge library import sst2-peft -l other --name sst2-lora     (an adaptforge export keeps its record)
+  adaptforge library import peft-folder -l lib --name mine --task $TASKS/sst2
+  adaptforge library verify -l lib
+"""
+library_app = typer.Typer(
+    help="List, show, import, export and remove adapters.", no_args_is_help=True, epilog=LIBRARY_EXAMPLES
+)
 app.add_typer(library_app, name="library")
 
 
@@ -132,6 +145,14 @@ def _version(show: bool) -> None:
 @app.callback()
 def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", metavar="")] = False,
+    progress_every: Annotated[
+        float,
+        typer.Option(
+            "--progress-every",
+            min=0,
+            help="Seconds between progress lines (done/total, rate, ETA) of a long step; 0: one line per step.",
+        ),
+    ] = 5.0,
     show_version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.", metavar=""),
@@ -142,6 +163,7 @@ def main(
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    show_progress(progress_every)
 
 
 def parse_options(pairs: list[str]) -> dict[str, object]:

@@ -27,8 +27,17 @@ from adaptforge.cli.render import (
     print_new_task,
 )
 
+EXAMPLES = r"""
+Examples ($TASKS: the shipped tasks, src/adaptforge/data/tasks in a clone):
 
-@app.command("compose")
+  adaptforge compose $TASKS/tweet_offensive -l lib --shots 16 --method tuned --out offensive
+  adaptforge compose reviews.csv --text-col review --label-col sentiment -l lib -k 16 --method lorahub --out reviews-hub
+  adaptforge compose $TASKS/tweet_offensive -l lib --shots 0 --method retrieval --out offensive-nearest
+  adaptforge compose --list
+"""
+
+
+@app.command("compose", epilog=EXAMPLES)
 def compose_cmd(
     task_dir: Annotated[
         Path | None, typer.Argument(help="The new task: folder, SNI .json or .csv (description, labels, shots).")

@@ -19,8 +19,18 @@ from adaptforge.cli.render import (
 @app.command("demo")
 def demo_cmd(
     out_dir: Annotated[Path, typer.Option("--out", help="Where the library and summary go.")] = Path("out/demo"),
-    max_train: Annotated[int | None, typer.Option("--max-train")] = None,
-    epochs: Annotated[int | None, typer.Option()] = None,
+    max_train: Annotated[
+        int | None,
+        typer.Option(
+            "--max-train",
+            min=1,
+            help="Training examples per task (default: all 400; the LLM demo: 128). Smaller is faster: "
+            "--max-train 64 --epochs 1 is a quick look.",
+        ),
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Training epochs per task (default 3; the LLM demo: 2).")
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option(

@@ -36,8 +36,16 @@ from adaptforge.cli.render import (
 )
 from adaptforge.errors import AdaptforgeError
 
+EXAMPLES = r"""
+Examples ($TASKS: the shipped tasks, src/adaptforge/data/tasks in a clone):
 
-@app.command("eval")
+  adaptforge eval $TASKS/sst2 $TASKS/agnews -l lib --all-adapters --zero-shot
+  adaptforge eval $TASKS/sst2 -l lib -a sst2-lora -a merged --limit 100 --json
+  adaptforge eval reviews.csv --text-col review --label-col sentiment -l lib -a reviews --split test
+"""
+
+
+@app.command("eval", epilog=EXAMPLES)
 def eval_cmd(
     task_dirs: Annotated[
         list[Path],
@@ -133,6 +141,12 @@ def eval_cmd(
     results = grid.results
     for line in grid.skipped:
         console.print(Text.assemble(("skipped:", "yellow"), " ", line))
+    if not results:  # every adapter asked for was skipped and no zero-shot row was asked for
+        with cli_errors():
+            raise AdaptforgeError(
+                "nothing was evaluated: every adapter asked for was skipped (above); evaluate them on the base "
+                "they were made on (drop --model), or add --zero-shot for the base alone"
+            )
     if as_json:
         rows = [{k: r.to_json()[k] for k in ("task", "adapter", "split", "n", *r.metric_values())} for r in results]
         print_json({"results": rows, "skipped": grid.skipped})

@@ -26,8 +26,18 @@ from adaptforge.cli.render import (
 )
 from adaptforge.errors import AdaptforgeError
 
+EXAMPLES = r"""
+Examples ($TASKS: the shipped tasks, src/adaptforge/data/tasks in a clone):
 
-@app.command("generate")
+  adaptforge generate -l lib --description "Is this tweet offensive?" --labels "not offensive,offensive" --out gen \
+    --eval $TASKS/tweet_offensive
+  adaptforge generate -l lib --method icm --examples $TASKS/tweet_offensive --shots 16 --out gen-icm \
+    --description "Is this tweet offensive?" --labels "not offensive,offensive"
+  adaptforge generate --list     (icm learns from adapters trained with --snapshots N)
+"""
+
+
+@app.command("generate", epilog=EXAMPLES)
 def generate_cmd(
     library: LibraryOpt,
     out_name: Annotated[str, typer.Option("--out", "-o", help="Name of the generated adapter.")],

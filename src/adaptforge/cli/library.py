@@ -180,17 +180,26 @@ def library_import(
     overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Import a PEFT LoRA adapter after checking it fits the base model."""
+    """Import a PEFT LoRA adapter after checking it fits the base model (an adaptforge export: with its task,
+    labels, description, metrics and lineage)."""
+    from adaptforge.adapters import read_adapter
     from adaptforge.backbone import Backbone
+    from adaptforge.embedded import SMOLLM2
     from adaptforge.library import Library, validate_name
-    from adaptforge.pipelines.importing import import_peft_folder
+    from adaptforge.pipelines.importing import import_peft_folder, read_export_record
     from adaptforge.tasks import load_task
 
     with cli_errors(), library_folder(library):
         validate_name(name)
         text = one_description(description, 1 if task_dir else 0, "--task TASK")
         task = load_task(task_dir, description=text) if task_dir else None
-        rec = import_peft_folder(folder, Backbone.load(model), Library(library), name, task, overwrite=overwrite)
+        read_adapter(folder)  # a folder that is no adapter is refused before the model loads
+        exported = read_export_record(folder)
+        if model is None and exported is not None and exported.base_model == SMOLLM2:
+            model = SMOLLM2  # an export of the embedded LLM's adapter goes back onto it
+        lib = Library(library)
+        lib.check_free(name, overwrite)
+        rec = import_peft_folder(folder, Backbone.load(model), lib, name, task, overwrite=overwrite)
     if as_json:
         print_json(rec.to_json())
     else:

@@ -34,7 +34,18 @@ from adaptforge.errors import AdaptforgeError
 REFACTOR_WARNING = 0.1  # relative Frobenius error above which a merge says what to do instead
 
 
-@app.command("merge")
+EXAMPLES = r"""
+Examples ($TASKS: the shipped tasks, src/adaptforge/data/tasks in a clone):
+
+  adaptforge merge sst2-lora agnews-lora -l lib --method task_arithmetic --scaling 0.35 --out both
+  adaptforge merge sst2-lora agnews-lora -l lib --method ties --density 0.2 --out both-ties \
+    --eval $TASKS/sst2 --eval $TASKS/agnews
+  adaptforge merge --recipe merge.yaml -l lib
+  adaptforge merge --list     (every method with its parameters and paper)
+"""
+
+
+@app.command("merge", epilog=EXAMPLES)
 def merge_cmd(
     names: Annotated[list[str] | None, typer.Argument(help="Adapters to merge (names or ids), in order.")] = None,
     library: Annotated[Path | None, typer.Option("--library", "-l", help="Adapter library folder.")] = None,

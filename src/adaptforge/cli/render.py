@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -21,6 +22,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+
+from adaptforge.progress import ThrottledProgress, progress_line
 
 if TYPE_CHECKING:  # the CLI imports this module for --help; torch and the pipelines load only when used
     from adaptforge.evaluate import EvalResult
@@ -76,12 +79,8 @@ class LineProgress:
             console.print(self.line(now), highlight=False)
 
     def line(self, now: float) -> str:
-        seconds = max(now - self.start, 1e-9)
-        rate = self.done / seconds
-        parts = [f"{self.description}: {self.done}/{self.total if self.total else '?'}", f"{rate:.2f}/s"]
-        if self.total and rate > 0:
-            parts.append(f"ETA {max(self.total - self.done, 0) / rate:.0f}s")
-        return "  ".join(parts + ([self.info] if self.info else []))
+        rate = self.done / max(now - self.start, 1e-9)
+        return progress_line(self.description, self.done, self.total, rate, self.info)
 
 
 @contextmanager
@@ -109,6 +108,17 @@ def progress_bar(description: str, total: int | None = None) -> Iterator[Progres
 
 def notify(msg: str) -> None:
     console.print(msg, style="dim")
+
+
+def show_progress(every: float) -> None:
+    """Print the ``adaptforge.progress`` lines of long steps (search, fitting, pruning, evaluation) on stderr, one
+    per ``every`` seconds per step (0: every step); replaces a handler an earlier command in this process set."""
+    logger = logging.getLogger("adaptforge.progress")
+    for old in [h for h in logger.handlers if isinstance(h, ThrottledProgress)]:
+        logger.removeHandler(old)
+    logger.addHandler(ThrottledProgress(lambda line: console.print(line, highlight=False), every))
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
 
 
 def finite_json(value: object, pointer: str = "") -> tuple[object, list[str]]:
@@ -154,15 +164,23 @@ def grid_table(results: list[EvalResult], title: str) -> Table:
     rows = list(dict.fromkeys(r.adapter for r in results))
     table = Table(title=title)
     table.add_column("adapter")
-    for t in tasks:
-        table.add_column(t, justify="right")
+    sizes = {t: {r.n for r in results if r.task == t} for t in tasks}
+    for t in tasks:  # the examples each cell counts; a column whose cells differ shows n in each cell
+        table.add_column(
+            f"{t} (n={next(iter(sizes[t]))})" if len(sizes[t]) == 1 else f"{t} (n differs)", justify="right"
+        )
     primary = {r.primary_metric for r in results}
     for col in ("avg acc" if primary == {"accuracy"} else "avg", "worst", "CVaR20"):
         table.add_column(col, justify="right")
     cells = {(r.adapter, r.task): r for r in results}
     for a in rows:
         accs = [cells[(a, t)].primary for t in tasks if (a, t) in cells]
-        row = [cells[(a, t)].cell_text() if (a, t) in cells else "-" for t in tasks]
+        row = [
+            "-"
+            if (a, t) not in cells
+            else cells[(a, t)].cell_text() + (f" n={cells[(a, t)].n}" if len(sizes[t]) > 1 else "")
+            for t in tasks
+        ]
         table.add_row(
             a or "(zero-shot)", *row, f"{sum(accs) / len(accs):.3f}", f"{worst(accs):.3f}", f"{cvar(accs):.3f}"
         )
@@ -175,7 +193,8 @@ def print_new_task(outcome: NewTaskOutcome, as_json: bool) -> None:
         print_json(outcome.to_json())
         return
     record = outcome.record
-    out.print(f"{outcome.method}: added {record.name} ({record.id}), rank {record.rank}, {outcome.seconds:.1f}s")
+    made = outcome.method + (f" ({record.method})" if record.method != outcome.method else "")  # generate (span)
+    out.print(f"{made}: added {record.name} ({record.id}), rank {record.rank}, {outcome.seconds:.1f}s")
     if outcome.candidates:
         weights = outcome.info.get("weights", {})
         table = Table(title="candidates")
@@ -212,7 +231,7 @@ def merge_table(report: MergeReport, title: str) -> Table:
     low = report.worst_task
     if low is not None:
         norm = "-" if low.normalized is None else f"{low.normalized:.3f}"
-        table.add_row(f"worst: {low.task}", "", f"{low.accuracy:.3f}", "", norm)
+        table.add_row(f"worst normalized: {low.task}", "", f"{low.accuracy:.3f}", "", norm)
     return table
 
 
@@ -237,9 +256,14 @@ def prune_table(outcome: PruneOutcome) -> Table:
     size = f"{pruned_b / 1e6:.1f} MB" + (f" of {dense_b / 1e6:.1f} MB" if dense_b else "")
     if packed_b is not None:
         size += f" (packed {packed_b / 1e6:.1f} MB, {packed_b / pruned_b:.2f}x)"
+    count = (
+        f"parameters {pruned_p:,} of {dense_p:,}"
+        if pruned_p != dense_p
+        else f"{dense_p:,} parameters as before (pruned weights are zeros; --compact stores them packed)"
+    )
     title = (
-        f"{outcome.record['method']} ({outcome.record['params']['pattern']}): sparsity {outcome.report.sparsity:.3f}, "
-        f"parameters {pruned_p:,} of {dense_p:,}, weights {size}, {outcome.seconds:.1f}s -> {outcome.path}"
+        f"{outcome.record['method']} ({outcome.record['params']['pattern']}): sparsity {outcome.report.sparsity:.3f} "
+        f"of the pruned layers, {count}, weights {size}, {outcome.seconds:.1f}s -> {outcome.path}"
     )
     table = Table(title=title)
     for col in ("task", "split", "n", "dense acc", "pruned acc", "retention"):
@@ -276,6 +300,11 @@ def adapter_summary(info: dict) -> Table:
     add("rank", f"{info['rank']} on {len(info['targets'])} modules ({kinds})")
     if info["lineage"]:
         add("made from", ", ".join(f"{p['name']} ({p['kind']})" for p in info["lineage"]))
+    origin = (info.get("recipe") or {}).get("origin")
+    if isinstance(origin, dict):  # an adaptforge export imported here: how it was made where it came from
+        parents = ", ".join(str(p.get("name")) for p in origin.get("lineage") or [] if isinstance(p, dict))
+        made = f"{origin.get('name')} ({origin.get('kind')}, {origin.get('method')})"
+        add("imported from", made + (f", made from {parents}" if parents else ""))
     if info["children"]:
         add("used by", ", ".join(info["children"]))
     params = {k: v for k, v in (info.get("params") or {}).items() if k != "labels"}

@@ -11,8 +11,19 @@ import typer
 from adaptforge.cli.app import ModelOpt, app, cli_errors, parse_options, required
 from adaptforge.cli.render import notify, out
 
+EXAMPLES = r"""
+Examples:
 
-@app.command("serve")
+  adaptforge serve -l lib --port 8000
+  adaptforge serve -l lib --host 0.0.0.0 --api-key SECRET --pin sst2-lora --max-loaded 8
+  curl -s localhost:8000/v1/classify -H 'content-type: application/json' \
+    -d '{"adapter": "sst2-lora", "texts": \["a fine film"]}'
+
+The API's schema (every route and field): http://127.0.0.1:8000/openapi.json once it runs.
+"""
+
+
+@app.command("serve", epilog=EXAMPLES)
 def serve_cmd(
     library: Annotated[Path | None, typer.Option("--library", "-l", help="Adapter library folder.")] = None,
     host: Annotated[str | None, typer.Option(help="Interface to bind (default 127.0.0.1).")] = None,

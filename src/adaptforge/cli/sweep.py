@@ -41,9 +41,24 @@ example.yaml (4 cells: tasks x seeds; one rank and epoch count, options fixed):
     options: {max_train: 32, batch_size: 16, targets: \[query, value]}
     eval: {split: dev, limit: 32}
 
-A re-run after a crash skips the cells already in the library. Keys: train (tasks, rank, lr, seeds, epochs,
-options, eval), merge (merges, methods, params, data, eval), compose (tasks, k, seeds, methods, params, options,
-eval), name, model; merge and compose grids are shown in adaptforge/pipelines/sweep_spec.py.
+Merge and compose grids (in the same file or their own; an axis is a list, one value counts as a list of one):
+
+  merge:                              # merges x methods x params
+    merges: \[\[sst2-a, agnews-a]]      # adapters already in the library
+    methods: \[task_arithmetic, ties]
+    params: {ties: {density: \[0.3, 0.6]}}
+    eval: {tasks: \[../tasks/sst2], split: dev}
+  compose:                            # tasks x k x seeds x methods
+    tasks: \[../tasks/trec_question_type]
+    k: \[8, 16]
+    seeds: \[0, 1]
+    methods: \[lorahub]
+    options: {candidates: 5}
+    eval: {split: dev, limit: 64}
+
+A re-run after a crash skips the cells already in the library. Top-level keys: name, model, train, merge, compose;
+train also takes lr; merge also takes data (task folders a data-driven method fits on); compose also takes params
+and options.exclude_tasks. An unknown key is an error naming its line and the closest known key.
 """
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -22,14 +24,49 @@ from adaptforge.cli.app import (
     parse_options,
 )
 from adaptforge.cli.render import (
+    console,
+    notify,
     out,
     print_json,
     progress_bar,
 )
 from adaptforge.errors import AdaptforgeError
 
+if TYPE_CHECKING:  # --help must not import torch
+    from adaptforge.library import Library
 
-@app.command("train")
+EXAMPLES = r"""
+Examples ($TASKS: the shipped tasks, src/adaptforge/data/tasks in a clone):
+
+  adaptforge train $TASKS/sst2 --library lib --name sst2-lora
+  adaptforge train reviews.csv --text-col review --label-col sentiment -l lib --name reviews \
+    --description "Is the review positive?"     (or write it to reviews.description.txt)
+  adaptforge train $TASKS/sst2 $TASKS/agnews --multitask --sampler temperature -l lib --name both
+  adaptforge train $TASKS/country_capital --model smollm2 -l lib-llm --name capitals --epochs 2
+  adaptforge train $TASKS/sst2 -l lib --name sst2-lora --resume     (continue a stopped run of that name)
+"""
+
+
+@contextmanager
+def interrupted_note(lib: Library, name: str) -> Iterator[None]:
+    """Ctrl-C during training: say where the last checkpoint is and how to continue from it, then exit 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        from adaptforge.train.checkpoint import load_checkpoint
+
+        left = load_checkpoint(lib.run_dir(name))
+        where = (
+            f"the last checkpoint (step {left.step}) is in {lib.run_dir(name)}; continue with the same command "
+            "and --resume, or start over with --overwrite"
+            if left is not None
+            else "no checkpoint was written yet (one every --checkpoint-every steps); run the command again"
+        )
+        console.print(f"interrupted: {where}")
+        raise typer.Exit(130) from None
+
+
+@app.command("train", epilog=EXAMPLES)
 def train_cmd(
     task_dirs: Annotated[list[Path], typer.Argument(help="Task folder(s), SNI .json or .csv.")],
     library: LibraryOpt,
@@ -77,7 +114,7 @@ def train_cmd(
     """Train a LoRA adapter on one task (or, with --multitask, on several) and add it to the library."""
     from adaptforge.backbone import Backbone
     from adaptforge.library import Library, validate_name
-    from adaptforge.pipelines.train import train_into_library
+    from adaptforge.pipelines.train import check_train_request, train_into_library
     from adaptforge.tasks import load_task
     from adaptforge.train.config import TrainConfig
 
@@ -106,8 +143,10 @@ def train_cmd(
             snapshots=snapshots,
         )
         lib = Library(library)  # created here when new; removed again if the run fails before it lands
+        check_train_request(lib, name, cfg, resume=resume, overwrite=overwrite)  # before the model loads
+        notify(f"loading base model {model or 'embedded MiniLM (all-MiniLM-L6-v2)'}")
         backbone = Backbone.load(model)
-        with progress_bar(f"train {name}") as bar:
+        with progress_bar(f"train {name}") as bar, interrupted_note(lib, name):
 
             def step(done: int, total: int, loss: float, tokens_per_second: float) -> None:
                 bar.update(0, completed=done, total=total, info=f"loss {loss:.3f}, {tokens_per_second:.0f} tok/s")

@@ -36,6 +36,7 @@ from adaptforge.lora.factors import fold, truncate
 from adaptforge.lora.objective import accumulate_step
 from adaptforge.merge.atlas import ATLAS_URL
 from adaptforge.params import param
+from adaptforge.progress import Steps
 from adaptforge.scorers import Scorer
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,9 @@ class FewShotAtlas(Composer):
             if held is not None:
                 best_loss = held_loss()
                 held_curve.append(best_loss)
+            steps = Steps("atlas: steps", p.steps)
             for step in range(1, p.steps + 1):
+                steps.update(step - 1)
                 optimizer.zero_grad(set_to_none=True)
                 fit_curve.append(accumulate_step(scorer, model, fit_data, [order], cursors, p.batch_size))
                 optimizer.step()
@@ -107,6 +110,7 @@ class FewShotAtlas(Composer):
                     best, best_step, best_loss = coef.detach().clone(), step, held_curve[-1]
                 elif step - best_step >= p.patience:
                     break
+            steps.close()
         if not all(math.isfinite(v) for v in fit_curve):
             raise AdaptforgeError("atlas: the loss became non-finite; lower lr")
         log.info("atlas few-shot: %d steps, best step %d", len(fit_curve), best_step)

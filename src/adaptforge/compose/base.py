@@ -28,6 +28,7 @@ from adaptforge.evaluate import EvalResult, evaluate
 from adaptforge.lora.objective import encode_examples, mean_loss, mixture
 from adaptforge.methods import Method
 from adaptforge.params import Params, param
+from adaptforge.progress import Steps
 from adaptforge.scorers import Scorer
 from adaptforge.tasks import Task
 
@@ -180,9 +181,11 @@ def shot_losses(scorer: Scorer, shots: Shots, deltas: Sequence[LoraDelta], batch
         raise AdaptforgeError(f"task {shots.task.name!r}: no shots to compute a loss on (k = 0)")
     encoded, labels = encode_examples(scorer, shots.task, shots.examples)
     out = []
-    for delta in deltas:
-        with mixture(scorer, [delta], torch.ones(len(delta), 1)):
-            out.append(float(mean_loss(scorer, scorer.backbone.model, encoded, labels, batch_size)))
+    with Steps("shot loss of each candidate: adapters", len(deltas)) as steps:
+        for delta in deltas:
+            with mixture(scorer, [delta], torch.ones(len(delta), 1)):
+                out.append(float(mean_loss(scorer, scorer.backbone.model, encoded, labels, batch_size)))
+            steps.advance()
     return out
 
 

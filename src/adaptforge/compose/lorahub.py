@@ -41,6 +41,7 @@ from adaptforge.core import AdaptforgeError, LoraDelta
 from adaptforge.lora.factors import fold, truncate
 from adaptforge.lora.hooks import LoraMixture
 from adaptforge.params import param
+from adaptforge.progress import Steps
 from adaptforge.scorers import Scorer
 
 log = logging.getLogger(__name__)
@@ -165,13 +166,15 @@ def search_weights(
         warnings.filterwarnings("ignore", message="orphanated injected solution")
         best_w, best = init, objective(init)
         curve = [best]
-        for _ in range(p.budget):
-            candidate = optimizer.ask()
-            value = objective(candidate.value)
-            optimizer.tell(candidate, value)
-            if value < best:
-                best_w, best = np.array(candidate.value, dtype=np.float64), value
-            curve.append(best)
+        with Steps("lorahub search: evaluations", p.budget) as steps:
+            for _ in range(p.budget):
+                candidate = optimizer.ask()
+                value = objective(candidate.value)
+                optimizer.tell(candidate, value)
+                if value < best:
+                    best_w, best = np.array(candidate.value, dtype=np.float64), value
+                curve.append(best)
+                steps.advance(info=f"best objective {best:.4f}")
         log.info("lorahub: objective %.4f -> %.4f in %d evaluations", curve[0], best, len(curve))
         shot_loss = objective.shot_loss(best_w)
     return [float(w) for w in best_w], curve, shot_loss

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from adaptforge.progress import Steps
+
 DECODERS: tuple[str, ...] = ("linear", "mlp")
 
 
@@ -158,7 +160,9 @@ def train_cvae(
     model.train()
     order = torch.randperm(n, generator=gen)
     cursor = 0
+    steps = Steps("generator fit: steps", cfg.steps)
     for step in range(1, cfg.steps + 1):
+        steps.update(step - 1)
         if cursor + batch > n:
             order, cursor = torch.randperm(n, generator=gen), 0
         idx = order[cursor : cursor + batch]
@@ -172,6 +176,7 @@ def train_cvae(
             with torch.no_grad():
                 r_all, k_all = elbo_terms(model, xn, c, probe)
             curve.append((step, _r(float(r_all + cfg.beta * k_all)), _r(float(r_all)), _r(float(k_all))))
+    steps.update(cfg.steps, info=f"loss {curve[-1][1]:.4f}" if curve else "")
     model.eval()
     return model, curve
 

@@ -61,6 +61,7 @@ from adaptforge.generate.storage import (
 )
 from adaptforge.library import AdapterRecord, Library
 from adaptforge.params import Params, param
+from adaptforge.progress import Steps
 from adaptforge.snapshots import SNAPSHOTS_FILE
 from adaptforge.tasks import Example, Task
 
@@ -367,7 +368,9 @@ class IcmGenerator:
         batch = min(params.batch_size, n)
         curve = []
         cvae.train()
+        steps = Steps("icm generator fit: steps", params.steps)
         for step in range(1, params.steps + 1):
+            steps.update(step - 1)
             idx = torch.randperm(n, generator=gen)[:batch]
             c_batch = (
                 torch.stack([mean_of_draw(pools[samples.task_of[i]], params.shots, gen) for i in idx.tolist()])
@@ -386,6 +389,7 @@ class IcmGenerator:
             opt.step()
             if step % max(1, params.steps // 20) == 0 or step == params.steps:
                 curve.append((step, round(recon.item(), 6), round(kl.item(), 6)))
+        steps.update(params.steps, info=f"reconstruction {curve[-1][1]:.4f}")
         cvae.fold()
         generator = cls(params, samples.template, cvae, samples.mean, samples.std, {})
         generator.info = {

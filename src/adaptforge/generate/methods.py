@@ -27,6 +27,7 @@ from adaptforge.library import AdapterRecord, Library
 from adaptforge.methods import Method
 from adaptforge.params import Params
 from adaptforge.scorers import Scorer, describe
+from adaptforge.snapshots import SNAPSHOTS_FILE
 from adaptforge.tasks import Example, Task
 
 GENERATORS_DIR = "generators"
@@ -88,6 +89,10 @@ class Generator(Method):
         """How many demonstrations the condition needs (0: none)."""
         return 0
 
+    @classmethod
+    def check_library(cls, library: Library) -> None:
+        """Refuse, from the catalog alone (before the base model loads), a library this method cannot learn from."""
+
 
 GENERATORS: Registry[type[Generator]] = Registry(
     "generator",
@@ -146,6 +151,14 @@ class IcmMethod(Generator):
     @classmethod
     def notes(cls) -> tuple[str, ...]:
         return ("needs adapters trained with --snapshots", "k demonstrations: --examples FILE, --shots K")
+
+    @classmethod
+    def check_library(cls, library: Library) -> None:
+        if not any(r.is_task_adapter and SNAPSHOTS_FILE in r.extra_checksums for r in library.list()):
+            raise AdaptforgeError(
+                f"library {library.root}: no task adapter has training snapshots; --method icm learns from them: "
+                "train adapters with `adaptforge train --snapshots 20` (or use --method span)"
+            )
 
     @classmethod
     def obtain(

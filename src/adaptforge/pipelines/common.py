@@ -107,6 +107,21 @@ def zero_shot_vs(
     return {"zero_shot": zero, "adapter": tuned}
 
 
+def warn_if_worse(
+    say: Notify, name: str, new: EvalResult, reference: EvalResult, what: str = "zero-shot", stored: bool = True
+) -> bool:
+    """Say so when an adapter made without full training (composed, generated, adapted at test time) scores below
+    ``reference`` (the bare base, or the adapter it started from) on the same examples; returns whether it did."""
+    if not new.primary < reference.primary:
+        return False
+    keep = f"; it is stored: `adaptforge library rm {name}` removes it" if stored else ""
+    say(
+        f"warning: {name} scores {new.primary:.3f} on {new.task}/{new.split} (n={new.n}), below {what} "
+        f"{reference.primary:.3f}: the library's adapters may not suit this task{keep}"
+    )
+    return True
+
+
 def record_result(
     library: Library,
     adapter_id: str | None,

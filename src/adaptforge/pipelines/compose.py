@@ -17,7 +17,15 @@ from adaptforge.compose import COMPOSERS, ComposeResult, Shots, compose, draw_sh
 from adaptforge.core import AdaptforgeError
 from adaptforge.evaluate import check_request
 from adaptforge.library import Library
-from adaptforge.pipelines.common import NewTaskOutcome, Notify, check_has_adapters, load_base, reporter, zero_shot_vs
+from adaptforge.pipelines.common import (
+    NewTaskOutcome,
+    Notify,
+    check_has_adapters,
+    load_base,
+    reporter,
+    warn_if_worse,
+    zero_shot_vs,
+)
 from adaptforge.provenance import ComposeProvenance
 from adaptforge.routing import routed_settings
 from adaptforge.scorers import classification_only, describe, make_scorer
@@ -106,5 +114,6 @@ def compose_into_library(
             record,
             lambda: evaluate_composed(scorer, task, result, eval_split, limit=limit, adapter=record.name),
         )
+        warn_if_worse(say, record.name, outcome.evals["adapter"], outcome.evals["zero_shot"])
     outcome.seconds = time.perf_counter() - start
     return outcome

@@ -189,7 +189,8 @@ def evaluate_adapters(
 ) -> GridOutcome:
     """``adaptforge eval``: adapters grouped by the base they were made on, each group on its own base (or on
     ``--model``, where adapters of another base are skipped with a reason instead of aborting the grid).
-    ``backend`` (e.g. Ray) runs the cells as its jobs; ``None``: in this process, as always."""
+    ``backend`` (e.g. Ray) runs the cells as its jobs; ``None``: in this process, as always. The zero-shot row
+    is kept when every adapter is skipped (it is the base's own, on ``--model``)."""
     check_request(tasks, split, limit)
     if adapters and library is None:
         raise AdaptforgeError("evaluating a named adapter needs --library")
@@ -207,10 +208,11 @@ def evaluate_adapters(
             max_new_tokens=max_new_tokens,
         )  # fmt: skip
         return GridOutcome(cells, skipped)
+    given = load_base(model, notify=notify) if model is not None else None  # --model: loaded once for every group
     for fingerprint, group in groups.items():
         names = [r.name for r in group]
         try:
-            backbone = load_base(model, group, notify=notify)
+            backbone = load_base(model, group, backbone=given, notify=notify)
         except AdaptforgeError as err:
             skipped += [f"{n}: base {group[0].base_model!r} cannot be loaded ({err})" for n in names]
             continue
@@ -222,6 +224,11 @@ def evaluate_adapters(
             backend=backend, max_new_tokens=max_new_tokens,
         )  # fmt: skip
         zero_shot = False  # one zero-shot row: the first base's
+    if zero_shot and given is not None:  # every adapter skipped: the zero-shot row asked for still runs, on --model
+        results = evaluate_grid(
+            tasks, given, library, [], zero_shot=True, split=split, limit=limit, on_cell=on_cell, backend=backend,
+            max_new_tokens=max_new_tokens,
+        ) + results  # fmt: skip
     return GridOutcome(results, skipped)
 
 

@@ -2,30 +2,37 @@
 
 Beyond the files the library keeps, the copy's config names a base that resolves on this machine and the
 PEFT task type, so ``AutoPeftModel.from_pretrained(folder)`` loads it without arguments, and a short model
-card (``README.md``) says what it is: task, base, how it was made, its metrics and lineage. The embedded LLM is
-the exception: its converted folder is a cache path of this machine, so the config names its hub id
-(:data:`PORTABLE_BASES`) and the card shows how to load the adapter on the converted folder it was trained on.
+card (``README.md``) says what it is: task, base, how it was made, its metrics and lineage. The embedded models
+are the exception: their folders are paths of this machine (site-packages, a cache), so the config names their
+hub ids (:data:`PORTABLE_BASES`; adaptforge resolves those to the local folder at load time) and the card shows
+how to load the adapter offline on the folder it was trained on, and, for the encoder, how to score with it in
+ten lines of plain PEFT or sentence-transformers. ``adaptforge.json`` holds the record plus its metrics and
+lineage, which ``adaptforge library import`` restores.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
-from adaptforge.backbone import model_kind, resolve_model_path
+from adaptforge.backbone import DEFAULT_MODEL, model_kind, resolve_model_path
+from adaptforge.durable import write_file
 from adaptforge.embedded import HUB_ID, SMOLLM2
 from adaptforge.layers import mostly_transposed
-from adaptforge.library import AdapterRecord, Library
+from adaptforge.library import EXPORT_RECORD_FILE, AdapterRecord, Library
+from adaptforge.structured import parse_json
 
 # PEFT's task type per backbone kind: encoders load with AutoPeftModel (task type unset, a plain AutoModel
 # base); causal LMs with AutoPeftModelForCausalLM (task type CAUSAL_LM).
 TASK_TYPES = {"encoder": None, "causal": "CAUSAL_LM"}
 LOADERS = {None: "AutoPeftModel", "CAUSAL_LM": "AutoPeftModelForCausalLM"}
 # Embedded bases whose local folder is a cache path: the exported config names the model by its hub id instead.
-PORTABLE_BASES = {SMOLLM2: HUB_ID}
+MINILM_HUB_ID = f"sentence-transformers/{DEFAULT_MODEL}"
+PORTABLE_BASES = {SMOLLM2: HUB_ID, DEFAULT_MODEL: MINILM_HUB_ID}
 GENERATION_METRICS = ("exact_match", "rouge_l")
 
 
@@ -48,8 +55,10 @@ def model_card(library: Library, record: AdapterRecord, base: str, task_type: st
     if metrics:
         lines += ["", "| task | split | metric | value | n |", "|---|---|---|---|---|"]
         lines += [f"| {m.task} | {m.split} | {m.metric} | {m.value:.4f} | {m.n} |" for m in metrics]
-    if record.base_model in PORTABLE_BASES:
+    if record.base_model == SMOLLM2:
         lines += ["", *embedded_base_note(record.base_model, base), ""]
+    elif record.base_model in PORTABLE_BASES:
+        lines += ["", *encoder_recipe(record, base), ""]
     else:
         lines += ["", f'Load it with `peft.{LOADERS[task_type]}.from_pretrained("<this folder>")`.', ""]
     return "\n".join(lines)
@@ -75,6 +84,62 @@ def embedded_base_note(name: str, hub_id: str) -> list[str]:
         "```",
         "",
         f"In adaptforge: `adaptforge library import <this folder> --model {name} --library LIB --name NAME`.",
+    ]
+
+
+def record_labels(record: AdapterRecord) -> list[str]:
+    """The label set the adapter was made for, as its catalog ``params`` hold it (empty when unknown)."""
+    labels = record.params.get("labels")
+    if isinstance(labels, dict):
+        labels = labels.get(record.task) if record.task in labels else next(iter(labels.values()), None)
+    return [str(x) for x in labels] if isinstance(labels, list) else []
+
+
+def encoder_recipe(record: AdapterRecord, hub_id: str) -> list[str]:
+    """The scoring recipe of an encoder adapter (adaptforge's scorer: the cosine of the mean-pooled, normalised
+    embeddings of ``instruction + " " + text`` and of each label, over a temperature of 0.05), in plain PEFT and
+    in sentence-transformers; both give adaptforge's logits."""
+    labels = record_labels(record) or ["label a", "label b"]
+    prefix = f"{record.description.strip()} " if record.description else ""
+    return [
+        "Scores as in adaptforge (a label's logit: the cosine of the embeddings of `instruction + text` and of the",
+        "label, divided by 0.05). `base` is the hub id; offline, adaptforge's own copy is",
+        "`adaptforge.backbone.resolve_model_path(None)`. With PEFT:",
+        "",
+        "```python",
+        "import torch, torch.nn.functional as F",
+        "from peft import PeftModel",
+        "from transformers import AutoModel, AutoTokenizer",
+        "",
+        f'base, adapter = "{hub_id}", "<this folder>"',
+        "tok = AutoTokenizer.from_pretrained(base)",
+        "model = PeftModel.from_pretrained(AutoModel.from_pretrained(base), adapter).eval()",
+        "",
+        "def embed(texts):",
+        '    batch = tok(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")',
+        "    with torch.no_grad():",
+        "        hidden = model(**batch).last_hidden_state",
+        '    mask = batch["attention_mask"].unsqueeze(-1).float()',
+        "    return F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)",
+        "",
+        f"labels = {labels!r}",
+        f'texts = [{prefix!r} + t for t in ["an example input"]]',
+        "logits = embed(texts) @ embed(labels).T / 0.05",
+        "print([labels[i] for i in logits.argmax(-1)])",
+        "```",
+        "",
+        "With sentence-transformers (the same logits):",
+        "",
+        "```python",
+        "from sentence_transformers import SentenceTransformer",
+        "",
+        "st = SentenceTransformer(base)",
+        "st.load_adapter(adapter)",
+        "logits = st.encode(texts, normalize_embeddings=True) @ st.encode(labels, normalize_embeddings=True).T / 0.05",
+        "```",
+        "",
+        "In adaptforge: `adaptforge library import <this folder> --library LIB --name NAME` (task, labels,",
+        "description, metrics and lineage come back from `adaptforge.json`).",
     ]
 
 
@@ -107,4 +172,13 @@ def export_adapter(library: Library, name: str, dest: str | Path) -> Path:
         str(updates.get("base_model_name_or_path", record.base_model)),
         updates.get("task_type"),  # type: ignore[arg-type]
     )
-    return library.export(record.id, dest, config_updates=updates, extra_files={"README.md": card})
+    path = library.export(record.id, dest, config_updates=updates, extra_files={"README.md": card})
+    # the record travels with its metrics and its parents' names: library import restores them
+    exported = parse_json((path / EXPORT_RECORD_FILE).read_text(), str(path / EXPORT_RECORD_FILE))
+    exported["metrics"] = [m.to_json() for m in library.metrics(record.id)]
+    parents = library.lineage(record.id)
+    exported["lineage"] = [
+        {"id": p.id, "name": p.name, "kind": p.kind, "method": p.method, "task": p.task} for p in parents
+    ]
+    write_file(path / EXPORT_RECORD_FILE, json.dumps(exported, indent=2, sort_keys=True).encode())
+    return path

@@ -21,7 +21,15 @@ from adaptforge.generate import GeneratorConfig, LoraGenerator
 from adaptforge.generate.methods import FEW_ADAPTERS, GENERATORS, GENERATORS_DIR, SpanMethod, generator_key
 from adaptforge.library import AdapterRecord, Library
 from adaptforge.params import Params
-from adaptforge.pipelines.common import NewTaskOutcome, Notify, check_has_adapters, load_base, reporter, zero_shot_vs
+from adaptforge.pipelines.common import (
+    NewTaskOutcome,
+    Notify,
+    check_has_adapters,
+    load_base,
+    reporter,
+    warn_if_worse,
+    zero_shot_vs,
+)
 from adaptforge.provenance import GenerateProvenance
 from adaptforge.scorers import classification_only, describe, make_scorer
 from adaptforge.tasks import Example, Task, TaskFormatError, load_task, read_examples
@@ -133,6 +141,7 @@ def generate_into_library(
         pool = Task(task.name, task.description, task.labels, {"train": tuple(given)})
         demos = list(pool.sample("train", k, seed=seed or 0))
     check_has_adapters(library, "generate")
+    gen_method.check_library(library)
     backbone = load_base(model, library=library, backbone=backbone, notify=say)
     scorer = make_scorer(backbone)
     got = gen_method.obtain(library, backbone.fingerprint, scorer, typed, (), say)
@@ -160,8 +169,8 @@ def generate_into_library(
             "training_adapter_parameters": sizes["library_parameters"],
         }
     say(
-        f"generator {got.folder.name}: {got.generator_bytes / 1e6:.2f} MB, trained on "
-        f"{got.training_bytes / 1e6:.2f} MB of adapters ({100 * got.generator_bytes / max(got.training_bytes, 1):.1f}%)"
+        f"generator {got.folder.name} ({method}): learned from {len(got.records)} library adapters "
+        f"({got.training_bytes / 1e6:.2f} MB of weights); its own weights take {got.generator_bytes / 1e6:.2f} MB"
     )
     record = library.add(
         delta,
@@ -195,6 +204,7 @@ def generate_into_library(
             record,
             lambda: evaluate(scorer, eval_task, eval_split, delta, adapter=record.name, limit=limit),
         )
+        warn_if_worse(say, record.name, outcome.evals["adapter"], outcome.evals["zero_shot"])
     outcome.seconds = time.perf_counter() - start
     return outcome
 

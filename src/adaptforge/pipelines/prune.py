@@ -28,6 +28,7 @@ from adaptforge.evaluate import EvalResult, Perplexity, check_request, evaluate,
 from adaptforge.library import CATALOG_FILE
 from adaptforge.packed import PACKED_FILE, write_packed
 from adaptforge.pipelines.common import Notify, load_base, reporter
+from adaptforge.progress import Steps
 from adaptforge.provenance import PruneProvenance
 from adaptforge.prune import PRUNE_METHODS, PruneMethod, PruneParams, PruneReport, prunable_layers
 from adaptforge.prune.base import Calibration, LayerReport, layer_sparsity
@@ -245,8 +246,10 @@ def prune_model(
                 layer = work.model.get_submodule(name)
                 report.layers.append(LayerReport(name, (layer.out_features, layer.in_features), 1 - kept / total))
     else:
-        for name, layer in layers.items():
-            report.layers.append(impl.prune_layer(name, layer, sparsity[name], calibration, typed))
+        with Steps(f"prune {method}: layers", len(layers)) as steps:
+            for name, layer in layers.items():
+                report.layers.append(impl.prune_layer(name, layer, sparsity[name], calibration, typed))
+                steps.advance(info=name)
     prune_seconds = time.perf_counter() - prune_start
     pruned_params = sum(p.numel() for p in work.model.parameters())
     new_fp = fingerprint(work.model, work.model.config)

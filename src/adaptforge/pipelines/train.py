@@ -32,6 +32,22 @@ class TrainedAdapter:
     zero_shot: list[EvalResult]  # the base model on the same examples, in the same order
 
 
+def check_train_request(
+    library: Library, name: str, cfg: TrainConfig | None, *, resume: bool = False, overwrite: bool = False
+) -> None:
+    """What can be refused from the library and the config alone, so a caller checks it before loading the base
+    model: a misspelt sampler or option, a taken name, a stopped run's checkpoint without --resume/--overwrite."""
+    if cfg is not None:
+        SAMPLERS.get(cfg.sampler).parse_params(cfg.sampler_options)
+    library.check_free(name, overwrite)
+    left = load_checkpoint(library.run_dir(name)) if not resume and not overwrite else None
+    if left is not None:
+        raise AdaptforgeError(
+            f"a run of {name!r} stopped at step {left.step} and left its checkpoint in "
+            f"{library.run_dir(name)}; pass --resume to continue it, or --overwrite to start over"
+        )
+
+
 def train_into_library(
     tasks: Task | Sequence[Task],
     backbone: Backbone,
@@ -51,9 +67,7 @@ def train_into_library(
     resumes with ``resume=True`` and a finished one leaves nothing behind.
     """
     tasks = [tasks] if isinstance(tasks, Task) else list(tasks)
-    if cfg is not None:  # a misspelt sampler or option fails before any work (naming the known ones)
-        SAMPLERS.get(cfg.sampler).parse_params(cfg.sampler_options)
-    library.check_free(name, overwrite)
+    check_train_request(library, name, cfg, resume=resume, overwrite=overwrite)
     with library.run_lock(name):  # a second train of this name refuses at once
         left = load_checkpoint(library.run_dir(name)) if not resume else None
         if left is not None:

@@ -27,7 +27,7 @@ from adaptforge.core import AdaptforgeError, LoraDelta
 from adaptforge.evaluate import EvalResult, check_request, result_from_logits, subset_of
 from adaptforge.library import AdapterRecord, Library
 from adaptforge.lora.hooks import eval_mode
-from adaptforge.pipelines.common import Notify, load_base, reporter
+from adaptforge.pipelines.common import Notify, load_base, reporter, warn_if_worse
 from adaptforge.provenance import TtaProvenance
 from adaptforge.scorers import Scorer, classification_only, describe, make_scorer
 from adaptforge.tasks import Task, load_task
@@ -270,6 +270,7 @@ def tta_on_task(
         pool=[t.name for t in pools] if impl.needs_pool else [],
         predictions=run.logits.argmax(-1).tolist(),
     )
+    warn_if_worse(say, f"{record.name}+{method}", after, before, what=f"{record.name} before adaptation", stored=False)
     if save is not None:
         assert run.delta is not None, "stream sessions of savable methods return their adapter"
         provenance = TtaProvenance(

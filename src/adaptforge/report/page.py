@@ -4,6 +4,7 @@ policy that forbids every fetch, so the file shows the same offline, from a mail
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from adaptforge.report import inventory, sections, traces
 from adaptforge.report.assets import CONTENT_SECURITY_POLICY, CSS, JS
@@ -79,7 +80,8 @@ def render(data: ReportInput, tail: Tail) -> str:
     undefined = sum(1 for m in data.metrics if math.isnan(m.value))
     if undefined:
         notes.append(f"{undefined} metric row(s) hold no number (NaN, e.g. macro-F1 of an empty split); not shown")
-    bases = sorted({r.base_model for r in data.adapters})
+    # a model folder (a pruned base, a user's model) by its folder name: the full path is this machine's detail
+    bases = sorted({Path(b).name if Path(b).is_absolute() else b for b in (r.base_model for r in data.adapters)})
     header = [
         el("h1", "adaptforge report"),
         el(

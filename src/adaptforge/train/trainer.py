@@ -35,6 +35,7 @@ from adaptforge.core import AdaptforgeError, LoraDelta, LoraModule
 from adaptforge.evaluate import predict_logits
 from adaptforge.generation import mean_response_loss
 from adaptforge.layers import lora_layers, mostly_transposed
+from adaptforge.progress import Steps
 from adaptforge.scorers import LabelInputs, Scorer, describe, make_scorer
 from adaptforge.snapshots import Snapshots, snapshot_steps
 from adaptforge.tasks import Task
@@ -308,6 +309,8 @@ def train_tasks(
                 log.info("resuming %s from step %d/%d", "+".join(names), start, total)
         model.train()
         t0, seen, tokens = time.perf_counter(), 0, 0
+        # without a caller's progress callback (compose tuned, library use), the progress logger's lines
+        steps = Steps(f"train {'+'.join(names)}: steps", total, done=start) if progress is None else None
         for step in range(start, total):
             tick, evaluated = time.perf_counter(), timers["evaluation"]
             chosen = sampler.next_batch(cfg.tasks_per_step, evaluate)
@@ -362,6 +365,8 @@ def train_tasks(
             if progress:
                 elapsed = time.perf_counter() - t0
                 progress(done, total, sum(losses) / len(losses), tokens / elapsed if elapsed > 0 else 0.0)
+            elif steps is not None:
+                steps.update(done, info=f"loss {sum(losses) / len(losses):.3f}")
             if (
                 checkpoint_dir is not None
                 and cfg.checkpoint_every
