@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from adaptforge.errors import AdaptforgeError
+from adaptforge.provenance import Provenance, labels_of, read, router_of
 
 CATALOG_FILE = "catalog.sqlite"
 ADAPTERS_DIR = "adapters"
@@ -113,6 +114,39 @@ class AdapterRecord:
         a task's own (a composed aTLAS adapter and an aTLAS merge share a method name, not a kind).
         """
         return self.kind in OWN_KINDS and self.task is not None and self.method != "train_multitask"
+
+    @property
+    def provenance(self) -> Provenance | None:
+        """How it was made, typed (:mod:`adaptforge.provenance`); None for an adapter of kind ``other``."""
+        return read(self.kind, self.recipe, self.params)
+
+    @property
+    def labels(self) -> dict[str, tuple[str, ...]]:
+        """Task name -> label set, as recorded when the adapter was made (empty when none was)."""
+        return labels_of(self.params)
+
+    @property
+    def own_labels(self) -> tuple[str, ...] | None:
+        """The label set of the task it was made for: its task's entry, else the only one recorded."""
+        labels = self.labels
+        if self.task in labels:
+            return labels[str(self.task)]
+        return next(iter(labels.values())) if len(labels) == 1 else None
+
+    @property
+    def router_settings(self) -> dict[str, Any] | None:
+        """The settings of the router stored with a per-input merge or composition (None: a static adapter)."""
+        return router_of(self.recipe)
+
+    @property
+    def routed_over(self) -> tuple[str, ...]:
+        """The adapters its router mixes, in order: ids, or names in recipes from before ids were stored."""
+        settings = self.router_settings
+        if settings is None:
+            return ()
+        made = self.provenance
+        ids = made.routed_over() if made is not None else settings.get("adapter_ids") or ()
+        return tuple(str(i) for i in ids)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable dict (path as a string, embedding as a list of floats or None)."""
