@@ -74,6 +74,17 @@ def router_of(recipe: Mapping[str, Any]) -> dict[str, Any] | None:
     return dict(settings) if isinstance(settings, Mapping) and settings.get("router") else None
 
 
+def routed_over_of(recipe: Mapping[str, Any]) -> tuple[str, ...]:
+    """The adapters a stored router mixes: the ids its settings record, else (recipes from before they did) the
+    merge's inputs (``adapter_ids``) or the composition's candidates, by name; () for a static adapter."""
+    settings = router_of(recipe)
+    if settings is None:
+        return ()
+    candidates = [c.get("name") for c in recipe.get("candidates") or [] if isinstance(c, Mapping)]
+    ids = settings.get("adapter_ids") or recipe.get("adapter_ids") or candidates
+    return tuple(str(i) for i in ids)
+
+
 def _dict(value: Any) -> dict[str, Any]:
     return dict(value) if isinstance(value, Mapping) else {}
 
@@ -252,9 +263,7 @@ class MergeProvenance(Provenance):
         return None if self.router is None else dict(self.router)
 
     def routed_over(self) -> tuple[str, ...]:
-        # routers stored before they recorded their adapters route over the merge's inputs
-        ids = (self.router or {}).get("adapter_ids") or self.adapter_ids
-        return tuple(str(i) for i in ids) if self.router is not None else ()
+        return routed_over_of(self.recipe())
 
 
 @dataclass(frozen=True)
@@ -318,11 +327,7 @@ class ComposeProvenance(Provenance):
         return None if self.router is None else dict(self.router)
 
     def routed_over(self) -> tuple[str, ...]:
-        # routers stored before they recorded their adapters route over the composition's candidates (by name)
-        if self.router is None:
-            return ()
-        ids = self.router.get("adapter_ids") or [c.get("name") for c in self.candidates]
-        return tuple(str(i) for i in ids)
+        return routed_over_of(self.recipe())
 
 
 @dataclass(frozen=True)

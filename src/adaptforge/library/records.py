@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from adaptforge.errors import AdaptforgeError
-from adaptforge.provenance import Provenance, labels_of, read, router_of
+from adaptforge.provenance import Provenance, labels_of, read, routed_over_of, router_of
 
 CATALOG_FILE = "catalog.sqlite"
 ADAPTERS_DIR = "adapters"
@@ -141,36 +141,7 @@ class AdapterRecord:
     @property
     def routed_over(self) -> tuple[str, ...]:
         """The adapters its router mixes, in order: ids, or names in recipes from before ids were stored."""
-        settings = self.router_settings
-        if settings is None:
-            return ()
-        made = self.provenance
-        ids = made.routed_over() if made is not None else settings.get("adapter_ids") or ()
-        return tuple(str(i) for i in ids)
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-serialisable dict (path as a string, embedding as a list of floats or None)."""
-        return {
-            "id": self.id,
-            "name": self.name,
-            "task": self.task,
-            "description": self.description,
-            "base_model": self.base_model,
-            "base_fingerprint": self.base_fingerprint,
-            "rank": self.rank,
-            "targets": list(self.targets),
-            "recipe": self.recipe,
-            "method": self.method,
-            "params": self.params,
-            "parents": list(self.parents),
-            "checksum": self.checksum,
-            "config_checksum": self.config_checksum,
-            "created": self.created,
-            "path": str(self.path),
-            "embedding": None if self.embedding is None else [float(x) for x in self.embedding],
-            "kind": self.kind,
-            "extra_checksums": dict(self.extra_checksums),
-        }
+        return routed_over_of(self.recipe)
 
 
 def infer_kind(recipe: Mapping[str, Any] | None, method: str) -> str:
