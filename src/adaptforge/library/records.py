@@ -143,6 +143,30 @@ class AdapterRecord:
         """The adapters its router mixes, in order: ids, or names in recipes from before ids were stored."""
         return routed_over_of(self.recipe)
 
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (path as a string, embedding as a list of floats or None)."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "task": self.task,
+            "description": self.description,
+            "base_model": self.base_model,
+            "base_fingerprint": self.base_fingerprint,
+            "rank": self.rank,
+            "targets": list(self.targets),
+            "recipe": self.recipe,
+            "method": self.method,
+            "params": self.params,
+            "parents": list(self.parents),
+            "checksum": self.checksum,
+            "config_checksum": self.config_checksum,
+            "created": self.created,
+            "path": str(self.path),
+            "embedding": None if self.embedding is None else [float(x) for x in self.embedding],
+            "kind": self.kind,
+            "extra_checksums": dict(self.extra_checksums),
+        }
+
 
 def infer_kind(recipe: Mapping[str, Any] | None, method: str) -> str:
     """The kind of an adapter stored before kinds were recorded: its recipe's ``kind`` (every recipe
