@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from adaptforge.core import AdaptforgeError
+from adaptforge.errors import AdaptforgeError
 
 
 def sha256_file(path: Path) -> str:

@@ -300,3 +300,10 @@ def result_from_logits(
         loss=loss,
         subset=subset,
     )
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (nats) of ``softmax(logits)`` per row: DaWin's confidence and the test-time methods'
+    objective."""
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1)

@@ -5,6 +5,10 @@ same keys for the same kind, and ``kind``, ``method`` and ``params`` (the catalo
 from it in one place instead of five hand-built ``Library.add`` calls. The recipe JSON of each kind is
 what earlier versions wrote, so stored libraries read the same. ``prune`` provenance is written beside a
 pruned model; ``tta`` provenance comes with an adapter a test-time stream adapted (``adaptforge tta --save``).
+
+Reading goes the other way: each type's ``from_recipe(recipe, params)`` rebuilds it from a stored row, and
+handles the keys older versions wrote (there, once); :func:`read` picks the type by kind. Readers never
+raise on a field they do not need: a stored library stays readable.
 """
 
 from __future__ import annotations
@@ -33,6 +37,85 @@ class Provenance(ABC):
     @abstractmethod
     def recipe(self) -> dict[str, Any]:
         """The full JSON recipe, starting with ``kind``."""
+
+    @classmethod
+    @abstractmethod
+    def from_recipe(cls, recipe: Mapping[str, Any], params: Mapping[str, Any]) -> Provenance:
+        """The provenance a stored row's recipe and params describe (the inverse of ``recipe``/``params``)."""
+
+    def labels_by_task(self) -> dict[str, tuple[str, ...]]:
+        """Task name -> its label set, as the adapter was made for (empty when none was recorded)."""
+        return labels_of(self.params())
+
+    def router_settings(self) -> dict[str, Any] | None:
+        """The stored router's settings (a per-input merge or composition), else None."""
+        return None
+
+    def routed_over(self) -> tuple[str, ...]:
+        """Ids (or, in recipes from before ids were stored, names) of the adapters the router mixes."""
+        return ()
+
+
+ROUTER_KEY = "router"
+LEGACY_ROUTER_KEY = "routing"  # Arrow compositions stored before the router contract was unified
+
+
+def labels_of(params: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    """``params["labels"]`` (task -> label names) as tuples of strings; anything else recorded there is ignored."""
+    labels = params.get("labels") if isinstance(params, Mapping) else None
+    if not isinstance(labels, Mapping):
+        return {}
+    return {str(t): tuple(str(n) for n in names) for t, names in labels.items() if isinstance(names, (list, tuple))}
+
+
+def router_of(recipe: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The router settings in a stored recipe, from the current key or the legacy one (None: a static adapter)."""
+    settings = recipe.get(ROUTER_KEY) or recipe.get(LEGACY_ROUTER_KEY)
+    return dict(settings) if isinstance(settings, Mapping) and settings.get("router") else None
+
+
+def routed_over_of(recipe: Mapping[str, Any]) -> tuple[str, ...]:
+    """The adapters a stored router mixes: the ids its settings record, else (recipes from before they did) the
+    merge's inputs (``adapter_ids``) or the composition's candidates, by name; () for a static adapter."""
+    settings = router_of(recipe)
+    if settings is None:
+        return ()
+    candidates = [c.get("name") for c in recipe.get("candidates") or [] if isinstance(c, Mapping)]
+    ids = settings.get("adapter_ids") or recipe.get("adapter_ids") or candidates
+    return tuple(str(i) for i in ids)
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else []
+
+
+def _int(value: Any, default: int = 0) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _float(value: Any, default: float = 0.0) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _numbers(value: Any) -> dict[str, float]:
+    """A mapping of names to numbers, keeping only the entries that are numbers."""
+    items = _dict(value).items()
+    return {str(k): float(v) for k, v in items if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _only_task(params: Mapping[str, Any], fallback: str = "") -> tuple[str, tuple[str, ...]]:
+    labels = labels_of(params)
+    return next(iter(labels.items())) if len(labels) == 1 else (fallback, ())
 
 
 @dataclass(frozen=True)
@@ -71,7 +154,7 @@ class TrainProvenance(Provenance):
 
     def recipe(self) -> dict[str, Any]:
         return {
-            "kind": self.method,
+            "kind": self.kind,
             "config": dict(self.config),
             "tasks": [t.to_json() for t in self.tasks],
             "n_train": self.n_train,
@@ -81,6 +164,22 @@ class TrainProvenance(Provenance):
             "draws": dict(self.draws),
             "resumed_from": self.resumed_from,
         }
+
+    @classmethod
+    def from_recipe(cls, recipe: Mapping[str, Any], params: Mapping[str, Any]) -> TrainProvenance:
+        # recipes before the kind was settled say "train_multitask" in `kind`; the method column says it now
+        tasks = [t for t in _list(recipe.get("tasks")) if isinstance(t, Mapping)]
+        return cls(
+            config=_dict(recipe.get("config")),
+            tasks=[TaskRef(str(t.get("name")), t.get("version"), str(t.get("fingerprint", ""))) for t in tasks],
+            labels=labels_of(params),
+            n_train=_int(recipe.get("n_train")),
+            seconds=_float(recipe.get("seconds")),
+            history=_list(recipe.get("history")),
+            curves=_dict(recipe.get("curves")),
+            draws=_dict(recipe.get("draws")),
+            resumed_from=recipe.get("resumed_from"),
+        )
 
 
 @dataclass(frozen=True)
@@ -105,6 +204,10 @@ class ImportProvenance(Provenance):
     def recipe(self) -> dict[str, Any]:
         recipe = {"kind": "import", "source": self.source, "peft_config": dict(self.peft_config)}
         return recipe | ({"origin": dict(self.origin)} if self.origin is not None else {})
+
+    @classmethod
+    def from_recipe(cls, recipe: Mapping[str, Any], params: Mapping[str, Any]) -> ImportProvenance:
+        return cls(source=str(recipe.get("source", "")), peft_config=_dict(recipe.get("peft_config")))
 
 
 @dataclass(frozen=True)
@@ -147,6 +250,29 @@ class MergeProvenance(Provenance):
             "seconds": round(self.seconds, 3),
         }
 
+    _OWN_KEYS: ClassVar[tuple[str, ...]] = ("kind", "adapter_ids", "data", "reconstruction_error", "info", "seconds")
+
+    @classmethod
+    def from_recipe(cls, recipe: Mapping[str, Any], params: Mapping[str, Any]) -> MergeProvenance:
+        skip = (*cls._OWN_KEYS, ROUTER_KEY, LEGACY_ROUTER_KEY)
+        errors = _numbers(_dict(recipe.get("reconstruction_error")).get("per_module"))
+        return cls(
+            merge_recipe={k: v for k, v in recipe.items() if k not in skip},
+            typed_params=dict(params),
+            adapter_ids=[str(i) for i in _list(recipe.get("adapter_ids"))],
+            data=[d for d in _list(recipe.get("data")) if isinstance(d, Mapping)],
+            reconstruction_error=errors,
+            router=router_of(recipe),
+            info=_dict(recipe.get("info")),
+            seconds=_float(recipe.get("seconds")),
+        )
+
+    def router_settings(self) -> dict[str, Any] | None:
+        return None if self.router is None else dict(self.router)
+
+    def routed_over(self) -> tuple[str, ...]:
+        return routed_over_of(self.recipe())
+
 
 @dataclass(frozen=True)
 class ComposeProvenance(Provenance):
@@ -185,6 +311,32 @@ class ComposeProvenance(Provenance):
             "info": dict(self.info),
         }
 
+    @classmethod
+    def from_recipe(cls, recipe: Mapping[str, Any], params: Mapping[str, Any]) -> ComposeProvenance:
+        task = _dict(recipe.get("task"))
+        _, labels = _only_task(params)
+        shots = _dict(recipe.get("shots"))
+        own = {k: v for k, v in params.items() if k not in ("labels", "shots", "seed")}
+        if "seed" in params and params["seed"] != shots.get("seed"):
+            own["seed"] = params["seed"]  # the composer's own seed, given apart from the shots'
+        return cls(
+            composer=str(recipe.get("method", "")),
+            composer_params=own,
+            task=task,
+            labels=list(labels_of(params).get(str(task.get("name")), labels)),
+            shots=shots,
+            candidates=[c for c in _list(recipe.get("candidates")) if isinstance(c, Mapping)],
+            weights=_numbers(recipe.get("weights")),
+            router=router_of(recipe),
+            info=_dict(recipe.get("info")),
+        )
+
+    def router_settings(self) -> dict[str, Any] | None:
+        return None if self.router is None else dict(self.router)
+
+    def routed_over(self) -> tuple[str, ...]:
+        return routed_over_of(self.recipe())
+
 
 @dataclass(frozen=True)
 class GenerateProvenance(Provenance):
@@ -215,6 +367,20 @@ class GenerateProvenance(Provenance):
 
     def recipe(self) -> dict[str, Any]:
         return {"kind": "generate", "labels": list(self.labels), **dict(self.info)}
+
+    @classmethod
+    def from_recipe(cls, recipe: Mapping[str, Any], params: Mapping[str, Any]) -> GenerateProvenance:
+        task, labels = _only_task(params)
+        seed = params.get("seed")
+        return cls(
+            task=task,
+            labels=list(labels) or [str(n) for n in _list(recipe.get("labels"))],
+            seed=None if seed is None else _int(seed),
+            info={k: v for k, v in recipe.items() if k not in ("kind", "labels")},
+            generator_method=str(params.get("generator_method") or "span"),
+            generator_id=None if params.get("generator_id") is None else str(params["generator_id"]),
+            condition_source=str(params.get("condition_source") or "description"),
+        )
 
 
 @dataclass(frozen=True)
@@ -255,6 +421,23 @@ class PruneProvenance(Provenance):
             "intermediate_size": self.intermediate_size,
             "seconds": round(self.seconds, 2),
         }
+
+    @classmethod
+    def from_recipe(cls, recipe: Mapping[str, Any], params: Mapping[str, Any]) -> PruneProvenance:
+        parent = _dict(recipe.get("parent"))
+        size = recipe.get("intermediate_size")
+        return cls(
+            prune_method=str(recipe.get("method", "")),
+            prune_params=_dict(recipe.get("params")) or dict(params),
+            parent_model=str(parent.get("model", "")),
+            parent_fingerprint=str(parent.get("fingerprint", "")),
+            fingerprint=str(recipe.get("fingerprint", "")),
+            calibration=_dict(recipe.get("calibration")),
+            layers=_numbers(recipe.get("layers")),
+            sparsity=_float(recipe.get("sparsity")),
+            intermediate_size=None if size is None else _int(size),
+            seconds=_float(recipe.get("seconds")),
+        )
 
 
 @dataclass(frozen=True)
@@ -309,3 +492,46 @@ class TtaProvenance(Provenance):
             "pool": list(self.pool),
             "seconds": round(self.seconds, 2),
         }
+
+    @classmethod
+    def from_recipe(cls, recipe: Mapping[str, Any], params: Mapping[str, Any]) -> TtaProvenance:
+        task = _dict(recipe.get("task"))
+        limit = recipe.get("limit")
+        return cls(
+            tta_method=str(recipe.get("method", "")),
+            tta_params=_dict(recipe.get("params")),
+            granularity=str(recipe.get("granularity", "")),
+            batch_size=_int(recipe.get("batch_size")),
+            parent=_dict(recipe.get("parent")),
+            task=task,
+            labels=list(labels_of(params).get(str(task.get("name")), ())),
+            split=str(recipe.get("split", "")),
+            limit=None if limit is None else _int(limit),
+            n=_int(recipe.get("n")),
+            updated=_int(recipe.get("updated")),
+            resets=_int(recipe.get("resets")),
+            metrics=_dict(recipe.get("metrics")),
+            candidates=[str(c) for c in _list(recipe.get("candidates"))],
+            pool=[str(c) for c in _list(recipe.get("pool"))],
+            seconds=_float(recipe.get("seconds")),
+        )
+
+
+PROVENANCE_TYPES: dict[str, type[Provenance]] = {
+    t.kind: t
+    for t in (
+        TrainProvenance,
+        ImportProvenance,
+        MergeProvenance,
+        ComposeProvenance,
+        GenerateProvenance,
+        PruneProvenance,
+        TtaProvenance,
+    )
+}
+
+
+def read(kind: str, recipe: Mapping[str, Any], params: Mapping[str, Any]) -> Provenance | None:
+    """The typed provenance of a stored row of this kind (None for ``other``: an adapter no verb made)."""
+    reader = PROVENANCE_TYPES.get(kind)
+    return None if reader is None else reader.from_recipe(_dict(recipe), _dict(params))

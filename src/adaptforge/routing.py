@@ -26,11 +26,11 @@ from adaptforge.core import AdaptforgeError, LoraDelta, Registry
 from adaptforge.evaluate import EvalResult
 from adaptforge.library import AdapterRecord, Library
 from adaptforge.methods import Method
+from adaptforge.provenance import ROUTER_KEY, router_of
 from adaptforge.scorers import Scorer
 from adaptforge.tasks import Example, Task
 
-RECIPE_KEY = "router"
-LEGACY_RECIPE_KEY = "routing"  # Arrow compositions stored before the contract was unified
+RECIPE_KEY = ROUTER_KEY  # (the legacy key of early Arrow compositions is read by adaptforge.provenance)
 
 
 class Router(Method):
@@ -73,9 +73,7 @@ ROUTERS: Registry[type[Router]] = Registry(
 
 def stored_settings(recipe: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """The router settings in a stored recipe (``None``: a static adapter), read from either key."""
-    recipe = recipe or {}
-    settings = recipe.get(RECIPE_KEY) or recipe.get(LEGACY_RECIPE_KEY)
-    return dict(settings) if isinstance(settings, Mapping) and settings.get("router") else None
+    return router_of(recipe or {})
 
 
 def rebuild(settings: Mapping[str, Any], deltas: Sequence[LoraDelta]) -> Router:
@@ -94,13 +92,10 @@ def stored_router(library: Library, record: AdapterRecord, fingerprint: str) -> 
     ``None`` for a static adapter. Its stored tensors are only the static fallback, so evaluating it without
     the router would measure something else. Recipes written before the router stored its adapter ids name
     them as the merge's inputs (``adapter_ids``) or the composition's candidates."""
-    settings = stored_settings(record.recipe)
+    settings = record.router_settings
     if settings is None:
         return None
-    recipe = record.recipe or {}
-    names = (
-        settings.get("adapter_ids") or recipe.get("adapter_ids") or [c["name"] for c in recipe.get("candidates", [])]
-    )
+    names = list(record.routed_over)
     missing = [n for n in names if not library.exists(n)]
     if not names or missing:
         raise AdaptforgeError(

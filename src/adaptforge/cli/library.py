@@ -51,12 +51,32 @@ def library_list(
             rows.append(row)
         print_json({"adapters": rows})
         return
-    table = Table(title=f"{library} ({len(records)} adapters)")
-    for col in ("name", "kind", "method", "task", "rank", "modules", "parents"):
+    columns = ("name", "kind", "method", "task", "rank", "modules", "parents")
+    rows = [
+        (r.name, r.kind, r.method, r.task or "-", str(r.rank), str(len(r.targets)), str(len(r.parents)))
+        for r in records
+    ]
+    title = f"{library} ({len(records)} adapters)"
+    if len(rows) > RICH_TABLE_ROWS:
+        out.file.write(plain_table(title, columns, rows))
+        return
+    table = Table(title=title)
+    for col in columns:
         table.add_column(col, overflow="fold")
-    for r in records:
-        table.add_row(r.name, r.kind, r.method, r.task or "-", str(r.rank), str(len(r.targets)), str(len(r.parents)))
+    for row in rows:
+        table.add_row(*row)
     out.print(table)
+
+
+RICH_TABLE_ROWS = 500  # rich lays out every cell (seconds for 10,000 rows); longer listings print plain columns
+
+
+def plain_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """Left-aligned columns separated by two spaces, under a title and a header line."""
+    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
+    lines = [title, "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return "\n".join(lines) + "\n"
 
 
 @library_app.command("show")
@@ -107,7 +127,8 @@ def library_verify(
     name: Annotated[str | None, typer.Argument(help="One adapter (default: all, plus crash leftovers).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check integrity: files present, checksums, configs consistent, provenance; report crash leftovers.
+    """Check integrity: files present, checksums, configs consistent, provenance, cached generators; report
+    crash leftovers.
 
     Exits 1 when anything is damaged. Example: adaptforge library verify --library lib
     """
@@ -120,8 +141,11 @@ def library_verify(
         count = 1 if name is not None else len(lib)
     leftovers = found.messages() if found is not None else []
     runs = [str(p) for p in found.runs] if found is not None else []
+    unused = [str(p) for p in found.generators] if found is not None else []
     if as_json:
-        print_json({"adapters": count, "problems": problems, "leftovers": leftovers, "runs": runs})
+        print_json(
+            {"adapters": count, "problems": problems, "leftovers": leftovers, "runs": runs, "unused_generators": unused}
+        )
     else:
         for line in problems:
             out.print(Text.assemble(("damaged:", "red"), " ", line))
@@ -131,6 +155,8 @@ def library_verify(
             out.print(f"unfinished run (resume with train --resume, or delete it): {run}")
         for run in found.live if found is not None else ():
             out.print(f"run in progress (a live train holds its lock; leave it): {run}")
+        for folder in unused:
+            out.print(f"unused generator (no adapter needs it; `library gc` removes it): {folder}")
         out.print(f"{count} adapter(s) checked, {len(problems)} problem(s), {len(leftovers)} leftover(s)")
     if problems or leftovers:
         raise typer.Exit(1)
@@ -143,7 +169,8 @@ def library_gc(
         float, typer.Option("--min-age", min=0, help="Seconds; younger temp folders may be a write in progress.")
     ] = 3600.0,
 ) -> None:
-    """Remove crash leftovers: temp folders older than --min-age and adapter folders with no catalog row."""
+    """Remove crash leftovers (temp folders older than --min-age, adapter folders with no catalog row) and cached
+    generators no adapter needs."""
     from adaptforge.library import Library
 
     with cli_errors():

@@ -264,7 +264,7 @@ def collect_icm_samples(
     rows, task_of, tasks = [], [], []
     for t, (record, deltas, demos) in enumerate(chosen):
         labels = tuple(dict.fromkeys(d["label"] for d in demos))
-        known = tuple((record.params.get("labels") or {}).get(record.task, labels))
+        known = record.labels.get(str(record.task), labels)
         examples = tuple(Example(d["text"], d["label"]) for d in demos)
         tasks.append(Task(str(record.task), record.description or "", known, {"train": examples}))
         for d in deltas:

@@ -23,14 +23,13 @@ from adaptforge.generate.condition import description_vector, task_vector
 from adaptforge.generate.dataset import collect_samples
 from adaptforge.generate.generator import GeneratorConfig, LoraGenerator
 from adaptforge.generate.icm import IcmGenerator, IcmParams, collect_icm_samples, icm_key
-from adaptforge.library import AdapterRecord, Library
+from adaptforge.library import GENERATORS_DIR, AdapterRecord, Library
 from adaptforge.methods import Method
 from adaptforge.params import Params
 from adaptforge.scorers import Scorer, describe
 from adaptforge.snapshots import SNAPSHOTS_FILE
 from adaptforge.tasks import Example, Task
 
-GENERATORS_DIR = "generators"
 FEW_ADAPTERS = 8  # below this many training adapters a learned generator has little to learn from
 Say = Callable[[str], None]
 

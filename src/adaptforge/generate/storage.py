@@ -16,11 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from adaptforge.core import AdaptforgeError
 from adaptforge.durable import sha256_file, staged_folder
-
-META_FILE = "generator.json"
-TENSORS_FILE = "generator.safetensors"
-FORMAT = "adaptforge-lora-generator"
-VERSION = 1
+from adaptforge.library.generators import FORMAT, META_FILE, TENSORS_FILE, VERSION
 
 
 class GeneratorFileError(AdaptforgeError):

@@ -24,7 +24,7 @@ from typing import Any, cast
 import torch
 
 from adaptforge.core import AdaptforgeError, LoraDelta
-from adaptforge.evaluate import EvalResult, logits_of, result_from_logits, subset_of
+from adaptforge.evaluate import EvalResult, entropy, logits_of, result_from_logits, subset_of
 from adaptforge.lora.factors import fold, truncate
 from adaptforge.lora.rows import mixed_logits
 from adaptforge.merge.base import MERGE_METHODS, DataMergeMethod, DataParams, MergeParams, MergeResult, is_finite_number
@@ -36,12 +36,6 @@ from adaptforge.tasks import Example, Task
 log = logging.getLogger(__name__)
 
 DAWIN_URL = "https://arxiv.org/abs/2410.03782"
-
-
-def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy (nats) of ``softmax(logits)`` per row."""
-    logp = torch.log_softmax(logits.double(), dim=-1)
-    return -(logp.exp() * logp).sum(dim=-1)
 
 
 def entropy_weights(

@@ -131,7 +131,7 @@ def _task_for(
 ) -> tuple[str, str, tuple[str, ...]]:
     if task is not None:  # a given instruction wins over the task's own, as in every verb that takes a task
         return task.name, description if description is not None else task.description, task.labels
-    known = (record.params or {}).get("labels") or {}
+    known = record.labels
     name = record.task or record.name
     found = labels or known.get(name) or (next(iter(known.values())) if len(known) == 1 else None)
     if not found or len(found) < 2:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from adaptforge.provenance import ComposeProvenance, GenerateProvenance, TrainProvenance
 from adaptforge.report.model import ReportInput, Tail
 
 if TYPE_CHECKING:
@@ -240,26 +241,20 @@ class NewTaskRow:
     detail: str
 
 
-def _mapping(value: Any) -> Mapping[str, Any]:
-    """A recipe field that should be a mapping, or an empty one (recipes of older or foreign writers vary)."""
-    return value if isinstance(value, Mapping) else {}
-
-
 def new_task_detail(record: AdapterRecord) -> str:
-    """How it was made, from its recipe: shots and the heaviest candidates, or the generator."""
-    recipe = record.recipe
-    if record.kind == "compose":
-        shots = _mapping(recipe.get("shots"))
-        weights = _mapping(recipe.get("weights"))
-        used = [(str(k), float(v)) for k, v in weights.items() if isinstance(v, (int, float)) and v != 0]
+    """How it was made, from its provenance: shots and the heaviest candidates, or the generator."""
+    made = record.provenance
+    if isinstance(made, ComposeProvenance):
+        used = [(name, w) for name, w in made.weights.items() if w != 0]
         top = sorted(used, key=lambda kv: -abs(kv[1]))
         shown = ", ".join(f"{name} {w:+.2f}" for name, w in top[:3])
         more = f" (+{len(top) - 3} more)" if len(top) > 3 else ""
-        return f"k={shots.get('k', '?')} shots; weights: {shown or 'none'}{more}"
-    if record.kind == "generate":
+        return f"k={made.shots.get('k', '?')} shots; weights: {shown or 'none'}{more}"
+    if isinstance(made, GenerateProvenance):
+        info = made.info
         return (
-            f"generator {recipe.get('generator', '?')} trained on {recipe.get('training_adapters', '?')} adapters; "
-            f"seed {recipe.get('seed') if recipe.get('seed') is not None else '-'}"
+            f"generator {info.get('generator', '?')} trained on {info.get('training_adapters', '?')} adapters; "
+            f"seed {info.get('seed') if info.get('seed') is not None else '-'}"
         )
     return ""
 
@@ -325,25 +320,19 @@ def _triples(raw: Any, types: tuple[type, type, type]) -> tuple[tuple[Any, Any, 
 
 def training_run(record: AdapterRecord, tail: Tail, notes: list[str]) -> TrainingRun | None:
     """The run a train recipe describes, or ``None`` when it recorded none; a malformed recipe is a note."""
-    recipe = record.recipe
-    if record.kind != "train" or not recipe.get("history"):
+    made = record.provenance
+    if not isinstance(made, TrainProvenance) or not made.history:
         return None
-    listed = recipe.get("tasks")
-    tasks = tuple(str(t.get("name")) for t in listed if isinstance(t, Mapping)) if isinstance(listed, list) else ()
-    history = _triples(recipe.get("history"), (int, int, float))
-    curves_raw = recipe.get("curves") or {}
-    curves = (
-        {str(k): _triples(v, (int, float, float)) for k, v in curves_raw.items()}
-        if isinstance(curves_raw, Mapping)
-        else {"": None}
-    )
+    tasks = tuple(t.name for t in made.tasks)
+    history = _triples(list(made.history), (int, int, float))
+    curves = {str(k): _triples(v, (int, float, float)) for k, v in made.curves.items()}
     if not tasks or history is None or any(v is None for v in curves.values()):
         notes.append(
             f"adapter {record.name!r} ({record.id}): its training recipe is not in the expected shape; "
             "its curves are not drawn"
         )
         return None
-    draws = {str(k): int(v) for k, v in _mapping(recipe.get("draws")).items() if isinstance(v, (int, float))}
+    draws = {k: int(v) for k, v in made.draws.items() if isinstance(v, (int, float))}
     tail_curve: list[tuple[int, float, float]] = []
     complete = {t: c for t, c in curves.items() if c}
     if len(tasks) > 1 and len(complete) == len(tasks):

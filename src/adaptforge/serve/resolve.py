@@ -155,10 +155,10 @@ class Resolver:
 
     def own_head(self, record: AdapterRecord, field: str) -> Head:
         """The task an adapter was made for: its recorded labels and description, or its task's."""
-        labels = record.params.get("labels") if isinstance(record.params, dict) else None
-        if isinstance(labels, dict) and len(labels) == 1:
+        labels = record.labels
+        if len(labels) == 1:
             ((task, names),) = labels.items()
-            return self.head(str(task), record.description or "", [str(n) for n in names], field)
+            return self.head(task, record.description or "", list(names), field)
         if record.task and "+" not in record.task:
             return self.task_head(record.task, field)
         raise InvalidRequest(
@@ -171,10 +171,9 @@ class Resolver:
         """A task's labels and description as the catalog recorded them with its newest own adapter."""
         records = sorted(self.catalog(), key=lambda r: (r.is_task_adapter, r.created), reverse=True)
         for record in records:
-            labels = record.params.get("labels") if isinstance(record.params, dict) else None
-            if isinstance(labels, dict) and isinstance(labels.get(name), list):
-                return self.head(name, record.description or "", [str(n) for n in labels[name]], field)
-        known = sorted({t for r in self.catalog() for t in (r.params.get("labels") or {})})
+            if name in record.labels:
+                return self.head(name, record.description or "", list(record.labels[name]), field)
+        known = sorted({t for r in self.catalog() for t in r.labels})
         raise NotFound(
             f"{field}: unknown task {name!r}: no adapter in the library records its labels.{did_you_mean(name, known)}",
             field,

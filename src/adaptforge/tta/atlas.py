@@ -18,8 +18,8 @@ from typing import cast
 import torch
 
 from adaptforge.core import AdaptforgeError
+from adaptforge.evaluate import entropy
 from adaptforge.merge.atlas import ATLAS_URL
-from adaptforge.merge.dawin import entropy
 from adaptforge.params import param
 from adaptforge.tta.base import TTA_METHODS, GradientParams, Inputs, Session, Step, TtaMethod, TtaParams, TtaSetup
 from adaptforge.tta.tunable import Mixture

@@ -30,7 +30,7 @@ from typing import cast
 
 import torch
 
-from adaptforge.merge.dawin import entropy
+from adaptforge.evaluate import entropy
 from adaptforge.params import param
 from adaptforge.tta.base import (
     ANCHOR_HELP,

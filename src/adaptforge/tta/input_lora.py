@@ -28,7 +28,7 @@ from typing import cast
 import torch
 
 from adaptforge.core import AdaptforgeError
-from adaptforge.merge.dawin import entropy
+from adaptforge.evaluate import entropy
 from adaptforge.params import param
 from adaptforge.tta.base import (
     TTA_METHODS,
