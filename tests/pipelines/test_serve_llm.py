@@ -87,9 +87,10 @@ def test_greedy_served_answers_equal_predict(client, lib, tiny_llama_dir, tmp_pa
         assert [text_of(s).strip() for s in served] == expected  # predict strips the answer's ends
         assert all(s["model"] == name and s["object"] == "chat.completion" for s in served)
         usage = served[0]["usage"]
-        assert usage["completion_tokens"] <= 12 and usage["total_tokens"] == usage["prompt_tokens"] + usage[
-            "completion_tokens"
-        ]
+        assert (
+            usage["completion_tokens"] <= 12
+            and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+        )
     assert len(set(expected)) > 1 and expected != [text_of(chat(client, "base", p, max_tokens=12)) for p in PROMPTS]
 
 
