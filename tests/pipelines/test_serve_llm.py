@@ -201,6 +201,7 @@ def test_stop_strings_seeds_and_finish_reasons(client):
         ({"messages": [{"role": "robot", "content": "hi"}]}, 422, "messages[0].role"),
         ({"stream_options": {"include_usage": True}}, 422, "stream_options"),
         ({"logit_bias": {}}, 422, "logit_bias"),
+        ({"min_tokens": 5}, 422, "min_tokens"),
     ],
 )
 def test_bad_input_names_the_field_and_the_server_stays_up(client, body, status, field):

@@ -150,8 +150,12 @@ class ChatPlanner:
             raise InvalidRequest(f"temperature: must be a finite number >= 0, got {req.temperature!r}", "temperature")
         if not is_finite_number(req.top_p) or not 0 < req.top_p <= 1:
             raise InvalidRequest(f"top_p: must be a number in (0, 1], got {req.top_p!r}", "top_p")
+        if not 0 <= req.min_tokens <= max_tokens:
+            raise InvalidRequest(
+                f"min_tokens: must be between 0 and {field} ({max_tokens}), got {req.min_tokens}", "min_tokens"
+            )
         stops = _stops(req.stop)
-        return Sampling(max_tokens, float(req.temperature), float(req.top_p), req.seed, stops)
+        return Sampling(max_tokens, float(req.temperature), float(req.top_p), req.seed, stops, req.min_tokens)
 
 
 def _stops(stop: str | list[str] | None) -> tuple[str, ...]:

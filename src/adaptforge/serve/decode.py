@@ -50,6 +50,7 @@ class Sampling:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    min_tokens: int = 0  # the end of sequence is held off this long (vLLM's min_tokens; benchmarks time full lengths)
 
 
 @dataclass(frozen=True)
@@ -307,6 +308,9 @@ class Decoder:
 
     def _advance(self, rows: Sequence[_Row], logits: torch.Tensor) -> list[_Row]:
         """Pick each row's next token, stream its new text; returns the rows that finished."""
+        held = [i for i, r in enumerate(rows) if len(r.tokens) < r.work.sampling.min_tokens]
+        if held and self.eos is not None:
+            logits[held, self.eos] = float("-inf")
         greedy = logits.argmax(dim=-1).tolist()
         done = []
         now = time.perf_counter()

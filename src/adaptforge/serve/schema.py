@@ -104,6 +104,7 @@ class _Generation(_Body):
     stream_options: StreamOptions | None = None
     n: StrictInt = 1
     user: Text | None = None
+    min_tokens: StrictInt = 0  # vLLM's extra parameter
 
 
 class ChatRequest(_Generation):
