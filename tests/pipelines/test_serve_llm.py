@@ -17,12 +17,15 @@ import httpx
 import pytest
 from conftest import random_delta
 
+from adaptforge.backbone import Backbone
 from adaptforge.library import Library
 from adaptforge.pipelines.predict import predict
 from adaptforge.pipelines.serve import build_service, start_in_thread
 from adaptforge.serve import ServeConfig
 from adaptforge.serve.batcher import Job
-from adaptforge.serve.decode import GenerateWork, Sampling
+from adaptforge.serve.cache import AdapterCache
+from adaptforge.serve.decode import Decoder, GenerateWork, Sampling
+from adaptforge.serve.metrics import Metrics
 
 PROMPTS = ["is it raining", "the cat sat on the", "a long day at work", "what is the capital of france"]
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -115,12 +118,13 @@ def test_mixed_adapters_in_one_batch_equal_each_alone(client, server):
     assert metrics.value("adaptforge_decode_batch_rows") - steps < 9 * 9  # sequences shared decode steps
 
 
-def test_sequences_joining_a_running_batch_decode_as_alone(server, tiny_llama):
-    """The decoder directly: two sequences start, a third (another adapter) joins after a few steps."""
-    service = server.service
-    tok = tiny_llama.tokenizer
-    ids = [tuple(tok(p)["input_ids"]) for p in PROMPTS[:3]]
-    refs = [service.chat_planner._model(m)[0] for m in ("g0", "base", "g1")]
+def test_sequences_joining_a_running_batch_decode_as_alone(server, tiny_llama_dir):
+    """The decoder directly, on its own copy of the model (the server's worker owns the shared one): two sequences
+    start, a third (another adapter) joins after a few steps."""
+    backbone = Backbone.load(str(tiny_llama_dir))
+    decoder = Decoder(backbone.model, backbone.tokenizer, AdapterCache(backbone.model, 4, Metrics()), Metrics(), 8)
+    ids = [tuple(backbone.tokenizer(p)["input_ids"]) for p in PROMPTS[:3]]
+    refs = [server.service.chat_planner._model(m)[0] for m in ("g0", "base", "g1")]
 
     def run(indices: list[int], late: list[int], after: int) -> dict[int, str]:
         texts: dict[int, str] = {}
@@ -138,12 +142,11 @@ def test_sequences_joining_a_running_batch_decode_as_alone(server, tiny_llama):
             calls[0] += 1
             return [job(i) for i in late] if calls[0] == after else []
 
-        service.decoder.run([job(i) for i in indices], take)
+        decoder.run([job(i) for i in indices], take)
         return texts
 
-    with service.batcher._cond:  # hold the worker off the model while this thread uses it
-        alone = {i: run([i], [], 0)[i] for i in range(3)}
-        joined = run([0, 1], [2], after=4)
+    alone = {i: run([i], [], 0)[i] for i in range(3)}
+    joined = run([0, 1], [2], after=4)
     assert joined == alone and len(set(alone.values())) == 3
 
 
