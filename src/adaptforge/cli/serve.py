@@ -47,7 +47,8 @@ def serve_cmd(
     ] = None,
     list_settings: Annotated[bool, typer.Option("--list", help="List the server settings and limits.")] = False,
 ) -> None:
-    """Serve the library's adapters over HTTP: classify, embeddings, models, health, metrics."""
+    """Serve the library's adapters over HTTP: classify, embeddings, chat and completions (causal LM), models,
+    health, metrics."""
     from adaptforge.core import AdaptforgeError
     from adaptforge.library import Library
     from adaptforge.pipelines.serve import serve_library

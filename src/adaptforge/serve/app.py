@@ -1,10 +1,12 @@
 """The HTTP face of :class:`~adaptforge.serve.service.Service` (FastAPI on uvicorn).
 
-Routes: ``POST /v1/classify``, ``POST /v1/embeddings`` (OpenAI's body), ``GET /v1/models``, ``GET /health``,
-``GET /metrics`` (Prometheus text). Every error is JSON ``{"error": {"type", "message", "field"}}`` with the status
-the caller can act on: 422 for a body that asks for something impossible (naming the field), 404 for an unknown
-adapter, task or route, 413 for too much, 429/503 when the server cannot take more, 401 without the API key.
-Only a fault of the server itself is a 500, and no request can stop it: the model runs on its own worker thread.
+Routes: ``POST /v1/classify``, ``POST /v1/embeddings``, ``POST /v1/chat/completions``, ``POST /v1/completions``
+(OpenAI's bodies; the last two for a causal base, see :mod:`adaptforge.serve.chat`), ``GET /v1/models``,
+``GET /health``, ``GET /metrics`` (Prometheus text). Every error is JSON ``{"error": {"type", "message", "field"}}``
+with the status the caller can act on: 422 for a body that asks for something impossible (naming the field), 404
+for an unknown adapter, task or route, 413 for too much, 429/503 when the server cannot take more, 401 without the
+API key. Only a fault of the server itself is a 500, and no request can stop it: the model runs on its own worker
+thread.
 
 :class:`Guard` checks the API key and the body size before any route runs (the body is read at most up to the
 limit, so a huge upload costs nothing) and records every request's status and latency.
@@ -21,19 +23,28 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adaptforge.core import AdaptforgeError, did_you_mean
 from adaptforge.library import CorruptAdapterError
 from adaptforge.serve.errors import NotFound, ServeError, TooLarge, Unauthorized
-from adaptforge.serve.schema import FIELDS, ClassifyRequest, EmbeddingsRequest
+from adaptforge.serve.schema import FIELDS, ChatRequest, ClassifyRequest, CompletionRequest, EmbeddingsRequest
 from adaptforge.serve.service import Service
 
 log = logging.getLogger(__name__)
 
-ROUTES = ("/v1/classify", "/v1/embeddings", "/v1/models", "/health", "/metrics")
+ROUTES = (
+    "/v1/classify",
+    "/v1/embeddings",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/models",
+    "/health",
+    "/metrics",
+)
+BODIES = {"/v1/embeddings": "embeddings", "/v1/chat/completions": "chat", "/v1/completions": "completions"}
 
 
 def error_body(
@@ -172,11 +183,7 @@ def _validation_response(request: Request, exc: RequestValidationError) -> JSONR
         elif kind == "missing":
             message = f"{field}: required field is missing"
         elif kind == "extra_forbidden":
-            owner = (
-                field.split(".")[0]
-                if "." in field
-                else ("embeddings" if "embeddings" in request.url.path else "classify")
-            )
+            owner = field.split(".")[0].split("[")[0] if "." in field else BODIES.get(request.url.path, "classify")
             name = field.rsplit(".", 1)[-1]
             known = FIELDS.get(owner, FIELDS["classify"])
             message = f"{field}: unknown field; known: {', '.join(known)}.{did_you_mean(name, known)}"
@@ -253,6 +260,22 @@ def create_app(service: Service) -> FastAPI:
     async def embeddings(body: EmbeddingsRequest) -> JSONResponse:
         """OpenAI-compatible embeddings; ``model`` is an adapter name or the base model."""
         return JSONResponse(await service.embeddings(body))
+
+    async def generation(body: ChatRequest | CompletionRequest, request: Request) -> Response:
+        answer = await service.generate(body, request.is_disconnected)
+        if isinstance(answer, dict):
+            return JSONResponse(answer)
+        return StreamingResponse(answer, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatRequest, request: Request) -> Response:
+        """OpenAI-compatible chat; ``model`` is an adapter name or the base model; ``stream`` sends SSE chunks."""
+        return await generation(body, request)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        """OpenAI-compatible completions of a prompt; ``model`` is an adapter name or the base model."""
+        return await generation(body, request)
 
     @app.get("/v1/models")
     def models() -> JSONResponse:

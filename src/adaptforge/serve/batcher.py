@@ -99,6 +99,20 @@ class MicroBatcher:
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
+    def take(self, accept: Callable[[Job], bool], rows: int) -> list[Job]:
+        """Without waiting: the jobs at the head of the queue that ``accept`` takes, up to ``rows`` rows, marked
+        running (continuous batching: a running batch admits them between two steps; a job that ``accept``
+        refuses keeps its place and ends the taking, so nothing is overtaken)."""
+        taken: list[Job] = []
+        with self._cond:
+            while self._queue and accept(self._queue[0]) and self._queue[0].rows <= rows:
+                job = self._queue.popleft()
+                self._queued_rows -= job.rows
+                rows -= job.rows
+                if job.future.set_running_or_notify_cancel():
+                    taken.append(job)
+        return taken
+
     def _next_batch(self) -> list[Job] | None:
         with self._cond:
             while not self._queue and not self._stopping:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -112,11 +112,11 @@ class AdapterCache:
             self._pinned.add(ref.key)
         self.release()
 
-    def acquire(self, refs: Sequence[AdapterRef]) -> dict[str, Resident | BaseException]:
+    def acquire(self, refs: Sequence[AdapterRef], keep: Collection[str] = ()) -> dict[str, Resident | BaseException]:
         """Make every ref resident for one batch: each key maps to its resident adapter or to the error that
         kept it out (a corrupted file, a removed adapter), so one bad adapter fails only its own rows. The
-        batch's adapters are never evicted for each other; the cache may exceed its capacity until
-        :meth:`release`."""
+        batch's adapters, and those of ``keep`` (still decoding), are never evicted for each other; the cache may
+        exceed its capacity until :meth:`release`."""
         wanted = list(dict.fromkeys(r.key for r in refs))
         by_key = {r.key: r for r in refs}
         out: dict[str, Resident | BaseException] = {}
@@ -135,12 +135,12 @@ class AdapterCache:
             except Exception as err:  # noqa: BLE001 - reported to the rows that asked for this adapter
                 out[key] = err
                 continue
-            self._evict(keep=set(wanted))
+            self._evict(keep=set(wanted) | set(keep))
         return out
 
-    def release(self) -> None:
-        """After a batch: evict down to capacity (pinned adapters stay)."""
-        self._evict(keep=set())
+    def release(self, keep: Collection[str] = ()) -> None:
+        """After a batch: evict down to capacity (pinned adapters and those of ``keep`` stay)."""
+        self._evict(keep=set(keep))
 
     def _load(self, ref: AdapterRef) -> Resident:
         start = time.perf_counter()

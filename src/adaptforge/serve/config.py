@@ -54,7 +54,12 @@ class ServeLimits(Params):
     max_merge_adapters: int = param(16, ge=1, help="adapters in one request-time merge")
     max_route_adapters: int = param(16, ge=1, help="adapters one request-time router mixes")
     max_cached_merges: int = param(16, ge=1, help="request-time merges (and routers) kept ready")
-    request_timeout_s: float = param(60.0, gt=0, help="a request waiting longer for the model gets 503")
+    request_timeout_s: float = param(
+        60.0, gt=0, help="a request waiting longer for the model (or for its first token) gets 503"
+    )
+    max_new_tokens: int = param(
+        1024, ge=1, help="tokens one chat or completion may generate (the default max_tokens when the context allows)"
+    )
 
     def check(self) -> None:
         self.require(

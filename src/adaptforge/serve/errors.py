@@ -59,3 +59,10 @@ class Unauthorized(ServeError):
 
     status = 401
     kind = "unauthorized"
+
+
+class ClientGone(ServeError):
+    """The client closed the connection before its answer was ready (499, nginx's code; nobody reads it)."""
+
+    status = 499
+    kind = "client_closed_request"

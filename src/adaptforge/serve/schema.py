@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 RouteName = Literal["arrow", "dawin", "retrieval"]
 
@@ -77,9 +77,56 @@ class EmbeddingsRequest(_Body):
     user: Text | None = None
 
 
+Number = StrictFloat | StrictInt
+
+
+class ChatMessage(_Body):
+    """One turn of a conversation (OpenAI's chat message; text content only)."""
+
+    role: Literal["system", "user", "assistant"]
+    content: Text
+
+
+class StreamOptions(_Body):
+    include_usage: StrictBool = False
+
+
+class _Generation(_Body):
+    """The sampling fields OpenAI's chat and completions bodies share (checked further by the planner)."""
+
+    model: Text
+    max_tokens: StrictInt | None = None
+    temperature: Number = 1.0
+    top_p: Number = 1.0
+    seed: StrictInt | None = None
+    stop: Text | list[Text] | None = None
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    n: StrictInt = 1
+    user: Text | None = None
+    min_tokens: StrictInt = 0  # vLLM's extra parameter
+
+
+class ChatRequest(_Generation):
+    """OpenAI's ``/v1/chat/completions`` body; ``model`` is an adapter name (or the base model's name, or ``base``)."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: StrictInt | None = None
+
+
+class CompletionRequest(_Generation):
+    """OpenAI's ``/v1/completions`` body (one prompt string)."""
+
+    prompt: Text
+
+
 FIELDS: dict[str, tuple[str, ...]] = {
     "classify": tuple(ClassifyRequest.model_fields),
     "merge": tuple(MergeSpec.model_fields),
     "route": tuple(RouteSpec.model_fields),
     "embeddings": tuple(EmbeddingsRequest.model_fields),
+    "chat": tuple(ChatRequest.model_fields),
+    "completions": tuple(CompletionRequest.model_fields),
+    "messages": tuple(ChatMessage.model_fields),
+    "stream_options": tuple(StreamOptions.model_fields),
 }

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import torch
@@ -26,12 +26,14 @@ from adaptforge.scorers import make_scorer
 from adaptforge.serve.batched import MixedLora
 from adaptforge.serve.batcher import Job, MicroBatcher
 from adaptforge.serve.cache import AdapterCache, Lru
+from adaptforge.serve.chat import DONE, ChatPlanner, Prompt, Reply, event
 from adaptforge.serve.config import ServeConfig, ServeLimits
-from adaptforge.serve.errors import Busy, InvalidRequest, Unavailable
+from adaptforge.serve.decode import Decoder, Event, GenerateWork
+from adaptforge.serve.errors import Busy, ClientGone, InvalidRequest, ServeError, Unavailable
 from adaptforge.serve.metrics import Metrics
 from adaptforge.serve.plan import EmbedWork, Planner, RetrievalPlan, RoutedWork, RowsWork
 from adaptforge.serve.resolve import Resolver
-from adaptforge.serve.schema import ClassifyRequest, EmbeddingsRequest, RouteSpec
+from adaptforge.serve.schema import ChatRequest, ClassifyRequest, CompletionRequest, EmbeddingsRequest, RouteSpec
 from adaptforge.serve.scoring import Head, ScoreRow, classify, embed
 from adaptforge.tasks import Example
 
@@ -61,6 +63,8 @@ class Service:
         planning = make_scorer(dataclasses.replace(backbone, tokenizer=copy.deepcopy(backbone.tokenizer)))
         self.resolver = Resolver(library, planning, self.cache, self.limits, self.metrics)
         self.planner = Planner(self.resolver, backbone, self.limits)
+        self.chat_planner = ChatPlanner(self.resolver, backbone, self.limits)
+        self.decoder = Decoder(backbone.model, backbone.tokenizer, self.cache, self.metrics, config.max_batch)
         self.label_cache: Lru[Any, torch.Tensor] = Lru(4096)
         self.batcher = MicroBatcher(
             self._execute,
@@ -109,6 +113,75 @@ class Service:
             "model": name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
+
+    async def generate(
+        self, request: ChatRequest | CompletionRequest, disconnected: Callable[[], Awaitable[bool]]
+    ) -> dict[str, Any] | AsyncIterator[str]:
+        """A chat or completion: the whole answer, or (``stream``) an iterator of server-sent events. Everything
+        that can be refused is refused before the first event."""
+        prompt = await run_in_threadpool(self.chat_planner.plan, request)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+        work = GenerateWork(
+            prompt.ids, prompt.ref, prompt.sampling, lambda e: loop.call_soon_threadsafe(events.put_nowait, e)
+        )
+        self._submit(work, 1)
+        route = "/v1/chat/completions" if prompt.chat else "/v1/completions"
+        self.metrics.inc("adaptforge_texts_total", 1, {"route": route})
+        if prompt.stream:
+            return self._stream(prompt, work, events)
+        try:
+            started = False
+            while True:
+                kind, value = await self._next_event(events, started, disconnected)
+                started = True
+                if kind == "done":
+                    return Reply(prompt).whole(value)
+                if kind == "error":
+                    raise value
+        finally:
+            work.cancelled.set()  # a client gone (or a failure here) frees the sequence's slot
+
+    async def _next_event(
+        self, events: asyncio.Queue[Event], started: bool, disconnected: Callable[[], Awaitable[bool]] | None = None
+    ) -> Event:
+        """The sequence's next event; 503 when its first one takes longer than the request timeout (the queue is
+        too long), :class:`ClientGone` when the client went away."""
+        waited = 0.0
+        while True:
+            try:
+                return await asyncio.wait_for(events.get(), 0.25)
+            except TimeoutError:
+                waited += 0.25
+            if disconnected is not None and await disconnected():
+                self.metrics.inc("adaptforge_rejected_total", labels={"reason": "client_gone"})
+                raise ClientGone("the client closed the connection before the answer was ready")
+            if not started and waited >= self.limits.request_timeout_s:
+                self.metrics.inc("adaptforge_rejected_total", labels={"reason": "timeout"})
+                raise Unavailable(f"the model did not answer within {self.limits.request_timeout_s:g} s; retry later")
+
+    async def _stream(self, prompt: Prompt, work: GenerateWork, events: asyncio.Queue[Event]) -> AsyncIterator[str]:
+        reply = Reply(prompt)
+        try:
+            started = False
+            while True:
+                kind, value = await self._next_event(events, started)
+                if not started and prompt.chat and kind != "error":
+                    yield reply.chunk(None, role=True)
+                started = True
+                if kind == "text":
+                    yield reply.chunk(value)
+                elif kind == "done":
+                    yield reply.chunk(None if prompt.chat else "", finish_reason=value.finish_reason)
+                    if prompt.include_usage:
+                        yield reply.usage_chunk(value)
+                    break
+                else:
+                    yield event(_error_event(value))
+                    break
+            yield DONE
+        finally:
+            work.cancelled.set()  # a client that disconnects mid-stream frees its slot at the next step
 
     def models(self) -> dict[str, Any]:
         records = self.library.list()
@@ -166,15 +239,18 @@ class Service:
             }
         )
 
-    async def _run(self, work: Any, rows: int, batchable: bool = True) -> Any:
+    def _submit(self, work: Any, rows: int, batchable: bool = True) -> Any:
         try:
-            future = self.batcher.submit(work, rows, batchable)
+            return self.batcher.submit(work, rows, batchable)
         except Busy:
             self.metrics.inc("adaptforge_rejected_total", labels={"reason": "queue_full"})
             raise
         except Unavailable:
             self.metrics.inc("adaptforge_rejected_total", labels={"reason": "stopping"})
             raise
+
+    async def _run(self, work: Any, rows: int, batchable: bool = True) -> Any:
+        future = self._submit(work, rows, batchable)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.limits.request_timeout_s)
         except TimeoutError:
@@ -190,6 +266,13 @@ class Service:
         self.metrics.observe("adaptforge_batch_rows", sum(j.rows for j in jobs))
 
     def _execute(self, jobs: list[Job]) -> None:
+        generation = [j for j in jobs if isinstance(j.payload, GenerateWork)]
+        if generation:
+            others = [j for j in jobs if not isinstance(j.payload, GenerateWork)]
+            if others:
+                self._execute(others)
+            self.decoder.run(generation, lambda n: self.batcher.take(_is_generation, n))
+            return
         if len(jobs) == 1 and isinstance(jobs[0].payload, RoutedWork):
             self.metrics.observe("adaptforge_batch_adapters", len(jobs[0].payload.router.deltas))
             jobs[0].future.set_result(self._execute_routed(jobs[0].payload))
@@ -255,6 +338,17 @@ class Service:
         task = work.head.task
         examples = [Example(t, task.labels[0]) for t in work.texts]
         return list(work.router.logits(self.scorer, task, examples))  # exactly what eval and predict score
+
+
+def _is_generation(job: Job) -> bool:
+    return isinstance(job.payload, GenerateWork)
+
+
+def _error_event(err: BaseException) -> dict[str, Any]:
+    """A failure after a stream started, as the one error shape (the status line is already sent)."""
+    if isinstance(err, ServeError):
+        return {"error": {"type": err.kind, "message": str(err), "field": err.field}}
+    return {"error": {"type": "internal", "message": f"internal error ({type(err).__name__}); see the server log"}}
 
 
 def _blamed(request: ClassifyRequest) -> str:
