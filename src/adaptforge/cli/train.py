@@ -42,6 +42,9 @@ def train_cmd(
     lr: Annotated[float | None, typer.Option(help="Default 1e-3 (encoder) / 3e-4 (causal LM).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     max_length: Annotated[int | None, typer.Option("--max-length")] = None,
+    precision: Annotated[
+        str, typer.Option(help="fp32, or bf16: the forward pass under bfloat16 autocast (LoRA weights stay fp32).")
+    ] = "fp32",
     targets: Annotated[str | None, typer.Option(help="Comma-separated module names (default per model).")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every")] = 50,
@@ -94,6 +97,7 @@ def train_cmd(
             epochs=epochs,
             batch_size=batch_size,
             max_length=max_length,
+            precision=precision,
             max_train=max_train,
             seed=seed,
             checkpoint_every=checkpoint_every,

@@ -97,6 +97,12 @@ def extract_delta(peft_model: torch.nn.Module, adapter: str = "default") -> Lora
     return LoraDelta(modules)
 
 
+def forward_precision(precision: str) -> torch.autocast:
+    """The training forward's number format: ``bf16`` runs it under bfloat16 autocast (matmuls in bfloat16, the
+    LoRA master weights, their gradients and the optimizer state float32), ``fp32`` as the weights are."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def lr_factor(step: int, total: int, warmup_ratio: float) -> float:
     """Linear warm-up then linear decay to zero: a pure function of the step, so resuming needs no state."""
     warmup = max(1, int(warmup_ratio * total))
@@ -321,7 +327,8 @@ def train_tasks(
                 for _ in range(cfg.grad_accum):
                     batch = streams[i].batch(draws[i])
                     draws[i] += 1
-                    loss = scorer.loss(model, batch, streams[i].labels)
+                    with forward_precision(cfg.precision):
+                        loss = scorer.loss(model, batch, streams[i].labels)
                     if not torch.isfinite(loss):
                         raise AdaptforgeError(
                             f"training diverged: the loss is {loss.item()} at step {step + 1}/{total} (lr {cfg.lr}); "
