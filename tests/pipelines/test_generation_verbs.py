@@ -171,3 +171,43 @@ def test_export_of_embedded_llm_adapter_names_the_hub_id(trained, tiny_llama, tm
     assert read_adapter(out)[0].dense(first).equal(delta.dense(first))  # the weights are copied as they are
     gap, moved = peft_vs_ours(out, tiny_llama, base_dir=model)
     assert gap < 1e-4 and moved > 10 * gap
+
+
+SWEEP_REFUSALS = {
+    "merge.eval.tasks": ("merge:\n  merges: [[rev, rev-b]]\n  eval:\n    tasks:\n      - {task}\n", 5),
+    "merge.data": ("merge:\n  merges: [[rev, rev-b]]\n  methods: [atlas]\n  data:\n    - {task}\n", 5),
+    "compose.tasks": ("compose:\n  k: [4]\n  tasks: [{task}]\n", 3),
+}
+
+
+@pytest.mark.parametrize("key", sorted(SWEEP_REFUSALS))
+def test_sweep_refuses_generation_tasks_where_it_scores_labels(trained, tmp_path, no_model_load, key):
+    """A sweep stage that scores label sets is refused at planning, naming the key, its line and the task, before
+    any model loads or any cell runs."""
+    folder, lib, model = trained
+    text, line = SWEEP_REFUSALS[key]
+    spec = tmp_path / "grid.yaml"
+    spec.write_text(f"name: s\nmodel: {model}\n" + text.format(task=folder))
+    before = snapshot(lib)
+    result = run_cli("sweep", spec, "--library", lib, ok=False)
+    assert result.exit_code == 2, result.output + repr(result.exception)
+    errors = [x for x in result.output.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output
+    assert f"{spec} line {line + 2}: key '{key}': " in errors[0]
+    assert "classification only" in errors[0] and "'reverse2' is a generation task" in errors[0]
+    assert snapshot(lib) == before
+
+
+def test_sweep_trains_on_a_generation_task_and_shows_exact_match(trained, tmp_path):
+    folder, lib, model = trained
+    spec = tmp_path / "grid.yaml"
+    spec.write_text(
+        f"name: g\nmodel: {model}\ntrain:\n  tasks: [{folder}]\n  rank: [2]\n  epochs: [1]\n"
+        "  options: {batch_size: 8, max_length: 64}\n  eval: {split: test}\n"
+    )
+    (cell,) = json.loads(run_cli("sweep", spec, "--library", lib, "--json").stdout)["cells"]
+    assert cell["status"] == "ran" and cell["split"] == "test"
+    from adaptforge.library import Library
+
+    (em,) = [m.value for m in Library(lib).metrics(cell["adapter"], split="test") if m.metric == "exact_match"]
+    assert cell["accuracy"] == em  # the table's score of a generation cell is its exact match
