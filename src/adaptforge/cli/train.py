@@ -43,8 +43,12 @@ def train_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     max_length: Annotated[int | None, typer.Option("--max-length")] = None,
     precision: Annotated[
-        str, typer.Option(help="fp32, or bf16: the forward pass under bfloat16 autocast (LoRA weights stay fp32).")
-    ] = "fp32",
+        str | None,
+        typer.Option(
+            help="fp32, or bf16: the forward pass under bfloat16 autocast (LoRA weights stay fp32). Default bf16 "
+            "for causal LMs, fp32 for encoders."
+        ),
+    ] = None,
     targets: Annotated[str | None, typer.Option(help="Comma-separated module names (default per model).")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every")] = 50,

@@ -39,7 +39,7 @@ from adaptforge.scorers import LabelInputs, Scorer, describe, make_scorer
 from adaptforge.snapshots import Snapshots, snapshot_steps
 from adaptforge.tasks import Task
 from adaptforge.train.checkpoint import load_checkpoint, restore, save_checkpoint
-from adaptforge.train.config import TrainConfig
+from adaptforge.train.config import BEFORE_ADDED, TrainConfig
 from adaptforge.train.samplers import TaskInfo, TaskSampler, make_sampler
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def extract_delta(peft_model: torch.nn.Module, adapter: str = "default") -> Lora
     return LoraDelta(modules)
 
 
-def forward_precision(precision: str) -> torch.autocast:
+def forward_precision(precision: str | None) -> torch.autocast:
     """The training forward's number format: ``bf16`` runs it under bfloat16 autocast (matmuls in bfloat16, the
     LoRA master weights, their gradients and the optimizer state float32), ``fp32`` as the weights are."""
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
@@ -155,7 +155,8 @@ def resume_mismatch(saved: dict, current: dict) -> str | None:
         if saved.get(key) != current[key]:
             return f"{what} changed since the checkpoint was written"
     old, new = saved.get("config") or {}, current["config"]
-    added = {k: v for k, v in TrainConfig().to_dict().items() if k not in old and new.get(k) == v}
+    defaults = {**TrainConfig().to_dict(), **BEFORE_ADDED}
+    added = {k: v for k, v in defaults.items() if k not in old and new.get(k) == v}
     old = {**added, **old}  # a setting added since the checkpoint was written, left at its default, is no change
     diffs = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     return f"the training settings changed ({'; '.join(diffs)})" if diffs else None
