@@ -155,8 +155,8 @@ def resume_mismatch(saved: dict, current: dict) -> str | None:
         if saved.get(key) != current[key]:
             return f"{what} changed since the checkpoint was written"
     old, new = saved.get("config") or {}, current["config"]
-    defaults = {**TrainConfig().to_dict(), **BEFORE_ADDED}
-    added = {k: v for k, v in defaults.items() if k not in old and new.get(k) == v}
+    added = {k: v for k, v in TrainConfig().to_dict().items() if k not in old and new.get(k) == v}
+    added |= {k: v for k, v in BEFORE_ADDED.items() if k not in old}  # what the run had before the setting existed
     old = {**added, **old}  # a setting added since the checkpoint was written, left at its default, is no change
     diffs = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     return f"the training settings changed ({'; '.join(diffs)})" if diffs else None
