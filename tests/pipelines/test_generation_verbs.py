@@ -240,7 +240,7 @@ def test_export_gguf_writes_llama_cpp_lora_tensors(trained, tmp_path):
     tensors = {t.name: np.array(t.data) for t in reader.tensors}
     kinds = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output"}
     expected = {f"blk.{i}.{g}.weight.lora_{ab}" for i in range(2) for g in kinds.values() for ab in "ab"}
-    assert set(tensors) == expected and all(t.type.name == "F32" for t in reader.tensors)
+    assert set(tensors) == expected and all(t.tensor_type.name == "F32" for t in reader.tensors)
     heads = LlamaTensorProcessor(config={"num_attention_heads": 4, "num_key_value_heads": 2})
     for module, lora in delta.modules.items():
         layer, kind = module.split(".")[2], module.rsplit(".", 1)[-1]
