@@ -1,7 +1,7 @@
 """SFT and generation speed on the embedded LLM, side by side with plain PEFT + transformers on the same data.
 
 python benchmarks/llm_speed.py [--task sni_emotion] [--train 96] [--prompts 32] [--max-new-tokens 32]
-    [--min-new-tokens 32] [--threads 2] [--json FILE]
+    [--min-new-tokens 32] [--precision fp32,bf16] [--no-shared-prefix] [--no-generation] [--threads 2] [--json FILE]
 
 1. SFT tokens/s, one epoch over the same ``--train`` examples of one task, the same LoRA (rank 8, alpha 16 on
    q/k/v/o), batch 8, lr 1e-3, the same token ids (the chat-template prompt + response + eos; loss on the
@@ -10,6 +10,9 @@ python benchmarks/llm_speed.py [--task sni_emotion] [--train 96] [--prompts 32] 
    - peer: a ``peft.get_peft_model`` model trained by ``transformers.Trainer`` with dynamic padding
      (``DataCollatorForSeq2Seq``) and ``group_by_length=True``.
    Tokens are the non-padding input tokens of every example, counted once per epoch for both.
+   Each ``--precision`` runs both sides at that precision: ``fp32``, and ``bf16`` (ours: ``TrainConfig(precision=
+   "bf16")``; the peer: ``TrainingArguments(bf16=True)``; both bfloat16 autocast over float32 LoRA weights).
+   ``--no-shared-prefix`` turns off our one pass over the tokens a batch's rows share (an ablation).
 2. Greedy generation of ``--max-new-tokens`` tokens for ``--prompts`` prompts with one adapter, the end of
    sequence held off for ``--min-new-tokens`` on both sides (default: all 32, as throughput benchmarks ignore
    EOS; the SFT adapter's own answers are a label word, which would time the prompts' prefill, not decoding):
@@ -38,6 +41,7 @@ from llm_sft import load  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments  # noqa: E402
 
+from adaptforge import generation  # noqa: E402
 from adaptforge.backbone import Backbone  # noqa: E402
 from adaptforge.generation import IGNORE, SFTScorer, encode_prompts, generate  # noqa: E402
 from adaptforge.train.config import TrainConfig  # noqa: E402
@@ -57,7 +61,9 @@ class Rows(torch.utils.data.Dataset):
         return self.rows[i]
 
 
-def peer_sft(backbone: Backbone, ids: list[tuple[int, ...]], starts: list[int], args: argparse.Namespace) -> float:
+def peer_sft(
+    backbone: Backbone, ids: list[tuple[int, ...]], starts: list[int], args: argparse.Namespace, precision: str
+) -> float:
     """Seconds for one epoch of PEFT + Trainer over the same token ids."""
     from transformers import AutoModelForCausalLM
 
@@ -86,6 +92,7 @@ def peer_sft(backbone: Backbone, ids: list[tuple[int, ...]], starts: list[int], 
         dataloader_num_workers=0,
         disable_tqdm=True,
         seed=0,
+        bf16=precision == "bf16",
     )
     collator = DataCollatorForSeq2Seq(backbone.tokenizer, padding=True, label_pad_token_id=IGNORE)
     trainer = Trainer(model=model, args=training, train_dataset=Rows(rows), data_collator=collator)
@@ -104,6 +111,9 @@ def main() -> None:
     parser.add_argument(
         "--min-new-tokens", type=int, default=32, help="end of sequence held off this long on both sides (decode speed)"
     )
+    parser.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32, bf16 (both sides each)")
+    parser.add_argument("--no-shared-prefix", action="store_true", help="ablation: no shared-prefix pass in ours")
+    parser.add_argument("--no-generation", action="store_true", help="SFT only")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("out/llm_speed"))
     parser.add_argument("--json", type=Path)
@@ -117,23 +127,50 @@ def main() -> None:
     ids, starts = list(encoded.ids), list(encoded.targets)
     tokens = sum(len(x) for x in ids)
 
-    cfg = TrainConfig(
-        epochs=1, batch_size=8, lr=1e-3, max_length=256, rank=8, alpha=16.0, targets=TARGETS, checkpoint_every=0, seed=0
-    )
-    start = time.perf_counter()
-    ours = train(task, backbone, cfg)
-    ours_s = time.perf_counter() - start
-    peer_s = peer_sft(backbone, ids, starts, args)
-    sft = {
-        "tokens": tokens,
-        "ours_s": ours_s,
-        "peer_s": peer_s,
-        "ours_tok_s": tokens / ours_s,
-        "peer_tok_s": tokens / peer_s,
-        "ratio": peer_s / ours_s,
-        "ours_reported_tok_s": ours.tokens_per_second,
-    }
-    print(json.dumps({"sft": sft}), flush=True)
+    if args.no_shared_prefix:  # the ablation: every row runs in full
+        generation.SHARED_PREFIX_MIN = 10**9
+    sft, ours = {}, None
+    for precision in args.precision.split(","):
+        cfg = TrainConfig(
+            epochs=1,
+            batch_size=8,
+            lr=1e-3,
+            max_length=256,
+            rank=8,
+            alpha=16.0,
+            targets=TARGETS,
+            checkpoint_every=0,
+            seed=0,
+            precision=precision,
+        )
+        start = time.perf_counter()
+        result = train(task, backbone, cfg)
+        ours_s = time.perf_counter() - start
+        ours = ours or result
+        peer_s = peer_sft(backbone, ids, starts, args, precision)
+        sft[precision] = {
+            "tokens": tokens,
+            "ours_s": ours_s,
+            "peer_s": peer_s,
+            "ours_tok_s": tokens / ours_s,
+            "peer_tok_s": tokens / peer_s,
+            "ratio": peer_s / ours_s,
+            "ours_reported_tok_s": result.tokens_per_second,
+            "ours_final_loss": result.history[-1][2],
+        }
+        print(json.dumps({"sft": {precision: sft[precision]}}), flush=True)
+    for precision, row in sft.items():
+        print(
+            f"SFT {precision}: ours {row['ours_tok_s']:.0f} tok/s, PEFT+Trainer {row['peer_tok_s']:.0f} tok/s: "
+            f"{row['ratio']:.2f}x (bar 1.5x: {'met' if row['ratio'] >= 1.5 else 'NOT met'})"
+        )
+    if "fp32" in sft and "bf16" in sft:
+        print(f"SFT ours bf16 vs PEFT+Trainer fp32: {sft['fp32']['peer_s'] / sft['bf16']['ours_s']:.2f}x")
+    if args.no_generation:
+        if args.json:
+            settings = {**vars(args), "work": None, "json": None}
+            args.json.write_text(json.dumps({"settings": settings, "sft": sft}, indent=2) + "\n")
+        return
 
     examples = task.sample("test", args.prompts, seed=0)
     prompts = encode_prompts(backbone.tokenizer, task.description, examples, 256)
@@ -182,10 +219,6 @@ def main() -> None:
         "identical_outputs": same,
     }
     print(json.dumps({"generation": gen}), flush=True)
-    print(
-        f"SFT: ours {sft['ours_tok_s']:.0f} tok/s, PEFT+Trainer {sft['peer_tok_s']:.0f} tok/s: "
-        f"{sft['ratio']:.2f}x (bar 1.5x: {'met' if sft['ratio'] >= 1.5 else 'NOT met'})"
-    )
     print(
         f"generation: batched {ours_gen:.1f} s vs one at a time {peer_gen:.1f} s for {len(prompts)} prompts: "
         f"{gen['ratio']:.2f}x (bar 3x: {'met' if gen['ratio'] >= 3 else 'NOT met'}); "

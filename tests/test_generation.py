@@ -102,7 +102,9 @@ def test_response_loss_skips_prompt_logits_and_equals_the_full_computation(tiny_
             hook.remove()
     assert int(count) == int((labels != IGNORE).sum())
     torch.testing.assert_close(nll, expected, rtol=1e-5, atol=1e-5)
-    assert seen == [input_ids.shape[1] - int(batch.targets.min()) + 1] and seen[0] < input_ids.shape[1]
+    # the rows' pass: only the positions from the earliest response on (a shared-prefix pass before it keeps 1)
+    assert seen[-1] == input_ids.shape[1] - int(batch.targets.min()) + 1 < input_ids.shape[1]
+    assert seen[:-1] in ([], [1])
 
 
 def test_sft_lowers_response_loss(tiny_llama):
@@ -161,3 +163,77 @@ def test_classification_only_method_refuses_generation_task(tiny_llama):
 
     with pytest.raises(AdaptforgeError, match="classification only.*'reverse2' is a generation task"):
         make_scorer(tiny_llama).encode(reverse_task(), reverse_task().split("test"))
+
+
+LONG_INSTRUCTION = "Read the two words below and answer with the same two words in reverse order, nothing else."
+
+
+def _lora_llama(folder, dropout: float = 0.0):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    targets = ["q_proj", "v_proj", "down_proj"]
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, lora_dropout=dropout, init_lora_weights=False)
+    return get_peft_model(base, config).train()
+
+
+def _nll_and_grads(model, batch, pad_id):
+    from adaptforge.generation import response_nll
+
+    model.zero_grad(set_to_none=True)
+    calls = []
+    embed = model.get_base_model().get_input_embeddings()
+    hook = embed.register_forward_hook(lambda m, args, out: calls.append(tuple(args[0].shape)))
+    try:
+        nll, count = response_nll(model, batch, pad_id)
+        nll.backward()
+    finally:
+        hook.remove()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return nll.detach(), int(count), grads, calls
+
+
+def test_shared_prompt_prefix_runs_once_with_the_same_loss_and_gradients(tiny_llama, tiny_llama_dir, monkeypatch):
+    """The tokens every row starts with (template + instruction) run as one row whose KV cache the rows attend to;
+    the training loss and every LoRA gradient equal those of the rows run in full."""
+    from adaptforge import generation
+    from adaptforge.batching import make_batch
+
+    task = reverse_task()
+    task = type(task)(task.name, LONG_INSTRUCTION, (), dict(task.splits), task_type="generation")
+    encoded = SFTScorer(tiny_llama, max_length=160).encode(task, task.split("train")[:6])
+    batch = make_batch(encoded, list(range(6)))
+    pad_id = tiny_llama.tokenizer.pad_token_id
+    model = _lora_llama(tiny_llama_dir)
+    nll, count, grads, calls = _nll_and_grads(model, batch, pad_id)
+    width, shared = max(len(x) for x in batch.ids), calls[0][1]
+    assert calls == [(1, shared), (6, width - shared)]  # the prefix once, then the rows' own tokens
+    assert generation.SHARED_PREFIX_MIN <= shared < min(encoded.targets)
+    assert all(x[:shared] == batch.ids[0][:shared] for x in batch.ids) and batch.ids[0][shared] != batch.ids[1][shared]
+    monkeypatch.setattr(generation, "SHARED_PREFIX_MIN", 10**6)  # the plain path: every row in full
+    full_nll, full_count, full_grads, full_calls = _nll_and_grads(model, batch, pad_id)
+    assert full_calls == [(6, width)]
+    assert count == full_count
+    torch.testing.assert_close(nll, full_nll, rtol=1e-5, atol=1e-5)
+    assert full_grads.keys() == grads.keys() and len(grads) == 2 * 3 * 2  # A and B of 3 targets in 2 layers
+    for name, grad in grads.items():
+        assert grad.abs().sum() > 0, name
+        torch.testing.assert_close(grad, full_grads[name], rtol=1e-4, atol=1e-6)
+
+
+def test_no_shared_prefix_pass_while_dropout_is_drawn(tiny_llama, tiny_llama_dir):
+    """With LoRA dropout the rows would share one dropout mask over the prefix: every row runs in full."""
+    from adaptforge.batching import make_batch
+
+    task = reverse_task()
+    task = type(task)(task.name, LONG_INSTRUCTION, (), dict(task.splits), task_type="generation")
+    encoded = SFTScorer(tiny_llama, max_length=160).encode(task, task.split("train")[:4])
+    batch = make_batch(encoded, list(range(4)))
+    model = _lora_llama(tiny_llama_dir, dropout=0.2)
+    *_, calls = _nll_and_grads(model, batch, tiny_llama.tokenizer.pad_token_id)
+    assert calls == [(4, max(len(x) for x in batch.ids))]
+    model.eval()  # no dropout in eval mode: the prefix is shared again
+    *_, calls = _nll_and_grads(model, batch, tiny_llama.tokenizer.pad_token_id)
+    assert len(calls) == 2 and calls[0][0] == 1

@@ -171,3 +171,112 @@ def test_export_of_embedded_llm_adapter_names_the_hub_id(trained, tiny_llama, tm
     assert read_adapter(out)[0].dense(first).equal(delta.dense(first))  # the weights are copied as they are
     gap, moved = peft_vs_ours(out, tiny_llama, base_dir=model)
     assert gap < 1e-4 and moved > 10 * gap
+
+
+SWEEP_REFUSALS = {
+    "merge.eval.tasks": ("merge:\n  merges: [[rev, rev-b]]\n  eval:\n    tasks:\n      - {task}\n", 5),
+    "merge.data": ("merge:\n  merges: [[rev, rev-b]]\n  methods: [atlas]\n  data:\n    - {task}\n", 5),
+    "compose.tasks": ("compose:\n  k: [4]\n  tasks: [{task}]\n", 3),
+}
+
+
+@pytest.mark.parametrize("key", sorted(SWEEP_REFUSALS))
+def test_sweep_refuses_generation_tasks_where_it_scores_labels(trained, tmp_path, no_model_load, key):
+    """A sweep stage that scores label sets is refused at planning, naming the key, its line and the task, before
+    any model loads or any cell runs."""
+    folder, lib, model = trained
+    text, line = SWEEP_REFUSALS[key]
+    spec = tmp_path / "grid.yaml"
+    spec.write_text(f"name: s\nmodel: {model}\n" + text.format(task=folder))
+    before = snapshot(lib)
+    result = run_cli("sweep", spec, "--library", lib, ok=False)
+    assert result.exit_code == 2, result.output + repr(result.exception)
+    errors = [x for x in result.output.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output
+    assert f"{spec} line {line + 2}: key '{key}': " in errors[0]
+    assert "classification only" in errors[0] and "'reverse2' is a generation task" in errors[0]
+    assert snapshot(lib) == before
+
+
+def test_sweep_trains_on_a_generation_task_and_shows_exact_match(trained, tmp_path):
+    folder, lib, model = trained
+    spec = tmp_path / "grid.yaml"
+    spec.write_text(
+        f"name: g\nmodel: {model}\ntrain:\n  tasks: [{folder}]\n  rank: [2]\n  epochs: [1]\n"
+        "  options: {batch_size: 8, max_length: 64}\n  eval: {split: test}\n"
+    )
+    (cell,) = json.loads(run_cli("sweep", spec, "--library", lib, "--json").stdout)["cells"]
+    assert cell["status"] == "ran" and cell["split"] == "test"
+    from adaptforge.library import Library
+
+    (em,) = [m.value for m in Library(lib).metrics(cell["adapter"], split="test") if m.metric == "exact_match"]
+    assert cell["accuracy"] == em  # the table's score of a generation cell is its exact match
+
+
+def _gguf_field(reader, key):
+    field = reader.fields[key]
+    value = field.parts[field.data[0]]
+    return bytes(value).decode() if field.types[0].name == "STRING" else value.tolist()[0]
+
+
+def test_export_gguf_writes_llama_cpp_lora_tensors(trained, tmp_path):
+    """``library export --format gguf``: llama.cpp's adapter keys, its tensor names and shapes, A as trained and
+    B with the q/k rows in llama.cpp's rotary order, which transformers' GGUF reader turns back into ours."""
+    import numpy as np
+    from gguf import GGUFReader
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
+    from adaptforge.library import Library
+
+    folder, lib, model = trained
+    dest = tmp_path / "rev.gguf"
+    run_cli("library", "export", "rev", "--library", lib, "--out", dest, "--format", "gguf")
+    reader = GGUFReader(dest)
+    assert _gguf_field(reader, "general.type") == "adapter" and _gguf_field(reader, "adapter.type") == "lora"
+    assert _gguf_field(reader, "general.architecture") == "llama"
+    delta, record = Library(lib).load("rev")
+    (scale,) = {m.scale for m in delta.modules.values()}
+    assert _gguf_field(reader, "adapter.lora.alpha") == pytest.approx(scale * record.rank)  # 16: PEFT's lora_alpha
+    tensors = {t.name: np.array(t.data) for t in reader.tensors}
+    kinds = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output"}
+    expected = {f"blk.{i}.{g}.weight.lora_{ab}" for i in range(2) for g in kinds.values() for ab in "ab"}
+    assert set(tensors) == expected and all(t.tensor_type.name == "F32" for t in reader.tensors)
+    heads = LlamaTensorProcessor(config={"num_attention_heads": 4, "num_key_value_heads": 2})
+    for module, lora in delta.modules.items():
+        layer, kind = module.split(".")[2], module.rsplit(".", 1)[-1]
+        name = f"blk.{layer}.{kinds[kind]}.weight"
+        a, b = tensors[f"{name}.lora_a"], tensors[f"{name}.lora_b"]
+        assert a.shape == tuple(lora.A.shape) and b.shape == tuple(lora.B.shape)
+        np.testing.assert_array_equal(a, lora.A.numpy())
+        back = heads.process(b, name).weights  # how transformers reads a llama.cpp q/k tensor
+        np.testing.assert_array_equal(back, lora.B.numpy())
+        assert kind in ("q_proj", "k_proj") or np.array_equal(b, lora.B.numpy())
+        if kind in ("q_proj", "k_proj"):
+            assert not np.array_equal(b, lora.B.numpy())  # the rows really were reordered
+    again = run_cli("library", "export", "rev", "--library", lib, "--out", dest, "--format", "gguf", ok=False)
+    assert again.exit_code == 2 and "exists" in again.output and dest.stat().st_size > 0
+
+
+def test_gguf_tensors_fold_mixed_scales_and_refuse_other_architectures():
+    import torch
+    from transformers import GPT2Config, LlamaConfig
+
+    from adaptforge.core import AdaptforgeError, LoraDelta, LoraModule
+    from adaptforge.lora.llamacpp import gguf_tensors
+
+    config = LlamaConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
+    gen = torch.Generator().manual_seed(0)
+    up = LoraModule(torch.randn(2, 8, generator=gen), torch.randn(16, 2, generator=gen), 2.0)
+    down = LoraModule(torch.randn(4, 16, generator=gen), torch.randn(8, 4, generator=gen), 0.5)  # 2 x 2 != 0.5 x 4
+    tensors, alpha = gguf_tensors(
+        LoraDelta({"model.layers.0.mlp.up_proj": up, "model.layers.0.mlp.down_proj": down}), config
+    )
+    assert alpha == 0.0  # llama.cpp then applies B @ A as written: each module's scale is folded into its B
+    torch.testing.assert_close(
+        tensors["blk.0.ffn_up.weight.lora_b"] @ tensors["blk.0.ffn_up.weight.lora_a"], up.dense()
+    )
+    torch.testing.assert_close(
+        tensors["blk.0.ffn_down.weight.lora_b"] @ tensors["blk.0.ffn_down.weight.lora_a"], down.dense()
+    )
+    with pytest.raises(AdaptforgeError, match="LLaMA-family bases.*'gpt2'.*PEFT folder"):
+        gguf_tensors(LoraDelta({"h.0.attn.c_attn": up}), GPT2Config())

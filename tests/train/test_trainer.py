@@ -138,3 +138,34 @@ def test_killed_training_process_resumes_to_the_same_adapter(tiny_llama_dir, tmp
     assert rec.recipe["resumed_from"] is not None and rec.recipe["resumed_from"] > 0
     assert_same_delta(a, b)
     assert not (lib / "runs" / "a").exists()
+
+
+def test_precision_defaults_by_kind_and_old_checkpoints_resume_as_fp32():
+    """bf16 by default for causal LMs, fp32 for encoders; a checkpoint written before the setting existed ran in
+    fp32, so it resumes unchanged in fp32 and names the change otherwise."""
+    from adaptforge.train.trainer import resume_mismatch
+
+    assert TrainConfig().resolved("causal", ("q_proj",)).precision == "bf16"
+    assert TrainConfig().resolved("encoder", ("query",)).precision == "fp32"
+    run = {"tasks": ["t"], "base": "b", "data": "d"}
+    old = {**run, "config": {k: v for k, v in TrainConfig(precision="fp32").to_dict().items() if k != "precision"}}
+    assert resume_mismatch(old, {**run, "config": TrainConfig(precision="fp32").to_dict()}) is None
+    changed = resume_mismatch(old, {**run, "config": TrainConfig(precision="bf16").to_dict()})
+    assert changed == "the training settings changed (precision 'fp32' -> 'bf16')"
+
+
+def test_bf16_training_keeps_float32_lora_weights_and_learns(tiny_llama):
+    from conftest import reverse_task
+
+    from adaptforge.train.trainer import forward_precision
+
+    with forward_precision("bf16"):
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+    with forward_precision("fp32"):
+        assert not torch.is_autocast_enabled("cpu")
+    cfg = TrainConfig(epochs=3, batch_size=8, lr=1e-2, rank=4, checkpoint_every=0, precision="bf16")
+    result = train(reverse_task(), tiny_llama, cfg)
+    assert result.config.precision == "bf16"
+    assert all(m.A.dtype == m.B.dtype == torch.float32 for m in result.delta.modules.values())
+    first, last = result.history[0][2], result.history[-1][2]
+    assert last < first, (first, last)

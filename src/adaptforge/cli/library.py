@@ -235,14 +235,28 @@ def library_import(
 
 @library_app.command("export")
 def library_export(
-    name: str, library: LibraryOpt, dest: Annotated[Path, typer.Option("--out", "-o", help="Destination folder.")]
+    name: str,
+    library: LibraryOpt,
+    dest: Annotated[Path, typer.Option("--out", "-o", help="Destination folder (peft) or new file (gguf).")],
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="peft: a PEFT folder (PeftModel.from_pretrained); gguf: a llama.cpp LoRA file (llama-cli --lora; "
+            "LLaMA-family bases).",
+        ),
+    ] = "peft",
 ) -> None:
-    """Copy an adapter out as a PEFT folder (loadable by PeftModel.from_pretrained)."""
+    """Copy an adapter out as a PEFT folder (loadable by PeftModel.from_pretrained) or a llama.cpp GGUF file."""
+    from adaptforge.errors import AdaptforgeError
     from adaptforge.library import Library
-    from adaptforge.pipelines.exporting import export_adapter
+    from adaptforge.pipelines.exporting import export_adapter, export_gguf
 
     with cli_errors():
-        path = export_adapter(Library(library, create=False), name, dest)
+        if fmt not in ("peft", "gguf"):
+            raise AdaptforgeError(f"--format must be peft or gguf, got {fmt!r}")
+        lib = Library(library, create=False)
+        path = export_gguf(lib, name, dest) if fmt == "gguf" else export_adapter(lib, name, dest)
     out.print(f"exported {name} to {path}")
 
 

@@ -79,6 +79,13 @@ def train_cmd(
     lr: Annotated[float | None, typer.Option(help="Default 1e-3 (encoder) / 3e-4 (causal LM).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     max_length: Annotated[int | None, typer.Option("--max-length")] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            help="fp32, or bf16: the forward pass under bfloat16 autocast (LoRA weights stay fp32). Default bf16 "
+            "for causal LMs, fp32 for encoders."
+        ),
+    ] = None,
     targets: Annotated[str | None, typer.Option(help="Comma-separated module names (default per model).")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every")] = 50,
@@ -131,6 +138,7 @@ def train_cmd(
             epochs=epochs,
             batch_size=batch_size,
             max_length=max_length,
+            precision=precision,
             max_train=max_train,
             seed=seed,
             checkpoint_every=checkpoint_every,

@@ -1,4 +1,5 @@
-"""``adaptforge library export``: an adapter out of the library as a PEFT folder people can use elsewhere.
+"""``adaptforge library export``: an adapter out of the library as a PEFT folder people can use elsewhere (or, with
+``--format gguf``, as a llama.cpp LoRA file: :mod:`adaptforge.lora.llamacpp`).
 
 Beyond the files the library keeps, the copy's config names a base that resolves on this machine and the
 PEFT task type, so ``AutoPeftModel.from_pretrained(folder)`` loads it without arguments, and a short model
@@ -13,6 +14,8 @@ lineage, which ``adaptforge library import`` restores.
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from pathlib import Path
 
 import torch
@@ -20,8 +23,9 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from adaptforge.backbone import DEFAULT_MODEL, model_kind, resolve_model_path
-from adaptforge.durable import write_file
+from adaptforge.durable import TMP_PREFIX, check_out_file, fsync_dir, write_file
 from adaptforge.embedded import HUB_ID, SMOLLM2
+from adaptforge.errors import AdaptforgeError
 from adaptforge.layers import mostly_transposed
 from adaptforge.library import EXPORT_RECORD_FILE, AdapterRecord, Library
 from adaptforge.structured import parse_json
@@ -182,3 +186,30 @@ def export_adapter(library: Library, name: str, dest: str | Path) -> Path:
     ]
     write_file(path / EXPORT_RECORD_FILE, json.dumps(exported, indent=2, sort_keys=True).encode())
     return path
+
+
+def export_gguf(library: Library, name: str, dest: str | Path) -> Path:
+    """Export ``name`` to the new file ``dest`` as a llama.cpp GGUF LoRA adapter (LLaMA-family bases), written
+    atomically: a temp file beside it, renamed into place."""
+    from adaptforge.lora.llamacpp import write_gguf_adapter
+
+    record = library.get(name)
+    dest = check_out_file(Path(dest))
+    if dest.exists():
+        raise AdaptforgeError(f"--out {dest} exists; give a new file name (e.g. {dest.stem}-2{dest.suffix})")
+    if not dest.parent.is_dir():
+        raise AdaptforgeError(f"--out {dest}: folder {dest.parent} does not exist")
+    base = resolve_model_path(record.base_model)
+    if not Path(base).is_dir():
+        raise AdaptforgeError(f"adapter {record.name!r}: its base {record.base_model!r} is not a model folder here")
+    config = AutoConfig.from_pretrained(base, local_files_only=True)
+    delta, _ = library.load(record.id)
+    tmp = dest.parent / f"{TMP_PREFIX}{dest.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        write_gguf_adapter(delta, config, tmp, record.name)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(dest.parent)
+    return dest

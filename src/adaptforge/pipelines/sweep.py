@@ -162,6 +162,20 @@ class _Tasks:
         return self._tasks[path]
 
 
+def _label_scoring_only(spec: SweepSpec, tasks: _Tasks, paths: Sequence[str], key: str, what: str) -> None:
+    """Refuse a generation task listed under ``key`` where the stage only scores label sets (before any cell runs
+    or any model loads), naming the key, its line and the task."""
+    from adaptforge.scorers import classification_only
+
+    for i, path in enumerate(paths):
+        try:
+            classification_only(tasks(path), what)
+        except AdaptforgeError as err:
+            line = spec.lines.get((*key.split("."), str(i))) or spec.lines.get(tuple(key.split(".")))
+            where = f"{spec.source}" + (f" line {line}" if line else "")
+            raise SweepSpecError(f"{where}: key '{key}': {err}") from None
+
+
 def train_cells(spec: SweepSpec, tasks: _Tasks) -> list[TrainCell]:
     from adaptforge.train.config import TrainConfig
 
@@ -195,6 +209,8 @@ def merge_cells(spec: SweepSpec, tasks: _Tasks, library: Library) -> list[MergeC
     grid = spec.merge
     if grid is None:
         return []
+    _label_scoring_only(spec, tasks, grid.data, "merge.data", "a merge fitted on data")
+    _label_scoring_only(spec, tasks, grid.eval_tasks, "merge.eval.tasks", "merge's evaluation (normalized accuracy)")
     eval_tasks = tuple(tasks(p) for p in grid.eval_tasks)
     data_fps = [tasks(p).fingerprint() for p in grid.data]
     cells = []
@@ -235,6 +251,7 @@ def compose_cells(spec: SweepSpec, tasks: _Tasks) -> list[ComposeCell]:
     grid = spec.compose
     if grid is None:
         return []
+    _label_scoring_only(spec, tasks, grid.tasks, "compose.tasks", "compose (every method)")
     cells = []
     for path in grid.tasks:
         task = tasks(path)
@@ -329,10 +346,10 @@ class SweepOutcome:
 
 def recorded_accuracy(library: Library, adapter: str, split: str) -> float | None:
     """Mean over tasks of the adapter's latest recorded accuracy on ``split`` (routed accuracy for routed
-    adapters); ``None`` when it was not evaluated."""
+    adapters, exact match on a generation task); ``None`` when it was not evaluated."""
     latest: dict[str, float] = {}
     for row in library.metrics(adapter, split=split):
-        if row.metric in ("accuracy", "routed_accuracy") and not math.isnan(row.value):
+        if row.metric in ("accuracy", "routed_accuracy", "exact_match") and not math.isnan(row.value):
             latest[row.task] = row.value
     return sum(latest.values()) / len(latest) if latest else None
 

@@ -40,7 +40,7 @@ from adaptforge.scorers import LabelInputs, Scorer, describe, make_scorer
 from adaptforge.snapshots import Snapshots, snapshot_steps
 from adaptforge.tasks import Task
 from adaptforge.train.checkpoint import load_checkpoint, restore, save_checkpoint
-from adaptforge.train.config import TrainConfig
+from adaptforge.train.config import BEFORE_ADDED, TrainConfig
 from adaptforge.train.samplers import TaskInfo, TaskSampler, make_sampler
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,12 @@ def extract_delta(peft_model: torch.nn.Module, adapter: str = "default") -> Lora
     return LoraDelta(modules)
 
 
+def forward_precision(precision: str | None) -> torch.autocast:
+    """The training forward's number format: ``bf16`` runs it under bfloat16 autocast (matmuls in bfloat16, the
+    LoRA master weights, their gradients and the optimizer state float32), ``fp32`` as the weights are."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def lr_factor(step: int, total: int, warmup_ratio: float) -> float:
     """Linear warm-up then linear decay to zero: a pure function of the step, so resuming needs no state."""
     warmup = max(1, int(warmup_ratio * total))
@@ -151,6 +157,7 @@ def resume_mismatch(saved: dict, current: dict) -> str | None:
             return f"{what} changed since the checkpoint was written"
     old, new = saved.get("config") or {}, current["config"]
     added = {k: v for k, v in TrainConfig().to_dict().items() if k not in old and new.get(k) == v}
+    added |= {k: v for k, v in BEFORE_ADDED.items() if k not in old}  # what the run had before the setting existed
     old = {**added, **old}  # a setting added since the checkpoint was written, left at its default, is no change
     diffs = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     return f"the training settings changed ({'; '.join(diffs)})" if diffs else None
@@ -324,7 +331,8 @@ def train_tasks(
                 for _ in range(cfg.grad_accum):
                     batch = streams[i].batch(draws[i])
                     draws[i] += 1
-                    loss = scorer.loss(model, batch, streams[i].labels)
+                    with forward_precision(cfg.precision):
+                        loss = scorer.loss(model, batch, streams[i].labels)
                     if not torch.isfinite(loss):
                         raise AdaptforgeError(
                             f"training diverged: the loss is {loss.item()} at step {step + 1}/{total} (lr {cfg.lr}); "
