@@ -125,7 +125,7 @@ def test_generate_icm_cli_writes_a_peft_folder_with_lineage(encoder_library, min
     )
     small = [x for k in ("latent_dim", "hidden_dim", "steps") for x in ("--param", f"{k}={getattr(TINY, k)}")]
     result = run_cli(*common, "--out", "gen-icm", "--examples", examples, "--shots", 4, "--seed", 1, *small)
-    assert "generate: added gen-icm" in result.stdout
+    assert "generate (icm): added gen-icm" in result.stdout
     record = encoder_library.get("gen-icm")
     assert record.recipe["generator_params"]["latent_dim"] == TINY.latent_dim  # --param reached the generator
     assert record.kind == "generate" and len(record.parents) == 2
