@@ -55,7 +55,8 @@ def run(backbone: Any, split: str, method: str, params: dict[str, Any]) -> dict[
     )  # fmt: skip
     row = outcome.to_json()
     row["split"], row["wall_seconds"] = split, round(time.perf_counter() - t0, 1)
-    print(f"{split} {method} {params}: change {row['mean_change']:+.2%}, cost x{row['mean_cost_ratio']:.1f}", flush=True)
+    change, cost = row["mean_change"], row["mean_cost_ratio"]
+    print(f"{split} {method} {params}: change {change:+.2%}, cost x{cost:.1f}", flush=True)
     return row
 
 

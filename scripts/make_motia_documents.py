@@ -60,7 +60,8 @@ def main() -> None:
         for name in CODE[split]:
             docs.append(("code", f"click/src/click/{name}", head((args.click / "src/click" / name).read_text())))
         for name in LOGS[split]:
-            docs.append(("log", f"loghub/{name}/{name}_2k.log", head((args.loghub / name / f"{name}_2k.log").read_text())))
+            path = args.loghub / name / f"{name}_2k.log"
+            docs.append(("log", f"loghub/{name}/{name}_2k.log", head(path.read_text())))
         for name in TABLES[split]:
             path = args.loghub / name / f"{name}_2k.log_structured.csv"
             docs.append(("table", f"loghub/{name}/{name}_2k.log_structured.csv", head(path.read_text(), keep=1)))
