@@ -31,10 +31,7 @@ OUT = ROOT / "results" / "motia_llm"
 PREFIX, MAX_TOKENS, MAX_COST = 0.5, 512, 10.0
 
 LORA_GRID = [
-    {"steps": steps, "lr": lr, "rank": rank}
-    for steps in (5, 10)
-    for lr in (3e-4, 1e-3, 3e-3)
-    for rank in (8,)
+    {"steps": steps, "lr": lr, "rank": rank} for steps in (5, 10) for lr in (3e-4, 1e-3, 3e-3) for rank in (8,)
 ] + [{"steps": 10, "lr": 1e-3, "rank": 16}, {"steps": 10, "lr": 1e-3, "rank": 8, "blocks": 8}]
 DYNAMIC_GRID = [
     {"update": "lora", "lr": 1e-3, "chunk": 64},
