@@ -93,7 +93,9 @@ class LoraParams(DocumentParams):
 
 @dataclass(frozen=True, kw_only=True)
 class InputLoraParams(LoraParams):
-    steps: int = param(20, ge=0, help="training steps on the prefix (0: the LoRA adds nothing)")
+    # 5: about the most a 10x-plain-pass budget holds on SmolLM2 with 256-token prefixes (LoRA training runs at
+    # ~220 tokens/s on the project's 2 cores, docs/experiments/llm.md); benchmarks/motia_llm.py chooses on dev
+    steps: int = param(5, ge=0, help="training steps on the prefix (0: the LoRA adds nothing)")
     objective: str = param(
         "next-token", choices=OBJECTIVES, help="next-token loss on the whole prefix, or on a random tail span of it"
     )
