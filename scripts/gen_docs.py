@@ -36,6 +36,12 @@ REGISTRIES: tuple[tuple[str, str, str, str], ...] = (
     ("adaptforge.prune.base", "PRUNE_METHODS", "Prune methods", "`adaptforge prune --method NAME` (`--list`)"),
     ("adaptforge.tta.base", "TTA_METHODS", "Test-time methods", "`adaptforge tta --method NAME` (`--list`)"),
     (
+        "adaptforge.tta.document",
+        "DOCUMENT_METHODS",
+        "Test-time methods on documents",
+        "`adaptforge tta DOCUMENTS --model CAUSAL --method NAME` (`--list`)",
+    ),
+    (
         "adaptforge.backends.base",
         "BACKENDS",
         "Sweep and eval backends",

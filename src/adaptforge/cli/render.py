@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # the CLI imports this module for --help; torch and the pipel
     from adaptforge.pipelines.merge import MergeReport
     from adaptforge.pipelines.prune import PruneOutcome
     from adaptforge.pipelines.tta import TtaOutcome
+    from adaptforge.pipelines.tta_documents import DocumentsOutcome
 
 
 def plain_console(stderr: bool = False) -> Console:
@@ -356,6 +357,29 @@ def tta_table(outcome: TtaOutcome) -> Table:
     if outcome.record is not None:
         notes.append(f"saved {outcome.record.name} ({outcome.record.id})")
     table.caption = "; ".join(notes)
+    return table
+
+
+def documents_table(outcome: DocumentsOutcome) -> Table:
+    """``adaptforge tta DOCUMENTS``: per document, suffix perplexity unadapted and after the method, the change,
+    and the method's cost as a multiple of one plain pass over the document; the means below."""
+    title = f"{outcome.method} on {outcome.corpus} (n={len(outcome.rows)}, prefix {outcome.prefix_fraction:g})"
+    table = Table(title=title, min_width=len(title))
+    for col in ("line", "prefix", "suffix", "plain ppl", "adapted ppl", "change", "cost"):
+        table.add_column(col, justify="right")
+    for r in outcome.rows:
+        ratio = r.cost_ratio
+        table.add_row(
+            str(r.line),
+            str(r.prefix_tokens),
+            str(r.suffix_tokens),
+            f"{r.plain_perplexity:.3f}",
+            f"{r.perplexity:.3f}",
+            f"{r.perplexity / r.plain_perplexity - 1:+.1%}",
+            "-" if ratio is None else f"x{ratio:.1f}",
+        )
+    ratio = outcome.mean_cost_ratio
+    table.caption = f"mean change {outcome.mean_change:+.1%}, mean cost " + ("-" if ratio is None else f"x{ratio:.1f}")
     return table
 
 

@@ -21,13 +21,17 @@ from adaptforge.cli.app import (
     parse_options,
     required,
 )
-from adaptforge.cli.render import notify, out, print_json, print_methods, tta_table
+from adaptforge.cli.render import documents_table, notify, out, print_json, print_methods, tta_table
 
 
 @app.command("tta")
 def tta_cmd(
     task_dir: Annotated[
-        Path | None, typer.Argument(help="The task whose inputs are adapted on: folder, SNI .json or .csv.")
+        Path | None,
+        typer.Argument(
+            help="The task whose inputs are adapted on (folder, SNI .json or .csv), or documents (.txt, .jsonl of "
+            '{"text"}) whose suffix a causal --model scores after adapting on the prefix.'
+        ),
     ] = None,
     library: Annotated[Path | None, typer.Option("--library", "-l", help="Adapter library folder.")] = None,
     adapter: Annotated[str | None, typer.Option("--adapter", "-a", help="The adapter to adapt (name or id).")] = None,
@@ -50,6 +54,12 @@ def tta_cmd(
         ),
     ] = None,
     split: Annotated[str, typer.Option(help="Split whose inputs are adapted on and scored.")] = "test",
+    prefix_fraction: Annotated[
+        float, typer.Option("--prefix-fraction", help="Documents: the known share of each document (0 to 1).")
+    ] = 0.5,
+    max_tokens: Annotated[
+        int, typer.Option("--max-tokens", help="Documents: each is cut to its first this many tokens.")
+    ] = 512,
     limit: LimitOpt = None,
     save: Annotated[
         str | None, typer.Option("--save", help="Store the stream-adapted adapter under this name (with lineage).")
@@ -65,14 +75,46 @@ def tta_cmd(
     """Adapt an adapter to a task's unlabelled inputs at test time; accuracy before and after, cost, resets.
 
     Example: adaptforge tta tasks/customer_review --library lib --adapter movie_review --method tent
+
+    On documents (input-lora, dynamic-eval): adaptforge tta docs.jsonl --model smollm2 --method input-lora
     """
+    from adaptforge.core import AdaptforgeError
     from adaptforge.library import Library
     from adaptforge.pipelines.tta import tta_on_task
-    from adaptforge.tasks import load_task, load_tasks
+    from adaptforge.pipelines.tta_documents import tta_on_documents
+    from adaptforge.tasks import is_text_file, load_task, load_tasks
     from adaptforge.tta import TTA_METHODS
 
     if list_methods:
+        from adaptforge.tta.document import DOCUMENT_METHODS
+
         print_methods("tta method", TTA_METHODS.items())
+        out.print("on documents (a .txt or .jsonl of texts, causal --model):", style="bold")
+        print_methods("document method", DOCUMENT_METHODS.items())
+        return
+    if task_dir is not None and is_text_file(task_dir):
+        with cli_errors():
+            for flag, given in (("--library", library), ("--adapter", adapter), ("--save", save), ("--pool", pool)):
+                if given:
+                    raise AdaptforgeError(f"{flag}: tta on documents adapts the base model (--model) alone")
+            if granularity not in (None, "input"):
+                raise AdaptforgeError("--granularity: tta on documents adapts on each document alone ('input')")
+            documents = tta_on_documents(
+                task_dir,
+                method=required(method, "--method"),
+                params=parse_options(param or []),
+                steps=steps,
+                lr=lr,
+                prefix_fraction=prefix_fraction,
+                max_tokens=max_tokens,
+                limit=limit,
+                model=model,
+                notify=notify,
+            )
+        if as_json:
+            print_json(documents.to_json())
+            return
+        out.print(documents_table(documents))
         return
     with cli_errors():
         task_dir, library, adapter, method = (

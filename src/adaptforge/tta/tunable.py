@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -204,11 +204,17 @@ class AdapterFactors(Tunable):
 
 
 def fresh_lora(like: LoraDelta, rank: int, alpha: float, generator: torch.Generator) -> LoraDelta:
-    """A new LoRA on ``like``'s target modules that adds nothing yet: ``A`` uniform in +-1/sqrt(in) (PEFT's
-    Kaiming-uniform bound), ``B = 0``, scale ``alpha / rank``."""
+    """A new LoRA on ``like``'s target modules that adds nothing yet (:func:`fresh_lora_on`)."""
+    return fresh_lora_on({name: like[name].shape for name in like}, rank, alpha, generator)
+
+
+def fresh_lora_on(
+    shapes: Mapping[str, tuple[int, int]], rank: int, alpha: float, generator: torch.Generator
+) -> LoraDelta:
+    """A new LoRA on modules of weight shape ``(out, in)`` that adds nothing yet: ``A`` uniform in +-1/sqrt(in)
+    (PEFT's Kaiming-uniform bound), ``B = 0``, scale ``alpha / rank``."""
     modules = {}
-    for name in like:
-        out_dim, in_dim = like[name].shape
+    for name, (out_dim, in_dim) in shapes.items():
         bound = 1.0 / math.sqrt(in_dim)
         A = (torch.rand(rank, in_dim, generator=generator) * 2 - 1) * bound
         modules[name] = LoraModule(A=A, B=torch.zeros(out_dim, rank), scale=alpha / rank)
