@@ -132,7 +132,7 @@ def test_generate_icm_cli_writes_a_peft_folder_with_lineage(encoder_library, min
     assert record.params["generator_method"] == "icm" and record.params["condition_source"] == "4 demonstrations"
     assert record.params["seed"] == 1 and record.params["generator_id"]
     assert record.recipe["generator_bytes"] > 0 and record.recipe["training_bytes"] > 0
-    assert "MB, trained on " in flat(result) and " MB of adapters (" in flat(result)  # both sizes printed
+    assert "MB of weights); its own weights take " in flat(result)  # both sizes printed
     model = PeftModel.from_pretrained(minilm.model, str(record.path))
     assert any("lora_A" in n for n, _ in model.named_parameters())
     model.unload()
