@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml $(LOCK) | check-lock
 demo: $(STAMP)
 	$(VENV)/bin/adaptforge demo --out out/demo
 
-# The LLM demo: SFT of the embedded SmolLM2-135M-Instruct on two generation tasks (about 3 minutes on 2 cores).
+# The LLM demo: SFT of the embedded SmolLM2-135M-Instruct on two generation tasks (about 1.5 minutes on 2 cores).
 demo-llm: $(STAMP)
 	$(VENV)/bin/adaptforge demo --model smollm2 --out out/demo-llm
 
