@@ -868,6 +868,11 @@ def read_corpus(path: Path) -> list[str]:
 def read_texts(path: Path, field: str = "text") -> list[str]:
     """Unlabelled inputs: one text per non-empty line of a ``.txt``, or the ``field`` of each ``.jsonl`` line
     (``text``; ``prompt`` for prompts to answer); a malformed line is an error naming it."""
+    return [text for _, text in read_numbered_texts(path, field)]
+
+
+def read_numbered_texts(path: Path, field: str = "text") -> list[tuple[int, str]]:
+    """:func:`read_texts` with each text's line number, for errors and rows that point back into the file."""
     path = Path(path)
     lines = _read_text(path).splitlines()
     for number, line in enumerate(lines, start=1):
@@ -877,7 +882,7 @@ def read_texts(path: Path, field: str = "text") -> list[str]:
                 "(the model reads a few hundred tokens of it); split or shorten it"
             )
     if path.suffix == ".txt":
-        return [line.strip() for line in lines if line.strip()]
+        return [(number, line.strip()) for number, line in enumerate(lines, start=1) if line.strip()]
     texts = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -885,5 +890,5 @@ def read_texts(path: Path, field: str = "text") -> list[str]:
         row = parse_json(line, str(path), TaskFormatError, number, f'an object like {{"{field}": ...}}')
         if not isinstance(row, dict) or not isinstance(row.get(field), str):
             raise TaskFormatError(f"{path}:{number}: expected an object with a string field {field!r}")
-        texts.append(row[field])
+        texts.append((number, row[field]))
     return texts

@@ -21,8 +21,7 @@ import torch
 from adaptforge.backbone import Backbone
 from adaptforge.core import AdaptforgeError
 from adaptforge.pipelines.common import Notify, load_base, reporter
-from adaptforge.structured import parse_json
-from adaptforge.tasks import MAX_LINE_CHARS, TaskFormatError, _read_text
+from adaptforge.tasks import TaskFormatError, read_numbered_texts
 from adaptforge.tta.document import DOCUMENT_METHODS, Document, DocumentParams, plain_score
 
 
@@ -33,21 +32,10 @@ def read_documents(path: Path) -> list[tuple[int, str]]:
     path = Path(path)
     if not path.is_file() or path.suffix not in (".txt", ".jsonl"):
         raise TaskFormatError(f'{path}: expected a .txt file (one document a line) or a .jsonl of {{"text": ...}}')
-    docs = []
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
-        if len(line) > MAX_LINE_CHARS:
-            raise TaskFormatError(f"{path}:{number}: {len(line)} characters, more than {MAX_LINE_CHARS} per document")
-        if not line.strip():
-            continue
-        if path.suffix == ".txt":
-            docs.append((number, line))
-            continue
-        row = parse_json(line, str(path), TaskFormatError, number, 'an object like {"text": ...}')
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise TaskFormatError(f"{path}:{number}: expected an object with a string field 'text'")
-        if not row["text"].strip():
+    docs = read_numbered_texts(path)
+    for number, text in docs:
+        if not text.strip():
             raise TaskFormatError(f"{path}:{number}: empty document (its 'text' has no characters to score)")
-        docs.append((number, row["text"]))
     if not docs:
         raise TaskFormatError(f"{path}: no documents (every line is empty)")
     return docs
