@@ -205,15 +205,16 @@ def staged_folder(dest: Path, replace: bool = False) -> Iterator[Path]:
     publish_folder(tmp, dest, replace)
 
 
-def write_file(path: Path, payload: bytes) -> None:
-    """Replace ``path`` with ``payload`` atomically: a temp file beside it, fsynced, renamed over it, the folder
-    fsynced. Readers (and a crash) see the old file or the whole new one; on failure the temp file is removed."""
+@contextmanager
+def staged_file(path: Path) -> Iterator[Path]:
+    """Write ``path`` atomically through the temp path this yields (beside it): on exit the temp file is fsynced,
+    given the umask's mode, renamed over ``path`` and the folder fsynced. Readers (and a crash) see the old file
+    or the whole new one; on failure the temp file is removed."""
     path = Path(path)
     tmp = path.parent / f"{TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}"
     try:
-        with open(tmp, "xb") as fh:
-            fh.write(payload)
-            fh.flush()
+        yield tmp
+        with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
@@ -221,6 +222,12 @@ def write_file(path: Path, payload: bytes) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def write_file(path: Path, payload: bytes) -> None:
+    """Replace ``path`` with ``payload`` atomically (:func:`staged_file`)."""
+    with staged_file(path) as tmp, open(tmp, "xb") as fh:
+        fh.write(payload)
 
 
 def check_out_file(out: Path, reads: tuple[Path, ...] = (), flag: str = "--out") -> Path:

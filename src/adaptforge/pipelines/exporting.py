@@ -14,8 +14,6 @@ lineage, which ``adaptforge library import`` restores.
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
 
 import torch
@@ -23,7 +21,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from adaptforge.backbone import DEFAULT_MODEL, model_kind, resolve_model_path
-from adaptforge.durable import TMP_PREFIX, check_out_file, fsync_dir, write_file
+from adaptforge.durable import check_out_file, staged_file, write_file
 from adaptforge.embedded import HUB_ID, SMOLLM2
 from adaptforge.errors import AdaptforgeError
 from adaptforge.layers import mostly_transposed
@@ -204,12 +202,6 @@ def export_gguf(library: Library, name: str, dest: str | Path) -> Path:
         raise AdaptforgeError(f"adapter {record.name!r}: its base {record.base_model!r} is not a model folder here")
     config = AutoConfig.from_pretrained(base, local_files_only=True)
     delta, _ = library.load(record.id)
-    tmp = dest.parent / f"{TMP_PREFIX}{dest.name}-{uuid.uuid4().hex[:8]}"
-    try:
+    with staged_file(dest) as tmp:
         write_gguf_adapter(delta, config, tmp, record.name)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(dest.parent)
     return dest
