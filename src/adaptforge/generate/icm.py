@@ -17,11 +17,19 @@ task (``ICL/last_time_step_icl.py`` averages about 30 examples into one file tha
 every sample); a generator given k demonstrations of a new task sees one noisy draw, so here it trains on draws.
 
 Model: the reference encodes the flattened sequence with 12 strided 1-D convolutions and decodes with
-transposed ones (millions of weights). Here encoder and decoder are two-layer MLPs, and the decoder's
-hidden width is small (``hidden_dim``, default: one per training task, which the frozen output layer needs to
-hold the task means' directions) so that the saved generator stays below 10% of the bytes of the snapshots it
-learned from: the decoder's last layer is ``hidden_dim x L`` and is stored in float16 (about 6% at 8 snapshots
-per task).
+transposed ones (millions of weights, hundreds of GPU epochs). Here the encoder is a two-layer MLP (training only)
+and the decoder one of two (``decoder``):
+
+- 'pca': ``[z, c] -> hidden -> L``, linear, its output layer started at the samples' mean and top principal
+  directions and, at ``output_lr_scale`` 0, kept there. Every decode lies in that ``hidden_dim``-dimensional
+  subspace: a regression from the condition to principal coordinates, cheap to fit on a CPU. Its size is the
+  ``hidden_dim x L`` output layer in float16 (``hidden_dim`` 0: one per training task; about 6% of 8 snapshots per
+  task, about half of the tasks' final adapters).
+- 'conv': the reference's convolutional decoder scaled down (:class:`ConvDecoder`): a coarse code, stride-4
+  transposed convolutions, and a per-element bias at the samples' mean; its decodes are not confined to a subspace
+  of the samples, and it is a fraction of the 'pca' decoder's size.
+
+At generation z is 0 (``latent`` 'zero') or drawn from the prior as the reference does (``latent`` 'prior').
 As in the reference, the condition joins the latent heads (``mu``, ``log var`` from ``[h(x), c]``) and the
 decoder input (``[z, c]``); the loss is the mean squared error plus ``beta`` times the KL divergence. Only what
 generation needs (condition projection, decoder, tensor statistics) is saved; the encoder is training-only.
@@ -71,6 +79,7 @@ DECODER_ACTS: tuple[str, ...] = ("silu", "identity")
 CONDITION_DRAWS: tuple[str, ...] = ("per_sample", "per_step")
 DECODERS: tuple[str, ...] = ("pca", "conv")
 LATENTS: tuple[str, ...] = ("zero", "prior")
+_HALF_FROM = 65536  # decoder tensors with at least this many values are stored in float16
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -288,8 +297,8 @@ class IcmCvae(nn.Module):
     def saved_state(self) -> dict[str, torch.Tensor]:
         """What generation needs: condition projection, decoder and normalisation (float16 for the big matrix)."""
         out = {f"cond.{k}": v for k, v in self.cond.state_dict().items()}
-        for k, v in self.decoder.state_dict().items():  # tensors as long as the output: float16
-            out[f"decoder.{k}"] = v.half() if v.numel() >= self.length else v
+        for k, v in self.decoder.state_dict().items():  # the large tensors (output size) in float16
+            out[f"decoder.{k}"] = v.half() if v.numel() >= _HALF_FROM else v
         return {**out, "c_mean": self.c_mean, "c_scale": self.c_scale}
 
 
