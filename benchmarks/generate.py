@@ -10,13 +10,18 @@ Three parts, rows to ``<out>/runs.jsonl`` (skipped when present, so a run resume
    task) and the related-task protocol of ``benchmarks/new_task.py`` (four tasks not in the library):
    icm vs zero-shot, retrieval, span (``generate`` there) and a LoRA trained on the 16 shots; the baselines
    run through ``new_task.run_cell``.
-3. Cost: fit and generation seconds, generator and training bytes.
+3. Condition ablation on seen tasks (``ablation``): each library task's test accuracy when its adapter is
+   generated from another library task's 16 demonstrations (``icm_wrong_task``; task ``i`` gets task
+   ``(i + 1 + seed) mod n``, a different one per seed), with the condition at the training conditions' mean
+   (``icm_no_condition``: the normalised condition 0), and the mean of all training snapshots
+   (``mean_snapshot``), reported against the right-task generation of part 1.
+4. Cost: fit and generation seconds, generator bytes against the snapshots and the final adapters.
 
 The generator is fitted once per held-out task (params seed 0); the benchmark seeds vary the demonstrations
 (and the baselines' shots). ``--budget-minutes`` stops starting new cells after that much time.
 
 ``--icm key=value,...`` overrides icm's params (chosen on dev splits with ``benchmarks/icm_dev.py``); ``--methods``
-runs only some of the new-task methods (rows already in ``runs.jsonl`` are kept).
+runs only some of the new-task methods, ``--protocols`` only some parts (rows already in ``runs.jsonl`` are kept).
 
     python benchmarks/generate.py [--seeds 0,1,2] [--out out/generate] [--budget-minutes 38] [--methods icm,span]
 """
@@ -44,10 +49,19 @@ from new_task import TASKS, evaluate_each, fit_generator, mean, run_cell  # noqa
 
 from adaptforge.backbone import Backbone  # noqa: E402
 from adaptforge.compose import draw_shots  # noqa: E402
+from adaptforge.core import LoraDelta  # noqa: E402
 from adaptforge.demo import shipped_tasks_dir  # noqa: E402
 from adaptforge.evaluate import evaluate  # noqa: E402
 from adaptforge.generate.condition import task_vector  # noqa: E402
-from adaptforge.generate.icm import IcmGenerator, IcmParams, collect_icm_samples, icm_key  # noqa: E402
+from adaptforge.generate.icm import (  # noqa: E402
+    IcmGenerator,
+    IcmParams,
+    IcmSamples,
+    collect_icm_samples,
+    flat_sizes,
+    icm_key,
+    unflatten,
+)
 from adaptforge.generate.methods import GENERATORS_DIR, IcmMethod, Obtained, folder_bytes  # noqa: E402
 from adaptforge.library import Library  # noqa: E402
 from adaptforge.pipelines.train import train_into_library  # noqa: E402
@@ -104,29 +118,67 @@ def icm_for(
     library: Library, backbone: Backbone, condition: CachedCondition, held_out: str | None, params: IcmParams
 ) -> Obtained:
     """What ``IcmMethod.obtain`` does (same samples, fit, key and folder), with the run's cached condition."""
-    samples = collect_icm_samples(library, backbone.fingerprint, params.tail, [held_out] if held_out else [])
+    return icm_from(icm_samples(library, backbone, held_out, params), library, backbone, condition, params)
+
+
+def icm_samples(library: Library, backbone: Backbone, held_out: str | None, params: IcmParams) -> IcmSamples:
+    return collect_icm_samples(library, backbone.fingerprint, params.tail, [held_out] if held_out else [])
+
+
+def icm_from(
+    samples: IcmSamples, library: Library, backbone: Backbone, condition: CachedCondition, params: IcmParams
+) -> Obtained:
     folder = library.root / GENERATORS_DIR / icm_key(samples.records, params, backbone.fingerprint)
     if folder.is_dir():
+        generator = IcmGenerator.load(folder)
         return Obtained(
-            IcmGenerator.load(folder), samples.records, folder, folder_bytes(folder), samples.raw_bytes, False
+            generator, samples.records, folder, folder_bytes(folder), samples.raw_bytes, False, samples.final_bytes
         )
     print(f"fitting icm on {len(samples.task_of)} snapshots of {len(samples.records)} adapters", flush=True)
     generator = IcmGenerator.fit(samples, condition, params)
     size = generator.save(folder)
-    return Obtained(generator, samples.records, folder, size, samples.raw_bytes, True)
+    return Obtained(generator, samples.records, folder, size, samples.raw_bytes, True, samples.final_bytes)
 
 
-def icm_cell(task: Task, k: int, seed: int, got: Obtained, scorer: Scorer, args) -> dict[str, Any]:
-    shots = draw_shots(task, k, seed=seed)
+def mean_snapshot(samples: IcmSamples) -> LoraDelta:
+    """The mean of all training snapshots (what a decoder that ignores its inputs would return)."""
+    parts = samples.x.mean(0).split(flat_sizes(samples.template))
+    raw = torch.cat([p * sd + m for p, m, sd in zip(parts, samples.mean, samples.std, strict=True)])
+    return unflatten(raw, samples.template)
+
+
+def wrong_task(tasks: Sequence[Task], i: int, seed: int) -> Task:
+    """Another library task for task ``i``: ``(i + 1 + seed) mod n``, a different one per seed."""
+    return tasks[(i + 1 + seed % (len(tasks) - 1)) % len(tasks)]
+
+
+def icm_cell(
+    task: Task,
+    k: int,
+    seed: int,
+    got: Obtained,
+    scorer: Scorer,
+    args,
+    condition_task: Task | None = None,
+    condition: np.ndarray | None = None,
+    method: str = "icm",
+) -> dict[str, Any]:
+    """The adapter generated for ``task`` from k demonstrations of ``condition_task`` (default: ``task``) or from
+    ``condition`` as given, scored on ``task``'s test split. With ``latent`` 'prior' z is drawn with ``seed``."""
+    source = condition_task or task
     t0 = time.perf_counter()
-    delta = got.generator.generate(task_vector(scorer, task, shots.examples))
+    if condition is None:
+        condition = task_vector(scorer, source, draw_shots(source, k, seed=seed).examples)
+    prior = got.generator.params.latent == "prior"
+    delta = got.generator.generate(condition, seed=seed if prior else None)
     gen_s = time.perf_counter() - t0
     result, correct = evaluate_each(scorer, task, delta, args.test_limit)
     return {
         "task": task.name,
         "k": k,
         "seed": seed,
-        "method": "icm",
+        "method": method,
+        "condition_task": source.name,
         "accuracy": result.accuracy,
         "macro_f1": result.macro_f1,
         "n_test": result.n,
@@ -134,6 +186,7 @@ def icm_cell(task: Task, k: int, seed: int, got: Obtained, scorer: Scorer, args)
         "generator_fit_seconds": got.generator.info.get("fit_seconds"),
         "generator_bytes": got.generator_bytes,
         "training_bytes": got.training_bytes,
+        "final_bytes": got.final_bytes,
         "correct": correct,
     }
 
@@ -216,6 +269,44 @@ def margin_errors(rows: list[dict[str, Any]], protocol: str, tasks: list[str], m
     return text + (f", paired SE {var_paired**0.5 * 100:.1f}" if paired else " (no per-example rows to pair)")
 
 
+def ablation_report(rows: list[dict[str, Any]], seen: list[str]) -> list[str]:
+    """Seen-task accuracy per condition against the right-task generation, over the tasks every condition has;
+    per seed where the condition depends on it. The bar: the wrong-task vector drops it by >= 5 points."""
+    right = {(r["task"], r["seed"]): r["accuracy"] for r in rows if r["protocol"] == "reconstruction"}
+    abl = [r for r in rows if r["protocol"] == "ablation"]
+    if not abl:
+        return []
+    tasks = [t for t in seen if any(r["task"] == t for r in abl) and any(k[0] == t for k in right)]
+    right_mean = mean([mean([v for (t2, _), v in right.items() if t2 == t]) for t in tasks])
+    out = [f"### Condition ablation on seen tasks ({len(tasks)} tasks, test accuracy, mean over tasks)", ""]
+    out += ["| condition | mean acc | Δ vs right task | per seed Δ | tasks down >= 5 |", "|---|---|---|---|---|"]
+    own = mean([mean([r["own_accuracy"] for r in abl if r["task"] == t]) for t in tasks])
+    out.append(f"| own adapter | {own * 100:.1f} | {(own - right_mean) * 100:+.1f} | | |")
+    out.append(f"| icm, right task (reconstruction) | {right_mean * 100:.1f} | +0.0 | | |")
+    for method, label in (
+        ("icm_wrong_task", "icm, another task's vector"),
+        ("icm_no_condition", "icm, no condition (normalised 0)"),
+        ("mean_snapshot", "mean of all snapshots"),
+    ):
+        mine = [r for r in abl if r["method"] == method and r["task"] in tasks]
+        if not mine:
+            continue
+        per_seed = []
+        for seed in sorted({r["seed"] for r in mine}):
+            cell = {r["task"]: r["accuracy"] for r in mine if r["seed"] == seed}
+            ref = {t: right.get((t, seed), mean([v for (t2, _), v in right.items() if t2 == t])) for t in cell}
+            per_seed.append(mean([cell[t] - ref[t] for t in cell]))
+        acc = {t: mean([r["accuracy"] for r in mine if r["task"] == t]) for t in tasks}
+        ref_t = {t: mean([v for (t2, _), v in right.items() if t2 == t]) for t in tasks}
+        down = sum(acc[t] - ref_t[t] <= -0.05 for t in tasks)
+        avg = mean(list(acc.values()))
+        out.append(
+            f"| {label} | {avg * 100:.1f} | {(avg - right_mean) * 100:+.1f} | "
+            f"{', '.join(f'{d * 100:+.1f}' for d in per_seed)} | {down} of {len(tasks)} |"
+        )
+    return out
+
+
 def report(rows: list[dict[str, Any]], dev: list[str], related: list[str], extra: Sequence[str] = ()) -> str:
     recon = [r for r in rows if r["protocol"] == "reconstruction"]
     out = ["### Seen-task reconstruction (icm accuracy / the task's own adapter, same test examples)", ""]
@@ -233,6 +324,7 @@ def report(rows: list[dict[str, Any]], dev: list[str], related: list[str], extra
     out.append(f"| **mean** ({len(ratios)} tasks) | | | **{mean(ratios):.3f}** | |")
     if extra and ratios_dev:
         out.append(f"| mean of the {len(ratios_dev)} dev tasks | | | {mean(ratios_dev):.3f} | |")
+    out += ["", *ablation_report(rows, [*dev, *extra])]
     out += ["", "### Leave-one-task-out, k = 16", "", table(rows, "loo", dev)]
     out += ["", "### Related new tasks, k = 16", "", table(rows, "related", related)]
     verdicts = [icm_beats_span(rows, "loo", dev), icm_beats_span(rows, "related", related)]
@@ -257,6 +349,12 @@ def report(rows: list[dict[str, Any]], dev: list[str], related: list[str], extra
             f"{mean([r['training_bytes'] for r in fits.values()]) / 1e6:.2f} MB of snapshots it learned from "
             f"({100 * mean([r['generator_bytes'] / r['training_bytes'] for r in fits.values()]):.1f}%)",
         ]
+        finals = [r for r in fits.values() if r.get("final_bytes")]
+        if finals:
+            out.append(
+                f"- against the final adapters of the same tasks: {mean([r['final_bytes'] for r in finals]) / 1e6:.2f}"
+                f" MB ({100 * mean([r['generator_bytes'] / r['final_bytes'] for r in finals]):.1f}%)"
+            )
     return "\n".join(out)
 
 
@@ -282,6 +380,11 @@ def main() -> None:
         "--methods",
         default="icm,zero_shot,retrieval,span,shot_lora",
         help="new-task methods to run (the baselines do not depend on icm's params)",
+    )
+    parser.add_argument(
+        "--protocols",
+        default="related,loo,reconstruction,ablation",
+        help="parts to run: new tasks (related, loo), seen tasks (reconstruction, ablation)",
     )
     parser.add_argument("--icm", default="", help="icm params over the defaults, key=value,... (chosen on dev)")
     parser.add_argument("--report-only", action="store_true")
@@ -332,14 +435,18 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     params = icm_params(args.icm)
     methods = set(args.methods.split(","))
+    protocols = set(args.protocols.split(","))
     own_accs: dict[str, float] = {}
     condition = CachedCondition(scorer, params)
     print(f"icm params: {params.to_dict()}", flush=True)
     for seed in seeds:
         if over_budget():
             break
-        full = icm_for(library, backbone, condition, None, params) if "icm" in methods else None
+        samples = icm_samples(library, backbone, None, params) if "icm" in methods else None
+        full = icm_from(samples, library, backbone, condition, params) if samples is not None else None
         for protocol, held in (("related", related), ("loo", dev)):  # 2. new tasks
+            if protocol not in protocols:
+                continue
             for task in held:
                 if over_budget():
                     break
@@ -371,16 +478,40 @@ def main() -> None:
                         row["method"] = "span" if method == "generate" else method
                     emit({"protocol": protocol, **row})
         # 1. reconstruction, every library task (after the new tasks, which decide the default)
-        for task in dev + extra if full is not None else ():
-            if ("reconstruction", task.name, seed, "icm") in done:
-                continue
+        seen = dev + extra
+        for i, task in enumerate(seen if full is not None and samples is not None else ()):
             if over_budget():
                 break
             if task.name not in own_accs:  # the same for every seed
                 own, _ = library.load(f"{task.name}-s")
                 own_accs[task.name] = evaluate(scorer, task, "test", own, limit=args.test_limit).accuracy
             own_acc = own_accs[task.name]
-            emit({"protocol": "reconstruction", **icm_cell(task, k, seed, full, scorer, args), "own_accuracy": own_acc})
+            if "reconstruction" in protocols and ("reconstruction", task.name, seed, "icm") not in done:
+                row = icm_cell(task, k, seed, full, scorer, args)
+                emit({"protocol": "reconstruction", **row, "own_accuracy": own_acc})
+            if "ablation" not in protocols:
+                continue
+            # 3. condition ablation: another task's demonstrations; no condition; the mean snapshot
+            cells = [("icm_wrong_task", seed)]
+            prior = full.generator.params.latent == "prior"
+            if seed == seeds[0] or prior:  # without z sampling neither depends on the seed
+                cells += [("icm_no_condition", seed)]
+            if seed == seeds[0]:
+                cells += [("mean_snapshot", seed)]
+            for method, s_ in cells:
+                if ("ablation", task.name, s_, method) in done:
+                    continue
+                if method == "icm_wrong_task":
+                    other = wrong_task(seen, i, s_)
+                    row = icm_cell(task, k, s_, full, scorer, args, condition_task=other, method=method)
+                elif method == "icm_no_condition":
+                    c_mean = full.generator.cvae.c_mean.numpy()
+                    row = icm_cell(task, k, s_, full, scorer, args, condition=c_mean, method=method)
+                else:
+                    result, correct = evaluate_each(scorer, task, mean_snapshot(samples), args.test_limit)
+                    row = {"task": task.name, "k": 0, "seed": s_, "method": method, "accuracy": result.accuracy}
+                    row |= {"macro_f1": result.macro_f1, "n_test": result.n, "correct": correct}
+                emit({"protocol": "ablation", **row, "own_accuracy": own_acc})
     text = report(rows, names_dev, names_rel, [t.name for t in extra])
     (args.out / "report.md").write_text(text + "\n")
     print(text)

@@ -151,8 +151,9 @@ def test_generate_icm_cli_writes_a_peft_folder_with_lineage(encoder_library, min
     assert "demonstrations are labelled, one JSON object per line" in flat(r)
     r = run_cli(*common[:-1], "span", "--out", "x", "--shots", 4, ok=False)
     assert "--shots and --examples are for --method icm; --method span reads no examples" in flat(r)
-    r = run_cli(*common, "--out", "x", "--examples", examples, "--param", "latnt=3", ok=False)
-    assert "generator 'icm': unknown parameter 'latnt'; known:" in flat(r) and "Did you mean 'latent_dim'?" in flat(r)
+    r = run_cli(*common, "--out", "x", "--examples", examples, "--param", "latnt_dim=3", ok=False)
+    assert "generator 'icm': unknown parameter 'latnt_dim'; known:" in flat(r)
+    assert "Did you mean 'latent_dim'?" in flat(r)
     r = run_cli(*common[:-1], "icn", "--out", "x", ok=False)
     assert "unknown generator 'icn'; known: icm, span. Did you mean 'icm'?" in flat(r)
 
@@ -317,3 +318,72 @@ def test_frozen_output_layer_stays_the_mean_and_principal_directions(encoder_lib
         init_decoder_output(start, samples.x)
     assert torch.equal(last.bias, start.decoder[2].bias) and torch.equal(last.weight, start.decoder[2].weight)
     assert torch.allclose(last.bias, samples.x.mean(0), atol=1e-5)
+
+
+def centred_span_residual(x: torch.Tensor, samples) -> float:
+    """Relative norm of ``x`` minus the samples' mean outside the span of the centred samples (the PCA subspace)."""
+    centred = samples.x - samples.x.mean(0)
+    q, _ = torch.linalg.qr(centred.T.double())
+    r = (x - samples.x.mean(0)).double()
+    return float((r - q @ (q.T @ r)).norm() / r.norm().clamp(min=1e-30))
+
+
+def normalised(delta, samples) -> torch.Tensor:
+    parts = flatten(delta, samples.template).split(flat_sizes(samples.template))
+    return torch.cat([(p - m) / s for p, m, s in zip(parts, samples.mean, samples.std, strict=True)])
+
+
+def test_conv_decoder_leaves_the_pca_subspace_tells_tasks_apart_and_round_trips(encoder_library, minilm, tmp_path):
+    """'pca' decodes stay in the samples' principal subspace (its output layer is frozen there); the scaled-down
+    convolutional decoder starts at the samples' mean, decodes off that subspace, lands each seen task nearer its
+    own snapshots than the other task's (less sharply than 'pca': it cannot place every element), and is smaller
+    than the snapshots it learned from."""
+    scorer = make_scorer(minilm)
+    samples = collect_icm_samples(encoder_library, minilm.fingerprint, tail=0.5)
+
+    def condition(task, shots):
+        return task_vector(scorer, task, shots)
+
+    cond = condition(samples.tasks[0], samples.tasks[0].splits["train"][:4])
+    pca = IcmGenerator.fit(samples, condition, dataclasses.replace(TINY, steps=20))
+    assert centred_span_residual(normalised(pca.generate(cond, seed=1), samples), samples) < 1e-3
+    params = dataclasses.replace(TINY, decoder="conv", conv_channels=2, conv_stages=2, steps=150)
+    start = IcmCvae(samples.x.shape[1], len(cond), params)
+    init_decoder_output(start, samples.x)
+    with torch.no_grad():
+        first = start.decode(torch.zeros(1, params.latent_dim), torch.randn(1, params.cond_dim))[0]
+    assert torch.allclose(first, samples.x.mean(0))  # zero code: the first decode is the mean
+    generator = IcmGenerator.fit(samples, condition, params)
+    assert centred_span_residual(normalised(generator.generate(cond), samples), samples) > 0.05
+    task_of = torch.tensor(samples.task_of)
+    own = [samples.x[task_of == t].mean(0) for t in range(2)]
+    for t, task in enumerate(samples.tasks):
+        x = normalised(generator.generate(condition(task, task.splits["train"][: params.shots])), samples)
+        assert (x - own[t]).norm() < (x - own[1 - t]).norm()
+    size = generator.save(tmp_path / "conv")
+    assert size < samples.raw_bytes
+    loaded = IcmGenerator.load(tmp_path / "conv")
+    assert isinstance(loaded.cvae.decoder, type(generator.cvae.decoder))
+    a, b = generator.generate(cond), loaded.generate(cond)
+    assert all(torch.allclose(a[m].B, b[m].B, atol=1e-3, rtol=1e-2) for m in a)
+
+
+def test_prior_latent_samples_z_at_generation(encoder_library, minilm) -> None:
+    """``latent='prior'`` draws z ~ N(0, I) every time (seeded by the generate seed, else the params' seed);
+    'zero' decodes z = 0 unless a seed is passed."""
+    scorer = make_scorer(minilm)
+    samples = collect_icm_samples(encoder_library, minilm.fingerprint, tail=0.5)
+    zero = IcmGenerator.fit(samples, lambda task, shots: task_vector(scorer, task, shots), TINY)
+    prior_params = dataclasses.replace(TINY, latent="prior")
+    prior = IcmGenerator(prior_params, zero.template, zero.cvae, zero.mean, zero.std, zero.info)
+    cond = task_vector(scorer, samples.tasks[0], samples.tasks[0].splits["train"][:4])
+    m = next(iter(zero.generate(cond)))
+    assert torch.equal(prior.generate(cond)[m].B, zero.generate(cond, seed=TINY.seed)[m].B)
+    assert torch.equal(prior.generate(cond, seed=5)[m].B, zero.generate(cond, seed=5)[m].B)
+    assert not torch.equal(prior.generate(cond)[m].B, zero.generate(cond)[m].B)
+
+
+def test_final_adapter_bytes_are_reported_beside_the_snapshots(encoder_library, minilm) -> None:
+    samples = collect_icm_samples(encoder_library, minilm.fingerprint, tail=0.5)
+    assert samples.final_bytes == 4 * sum(flat_sizes(samples.template)) * len(samples.records)
+    assert samples.raw_bytes == samples.final_bytes * 3  # steps 2, 3, 4 of each 4-step run

@@ -17,11 +17,19 @@ task (``ICL/last_time_step_icl.py`` averages about 30 examples into one file tha
 every sample); a generator given k demonstrations of a new task sees one noisy draw, so here it trains on draws.
 
 Model: the reference encodes the flattened sequence with 12 strided 1-D convolutions and decodes with
-transposed ones (millions of weights). Here encoder and decoder are two-layer MLPs, and the decoder's
-hidden width is small (``hidden_dim``, default: one per training task, which the frozen output layer needs to
-hold the task means' directions) so that the saved generator stays below 10% of the bytes of the snapshots it
-learned from: the decoder's last layer is ``hidden_dim x L`` and is stored in float16 (about 6% at 8 snapshots
-per task).
+transposed ones (millions of weights, hundreds of GPU epochs). Here the encoder is a two-layer MLP (training only)
+and the decoder one of two (``decoder``):
+
+- 'pca': ``[z, c] -> hidden -> L``, linear, its output layer started at the samples' mean and top principal
+  directions and, at ``output_lr_scale`` 0, kept there. Every decode lies in that ``hidden_dim``-dimensional
+  subspace: a regression from the condition to principal coordinates, cheap to fit on a CPU. Its size is the
+  ``hidden_dim x L`` output layer in float16 (``hidden_dim`` 0: one per training task; about 6% of 8 snapshots per
+  task, about half of the tasks' final adapters).
+- 'conv': the reference's convolutional decoder scaled down (:class:`ConvDecoder`): a coarse code, stride-4
+  transposed convolutions, and a per-element bias at the samples' mean; its decodes are not confined to a subspace
+  of the samples, and it is a fraction of the 'pca' decoder's size.
+
+At generation z is 0 (``latent`` 'zero') or drawn from the prior as the reference does (``latent`` 'prior').
 As in the reference, the condition joins the latent heads (``mu``, ``log var`` from ``[h(x), c]``) and the
 decoder input (``[z, c]``); the loss is the mean squared error plus ``beta`` times the KL divergence. Only what
 generation needs (condition projection, decoder, tensor statistics) is saved; the encoder is training-only.
@@ -33,7 +41,10 @@ layer is linear (``decoder_act``), because the output layer starts from the prin
 SiLU cannot make negative; that large output layer stays at its start (``output_lr_scale`` 0), so Adam fits only the
 few small layers, which a CPU budget can train where the reference trains every weight for hundreds of GPU epochs;
 ``hidden_dim`` 0 sizes the decoder to the training tasks; ``condition_draw`` 'per_step' shows the generator the
-whole spread of k-shot task vectors; ``lr`` 0.01 and 600 steps fit a 22-task library (300 steps at 2e-3 underfit it).
+whole spread of k-shot task vectors; ``lr`` 0.01 and 600 steps fit a 22-task library (300 steps at 2e-3 underfit it);
+``decoder`` 'pca', because the scaled-down 'conv' decoder underfits in that budget (seen tasks at 0.82 of their own
+adapters against 1.01, and the condition barely moves it); ``latent`` 'zero', because z carries little and a draw
+from the prior is mostly noise around the z = 0 decode.
 """
 
 from __future__ import annotations
@@ -69,6 +80,9 @@ CONDITIONS: tuple[str, ...] = ("demos", "description")
 CONDITION_NORMS: tuple[str, ...] = ("scalar", "standardise", "whiten")
 DECODER_ACTS: tuple[str, ...] = ("silu", "identity")
 CONDITION_DRAWS: tuple[str, ...] = ("per_sample", "per_step")
+DECODERS: tuple[str, ...] = ("pca", "conv")
+LATENTS: tuple[str, ...] = ("zero", "prior")
+_HALF_FROM = 65536  # decoder tensors with at least this many values are stored in float16
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,10 +135,90 @@ class IcmParams(Params):
         "for every sample of every batch (the mean of k of the task's per-demonstration vectors, read once), so the "
         "generator sees the whole within-task spread of k-shot task vectors",
     )
+    decoder: str = param(
+        "pca",
+        choices=DECODERS,
+        help="'pca': linear, its output layer starts at the samples' mean and top principal directions (every decode "
+        "lies in that hidden_dim-dimensional subspace while output_lr_scale is 0); 'conv': the reference's "
+        "convolutional decoder scaled down: [z, condition] -> a coarse code -> stride-4 transposed convolutions -> "
+        "a per-element residual over the samples' mean (not confined to a subspace)",
+    )
+    conv_channels: int = param(8, ge=1, help="'conv' decoder: channels of the coarse code and the convolutions")
+    conv_stages: int = param(3, ge=1, le=8, help="'conv' decoder: transposed convolutions, each 4x the length")
+    latent: str = param(
+        "zero",
+        choices=LATENTS,
+        help="z at generation: 'zero' the prior mean (a seed passed to generate draws z ~ N(0, I) instead); "
+        "'prior' always z ~ N(0, I), as the reference samples it (seeded by the generate seed, else by seed)",
+    )
     lr: float = param(0.01, gt=0, help="AdamW learning rate (0.01 and 600 steps chosen on dev splits, 22 tasks)")
     steps: int = param(600, ge=1, help="optimizer steps")
     batch_size: int = param(16, ge=1, help="samples per step")
     seed: int = param(0, help="network init, demonstration draws, batch order and latent noise")
+
+
+class PcaDecoder(nn.Sequential):
+    """``[z, c] -> hidden -> L``; the output layer starts at the samples' mean and top principal directions."""
+
+    def __init__(self, in_dim: int, hidden: int, length: int, act: str) -> None:
+        super().__init__(
+            nn.Linear(in_dim, hidden), nn.SiLU() if act == "silu" else nn.Identity(), nn.Linear(hidden, length)
+        )
+
+    def output_parameters(self) -> list[nn.Parameter]:
+        return list(self[2].parameters())
+
+    @torch.no_grad()
+    def init_output(self, x: torch.Tensor) -> None:
+        """Bias = the samples' mean; weights = their top principal directions (scaled by singular value /
+        sqrt(N)). The mean includes the shared random init of A, hundreds of thousands of values Adam would
+        otherwise take thousands of steps to reach; the reference trains for hundreds of epochs."""
+        last = self[2]
+        mean = x.mean(0)
+        _, S, Vh = torch.linalg.svd(x - mean, full_matrices=False)
+        h = min(last.weight.shape[1], Vh.shape[0])
+        last.bias.copy_(mean)
+        last.weight.zero_()
+        last.weight[:, :h].copy_((Vh[:h] * (S[:h, None] / max(1, x.shape[0]) ** 0.5)).T)
+
+
+class ConvDecoder(nn.Module):
+    """``[z, c]`` -> a coarse code ``[channels, ceil(L / 4^stages)]`` (linear) -> ``stages`` transposed 1-D
+    convolutions (kernel 8, stride 4, ELU between) -> one channel, cropped to ``L``, added to a per-element bias.
+
+    The reference's decoder (``model/CVAE_design.py``) scaled down for a CPU: it upsamples a code of length
+    ``L / 4096`` through 12 stride-2 layers of up to 256 channels with batch norm; here a longer code, fewer and
+    narrower layers and no batch norm (batches of 16), and a bias that starts at the samples' mean (the reference
+    has no such term and learns the mean through the convolutions). The code layer and the biases start at zero, so
+    the first decode is the mean; its output is not confined to a subspace of the samples."""
+
+    def __init__(self, in_dim: int, length: int, channels: int, stages: int) -> None:
+        super().__init__()
+        self.length, self.channels = length, channels
+        self.coarse = -(-length // 4**stages)
+        self.code = nn.Linear(in_dim, channels * self.coarse)
+        layers: list[nn.Module] = []
+        for i in range(stages):
+            last = i == stages - 1
+            layers.append(nn.ConvTranspose1d(channels, 1 if last else channels, 8, stride=4, padding=2))
+            if not last:
+                layers.append(nn.ELU())
+        self.up = nn.Sequential(*layers)
+        self.bias = nn.Parameter(torch.zeros(length))
+        with torch.no_grad():  # zero code and conv biases: the first decode is exactly the bias
+            for q in (self.code.weight, self.code.bias, *(m.bias for m in layers if isinstance(m, nn.ConvTranspose1d))):
+                q.zero_()
+
+    def forward(self, zc: torch.Tensor) -> torch.Tensor:
+        code = self.code(zc).view(-1, self.channels, self.coarse)
+        return self.bias + self.up(code)[:, 0, : self.length]
+
+    def output_parameters(self) -> list[nn.Parameter]:
+        return [self.bias]
+
+    @torch.no_grad()
+    def init_output(self, x: torch.Tensor) -> None:
+        self.bias.copy_(x.mean(0))
 
 
 class IcmCvae(nn.Module):
@@ -142,10 +236,10 @@ class IcmCvae(nn.Module):
         )
         self.fc_mu = nn.Linear(p.latent_dim + p.cond_dim, p.latent_dim)
         self.fc_var = nn.Linear(p.latent_dim + p.cond_dim, p.latent_dim)
-        self.decoder = nn.Sequential(
-            nn.Linear(p.latent_dim + p.cond_dim, self.hidden),
-            nn.SiLU() if p.decoder_act == "silu" else nn.Identity(),
-            nn.Linear(self.hidden, length),
+        self.decoder: PcaDecoder | ConvDecoder = (
+            ConvDecoder(p.latent_dim + p.cond_dim, length, p.conv_channels, p.conv_stages)
+            if p.decoder == "conv"
+            else PcaDecoder(p.latent_dim + p.cond_dim, self.hidden, length, p.decoder_act)
         )
         self.register_buffer("c_mean", torch.zeros(c_dim))
         self.register_buffer("c_scale", torch.ones(()))
@@ -206,8 +300,8 @@ class IcmCvae(nn.Module):
     def saved_state(self) -> dict[str, torch.Tensor]:
         """What generation needs: condition projection, decoder and normalisation (float16 for the big matrix)."""
         out = {f"cond.{k}": v for k, v in self.cond.state_dict().items()}
-        out |= {f"decoder.{k}": v for k, v in self.decoder.state_dict().items()}
-        out["decoder.2.weight"], out["decoder.2.bias"] = out["decoder.2.weight"].half(), out["decoder.2.bias"].half()
+        for k, v in self.decoder.state_dict().items():  # the large tensors (output size) in float16
+            out[f"decoder.{k}"] = v.half() if v.numel() >= _HALF_FROM else v
         return {**out, "c_mean": self.c_mean, "c_scale": self.c_scale}
 
 
@@ -223,6 +317,7 @@ class IcmSamples:
     mean: torch.Tensor  # [2 * modules] per-tensor statistics, A then B per module
     std: torch.Tensor
     raw_bytes: int  # bytes of the snapshots used, float32
+    final_bytes: int  # bytes of the final adapters of the same tasks, float32
 
 
 def flat_sizes(template: AdapterTemplate) -> list[int]:
@@ -276,7 +371,8 @@ def collect_icm_samples(
     mean = torch.stack([p.mean() for p in parts])
     std = torch.stack([p.std().clamp(min=1e-12) for p in parts])
     x = torch.cat([(p - m) / s for p, m, s in zip(parts, mean, std, strict=True)], dim=1)
-    return IcmSamples(template, x, task_of, tasks, [c[0] for c in chosen], mean, std, raw.numel() * 4)
+    final_bytes = 4 * sum(sizes) * len(chosen)
+    return IcmSamples(template, x, task_of, tasks, [c[0] for c in chosen], mean, std, raw.numel() * 4, final_bytes)
 
 
 def delta_scales(delta: LoraDelta) -> dict[str, float]:
@@ -298,16 +394,8 @@ def unflatten(x: torch.Tensor, template: AdapterTemplate) -> LoraDelta:
 
 
 def init_decoder_output(cvae: IcmCvae, x: torch.Tensor) -> None:
-    """Data-dependent start: output bias = the samples' mean, output weights = their top principal directions
-    (scaled by singular value / sqrt(N)). The mean includes the shared random init of A, hundreds of thousands of
-    values Adam would otherwise take thousands of steps to reach; the reference trains for hundreds of epochs."""
-    last = cvae.decoder[2]
-    mean = x.mean(0)
-    _, S, Vh = torch.linalg.svd(x - mean, full_matrices=False)
-    h = min(last.weight.shape[1], Vh.shape[0])
-    last.bias.copy_(mean)
-    last.weight.zero_()
-    last.weight[:, :h].copy_((Vh[:h] * (S[:h, None] / max(1, x.shape[0]) ** 0.5)).T)
+    """Data-dependent start of the decoder's output (see each decoder's ``init_output``)."""
+    cvae.decoder.init_output(x)
 
 
 ConditionFn = Callable[[Task, Sequence[Example]], np.ndarray]
@@ -356,13 +444,14 @@ class IcmGenerator:
         with torch.no_grad():
             init_decoder_output(cvae, samples.x)
         width = cvae.cond.in_features
-        out_layer = cvae.decoder[2]
-        others = [q for n, q in cvae.named_parameters() if not n.startswith("decoder.2.")]
+        output = cvae.decoder.output_parameters()
+        others = [q for q in cvae.parameters() if all(q is not o for o in output)]
         groups = [{"params": others, "lr": params.lr}]
         if params.output_lr_scale > 0:
-            groups.append({"params": list(out_layer.parameters()), "lr": params.lr * params.output_lr_scale})
-        else:  # the output layer stays the samples' mean and principal directions
-            out_layer.requires_grad_(False)
+            groups.append({"params": output, "lr": params.lr * params.output_lr_scale})
+        else:  # the output stays at its start (the samples' mean, and for 'pca' their principal directions)
+            for q in output:
+                q.requires_grad_(False)
         opt = torch.optim.AdamW(groups, lr=params.lr, weight_decay=0.0)
         n, x = len(samples.task_of), samples.x
         batch = min(params.batch_size, n)
@@ -402,11 +491,15 @@ class IcmGenerator:
             "curve": curve,
             "fit_seconds": round(time.perf_counter() - start, 3),
             "training_bytes": samples.raw_bytes,
+            "final_adapter_bytes": samples.final_bytes,
         }
         return generator
 
     def generate(self, condition: np.ndarray, seed: int | None = None) -> LoraDelta:
-        """Decode ``z = 0`` (the prior mean; ``seed`` None) or ``z ~ N(0, I)`` drawn with ``seed``."""
+        """Decode ``z = 0`` (the prior mean; ``seed`` None, ``latent`` 'zero') or ``z ~ N(0, I)`` drawn with
+        ``seed`` (with ``latent`` 'prior' always, drawn with ``seed`` or else the params' seed)."""
+        if self.params.latent == "prior" and seed is None:
+            seed = self.params.seed
         c = torch.as_tensor(np.asarray(condition, dtype=np.float32)).reshape(1, -1)
         if c.shape[1] != self.cvae.c_dim:
             raise AdaptforgeError(

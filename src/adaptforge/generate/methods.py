@@ -42,7 +42,8 @@ class Fitted(Protocol):
 
 @dataclass
 class Obtained:
-    """A generator ready to use, the adapters it learned from, its folder and both sizes in bytes."""
+    """A generator ready to use, the adapters it learned from, its folder and its size, the size of what it
+    learned from (final adapters, or snapshots for icm) and of the final adapters, in bytes."""
 
     generator: Fitted
     records: list[AdapterRecord]
@@ -50,6 +51,7 @@ class Obtained:
     generator_bytes: int
     training_bytes: int
     fitted_now: bool
+    final_bytes: int = 0  # the final adapters of the training tasks (float32); 0: same as training_bytes
 
 
 def folder_bytes(folder: Path) -> int:
@@ -169,7 +171,13 @@ class IcmMethod(Generator):
         if folder.is_dir():
             say(f"reusing generator {folder.name} ({len(samples.records)} adapters)")
             return Obtained(
-                IcmGenerator.load(folder), samples.records, folder, folder_bytes(folder), samples.raw_bytes, False
+                IcmGenerator.load(folder),
+                samples.records,
+                folder,
+                folder_bytes(folder),
+                samples.raw_bytes,
+                False,
+                samples.final_bytes,
             )
         say(f"fitting the icm generator on {len(samples.task_of)} snapshots of {len(samples.records)} adapters")
 
@@ -178,7 +186,7 @@ class IcmMethod(Generator):
 
         generator = IcmGenerator.fit(samples, condition, params)
         size = generator.save(folder)
-        return Obtained(generator, samples.records, folder, size, samples.raw_bytes, True)
+        return Obtained(generator, samples.records, folder, size, samples.raw_bytes, True, samples.final_bytes)
 
     @classmethod
     def condition(

@@ -157,6 +157,7 @@ def generate_into_library(
         "condition_source": source,
         "generator_bytes": got.generator_bytes,
         "training_bytes": got.training_bytes,
+        "final_adapter_bytes": got.final_bytes or got.training_bytes,
         "training_adapters": len(got.records),
         "seed": seed,
         "generation_seconds": round(generation_seconds, 3),
