@@ -30,7 +30,7 @@ def grid_section(grid: Grid) -> str:
     columns = [
         "adapter",
         "kind",
-        *((t, f"{t}: most cells scored on n={column_n[t]} examples") for t in grid.tasks),
+        *((t, f"{t}: most cells scored on n={column_n.get(t, '-')} examples") for t in grid.tasks),
         ("mean", "mean over the tasks this row has"),
         ("worst", "lowest task"),
     ]
@@ -104,7 +104,7 @@ def grid_section(grid: Grid) -> str:
         acc_rows.append(acc + summary(record.id, record.name, acc_vals, "metric"))
         delta_rows.append(dl + summary(record.id, record.name, delta_vals, "delta"))
     split_id = esc(grid.split)
-    sizes = ", ".join(f"{t} {column_n[t]}" for t in grid.tasks)
+    sizes = ", ".join(f"{t} {column_n.get(t, '-')}" for t in grid.tasks)  # '-': only removed adapters' rows
     mark = "; &#8224; a cell scored on another number of examples (its tooltip says which)" if odd else ""
     n_note = el("p", esc(f"Examples per cell (n): {sizes}") + mark, {"class": "note n-note"})
     parts = [
