@@ -54,7 +54,7 @@ def probe(scorer: Scorer, task: Task, seed: int) -> dict[str, float] | None:
     train_x = scorer.embed_texts([e.text for e in task.split("train")]).numpy()
     test_x = scorer.embed_texts([e.text for e in task.split("test")]).numpy()
     train_y, test_y = np.array(task.label_ids("train")), task.label_ids("test")
-    folds = min(PROBE_FOLDS, int(np.bincount(train_y).min()))
+    folds = max(2, min(PROBE_FOLDS, int(np.bincount(train_y).max())))  # sklearn warns when a class has fewer
     search = GridSearchCV(
         LogisticRegression(max_iter=5000),
         {"C": list(PROBE_CS)},
