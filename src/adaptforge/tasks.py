@@ -773,17 +773,34 @@ def load_task(
     )
 
 
+def task_spec(value: str | Path) -> tuple[Path, str | None, str | None]:
+    """``PATH``, ``PATH:TEXT_COL`` or ``PATH:TEXT_COL:LABEL_COL`` (an empty part keeps the default, as in
+    ``PATH::LABEL_COL``): the task and its own columns, when several tasks of one command name them differently.
+    A path that exists as given is never split, so a file name holding a colon still loads."""
+    path = Path(value)
+    if path.exists():
+        return path, None, None
+    text = str(value)
+    for parts in (text.rsplit(":", 2), text.rsplit(":", 1)):
+        columns = [c or None for c in parts[1:]]
+        if len(parts) > 1 and any(columns) and Path(parts[0]).exists():
+            return Path(parts[0]), columns[0], columns[1] if len(columns) == 2 else None
+    return path, None, None
+
+
 def load_tasks(
     paths: Sequence[str | Path], *, text_col: str = "text", label_col: str = "label", description: str | None = None
 ) -> list[Task]:
-    """Load several tasks (same column names and, when given, ``description`` for all); names must be unique
+    """Load several tasks (``description``, when given, for all); each path may name its own columns as
+    ``PATH:TEXT_COL:LABEL_COL`` (:func:`task_spec`), ``text_col``/``label_col`` are the rest's. Names must be unique
     because results are keyed by name."""
     if isinstance(paths, (str, Path)):
         raise TaskFormatError(f"load_tasks expects a list of paths, got the single path {str(paths)!r}")
     tasks: list[Task] = []
     seen: dict[str, Path | None] = {}
-    for p in paths:
-        task = load_task(p, text_col=text_col, label_col=label_col, description=description)
+    for spec in paths:
+        p, own_text, own_label = task_spec(spec)
+        task = load_task(p, text_col=own_text or text_col, label_col=own_label or label_col, description=description)
         if task.name in seen:
             raise TaskFormatError(
                 f"two tasks are named {task.name!r}: {seen[task.name]} and {task.path}; task names must be unique"

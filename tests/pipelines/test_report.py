@@ -361,3 +361,40 @@ def test_page_renders_in_headless_chromium(made, tmp_path):
     colours = {(r // 16, g // 16, b // 16) for r, g, b in pixels if max(r, g, b) - min(r, g, b) > 60}
     assert saturated > 5000 and len(colours) >= 5, (saturated, len(colours))
     assert not math.isnan(mean)
+    # every chart's legend sits outside its plotting areas, in text a person can read: measured by the browser
+    # on a copy of the page with a script that writes what it found into the DOM
+    checked = tmp_path / "checked.html"
+    checked.write_text(out.read_text(encoding="utf-8").replace("</body>", LEGEND_CHECK + "</body>"), encoding="utf-8")
+    dom = subprocess.run([*base, "--dump-dom", checked.as_uri()], capture_output=True, text=True, timeout=180).stdout
+    found = re.search(r'data-legend-check="([^"]*)"', dom)
+    assert found is not None, dom[-2000:]
+    legends, problems = found.group(1).split(";", 1)
+    assert int(legends) >= 3 and problems == "", problems  # the merge, new-task and training charts
+
+
+LEGEND_CHECK = """<script>
+(function () {
+  var legends = 0, problems = [];
+  document.querySelectorAll("svg").forEach(function (svg) {
+    var plots = [];
+    svg.querySelectorAll('g[id^="axes_"]').forEach(function (axes) {
+      var patch = axes.querySelector('g[id^="patch_"] path');
+      if (patch) { plots.push(patch.getBoundingClientRect()); }
+    });
+    svg.querySelectorAll('g[id^="legend_"]').forEach(function (legend) {
+      legends += 1;
+      var box = legend.getBoundingClientRect();
+      plots.forEach(function (p) {
+        if (box.left < p.right && p.left < box.right && box.top < p.bottom && p.top < box.bottom) {
+          problems.push(svg.getAttribute("aria-label") + ": legend over the data");
+        }
+      });
+      legend.querySelectorAll("text").forEach(function (t) {
+        var height = t.getBoundingClientRect().height;
+        if (height < 9) { problems.push(svg.getAttribute("aria-label") + ": legend text " + height + "px high"); }
+      });
+    });
+  });
+  document.body.setAttribute("data-legend-check", legends + ";" + problems.join(" | "));
+})();
+</script>"""

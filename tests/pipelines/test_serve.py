@@ -31,6 +31,7 @@ from adaptforge.pipelines.evaluate import evaluate_grid
 from adaptforge.pipelines.serve import RunningServer, build_service, start_in_thread
 from adaptforge.scorers import make_scorer
 from adaptforge.serve import ServeConfig, ServeLimits
+from adaptforge.serve.schema import FIELDS
 from adaptforge.tasks import Example, load_task
 
 TASK_ADAPTERS = ("sst2-a", "sst2-b", "subjectivity-a", "agnews-a")
@@ -391,7 +392,7 @@ def test_a_corrupted_adapter_is_a_server_error_and_the_server_stays_up(trained_l
         assert c.post("/v1/classify", json={"texts": ["x"], "adapter": "sst2-a"}).status_code == 200
 
 
-def test_a_422_lists_at_most_twenty_problems_and_docs_pages_are_off(limited):
+def test_a_422_lists_at_most_twenty_problems(limited):
     body = {"texts": ["x"], **{f"u{i}": 1 for i in range(60)}}  # small enough for this server's 4 KB body limit
     with httpx.Client(base_url=limited.url, timeout=60) as c:
         answer = c.post("/v1/classify", json=body)
@@ -399,8 +400,65 @@ def test_a_422_lists_at_most_twenty_problems_and_docs_pages_are_off(limited):
         assert answer.status_code == 422, answer.text
         assert len(error["problems"]) == 20 and error["problems_not_listed"] == 40
         assert error["field"] == "u0" and "unknown field" in error["message"]
-        assert c.get("/docs").status_code == 404 and c.get("/redoc").status_code == 404  # CDN pages, blank offline
         assert "/v1/classify" in c.get("/openapi.json").json()["paths"]
+
+
+def test_docs_page_is_self_contained_and_names_every_route_and_field(limited):
+    """``/docs`` over real HTTP: HTML that references no other origin (no script, stylesheet, font or image URL;
+    a content security policy that forbids any request), with every route and every classify field; FastAPI's
+    CDN pages stay off (``/redoc`` is a 404)."""
+    from html.parser import HTMLParser
+
+    with httpx.Client(base_url=limited.url, timeout=60) as c:
+        page = c.get("/docs")
+        assert c.get("/redoc").status_code == 404
+        schema = c.get("/openapi.json").json()
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert page.headers["content-security-policy"].startswith("default-src 'none'")
+    refs: list[tuple[str, str, str]] = []
+
+    class Links(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            refs.extend((tag, k, v or "") for k, v in attrs if k in ("src", "href", "action", "srcset", "data"))
+            assert tag not in ("script", "link", "iframe", "img", "object", "embed", "base"), tag
+
+    Links().feed(page.text)
+    assert {v for _, _, v in refs if not v.startswith("#")} == {"openapi.json"}  # relative: this server
+    lowered = page.text.lower()
+    assert "http://" not in lowered and "https://" not in lowered and "//" not in lowered.replace("<!doctype", "")
+    assert "@import" not in lowered and "url(" not in lowered
+    for route in schema["paths"]:
+        assert f"<code>{route}</code>" in page.text
+    for name in FIELDS["classify"]:
+        assert f"<code>{name}</code>" in page.text
+
+
+def test_access_log_has_one_line_per_request_naming_the_adapter(limited, caplog):
+    """Method, path, the adapter or model the body names (never its texts), status and latency, one line per
+    request, also for a refused one."""
+    caplog.set_level("INFO", logger="adaptforge.serve.access")
+    with httpx.Client(base_url=limited.url, timeout=60) as c:
+        assert c.post("/v1/classify", json={"texts": ["secret words"], "adapter": "sst2-a"}).status_code == 200
+        assert c.post("/v1/classify", json={"texts": ["x"], "adapter": "nope"}).status_code == 404
+        assert c.post("/v1/embeddings", json={"model": "sst2-a", "input": "x"}).status_code == 200
+        assert c.get("/health").status_code == 200
+
+    def logged() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "adaptforge.serve.access"]
+
+    deadline = time.monotonic() + 10  # a line is written once its response is sent: the last may trail the client
+    while len(logged()) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    lines = logged()
+    pattern = r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ 127\.0\.0\.1:\d+ "(\S+) (\S+)" (\d{3}) (\S+) \d+\.\dms$'
+    parsed = [re.match(pattern, line).groups() for line in lines]  # type: ignore[union-attr]
+    assert parsed == [
+        ("POST", "/v1/classify", "200", "adapter=sst2-a"),
+        ("POST", "/v1/classify", "404", "adapter=nope"),
+        ("POST", "/v1/embeddings", "200", "model=sst2-a"),
+        ("GET", "/health", "200", "-"),
+    ]
+    assert not any("secret" in line for line in lines)
 
 
 def test_thousands_of_bad_requests_leave_the_server_answering(limited):
@@ -549,7 +607,11 @@ def test_cli_serves_and_shuts_down_cleanly_on_sigterm(trained_library, tmp_path)
             inflight.join(60)
             assert answer["r"].status_code == 200 and answer["r"].json()["results"][0]["adapter"] == "sst2-a"
         assert proc.wait(60) == 0
-        assert "stopped" in proc.stderr.read()  # type: ignore[union-attr]
+        stderr = proc.stderr.read()  # type: ignore[union-attr]
+        assert "stopped" in stderr
+        # the access log is on by default: one line per request, on stderr
+        assert re.search(r'"POST /v1/classify" 200 adapter=sst2-a \d+\.\dms', stderr), stderr
+        assert re.search(r'"GET /health" 200 - \d+\.\dms', stderr), stderr
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -120,3 +120,19 @@ def test_inline_svg_has_no_url_and_is_stable():
     assert inline_svg('<?xml version="1.0"?><!-- https://x --><svg xmlns="http://w3.org/svg" a="1"></svg>', "x") == (
         '<svg role="img" aria-label="x" a="1"></svg>'
     )
+
+
+def test_the_fullest_evaluation_is_shown_and_a_column_of_removed_adapters_has_no_n():
+    """A newer evaluation on fewer examples does not replace one on more; a task whose only rows belong to a
+    removed adapter still renders (its column's n is '-')."""
+    a, gone = record("a"), record("gone")
+    rows = [
+        metric(a, "t1", 0.7, n=20, created=1),
+        metric(a, "t1", 0.9, n=5, created=5),  # a side-effect --limit run, newer
+        metric(None, "t1", 0.6, n=20),
+        metric(gone, "t2", 0.5, n=10),
+    ]
+    text = page([a], rows)
+    (shown,) = cells(table_of(text, "heatmap-test"), source="metric", adapter_id=a.id)
+    assert value(shown) == 0.7 and 'data-n="20"' in shown and "n-differs" not in shown
+    assert "Examples per cell (n): t1 20, t2 -" in text

@@ -49,7 +49,10 @@ Examples ($TASKS: the shipped tasks, src/adaptforge/data/tasks in a clone):
 def eval_cmd(
     task_dirs: Annotated[
         list[Path],
-        typer.Argument(help="Task folders (or .json/.csv files); with --metric perplexity, .txt / .jsonl corpora."),
+        typer.Argument(
+            help="Task folders (or .json/.csv files; TASK:TEXT_COL:LABEL_COL gives one its own columns); with "
+            "--metric perplexity, .txt / .jsonl corpora."
+        ),
     ],
     library: Annotated[Path | None, typer.Option("--library", "-l")] = None,
     adapter: Annotated[list[str] | None, typer.Option("--adapter", "-a", help="Adapter name; repeatable.")] = None,

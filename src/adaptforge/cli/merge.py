@@ -40,6 +40,7 @@ Examples ($TASKS: the shipped tasks, src/adaptforge/data/tasks in a clone):
   adaptforge merge sst2-lora agnews-lora -l lib --method task_arithmetic --scaling 0.35 --out both
   adaptforge merge sst2-lora agnews-lora -l lib --method ties --density 0.2 --out both-ties \
     --eval $TASKS/sst2 --eval $TASKS/agnews
+  adaptforge merge a b -l lib --out ab --eval a.csv:review:stars --eval b.csv:body:topic
   adaptforge merge --recipe merge.yaml -l lib
   adaptforge merge --list     (every method with its parameters and paper)
 """
@@ -67,7 +68,14 @@ def merge_cmd(
         list[Path] | None, typer.Option("--retain", help="base_interp: task whose base accuracy is kept.")
     ] = None,
     model: ModelOpt = None,
-    eval_dirs: Annotated[list[Path] | None, typer.Option("--eval", help="Evaluate on this task; repeatable.")] = None,
+    eval_dirs: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--eval",
+            help="Evaluate on this task; repeatable. TASK:TEXT_COL:LABEL_COL gives one task its own columns "
+            "(the others use --text-col/--label-col).",
+        ),
+    ] = None,
     split: Annotated[str, typer.Option(help="Split evaluated by --eval.")] = "test",
     limit: LimitOpt = None,
     text_col: TextColOpt = "text",

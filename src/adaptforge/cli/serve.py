@@ -19,7 +19,8 @@ Examples:
   curl -s localhost:8000/v1/classify -H 'content-type: application/json' \
     -d '{"adapter": "sst2-lora", "texts": \["a fine film"]}'
 
-The API's schema (every route and field): http://127.0.0.1:8000/openapi.json once it runs.
+The API reference, offline: http://127.0.0.1:8000/docs once it runs (JSON: /openapi.json).
+One access-log line per request on stderr (--no-access-log: none).
 """
 
 
@@ -45,6 +46,13 @@ def serve_cmd(
     limit: Annotated[
         list[str] | None, typer.Option("--limit", help="A request limit key=value (see --list); repeatable.")
     ] = None,
+    access_log: Annotated[
+        bool,
+        typer.Option(
+            "--access-log/--no-access-log",
+            help="One line per request on stderr: time, client, method and path, adapter or model, status, latency.",
+        ),
+    ] = True,
     list_settings: Annotated[bool, typer.Option("--list", help="List the server settings and limits.")] = False,
 ) -> None:
     """Serve the library's adapters over HTTP: classify, embeddings, chat and completions (causal LM), models,
@@ -70,6 +78,7 @@ def serve_cmd(
             "max_wait_ms": max_wait_ms,
             "api_key": api_key,
             "threads": threads,
+            "access_log": access_log,
         }
         config = ServeConfig.from_dict({k: v for k, v in given.items() if v is not None})
         limits = ServeLimits.from_dict(parse_options(limit or []))

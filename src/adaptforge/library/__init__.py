@@ -40,6 +40,7 @@ from __future__ import annotations
 from adaptforge.library.catalog import BUSY_TIMEOUT_S
 from adaptforge.library.files import read_provenance, write_provenance
 from adaptforge.library.maintenance import Leftovers, Maintenance
+from adaptforge.library.metrics import shown_row
 from adaptforge.library.rebuild import RebuildReport, rebuild_catalog
 from adaptforge.library.records import (
     ADAPTERS_DIR,
@@ -101,6 +102,7 @@ __all__ = [
     "infer_kind",
     "read_provenance",
     "rebuild_catalog",
+    "shown_row",
     "validate_name",
     "write_provenance",
 ]

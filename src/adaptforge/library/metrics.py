@@ -36,6 +36,22 @@ def insert_metrics(conn: sqlite3.Connection, rows: Sequence[tuple[str | None, Me
     )
 
 
+def shown_row(rows: Sequence[MetricRow]) -> MetricRow | None:
+    """Which of several evaluations of one adapter (or of the base) on one task split stands for its score: the one
+    on the most examples of the task's current data (the newest row's task fingerprint), the newest among equals.
+
+    A side-effect evaluation on a sample (``merge --eval --limit 16``, compose's and generate's own checks) never
+    replaces one on more examples, however much newer; a re-evaluation on as many examples does. NaN rows (no
+    number) are never shown.
+    """
+    numbers = [r for r in rows if not math.isnan(r.value)]
+    if not numbers:
+        return None
+    newest = max(numbers, key=lambda r: r.created)
+    current = [r for r in numbers if r.task_fingerprint in (newest.task_fingerprint, None)]
+    return max(current, key=lambda r: (r.n, r.created))
+
+
 class Metrics(Catalog):
     """Recording and reading metric rows."""
 

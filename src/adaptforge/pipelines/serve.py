@@ -11,8 +11,10 @@ then drains: uvicorn stops accepting, answers the requests in flight, and the wo
 from __future__ import annotations
 
 import ipaddress
+import logging
 import signal
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from adaptforge.core import AdaptforgeError
 from adaptforge.library import Library
 from adaptforge.pipelines.common import Notify, load_base, reporter
 from adaptforge.serve import ServeConfig, ServeLimits, Service, create_app
+from adaptforge.serve.app import access_log
 
 if TYPE_CHECKING:
     import uvicorn
@@ -78,7 +81,10 @@ def is_loopback(host: str) -> bool:
 def _server(service: Service, log_level: str) -> uvicorn.Server:
     import uvicorn
 
-    config = uvicorn.Config(create_app(service), log_level=log_level, lifespan="on", timeout_keep_alive=5)
+    # uvicorn's own access log is off: ours (adaptforge.serve.access) also names the adapter and the latency
+    config = uvicorn.Config(
+        create_app(service), log_level=log_level, lifespan="on", timeout_keep_alive=5, access_log=False
+    )
     return uvicorn.Server(config)
 
 
@@ -143,6 +149,7 @@ def serve_library(
         torch.set_num_threads(config.threads)
     sock = bind(config.host, config.port)  # a taken port is refused before the model loads
     service: Service | None = None
+    access = access_to_stderr() if config.access_log else None
     try:
         service = build_service(library, config, limits, model=model, notify=say)
         service.start()
@@ -163,4 +170,19 @@ def serve_library(
         if service is not None:
             service.stop()
         sock.close()
+        if access is not None:  # the logger as it was: a server in the same process later logs nothing
+            access_log.removeHandler(access)
+            access_log.setLevel(logging.NOTSET)
+            access_log.propagate = True
     say("stopped")
+
+
+def access_to_stderr() -> logging.Handler:
+    """The access log's lines, as they are, on stderr (whatever the CLI's log level), not passed on to the root
+    logger's handlers."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access_log.addHandler(handler)
+    access_log.setLevel(logging.INFO)
+    access_log.propagate = False
+    return handler

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from adaptforge.backends import Backend, JobOutcome, Worker, WorkerSetup
 from adaptforge.backends.base import Pool
 from adaptforge.core import AdaptforgeError
-from adaptforge.library import AdapterRecord, Library
+from adaptforge.library import AdapterRecord, Library, MetricRow, shown_row
 from adaptforge.pipelines.sweep_spec import SweepSpec, SweepSpecError
 from adaptforge.tasks import Task, load_task
 
@@ -345,13 +344,15 @@ class SweepOutcome:
 
 
 def recorded_accuracy(library: Library, adapter: str, split: str) -> float | None:
-    """Mean over tasks of the adapter's latest recorded accuracy on ``split`` (routed accuracy for routed
-    adapters, exact match on a generation task); ``None`` when it was not evaluated."""
-    latest: dict[str, float] = {}
+    """Mean over tasks of the adapter's recorded accuracy on ``split`` (routed accuracy for routed adapters, exact
+    match on a generation task), each task's the row :func:`~adaptforge.library.shown_row` picks (the most
+    examples, then the newest); ``None`` when it was not evaluated."""
+    by_task: dict[str, list[MetricRow]] = {}
     for row in library.metrics(adapter, split=split):
-        if row.metric in ("accuracy", "routed_accuracy", "exact_match") and not math.isnan(row.value):
-            latest[row.task] = row.value
-    return sum(latest.values()) / len(latest) if latest else None
+        if row.metric in ("accuracy", "routed_accuracy", "exact_match"):
+            by_task.setdefault(row.task, []).append(row)
+    shown = [r.value for r in map(shown_row, by_task.values()) if r is not None]
+    return sum(shown) / len(shown) if shown else None
 
 
 def plan(spec: SweepSpec, library: Library) -> dict[str, list[Cell]]:

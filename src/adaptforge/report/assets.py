@@ -34,6 +34,7 @@ table.sortable thead th[aria-sort=ascending]::after { content: " \\25B2"; font-s
 table.sortable thead th[aria-sort=descending]::after { content: " \\25BC"; font-size: 9px; }
 tbody.pinned th, tbody.pinned td { font-style: italic; border-bottom: 2px solid #999; }
 table.heatmap td.cell { min-width: 62px; }
+table.heatmap td.n-differs::after { content: "\\2020"; margin-left: 2px; }
 td.missing { color: #bbb; }
 .num small { opacity: 0.85; }
 code, .mono { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 11.5px; }

@@ -28,6 +28,8 @@ ACCURACY_MAP = "viridis"
 DELTA_MAP = "RdBu"
 MAX_POINTS = 1000  # per plotted line; scatter markers are one SVG element each, so fewer of them
 MAX_MARKERS = 2000  # per scatter panel, over all tasks
+TEXT_SIZE = 8.5  # points: every label, tick and title
+LEGEND_FONT = 8.0  # points: legends, never smaller (they sit outside the axes, so they need no shrinking)
 _STRIP = (
     re.compile(r"<\?xml[^>]*\?>\s*"),
     re.compile(r"<!DOCTYPE[^>]*>\s*", re.IGNORECASE),
@@ -58,7 +60,8 @@ def _figure(salt: str, width: float, height: float, constrained: bool = True) ->
     style = {
         "svg.fonttype": "none",
         "svg.hashsalt": salt,
-        "font.size": 8.5,
+        "font.size": TEXT_SIZE,
+        "legend.fontsize": LEGEND_FONT,
         "axes.spines.top": False,
         "axes.spines.right": False,
         "axes.grid": True,
@@ -124,12 +127,14 @@ def training_chart(run: TrainingRun) -> str:
         panels += ["draws"] + (["tail"] if run.tail else [])
     cols = 2 if len(panels) > 1 else 1
     rows = math.ceil(len(panels) / cols)
-    with _figure(f"train-{run.adapter.id}", 4.4 * cols, 2.7 * rows, constrained=False) as (fig, buffer):
+    width, height = 4.4 * cols, 2.7 * rows
+    with _figure(f"train-{run.adapter.id}", width, height, constrained=False) as (fig, buffer):
         axes = fig.subplots(rows, cols, squeeze=False).ravel()
         for ax in axes[len(panels) :]:
             ax.set_visible(False)
         for ax, panel in zip(axes, panels, strict=False):
             {"loss": _loss_panel, "dev": _dev_panel, "draws": _draws_panel, "tail": _tail_panel}[panel](ax, run)
+        _legend_below(fig, axes[: len(panels)], width, height)
     return inline_svg(buffer.getvalue(), f"training curves of {run.adapter.name}")
 
 
@@ -142,14 +147,39 @@ def _thin(points: Sequence[tuple[float, float]], limit: int = MAX_POINTS) -> lis
     return kept
 
 
-def _legend(ax: Axes, entries: int) -> None:
-    """Small legend, in two columns when there are many tasks."""
-    ax.legend(fontsize=6.5 if entries <= 6 else 5.5, loc="best", ncols=1 if entries <= 6 else 2)
+def _entry_inches(labels: Sequence[str]) -> float:
+    """Width of the widest legend entry (handle, gap and text) at :data:`LEGEND_FONT`."""
+    return 0.55 + max((len(label) for label in labels), default=0) * LEGEND_FONT * 0.55 / 72
+
+
+def _legend_below(fig: Figure, axes: Sequence[Axes], width: float, height: float) -> None:
+    """One legend for the whole figure, below its panels, each label once: the figure grows by the legend's
+    height and the panels keep their size, so no entry sits over the data (fixed-margin figures)."""
+    handles, labels = [], []
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    if not labels:
+        return
+    cols = max(1, min(len(labels), int((width - 0.3) // _entry_inches(labels))))
+    legend = (math.ceil(len(labels) / cols) * LEGEND_FONT * 1.6 + 8) / 72  # rows of text, and a margin
+    total = height + legend
+    fig.set_size_inches(width, total)
+    fig.subplots_adjust(bottom=(0.5 + legend) / total, top=1 - 0.3 / total)
+    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncols=cols, frameon=False)
+
+
+def _legend_outside(fig: Figure, width: float, entries: Sequence[str]) -> None:
+    """The figure's legend below the axes, in as many columns as fit: constrained layout makes room for it."""
+    cols = max(1, min(len(entries), int((width - 0.3) // _entry_inches(entries))))
+    fig.legend(loc="outside lower center", ncols=cols, frameon=False)
 
 
 def _loss_panel(ax: Axes, run: TrainingRun) -> None:
-    """Batch losses (one colour per task when several; the legend names the colours once, the other panels
-    name the tasks), their running mean, and dev losses dashed."""
+    """Batch losses (one colour per task when several: the figure's legend names each task's colour once), their
+    running mean, and dev losses dashed."""
     steps = [h[0] + 1 for h in run.history]
     losses = [h[2] for h in run.history]
     if run.multitask:
@@ -173,7 +203,6 @@ def _loss_panel(ax: Axes, run: TrainingRun) -> None:
             label = "dev loss" if i == 0 else None
             ax.plot(xs, ys, "--o", markersize=3, color=_task_colour(i), linewidth=1, label=label)
     ax.set(title="training loss", xlabel="step", ylabel="loss")
-    _legend(ax, 3)
 
 
 def _dev_panel(ax: Axes, run: TrainingRun) -> None:
@@ -182,7 +211,6 @@ def _dev_panel(ax: Axes, run: TrainingRun) -> None:
         if curve:
             ax.plot([p[0] for p in curve], [p[2] for p in curve], "-o", markersize=3, color=_task_colour(i), label=task)
     ax.set(title="dev accuracy", xlabel="step", ylabel="accuracy")
-    _legend(ax, len(run.tasks))
 
 
 def _draws_panel(ax: Axes, run: TrainingRun) -> None:
@@ -190,7 +218,6 @@ def _draws_panel(ax: Axes, run: TrainingRun) -> None:
         xs, ys = zip(*_thin(list(zip(steps, counts, strict=True))), strict=True)
         ax.step(xs, ys, where="post", color=_task_colour(i), label=task)
     ax.set(title="batches drawn per task", xlabel="step", ylabel="batches")
-    _legend(ax, len(run.tasks))
 
 
 def _tail_panel(ax: Axes, run: TrainingRun) -> None:
@@ -198,7 +225,6 @@ def _tail_panel(ax: Axes, run: TrainingRun) -> None:
     ax.plot(steps, [p[1] for p in run.tail], "-o", markersize=3, color="#b2182b", label="CVaR20 (mean of worst 20%)")
     ax.plot(steps, [p[2] for p in run.tail], "--", color="#555555", linewidth=1, label="worst task")
     ax.set(title="tail of dev accuracy over tasks", xlabel="step", ylabel="accuracy")
-    ax.legend(fontsize=6.5, loc="best")
 
 
 def merge_chart(views: Sequence[MergeView]) -> str:
@@ -222,7 +248,7 @@ def merge_chart(views: Sequence[MergeView]) -> str:
         ax.axhline(1.0, color="#333333", linewidth=0.8, linestyle="--")
         ax.set_xticks(range(len(tasks)), tasks, rotation=20, ha="right")
         ax.set(title="merged adapters: normalized accuracy per task", ylabel="merged / own adapter")
-        ax.legend(fontsize=6.5, loc="lower right")
+        _legend_outside(fig, wide, [f"{v.adapter.name} ({v.adapter.method}, {v.split})" for v in views])
     return inline_svg(buffer.getvalue(), "normalized accuracy of merged adapters per task")
 
 
@@ -245,5 +271,5 @@ def new_task_chart(rows: Sequence[NewTaskRow]) -> str:
         ax.set_yticks(list(ys), labels)
         ax.invert_yaxis()
         ax.set(title="new-task adapters vs zero-shot", xlabel="accuracy", xlim=(0, 1))
-        ax.legend(fontsize=6.5, loc="lower right")
+        _legend_outside(fig, 7.5, ["zero-shot", "adapter (green: composed, purple: generated)"])
     return inline_svg(buffer.getvalue(), "composed and generated adapters against zero-shot")

@@ -26,11 +26,27 @@ def grid_section(grid: Grid) -> str:
     low, high = (min(values), max(values)) if values else (0.0, 1.0)
     deltas = [c.delta for c in grid.cells.values() if c.delta is not None]
     span = max((abs(d) for d in deltas), default=0.0) or 0.05
-    columns = ["adapter", "kind", *grid.tasks, ("mean", "mean over the tasks this row has"), ("worst", "lowest task")]
+    column_n = grid.column_n
+    columns = [
+        "adapter",
+        "kind",
+        *((t, f"{t}: most cells scored on n={column_n.get(t, '-')} examples") for t in grid.tasks),
+        ("mean", "mean over the tasks this row has"),
+        ("worst", "lowest task"),
+    ]
+    odd: set[str] = set()
 
     def heat(value: float, diverging: bool, trace: dict[str, AttrValue], text: str) -> Cell:
         bg, fg = charts.colour(value, -span if diverging else low, span if diverging else high, diverging)
-        return Cell(esc(text), value, {**trace, "class": "num cell", "style": f"background:{bg};color:{fg}"})
+        values = {**trace, "class": "num cell", "style": f"background:{bg};color:{fg}"}
+        task, n = str(trace["data-task"]), int(trace["data-n"])  # type: ignore[arg-type]
+        if n != column_n[task]:  # scored on other examples than the rest of its column: marked, and says so
+            odd.add(task)
+            values["class"] = "num cell n-differs"
+            values["title"] = (
+                f"{trace['title']}; NOT comparable with the column: most of its cells have n={column_n[task]}"
+            )
+        return Cell(esc(text), value, values)
 
     def summary(record_id: str, name: str, vals: list[float], source: str) -> list[Cell]:
         out = []
@@ -88,6 +104,9 @@ def grid_section(grid: Grid) -> str:
         acc_rows.append(acc + summary(record.id, record.name, acc_vals, "metric"))
         delta_rows.append(dl + summary(record.id, record.name, delta_vals, "delta"))
     split_id = esc(grid.split)
+    sizes = ", ".join(f"{t} {column_n.get(t, '-')}" for t in grid.tasks)  # '-': only removed adapters' rows
+    mark = "; &#8224; a cell scored on another number of examples (its tooltip says which)" if odd else ""
+    n_note = el("p", esc(f"Examples per cell (n): {sizes}") + mark, {"class": "note n-note"})
     parts = [
         el("h3", f"accuracy on <code>{split_id}</code>"),
         _legend(low, high, False),
@@ -101,6 +120,7 @@ def grid_section(grid: Grid) -> str:
             ),
             {"class": "scroll"},
         ),
+        n_note,
         el("h3", f"accuracy minus zero-shot on <code>{split_id}</code>"),
         _legend(-span, span, True),
         el(

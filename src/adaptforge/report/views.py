@@ -3,17 +3,19 @@ task, merges against each task's own adapter, new-task adapters against zero-sho
 
 Pure functions over :class:`~adaptforge.report.model.ReportInput`; every value they produce keeps the
 metric row (or recipe key) it came from, so the page can trace it. When a value was recorded more than once
-the newest row wins, as ``adaptforge library show`` lists it last.
+the row :func:`~adaptforge.library.shown_row` picks is shown: the one on the most examples, the newest among
+equals, so a side-effect ``--limit`` evaluation never hides a fuller one.
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from adaptforge.library.metrics import shown_row
 from adaptforge.provenance import ComposeProvenance, GenerateProvenance, TrainProvenance
 from adaptforge.report.model import ReportInput, Tail
 
@@ -42,9 +44,9 @@ class MetricIndex:
             if not math.isnan(row.value):
                 self._rows[(row.adapter_id, row.task, row.split, row.metric)].append(row)
 
-    def latest(self, adapter_id: str | None, task: str, split: str, metric: str) -> MetricRow | None:
-        rows = self._rows.get((adapter_id, task, split, metric))
-        return rows[-1] if rows else None
+    def shown(self, adapter_id: str | None, task: str, split: str, metric: str) -> MetricRow | None:
+        """The row that stands for this score (:func:`~adaptforge.library.shown_row`)."""
+        return shown_row(self._rows.get((adapter_id, task, split, metric), []))
 
     def on_same_examples(self, adapter_id: str, like: MetricRow, metric: str = ACCURACY) -> MetricRow | None:
         """The newest ``metric`` row of an adapter on the task, split, base and number of examples of ``like``."""
@@ -53,16 +55,17 @@ class MetricIndex:
         return same[-1] if same else None
 
     def accuracy(self, adapter_id: str, task: str, split: str) -> MetricRow | None:
-        """The newest accuracy, plain or routed (``merge --eval`` records a per-input merge's score as
+        """The shown accuracy, plain or routed (``merge --eval`` records a per-input merge's score as
         ``routed_accuracy``; ``eval`` of the stored adapter routes it too and records ``accuracy``)."""
-        found = [self.latest(adapter_id, task, split, m) for m in (ACCURACY, ROUTED_ACCURACY)]
-        return max((r for r in found if r is not None), key=lambda r: r.created, default=None)
+        found = [self.shown(adapter_id, task, split, m) for m in (ACCURACY, ROUTED_ACCURACY)]
+        return shown_row([r for r in found if r is not None])
 
     def zero_shot(self, base_fingerprint: str, task: str, split: str, n: int | None = None) -> MetricRow | None:
-        """The bare base model's accuracy on the task: on the same number of examples when recorded, else newest."""
+        """The bare base model's accuracy on the task: the newest on ``n`` examples when recorded, else the shown
+        row."""
         rows = [r for r in self._rows.get((None, task, split, ACCURACY), []) if r.base_fingerprint == base_fingerprint]
         same = [r for r in rows if r.n == n]
-        return (same or rows or [None])[-1]
+        return same[-1] if same else shown_row(rows)
 
     def zero_shot_bases(self, split: str) -> list[str]:
         """Base fingerprints with a zero-shot accuracy on ``split``."""
@@ -113,6 +116,17 @@ class Grid:
     @property
     def bases(self) -> list[str]:
         return sorted({base for base, _ in self.zero})
+
+    @property
+    def column_n(self) -> dict[str, int]:
+        """Per task, the number of examples most of its cells were scored on (the larger on a tie): a cell on
+        another number is marked, since it does not compare with the rest of its column."""
+        counts: dict[str, Counter[int]] = defaultdict(Counter)
+        for (_, task), cell in self.cells.items():
+            counts[task][cell.row.n] += 1
+        for (_, task), row in self.zero.items():
+            counts[task][row.n] += 1
+        return {task: max(c.items(), key=lambda kv: (kv[1], kv[0]))[0] for task, c in counts.items()}
 
 
 def grids(data: ReportInput, index: MetricIndex) -> list[Grid]:

@@ -2,19 +2,23 @@
 
 Routes: ``POST /v1/classify``, ``POST /v1/embeddings``, ``POST /v1/chat/completions``, ``POST /v1/completions``
 (OpenAI's bodies; the last two for a causal base, see :mod:`adaptforge.serve.chat`), ``GET /v1/models``,
-``GET /health``, ``GET /metrics`` (Prometheus text). Every error is JSON ``{"error": {"type", "message", "field"}}``
+``GET /health``, ``GET /metrics`` (Prometheus text), ``GET /docs`` (the reference page, self-contained: see
+:mod:`adaptforge.serve.docs`). Every error is JSON ``{"error": {"type", "message", "field"}}``
 with the status the caller can act on: 422 for a body that asks for something impossible (naming the field), 404
 for an unknown adapter, task or route, 413 for too much, 429/503 when the server cannot take more, 401 without the
 API key. Only a fault of the server itself is a 500, and no request can stop it: the model runs on its own worker
 thread.
 
 :class:`Guard` checks the API key and the body size before any route runs (the body is read at most up to the
-limit, so a huge upload costs nothing) and records every request's status and latency.
+limit, so a huge upload costs nothing) and records every request's status and latency; with the access log on
+(``ServeConfig.access_log``), one line per request on the ``adaptforge.serve.access`` logger: time, client,
+method and path, the adapter or model the body names, status and latency (:func:`access_line`).
 """
 
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -23,17 +27,19 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adaptforge.core import AdaptforgeError, did_you_mean
 from adaptforge.library import CorruptAdapterError
+from adaptforge.serve.docs import CONTENT_SECURITY_POLICY, docs_page
 from adaptforge.serve.errors import NotFound, ServeError, TooLarge, Unauthorized
 from adaptforge.serve.schema import FIELDS, ChatRequest, ClassifyRequest, CompletionRequest, EmbeddingsRequest
 from adaptforge.serve.service import Service
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("adaptforge.serve.access")
 
 ROUTES = (
     "/v1/classify",
@@ -43,6 +49,7 @@ ROUTES = (
     "/v1/models",
     "/health",
     "/metrics",
+    "/docs",
 )
 BODIES = {"/v1/embeddings": "embeddings", "/v1/chat/completions": "chat", "/v1/completions": "completions"}
 
@@ -55,6 +62,57 @@ def error_body(
     if problems is not None:
         body["problems"] = problems
     return {"error": body}
+
+
+MAX_NAME_CHARS = 64  # of an adapter or model name in an access line
+
+
+def _name(value: object) -> str:
+    """A name from a request body, safe for one log line: printable, no spaces, at most MAX_NAME_CHARS."""
+    text = "".join(c if c.isprintable() and not c.isspace() else "?" for c in str(value))
+    return text if len(text) <= MAX_NAME_CHARS else text[: MAX_NAME_CHARS - 3] + "..."
+
+
+def requested(body: bytes) -> str:
+    """What a request body asks to run, for the access log: ``model=NAME`` (OpenAI bodies), ``adapter=NAME``,
+    ``adapters=A,B`` (one per text), ``merge=A+B`` or ``route=NAME``; ``-`` when it names none. Never its texts."""
+    if not body.lstrip().startswith(b"{"):
+        return "-"
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return "-"
+    if not isinstance(data, dict):
+        return "-"
+    for key in ("model", "adapter"):
+        if isinstance(data.get(key), str):
+            return f"{key}={_name(data[key])}"
+    names = data.get("adapters")
+    if isinstance(names, list):
+        distinct = list(dict.fromkeys("base" if n is None else _name(n) for n in names))
+        more = f",+{len(distinct) - 3}" if len(distinct) > 3 else ""
+        return "adapters=" + ",".join(distinct[:3]) + more
+    merge = data.get("merge")
+    if isinstance(merge, dict) and isinstance(merge.get("adapters"), list):
+        return (
+            "merge="
+            + "+".join(_name(n) for n in merge["adapters"][:4])
+            + ("+..." if len(merge["adapters"]) > 4 else "")
+        )
+    route = data.get("route")
+    if route is not None:
+        method = route.get("method", "spec") if isinstance(route, dict) else route
+        return f"route={_name(method)}"
+    return "-"
+
+
+def access_line(scope: Scope, status: int, seconds: float, what: str) -> str:
+    """One access-log line: UTC time, client, method and path, what ran, status, latency in ms."""
+    client = scope.get("client")
+    who = f"{client[0]}:{client[1]}" if client else "-"
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    path = _name(scope.get("path", ""))
+    return f'{stamp} {who} "{scope.get("method", "-")} {path}" {status} {what} {seconds * 1000:.1f}ms'
 
 
 def _error_response(err: ServeError) -> JSONResponse:
@@ -77,6 +135,7 @@ class Guard:
         start = time.perf_counter()
         route = scope["path"] if scope["path"] in ROUTES else "other"
         status = 500
+        body: bytes | None = b""
 
         async def recording_send(message: Message) -> None:
             nonlocal status
@@ -87,7 +146,6 @@ class Guard:
         try:
             headers = {k.decode("latin-1").lower(): v for k, v in scope.get("headers", [])}
             refusal = self._authorize(headers)
-            body: bytes | None = b""
             if refusal is None:
                 body, refusal = await self._read_body(headers, receive)
             if body is None:  # the client went away before sending its body: nobody to answer
@@ -97,9 +155,13 @@ class Guard:
             else:
                 await self.app(scope, _replay(body, receive), recording_send)
         finally:
+            seconds = time.perf_counter() - start
             metrics = self.service.metrics
             metrics.inc("adaptforge_requests_total", labels={"route": route, "status": str(status)})
-            metrics.observe("adaptforge_request_seconds", time.perf_counter() - start, {"route": route})
+            metrics.observe("adaptforge_request_seconds", seconds, {"route": route})
+            if self.service.config.access_log and access_log.isEnabledFor(logging.INFO):
+                what = requested(body) if body else "-"  # a refused key's body is never read
+                access_log.info("%s", access_line(scope, status, seconds, what))
 
     def _authorize(self, headers: dict[str, bytes]) -> ServeError | None:
         if self._key is None:
@@ -207,7 +269,7 @@ def create_app(service: Service) -> FastAPI:
         yield
         service.stop()
 
-    # No /docs or /redoc: their pages load scripts from a CDN and are blank offline; /openapi.json describes the API.
+    # FastAPI's /docs and /redoc load scripts from a CDN and are blank offline: off; /docs is our own page below.
     app = FastAPI(
         title="adaptforge",
         summary="Many LoRA adapters behind one model.",
@@ -282,13 +344,20 @@ def create_app(service: Service) -> FastAPI:
         """The base model and the library's adapters for it (kind, parents, loaded, pinned)."""
         return JSONResponse(service.models())
 
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        """This API's reference page, built from its OpenAPI schema: no script, nothing fetched."""
+        return HTMLResponse(docs_page(app.openapi()), headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY})
+
     @app.get("/health")
     def health() -> JSONResponse:
+        """Whether the model worker runs (503 while stopping), the model, the queue and the adapters loaded."""
         up, body = service.health()
         return JSONResponse(body, status_code=200 if up else 503)
 
     @app.get("/metrics")
     def metrics() -> PlainTextResponse:
+        """Request counts and latencies, batches, cache and queue, as Prometheus text."""
         return PlainTextResponse(service.metrics_text(), media_type="text/plain; version=0.0.4")
 
     return app

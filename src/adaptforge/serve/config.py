@@ -27,6 +27,9 @@ class ServeConfig(Params):
         default=None, repr=False, metadata={"help": "required on every call (Authorization: Bearer KEY or X-API-Key)"}
     )
     threads: int | None = param(None, ge=1, help="torch intra-op threads (default: torch's own choice)")
+    access_log: bool = param(
+        True, help="one line per request on stderr: time, client, method and path, adapter or model, status, latency"
+    )
 
     def check(self) -> None:
         self.require("api_key", self.api_key is None or bool(self.api_key.strip()), "a non-empty string or null")
