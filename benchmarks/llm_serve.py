@@ -80,17 +80,14 @@ def build_library(backbone: Backbone, root: Path, max_train: int) -> tuple[Libra
         )
         names.append(task_name)
         turns[task_name] = [user_turn(task.description, e.text) for e in task.split("test")]
-    named = dict(backbone.model.named_modules())
-    targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    shapes = backbone.target_shapes()
     for seed in range(1, 6):
         gen = torch.Generator().manual_seed(seed)
         modules = {}
-        for name, module in named.items():
-            if name.endswith(targets):
-                out_dim, in_dim = module.weight.shape
-                A = torch.randn(8, in_dim, generator=gen) / in_dim**0.5
-                B = torch.randn(out_dim, 8, generator=gen) * 0.02
-                modules[name] = LoraModule(A=A, B=B, scale=2.0)
+        for name, (out_dim, in_dim) in shapes.items():
+            A = torch.randn(8, in_dim, generator=gen) / in_dim**0.5
+            B = torch.randn(out_dim, 8, generator=gen) * 0.02
+            modules[name] = LoraModule(A=A, B=B, scale=2.0)
         lib.add(
             LoraDelta(modules), name=f"random{seed}", base_model=backbone.name, base_fingerprint=backbone.fingerprint
         )

@@ -6,7 +6,7 @@ python benchmarks/llm_sft.py [--tasks arith_add,country_capital,word_reverse,sni
 
 Per task: the base model's greedy answers on the first ``--test`` test examples (sampled with seed 0), then
 an SFT adapter (``--max-train`` training examples, ``--epochs`` epochs, the trainer's LoRA defaults for the
-LLaMA family: rank 8 on q/k/v/o) and its answers on the same examples. Exact match (case, surrounding
+LLaMA family: rank 8 on q/k/v/o and gate/up/down) and its answers on the same examples. Exact match (case, surrounding
 punctuation and whitespace ignored), ROUGE-L and the mean response NLL per token for both, training
 tokens/s and wall times.
 

@@ -1,11 +1,12 @@
 """SFT and generation speed on the embedded LLM, side by side with plain PEFT + transformers on the same data.
 
 python benchmarks/llm_speed.py [--task sni_emotion] [--train 96] [--prompts 32] [--max-new-tokens 32]
-    [--min-new-tokens 32] [--precision fp32,bf16] [--no-shared-prefix] [--no-generation] [--threads 2] [--json FILE]
+    [--min-new-tokens 32] [--precision fp32,bf16] [--targets q_proj,...] [--no-shared-prefix] [--no-generation]
+    [--threads 2] [--json FILE]
 
 1. SFT tokens/s, one epoch over the same ``--train`` examples of one task, the same LoRA (rank 8, alpha 16 on
-   q/k/v/o), batch 8, lr 1e-3, the same token ids (the chat-template prompt + response + eos; loss on the
-   response only):
+   ``--targets``, by default the model's default targets: q/k/v/o and gate/up/down on SmolLM2), batch 8, lr 1e-3,
+   the same token ids (the chat-template prompt + response + eos; loss on the response only):
    - ours: ``adaptforge.train.trainer.train`` (length-grouped dynamic batches);
    - peer: a ``peft.get_peft_model`` model trained by ``transformers.Trainer`` with dynamic padding
      (``DataCollatorForSeq2Seq``) and ``group_by_length=True``.
@@ -47,8 +48,6 @@ from adaptforge.generation import IGNORE, SFTScorer, encode_prompts, generate  #
 from adaptforge.train.config import TrainConfig  # noqa: E402
 from adaptforge.train.trainer import train  # noqa: E402
 
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
-
 
 class Rows(torch.utils.data.Dataset):
     def __init__(self, rows: list[dict]) -> None:
@@ -68,7 +67,9 @@ def peer_sft(
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(backbone.path, dtype=torch.float32)
-    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=list(TARGETS), lora_dropout=0.0))
+    model = get_peft_model(
+        model, LoraConfig(r=8, lora_alpha=16, target_modules=args.targets.split(","), lora_dropout=0.0)
+    )
     rows = [
         {"input_ids": list(x), "attention_mask": [1] * len(x), "labels": [IGNORE] * s + list(x[s:])}
         for x, s in zip(ids, starts, strict=True)
@@ -112,6 +113,7 @@ def main() -> None:
         "--min-new-tokens", type=int, default=32, help="end of sequence held off this long on both sides (decode speed)"
     )
     parser.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32, bf16 (both sides each)")
+    parser.add_argument("--targets", help="comma-separated LoRA targets of both sides; default: the model's default")
     parser.add_argument("--no-shared-prefix", action="store_true", help="ablation: no shared-prefix pass in ours")
     parser.add_argument("--no-generation", action="store_true", help="SFT only")
     parser.add_argument("--threads", type=int, default=2)
@@ -123,6 +125,7 @@ def main() -> None:
     task = load(args.task)
     task = task.with_splits(train=task.sample("train", args.train, seed=0))
     backbone = Backbone.load(args.model)
+    args.targets = args.targets or ",".join(backbone.default_targets())
     encoded = SFTScorer(backbone, max_length=256).encode(task, task.split("train"))
     ids, starts = list(encoded.ids), list(encoded.targets)
     tokens = sum(len(x) for x in ids)
@@ -138,7 +141,7 @@ def main() -> None:
             max_length=256,
             rank=8,
             alpha=16.0,
-            targets=TARGETS,
+            targets=tuple(args.targets.split(",")),
             checkpoint_every=0,
             seed=0,
             precision=precision,

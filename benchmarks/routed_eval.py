@@ -34,7 +34,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from adaptforge.adapters import matches_target  # noqa: E402
 from adaptforge.backbone import Backbone  # noqa: E402
 from adaptforge.batching import make_batch  # noqa: E402
 from adaptforge.compose.arrow import ArrowRouter  # noqa: E402
@@ -49,12 +48,7 @@ from adaptforge.tasks import Example, Task, load_task  # noqa: E402
 
 
 def random_adapters(backbone: Backbone, n: int, rank: int = 8, seed: int = 0) -> list[LoraDelta]:
-    suffixes = backbone.default_targets()
-    shapes = {
-        name: tuple(m.weight.shape)
-        for name, m in backbone.model.named_modules()
-        if isinstance(m, torch.nn.Linear) and any(matches_target(name, t) for t in suffixes)
-    }
+    shapes = backbone.target_shapes()
     gen = torch.Generator().manual_seed(seed)
     return [
         LoraDelta(

@@ -47,7 +47,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from adaptforge.adapters import matches_target  # noqa: E402
 from adaptforge.backbone import Backbone  # noqa: E402
 from adaptforge.batching import pad  # noqa: E402
 from adaptforge.core import LoraDelta, LoraModule  # noqa: E402
@@ -71,12 +70,7 @@ def build_library(root: Path, backbone: Backbone, n: int, rank: int, seed: int) 
     lib = Library(root)
     have = {r.name for r in lib.list()}
     tasks = [load_task(TASKS / name) for name in sorted(p.name for p in TASKS.iterdir() if (p / "task.json").is_file())]
-    suffixes = backbone.default_targets()
-    shapes = {
-        name: tuple(m.weight.shape)
-        for name, m in backbone.model.named_modules()
-        if isinstance(m, torch.nn.Linear) and any(matches_target(name, t) for t in suffixes)
-    }
+    shapes = backbone.target_shapes()
     gen = torch.Generator().manual_seed(seed)
     for i in range(n):
         name = f"a{i:03d}"

@@ -63,7 +63,7 @@ def test_smollm2_loads_as_a_chat_model_and_answers():
 
     backbone = Backbone.load("smollm2")
     assert backbone.kind == "causal" and backbone.name == "smollm2"
-    assert backbone.default_targets() == ("q_proj", "k_proj", "v_proj", "o_proj")
+    assert backbone.default_targets() == ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     tok = backbone.tokenizer
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     inputs = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)

@@ -38,6 +38,8 @@ def test_default_targets_and_delta_application_on_gpt2(gpt2):
     assert gpt2.default_targets() == ("c_attn", "attn.c_proj")
     assert {type(m).__name__ for m in lora_layers(gpt2.model).values()} == {"Conv1D", "Linear"}
     shapes = {BLOCK.format(0, "c_attn"): (192, 64), BLOCK.format(1, "c_proj"): (64, 64)}
+    defaults = gpt2.target_shapes()  # (out, in) of the Conv1D layers, whose weights are stored (in, out)
+    assert len(defaults) == 4 and {n: defaults[n] for n in shapes} == shapes
     delta = random_delta(shapes, rank=2, std=0.1)
     ids = torch.tensor([[5, 6, 7, 8]])
     before = gpt2.model(ids).logits

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from adaptforge.adapters import check_compatible
+from adaptforge.adapters import check_compatible, matches_target
 from adaptforge.core import AdaptforgeError, LoraDelta
 from adaptforge.embedded import SMOLLM2, smollm2_folder
 from adaptforge.layers import lora_layers, weight_view
@@ -36,15 +36,17 @@ Kind = Literal["encoder", "causal"]
 # are matched as PEFT does (a module path or its last dotted parts). BERT-style encoders: attention and
 # feed-forward projections but not the pooler's "dense", which the mean-pooling scorer never runs (a bare
 # "dense" would match "pooler.dense"; adapters trained before this change have it and still load).
-# GPT-2: the attention projections, like LLaMA's q/k/v/o.
+# GPT-2: the attention projections. LLaMA family: attention and MLP projections (as QLoRA, arXiv 2305.14314;
+# chosen over attention only on dev splits, docs/experiments/llm_lora_targets.md).
 _BERT_TARGETS = ("query", "key", "value", "output.dense", "intermediate.dense")
+_LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _TARGETS_BY_MODEL_TYPE = {
     "bert": _BERT_TARGETS,
     "roberta": _BERT_TARGETS,
     "gpt2": ("c_attn", "attn.c_proj"),
-    "llama": ("q_proj", "k_proj", "v_proj", "o_proj"),
-    "mistral": ("q_proj", "k_proj", "v_proj", "o_proj"),
-    "qwen2": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "llama": _LLAMA_TARGETS,
+    "mistral": _LLAMA_TARGETS,
+    "qwen2": _LLAMA_TARGETS,
 }
 
 
@@ -215,6 +217,16 @@ class Backbone:
                 "pass targets explicitly"
             )
         return tuple(sorted(names))
+
+    def target_shapes(self, targets: Collection[str] | None = None) -> dict[str, tuple[int, int]]:
+        """``(out, in)`` of every layer ``targets`` (default: :meth:`default_targets`) match, by module path:
+        the shapes of a LoRA's ``dW`` on this base (matched as PEFT matches target names)."""
+        wanted = tuple(targets if targets is not None else self.default_targets())
+        return {
+            name: (int(weight_view(m).shape[0]), int(weight_view(m).shape[1]))
+            for name, m in lora_layers(self.model).items()
+            if any(matches_target(name, t) for t in wanted)
+        }
 
     @contextlib.contextmanager
     def applied(

@@ -99,7 +99,9 @@ def test_a_stored_router_scores_as_one_forward_per_input(minilm, trec, tmp_path)
 def test_causal_rows_repeat_each_inputs_coefficients_per_label(tiny_llama):
     task = small_task("trec_question_type", n_train=8, n_test=7)
     scorer = make_scorer(tiny_llama)
-    shapes = {f"model.layers.{i}.self_attn.{m}": (64, 64) for i in range(2) for m in ("q_proj", "o_proj")}
+    shapes = tiny_llama.target_shapes()  # the default targets: attention and MLP (gate/up/down) projections
+    assert {n.rsplit(".", 1)[-1] for n in shapes} >= {"gate_proj", "up_proj", "down_proj"}
+    assert shapes["model.layers.0.mlp.down_proj"] == (64, 128)
     deltas = [random_delta(shapes, rank=4, scale=1.0, seed=s, std=0.3) for s in range(2)]
     coefs = torch.rand(7, 2, generator=torch.Generator().manual_seed(0))
     examples = task.split("test")

@@ -220,12 +220,15 @@ def _gguf_field(reader, key):
 
 
 def test_export_gguf_writes_llama_cpp_lora_tensors(trained, tmp_path):
-    """``library export --format gguf``: llama.cpp's adapter keys, its tensor names and shapes, A as trained and
-    B with the q/k rows in llama.cpp's rotary order, which transformers' GGUF reader turns back into ours."""
+    """``library export --format gguf`` of an adapter on the default targets (attention and MLP): llama.cpp's
+    adapter keys, its tensor names (``attn_*``, ``ffn_gate/up/down``) and the shapes its loader checks against the
+    base's tensors, A as trained and B with the q/k rows in llama.cpp's rotary order, which transformers' GGUF
+    reader turns back into ours."""
     import numpy as np
     from gguf import GGUFReader
     from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
 
+    from adaptforge.backbone import Backbone
     from adaptforge.library import Library
 
     folder, lib, model = trained
@@ -239,14 +242,19 @@ def test_export_gguf_writes_llama_cpp_lora_tensors(trained, tmp_path):
     assert _gguf_field(reader, "adapter.lora.alpha") == pytest.approx(scale * record.rank)  # 16: PEFT's lora_alpha
     tensors = {t.name: np.array(t.data) for t in reader.tensors}
     kinds = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output"}
+    kinds |= {"gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
     expected = {f"blk.{i}.{g}.weight.lora_{ab}" for i in range(2) for g in kinds.values() for ab in "ab"}
     assert set(tensors) == expected and all(t.tensor_type.name == "F32" for t in reader.tensors)
     heads = LlamaTensorProcessor(config={"num_attention_heads": 4, "num_key_value_heads": 2})
+    base = Backbone.load(str(model)).target_shapes()  # (out, in): a GGUF base tensor's numpy shape
     for module, lora in delta.modules.items():
         layer, kind = module.split(".")[2], module.rsplit(".", 1)[-1]
         name = f"blk.{layer}.{kinds[kind]}.weight"
         a, b = tensors[f"{name}.lora_a"], tensors[f"{name}.lora_b"]
         assert a.shape == tuple(lora.A.shape) and b.shape == tuple(lora.B.shape)
+        # llama.cpp's loader: lora_a's rows span the base tensor's input, lora_b's rows its output, same rank
+        (out_dim, in_dim), rank = base[module], record.rank
+        assert a.shape == (rank, in_dim) and b.shape == (out_dim, rank)
         np.testing.assert_array_equal(a, lora.A.numpy())
         back = heads.process(b, name).weights  # how transformers reads a llama.cpp q/k tensor
         np.testing.assert_array_equal(back, lora.B.numpy())

@@ -4,8 +4,11 @@
 The file holds what llama.cpp's ``convert_lora_to_gguf.py`` writes: ``general.type = "adapter"``,
 ``adapter.type = "lora"``, ``adapter.lora.alpha``, the base's architecture, and per adapted module the two
 float32 tensors ``<gguf name>.lora_a`` (``A``, ``r x in``) and ``<gguf name>.lora_b`` (``B``, ``out x r``),
-named as the base's tensors are in GGUF (``model.layers.3.self_attn.q_proj`` -> ``blk.3.attn_q.weight``, from
-the ``gguf`` package's name map). Two details follow from how llama.cpp stores a LLaMA:
+named as the base's tensors are in GGUF (``model.layers.3.self_attn.q_proj`` -> ``blk.3.attn_q.weight``, the MLP's
+``mlp.gate_proj``/``up_proj``/``down_proj`` -> ``blk.3.ffn_gate``/``ffn_up``/``ffn_down``, from the ``gguf``
+package's name map). llama.cpp checks each pair against the base tensor: ``A``'s columns are its input size and
+``B``'s rows its output size (``ffn_down``: input the MLP width, output the hidden size), as in PEFT, so the factors
+are written untransposed. Two details follow from how llama.cpp stores a LLaMA:
 
 - its q and k projections keep the rows of each head's two rotary halves interleaved, where Hugging Face keeps
   them as two blocks; the rows of ``B`` of those projections are reordered the same way (``A`` is unchanged,

@@ -148,14 +148,9 @@ def new_lora(backbone: Backbone, p: LoraParams) -> ScheduledLora:
     blocks."""
     model = backbone.model
     within = last_blocks(model, p.blocks, backbone.name)
-    targets = set(backbone.default_targets())
-    shapes = {
-        name: (int(m.weight.shape[0]), int(m.weight.shape[1]))
-        for name, m in model.named_modules()
-        if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets and within(name)
-    }
+    shapes = {name: shape for name, shape in backbone.target_shapes().items() if within(name)}
     if not shapes:
-        raise AdaptforgeError(f"{backbone.name}: no linear {sorted(targets)} layer to put a LoRA on")
+        raise AdaptforgeError(f"{backbone.name}: no linear {list(backbone.default_targets())} layer to put a LoRA on")
     return ScheduledLora(model, fresh_lora_on(shapes, p.rank, p.alpha, torch.Generator().manual_seed(p.seed)))
 
 
