@@ -118,11 +118,10 @@ def resolve_params(
             raise AdaptforgeError(f"{flag} and --param {key}=... both given; give {key} once")
         merged[key] = value
     try:
-        typed = method.parse_params(merged)
+        typed: TtaParams = method.parse_params(merged)
     except AdaptforgeError as err:
         flag = next((f for f, k, v in flags if v is not None and f"{k!r} must be" in str(err)), None)
         raise AdaptforgeError(f"{flag}: {err}" if flag else str(err)) from None
-    assert isinstance(typed, TtaParams)
     return typed
 
 
