@@ -408,6 +408,11 @@ class PruneProvenance(Provenance):
     def params(self) -> dict[str, Any]:
         return dict(self.prune_params)
 
+    @property
+    def pattern(self) -> str:
+        """The sparsity pattern (``unstructured``, ``2:4``, ``4:8`` or ``ffn``: neurons removed, not zeroed)."""
+        return str(self.prune_params.get("pattern") or "unstructured")
+
     def recipe(self) -> dict[str, Any]:
         return {
             "kind": "prune",
