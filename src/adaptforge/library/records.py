@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -76,6 +76,35 @@ class MetricRow:
             "n": self.n,
             "created": self.created,
         }
+
+
+class BaseLike(Protocol):
+    """The base model an adapter is stored against: its name (or folder) and weight fingerprint. A loaded
+    :class:`~adaptforge.backbone.Backbone` is one; :class:`BaseRef` names one without loading it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def fingerprint(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class BaseRef:
+    """A base model by name (or folder) and fingerprint, without loading it."""
+
+    name: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    """The task an adapter is for, as the catalog stores it: its name, its description and the description's
+    embedding (what ``similar`` ranks by). An adapter of no one task (``name`` None) may still be described."""
+
+    name: str | None
+    description: str | None = None
+    embedding: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -169,8 +198,9 @@ class AdapterRecord:
 
 
 def infer_kind(recipe: Mapping[str, Any] | None, method: str) -> str:
-    """The kind of an adapter stored before kinds were recorded: its recipe's ``kind`` (every recipe
-    adaptforge wrote has one), else what its method says; ``other`` when neither tells."""
+    """The kind of a legacy row (catalog migration, rebuild from folders) stored before kinds were recorded:
+    its recipe's ``kind`` (every recipe adaptforge wrote has one), else what its method says; ``other`` when
+    neither tells. New adapters get theirs from their typed provenance."""
     by_recipe = _RECIPE_KINDS.get(str((recipe or {}).get("kind")))
     if by_recipe is not None:
         return by_recipe

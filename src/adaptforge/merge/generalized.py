@@ -100,7 +100,7 @@ class GeneralizedTaskArithmetic(MergeMethod[MP]):
 
     @classmethod
     def required_fields(cls) -> tuple[str, ...]:
-        needs = ("density",) if cls.sparsify != "none" else ()
+        needs: tuple[str, ...] = ("density",) if cls.sparsify != "none" else ()
         needs += ("seed",) if cls.sparsify == "random" else ()
         return needs + (("majority_sign",) if cls.sign_consensus else ())
 

@@ -27,7 +27,7 @@ from adaptforge.dense import can_stream, write_dense_model
 from adaptforge.durable import publish_folder, remove_inside, stage_folder
 from adaptforge.evaluate import EvalResult, check_request, evaluate, subset_of, worst
 from adaptforge.layers import base_weights, transposed_layers, weight_view
-from adaptforge.library import AdapterRecord, Library, validate_name
+from adaptforge.library import AdapterRecord, BaseRef, Library, TaskEntry, validate_name
 from adaptforge.merge import MERGE_METHODS, MergeParams, MergeResult, run
 from adaptforge.pipelines.common import Notify, choose_base, record_result, reporter
 from adaptforge.provenance import MergeProvenance
@@ -454,10 +454,10 @@ def merge_into_library(
         record = library.add(
             result.delta,
             name=recipe.out,
-            base_model=records[0].base_model,
-            base_fingerprint=fingerprint,
-            task="+".join(tasks) if tasks else None,
-            description=f"{recipe.method} merge of {', '.join(r.name for r in records)}",
+            base=BaseRef(records[0].base_model, fingerprint),
+            task=TaskEntry(
+                "+".join(tasks) if tasks else None, f"{recipe.method} merge of {', '.join(r.name for r in records)}"
+            ),
             provenance=provenance,
             parents=[r.id for r in records],
             overwrite=overwrite,
