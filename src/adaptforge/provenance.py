@@ -536,6 +536,22 @@ PROVENANCE_TYPES: dict[str, type[Provenance]] = {
 }
 
 
+_RECIPE_KINDS = {"train": "train", "train_multitask": "train", "import": "import", "merge": "merge"}
+_RECIPE_KINDS |= {"compose": "compose", "generate": "generate"}
+
+
+def legacy_kind(recipe: Mapping[str, Any] | None, method: str) -> str:
+    """The kind of a row stored before kinds were recorded (catalog migration, rebuild from old adapter folders):
+    its recipe's ``kind`` (every recipe adaptforge wrote has one), else what its method says; ``other`` when
+    neither tells. New adapters get theirs from their typed provenance."""
+    by_recipe = _RECIPE_KINDS.get(str((recipe or {}).get("kind")))
+    if by_recipe is not None:
+        return by_recipe
+    return {"train": "train", "train_multitask": "train", "import": "import", "generate": "generate"}.get(
+        method, "other"
+    )
+
+
 def read(kind: str, recipe: Mapping[str, Any], params: Mapping[str, Any]) -> Provenance | None:
     """The typed provenance of a stored row of this kind (None for ``other``: an adapter no verb made)."""
     reader = PROVENANCE_TYPES.get(kind)

@@ -60,7 +60,6 @@ from adaptforge.library.records import (
     LibraryError,
     MetricRow,
     TaskEntry,
-    infer_kind,
     validate_name,
 )
 from adaptforge.library.runs import Runs
@@ -104,7 +103,6 @@ __all__ = [
     "MetricRow",
     "RebuildReport",
     "TaskEntry",
-    "infer_kind",
     "read_provenance",
     "rebuild_catalog",
     "validate_name",

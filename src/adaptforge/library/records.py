@@ -9,7 +9,6 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,8 +31,6 @@ EMBEDDING_DTYPE = np.dtype("<f4")
 
 KINDS = ("train", "import", "merge", "compose", "generate", "prune", "tta", "other")
 OWN_KINDS = ("train", "import")
-_RECIPE_KINDS = {"train": "train", "train_multitask": "train", "import": "import", "merge": "merge"}
-_RECIPE_KINDS |= {"compose": "compose", "generate": "generate"}
 
 
 class LibraryError(AdaptforgeError):
@@ -195,18 +192,6 @@ class AdapterRecord:
             "kind": self.kind,
             "extra_checksums": dict(self.extra_checksums),
         }
-
-
-def infer_kind(recipe: Mapping[str, Any] | None, method: str) -> str:
-    """The kind of a legacy row (catalog migration, rebuild from folders) stored before kinds were recorded:
-    its recipe's ``kind`` (every recipe adaptforge wrote has one), else what its method says; ``other`` when
-    neither tells. New adapters get theirs from their typed provenance."""
-    by_recipe = _RECIPE_KINDS.get(str((recipe or {}).get("kind")))
-    if by_recipe is not None:
-        return by_recipe
-    return {"train": "train", "train_multitask": "train", "import": "import", "generate": "generate"}.get(
-        method, "other"
-    )
 
 
 def validate_name(name: object) -> str:
