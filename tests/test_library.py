@@ -88,7 +88,8 @@ def test_add_get_load_roundtrip(lib: Library) -> None:
 
     got = lib.get("sst2")
     assert got == rec and lib.get(rec.id) == rec
-    assert got.recipe == {"lr": 1e-3, "steps": 10} and got.params == {"seed": 0} and got.method == "train"
+    assert got.recipe["config"] == {"lr": 1e-3} and got.params == {"labels": {"sst2": ["neg", "pos"]}}
+    assert got.method == "train" and got.kind == "train" and got.own_labels == ("neg", "pos")
     assert got.embedding is not None and np.array_equal(got.embedding, emb) and got.embedding.dtype == np.float32
     loaded, rec2 = lib.load("sst2", expected_fingerprint=FP)
     assert_same(loaded, delta)
@@ -432,7 +433,8 @@ def test_a_tasks_own_adapter_is_trained_or_imported_never_derived(lib: Library) 
     merge or generated adapter of the same task is never taken for the task's own adapter."""
     own = lib.add(make_delta(1), name="own", base=BaseRef(BASE, FP), task=TaskEntry("t1"))
     for i, kind in enumerate(("compose", "merge", "generate"), start=2):
-        made = made_by(kind, {"method": "atlas"}, {"generator_method": "atlas"})
+        recipe = {"method": "atlas", "task": {"name": "t1"}, "shots": {"k": 0, "seed": 0}}
+        made = made_by(kind, recipe, {"generator_method": "atlas"})
         lib.add(make_delta(i), name=f"{kind}-t1", base=BaseRef(BASE, FP), task=TaskEntry("t1"), provenance=made)
     assert lib.task_adapter("t1", FP) == own
     assert lib.task_adapter("t1", FP, prefer=["compose-t1", "merge-t1"]) == own

@@ -67,7 +67,8 @@ def test_old_arrow_recipes_still_route(minilm, tmp_path) -> None:
         "routing": {"router": "arrow", "top_k": 2, "temperature": 1.0, "adapters": 2},
         "candidates": [{"name": "c0"}, {"name": "c1"}],
     }
-    lib.add(deltas[0], name="old", base=minilm, provenance=made_by("compose", {"method": "arrow"}, {}))
+    composed = made_by("compose", {"method": "arrow", "task": {"name": "t"}, "shots": {"k": 0, "seed": 0}}, {})
+    lib.add(deltas[0], name="old", base=minilm, provenance=composed)
     with sqlite3.connect(lib.root / "catalog.sqlite") as conn:  # the recipe as that version wrote it
         conn.execute("UPDATE adapters SET recipe = ? WHERE name = 'old'", (json.dumps({"kind": "compose", **legacy}),))
     conn.close()
