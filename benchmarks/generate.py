@@ -50,7 +50,6 @@ from new_task import TASKS, evaluate_each, fit_generator, mean, run_cell  # noqa
 from adaptforge.backbone import Backbone  # noqa: E402
 from adaptforge.compose import draw_shots  # noqa: E402
 from adaptforge.core import LoraDelta  # noqa: E402
-from adaptforge.demo import shipped_tasks_dir  # noqa: E402
 from adaptforge.evaluate import evaluate  # noqa: E402
 from adaptforge.generate.condition import task_vector  # noqa: E402
 from adaptforge.generate.icm import (  # noqa: E402
@@ -64,6 +63,7 @@ from adaptforge.generate.icm import (  # noqa: E402
 )
 from adaptforge.generate.methods import GENERATORS_DIR, IcmMethod, Obtained, folder_bytes  # noqa: E402
 from adaptforge.library import Library  # noqa: E402
+from adaptforge.pipelines.demo import shipped_tasks_dir  # noqa: E402
 from adaptforge.pipelines.train import train_into_library  # noqa: E402
 from adaptforge.scorers import Scorer, make_scorer  # noqa: E402
 from adaptforge.tasks import Example, Task, load_task  # noqa: E402

@@ -49,12 +49,12 @@ from new_task import TASKS  # noqa: E402
 
 from adaptforge.backbone import Backbone  # noqa: E402
 from adaptforge.compose import draw_shots  # noqa: E402
-from adaptforge.demo import shipped_tasks_dir  # noqa: E402
 from adaptforge.evaluate import evaluate  # noqa: E402
 from adaptforge.generate.condition import task_vector  # noqa: E402
 from adaptforge.generate.icm import IcmGenerator, IcmParams, collect_icm_samples, draw  # noqa: E402
 from adaptforge.library import Library  # noqa: E402
 from adaptforge.merge.interp import scale_delta  # noqa: E402
+from adaptforge.pipelines.demo import shipped_tasks_dir  # noqa: E402
 from adaptforge.scorers import make_scorer  # noqa: E402
 from adaptforge.tasks import Example, Task, load_task  # noqa: E402
 

@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from adaptforge.core import LoraDelta, LoraModule  # noqa: E402
-from adaptforge.library import AdapterRecord, Library  # noqa: E402
+from adaptforge.library import AdapterRecord, BaseRef, Library, TaskEntry  # noqa: E402
 
 SCRIPT = Path(sys.executable).with_name("adaptforge")
 BARS = {"similar_ms": 50.0, "get_ms": 2.0, "list_s": 2.0, "list_json_s": 2.0, "help_s": 1.0}
@@ -73,11 +73,12 @@ def grow(lib: Library, start: int, stop: int, rank: int, rng: np.random.Generato
         lib.add(
             delta,
             name=f"a{i:05d}",
-            base_model="sentence-transformers/all-MiniLM-L6-v2",
-            base_fingerprint="bench",
-            task=f"task{i % 97}",
-            description=f"benchmark task {i}",
-            embedding=rng.standard_normal(384).astype(np.float32),
+            base=BaseRef("sentence-transformers/all-MiniLM-L6-v2", "bench"),
+            task=TaskEntry(
+                f"task{i % 97}",
+                description=f"benchmark task {i}",
+                embedding=rng.standard_normal(384).astype(np.float32),
+            ),
         )
 
 

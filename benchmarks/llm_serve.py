@@ -37,7 +37,10 @@ import torch  # noqa: E402
 from adaptforge.backbone import Backbone  # noqa: E402
 from adaptforge.core import LoraDelta, LoraModule  # noqa: E402
 from adaptforge.generation import user_turn  # noqa: E402
-from adaptforge.library import Library  # noqa: E402
+from adaptforge.library import (
+    Library,  # noqa: E402
+    TaskEntry,
+)
 from adaptforge.pipelines.predict import predict  # noqa: E402
 from adaptforge.pipelines.serve import build_service, start_in_thread  # noqa: E402
 from adaptforge.serve import ServeConfig  # noqa: E402
@@ -70,14 +73,7 @@ def build_library(backbone: Backbone, root: Path, max_train: int) -> tuple[Libra
         start = time.perf_counter()
         result = train(task, backbone, cfg)
         print(f"trained {task_name} in {time.perf_counter() - start:.0f} s", flush=True)
-        lib.add(
-            result.delta,
-            name=task_name,
-            base_model=backbone.name,
-            base_fingerprint=backbone.fingerprint,
-            task=task.name,
-            description=task.description,
-        )
+        lib.add(result.delta, name=task_name, base=backbone, task=TaskEntry(task.name, description=task.description))
         names.append(task_name)
         turns[task_name] = [user_turn(task.description, e.text) for e in task.split("test")]
     shapes = backbone.target_shapes()
@@ -88,9 +84,7 @@ def build_library(backbone: Backbone, root: Path, max_train: int) -> tuple[Libra
             A = torch.randn(8, in_dim, generator=gen) / in_dim**0.5
             B = torch.randn(out_dim, 8, generator=gen) * 0.02
             modules[name] = LoraModule(A=A, B=B, scale=2.0)
-        lib.add(
-            LoraDelta(modules), name=f"random{seed}", base_model=backbone.name, base_fingerprint=backbone.fingerprint
-        )
+        lib.add(LoraDelta(modules), name=f"random{seed}", base=backbone)
         names.append(f"random{seed}")
     return lib, names, turns
 

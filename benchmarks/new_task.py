@@ -49,10 +49,10 @@ from adaptforge.compose import (  # noqa: E402
 )
 from adaptforge.compose.baselines import SHOT_TRAIN_DEFAULTS  # noqa: E402
 from adaptforge.core import LoraDelta  # noqa: E402
-from adaptforge.demo import shipped_tasks_dir  # noqa: E402
 from adaptforge.evaluate import EvalResult, predict_logits, result_from_logits, subset_of  # noqa: E402
 from adaptforge.generate import GeneratorConfig, LoraGenerator  # noqa: E402
 from adaptforge.library import Library  # noqa: E402
+from adaptforge.pipelines.demo import shipped_tasks_dir  # noqa: E402
 from adaptforge.pipelines.generate import library_generator  # noqa: E402
 from adaptforge.pipelines.train import train_into_library
 from adaptforge.scorers import (  # noqa: E402

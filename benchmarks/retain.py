@@ -281,8 +281,7 @@ def select_dpruner(args: argparse.Namespace, grid: list[float]) -> None:
     suite) and (b) the domain's dev split with the dense-trained adapter (pruned / dense accuracy). The chosen
     lambda maximises the mean over domains of (a + b) / 2: D-Pruner's aim is both, so neither alone decides.
     No test example and no reported dev example is read."""
-    from adaptforge.pipelines.prune import calibrate
-    from adaptforge.prune import PRUNE_METHODS, prunable_layers
+    from adaptforge.prune import PRUNE_METHODS, Pruner, prunable_layers
     from adaptforge.prune.base import unstructured_mask
     from adaptforge.prune.calibration import domain_text, read_general
     from adaptforge.prune.methods import DPruner, DPrunerParams
@@ -306,9 +305,7 @@ def select_dpruner(args: argparse.Namespace, grid: list[float]) -> None:
         impl = PRUNE_METHODS.get("dpruner")()
         assert isinstance(impl, DPruner)
         start = time.perf_counter()
-        calibration = calibrate(
-            impl,
-            params,
+        calibration = Pruner(impl, params).calibrate(
             layers,
             scorer,
             domain,

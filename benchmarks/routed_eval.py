@@ -38,11 +38,11 @@ from adaptforge.backbone import Backbone  # noqa: E402
 from adaptforge.batching import make_batch  # noqa: E402
 from adaptforge.compose.arrow import ArrowRouter  # noqa: E402
 from adaptforge.core import LoraDelta, LoraModule  # noqa: E402
-from adaptforge.demo import shipped_tasks_dir  # noqa: E402
 from adaptforge.evaluate import evaluate  # noqa: E402
 from adaptforge.lora.hooks import LoraMixture, eval_mode  # noqa: E402
 from adaptforge.lora.rows import mixed_logits  # noqa: E402
 from adaptforge.merge.dawin import EntropyRouter  # noqa: E402
+from adaptforge.pipelines.demo import shipped_tasks_dir  # noqa: E402
 from adaptforge.scorers import Scorer, make_scorer  # noqa: E402
 from adaptforge.tasks import Example, Task, load_task  # noqa: E402
 

@@ -50,8 +50,12 @@ import torch.nn.functional as F  # noqa: E402
 from adaptforge.backbone import Backbone  # noqa: E402
 from adaptforge.batching import pad  # noqa: E402
 from adaptforge.core import LoraDelta, LoraModule  # noqa: E402
-from adaptforge.library import Library  # noqa: E402
+from adaptforge.library import (
+    Library,  # noqa: E402
+    TaskEntry,
+)
 from adaptforge.pipelines.serve import build_service, start_in_thread  # noqa: E402
+from adaptforge.provenance import read as made_by
 from adaptforge.scorers import make_scorer  # noqa: E402
 from adaptforge.serve import ServeConfig, ServeLimits  # noqa: E402
 from adaptforge.serve.batcher import Job, MicroBatcher  # noqa: E402
@@ -88,11 +92,9 @@ def build_library(root: Path, backbone: Backbone, n: int, rank: int, seed: int) 
         lib.add(
             LoraDelta(modules),
             name=name,
-            base_model=backbone.name,
-            base_fingerprint=backbone.fingerprint,
-            task=task.name,
-            description=task.description,
-            params={"labels": {task.name: list(task.labels)}},
+            base=backbone,
+            task=TaskEntry(task.name, description=task.description),
+            provenance=made_by("train", {"tasks": [{"name": task.name}]}, {"labels": {task.name: list(task.labels)}}),
         )
     return lib
 

@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from adaptforge.demo import DEMO_NEW_TASK, DEMO_TASKS, shipped_tasks_dir
+from adaptforge.pipelines.demo import DEMO_NEW_TASK, DEMO_TASKS, shipped_tasks_dir
 from adaptforge.tasks import load_task, write_task
 
 SIZES = {"train": 400, "dev": 100, "test": 300}

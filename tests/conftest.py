@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from adaptforge.library import TaskEntry
+from adaptforge.provenance import read as made_by
+
 if TYPE_CHECKING:
     from adaptforge.core import LoraDelta
 
@@ -159,13 +162,12 @@ def library(minilm, tmp_path: Path) -> Path:
     root = tmp_path / "lib"
     lib = Library(root)
     for seed, (name, task) in enumerate((("sst2-a", "sst2"), ("agnews-a", "agnews"))):
-        lib.add(minilm_delta(seed), name=name, base_model=minilm.name, base_fingerprint=minilm.fingerprint, task=task)
+        lib.add(minilm_delta(seed), name=name, base=minilm, task=TaskEntry(task))
     lib.add(
         minilm_delta(7),
         name="child",
-        base_model=minilm.name,
-        base_fingerprint=minilm.fingerprint,
-        method="task_arithmetic",
+        base=minilm,
+        provenance=made_by("merge", {"method": "task_arithmetic"}, {}),
         parents=["sst2-a", "agnews-a"],
     )
     (root / "notes.txt").write_text("the user's own file")

@@ -13,7 +13,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from adaptforge.adapters import AdapterFormatError, IncompatibleAdapterError, read_adapter, write_adapter
 from adaptforge.core import LoraDelta, LoraModule
 from adaptforge.evaluate import predict_logits
-from adaptforge.library import BaseMismatchError, Library
+from adaptforge.library import BaseMismatchError, BaseRef, Library
 from adaptforge.pipelines.importing import import_peft_folder
 from adaptforge.scorers import make_scorer
 from adaptforge.train.config import TrainConfig
@@ -65,7 +65,7 @@ def test_peft_loads_an_adaptforge_adapter_with_the_same_scores(minilm, tmp_path)
     task = small_task("agnews", n_train=48, n_test=24)
     result = train(task, minilm, TrainConfig(epochs=1, batch_size=16, rank=4, lr=3e-3))
     lib = Library(tmp_path / "lib")
-    lib.add(result.delta, name="ag", base_model=minilm.name, base_fingerprint=minilm.fingerprint)
+    lib.add(result.delta, name="ag", base=minilm)
     folder = lib.export("ag", tmp_path / "exported")
     peft_model = PeftModel.from_pretrained(copy.deepcopy(minilm.model), str(folder))
     wrapped = {n for n, m in peft_model.named_modules() if hasattr(m, "lora_A")}
@@ -113,7 +113,7 @@ def test_adapter_for_another_base_is_refused(minilm, tiny_llama, tmp_path):
         import_peft_folder(tmp_path / "llama-adapter", minilm, Library(tmp_path / "lib"), "x")
     lib = Library(tmp_path / "lib")
     assert not lib.exists("x")
-    lib.add(result.delta, name="llama", base_model=tiny_llama.path, base_fingerprint=tiny_llama.fingerprint)
+    lib.add(result.delta, name="llama", base=BaseRef(tiny_llama.path, tiny_llama.fingerprint))
     with pytest.raises(BaseMismatchError, match=tiny_llama.fingerprint):
         lib.load("llama", expected_fingerprint=minilm.fingerprint)
 

@@ -9,15 +9,16 @@ import pytest
 from conftest import random_delta
 from rich.console import Console
 
-from adaptforge.demo import DEMO_COMPOSE_METHOD, DEMO_NEW_TASK, DEMO_TASKS, drop_previous_run, run_demo
-from adaptforge.library import Library
+from adaptforge.cli.demo import RichView
+from adaptforge.library import BaseRef, Library
+from adaptforge.pipelines.demo import DEMO_COMPOSE_METHOD, DEMO_NEW_TASK, DEMO_TASKS, drop_previous_run, run_demo
 
 
 def test_a_rerun_first_drops_what_the_earlier_run_made_from_its_task_adapters(tmp_path):
     lib = Library(tmp_path / "lib")
 
     def add(name: str, parents: tuple[str, ...] = ()) -> None:
-        lib.add(random_delta(["m"]), name=name, base_model="b", base_fingerprint="fp", parents=list(parents))
+        lib.add(random_delta(["m"]), name=name, base=BaseRef("b", "fp"), parents=list(parents))
 
     add("sst2-lora"), add("agnews-lora"), add("demo-ties", ("sst2-lora", "agnews-lora"))
     add("demo-sweep-ta-1", ("sst2-lora", "agnews-lora")), add("mine", ("sst2-lora",))
@@ -31,7 +32,7 @@ def test_a_rerun_first_drops_what_the_earlier_run_made_from_its_task_adapters(tm
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
     console = Console(file=io.StringIO(), record=True, width=160)
-    path = run_demo(tmp_path / "demo", console=console, max_train=24, epochs=1)
+    path = run_demo(tmp_path / "demo", RichView(console), max_train=24, epochs=1)
     summary = json.loads(path.read_text())
     assert [r["task"] for r in summary["tasks"]] == list(DEMO_TASKS)
     for row in summary["tasks"]:
@@ -65,7 +66,7 @@ def test_llm_demo_on_a_tiny_llama_through_the_cli(tmp_path, tiny_llama_dir, one_
     run replaces the first's adapters and merge (the real run is ``make demo-llm``)."""
     from conftest import run_cli
 
-    from adaptforge.demo import LLM_DEMO_TASKS
+    from adaptforge.pipelines.demo import LLM_DEMO_TASKS
 
     out = tmp_path / "demo-llm"
     for _ in range(2):

@@ -21,11 +21,14 @@ from adaptforge.core import LoraDelta
 from adaptforge.library import (
     SCHEMA_VERSION,
     BaseMismatchError,
+    BaseRef,
     CorruptAdapterError,
     Library,
     LibraryError,
     MetricRow,
+    TaskEntry,
 )
+from adaptforge.provenance import read as made_by
 
 FP = "fp-base-1"
 BASE = "sentence-transformers/all-MiniLM-L6-v2"
@@ -72,13 +75,11 @@ def test_add_get_load_roundtrip(lib: Library) -> None:
     rec = lib.add(
         delta,
         name="sst2",
-        base_model=BASE,
-        base_fingerprint=FP,
-        task="sst2",
-        description="sentiment",
-        embedding=emb,
-        recipe={"lr": 1e-3, "steps": 10},
-        params={"seed": 0},
+        base=BaseRef(BASE, FP),
+        task=TaskEntry("sst2", description="sentiment", embedding=emb),
+        provenance=made_by(
+            "train", {"config": {"lr": 0.001}, "tasks": [{"name": "sst2"}]}, {"labels": {"sst2": ["neg", "pos"]}}
+        ),
     )
     assert len(rec.id) == 16 and rec.path == lib.root / "adapters" / rec.id
     assert rec.rank == 4 and rec.targets == ("blocks.0.q", "blocks.1.v")
@@ -87,7 +88,8 @@ def test_add_get_load_roundtrip(lib: Library) -> None:
 
     got = lib.get("sst2")
     assert got == rec and lib.get(rec.id) == rec
-    assert got.recipe == {"lr": 1e-3, "steps": 10} and got.params == {"seed": 0} and got.method == "train"
+    assert got.recipe["config"] == {"lr": 1e-3} and got.params == {"labels": {"sst2": ["neg", "pos"]}}
+    assert got.method == "train" and got.kind == "train" and got.own_labels == ("neg", "pos")
     assert got.embedding is not None and np.array_equal(got.embedding, emb) and got.embedding.dtype == np.float32
     loaded, rec2 = lib.load("sst2", expected_fingerprint=FP)
     assert_same(loaded, delta)
@@ -118,33 +120,30 @@ def test_schema_wal_and_missing_library(tmp_path: Path, lib: Library) -> None:
 @pytest.mark.parametrize("bad", ["", "   ", "a/b", "a\\b", "x" * 129, " lead", "tab\tin", "0123456789abcdef"])
 def test_bad_names_refused(lib: Library, bad: str) -> None:
     with pytest.raises(LibraryError, match="adapter name"):
-        lib.add(make_delta(0), name=bad, base_model=BASE, base_fingerprint=FP)
+        lib.add(make_delta(0), name=bad, base=BaseRef(BASE, FP))
     assert adapter_folders(lib) == [] and catalog_count(lib) == 0
 
 
 def test_unknown_name_suggests(lib: Library) -> None:
-    lib.add(make_delta(0), name="sentiment-sst2", base_model=BASE, base_fingerprint=FP)
+    lib.add(make_delta(0), name="sentiment-sst2", base=BaseRef(BASE, FP))
     with pytest.raises(LibraryError, match="Did you mean 'sentiment-sst2'"):
         lib.get("sentiment-sst")
 
 
 def test_lineage_metrics_and_list(lib: Library) -> None:
-    a = lib.add(make_delta(1), name="a", base_model=BASE, base_fingerprint=FP, task="t1")
+    a = lib.add(make_delta(1), name="a", base=BaseRef(BASE, FP), task=TaskEntry("t1"))
     b = lib.add(
         make_delta(2),
         name="b",
-        base_model=BASE,
-        base_fingerprint=FP,
-        task="t2",
+        base=BaseRef(BASE, FP),
+        task=TaskEntry("t2"),
         metrics=[MetricRow(None, FP, "t2", "dev", "accuracy", 0.75, 40)],
     )
     merged = lib.add(
         make_delta(3),
         name="ab-ties",
-        base_model=BASE,
-        base_fingerprint=FP,
-        method="ties",
-        params={"density": 0.2},
+        base=BaseRef(BASE, FP),
+        provenance=made_by("merge", {"method": "ties"}, {"density": 0.2}),
         parents=["b", a.id],
     )
     assert merged.parents == (b.id, a.id) and lib.get("ab-ties").parents == (b.id, a.id)
@@ -154,7 +153,7 @@ def test_lineage_metrics_and_list(lib: Library) -> None:
     assert [r.name for r in lib.list(task="t2")] == ["b"]
 
     with pytest.raises(LibraryError, match="unknown parent adapter 'zzz'"):
-        lib.add(make_delta(4), name="c", base_model=BASE, base_fingerprint=FP, parents=["a", "zzz"])
+        lib.add(make_delta(4), name="c", base=BaseRef(BASE, FP), parents=["a", "zzz"])
     assert "c" not in lib and len(adapter_folders(lib)) == 3
 
     lib.record_metrics("ab-ties", FP, "t1", "test", {"accuracy": 0.5, "macro_f1": float("nan")}, n=10)
@@ -186,10 +185,15 @@ def test_lineage_metrics_and_list(lib: Library) -> None:
 def test_similar_ranks_by_cosine(lib: Library) -> None:
     vectors = {"x": [1.0, 0.0, 0.0], "xy": [1.0, 1.0, 0.0], "y": [0.0, 1.0, 0.0], "negx": [-1.0, 0.0, 0.1]}
     for name, vec in vectors.items():
-        lib.add(make_delta(0), name=name, base_model=BASE, base_fingerprint=FP, embedding=np.array(vec))
-    lib.add(make_delta(0), name="other-base", base_model=BASE, base_fingerprint="fp-2", embedding=np.array([1, 0, 0]))
-    lib.add(make_delta(0), name="no-emb", base_model=BASE, base_fingerprint=FP)
-    lib.add(make_delta(0), name="dim4", base_model=BASE, base_fingerprint=FP, embedding=np.ones(4))
+        lib.add(make_delta(0), name=name, base=BaseRef(BASE, FP), task=TaskEntry(None, embedding=np.array(vec)))
+    lib.add(
+        make_delta(0),
+        name="other-base",
+        base=BaseRef(BASE, "fp-2"),
+        task=TaskEntry(None, embedding=np.array([1, 0, 0])),
+    )
+    lib.add(make_delta(0), name="no-emb", base=BaseRef(BASE, FP))
+    lib.add(make_delta(0), name="dim4", base=BaseRef(BASE, FP), task=TaskEntry(None, embedding=np.ones(4)))
     hits = lib.similar(np.array([2.0, 0.5, 0.0]), k=3, base_fingerprint=FP)
     assert [r.name for r, _ in hits] == ["x", "xy", "y"]
     assert hits[0][1] == pytest.approx(2 / math.sqrt(4.25), abs=1e-6)
@@ -205,7 +209,7 @@ def test_similar_equals_scoring_every_record(lib: Library) -> None:
     rng = np.random.default_rng(3)
     vectors = [rng.standard_normal(8) for _ in range(30)]
     for i, vec in enumerate(vectors + vectors[:5]):  # five later adapters repeat an earlier embedding
-        lib.add(make_delta(0), name=f"e{i}", base_model=BASE, base_fingerprint=FP, embedding=vec)
+        lib.add(make_delta(0), name=f"e{i}", base=BaseRef(BASE, FP), task=TaskEntry(None, embedding=vec))
     query = rng.standard_normal(8).astype(np.float32).astype(np.float64)
     records = lib.list()
     unit = query / np.linalg.norm(query)
@@ -219,7 +223,7 @@ def test_similar_equals_scoring_every_record(lib: Library) -> None:
 
 
 def test_corrupted_file_refused(lib: Library) -> None:
-    rec = lib.add(make_delta(0), name="victim", base_model=BASE, base_fingerprint=FP)
+    rec = lib.add(make_delta(0), name="victim", base=BaseRef(BASE, FP))
     weights = rec.path / WEIGHTS_FILE
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0xFF  # flip bits inside the tensor data: still parses, wrong values
@@ -230,7 +234,7 @@ def test_corrupted_file_refused(lib: Library) -> None:
         lib.export("victim", lib.root.parent / "out")
     assert len(lib.verify()) == 1
 
-    rec2 = lib.add(make_delta(1), name="victim2", base_model=BASE, base_fingerprint=FP)
+    rec2 = lib.add(make_delta(1), name="victim2", base=BaseRef(BASE, FP))
     config = rec2.path / CONFIG_FILE
     cfg = json.loads(config.read_text())
     cfg["lora_alpha"] = cfg["lora_alpha"] + 1.0  # a scale changed behind the catalog's back
@@ -240,7 +244,7 @@ def test_corrupted_file_refused(lib: Library) -> None:
 
 
 def test_wrong_fingerprint_refused(lib: Library) -> None:
-    lib.add(make_delta(0), name="a", base_model=BASE, base_fingerprint=FP)
+    lib.add(make_delta(0), name="a", base=BaseRef(BASE, FP))
     with pytest.raises(BaseMismatchError) as info:
         lib.load("a", expected_fingerprint="fp-other")
     assert FP in str(info.value) and "fp-other" in str(info.value) and BASE in str(info.value)
@@ -248,29 +252,25 @@ def test_wrong_fingerprint_refused(lib: Library) -> None:
 
 def test_duplicate_name_refused_and_overwrite(lib: Library) -> None:
     first = lib.add(
-        make_delta(0),
-        name="dup",
-        base_model=BASE,
-        base_fingerprint=FP,
-        metrics=[MetricRow(None, FP, "t", "dev", "accuracy", 0.5, 4)],
+        make_delta(0), name="dup", base=BaseRef(BASE, FP), metrics=[MetricRow(None, FP, "t", "dev", "accuracy", 0.5, 4)]
     )
     with pytest.raises(LibraryError, match=f"adapter name 'dup' already exists in {lib.root}"):
-        lib.add(make_delta(1), name="dup", base_model=BASE, base_fingerprint=FP)
+        lib.add(make_delta(1), name="dup", base=BaseRef(BASE, FP))
     assert adapter_folders(lib) == [first.id] and catalog_count(lib) == 1
 
-    second = lib.add(make_delta(1), name="dup", base_model=BASE, base_fingerprint=FP, overwrite=True)
+    second = lib.add(make_delta(1), name="dup", base=BaseRef(BASE, FP), overwrite=True)
     assert second.id != first.id
     assert adapter_folders(lib) == [second.id] and catalog_count(lib) == 1
     assert catalog_count(lib, "metrics") == 0  # the replaced adapter's metrics went with it
     delta, rec = lib.load("dup")
     assert_same(delta, make_delta(1)) and rec.id == second.id
     with pytest.raises(LibraryError, match="derived from it"):
-        lib.add(make_delta(2), name="dup", base_model=BASE, base_fingerprint=FP, parents=["dup"], overwrite=True)
+        lib.add(make_delta(2), name="dup", base=BaseRef(BASE, FP), parents=["dup"], overwrite=True)
     assert adapter_folders(lib) == [second.id]
 
 
 def test_failure_mid_add_leaves_nothing(lib: Library) -> None:
-    lib.add(make_delta(0), name="ok", base_model=BASE, base_fingerprint=FP)
+    lib.add(make_delta(0), name="ok", base=BaseRef(BASE, FP))
     before = adapter_folders(lib)
     conn = sqlite3.connect(lib.root / "catalog.sqlite")
     conn.execute(
@@ -283,8 +283,7 @@ def test_failure_mid_add_leaves_nothing(lib: Library) -> None:
         lib.add(
             make_delta(1),
             name="half",
-            base_model=BASE,
-            base_fingerprint=FP,
+            base=BaseRef(BASE, FP),
             parents=["ok"],
             metrics=[MetricRow(None, FP, "t", "dev", "boom", 1.0, 1)],
         )
@@ -294,7 +293,7 @@ def test_failure_mid_add_leaves_nothing(lib: Library) -> None:
 
 
 def test_gc_removes_stale_tmp_and_orphans(lib: Library) -> None:
-    keep = lib.add(make_delta(0), name="keep", base_model=BASE, base_fingerprint=FP)
+    keep = lib.add(make_delta(0), name="keep", base=BaseRef(BASE, FP))
     adapters = lib.root / "adapters"
     stale, fresh, orphan = adapters / ".tmp-stale", adapters / ".tmp-fresh", adapters / "00000000deadbeef"
     for folder in (stale, fresh, orphan):
@@ -320,7 +319,7 @@ def test_gc_removes_stale_tmp_and_orphans(lib: Library) -> None:
 
 def test_export_is_a_peft_folder(lib: Library, tmp_path: Path) -> None:
     delta = make_delta(5)
-    lib.add(delta, name="exp", base_model=BASE, base_fingerprint=FP, task="t", embedding=np.ones(3))
+    lib.add(delta, name="exp", base=BaseRef(BASE, FP), task=TaskEntry("t", embedding=np.ones(3)))
     dest = lib.export("exp", tmp_path / "exported")
     assert sorted(p.name for p in dest.iterdir()) == sorted([CONFIG_FILE, WEIGHTS_FILE, "adaptforge.json"])
     read, config = read_adapter(dest)
@@ -331,7 +330,12 @@ def test_export_is_a_peft_folder(lib: Library, tmp_path: Path) -> None:
     with pytest.raises(LibraryError, match="not an empty folder"):
         lib.export("exp", dest)
     # Exported folders read back into the library unchanged.
-    lib.add(read, name="exp-again", base_model=config["base_model_name_or_path"], base_fingerprint=FP, method="import")
+    lib.add(
+        read,
+        name="exp-again",
+        base=BaseRef(config["base_model_name_or_path"], FP),
+        provenance=made_by("import", {"source": str(dest)}, {}),
+    )
     assert_same(lib.load("exp-again")[0], delta)
 
 
@@ -345,14 +349,13 @@ def _worker(root: str, worker: int, count: int, barrier: object, out: object) ->
         lib.add(
             make_delta(seed),
             name=f"w{worker}-{i}",
-            base_model=BASE,
-            base_fingerprint=FP,
-            embedding=np.full(3, float(seed + 1)),
+            base=BaseRef(BASE, FP),
+            task=TaskEntry(None, embedding=np.full(3, float(seed + 1))),
             metrics=[row],
         )
         names.append(f"w{worker}-{i}")
     try:
-        lib.add(make_delta(worker), name="contested", base_model=BASE, base_fingerprint=FP)
+        lib.add(make_delta(worker), name="contested", base=BaseRef(BASE, FP))
         contested = "won"
     except LibraryError as err:
         contested = str(err)
@@ -397,9 +400,11 @@ def test_kind_column_is_backfilled_when_an_old_catalog_is_opened(lib: Library) -
         ("generated", "generate", {"kind": "generate"}, "t4"),
         ("foreign", "ties", {}, None),
     ]
-    for i, (name, method, recipe, task) in enumerate(specs):
-        lib.add(make_delta(i), name=name, base_model=BASE, base_fingerprint=FP, task=task, method=method, recipe=recipe)
+    for i, (name, _, _, task) in enumerate(specs):
+        lib.add(make_delta(i), name=name, base=BaseRef(BASE, FP), task=TaskEntry(task))
     conn = sqlite3.connect(lib.root / "catalog.sqlite")
+    for name, method, recipe, _ in specs:  # the method and recipe as versions of schema 1 wrote them
+        conn.execute("UPDATE adapters SET method = ?, recipe = ? WHERE name = ?", (method, json.dumps(recipe), name))
     conn.execute("DROP INDEX adapters_kind")
     conn.execute("ALTER TABLE adapters DROP COLUMN kind")
     conn.execute("ALTER TABLE metrics DROP COLUMN subset")
@@ -421,22 +426,21 @@ def test_kind_column_is_backfilled_when_an_old_catalog_is_opened(lib: Library) -
     }
     assert [r.name for r in again.list() if r.is_task_adapter] == ["own", "imported"]
     assert [r.name for r in again.list(kind="merge")] == ["merged"]
-    with pytest.raises(LibraryError, match="kind must be one of"):
-        again.add(make_delta(9), name="x", base_model=BASE, base_fingerprint=FP, kind="weird")
 
 
 def test_a_tasks_own_adapter_is_trained_or_imported_never_derived(lib: Library) -> None:
     """The one rule behind merge references, compose candidates and generator samples: a newer composition,
     merge or generated adapter of the same task is never taken for the task's own adapter."""
-    own = lib.add(make_delta(1), name="own", base_model=BASE, base_fingerprint=FP, task="t1", recipe={"kind": "train"})
+    own = lib.add(make_delta(1), name="own", base=BaseRef(BASE, FP), task=TaskEntry("t1"))
     for i, kind in enumerate(("compose", "merge", "generate"), start=2):
-        lib.add(
-            make_delta(i), name=f"{kind}-t1", base_model=BASE, base_fingerprint=FP, task="t1", method="atlas", kind=kind
-        )
+        recipe = {"method": "atlas", "task": {"name": "t1"}, "shots": {"k": 0, "seed": 0}}
+        made = made_by(kind, recipe, {"generator_method": "atlas"})
+        lib.add(make_delta(i), name=f"{kind}-t1", base=BaseRef(BASE, FP), task=TaskEntry("t1"), provenance=made)
     assert lib.task_adapter("t1", FP) == own
     assert lib.task_adapter("t1", FP, prefer=["compose-t1", "merge-t1"]) == own
     assert lib.task_adapter("t1", "another-base") is None
-    imported = lib.add(make_delta(9), name="imp", base_model=BASE, base_fingerprint=FP, task="t1", method="import")
+    made = made_by("import", {}, {})
+    imported = lib.add(make_delta(9), name="imp", base=BaseRef(BASE, FP), task=TaskEntry("t1"), provenance=made)
     assert imported.kind == "import" and lib.task_adapter("t1", FP) == imported  # the newest own adapter
     assert lib.task_adapter("t1", FP, prefer=["own"]) == own
 
@@ -444,7 +448,7 @@ def test_a_tasks_own_adapter_is_trained_or_imported_never_derived(lib: Library) 
 def test_metrics_are_kept_apart_by_subset_and_old_rows_say_unknown(lib: Library) -> None:
     """A --limit run and a full run of the same split are different rows; rows from before the subset column
     was added read back as 'unknown' and never pass for either."""
-    lib.add(make_delta(1), name="a", base_model=BASE, base_fingerprint=FP, task="t1")
+    lib.add(make_delta(1), name="a", base=BaseRef(BASE, FP), task=TaskEntry("t1"))
     lib.record_metrics("a", FP, "t1", "test", {"accuracy": 0.5}, 16, subset="sample:16:seed0", task_fingerprint="tf")
     lib.record_metrics("a", FP, "t1", "test", {"accuracy": 0.75}, 300, subset="all", task_fingerprint="tf")
     full = lib.metrics("a", subset="all")

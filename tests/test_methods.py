@@ -16,8 +16,9 @@ from adaptforge.backends import BACKENDS
 from adaptforge.compose import COMPOSERS
 from adaptforge.core import AdaptforgeError, Registry
 from adaptforge.generate.methods import GENERATORS
-from adaptforge.merge import MERGE_METHODS
-from adaptforge.methods import Method
+from adaptforge.merge import MERGE_METHODS, MergeMethod, MergeParams
+from adaptforge.merge.generalized import GeneralizedTaskArithmetic, MagnitudeParams, TiesParams
+from adaptforge.methods import Method, declared_params
 from adaptforge.params import Params
 from adaptforge.routing import ROUTERS
 from adaptforge.train.samplers import SAMPLERS
@@ -155,3 +156,55 @@ def test_help_summary_is_not_cut_inside_parentheses(family: str, name: str) -> N
     if summary.endswith("..."):
         pytest.skip("summary shortened to the width limit")
     assert summary.count("(") == summary.count(")"), summary
+
+
+@pytest.mark.parametrize(("family", "name"), CASES)
+def test_params_type_is_the_type_the_method_is_generic_in(family: str, name: str) -> None:
+    """``class Ties(GeneralizedTaskArithmetic[TiesParams])``: the hooks are typed with the generic argument, and
+    ``params_type`` (what parse_params builds) is that class or a subclass of it."""
+    cls = method_of(family, name)
+    declared = declared_params(cls)
+    assert declared is not None, f"{cls.kind} {name!r} does not name its params type in its base"
+    assert issubclass(cls.params_type, declared)
+    fields = {f.name for f in dataclasses.fields(cls.params_type)}
+    assert set(cls.required_fields()) <= fields
+
+
+def test_a_knob_whose_field_is_missing_from_the_params_type_is_refused_at_registration() -> None:
+    registry: Registry[type[MergeMethod]] = Registry("merge method", base=MergeMethod)
+
+    class Trimmed(GeneralizedTaskArithmetic[MergeParams]):
+        """Magnitude trimming declared on params without a density."""
+
+        name = "trimmed"
+        reference_url = "https://arxiv.org/abs/2306.01708"
+        sparsify = "magnitude"
+
+    with pytest.raises(ValueError, match=r"knobs read \['density'\] but params_type MergeParams has no such field"):
+        registry.register(Trimmed)
+    assert "trimmed" not in registry
+
+    class Trimmed2(GeneralizedTaskArithmetic[MagnitudeParams]):
+        """The same knob with its field."""
+
+        name = "trimmed2"
+        reference_url = "https://arxiv.org/abs/2306.01708"
+        sparsify = "magnitude"
+
+    registry.register(Trimmed2)
+    assert Trimmed2.params_type is MagnitudeParams
+    assert Trimmed2.required_fields() == ("density",)
+
+
+def test_a_params_type_other_than_the_generic_argument_is_refused_at_registration() -> None:
+    registry: Registry[type[MergeMethod]] = Registry("merge method", base=MergeMethod)
+
+    class Mismatched(GeneralizedTaskArithmetic[TiesParams]):
+        """Hooks typed with TiesParams, params built as plain MergeParams."""
+
+        name = "mismatched"
+        reference_url = "https://arxiv.org/abs/2306.01708"
+        params_type = MergeParams
+
+    with pytest.raises(ValueError, match="params_type MergeParams is not the TiesParams its hooks are typed with"):
+        registry.register(Mismatched)

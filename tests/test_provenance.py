@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import random_delta
 
-from adaptforge.library import KINDS, Library
+from adaptforge.library import KINDS, BaseRef, Library, TaskEntry
 from adaptforge.provenance import (
     PROVENANCE_TYPES,
     ComposeProvenance,
@@ -118,12 +118,7 @@ def test_every_kind_a_verb_makes_has_a_typed_reader() -> None:
 def test_provenance_round_trips_through_the_library(made: Provenance, tmp_path: Path) -> None:
     lib = Library(tmp_path / "lib")
     stored = lib.add(
-        random_delta({"m": (4, 4)}, rank=2),
-        name="x",
-        base_model="base",
-        base_fingerprint="fp",
-        task="t1",
-        provenance=made,
+        random_delta({"m": (4, 4)}, rank=2), name="x", base=BaseRef("base", "fp"), task=TaskEntry("t1"), provenance=made
     )
     record = lib.get("x")
     assert record.recipe == stored.recipe and record.kind == made.kind and record.method == made.method

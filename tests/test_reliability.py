@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from adaptforge.adapters import CONFIG_FILE, WEIGHTS_FILE, write_adapter
 from adaptforge.core import LoraDelta, LoraModule
-from adaptforge.library import EXPORT_RECORD_FILE, Library, LibraryError
+from adaptforge.library import EXPORT_RECORD_FILE, Library, LibraryError, TaskEntry
 
 MODULES = MINILM_ATTENTION
 
@@ -119,10 +119,10 @@ def test_non_finite_adapters_are_refused_everywhere(minilm, library: Path, tmp_p
     assert snapshot(library) == before
     # Merges, compositions and generated adapters all land through Library.add, which refuses the same.
     with pytest.raises(LibraryError, match="NaN"):
-        Library(library).add(bad, name="merged", base_model=minilm.name, base_fingerprint=minilm.fingerprint)
+        Library(library).add(bad, name="merged", base=minilm)
     scale = LoraDelta({MODULES[0]: LoraModule(A=torch.ones(2, 384), B=torch.ones(384, 2), scale=math.inf)})
     with pytest.raises(LibraryError, match="scale"):
-        Library(library).add(scale, name="merged", base_model=minilm.name, base_fingerprint=minilm.fingerprint)
+        Library(library).add(scale, name="merged", base=minilm)
     assert snapshot(library) == before
 
 
@@ -386,9 +386,7 @@ def test_two_trainings_of_one_name_cannot_share_a_run(library: Path) -> None:
 
 
 def test_user_text_prints_literally(minilm, library: Path) -> None:
-    Library(library).add(
-        minilm_delta(4), name="[red]evil", base_model=minilm.name, base_fingerprint=minilm.fingerprint, task="sst2"
-    )
+    Library(library).add(minilm_delta(4), name="[red]evil", base=minilm, task=TaskEntry("sst2"))
     listing = run_cli("library", "list", "--library", library).output
     assert "[red]evil" in listing
     out = refused("merge", "sst2-a", "agnews-a", "--library", library, "--out", "m", "--weights", "nan,1")

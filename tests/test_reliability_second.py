@@ -14,7 +14,7 @@ import httpx
 import pytest
 from conftest import refused, run_cli, snapshot, task_dir
 
-from adaptforge.library import Library
+from adaptforge.library import BaseRef, Library
 
 
 def strict_json(text: str) -> object:
@@ -271,7 +271,7 @@ def test_a_full_disk_names_free_space_not_rebuild(tmp_path: Path) -> None:
     from conftest import random_delta
 
     lib = Library(tmp_path / "lib")
-    lib.add(random_delta(["encoder.layer.0.attention.self.query"]), name="x", base_model="m", base_fingerprint="fp")
+    lib.add(random_delta(["encoder.layer.0.attention.self.query"]), name="x", base=BaseRef("m", "fp"))
     before = snapshot(lib.root)
 
     def no_writes() -> None:

@@ -6,6 +6,9 @@ must rebuild its router from the recipe and measure what its maker measured.
 
 from __future__ import annotations
 
+import json
+import sqlite3
+
 import pytest
 import torch
 from conftest import small_task
@@ -14,6 +17,7 @@ from test_reliability import minilm_delta
 from adaptforge.library import Library
 from adaptforge.lora.factors import fold
 from adaptforge.pipelines.evaluate import evaluate_grid
+from adaptforge.provenance import read as made_by
 from adaptforge.routing import RECIPE_KEY, ROUTERS, routed_settings, stored_router, stored_settings
 from adaptforge.scorers import make_scorer
 
@@ -26,10 +30,7 @@ def test_every_known_router_is_registered() -> None:
 def test_a_stored_routed_adapter_evaluates_as_it_did_when_made(minilm, tmp_path, name: str) -> None:
     lib = Library(tmp_path / "lib")
     deltas = [minilm_delta(seed) for seed in range(3)]
-    ids = [
-        lib.add(d, name=f"a{i}", base_model=minilm.name, base_fingerprint=minilm.fingerprint).id
-        for i, d in enumerate(deltas)
-    ]
+    ids = [lib.add(d, name=f"a{i}", base=minilm).id for i, d in enumerate(deltas)]
     router = ROUTERS.get(name)(deltas)
     assert router.describe()["router"] == name
     task = small_task("sst2", n_train=8, n_test=12)
@@ -37,14 +38,8 @@ def test_a_stored_routed_adapter_evaluates_as_it_did_when_made(minilm, tmp_path,
     made = router.evaluate(scorer, task, "test", limit=12, adapter="routed")
 
     static = fold(deltas, torch.full((len(deltas[0]), 3), 1 / 3))
-    lib.add(
-        static,
-        name="routed",
-        base_model=minilm.name,
-        base_fingerprint=minilm.fingerprint,
-        recipe={RECIPE_KEY: routed_settings(router, ids)},
-        parents=ids,
-    )
+    routed = made_by("merge", {"method": "dawin", RECIPE_KEY: routed_settings(router, ids)}, {})
+    lib.add(static, name="routed", base=minilm, provenance=routed, parents=ids)
     record = lib.get("routed")
     assert stored_settings(record.recipe)["router"] == name
     rebuilt = stored_router(lib, record, minilm.fingerprint)
@@ -67,11 +62,15 @@ def test_old_arrow_recipes_still_route(minilm, tmp_path) -> None:
     lib = Library(tmp_path / "lib")
     deltas = [minilm_delta(seed) for seed in range(2)]
     for i, d in enumerate(deltas):
-        lib.add(d, name=f"c{i}", base_model=minilm.name, base_fingerprint=minilm.fingerprint)
+        lib.add(d, name=f"c{i}", base=minilm)
     legacy = {
         "routing": {"router": "arrow", "top_k": 2, "temperature": 1.0, "adapters": 2},
         "candidates": [{"name": "c0"}, {"name": "c1"}],
     }
-    lib.add(deltas[0], name="old", base_model=minilm.name, base_fingerprint=minilm.fingerprint, recipe=legacy)
+    composed = made_by("compose", {"method": "arrow", "task": {"name": "t"}, "shots": {"k": 0, "seed": 0}}, {})
+    lib.add(deltas[0], name="old", base=minilm, provenance=composed)
+    with sqlite3.connect(lib.root / "catalog.sqlite") as conn:  # the recipe as that version wrote it
+        conn.execute("UPDATE adapters SET recipe = ? WHERE name = 'old'", (json.dumps({"kind": "compose", **legacy}),))
+    conn.close()
     router = stored_router(lib, lib.get("old"), minilm.fingerprint)
     assert router is not None and router.name == "arrow" and len(router.deltas) == 2

@@ -408,6 +408,11 @@ class PruneProvenance(Provenance):
     def params(self) -> dict[str, Any]:
         return dict(self.prune_params)
 
+    @property
+    def pattern(self) -> str:
+        """The sparsity pattern (``unstructured``, ``2:4``, ``4:8`` or ``ffn``: neurons removed, not zeroed)."""
+        return str(self.prune_params.get("pattern") or "unstructured")
+
     def recipe(self) -> dict[str, Any]:
         return {
             "kind": "prune",
@@ -529,6 +534,22 @@ PROVENANCE_TYPES: dict[str, type[Provenance]] = {
         TtaProvenance,
     )
 }
+
+
+_RECIPE_KINDS = {"train": "train", "train_multitask": "train", "import": "import", "merge": "merge"}
+_RECIPE_KINDS |= {"compose": "compose", "generate": "generate"}
+
+
+def legacy_kind(recipe: Mapping[str, Any] | None, method: str) -> str:
+    """The kind of a row stored before kinds were recorded (catalog migration, rebuild from old adapter folders):
+    its recipe's ``kind`` (every recipe adaptforge wrote has one), else what its method says; ``other`` when
+    neither tells. New adapters get theirs from their typed provenance."""
+    by_recipe = _RECIPE_KINDS.get(str((recipe or {}).get("kind")))
+    if by_recipe is not None:
+        return by_recipe
+    return {"train": "train", "train_multitask": "train", "import": "import", "generate": "generate"}.get(
+        method, "other"
+    )
 
 
 def read(kind: str, recipe: Mapping[str, Any], params: Mapping[str, Any]) -> Provenance | None:

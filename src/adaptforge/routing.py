@@ -26,6 +26,7 @@ from adaptforge.core import AdaptforgeError, LoraDelta, Registry
 from adaptforge.evaluate import EvalResult
 from adaptforge.library import AdapterRecord, Library
 from adaptforge.methods import Method
+from adaptforge.params import Params
 from adaptforge.provenance import ROUTER_KEY, router_of
 from adaptforge.scorers import Scorer
 from adaptforge.tasks import Example, Task
@@ -33,7 +34,7 @@ from adaptforge.tasks import Example, Task
 RECIPE_KEY = ROUTER_KEY  # (the legacy key of early Arrow compositions is read by adaptforge.provenance)
 
 
-class Router(Method):
+class Router(Method[Params]):
     """Mixes ``deltas`` per input; subclasses say how (and are registered in :data:`ROUTERS`)."""
 
     kind = "router"

@@ -123,9 +123,7 @@ def test_library_show_is_readable_and_json_has_everything(cli_library):
     brief = json.loads(run("library", "show", "sst2-a", "--library", cli_library, "--json").stdout)
     assert brief["embedding"] == "<384 floats>" and brief["kind"] == "train" and brief["integrity"]["ok"]
     assert brief["files"]["adapter_model.safetensors"] > 0
-    full = json.loads(
-        run("library", "show", "sst2-a", "--library", cli_library, "--json", "--with-embeddings").stdout
-    )
+    full = json.loads(run("library", "show", "sst2-a", "--library", cli_library, "--json", "--with-embeddings").stdout)
     assert len(full["embedding"]) == 384 and all(isinstance(v, float) for v in full["embedding"])
 
 
@@ -158,12 +156,7 @@ def test_eval_all_adapters_runs_each_on_its_own_base_and_skips_what_does_not_fit
     from adaptforge.train.config import TrainConfig
 
     lib = Library(tmp_path / "lib")
-    lib.add(
-        random_delta(MINILM_ATTENTION, rank=2, std=0.01),
-        name="mini",
-        base_model=minilm.name,
-        base_fingerprint=minilm.fingerprint,
-    )
+    lib.add(random_delta(MINILM_ATTENTION, rank=2, std=0.01), name="mini", base=minilm)
     task = task_dir("sst2")
     small = load_task(task).with_splits(train=load_task(task).sample("train", 16, seed=0))
     train_into_library(small, tiny_llama, lib, "llama", TrainConfig(epochs=1, batch_size=8), eval_splits=())

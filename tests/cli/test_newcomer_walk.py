@@ -9,7 +9,7 @@ import re
 import pytest
 from conftest import library_copy, refused, run_cli, small_task
 
-from adaptforge.library import Library
+from adaptforge.library import BaseRef, Library, TaskEntry
 from adaptforge.tasks import write_task
 
 PROGRESS = re.compile(r"^(?P<what>[^:\n]+: [^:\n]+): (?P<done>\d+)/(?P<total>\d+)  [\d.]+/s  ETA \d+s", re.M)
@@ -271,11 +271,10 @@ def test_a_composed_adapter_below_zero_shot_is_flagged_and_the_generator_method_
     folder = write_task(task, tmp_path / "sst2")
     other = small_task("subjectivity", n_train=8, n_test=8)
     for seed, name in enumerate(("scrambler", "scrambler-2")):
+        entry = TaskEntry(other.name, other.description, describe(make_scorer(minilm), other))
         lib.add(
-            random_delta(MINILM_ATTENTION, rank=8, scale=2.0, seed=seed, std=0.1), name=name, base_model=minilm.name,
-            base_fingerprint=minilm.fingerprint, task=other.name, description=other.description,
-            embedding=describe(make_scorer(minilm), other), method="train",
-        )  # fmt: skip
+            random_delta(MINILM_ATTENTION, rank=8, scale=2.0, seed=seed, std=0.1), name=name, base=minilm, task=entry
+        )
     composed = run_cli("compose", folder, "-l", lib.root, "--shots", 0, "--method", "retrieval", "--candidates", 1,
                        "--out", "c", "--limit", 48)  # fmt: skip
     flat = " ".join(composed.output.split())
@@ -293,7 +292,7 @@ def test_the_report_names_a_model_folder_base_by_its_folder(minilm, tmp_path):
 
     lib = Library(tmp_path / "lib")
     folder = str((tmp_path / "models" / "pruned-sst2").resolve())
-    lib.add(minilm_delta(0), name="on-pruned", base_model=folder, base_fingerprint=minilm.fingerprint, task="sst2")
+    lib.add(minilm_delta(0), name="on-pruned", base=BaseRef(folder, minilm.fingerprint), task=TaskEntry("sst2"))
     run_cli("report", "-l", lib.root, "--out", tmp_path / "r.html")
     page = (tmp_path / "r.html").read_text()
     assert "base pruned-sst2 ·" in page and f"base {folder} ·" not in page

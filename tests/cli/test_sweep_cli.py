@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import MINILM_ATTENTION, library_copy, random_delta, run_cli
 
-from adaptforge.library import Library
+from adaptforge.library import BaseRef, Library
 
 
 def sweep_help(monkeypatch) -> str:
@@ -49,7 +49,7 @@ def test_the_first_help_example_runs(tmp_path, monkeypatch):
 
 def test_sweep_cli_table_json_and_a_failed_cell_exit_non_zero(tmp_path, trained_library):
     lib = library_copy(trained_library, tmp_path / "lib")
-    lib.add(random_delta(MINILM_ATTENTION, rank=2), name="alien", base_model="other", base_fingerprint="f" * 16)
+    lib.add(random_delta(MINILM_ATTENTION, rank=2), name="alien", base=BaseRef("other", "f" * 16))
     spec = tmp_path / "grid.yaml"
     spec.write_text("merge:\n  merges: [[sst2-a, agnews-a], [sst2-a, alien]]\n  methods: [task_arithmetic]\n")
     res = run_cli("sweep", spec, "--library", lib.root, ok=False)

@@ -33,9 +33,10 @@ from adaptforge.compose import (
 from adaptforge.compose.base import ComposeResult, encode_examples, mean_loss
 from adaptforge.core import AdaptforgeError, LoraDelta, LoraModule
 from adaptforge.evaluate import evaluate, predict_logits
-from adaptforge.library import Library
+from adaptforge.library import Library, TaskEntry
 from adaptforge.lora.factors import fold
 from adaptforge.pipelines.train import train_into_library
+from adaptforge.provenance import read as made_by
 from adaptforge.scorers import describe, make_scorer
 from adaptforge.train.config import TrainConfig
 
@@ -92,12 +93,9 @@ def lib(tmp_path_factory, minilm, scorer) -> Library:
         library.add(
             distractor,
             name=name,
-            base_model=minilm.name,
-            base_fingerprint=minilm.fingerprint,
-            task=subj.name,
-            description=subj.description,
-            embedding=describe(scorer, subj),
-            method=method,
+            base=minilm,
+            task=TaskEntry(subj.name, description=subj.description, embedding=describe(scorer, subj)),
+            provenance=None if method == "train" else made_by("merge", {"method": method}, {}),
         )
     return library
 

@@ -23,8 +23,9 @@ from adaptforge.generate import (
     describe_new_task,
 )
 from adaptforge.generate.storage import META_FILE, TENSORS_FILE
-from adaptforge.library import Library
+from adaptforge.library import BaseRef, Library, TaskEntry
 from adaptforge.pipelines.train import train_into_library
+from adaptforge.provenance import read as made_by
 from adaptforge.scorers import make_scorer
 from adaptforge.train.config import TrainConfig
 
@@ -257,8 +258,11 @@ def test_missing_or_corrupt_files_name_the_file(tmp_path, generator):
 # ---------------------------------------------------------------------------------------- library
 
 
-def _add(lib: Library, delta: LoraDelta, name: str, task: str | None, emb: np.ndarray | None, **kw) -> None:
-    lib.add(delta, name=name, base_model="m", base_fingerprint=kw.pop("fp", "fp"), task=task, embedding=emb, **kw)
+def _add(
+    lib: Library, delta: LoraDelta, name: str, task: str | None, emb: np.ndarray | None, fp: str = "fp", kind: str = ""
+) -> None:
+    made = made_by(kind, {"method": kind}, {}) if kind else None
+    lib.add(delta, name=name, base=BaseRef("m", fp), task=TaskEntry(task, embedding=emb), provenance=made)
 
 
 def test_collect_samples_filters_and_explains(tmp_path, world, samples):
@@ -267,7 +271,7 @@ def test_collect_samples_filters_and_explains(tmp_path, world, samples):
     for i in range(4):
         _add(lib, samples.deltas[2 * i], f"a{i}", f"t{i}", emb[i])
     _add(lib, samples.deltas[8], "a0-seed2", "t0", emb[0])
-    _add(lib, samples.deltas[1], "merged", "t0+t1", None, method="merge")
+    _add(lib, samples.deltas[1], "merged", "t0+t1", None, kind="merge")
     _add(lib, samples.deltas[1], "other-base", "t1", emb[1], fp="fp2")
     small = LoraDelta({n: LoraModule(m.A[:1], m.B[:, :1], m.scale) for n, m in samples.deltas[2].modules.items()})
     _add(lib, small, "rank1", "t1", emb[1])
@@ -306,7 +310,7 @@ def test_real_minilm_adapters_generate_an_adapter_that_scores(tmp_path, minilm):
     assert result.n == 16 and 0.0 <= result.accuracy <= 1.0 and np.isfinite(result.loss)
     assert gen.info["library_parameters"] == 3 * lib.load("sst2-0")[0].num_parameters()
     assert gen.num_parameters() > gen.info["library_parameters"]  # the samples' factors are the basis
-    lib.add(delta, name="generated", base_model=minilm.name, base_fingerprint=minilm.fingerprint, method="generate")
+    lib.add(delta, name="generated", base=minilm, provenance=made_by("generate", {}, {}))
     assert_identical_dense(lib.load("generated")[0], delta)
 
 

@@ -11,13 +11,14 @@ import torch
 from conftest import random_delta
 
 from adaptforge.generate.storage import TENSORS_FILE, read_generator_files, write_generator_files
-from adaptforge.library import Library
+from adaptforge.library import BaseRef, Library
+from adaptforge.provenance import read as made_by
 
 BASE = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def add(lib: Library, name: str, **kwargs) -> None:
-    lib.add(random_delta({"m": (4, 4)}, rank=2), name=name, base_model=BASE, base_fingerprint="fp", **kwargs)
+    lib.add(random_delta({"m": (4, 4)}, rank=2), name=name, base=BaseRef(BASE, "fp"), **kwargs)
 
 
 def generator(lib: Library, key: str, learned_from: list[str], icm: bool = False) -> Path:
@@ -51,7 +52,7 @@ def test_gc_removes_the_generators_nothing_needs(tmp_path: Path) -> None:
     reusable = generator(lib, "1111111111111111", ["a", "b"])
     stale = generator(lib, "2222222222222222", ["a", "c"], icm=True)
     named = generator(lib, "3333333333333333", ["c"])
-    add(lib, "gen", kind="generate", method="generate", params={"generator_id": named.name}, parents=["c"])
+    add(lib, "gen", provenance=made_by("generate", {}, {"generator_id": named.name}), parents=["c"])
     young = lib.generators_dir / ".tmp-4444444444444444-0a0b0c0d"
     old = lib.generators_dir / ".tmp-5555555555555555-0a0b0c0d"
     for folder in (young, old):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import random_delta
 
-from adaptforge.library import AdapterRecord, Library, rebuild_catalog
+from adaptforge.library import AdapterRecord, BaseRef, Library, TaskEntry, rebuild_catalog
 
 BASE = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -44,9 +44,8 @@ def add(lib: Library, name: str, embedding: np.ndarray | None, base: str = "fp-a
     lib.add(
         random_delta({"m": (4, 4)}, rank=2, seed=len(name)),
         name=name,
-        base_model=BASE,
-        base_fingerprint=base,
-        embedding=embedding,
+        base=BaseRef(BASE, base),
+        task=TaskEntry(None, embedding=embedding),
         overwrite=overwrite,
     )
 

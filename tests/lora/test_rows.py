@@ -18,6 +18,7 @@ from adaptforge.library import Library
 from adaptforge.lora.hooks import LoraMixture, eval_mode
 from adaptforge.lora.rows import RowMixture, mixed_logits
 from adaptforge.merge.dawin import EntropyRouter
+from adaptforge.provenance import read as made_by
 from adaptforge.routing import RECIPE_KEY, routed_settings, stored_router
 from adaptforge.scorers import make_scorer
 
@@ -74,19 +75,10 @@ def test_arrow_batched_equals_one_forward_per_input(minilm, trec):
 def test_a_stored_router_scores_as_one_forward_per_input(minilm, trec, tmp_path):
     lib = Library(tmp_path / "lib")
     deltas = [minilm_delta(seed) for seed in range(2)]
-    ids = [
-        lib.add(d, name=f"a{i}", base_model=minilm.name, base_fingerprint=minilm.fingerprint).id
-        for i, d in enumerate(deltas)
-    ]
+    ids = [lib.add(d, name=f"a{i}", base=minilm).id for i, d in enumerate(deltas)]
     made = EntropyRouter(deltas, temperature=0.05, scaling=1.5, prior=[1.0, 2.0])
-    lib.add(
-        deltas[0],
-        name="routed",
-        base_model=minilm.name,
-        base_fingerprint=minilm.fingerprint,
-        recipe={RECIPE_KEY: routed_settings(made, ids)},
-        parents=ids,
-    )
+    routed = made_by("merge", {"method": "dawin", RECIPE_KEY: routed_settings(made, ids)}, {})
+    lib.add(deltas[0], name="routed", base=minilm, provenance=routed, parents=ids)
     rebuilt = stored_router(lib, lib.get("routed"), minilm.fingerprint)
     scorer = make_scorer(minilm)
     examples = trec.split("test")

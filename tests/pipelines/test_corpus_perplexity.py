@@ -14,7 +14,7 @@ from conftest import run_cli
 from adaptforge.backbone import Backbone
 from adaptforge.core import AdaptforgeError
 from adaptforge.evaluate import corpus_perplexity, strided_windows
-from adaptforge.pipelines.prune import read_record
+from adaptforge.prune import read_record
 
 SHORT = ["the movie was a delight from start to finish", "stocks fell sharply on tuesday after the report"]
 LONG = (
@@ -124,8 +124,8 @@ def test_prune_on_a_text_domain_and_eval_the_pruned_folder(tiny_llama, tiny_llam
     assert set(got["perplexity"]) == {"general"} and got["prune_seconds"] > 0
     record = read_record(out)
     assert record is not None
-    assert record["calibration"]["domain"]["source"] == f"{domain} (n=4)"
-    assert record["calibration"]["general"]["n"] == 6
+    assert record.calibration["domain"]["source"] == f"{domain} (n=4)"
+    assert record.calibration["general"]["n"] == 6
     pruned = Backbone.load(str(out))
     assert not torch.equal(
         pruned.model.model.layers[0].mlp.up_proj.weight, tiny_llama.model.model.layers[0].mlp.up_proj.weight

@@ -9,6 +9,8 @@ import json
 import pytest
 from conftest import reverse_task, run_cli, snapshot
 
+from adaptforge.library import BaseRef
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_llama_dir):
@@ -160,7 +162,7 @@ def test_export_of_embedded_llm_adapter_names_the_hub_id(trained, tiny_llama, tm
     folder, lib, model = trained
     library = Library(lib)
     delta, record = library.load("rev")
-    library.add(delta, name="rev-smol", base_model="smollm2", base_fingerprint=record.base_fingerprint, overwrite=True)
+    library.add(delta, name="rev-smol", base=BaseRef("smollm2", record.base_fingerprint), overwrite=True)
     monkeypatch.setattr(exporting, "resolve_model_path", lambda name: str(model) if name == "smollm2" else name)
     out = exporting.export_adapter(library, "rev-smol", tmp_path / "exported")
     config = json.loads((out / "adapter_config.json").read_text())

@@ -17,7 +17,7 @@ from conftest import LIBRARY_TASKS, library_copy, small_task
 from conftest import run_cli as run
 
 from adaptforge.core import LoraDelta, LoraModule
-from adaptforge.library import Library
+from adaptforge.library import BaseRef, Library
 
 TASKS = LIBRARY_TASKS
 
@@ -89,15 +89,10 @@ def test_one_adapter_at_weight_one_is_itself_through_the_library(lib, weight):
 
 def test_bad_inputs_are_clear_errors_and_write_nothing(lib):
     foreign = LoraDelta({n: LoraModule(m.A, m.B, m.scale) for n, m in lib.load("sst2-a")[0].modules.items()})
-    lib.add(foreign, name="foreign", base_model="other-model", base_fingerprint="f" * 32)
+    lib.add(foreign, name="foreign", base=BaseRef("other-model", "f" * 32))
     own = lib.get("sst2-a")
     first = foreign.targets[0]
-    lib.add(
-        LoraDelta({first: foreign[first]}),
-        name="fewer",
-        base_model=own.base_model,
-        base_fingerprint=own.base_fingerprint,
-    )
+    lib.add(LoraDelta({first: foreign[first]}), name="fewer", base=BaseRef(own.base_model, own.base_fingerprint))
     before = snapshot(lib)
     cases = [
         (["nope-a", "sst2-a"], "unknown adapter 'nope-a'"),
@@ -325,12 +320,13 @@ def test_data_driven_methods_through_the_cli(lib, setup):
 def test_demo_merge_step_prints_its_table(lib, setup, minilm):
     from rich.console import Console
 
-    from adaptforge.demo import DEMO_MERGES, demo_merge_step
+    from adaptforge.cli.demo import RichView
+    from adaptforge.pipelines.demo import DEMO_MERGES, demo_merge_step
     from adaptforge.tasks import load_task
 
     tasks = [load_task(setup[1][name]) for name in TASKS]
     console = Console(record=True, width=200)
-    rows = demo_merge_step(tasks, minilm, lib, console, adapters=[f"{n}-a" for n in TASKS])
+    rows = demo_merge_step(tasks, minilm, lib, RichView(console), adapters=[f"{n}-a" for n in TASKS])
     assert [r["method"] for r in rows] == [m for m, _ in DEMO_MERGES]
     for row in rows:
         assert lib.get(row["adapter"]).method == row["method"] and len(row["tasks"]) == 3

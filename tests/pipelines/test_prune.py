@@ -11,8 +11,8 @@ from conftest import run_cli, small_task
 
 from adaptforge.backbone import Backbone
 from adaptforge.core import AdaptforgeError
-from adaptforge.pipelines.prune import RECORD_FILE, prune_model, read_record
-from adaptforge.prune import prunable_layers
+from adaptforge.pipelines.prune import prune_model
+from adaptforge.prune import RECORD_FILE, prunable_layers, read_record
 from adaptforge.tasks import write_task
 
 
@@ -38,8 +38,8 @@ def test_wanda_through_the_cli_writes_a_loadable_sparse_model_with_its_record(mi
         if "embeddings" in name or "LayerNorm" in name:
             assert torch.equal(p, dense[name]), name
     record = read_record(out)
-    assert record is not None and record["method"] == "wanda" and record["parent"]["fingerprint"] == minilm.fingerprint
-    assert record["fingerprint"] == pruned.fingerprint and record["calibration"]["domain"]["n"] == 16
+    assert record is not None and record.prune_method == "wanda" and record.parent_fingerprint == minilm.fingerprint
+    assert record.fingerprint == pruned.fingerprint and record.calibration["domain"]["n"] == 16
     assert not list(tmp_path.glob(".tmp-*"))
 
 
@@ -57,7 +57,7 @@ def test_ffn_pattern_makes_a_smaller_model_transformers_loads(tiny_llama, tmp_pa
     )
     assert all(torch.equal(v, tiny_llama.model.state_dict()[k]) for k, v in before.items())  # caller's model intact
     small = AutoModelForCausalLM.from_pretrained(tmp_path / "ffn")
-    assert small.config.intermediate_size == 64 and outcome.record["intermediate_size"] == 64
+    assert small.config.intermediate_size == 64 and outcome.record.intermediate_size == 64
     assert small.model.layers[0].mlp.down_proj.weight.shape == (64, 64)
     dense_params, pruned_params = outcome.parameters
     assert pruned_params == sum(p.numel() for p in small.parameters()) < dense_params

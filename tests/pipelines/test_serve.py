@@ -26,9 +26,10 @@ from conftest import library_copy, listening_url, random_delta, run_cli
 
 from adaptforge.core import AdaptforgeError
 from adaptforge.evaluate import logits_of
-from adaptforge.library import Library
+from adaptforge.library import Library, TaskEntry
 from adaptforge.pipelines.evaluate import evaluate_grid
 from adaptforge.pipelines.serve import RunningServer, build_service, start_in_thread
+from adaptforge.provenance import read as made_by
 from adaptforge.scorers import make_scorer
 from adaptforge.serve import ServeConfig, ServeLimits
 from adaptforge.serve.schema import FIELDS
@@ -174,11 +175,9 @@ def test_hot_load_and_overwrite_while_serving(client, lib, minilm, tasks):
         lib.add(
             delta,
             name="hot",
-            base_model=minilm.name,
-            base_fingerprint=minilm.fingerprint,
-            task="sst2",
-            description=sst2.description,
-            params={"labels": {"sst2": list(sst2.labels)}},
+            base=minilm,
+            task=TaskEntry("sst2", description=sst2.description),
+            provenance=made_by("train", {"tasks": [{"name": "sst2"}]}, {"labels": {"sst2": list(sst2.labels)}}),
             overwrite=source == "sst2-b",
         )
         got = classify(client, {"texts": text, "adapter": "hot"})["results"][0]
@@ -517,15 +516,8 @@ def test_causal_lm_mixed_batch_equals_one_at_a_time_and_eval(tiny_llama, tmp_pat
     labels = {"t": ["yes", "no", "maybe"]}
     for i in range(2):
         delta = random_delta(shapes, rank=2 + 2 * i, scale=1.0, seed=i, std=0.05)  # two ranks: two slot tables
-        lib.add(
-            delta,
-            name=f"c{i}",
-            base_model=tiny_llama.name,
-            base_fingerprint=tiny_llama.fingerprint,
-            task="t",
-            description="Answer.",
-            params={"labels": labels},
-        )
+        made = made_by("train", {"tasks": [{"name": "t"}]}, {"labels": labels})
+        lib.add(delta, name=f"c{i}", base=tiny_llama, task=TaskEntry("t", description="Answer."), provenance=made)
     texts = ["is it raining", "the cat sat", "a long day at work"]
     with start(lib, tiny_llama) as running, httpx.Client(base_url=running.url, timeout=60) as c:
         mixed = classify(c, {"texts": texts, "adapters": ["c0", "c1", None], "task": "t"})["results"]

@@ -18,7 +18,7 @@ import pytest
 from conftest import random_delta
 
 from adaptforge.backbone import Backbone
-from adaptforge.library import Library
+from adaptforge.library import Library, TaskEntry
 from adaptforge.pipelines.predict import predict
 from adaptforge.pipelines.serve import build_service, start_in_thread
 from adaptforge.serve import ServeConfig
@@ -39,7 +39,7 @@ def lib(tiny_llama, tmp_path_factory) -> Library:
     for i, targets in enumerate((ATTENTION, ATTENTION + MLP)):
         shapes = {n: tuple(m.weight.shape) for n, m in named.items() if n.endswith(targets)}
         delta = random_delta(shapes, rank=2 + 2 * i, scale=1.0, seed=i, std=0.3)  # two ranks: two slot tables
-        lib.add(delta, name=f"g{i}", base_model=tiny_llama.name, base_fingerprint=tiny_llama.fingerprint, task="t")
+        lib.add(delta, name=f"g{i}", base=tiny_llama, task=TaskEntry("t"))
     return lib
 
 

@@ -10,6 +10,7 @@ import pytest
 from conftest import MINILM_ATTENTION, library_copy, random_delta, task_dir
 
 from adaptforge.backends import BACKENDS
+from adaptforge.library import BaseRef
 from adaptforge.pipelines.sweep import SweepSpec, cell_key, run_sweep
 from adaptforge.pipelines.sweep_spec import SweepSpecError
 
@@ -72,7 +73,7 @@ def test_local_sweep_lands_every_cell_reports_the_failing_one_and_a_rerun_skips_
 ):
     lib = library_copy(trained_library, tmp_path / "lib")
     # An adapter made on another base: merging it with a MiniLM adapter fails when the cell runs (not at planning).
-    lib.add(random_delta(MINILM_ATTENTION, rank=2), name="alien", base_model="other", base_fingerprint="f" * 16)
+    lib.add(random_delta(MINILM_ATTENTION, rank=2), name="alien", base=BaseRef("other", "f" * 16))
     dirs = trained_library[1]
     spec = SweepSpec.from_yaml(
         write_spec(

@@ -14,7 +14,7 @@ import pytest
 from conftest import library_copy, random_delta, small_task, snapshot
 from conftest import run_cli as run
 
-from adaptforge.library import Library
+from adaptforge.library import BaseRef, Library, TaskEntry
 from adaptforge.pipelines.tta import tta_on_task
 from adaptforge.tasks import Example, write_task
 from adaptforge.tta import TTA_METHODS
@@ -204,10 +204,8 @@ def test_tiny_llama_stream_adapts_and_saves(tmp_path, tiny_llama, tiny_llama_dir
     lib.add(
         random_delta(names, rank=2, scale=1.0, std=0.1),
         name="ll",
-        base_model=str(tiny_llama_dir),
-        base_fingerprint=tiny_llama.fingerprint,
-        task="sst2",
-        description=task.description,
+        base=BaseRef(str(tiny_llama_dir), tiny_llama.fingerprint),
+        task=TaskEntry("sst2", description=task.description),
     )
     folder = write_task(task, tmp_path / "sst2")
     args = ["--granularity", "stream", "--batch-size", "2", "--param", "update=lora", "--save", "ll-tent"]

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from adaptforge.core import Registry
 from adaptforge.methods import Method
@@ -146,7 +146,10 @@ class Pool(Protocol):
         ...
 
 
-class Backend(Method):
+BP = TypeVar("BP", bound=BackendParams)
+
+
+class Backend(Method[BP]):
     """Where sweep and eval jobs run. Concrete backends set ``name``, ``reference_url`` and ``params_type``
     and implement :meth:`open`; for the same jobs every backend returns the same payloads."""
 
@@ -154,8 +157,8 @@ class Backend(Method):
     params_base: ClassVar[type[Params]] = BackendParams
     params_type: ClassVar[type[Params]] = BackendParams
 
-    def __init__(self, params: Params | dict[str, Any] | None = None) -> None:
-        self.params = self.parse_params(params)
+    def __init__(self, params: BP | dict[str, Any] | None = None) -> None:
+        self.params: BP = self.parse_params(params)
 
     def open(self, setup: WorkerSetup) -> AbstractContextManager[Pool]:
         """Workers built from ``setup``, alive until the context exits."""
@@ -171,7 +174,7 @@ class Backend(Method):
         return self.name
 
 
-BACKENDS: Registry[type[Backend]] = Registry(
+BACKENDS: Registry[type[Backend[Any]]] = Registry(
     "sweep backend",
     Backend,
     entries={"local": "adaptforge.backends.local:LocalBackend", "ray": "adaptforge.backends.ray_backend:RayBackend"},

@@ -39,7 +39,7 @@ class LocalParams(BackendParams):
 
 
 @BACKENDS.register
-class LocalBackend(Backend):
+class LocalBackend(Backend[LocalParams]):
     """Run the jobs one after another in this process (no Ray needed): the reference every other backend matches.
 
     The "paper" link is the sequential map the distributed backends parallelise (Python's ``map``).
@@ -47,13 +47,11 @@ class LocalBackend(Backend):
 
     name = "local"
     reference_url = "https://docs.python.org/3/library/functions.html#map"
-    params_type = LocalParams
 
     @contextmanager
     def open(self, setup: WorkerSetup) -> Iterator[Pool]:
         import torch
 
-        assert isinstance(self.params, LocalParams)
         before = torch.get_num_threads()
         try:
             yield LocalPool(Worker(replace(setup, threads=self.params.threads or setup.threads)))
@@ -61,6 +59,5 @@ class LocalBackend(Backend):
             torch.set_num_threads(before)
 
     def describe(self) -> str:
-        assert isinstance(self.params, LocalParams)
         threads = f", {self.params.threads} thread(s)" if self.params.threads else ""
         return f"local (this process{threads})"

@@ -149,17 +149,15 @@ class RayPool:
 
 
 @BACKENDS.register
-class RayBackend(Backend):
+class RayBackend(Backend[RayParams]):
     """Run the jobs on Ray actors (one backbone per actor), locally or on a cluster given by its address."""
 
     name = "ray"
     reference_url = "https://arxiv.org/abs/1712.05889"
-    params_type = RayParams
 
     def _connect(self, ray: Any) -> bool:
         """Join the session (already initialised, the given address, or a new local one); True when started here."""
         p = self.params
-        assert isinstance(p, RayParams)
         if p.address is not None:  # checked even inside a running session: a typo in the flag is never ignored
             probe(p.address, p.connect_timeout)
         if ray.is_initialized():
@@ -177,7 +175,6 @@ class RayBackend(Backend):
     @contextmanager
     def open(self, setup: WorkerSetup) -> Iterator[Pool]:
         p = self.params
-        assert isinstance(p, RayParams)
         ray = import_ray()
         started = self._connect(ray)
         pool = RayPool(ray, replace(setup, threads=p.threads_per_worker), p.workers, p.threads_per_worker)
@@ -190,6 +187,5 @@ class RayBackend(Backend):
 
     def describe(self) -> str:
         p = self.params
-        assert isinstance(p, RayParams)
         where = p.address or f"a Ray session on this machine (pid {os.getpid()})"
         return f"ray ({p.workers} worker(s) x {p.threads_per_worker} thread(s), {where})"

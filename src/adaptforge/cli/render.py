@@ -263,7 +263,7 @@ def prune_table(outcome: PruneOutcome) -> Table:
         else f"{dense_p:,} parameters as before (pruned weights are zeros; --compact stores them packed)"
     )
     title = (
-        f"{outcome.record['method']} ({outcome.record['params']['pattern']}): sparsity {outcome.report.sparsity:.3f} "
+        f"{outcome.record.prune_method} ({outcome.record.pattern}): sparsity {outcome.report.sparsity:.3f} "
         f"of the pruned layers, {count}, weights {size}, {outcome.seconds:.1f}s -> {outcome.path}"
     )
     table = Table(title=title)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import torch
 
@@ -115,7 +115,7 @@ class ArrowParams(ComposeParams):
 
 
 @COMPOSERS.register
-class Arrow(Composer):
+class Arrow(Composer[ArrowParams]):
     """Arrow routing (https://arxiv.org/abs/2405.11157): training-free, label-free per-token routing over the
     candidates, so it works at k = 0 (shots are not used). Per-token weights are not one adapter: the result
     carries ``router`` (used by :func:`~adaptforge.compose.base.evaluate_composed`) and, as its ``delta``,
@@ -123,12 +123,9 @@ class Arrow(Composer):
 
     name = "arrow"
     reference_url = ARROW_URL
-    params_type = ArrowParams
 
-    def _compose(
-        self, candidates: list[Candidate], scorer: Scorer, shots: Shots, params: ComposeParams
-    ) -> ComposeResult:
-        p = cast(ArrowParams, params)
+    def _compose(self, candidates: list[Candidate], scorer: Scorer, shots: Shots, params: ArrowParams) -> ComposeResult:
+        p = params
         deltas = deltas_of(candidates)
         routing = ArrowRouter(deltas, top_k=p.top_k, temperature=p.temperature)
         n = len(deltas)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 
@@ -58,7 +57,7 @@ class FewShotAtlasParams(ComposeParams):
 
 
 @COMPOSERS.register
-class FewShotAtlas(Composer):
+class FewShotAtlas(Composer[FewShotAtlasParams]):
     """aTLAS few-shot (https://arxiv.org/abs/2407.18242): a coefficient per (target module, candidate) learned
     by Adam on the fit shots, early-stopped on the held-out shots (best coefficients kept). ``info`` holds the
     coefficients, the fit-batch and held-out loss curves and the chosen step; ``weights`` are the mean
@@ -66,13 +65,12 @@ class FewShotAtlas(Composer):
 
     name = "atlas"
     reference_url = ATLAS_URL
-    params_type = FewShotAtlasParams
     needs_shots = True
 
     def _compose(
-        self, candidates: list[Candidate], scorer: Scorer, shots: Shots, params: ComposeParams
+        self, candidates: list[Candidate], scorer: Scorer, shots: Shots, params: FewShotAtlasParams
     ) -> ComposeResult:
-        p = cast(FewShotAtlasParams, params)
+        p = params
         deltas = deltas_of(candidates)
         n_modules, n = len(deltas[0]), len(deltas)
         init = 1.0 / n if p.init is None else float(p.init)

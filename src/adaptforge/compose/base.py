@@ -18,7 +18,7 @@ import time
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
 
@@ -71,7 +71,10 @@ class ComposeParams(Params):
     seed: int = param(0, ge=0, help="seed of everything random in the method")
 
 
-class Composer(Method):
+CP = TypeVar("CP", bound=ComposeParams)
+
+
+class Composer(Method[CP]):
     """Candidate adapters + shots -> an adapter for the new task. Subclasses set the class attributes and
     implement ``_compose``; :meth:`compose` validates inputs and records method, params and seconds."""
 
@@ -89,7 +92,7 @@ class Composer(Method):
         candidates: list[Candidate],
         scorer: Scorer,
         shots: Shots,
-        params: ComposeParams | Mapping[str, Any] | None = None,
+        params: CP | Mapping[str, Any] | None = None,
     ) -> ComposeResult:
         typed = self.parse_params(params)
         check_candidates(candidates, scorer, shots.task)
@@ -114,13 +117,11 @@ class Composer(Method):
         return result
 
     @abstractmethod
-    def _compose(
-        self, candidates: list[Candidate], scorer: Scorer, shots: Shots, params: ComposeParams
-    ) -> ComposeResult:
+    def _compose(self, candidates: list[Candidate], scorer: Scorer, shots: Shots, params: CP) -> ComposeResult:
         """Compose validated inputs."""
 
 
-COMPOSERS: Registry[type[Composer]] = Registry(
+COMPOSERS: Registry[type[Composer[Any]]] = Registry(
     "composer",
     base=Composer,
     entries={

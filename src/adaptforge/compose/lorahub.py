@@ -20,7 +20,6 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import cast
 
 import numpy as np
 import torch
@@ -113,7 +112,7 @@ class LoraHubObjective:
 
 
 @COMPOSERS.register
-class LoraHub(Composer):
+class LoraHub(Composer[LoraHubParams]):
     """LoraHub (https://arxiv.org/abs/2307.13269): one weight per candidate found by CMA-ES on the shots'
     cross-entropy plus ``alpha`` times the L1 norm, within ``bounds``, from ``init``. The best weights seen
     (the objective is deterministic) are folded exactly; ``info`` holds them, the best-so-far objective per
@@ -121,13 +120,12 @@ class LoraHub(Composer):
 
     name = "lorahub"
     reference_url = LORAHUB_URL
-    params_type = LoraHubParams
     needs_shots = True
 
     def _compose(
-        self, candidates: list[Candidate], scorer: Scorer, shots: Shots, params: ComposeParams
+        self, candidates: list[Candidate], scorer: Scorer, shots: Shots, params: LoraHubParams
     ) -> ComposeResult:
-        p = cast(LoraHubParams, params)
+        p = params
         deltas = deltas_of(candidates)
         best_w, curve, shot_loss = search_weights(scorer, shots, deltas, p)
         n_modules = len(deltas[0])

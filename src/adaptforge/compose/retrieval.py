@@ -84,14 +84,13 @@ def _shot_key(c: Candidate) -> tuple[float, float]:
 
 
 @COMPOSERS.register
-class Retrieval(Composer):
+class Retrieval(Composer[ComposeParams]):
     """The single best candidate, unchanged (weights one-hot): lowest shot loss when k > 0 (measured here for
     candidates that lack it), else highest description similarity, else the first given. The baseline every
     composition has to beat (LoraRetriever-style retrieval, https://arxiv.org/abs/2402.09997)."""
 
     name = "retrieval"
     reference_url = RETRIEVAL_URL
-    params_type = ComposeParams
 
     def _compose(
         self, candidates: list[Candidate], scorer: Scorer, shots: Shots, params: ComposeParams

@@ -11,7 +11,6 @@ on the composed adapter's target modules, so it stores and reloads like any LoRA
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
 
 from adaptforge.compose.base import (
     COMPOSERS,
@@ -45,20 +44,17 @@ class TunedParams(ComposeParams):
 
 
 @COMPOSERS.register
-class Tuned(Composer):
+class Tuned(Composer[TunedParams]):
     """The ``inner`` composer's adapter plus a LoRA trained on all k shots with it folded into the base
     (https://arxiv.org/abs/2005.00628). ``weights`` are the inner composer's; ``info`` holds its info under
     ``inner`` and the shot LoRA's training settings and final loss under ``tune``."""
 
     name = "tuned"
     reference_url = TUNED_URL
-    params_type = TunedParams
     needs_shots = True
 
-    def _compose(
-        self, candidates: list[Candidate], scorer: Scorer, shots: Shots, params: ComposeParams
-    ) -> ComposeResult:
-        p = cast(TunedParams, params)
+    def _compose(self, candidates: list[Candidate], scorer: Scorer, shots: Shots, params: TunedParams) -> ComposeResult:
+        p = params
         start = COMPOSERS.get(p.inner)().compose(candidates, scorer, shots, {"seed": p.seed})
         cfg = TrainConfig(
             **{**SHOT_TRAIN_DEFAULTS, "epochs": p.epochs, "batch_size": p.batch_size},

@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 
@@ -66,7 +66,10 @@ def generator_key(records: Sequence[AdapterRecord], config: GeneratorConfig) -> 
     return hashlib.sha256(payload).hexdigest()[:16]
 
 
-class Generator(Method):
+GP = TypeVar("GP", bound=Params)
+
+
+class Generator(Method[GP]):
     """Family base: learns ``p(adapter | task condition)`` from the library."""
 
     kind: ClassVar[str] = "generator"
@@ -74,19 +77,17 @@ class Generator(Method):
 
     @classmethod
     def obtain(
-        cls, library: Library, backbone_fp: str, scorer: Scorer, params: Params, exclude_tasks: Sequence[str], say: Say
+        cls, library: Library, backbone_fp: str, scorer: Scorer, params: GP, exclude_tasks: Sequence[str], say: Say
     ) -> Obtained:
         raise NotImplementedError
 
     @classmethod
-    def condition(
-        cls, scorer: Scorer, task: Task, examples: Sequence[Example], params: Params
-    ) -> tuple[np.ndarray, str]:
+    def condition(cls, scorer: Scorer, task: Task, examples: Sequence[Example], params: GP) -> tuple[np.ndarray, str]:
         """The task's condition vector and a short description of its source (recorded as lineage)."""
         raise NotImplementedError
 
     @classmethod
-    def uses_demonstrations(cls, params: Params) -> int:
+    def uses_demonstrations(cls, params: GP) -> int:
         """How many demonstrations the condition needs (0: none)."""
         return 0
 
@@ -95,7 +96,7 @@ class Generator(Method):
         """Refuse, from the catalog alone (before the base model loads), a library this method cannot learn from."""
 
 
-GENERATORS: Registry[type[Generator]] = Registry(
+GENERATORS: Registry[type[Generator[Any]]] = Registry(
     "generator",
     Generator,
     entries={"span": "adaptforge.generate.methods:SpanMethod", "icm": "adaptforge.generate.methods:IcmMethod"},
@@ -103,19 +104,23 @@ GENERATORS: Registry[type[Generator]] = Registry(
 
 
 @GENERATORS.register
-class SpanMethod(Generator):
+class SpanMethod(Generator[GeneratorConfig]):
     """CVAE over the principal directions of the library's final adapters, conditioned on the description
     embedding; decodes mixing weights over them (Shao et al. 2025, https://arxiv.org/abs/2501.17635, adapted)."""
 
     name: ClassVar[str] = "span"
     reference_url: ClassVar[str] = "https://arxiv.org/abs/2501.17635"
-    params_type: ClassVar[type[Params]] = GeneratorConfig
 
     @classmethod
     def obtain(
-        cls, library: Library, backbone_fp: str, scorer: Scorer, params: Params, exclude_tasks: Sequence[str], say: Say
+        cls,
+        library: Library,
+        backbone_fp: str,
+        scorer: Scorer,
+        params: GeneratorConfig,
+        exclude_tasks: Sequence[str],
+        say: Say,
     ) -> Obtained:
-        assert isinstance(params, GeneratorConfig)
         samples = collect_samples(library, backbone_fp, exclude_tasks=exclude_tasks)
         records = [library.get(name) for name in samples.names]
         folder = library.root / GENERATORS_DIR / generator_key(records, params)
@@ -135,19 +140,18 @@ class SpanMethod(Generator):
 
     @classmethod
     def condition(
-        cls, scorer: Scorer, task: Task, examples: Sequence[Example], params: Params
+        cls, scorer: Scorer, task: Task, examples: Sequence[Example], params: GeneratorConfig
     ) -> tuple[np.ndarray, str]:
         return describe(scorer, task), "description"
 
 
 @GENERATORS.register
-class IcmMethod(Generator):
+class IcmMethod(Generator[IcmParams]):
     """ICM-LoRA: a CVAE over raw, per-tensor normalised LoRA factors of training snapshots, conditioned on the
     base model's hidden state over k demonstrations (Shao et al. 2025, https://arxiv.org/abs/2501.17635)."""
 
     name: ClassVar[str] = "icm"
     reference_url: ClassVar[str] = "https://arxiv.org/abs/2501.17635"
-    params_type: ClassVar[type[Params]] = IcmParams
 
     @classmethod
     def notes(cls) -> tuple[str, ...]:
@@ -163,9 +167,14 @@ class IcmMethod(Generator):
 
     @classmethod
     def obtain(
-        cls, library: Library, backbone_fp: str, scorer: Scorer, params: Params, exclude_tasks: Sequence[str], say: Say
+        cls,
+        library: Library,
+        backbone_fp: str,
+        scorer: Scorer,
+        params: IcmParams,
+        exclude_tasks: Sequence[str],
+        say: Say,
     ) -> Obtained:
-        assert isinstance(params, IcmParams)
         samples = collect_icm_samples(library, backbone_fp, params.tail, exclude_tasks)
         folder = library.root / GENERATORS_DIR / icm_key(samples.records, params, backbone_fp)
         if folder.is_dir():
@@ -190,9 +199,8 @@ class IcmMethod(Generator):
 
     @classmethod
     def condition(
-        cls, scorer: Scorer, task: Task, examples: Sequence[Example], params: Params
+        cls, scorer: Scorer, task: Task, examples: Sequence[Example], params: IcmParams
     ) -> tuple[np.ndarray, str]:
-        assert isinstance(params, IcmParams)
         if params.condition == "description":
             return description_vector(scorer, task), "description"
         if not examples:
@@ -203,6 +211,5 @@ class IcmMethod(Generator):
         return task_vector(scorer, task, examples), f"{len(examples)} demonstrations"
 
     @classmethod
-    def uses_demonstrations(cls, params: Params) -> int:
-        assert isinstance(params, IcmParams)
+    def uses_demonstrations(cls, params: IcmParams) -> int:
         return params.shots if params.condition == "demos" else 0

@@ -16,10 +16,10 @@ from adaptforge.library.records import (
     LibraryError,
     as_embedding,
     check_kind,
-    infer_kind,
     require_text,
     validate_name,
 )
+from adaptforge.provenance import legacy_kind
 from adaptforge.structured import parse_json
 
 
@@ -87,7 +87,7 @@ def read_provenance(folder: Path) -> AdapterRecord:
             path=folder,
             embedding=None if embedding is None else as_embedding(embedding),
             config_checksum=require_text(info["config_checksum"], "config_checksum"),
-            kind=check_kind(info.get("kind") or infer_kind(info.get("recipe"), str(info["method"]))),
+            kind=check_kind(info.get("kind") or legacy_kind(info.get("recipe"), str(info["method"]))),
             extra_checksums={str(k): str(v) for k, v in (info.get("extra_checksums") or {}).items()},
         )
     except KeyError as err:

@@ -9,10 +9,9 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -32,8 +31,6 @@ EMBEDDING_DTYPE = np.dtype("<f4")
 
 KINDS = ("train", "import", "merge", "compose", "generate", "prune", "tta", "other")
 OWN_KINDS = ("train", "import")
-_RECIPE_KINDS = {"train": "train", "train_multitask": "train", "import": "import", "merge": "merge"}
-_RECIPE_KINDS |= {"compose": "compose", "generate": "generate"}
 
 
 class LibraryError(AdaptforgeError):
@@ -76,6 +73,35 @@ class MetricRow:
             "n": self.n,
             "created": self.created,
         }
+
+
+class BaseLike(Protocol):
+    """The base model an adapter is stored against: its name (or folder) and weight fingerprint. A loaded
+    :class:`~adaptforge.backbone.Backbone` is one; :class:`BaseRef` names one without loading it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def fingerprint(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class BaseRef:
+    """A base model by name (or folder) and fingerprint, without loading it."""
+
+    name: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    """The task an adapter is for, as the catalog stores it: its name, its description and the description's
+    embedding (what ``similar`` ranks by). An adapter of no one task (``name`` None) may still be described."""
+
+    name: str | None
+    description: str | None = None
+    embedding: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -166,17 +192,6 @@ class AdapterRecord:
             "kind": self.kind,
             "extra_checksums": dict(self.extra_checksums),
         }
-
-
-def infer_kind(recipe: Mapping[str, Any] | None, method: str) -> str:
-    """The kind of an adapter stored before kinds were recorded: its recipe's ``kind`` (every recipe
-    adaptforge wrote has one), else what its method says; ``other`` when neither tells."""
-    by_recipe = _RECIPE_KINDS.get(str((recipe or {}).get("kind")))
-    if by_recipe is not None:
-        return by_recipe
-    return {"train": "train", "train_multitask": "train", "import": "import", "generate": "generate"}.get(
-        method, "other"
-    )
 
 
 def validate_name(name: object) -> str:

@@ -7,7 +7,7 @@ import json
 import sqlite3
 from collections.abc import Callable
 
-from adaptforge.library.records import infer_kind
+from adaptforge.provenance import legacy_kind
 
 
 def _schema_v1(conn: sqlite3.Connection) -> None:
@@ -68,7 +68,7 @@ def _schema_v2(conn: sqlite3.Connection) -> None:
             parsed = json.loads(recipe)
         except json.JSONDecodeError:
             parsed = {}
-        kind = infer_kind(parsed if isinstance(parsed, dict) else {}, method)
+        kind = legacy_kind(parsed if isinstance(parsed, dict) else {}, method)
         conn.execute("UPDATE adapters SET kind = ? WHERE id = ?", (kind, ident))
     conn.execute("CREATE INDEX adapters_kind ON adapters(kind)")
 

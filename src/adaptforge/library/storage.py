@@ -14,8 +14,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from adaptforge.durable import TMP_PREFIX, fsync_dir, fsync_tree, remove_inside, sha256_file, share_files, staged_folder
 from adaptforge.errors import AdaptforgeError
 from adaptforge.library.catalog import insert_record, logger
@@ -25,16 +23,17 @@ from adaptforge.library.queries import Queries
 from adaptforge.library.records import (
     EXPORT_RECORD_FILE,
     AdapterRecord,
+    BaseLike,
     BaseMismatchError,
     CorruptAdapterError,
     LibraryError,
     MetricRow,
+    TaskEntry,
     as_embedding,
     check_kind,
     check_metric_row,
     dump_json,
     frozen,
-    infer_kind,
     new_id,
     require_text,
     validate_name,
@@ -54,32 +53,24 @@ class Storage(Queries, Metrics):
         delta: LoraDelta,
         *,
         name: str,
-        base_model: str,
-        base_fingerprint: str,
-        task: str | None = None,
-        description: str | None = None,
-        embedding: np.ndarray | None = None,
-        recipe: dict | None = None,
-        method: str = "train",
-        params: dict | None = None,
-        kind: str | None = None,
+        base: BaseLike,
+        task: TaskEntry | None = None,
         provenance: Provenance | None = None,
         parents: Sequence[str] = (),
         metrics: Sequence[MetricRow] = (),
         overwrite: bool = False,
         snapshots: Snapshots | None = None,
     ) -> AdapterRecord:
-        """Store ``delta`` atomically under ``name``; returns its record.
+        """Store ``delta`` atomically under ``name`` for ``base`` (a loaded backbone, or a :class:`BaseRef`) and
+        ``task``; returns its record.
 
-        ``snapshots`` (training snapshots, :mod:`adaptforge.snapshots`) are written beside the PEFT files and
-        checksummed with them; they are part of this adapter, not adapters of their own.
-
-        ``kind`` says what made it (one of :data:`KINDS`; default: inferred from ``recipe`` and ``method``,
-        see :func:`infer_kind`); pipelines pass a typed :class:`~adaptforge.provenance.Provenance` instead
-        of these loose fields. ``parents`` may be names or ids (stored as ids, in order). ``metrics`` rows are
-        stored against the new adapter whatever their ``adapter_id``. ``overwrite=True`` replaces an adapter
-        of the same name in the same transaction (new id; the old adapter's metrics go with it, lineage rows
-        that name it as a parent stay).
+        ``provenance`` says how it was made (its kind, method, params and recipe, :mod:`adaptforge.provenance`);
+        without one the adapter is a task adapter of unrecorded recipe (kind and method ``train``, as adapters
+        stored through the API have always been). ``parents`` may be names or ids (stored as ids, in order).
+        ``metrics`` rows are stored against the new adapter whatever their ``adapter_id``. ``snapshots``
+        (training snapshots, :mod:`adaptforge.snapshots`) are written beside the PEFT files and checksummed with
+        them. ``overwrite=True`` replaces an adapter of the same name in the same transaction (new id; the old
+        adapter's metrics go with it, lineage rows that name it as a parent stay).
         """
         from safetensors import SafetensorError
 
@@ -88,14 +79,19 @@ class Storage(Queries, Metrics):
         from adaptforge.snapshots import SNAPSHOTS_FILE
 
         validate_name(name)
-        if provenance is not None:
-            if recipe is not None or params is not None or kind is not None or method != "train":
-                raise LibraryError("give either provenance or recipe/method/params/kind, not both")
-            recipe, method, params, kind = provenance.recipe(), provenance.method, provenance.params(), provenance.kind
-        require_text(base_model, "base_model")
-        require_text(base_fingerprint, "base_fingerprint")
+        if provenance is None:
+            recipe, method, params, kind = {}, "train", {}, "train"
+        else:
+            recipe, method, params = provenance.recipe(), provenance.method, provenance.params()
+            kind = check_kind(provenance.kind)
+        base_model = require_text(base.name, "base_model")
+        base_fingerprint = require_text(base.fingerprint, "base_fingerprint")
         require_text(method, "method")
-        kind = check_kind(kind if kind is not None else infer_kind(recipe, method))
+        description = embedding = None
+        if task is not None:
+            if task.name is not None:
+                require_text(task.name, "task")
+            description, embedding = task.description, task.embedding
         if not isinstance(delta, LoraDelta) or len(delta) == 0:
             raise LibraryError(f"adapter {name!r}: delta must be a LoraDelta with at least one module")
         bad = delta.non_finite()
@@ -104,11 +100,9 @@ class Storage(Queries, Metrics):
         if isinstance(parents, str):
             raise LibraryError("parents must be a sequence of names or ids, not a single string")
         parents = tuple(parents)
-        if task is not None:
-            require_text(task, "task")
         vector = None if embedding is None else as_embedding(embedding)
-        recipe_json = dump_json(recipe or {}, "recipe")
-        params_json = dump_json(params or {}, "params")
+        recipe_json = dump_json(recipe, "recipe")
+        params_json = dump_json(params, "params")
         metric_rows = [check_metric_row(m) for m in metrics]
         rank = max(delta.ranks.values())
 
@@ -132,7 +126,7 @@ class Storage(Queries, Metrics):
             record = AdapterRecord(
                 id=ident,
                 name=name,
-                task=task,
+                task=None if task is None else task.name,
                 description=description,
                 base_model=base_model,
                 base_fingerprint=base_fingerprint,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 
@@ -17,7 +16,7 @@ from adaptforge.batching import EncodedSplit
 from adaptforge.core import AdaptforgeError, LoraDelta
 from adaptforge.lora.factors import fold, truncate
 from adaptforge.lora.objective import accumulate_step, encode_split, mixture
-from adaptforge.merge.base import MERGE_METHODS, DataMergeMethod, DataParams, MergeParams, MergeResult
+from adaptforge.merge.base import MERGE_METHODS, DataMergeMethod, DataParams, MergeResult
 from adaptforge.params import param
 from adaptforge.scorers import LabelInputs, Scorer
 from adaptforge.tasks import Task
@@ -40,7 +39,7 @@ class AtlasParams(DataParams):
 
 
 @MERGE_METHODS.register
-class Atlas(DataMergeMethod):
+class Atlas(DataMergeMethod[AtlasParams]):
     """aTLAS task addition (Zhang et al. 2024, "Knowledge Composition using Task Vectors with Learned
     Anisotropic Scaling", https://arxiv.org/abs/2407.18242): ``dW_m = sum_i lambda_{m,i} dW_{i,m}`` with
     one learned coefficient per block (target module) ``m`` per adapter ``i``, fitted by gradient descent
@@ -52,12 +51,11 @@ class Atlas(DataMergeMethod):
 
     name = "atlas"
     reference_url = ATLAS_URL
-    params_type = AtlasParams
 
     def _fit(
-        self, deltas: list[LoraDelta], weights: list[float], params: MergeParams, scorer: Scorer, tasks: list[Task]
+        self, deltas: list[LoraDelta], weights: list[float], params: AtlasParams, scorer: Scorer, tasks: list[Task]
     ) -> MergeResult:
-        p = cast(AtlasParams, params)
+        p = params
         model = scorer.backbone.model
         data: list[tuple[EncodedSplit, LabelInputs]] = [
             (encode_split(scorer, t, p.split, p.examples_per_task, p.seed), scorer.encode_labels(t)) for t in tasks

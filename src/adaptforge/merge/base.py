@@ -16,7 +16,7 @@ import time
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
 
@@ -84,9 +84,12 @@ def check_mergeable(deltas: Sequence[LoraDelta], weights: Sequence[float] | None
     return [float(w) for w in weights]
 
 
-class MergeMethod(Method):
-    """Many LoRA adapters to one. Subclasses set ``name``, ``reference_url``, ``params_type`` and
-    implement ``_merge``."""
+MP = TypeVar("MP", bound=MergeParams)
+
+
+class MergeMethod(Method[MP]):
+    """Many LoRA adapters to one. Subclasses name their params (``MergeMethod[SlerpParams]``), set ``name`` and
+    ``reference_url``, and implement ``_merge``."""
 
     kind = "merge method"
     params_base = MergeParams
@@ -94,25 +97,24 @@ class MergeMethod(Method):
     needs_data: ClassVar[bool] = False
     needs_base: ClassVar[bool] = False
 
-    def merge(self, deltas: list[LoraDelta], params: MergeParams | Mapping[str, Any] | None = None) -> MergeResult:
+    def merge(self, deltas: list[LoraDelta], params: MP | Mapping[str, Any] | None = None) -> MergeResult:
         """Validate everything, then merge one module at a time."""
         typed = self.parse_params(params)
-        assert isinstance(typed, MergeParams)
         weights = check_mergeable(deltas, typed.weights)
         self.validate(deltas, typed)
         result = self._merge(deltas, [typed.scaling * w for w in weights], typed)
         result.info = {"method": self.name, "params": typed.to_dict(), **result.info}
         return result
 
-    def validate(self, deltas: list[LoraDelta], params: MergeParams) -> None:  # noqa: B027 - optional hook
+    def validate(self, deltas: list[LoraDelta], params: MP) -> None:  # noqa: B027 - optional hook
         """Method-specific checks that need the inputs (the generic ones have passed)."""
 
     @abstractmethod
-    def _merge(self, deltas: list[LoraDelta], weights: list[float], params: MergeParams) -> MergeResult:
+    def _merge(self, deltas: list[LoraDelta], weights: list[float], params: MP) -> MergeResult:
         """Merge validated inputs; ``weights`` already include ``params.scaling``."""
 
 
-class BaseMergeMethod(MergeMethod):
+class BaseMergeMethod(MergeMethod[MP]):
     """A merge method that reads the base model's weights (``base``: module name -> weight as ``(out, in)``,
     see :func:`adaptforge.layers.base_weights`); call :meth:`merge_with_base` (``merge`` explains that)."""
 
@@ -122,10 +124,9 @@ class BaseMergeMethod(MergeMethod):
     def notes(cls) -> tuple[str, ...]:
         return ("reads the base model's weights (adaptforge merge loads the base)",)
 
-    def merge(self, deltas: list[LoraDelta], params: MergeParams | Mapping[str, Any] | None = None) -> MergeResult:
+    def merge(self, deltas: list[LoraDelta], params: MP | Mapping[str, Any] | None = None) -> MergeResult:
         """Validate the inputs like every method (so bad inputs get the same errors), then explain the base."""
         typed = self.parse_params(params)
-        assert isinstance(typed, MergeParams)
         check_mergeable(deltas, typed.weights)
         self.validate(deltas, typed)
         raise AdaptforgeError(
@@ -137,12 +138,11 @@ class BaseMergeMethod(MergeMethod):
     def merge_with_base(
         self,
         deltas: list[LoraDelta],
-        params: MergeParams | Mapping[str, Any] | None,
+        params: MP | Mapping[str, Any] | None,
         base: Mapping[str, torch.Tensor],
     ) -> MergeResult:
         """Validate inputs and that ``base`` holds every target module with the delta's shape, then merge."""
         typed = self.parse_params(params)
-        assert isinstance(typed, MergeParams)
         weights = check_mergeable(deltas, typed.weights)
         self.validate(deltas, typed)
         for name in sorted(deltas[0].modules):
@@ -158,12 +158,12 @@ class BaseMergeMethod(MergeMethod):
         result.info = {"method": self.name, "params": typed.to_dict(), **result.info}
         return result
 
-    def _merge(self, deltas: list[LoraDelta], weights: list[float], params: MergeParams) -> MergeResult:
+    def _merge(self, deltas: list[LoraDelta], weights: list[float], params: MP) -> MergeResult:
         raise AssertionError("base-reading methods merge through merge_with_base()")  # pragma: no cover
 
     @abstractmethod
     def _merge_base(
-        self, deltas: list[LoraDelta], weights: list[float], params: MergeParams, base: Mapping[str, torch.Tensor]
+        self, deltas: list[LoraDelta], weights: list[float], params: MP, base: Mapping[str, torch.Tensor]
     ) -> MergeResult:
         """Merge validated inputs against the base weights; ``weights`` already include ``params.scaling``."""
 
@@ -177,7 +177,10 @@ class DataParams(MergeParams):
     seed: int = param(0, help="seed of the example sample and of anything random in the fit")
 
 
-class DataMergeMethod(MergeMethod):
+DP = TypeVar("DP", bound=DataParams)
+
+
+class DataMergeMethod(MergeMethod[DP]):
     """A merge method that needs a scorer and tasks; call :meth:`fit` (``merge`` explains that)."""
 
     needs_data = True
@@ -188,10 +191,9 @@ class DataMergeMethod(MergeMethod):
     def notes(cls) -> tuple[str, ...]:
         return ("needs --data TASK_DIR",)
 
-    def merge(self, deltas: list[LoraDelta], params: MergeParams | Mapping[str, Any] | None = None) -> MergeResult:
+    def merge(self, deltas: list[LoraDelta], params: DP | Mapping[str, Any] | None = None) -> MergeResult:
         """Validate the inputs like every method (so bad inputs get the same errors), then explain ``fit``."""
         typed = self.parse_params(params)
-        assert isinstance(typed, MergeParams)
         check_mergeable(deltas, typed.weights)
         self.validate(deltas, typed)
         raise AdaptforgeError(
@@ -199,19 +201,18 @@ class DataMergeMethod(MergeMethod):
             "(on the command line, pass the tasks with --data TASK_DIR)"
         )
 
-    def _merge(self, deltas: list[LoraDelta], weights: list[float], params: MergeParams) -> MergeResult:
+    def _merge(self, deltas: list[LoraDelta], weights: list[float], params: DP) -> MergeResult:
         raise AssertionError("data-driven methods merge through fit()")  # pragma: no cover
 
     def fit(
         self,
         deltas: list[LoraDelta],
-        params: MergeParams | Mapping[str, Any] | None,
+        params: DP | Mapping[str, Any] | None,
         scorer: Scorer,
         tasks: Sequence[Task],
     ) -> MergeResult:
         """Validate inputs and data, then fit; ``result.info`` gets the method, params and seconds."""
         typed = self.parse_params(params)
-        assert isinstance(typed, DataParams)
         weights = check_mergeable(deltas, typed.weights)
         if not tasks:
             raise AdaptforgeError(f"merge method {self.name!r} needs at least one task to fit on (--data TASK_DIR)")
@@ -231,17 +232,17 @@ class DataMergeMethod(MergeMethod):
         result.info = info
         return result
 
-    def validate_data(self, params: MergeParams, tasks: Sequence[Task]) -> None:  # noqa: B027 - optional hook
+    def validate_data(self, params: DP, tasks: Sequence[Task]) -> None:  # noqa: B027 - optional hook
         """Method-specific checks of params against the tasks (e.g. retention names)."""
 
     @abstractmethod
     def _fit(
-        self, deltas: list[LoraDelta], weights: list[float], params: MergeParams, scorer: Scorer, tasks: list[Task]
+        self, deltas: list[LoraDelta], weights: list[float], params: DP, scorer: Scorer, tasks: list[Task]
     ) -> MergeResult:
         """Fit on validated inputs; ``weights`` already include ``params.scaling``."""
 
 
-MERGE_METHODS: Registry[type[MergeMethod]] = Registry(
+MERGE_METHODS: Registry[type[MergeMethod[Any]]] = Registry(
     "merge method",
     base=MergeMethod,
     entries={

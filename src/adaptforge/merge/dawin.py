@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import torch
 
@@ -27,7 +27,7 @@ from adaptforge.core import AdaptforgeError, LoraDelta
 from adaptforge.evaluate import EvalResult, entropy, logits_of, result_from_logits, subset_of
 from adaptforge.lora.factors import fold, truncate
 from adaptforge.lora.rows import mixed_logits
-from adaptforge.merge.base import MERGE_METHODS, DataMergeMethod, DataParams, MergeParams, MergeResult, is_finite_number
+from adaptforge.merge.base import MERGE_METHODS, DataMergeMethod, DataParams, MergeResult, is_finite_number
 from adaptforge.params import param
 from adaptforge.routing import ROUTERS, Router
 from adaptforge.scorers import Scorer
@@ -156,7 +156,7 @@ class DawinParams(DataParams):
 
 
 @MERGE_METHODS.register
-class Dawin(DataMergeMethod):
+class Dawin(DataMergeMethod[DawinParams]):
     """DaWin multi-adapter interpolation (https://arxiv.org/abs/2410.03782): per input ``x``, the model is
     ``W + scaling * sum_i c_i(x) dW_i`` with ``c(x) = softmax_i(log w_i - H_i(x) / T)`` from each adapter's
     prediction entropy; training-free. Per-input weights cannot be one adapter, so the result carries
@@ -165,16 +165,15 @@ class Dawin(DataMergeMethod):
 
     name = "dawin"
     reference_url = DAWIN_URL
-    params_type = DawinParams
 
-    def validate(self, deltas: list[LoraDelta], params: MergeParams) -> None:
+    def validate(self, deltas: list[LoraDelta], params: DawinParams) -> None:
         if params.weights is not None and any(w <= 0 for w in params.weights):
             raise AdaptforgeError(f"dawin: weights are a prior and must be positive, got {list(params.weights)}")
 
     def _fit(
-        self, deltas: list[LoraDelta], weights: list[float], params: MergeParams, scorer: Scorer, tasks: list[Task]
+        self, deltas: list[LoraDelta], weights: list[float], params: DawinParams, scorer: Scorer, tasks: list[Task]
     ) -> MergeResult:
-        p = cast(DawinParams, params)
+        p = params
         prior = list(p.weights) if p.weights is not None else None
         router = EntropyRouter(deltas, temperature=p.temperature, scaling=p.scaling, prior=prior)
         per_task: dict[str, list[float]] = {}

@@ -30,12 +30,7 @@ import torch
 
 from adaptforge.core import LoraDelta, LoraModule
 from adaptforge.lora.factors import concat_modules, dense_svd, lowrank_svd
-from adaptforge.merge.base import (
-    MERGE_METHODS,
-    MergeMethod,
-    MergeParams,
-    MergeResult,
-)
+from adaptforge.merge.base import MERGE_METHODS, MP, MergeMethod, MergeParams, MergeResult
 from adaptforge.merge.ops import SignMethod, Sparsify, combine, combine_each, sparsify
 from adaptforge.params import param
 
@@ -86,19 +81,42 @@ class DareTiesParams(DareParams):
     majority_sign: str = _sign()
 
 
-class GeneralizedTaskArithmetic(MergeMethod):
-    """One implementation for the whole family; subclasses only choose the class attributes below."""
+@dataclass(frozen=True)
+class Knobs:
+    """The params fields the family's knobs read: the kept fraction, the sign rule, the seed of random drops."""
+
+    density: float = 1.0
+    majority_sign: str = "total"  # a params choice: "total" or "count"
+    seed: int = 0
+
+
+class GeneralizedTaskArithmetic(MergeMethod[MP]):
+    """One implementation for the whole family; subclasses choose the class attributes below (the knobs) and
+    read the fields those need from their own params in :meth:`knobs`."""
 
     sparsify: ClassVar[Sparsify] = "none"
     sign_consensus: ClassVar[bool] = False
     space: ClassVar[Literal["dense", "factors"]] = "dense"
 
-    def _merge(self, deltas: list[LoraDelta], weights: list[float], params: MergeParams) -> MergeResult:
-        density = float(getattr(params, "density", 1.0))
-        sign: SignMethod | None = getattr(params, "majority_sign", "total") if self.sign_consensus else None
+    @classmethod
+    def required_fields(cls) -> tuple[str, ...]:
+        needs: tuple[str, ...] = ("density",) if cls.sparsify != "none" else ()
+        needs += ("seed",) if cls.sparsify == "random" else ()
+        return needs + (("majority_sign",) if cls.sign_consensus else ())
+
+    def knobs(self, params: MP) -> Knobs:
+        """The knob values of ``params`` (no sparsification, no sign election: none to read)."""
+        return Knobs()
+
+    def _merge(self, deltas: list[LoraDelta], weights: list[float], params: MP) -> MergeResult:
+        knobs = self.knobs(params)
+        density = knobs.density
+        sign: SignMethod | None = None
+        if self.sign_consensus:
+            sign = "count" if knobs.majority_sign == "count" else "total"
         generator = None
         if self.sparsify == "random":
-            generator = torch.Generator().manual_seed(int(getattr(params, "seed", 0)))
+            generator = torch.Generator().manual_seed(knobs.seed)
         modules: dict[str, LoraModule] = {}
         errors: dict[str, float] = {}
         for name in deltas[0]:  # sorted module order; one module x N adapters in memory at a time
@@ -153,7 +171,7 @@ def _pad(x: torch.Tensor, rank: int, dim: int) -> torch.Tensor:
 
 
 @MERGE_METHODS.register
-class TaskArithmetic(GeneralizedTaskArithmetic):
+class TaskArithmetic(GeneralizedTaskArithmetic[MergeParams]):
     """Task arithmetic, ``dW = scaling * sum_i w_i dW_i`` (https://arxiv.org/abs/2212.04089).
 
     Exact: the result is the rank concatenation ``A = vstack(scaling w_i s_i A_i)``, ``B = hstack(B_i)``
@@ -174,7 +192,7 @@ class Linear(TaskArithmetic):
 
 
 @MERGE_METHODS.register
-class LinearFactors(GeneralizedTaskArithmetic):
+class LinearFactors(GeneralizedTaskArithmetic[MergeParams]):
     """Weighted sum in factor space, ``A = sum_i sign(c_i) sqrt|c_i| A_i``, ``B = sum_i sqrt|c_i| B_i``
     with ``c_i = scaling w_i s_i``; equals PEFT's ``linear``. Not the weighted sum of ``dW_i`` unless
     one adapter is given; output rank is the largest input rank (https://arxiv.org/abs/2212.04089)."""
@@ -185,14 +203,16 @@ class LinearFactors(GeneralizedTaskArithmetic):
 
 
 @MERGE_METHODS.register
-class MagnitudePrune(GeneralizedTaskArithmetic):
+class MagnitudePrune(GeneralizedTaskArithmetic[MagnitudeParams]):
     """On dense ``dW_i``: trim each to ``density`` by magnitude, then ``scaling * sum_i w_i trim(dW_i)``;
     truncated SVD to ``rank`` (default: largest input rank). PEFT's ``magnitude_prune_svd``."""
 
     name = "magnitude_prune"
     reference_url = TIES_URL
-    params_type = MagnitudeParams
     sparsify = "magnitude"
+
+    def knobs(self, params: MagnitudeParams) -> Knobs:
+        return Knobs(density=params.density)
 
 
 @MERGE_METHODS.register
@@ -205,7 +225,7 @@ class MagnitudePruneFactors(MagnitudePrune):
 
 
 @MERGE_METHODS.register
-class Ties(GeneralizedTaskArithmetic):
+class Ties(GeneralizedTaskArithmetic[TiesParams]):
     """TIES on dense ``dW_i`` (https://arxiv.org/abs/2306.01708): trim each to ``density`` by magnitude,
     elect the sign per entry on the trimmed deltas, then ``scaling * sum_i w_i t_i [agree] / #agree``
     (the disjoint mean, so equal weights give the paper's mean times lambda = ``w * scaling``).
@@ -213,9 +233,11 @@ class Ties(GeneralizedTaskArithmetic):
 
     name = "ties"
     reference_url = TIES_URL
-    params_type = TiesParams
     sparsify = "magnitude"
     sign_consensus = True
+
+    def knobs(self, params: TiesParams) -> Knobs:
+        return Knobs(density=params.density, majority_sign=params.majority_sign)
 
 
 @MERGE_METHODS.register
@@ -228,15 +250,17 @@ class TiesFactors(Ties):
 
 
 @MERGE_METHODS.register
-class DareLinear(GeneralizedTaskArithmetic):
+class DareLinear(GeneralizedTaskArithmetic[DareParams]):
     """DARE on dense ``dW_i`` (https://arxiv.org/abs/2311.03099): keep each entry with probability
     ``density`` (seeded), divide by ``density``, then ``scaling * sum_i w_i dare(dW_i)``. Back to LoRA
     by truncated SVD to ``rank`` (default: largest input rank, as PEFT's ``dare_linear_svd``)."""
 
     name = "dare_linear"
     reference_url = DARE_URL
-    params_type = DareParams
     sparsify = "random"
+
+    def knobs(self, params: DareParams) -> Knobs:
+        return Knobs(density=params.density, seed=params.seed)
 
 
 @MERGE_METHODS.register
@@ -248,16 +272,18 @@ class DareLinearFactors(DareLinear):
 
 
 @MERGE_METHODS.register
-class DareTies(GeneralizedTaskArithmetic):
+class DareTies(GeneralizedTaskArithmetic[DareTiesParams]):
     """DARE drop-and-rescale, then TIES sign election and disjoint mean, on dense ``dW_i``
     (https://arxiv.org/abs/2311.03099). Back to LoRA by truncated SVD to ``rank`` (default: largest
     input rank, as PEFT's ``dare_ties_svd``)."""
 
     name = "dare_ties"
     reference_url = DARE_URL
-    params_type = DareTiesParams
     sparsify = "random"
     sign_consensus = True
+
+    def knobs(self, params: DareTiesParams) -> Knobs:
+        return Knobs(density=params.density, majority_sign=params.majority_sign, seed=params.seed)
 
 
 @MERGE_METHODS.register

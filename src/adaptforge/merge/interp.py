@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import torch
 
@@ -27,7 +27,6 @@ from adaptforge.merge.base import (
     MERGE_METHODS,
     DataMergeMethod,
     DataParams,
-    MergeParams,
     MergeResult,
     run,
 )
@@ -97,7 +96,7 @@ def scale_delta(delta: LoraDelta, alpha: float) -> LoraDelta:
 
 
 @MERGE_METHODS.register
-class BaseInterpolation(DataMergeMethod):
+class BaseInterpolation(DataMergeMethod[BaseInterpParams]):
     """Shrink a merged delta toward the base, ``W_base + alpha * dW`` (WiSE-FT weight interpolation,
     https://arxiv.org/abs/2109.01903; pre-/post-tuning merging for safety, https://arxiv.org/abs/2412.19512).
     ``dW`` is the ``inner`` merge of the adapters. ``alpha`` maximises mean target accuracy on ``split``
@@ -106,10 +105,9 @@ class BaseInterpolation(DataMergeMethod):
 
     name = "base_interp"
     reference_url = WISE_FT_URL
-    params_type = BaseInterpParams
 
-    def validate_data(self, params: MergeParams, tasks: Sequence[Task]) -> None:
-        p = cast(BaseInterpParams, params)
+    def validate_data(self, params: BaseInterpParams, tasks: Sequence[Task]) -> None:
+        p = params
         names = {t.name for t in tasks}
         if not p.retention:
             raise AdaptforgeError(
@@ -123,9 +121,9 @@ class BaseInterpolation(DataMergeMethod):
             raise AdaptforgeError("base_interp: every task is a retention task; give at least one target task")
 
     def _fit(
-        self, deltas: list[LoraDelta], weights: list[float], params: MergeParams, scorer: Scorer, tasks: list[Task]
+        self, deltas: list[LoraDelta], weights: list[float], params: BaseInterpParams, scorer: Scorer, tasks: list[Task]
     ) -> MergeResult:
-        p = cast(BaseInterpParams, params)
+        p = params
         targets = [t for t in tasks if t.name not in p.retention]
         retention = [t for t in tasks if t.name in p.retention]
         inner_params = {**dict(p.inner_params), "weights": weights, "scaling": 1.0}

@@ -26,14 +26,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, cast
+from typing import Any
 
 import torch
 
 from adaptforge.core import LoraDelta, LoraModule
 from adaptforge.lora.factors import dense_svd
 from adaptforge.merge.base import MERGE_METHODS, BaseMergeMethod, MergeParams, MergeResult, merge
-from adaptforge.params import Params, param
+from adaptforge.params import param
 
 SLERP_URL = "https://arxiv.org/abs/2412.19512"
 
@@ -76,18 +76,17 @@ def slerp_coefficients(w0: torch.Tensor, w1: torch.Tensor, t: float, eps: float)
 
 
 @MERGE_METHODS.register
-class Slerp(BaseMergeMethod):
+class Slerp(BaseMergeMethod[SlerpParams]):
     """Spherical interpolation between the base and the fine-tuned weights of each module (pre/post-tuning
     merging, https://arxiv.org/abs/2412.19512); the delta to the base is SVD-truncated back to LoRA rank."""
 
     name = "slerp"
     reference_url = SLERP_URL
-    params_type: ClassVar[type[Params]] = SlerpParams
 
     def _merge_base(
-        self, deltas: list[LoraDelta], weights: list[float], params: MergeParams, base: Mapping[str, torch.Tensor]
+        self, deltas: list[LoraDelta], weights: list[float], params: SlerpParams, base: Mapping[str, torch.Tensor]
     ) -> MergeResult:
-        p = cast(SlerpParams, params)
+        p = params
         inner = merge(p.inner, deltas, {**dict(p.inner_params), "weights": weights, "scaling": 1.0})
         modules: dict[str, LoraModule] = {}
         errors = dict(inner.reconstruction_error)

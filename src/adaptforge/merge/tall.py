@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 
@@ -24,7 +23,7 @@ class TallParams(MergeParams):
 
 
 @MERGE_METHODS.register
-class TallConsensus(MergeMethod):
+class TallConsensus(MergeMethod[TallParams]):
     """Consensus task arithmetic on dense ``dW`` (https://arxiv.org/abs/2405.07813).
 
     With ``tau_t = scaling w_t dW_t`` and ``tau = sum_t tau_t``: task masks
@@ -36,18 +35,17 @@ class TallConsensus(MergeMethod):
 
     name = "tall"
     reference_url = "https://arxiv.org/abs/2405.07813"
-    params_type = TallParams
 
-    def validate(self, deltas: list[LoraDelta], params: MergeParams) -> None:
-        min_agree = cast(TallParams, params).min_agree
+    def validate(self, deltas: list[LoraDelta], params: TallParams) -> None:
+        min_agree = params.min_agree
         if min_agree > len(deltas):
             raise AdaptforgeError(
                 f"min_agree={min_agree} but only {len(deltas)} adapters: every entry would be removed; "
                 f"use min_agree <= {len(deltas)}"
             )
 
-    def _merge(self, deltas: list[LoraDelta], weights: list[float], params: MergeParams) -> MergeResult:
-        tall = cast(TallParams, params)
+    def _merge(self, deltas: list[LoraDelta], weights: list[float], params: TallParams) -> MergeResult:
+        tall = params
         modules: dict[str, LoraModule] = {}
         errors: dict[str, float] = {}
         kept: dict[str, float] = {}

@@ -22,4 +22,5 @@ Imports point one way::
 - :mod:`~adaptforge.pipelines.sweep`: ``adaptforge sweep`` (spec: :mod:`~adaptforge.pipelines.sweep_spec`; where
   cells run: :mod:`adaptforge.backends`)
 - :mod:`~adaptforge.pipelines.tta`: ``adaptforge tta``
+- :mod:`~adaptforge.pipelines.demo`: ``adaptforge demo`` (returns its summary; :mod:`adaptforge.cli.demo` renders it)
 """

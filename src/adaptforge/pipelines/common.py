@@ -11,8 +11,8 @@ from typing import Any
 from adaptforge.backbone import Backbone
 from adaptforge.core import AdaptforgeError
 from adaptforge.evaluate import EvalResult, evaluate
-from adaptforge.library import AdapterRecord, Library
-from adaptforge.scorers import Scorer
+from adaptforge.library import AdapterRecord, Library, TaskEntry
+from adaptforge.scorers import Scorer, describe
 from adaptforge.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -142,3 +142,9 @@ def record_result(
         subset=result.subset,
         task_fingerprint=task.fingerprint(),
     )
+
+
+def task_entry(scorer: Scorer, task: Task) -> TaskEntry:
+    """How the catalog refers to the task a new adapter is for: name, description and the description's
+    embedding under ``scorer`` (what ``Library.similar`` ranks by)."""
+    return TaskEntry(task.name, task.description, describe(scorer, task))

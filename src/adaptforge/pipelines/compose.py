@@ -23,12 +23,13 @@ from adaptforge.pipelines.common import (
     check_has_adapters,
     load_base,
     reporter,
+    task_entry,
     warn_if_worse,
     zero_shot_vs,
 )
 from adaptforge.provenance import ComposeProvenance
 from adaptforge.routing import routed_settings
-from adaptforge.scorers import classification_only, describe, make_scorer
+from adaptforge.scorers import classification_only, make_scorer
 from adaptforge.tasks import Task
 
 
@@ -93,11 +94,8 @@ def compose_into_library(
     record = library.add(
         result.delta,
         name=out,
-        base_model=backbone.name,
-        base_fingerprint=backbone.fingerprint,
-        task=task.name,
-        description=task.description,
-        embedding=describe(scorer, task),
+        base=backbone,
+        task=task_entry(scorer, task),
         provenance=provenance,
         parents=parents,
         overwrite=overwrite,

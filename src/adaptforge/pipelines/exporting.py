@@ -90,11 +90,8 @@ def embedded_base_note(name: str, hub_id: str) -> list[str]:
 
 
 def record_labels(record: AdapterRecord) -> list[str]:
-    """The label set the adapter was made for, as its catalog ``params`` hold it (empty when unknown)."""
-    labels = record.params.get("labels")
-    if isinstance(labels, dict):
-        labels = labels.get(record.task) if record.task in labels else next(iter(labels.values()), None)
-    return [str(x) for x in labels] if isinstance(labels, list) else []
+    """The label set the adapter was made for: its task's, else the first recorded (empty when unknown)."""
+    return list(record.own_labels or next(iter(record.labels.values()), ()))
 
 
 def encoder_recipe(record: AdapterRecord, hub_id: str) -> list[str]:

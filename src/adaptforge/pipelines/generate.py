@@ -27,11 +27,12 @@ from adaptforge.pipelines.common import (
     check_has_adapters,
     load_base,
     reporter,
+    task_entry,
     warn_if_worse,
     zero_shot_vs,
 )
 from adaptforge.provenance import GenerateProvenance
-from adaptforge.scorers import classification_only, describe, make_scorer
+from adaptforge.scorers import classification_only, make_scorer
 from adaptforge.tasks import Example, Task, TaskFormatError, load_task, read_examples
 
 
@@ -176,11 +177,8 @@ def generate_into_library(
     record = library.add(
         delta,
         name=out,
-        base_model=backbone.name,
-        base_fingerprint=backbone.fingerprint,
-        task=task.name,
-        description=task.description,
-        embedding=describe(scorer, task),
+        base=backbone,
+        task=task_entry(scorer, task),
         provenance=GenerateProvenance(
             task=task.name,
             labels=list(task.labels),

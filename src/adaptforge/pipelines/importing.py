@@ -13,8 +13,9 @@ from adaptforge.adapters import check_compatible, read_adapter
 from adaptforge.backbone import Backbone
 from adaptforge.core import AdaptforgeError
 from adaptforge.library import EXPORT_RECORD_FILE, AdapterRecord, Library
+from adaptforge.pipelines.common import task_entry
 from adaptforge.provenance import ImportProvenance
-from adaptforge.scorers import describe, make_scorer
+from adaptforge.scorers import make_scorer
 from adaptforge.structured import parse_json
 from adaptforge.tasks import Task
 
@@ -94,7 +95,6 @@ def import_peft_folder(
             backbone.name,
         )
     task = task or (exported.as_task() if exported else None)
-    embedding = describe(make_scorer(backbone), task) if task else None
     provenance = ImportProvenance(
         source=str(Path(folder).resolve()),
         peft_config=config,
@@ -105,11 +105,8 @@ def import_peft_folder(
     record = library.add(
         delta,
         name=name,
-        base_model=backbone.name,
-        base_fingerprint=backbone.fingerprint,
-        task=task.name if task else None,
-        description=task.description if task else None,
-        embedding=embedding,
+        base=backbone,
+        task=task_entry(make_scorer(backbone), task) if task else None,
         provenance=provenance,
         overwrite=overwrite,
     )

@@ -27,11 +27,11 @@ from adaptforge.dense import can_stream, write_dense_model
 from adaptforge.durable import publish_folder, remove_inside, stage_folder
 from adaptforge.evaluate import EvalResult, check_request, evaluate, subset_of, worst
 from adaptforge.layers import base_weights, transposed_layers, weight_view
-from adaptforge.library import AdapterRecord, Library, validate_name
+from adaptforge.library import AdapterRecord, BaseRef, Library, TaskEntry, validate_name
 from adaptforge.merge import MERGE_METHODS, MergeParams, MergeResult, run
 from adaptforge.pipelines.common import Notify, choose_base, record_result, reporter
-from adaptforge.pipelines.prune import read_record as read_prune_record
 from adaptforge.provenance import MergeProvenance
+from adaptforge.prune.pruner import read_record as read_prune_record
 from adaptforge.routing import Router, routed_settings
 from adaptforge.scorers import Scorer, classification_only, make_scorer
 from adaptforge.structured import parse_yaml
@@ -163,8 +163,7 @@ class MergeRecipe:
         return cls.from_mapping(raw, where=str(path), base_dir=path.parent)
 
     def typed_params(self) -> MergeParams:
-        typed = MERGE_METHODS.get(self.method).parse_params(self.params)
-        assert isinstance(typed, MergeParams)
+        typed: MergeParams = MERGE_METHODS.get(self.method).parse_params(self.params)
         return typed
 
     def to_dict(self) -> dict[str, Any]:
@@ -339,9 +338,9 @@ def pruned_targets(backbone: Backbone, delta: LoraDelta) -> list[str]:
     ``ffn`` pattern, which removes neurons instead of zeroing weights)."""
     folder = Path(backbone.path)
     record = read_prune_record(folder) if folder.is_dir() else None
-    if record is None or (record.get("params") or {}).get("pattern") == "ffn":
+    if record is None or record.pattern == "ffn":
         return []
-    return sorted(set(delta) & set(record.get("layers") or {}))
+    return sorted(set(delta) & set(record.layers))
 
 
 def mask_report(backbone: Backbone, delta: LoraDelta, names: Sequence[str], kept: bool) -> MaskReport:
@@ -455,10 +454,10 @@ def merge_into_library(
         record = library.add(
             result.delta,
             name=recipe.out,
-            base_model=records[0].base_model,
-            base_fingerprint=fingerprint,
-            task="+".join(tasks) if tasks else None,
-            description=f"{recipe.method} merge of {', '.join(r.name for r in records)}",
+            base=BaseRef(records[0].base_model, fingerprint),
+            task=TaskEntry(
+                "+".join(tasks) if tasks else None, f"{recipe.method} merge of {', '.join(r.name for r in records)}"
+            ),
             provenance=provenance,
             parents=[r.id for r in records],
             overwrite=overwrite,

@@ -12,14 +12,11 @@ calibration read) and on held-out domain text (the evaluated split, never the tr
 from __future__ import annotations
 
 import copy
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from adaptforge.backbone import Backbone, fingerprint
 from adaptforge.core import AdaptforgeError
@@ -28,24 +25,19 @@ from adaptforge.evaluate import EvalResult, Perplexity, check_request, evaluate,
 from adaptforge.library import CATALOG_FILE
 from adaptforge.packed import PACKED_FILE, write_packed
 from adaptforge.pipelines.common import Notify, load_base, reporter
-from adaptforge.progress import Steps
 from adaptforge.provenance import PruneProvenance
-from adaptforge.prune import PRUNE_METHODS, PruneMethod, PruneParams, PruneReport, prunable_layers
-from adaptforge.prune.base import Calibration, LayerReport, layer_sparsity
+from adaptforge.prune import PruneReport, prunable_layers
 from adaptforge.prune.calibration import (
     CalibrationText,
-    collect_inputs,
     domain_text,
     held_out_domain,
     held_out_general,
     read_general,
 )
-from adaptforge.prune.ffn import ffn_blocks, neuron_scores, shrink
-from adaptforge.scorers import Scorer, classification_only, make_scorer
-from adaptforge.structured import parse_json
+from adaptforge.prune.pruner import Pruner, write_record
+from adaptforge.scorers import classification_only, make_scorer
 from adaptforge.tasks import Task
 
-RECORD_FILE = "adaptforge_prune.json"
 PERPLEXITY_TEXTS = 64  # held-out texts per perplexity (general, domain) of a causal LM; --limit lowers it
 
 
@@ -71,7 +63,7 @@ class PruneOutcome:
     """The pruned model folder, what was removed, and dense vs pruned zero-shot accuracy per task."""
 
     path: Path
-    record: dict[str, Any]
+    record: PruneProvenance
     report: PruneReport
     parameters: tuple[int, int]  # (dense, pruned) parameter counts of the whole model
     file_bytes: tuple[int | None, int, int | None]  # (dense weights file, pruned weights file, packed file)
@@ -89,10 +81,10 @@ class PruneOutcome:
     def to_json(self) -> dict[str, Any]:
         return {
             "path": str(self.path),
-            "method": self.record["method"],
-            "params": self.record["params"],
+            "method": self.record.prune_method,
+            "params": dict(self.record.prune_params),
             "sparsity": self.report.sparsity,
-            "intermediate_size": self.record["intermediate_size"],
+            "intermediate_size": self.record.intermediate_size,
             "parameters": {"dense": self.parameters[0], "pruned": self.parameters[1]},
             "file_bytes": {"dense": self.file_bytes[0], "pruned": self.file_bytes[1], "packed": self.file_bytes[2]},
             "seconds": round(self.seconds, 2),
@@ -131,33 +123,6 @@ def _own_copy(backbone: Backbone) -> Backbone:
     )
 
 
-def calibrate(
-    impl: PruneMethod,
-    params: PruneParams,
-    layers: dict[str, torch.nn.Module],
-    scorer: Scorer,
-    domain: Task | None,
-    general_text: CalibrationText | None,
-    domain_calib: CalibrationText,
-) -> Calibration:
-    """What ``impl`` asked for: input statistics of the general and/or domain texts, then its own whole-model
-    work (:meth:`PruneMethod.prepare`, D-Pruner's gradients); ``layers`` are scored against the result."""
-    work = scorer.backbone
-    calibration = Calibration(
-        general=collect_inputs(work, layers, general_text.texts, gram=impl.needs_gram, max_length=params.max_length)
-        if general_text is not None
-        else None,
-        domain=collect_inputs(work, layers, domain_calib.texts, gram=impl.needs_gram, max_length=params.max_length)
-        if impl.needs_domain
-        else None,
-        scorer=scorer,
-        domain_task=domain,
-        domain_texts=domain_calib.texts,
-    )
-    impl.prepare(layers, calibration, params)
-    return calibration
-
-
 def prune_model(
     method: str,
     domain: Task | CalibrationText,
@@ -182,15 +147,8 @@ def prune_model(
     for it then (``adaptforge eval CORPUS --metric perplexity`` on a held-out corpus does that)."""
     say = reporter(notify)
     start = time.perf_counter()
-    impl = PRUNE_METHODS.get(method)()
-    typed = impl.parse_params(params)
-    assert isinstance(typed, PruneParams)
-    if typed.pattern not in impl.patterns:
-        raise AdaptforgeError(
-            f"prune method {method!r} supports --pattern {', '.join(impl.patterns)}, not {typed.pattern!r}"
-        )
-    if typed.pattern == "ffn" and isinstance(typed.sparsity, tuple):
-        raise AdaptforgeError("--pattern ffn keeps one width in every block: give one --sparsity value")
+    pruner = Pruner.create(method, params)
+    impl, typed = pruner.impl, pruner.params
     out_dir = _check_out(Path(out))
     task = domain if isinstance(domain, Task) else None
     if task is not None and "train" not in task.splits:
@@ -224,32 +182,14 @@ def prune_model(
                 say(f"perplexity of the dense base on held-out {key} text ({len(text.texts)} texts)")
                 held_out[key] = HeldOutPerplexity(text, perplexity(work.model, work.tokenizer, text.texts))
     layers = prunable_layers(work)
-    sparsity = layer_sparsity(typed, list(layers))
-    n_domain = impl.domain_examples(typed)
+    sparsity = pruner.layer_sparsity(layers)
+    n_domain = pruner.domain_examples()
     domain_calib = domain_text(task, n_domain, typed.seed) if task is not None else domain.spaced(n_domain)
     say(f"calibrating {method} on {len(layers)} layers")
     prune_start = time.perf_counter()
-    calibration = calibrate(impl, typed, layers, scorer, task, general_text, domain_calib)
+    calibration = pruner.calibrate(layers, scorer, task, general_text, domain_calib)
     dense_params = sum(p.numel() for p in work.model.parameters())
-    report = PruneReport()
-    width = None
-    if typed.pattern == "ffn":
-        blocks = ffn_blocks(work)
-        scores = [neuron_scores(b, lambda n: impl.importance(n, layers[n], calibration, typed)) for b in blocks]
-        total = scores[0].numel()
-        kept = max(1, total - int(round(total * float(typed.sparsity))))  # type: ignore[arg-type]
-        keep = [torch.sort(s.topk(kept).indices).values for s in scores]
-        width = shrink(work, blocks, keep)
-        report.removed_neurons = {b.output: total - kept for b in blocks}
-        for b in blocks:
-            for name in (*b.inputs, b.output):
-                layer = work.model.get_submodule(name)
-                report.layers.append(LayerReport(name, (layer.out_features, layer.in_features), 1 - kept / total))
-    else:
-        with Steps(f"prune {method}: layers", len(layers)) as steps:
-            for name, layer in layers.items():
-                report.layers.append(impl.prune_layer(name, layer, sparsity[name], calibration, typed))
-                steps.advance(info=name)
+    report, width = pruner.prune(work, layers, sparsity, calibration)
     prune_seconds = time.perf_counter() - prune_start
     pruned_params = sum(p.numel() for p in work.model.parameters())
     new_fp = fingerprint(work.model, work.model.config)
@@ -276,11 +216,10 @@ def prune_model(
         intermediate_size=width,
         seconds=time.perf_counter() - start,
     )
-    record = provenance.recipe()
     with staged_folder(out_dir) as tmp:
         work.model.save_pretrained(tmp)
         work.tokenizer.save_pretrained(tmp)
-        (tmp / RECORD_FILE).write_text(json.dumps(record, indent=1, sort_keys=True))
+        write_record(tmp, provenance)
         if compact:
             write_packed(work.model, tmp)
     say(f"wrote {out_dir}")
@@ -288,7 +227,7 @@ def prune_model(
     packed = out_dir / PACKED_FILE
     return PruneOutcome(
         out_dir,
-        record,
+        provenance,
         report,
         (dense_params, pruned_params),
         (dense_file, _weights_bytes(out_dir) or 0, packed.stat().st_size if packed.is_file() else None),
@@ -302,16 +241,3 @@ def prune_model(
 def _weights_bytes(folder: Path) -> int | None:
     files = [f for f in folder.glob("*.safetensors") if f.name != PACKED_FILE]
     return sum(f.stat().st_size for f in files) if files else None
-
-
-def read_record(folder: str | Path) -> dict[str, Any] | None:
-    """The prune record of a model folder (``None`` for a model adaptforge did not prune)."""
-    path = Path(folder) / RECORD_FILE
-    if not path.is_file():
-        return None
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise AdaptforgeError(f"{path}: unreadable prune record ({err})") from None
-    record = parse_json(text, str(path))
-    return record if isinstance(record, dict) else None

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from adaptforge.backbone import Backbone
 from adaptforge.core import AdaptforgeError
 from adaptforge.evaluate import EvalResult, evaluate_task
-from adaptforge.library import AdapterRecord, Library, MetricRow
-from adaptforge.pipelines.common import record_result
+from adaptforge.library import AdapterRecord, Library, MetricRow, TaskEntry
+from adaptforge.pipelines.common import record_result, task_entry
 from adaptforge.provenance import TaskRef, TrainProvenance
-from adaptforge.scorers import describe, make_scorer
+from adaptforge.scorers import make_scorer
 from adaptforge.snapshots import demonstrations_of
 from adaptforge.tasks import Task
 from adaptforge.train.checkpoint import load_checkpoint
@@ -121,11 +121,8 @@ def train_into_library(
         record = library.add(
             result.delta,
             name=name,
-            base_model=backbone.name,
-            base_fingerprint=backbone.fingerprint,
-            task=single.name if single else "+".join(t.name for t in tasks),
-            description=single.description if single else None,
-            embedding=describe(scorer, single) if single else None,
+            base=backbone,
+            task=task_entry(scorer, single) if single else TaskEntry("+".join(t.name for t in tasks)),
             provenance=provenance,
             metrics=metrics,
             overwrite=overwrite,

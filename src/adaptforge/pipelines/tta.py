@@ -27,9 +27,9 @@ from adaptforge.core import AdaptforgeError, LoraDelta
 from adaptforge.evaluate import EvalResult, check_request, result_from_logits, subset_of
 from adaptforge.library import AdapterRecord, Library
 from adaptforge.lora.hooks import eval_mode
-from adaptforge.pipelines.common import Notify, load_base, reporter, warn_if_worse
+from adaptforge.pipelines.common import Notify, load_base, reporter, task_entry, warn_if_worse
 from adaptforge.provenance import TtaProvenance
-from adaptforge.scorers import Scorer, classification_only, describe, make_scorer
+from adaptforge.scorers import Scorer, classification_only, make_scorer
 from adaptforge.tasks import Task, load_task
 from adaptforge.tta import TTA_METHODS, GradientParams, TtaMethod, TtaParams, TtaRun, TtaSetup, encode_inputs, run_tta
 from adaptforge.tta.base import check_granularity, units
@@ -118,11 +118,10 @@ def resolve_params(
             raise AdaptforgeError(f"{flag} and --param {key}=... both given; give {key} once")
         merged[key] = value
     try:
-        typed = method.parse_params(merged)
+        typed: TtaParams = method.parse_params(merged)
     except AdaptforgeError as err:
         flag = next((f for f, k, v in flags if v is not None and f"{k!r} must be" in str(err)), None)
         raise AdaptforgeError(f"{flag}: {err}" if flag else str(err)) from None
-    assert isinstance(typed, TtaParams)
     return typed
 
 
@@ -294,11 +293,8 @@ def tta_on_task(
         outcome.record = library.add(
             run.delta,
             name=save,
-            base_model=backbone.name,
-            base_fingerprint=backbone.fingerprint,
-            task=task.name,
-            description=task.description,
-            embedding=describe(scorer, task),
+            base=backbone,
+            task=task_entry(scorer, task),
             provenance=provenance,
             parents=[record.id, *[library.get(name).id for name, _ in candidates]],
             overwrite=overwrite,

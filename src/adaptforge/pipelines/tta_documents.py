@@ -151,8 +151,7 @@ def resolve_document_params(
         if key in merged:
             raise AdaptforgeError(f"{flag} and --param {key}=... both given; give {key} once")
         merged[key] = value
-    typed = impl.parse_params(merged)
-    assert isinstance(typed, DocumentParams)
+    typed: DocumentParams = impl.parse_params(merged)
     return typed
 
 

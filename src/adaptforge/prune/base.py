@@ -12,7 +12,7 @@ import re
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
@@ -151,7 +151,10 @@ def nm_mask(scores: torch.Tensor, n: int, m: int, name: str) -> torch.Tensor:
     return keep.reshape(out_dim, in_dim)
 
 
-class PruneMethod(Method):
+PP = TypeVar("PP", bound=PruneParams)
+
+
+class PruneMethod(Method[PP]):
     """Scores weights (or reconstructs layers) on calibration data; subclasses set the class attributes."""
 
     kind = "prune method"
@@ -171,21 +174,19 @@ class PruneMethod(Method):
             notes.append(f"patterns: {', '.join(cls.patterns)}")
         return tuple(notes)
 
-    def domain_examples(self, params: PruneParams) -> int:
+    def domain_examples(self, params: PP) -> int:
         """How many domain train examples the method reads (recorded with the pruned model)."""
         return params.calibration_size
 
-    def prepare(self, layers: dict[str, torch.nn.Module], calibration: Calibration, params: PruneParams) -> None:  # noqa: B027
+    def prepare(self, layers: dict[str, torch.nn.Module], calibration: Calibration, params: PP) -> None:  # noqa: B027
         """Whole-model work before layers are scored (D-Pruner's gradients); optional."""
 
     @abstractmethod
-    def importance(
-        self, name: str, layer: torch.nn.Module, calibration: Calibration, params: PruneParams
-    ) -> torch.Tensor:
+    def importance(self, name: str, layer: torch.nn.Module, calibration: Calibration, params: PP) -> torch.Tensor:
         """``out x in`` importance of each weight (higher = keep)."""
 
     def prune_layer(
-        self, name: str, layer: torch.nn.Module, sparsity: float, calibration: Calibration, params: PruneParams
+        self, name: str, layer: torch.nn.Module, sparsity: float, calibration: Calibration, params: PP
     ) -> LayerReport:
         """Zero the least important weights of ``layer`` in place (unstructured or N:M)."""
         scores = self.importance(name, layer, calibration, params).to(torch.float64)
@@ -198,7 +199,7 @@ class PruneMethod(Method):
         return LayerReport(name, (int(weight.shape[0]), int(weight.shape[1])), zero)
 
 
-PRUNE_METHODS: Registry[type[PruneMethod]] = Registry(
+PRUNE_METHODS: Registry[type[PruneMethod[Any]]] = Registry(
     "prune method",
     base=PruneMethod,
     entries={

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 
@@ -42,7 +41,7 @@ def inverse_hessian_factor(stats: InputStats, damping: float) -> tuple[torch.Ten
 
 
 @PRUNE_METHODS.register
-class Magnitude(PruneMethod):
+class Magnitude(PruneMethod[PruneParams]):
     """Magnitude pruning: remove the smallest ``|W|`` of each layer, no data needed (the baseline every
     pruning paper compares to; layer-wise comparison as in Wanda's magnitude baseline, Han et al. 2015)."""
 
@@ -57,7 +56,7 @@ class Magnitude(PruneMethod):
 
 
 @PRUNE_METHODS.register
-class Wanda(PruneMethod):
+class Wanda(PruneMethod[PruneParams]):
     """Wanda (Sun et al. 2023, "A Simple and Effective Pruning Approach for Large Language Models"): the
     importance of ``W_ij`` is ``|W_ij| * ||X_j||_2``, compared within each output row, with ``X`` the layer's
     inputs on the domain calibration texts; no weight update.
@@ -86,7 +85,7 @@ class SparseGptParams(PruneParams):
 
 
 @PRUNE_METHODS.register
-class SparseGpt(PruneMethod):
+class SparseGpt(PruneMethod[SparseGptParams]):
     """SparseGPT (Frantar and Alistarh 2023, "SparseGPT: Massive Language Models Can Be Accurately Pruned in
     One-Shot"): per layer, with ``H = X^T X`` of the calibration inputs, columns are pruned left to right and
     the error of each removed weight is compensated on the not-yet-processed columns with the inverse
@@ -96,20 +95,19 @@ class SparseGpt(PruneMethod):
 
     name = "sparsegpt"
     reference_url = "https://arxiv.org/abs/2301.00774"
-    params_type = SparseGptParams
     needs_domain = True
     needs_gram = True
     patterns = ("unstructured", "2:4", "4:8")
 
     def importance(
-        self, name: str, layer: torch.nn.Module, calibration: Calibration, params: PruneParams
+        self, name: str, layer: torch.nn.Module, calibration: Calibration, params: SparseGptParams
     ) -> torch.Tensor:
         raise AssertionError("SparseGPT prunes through prune_layer")  # pragma: no cover
 
     def prune_layer(
-        self, name: str, layer: torch.nn.Module, sparsity: float, calibration: Calibration, params: PruneParams
+        self, name: str, layer: torch.nn.Module, sparsity: float, calibration: Calibration, params: SparseGptParams
     ) -> LayerReport:
-        p = cast(SparseGptParams, params)
+        p = params
         stats = _stats(calibration, name, general=False)
         assert stats.gram is not None
         W = weight_view(layer).detach().double().clone()
@@ -177,7 +175,7 @@ class DPrunerParams(PruneParams):
 
 
 @PRUNE_METHODS.register
-class DPruner(PruneMethod):
+class DPruner(PruneMethod[DPrunerParams]):
     """D-Pruner (Zhang et al. 2024, "Pruning as a Domain-specific LLM Extractor", NAACL Findings): keep the
     weights that matter for general ability *and* for the domain.
 
@@ -214,7 +212,6 @@ class DPruner(PruneMethod):
 
     name = "dpruner"
     reference_url = "https://arxiv.org/abs/2405.06275"
-    params_type = DPrunerParams
     needs_general = True
     needs_gram = True
 
@@ -225,11 +222,11 @@ class DPruner(PruneMethod):
     def __init__(self) -> None:
         self._domain: dict[str, torch.Tensor] = {}
 
-    def domain_examples(self, params: PruneParams) -> int:
-        return cast(DPrunerParams, params).gradient_examples
+    def domain_examples(self, params: DPrunerParams) -> int:
+        return params.gradient_examples
 
-    def prepare(self, layers: dict[str, torch.nn.Module], calibration: Calibration, params: PruneParams) -> None:
-        p = cast(DPrunerParams, params)
+    def prepare(self, layers: dict[str, torch.nn.Module], calibration: Calibration, params: DPrunerParams) -> None:
+        p = params
         score = {name: torch.zeros(weight_view(layer).shape, dtype=torch.float64) for name, layer in layers.items()}
         batches = 0
         for _ in range(p.train_epochs if p.train_lr > 0 else 1):
@@ -263,11 +260,11 @@ class DPruner(PruneMethod):
             weight.sub_((rate * g).to(weight.dtype))
 
     def components(
-        self, name: str, layer: torch.nn.Module, calibration: Calibration, params: PruneParams
+        self, name: str, layer: torch.nn.Module, calibration: Calibration, params: DPrunerParams
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(D, E)``: the layer's domain score and general removal error, unscaled (for the benchmark's dev
         selection of ``general_weight``, which recombines them without recomputing)."""
-        p = cast(DPrunerParams, params)
+        p = params
         if name not in self._domain:
             raise AssertionError("D-Pruner scores layers after prepare()")  # pragma: no cover
         W = weight_view(layer).detach().double()
@@ -283,7 +280,7 @@ class DPruner(PruneMethod):
         return (domain / d if d > 0 else domain) + general_weight * (general / e if e > 0 else general)
 
     def importance(
-        self, name: str, layer: torch.nn.Module, calibration: Calibration, params: PruneParams
+        self, name: str, layer: torch.nn.Module, calibration: Calibration, params: DPrunerParams
     ) -> torch.Tensor:
         domain, general = self.components(name, layer, calibration, params)
-        return self.combine(domain, general, cast(DPrunerParams, params).general_weight)
+        return self.combine(domain, general, params.general_weight)

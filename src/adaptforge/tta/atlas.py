@@ -13,7 +13,6 @@ fitted by Adam on the mean prediction entropy of the inputs. The result folds ex
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 
@@ -21,7 +20,7 @@ from adaptforge.core import AdaptforgeError
 from adaptforge.evaluate import entropy
 from adaptforge.merge.atlas import ATLAS_URL
 from adaptforge.params import param
-from adaptforge.tta.base import TTA_METHODS, GradientParams, Inputs, Session, Step, TtaMethod, TtaParams, TtaSetup
+from adaptforge.tta.base import TTA_METHODS, GradientParams, Inputs, Session, Step, TtaMethod, TtaSetup
 from adaptforge.tta.tunable import Mixture
 
 
@@ -36,9 +35,9 @@ class AtlasUnsupParams(GradientParams):
     init: float = param(0.0, help="start coefficient of the other adapters (the task adapter starts at 1)")
 
 
-class AtlasSession(Session):
+class AtlasSession(Session[AtlasUnsupParams]):
     def adapt(self, inputs: Inputs) -> Step:
-        p = cast(AtlasUnsupParams, self.params)
+        p = self.params
         with torch.enable_grad():
             for _ in range(p.steps):
                 self.update(entropy(self.logits(inputs)).mean())
@@ -46,19 +45,18 @@ class AtlasSession(Session):
 
 
 @TTA_METHODS.register
-class AtlasUnsup(TtaMethod):
+class AtlasUnsup(TtaMethod[AtlasUnsupParams]):
     """aTLAS without labels (https://arxiv.org/abs/2407.18242): per-block coefficients over library adapters by
     entropy. One coefficient per block per adapter over the task adapter and its nearest library adapters,
     fitted by minimising the prediction entropy of the inputs."""
 
     name = "atlas-unsup"
     reference_url = ATLAS_URL
-    params_type = AtlasUnsupParams
 
-    def candidates_wanted(self, params: TtaParams) -> int:
-        return cast(AtlasUnsupParams, params).candidates
+    def candidates_wanted(self, params: AtlasUnsupParams) -> int:
+        return params.candidates
 
-    def check(self, setup: TtaSetup, params: TtaParams) -> None:
+    def check(self, setup: TtaSetup, params: AtlasUnsupParams) -> None:
         modules = set(setup.adapter.modules)
         for name, delta in setup.candidates:
             if set(delta.modules) != modules:
@@ -67,8 +65,8 @@ class AtlasUnsup(TtaMethod):
                     "mix adapters trained on the same target modules"
                 )
 
-    def open(self, setup: TtaSetup, params: TtaParams) -> Session:
-        p = cast(AtlasUnsupParams, params)
+    def open(self, setup: TtaSetup, params: AtlasUnsupParams) -> Session[AtlasUnsupParams]:
+        p = params
         self.check(setup, p)
         deltas = [setup.adapter, *[delta for _, delta in setup.candidates]]
         init = torch.full((len(setup.adapter), len(deltas)), float(p.init))

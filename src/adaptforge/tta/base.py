@@ -27,7 +27,7 @@ from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 
@@ -160,13 +160,16 @@ class Step:
     reset: bool = False
 
 
-class Session:
+TP = TypeVar("TP", bound=TtaParams)
+
+
+class Session(Generic[TP]):
     """One adaptation run: the scorer's model in eval mode (no dropout: losses are deterministic), the
     method's :class:`Tunable` entered, an Adam optimizer over it, and the starting state kept for resets.
     A context manager: everything it changed in the model is put back on exit, also after an error.
     Subclasses implement :meth:`adapt` (and :meth:`start` / :meth:`on_reset` when they keep state)."""
 
-    def __init__(self, method: str, setup: TtaSetup, params: TtaParams, tunable: Tunable) -> None:
+    def __init__(self, method: str, setup: TtaSetup, params: TP, tunable: Tunable) -> None:
         self.method = method
         self.setup = setup
         self.params = params
@@ -179,7 +182,7 @@ class Session:
         self._initial: list[torch.Tensor] = []
         self.optimizer: torch.optim.Optimizer | None = None
 
-    def __enter__(self) -> Session:
+    def __enter__(self) -> Session[TP]:
         with contextlib.ExitStack() as stack:
             stack.enter_context(eval_mode(self.model))
             stack.enter_context(self.tunable)
@@ -201,7 +204,8 @@ class Session:
         params = self.tunable.parameters()
         if not params:
             return None
-        assert isinstance(self.params, GradientParams), f"{self.method}: a method that trains takes GradientParams"
+        if not isinstance(self.params, GradientParams):  # pragma: no cover - a method bug, not bad input
+            raise AdaptforgeError(f"tta method {self.method!r} trains a tunable, so its params need GradientParams")
         return torch.optim.Adam(params, lr=self.params.lr)
 
     def start(self) -> None:  # noqa: B027 - optional hook
@@ -267,7 +271,7 @@ class Session:
         self.optimizer.step()
 
 
-class TtaMethod(Method):
+class TtaMethod(Method[TP]):
     """A test-time adaptation method. Subclasses set ``name``, ``reference_url``, ``params_type`` and
     ``default_granularity`` and implement :meth:`open`."""
 
@@ -284,27 +288,27 @@ class TtaMethod(Method):
             notes.append("retrieves from training pools (--pool TASK_DIR)")
         return tuple(notes)
 
-    def candidates_wanted(self, params: TtaParams) -> int:
+    def candidates_wanted(self, params: TP) -> int:
         """How many other library adapters the method mixes in (fetched by the caller into ``candidates``)."""
         return 0
 
-    def source_wanted(self, params: TtaParams) -> bool:
+    def source_wanted(self, params: TP) -> bool:
         """Whether the method reads the adapter's own training task (fetched by the caller into ``source``)."""
         return False
 
-    def unsaved_reason(self, params: TtaParams) -> str | None:
+    def unsaved_reason(self, params: TP) -> str | None:
         """Why the adapted state cannot be stored as an adapter with these params (``None``: it can)."""
         return None
 
-    def check(self, setup: TtaSetup, params: TtaParams) -> None:  # noqa: B027 - optional hook
+    def check(self, setup: TtaSetup, params: TP) -> None:  # noqa: B027 - optional hook
         """Method-specific checks of the setup (base kind, pools) before any work."""
 
     @abstractmethod
-    def open(self, setup: TtaSetup, params: TtaParams) -> Session:
+    def open(self, setup: TtaSetup, params: TP) -> Session[TP]:
         """A new session (enter it with ``with``) adapting ``setup.adapter``."""
 
 
-TTA_METHODS: Registry[type[TtaMethod]] = Registry(
+TTA_METHODS: Registry[type[TtaMethod[Any]]] = Registry(
     "tta method",
     base=TtaMethod,
     entries={
@@ -477,7 +481,7 @@ class TtaRun:
 
 
 def run_tta(
-    method: TtaMethod,
+    method: TtaMethod[Any],
     setup: TtaSetup,
     texts: Sequence[str],
     params: TtaParams | Mapping[str, Any] | None = None,
@@ -488,8 +492,7 @@ def run_tta(
 ) -> TtaRun:
     """Adapt with ``method`` over ``texts`` (unlabelled) at ``granularity`` (default: the method's) and return
     every input's prediction after adaptation, in the order given."""
-    typed = method.parse_params(params)
-    assert isinstance(typed, TtaParams)
+    typed: TtaParams = method.parse_params(params)
     granularity = granularity or method.default_granularity
     check_granularity(granularity, batch_size)
     method.check(setup, typed)

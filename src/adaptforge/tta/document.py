@@ -30,7 +30,7 @@ import time
 from abc import abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
@@ -174,7 +174,10 @@ def plain_score(backbone: Backbone, doc: Document) -> DocScore:
         return DocScore(nll, time.perf_counter() - t0)
 
 
-class DocumentMethod(Method):
+DocP = TypeVar("DocP", bound=DocumentParams)
+
+
+class DocumentMethod(Method[DocP]):
     """Adapt on a document's prefix (or read it online) and score its suffix; the model is left as found."""
 
     kind = "document method"
@@ -182,11 +185,11 @@ class DocumentMethod(Method):
     params_type: ClassVar[type[Params]] = DocumentParams
 
     @abstractmethod
-    def score(self, backbone: Backbone, doc: Document, params: DocumentParams) -> DocScore:
+    def score(self, backbone: Backbone, doc: Document, params: DocP) -> DocScore:
         """The suffix's per-token NLL after adapting, and the seconds adaptation and scoring took."""
 
 
-DOCUMENT_METHODS: Registry[type[DocumentMethod]] = Registry(
+DOCUMENT_METHODS: Registry[type[DocumentMethod[Any]]] = Registry(
     "document method",
     base=DocumentMethod,
     entries={
@@ -197,16 +200,15 @@ DOCUMENT_METHODS: Registry[type[DocumentMethod]] = Registry(
 
 
 @DOCUMENT_METHODS.register
-class InputLoraDocument(DocumentMethod):
+class InputLoraDocument(DocumentMethod[InputLoraParams]):
     """Input-specific LoRA, MOTIA's two phases on text: a fresh LoRA learned on the document's prefix
     (``steps`` Adam steps), the suffix scored with it at a constant or decaying strength, the LoRA discarded."""
 
     name = "input-lora"
     reference_url = MOTIA_URL
-    params_type = InputLoraParams
 
-    def score(self, backbone: Backbone, doc: Document, params: DocumentParams) -> DocScore:
-        p = cast(InputLoraParams, params)
+    def score(self, backbone: Backbone, doc: Document, params: InputLoraParams) -> DocScore:
+        p = params
         model = backbone.model
         lora = new_lora(backbone, p)
         generator = torch.Generator().manual_seed(p.seed)
@@ -264,16 +266,15 @@ def chunks(start: int, end: int, size: int) -> list[tuple[int, int]]:
 
 
 @DOCUMENT_METHODS.register
-class DynamicEval(DocumentMethod):
+class DynamicEval(DocumentMethod[DynamicEvalParams]):
     """Dynamic evaluation (Krause et al. 2018): the document read chunk by chunk (prefix chunks, then suffix
     chunks), each scored and then trained on for one step; a fresh LoRA (Adam) or the whole model (SGD)."""
 
     name = "dynamic-eval"
     reference_url = KRAUSE_URL
-    params_type = DynamicEvalParams
 
-    def score(self, backbone: Backbone, doc: Document, params: DocumentParams) -> DocScore:
-        p = cast(DynamicEvalParams, params)
+    def score(self, backbone: Backbone, doc: Document, params: DynamicEvalParams) -> DocScore:
+        p = params
         model = backbone.model
         t0 = time.perf_counter()
         with contextlib.ExitStack() as stack:

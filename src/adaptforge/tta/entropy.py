@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, TypeVar
 
 import torch
 
@@ -40,7 +40,6 @@ from adaptforge.tta.base import (
     Session,
     Step,
     TtaMethod,
-    TtaParams,
     TtaSetup,
 )
 from adaptforge.tta.tunable import AdapterFactors, NormAffine, Tunable
@@ -116,7 +115,10 @@ class SarParams(EntropyParams):
     recover: float = param(0.03, ge=0, help="reset when the moving average of the entropy falls below this * ln C")
 
 
-class EntropySession(Session):
+EP = TypeVar("EP", bound=EntropyParams)
+
+
+class EntropySession(Session[EP]):
     """Steps on a (weighted) entropy of the selected inputs; subclasses choose inputs and weights."""
 
     def select(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -131,7 +133,7 @@ class EntropySession(Session):
         return (values * weights).mean() if weights is not None else values.mean()
 
     def adapt(self, inputs: Inputs) -> Step:
-        p = cast(EntropyParams, self.params)
+        p = self.params
         last, updated, moved = None, 0, False  # moved: the parameters changed after ``last`` was computed
         with torch.enable_grad():
             for _ in range(p.steps):
@@ -154,7 +156,7 @@ class EntropySession(Session):
         return True
 
 
-class EataSession(EntropySession):
+class EataSession(EntropySession[EataParams]):
     """Reliable and non-redundant inputs, weighted by ``exp(E0 - E)``."""
 
     def start(self) -> None:
@@ -164,7 +166,7 @@ class EataSession(EntropySession):
         self.average = None
 
     def select(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        p = cast(EataParams, self.params)
+        p = self.params
         e0 = p.e_margin * math.log(logits.shape[-1])
         ent = entropy(logits)
         keep = torch.nonzero(ent < e0).flatten()
@@ -176,12 +178,12 @@ class EataSession(EntropySession):
         return keep, weights
 
     def after_update(self, probs: torch.Tensor) -> None:
-        p = cast(EataParams, self.params)
+        p = self.params
         mean = probs.mean(dim=0)
         self.average = mean if self.average is None else p.ema * self.average + (1 - p.ema) * mean
 
 
-class SarSession(EntropySession):
+class SarSession(EntropySession[SarParams]):
     """Reliable inputs, a sharpness-aware step, recovery when the entropy's moving average collapses."""
 
     def start(self) -> None:
@@ -192,12 +194,12 @@ class SarSession(EntropySession):
         self.average = None
 
     def select(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        p = cast(SarParams, self.params)
+        p = self.params
         margin = p.e_margin * math.log(logits.shape[-1])
         return torch.nonzero(entropy(logits) < margin).flatten(), None
 
     def step(self, inputs: Inputs, logits: torch.Tensor, keep: torch.Tensor, weights: torch.Tensor | None) -> bool:
-        p = cast(SarParams, self.params)
+        p = self.params
         params = self.tunable.parameters()
         first = self.checked(self.loss(logits, keep, None))
         grads = torch.autograd.grad(first, params, allow_unused=True)
@@ -241,22 +243,21 @@ def _shift(params: list[torch.Tensor], shifts: list[torch.Tensor | None], sign: 
             t.add_(e, alpha=sign)
 
 
-class EntropyMethod(TtaMethod):
+class EntropyMethod(TtaMethod[EP]):
     """Shared by TENT, EATA and SAR: the tunable named by ``update``."""
 
     params_type = EntropyParams
-    session_type: type[EntropySession] = EntropySession
+    session_type: type[EntropySession[Any]] = EntropySession
 
-    def unsaved_reason(self, params: TtaParams) -> str | None:
-        return norm_reason(self.name, cast(EntropyParams, params).update)
+    def unsaved_reason(self, params: EP) -> str | None:
+        return norm_reason(self.name, params.update)
 
-    def open(self, setup: TtaSetup, params: TtaParams) -> Session:
-        p = cast(EntropyParams, params)
-        return self.session_type(self.name, setup, p, tunable_for(setup, p.update, p.last_blocks))
+    def open(self, setup: TtaSetup, params: EP) -> Session[EP]:
+        return self.session_type(self.name, setup, params, tunable_for(setup, params.update, params.last_blocks))
 
 
 @TTA_METHODS.register
-class Tent(EntropyMethod):
+class Tent(EntropyMethod[TentParams]):
     """TENT (Wang et al. 2021, https://arxiv.org/abs/2006.10726): minimise the mean prediction entropy. Over the
     norm layers' affine parameters (or the adapter's LoRA factors), reset per batch or carried along a
     stream.
@@ -270,12 +271,11 @@ class Tent(EntropyMethod):
 
     name = "tent"
     reference_url = TENT_URL
-    params_type = TentParams
     session_type = EntropySession
 
 
 @TTA_METHODS.register
-class Eata(EntropyMethod):
+class Eata(EntropyMethod[EataParams]):
     """EATA (Niu et al. 2022, https://arxiv.org/abs/2204.02610): entropy minimisation on reliable, non-redundant
     inputs. Each is weighted by its confidence; in a stream, the state is reset when the predictions
     collapse or drift from the unadapted model's (the anchor guard, ``anchor_agreement``).
@@ -289,13 +289,12 @@ class Eata(EntropyMethod):
 
     name = "eata"
     reference_url = EATA_URL
-    params_type = EataParams
     session_type = EataSession
     default_granularity = "stream"
 
 
 @TTA_METHODS.register
-class Sar(EntropyMethod):
+class Sar(EntropyMethod[SarParams]):
     """SAR (Niu et al. 2023, https://arxiv.org/abs/2302.12400): sharpness-aware entropy minimisation, reliable
     inputs only. With model recovery when the entropy's moving average collapses (the reference code,
     github.com/mr-eggplant/SAR ``sar.py``, resets when the 0.9 moving average of the second-step entropy is below
@@ -305,6 +304,5 @@ class Sar(EntropyMethod):
 
     name = "sar"
     reference_url = SAR_URL
-    params_type = SarParams
     session_type = SarSession
     default_granularity = "stream"

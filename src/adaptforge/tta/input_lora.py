@@ -23,7 +23,6 @@ task adapter plus it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 
@@ -37,7 +36,6 @@ from adaptforge.tta.base import (
     Session,
     Step,
     TtaMethod,
-    TtaParams,
     TtaSetup,
     encode_inputs,
     lm_loss,
@@ -74,15 +72,15 @@ def drop_words(text: str, rate: float, generator: torch.Generator) -> str:
     return " ".join(w for w, k in zip(words, keep, strict=True) if k) or words[0]
 
 
-class InputLoraSession(Session):
+class InputLoraSession(Session[InputLoraParams]):
     def objective(self) -> str:
-        p = cast(InputLoraParams, self.params)
+        p = self.params
         if p.objective != "auto":
             return p.objective
         return "lm" if self.scorer.backbone.kind == "causal" else "agreement"
 
     def loss(self, inputs: Inputs) -> torch.Tensor:
-        p = cast(InputLoraParams, self.params)
+        p = self.params
         if self.objective() == "lm":
             return lm_loss(self.scorer, self.model, inputs.texts)
         texts = list(inputs.texts) + [
@@ -93,7 +91,7 @@ class InputLoraSession(Session):
         return entropy(probs.clamp_min(1e-12).log()).mean()
 
     def adapt(self, inputs: Inputs) -> Step:
-        p = cast(InputLoraParams, self.params)
+        p = self.params
         with torch.enable_grad():
             for _ in range(p.steps):
                 self.update(self.loss(inputs))
@@ -101,26 +99,25 @@ class InputLoraSession(Session):
 
 
 @TTA_METHODS.register
-class InputLora(TtaMethod):
+class InputLora(TtaMethod[InputLoraParams]):
     """Input-specific LoRA, MOTIA style (https://arxiv.org/abs/2403.13745): a fresh LoRA per input, then discarded.
     The low-rank delta sits on top of the task adapter and is trained for a few steps on the input's own
     self-supervised loss before the input is predicted."""
 
     name = "input-lora"
     reference_url = MOTIA_URL
-    params_type = InputLoraParams
     default_granularity = "input"
 
-    def check(self, setup: TtaSetup, params: TtaParams) -> None:
-        p = cast(InputLoraParams, params)
+    def check(self, setup: TtaSetup, params: InputLoraParams) -> None:
+        p = params
         if p.objective == "lm" and setup.scorer.backbone.kind != "causal":
             raise AdaptforgeError(
                 "tta method 'input-lora': objective 'lm' needs a causal LM base; this base is an encoder "
                 "(use objective 'agreement')"
             )
 
-    def open(self, setup: TtaSetup, params: TtaParams) -> Session:
-        p = cast(InputLoraParams, params)
+    def open(self, setup: TtaSetup, params: InputLoraParams) -> Session[InputLoraParams]:
+        p = params
         self.check(setup, p)
         init = fresh_lora(setup.adapter, p.rank, p.alpha, torch.Generator().manual_seed(p.seed))
         return InputLoraSession(self.name, setup, p, FreshLora(setup.scorer.backbone, setup.adapter, init))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 
@@ -33,7 +32,6 @@ from adaptforge.tta.base import (
     Session,
     Step,
     TtaMethod,
-    TtaParams,
     TtaSetup,
     lm_loss,
 )
@@ -61,9 +59,9 @@ class PoolPart:
     labels: LabelInputs
 
 
-class TttNnSession(Session):
+class TttNnSession(Session[TttNnParams]):
     def start(self) -> None:
-        p = cast(TttNnParams, self.params)
+        p = self.params
         self.parts: list[PoolPart] = []
         owner: list[tuple[int, int]] = []
         texts: list[str] = []
@@ -78,14 +76,14 @@ class TttNnSession(Session):
 
     def neighbours(self, inputs: Inputs) -> list[int]:
         """Pool positions of the nearest examples of every input (each once, nearest first per input)."""
-        p = cast(TttNnParams, self.params)
+        p = self.params
         query = self.scorer.embed_texts(list(inputs.texts))
         k = min(p.neighbours, len(self.owner))
         top = (query @ self.embeddings.T).topk(k, dim=-1).indices
         return list(dict.fromkeys(int(i) for i in top.flatten()))
 
     def loss(self, chosen: Sequence[int]) -> torch.Tensor:
-        p = cast(TttNnParams, self.params)
+        p = self.params
         if p.objective == "lm":
             return lm_loss(self.scorer, self.model, [self.texts[i] for i in chosen])
         by_task: dict[int, list[int]] = {}
@@ -101,7 +99,7 @@ class TttNnSession(Session):
         return total / len(chosen)
 
     def adapt(self, inputs: Inputs) -> Step:
-        p = cast(TttNnParams, self.params)
+        p = self.params
         chosen = self.neighbours(inputs)
         with torch.enable_grad():
             for _ in range(p.steps):
@@ -110,21 +108,20 @@ class TttNnSession(Session):
 
 
 @TTA_METHODS.register
-class TttNn(TtaMethod):
+class TttNn(TtaMethod[TttNnParams]):
     """TTT-NN (Hardt & Sun 2024, https://arxiv.org/abs/2305.18466): a gradient step on the input's neighbours.
     They are retrieved by embedding from the library tasks' training pools; then the input is predicted."""
 
     name = "ttt-nn"
     reference_url = TTT_NN_URL
-    params_type = TttNnParams
     default_granularity = "input"
     needs_pool = True
 
-    def unsaved_reason(self, params: TtaParams) -> str | None:
-        return norm_reason(self.name, cast(TttNnParams, params).update)
+    def unsaved_reason(self, params: TttNnParams) -> str | None:
+        return norm_reason(self.name, params.update)
 
-    def check(self, setup: TtaSetup, params: TtaParams) -> None:
-        p = cast(TttNnParams, params)
+    def check(self, setup: TtaSetup, params: TttNnParams) -> None:
+        p = params
         if not setup.pool:
             raise AdaptforgeError(
                 "tta method 'ttt-nn' retrieves neighbours from labelled training pools: give --pool TASK_DIR "
@@ -138,7 +135,7 @@ class TttNn(TtaMethod):
                 "tta method 'ttt-nn': objective 'lm' needs a causal LM base; this base is an encoder (use 'labels')"
             )
 
-    def open(self, setup: TtaSetup, params: TtaParams) -> Session:
-        p = cast(TttNnParams, params)
+    def open(self, setup: TtaSetup, params: TttNnParams) -> Session[TttNnParams]:
+        p = params
         self.check(setup, p)
         return TttNnSession(self.name, setup, p, tunable_for(setup, p.update))

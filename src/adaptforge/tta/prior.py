@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 from collections import Counter
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 
@@ -117,13 +116,13 @@ class AppliedAdapter(Tunable):
         return []
 
 
-class EmPriorSession(Session):
+class EmPriorSession(Session[EmPriorParams]):
     """Predicts with the task adapter, keeps the source log-posteriors of the inputs since the last reset (the
     stream's memory; in batch mode every batch starts empty), re-estimates the prior over them and re-weights
     the current inputs' posteriors."""
 
     def start(self) -> None:
-        p = cast(EmPriorParams, self.params)
+        p = self.params
         n = len(self.setup.task.labels)
         self.source = train_prior(self.setup) if p.source_prior == "train" else torch.full((n,), 1.0 / n)
         self.seen: list[torch.Tensor] = []
@@ -135,7 +134,7 @@ class EmPriorSession(Session):
         self.prior = self.source.clone()
 
     def adapt(self, inputs: Inputs) -> Step:
-        p = cast(EmPriorParams, self.params)
+        p = self.params
         log_posteriors = torch.log_softmax(self.predict(inputs), dim=-1)
         self.seen.append(log_posteriors)
         prior, self.iterations = em_prior(torch.cat(self.seen), self.source, p.iterations, p.tolerance)
@@ -147,7 +146,7 @@ class EmPriorSession(Session):
 
 
 @TTA_METHODS.register
-class EmPrior(TtaMethod):
+class EmPrior(TtaMethod[EmPriorParams]):
     """Label-shift correction (Saerens et al. 2002, https://doi.org/10.1162/089976602753284446): the inputs' class
     prior estimated by EM from the task adapter's posteriors, which are re-weighted by target / source prior.
     Gradient-free; per batch by default, in a stream the prior is estimated over every input since the last
@@ -155,21 +154,20 @@ class EmPrior(TtaMethod):
 
     name = "em-prior"
     reference_url = SAERENS_URL
-    params_type = EmPriorParams
     default_granularity = "batch"  # chosen on the shift pairs' dev splits (benchmarks/results/tta_dev.json)
 
-    def source_wanted(self, params: TtaParams) -> bool:
-        return cast(EmPriorParams, params).source_prior == "train"
+    def source_wanted(self, params: EmPriorParams) -> bool:
+        return params.source_prior == "train"
 
-    def unsaved_reason(self, params: TtaParams) -> str | None:
+    def unsaved_reason(self, params: EmPriorParams) -> str | None:
         return (
             "tta method 'em-prior' changes no weights (it re-weights the predictions by a label prior, which a "
             "LoRA adapter cannot hold)"
         )
 
-    def check(self, setup: TtaSetup, params: TtaParams) -> None:
+    def check(self, setup: TtaSetup, params: EmPriorParams) -> None:
         if self.source_wanted(params):
             train_prior(setup)
 
-    def open(self, setup: TtaSetup, params: TtaParams) -> Session:
-        return EmPriorSession(self.name, setup, cast(EmPriorParams, params), AppliedAdapter(setup))
+    def open(self, setup: TtaSetup, params: EmPriorParams) -> Session[EmPriorParams]:
+        return EmPriorSession(self.name, setup, params, AppliedAdapter(setup))

@@ -13,13 +13,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from adaptforge.params import param
-from adaptforge.tta.base import TTA_METHODS, GradientParams, Inputs, Session, Step, TtaMethod, TtaParams, TtaSetup
+from adaptforge.tta.base import TTA_METHODS, GradientParams, Inputs, Session, Step, TtaMethod, TtaSetup
 from adaptforge.tta.entropy import UPDATES, norm_reason, tunable_for
 
 TSAS_URL = "https://arxiv.org/abs/2310.13307"
@@ -58,10 +58,10 @@ class PseudoParams(GradientParams):
     agreement: float = param(0.75, gt=0, le=1, help="keep an input when this fraction of votes agree")
 
 
-class PseudoSession(Session):
+class PseudoSession(Session[PseudoParams]):
     def votes(self, inputs: Inputs) -> torch.Tensor:
         """``[samples, n]`` predicted labels under independent dropout masks."""
-        p = cast(PseudoParams, self.params)
+        p = self.params
         out = []
         with torch.no_grad(), input_dropout(self.model, self.setup.adapter.targets, p.dropout, self.generator):
             for _ in range(p.samples):
@@ -69,7 +69,7 @@ class PseudoSession(Session):
         return torch.stack(out)
 
     def adapt(self, inputs: Inputs) -> Step:
-        p = cast(PseudoParams, self.params)
+        p = self.params
         votes = self.votes(inputs)
         n_labels = len(self.labels.labels)
         counts = F.one_hot(votes, n_labels).sum(dim=0)  # [n, labels]
@@ -85,17 +85,16 @@ class PseudoSession(Session):
 
 
 @TTA_METHODS.register
-class Pseudo(TtaMethod):
+class Pseudo(TtaMethod[PseudoParams]):
     """Pseudo-label self-training, T-SAS style (Jeong et al. 2023, https://arxiv.org/abs/2310.13307). Majority
     votes of dropout predictions are kept when they agree and trained on for a few steps."""
 
     name = "pseudo"
     reference_url = TSAS_URL
-    params_type = PseudoParams
 
-    def unsaved_reason(self, params: TtaParams) -> str | None:
-        return norm_reason(self.name, cast(PseudoParams, params).update)
+    def unsaved_reason(self, params: PseudoParams) -> str | None:
+        return norm_reason(self.name, params.update)
 
-    def open(self, setup: TtaSetup, params: TtaParams) -> Session:
-        p = cast(PseudoParams, params)
+    def open(self, setup: TtaSetup, params: PseudoParams) -> Session[PseudoParams]:
+        p = params
         return PseudoSession(self.name, setup, p, tunable_for(setup, p.update))

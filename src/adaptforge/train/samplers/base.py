@@ -31,7 +31,7 @@ from abc import abstractmethod
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -186,7 +186,10 @@ def state_floats(state: Mapping[str, Any], key: str, shape: tuple[int, ...]) -> 
 # ------------------------------------------------------------------------------------------ samplers
 
 
-class TaskSampler(Method):
+SC = TypeVar("SC", bound=SamplerConfig)
+
+
+class TaskSampler(Method[SC]):
     """Chooses the tasks of every training step; subclasses set ``name``, ``reference_url`` and
     ``params_type`` and implement :meth:`probabilities` (or override :meth:`next_batch`).
 
@@ -198,7 +201,7 @@ class TaskSampler(Method):
     kind = "task sampler"
     params_base = SamplerConfig
     params_type: ClassVar[type[Params]] = SamplerConfig
-    config: SamplerConfig
+    config: SC
 
     @property
     def wants_risk(self) -> bool:
@@ -206,7 +209,7 @@ class TaskSampler(Method):
         return False
 
     def __init__(
-        self, config: SamplerConfig | Mapping[str, Any] | None = None, *, tasks: Sequence[TaskInfo], seed: int = 0
+        self, config: SC | Mapping[str, Any] | None = None, *, tasks: Sequence[TaskInfo], seed: int = 0
     ) -> None:
         self.config = self.parse_params(config)
         self.tasks = _check_tasks(tasks)
@@ -219,11 +222,9 @@ class TaskSampler(Method):
         self._evaluations = 0
 
     @classmethod
-    def parse_params(cls, params: Params | Mapping[str, Any] | None) -> SamplerConfig:
+    def parse_params(cls, params: SC | Mapping[str, Any] | None) -> SC:
         """As :meth:`Method.parse_params`; a bare ``SamplerConfig()`` also means this sampler's defaults."""
-        typed = cls.params_type() if type(params) is SamplerConfig else super().parse_params(params)
-        assert isinstance(typed, SamplerConfig)
-        return typed
+        return super().parse_params(None if type(params) is SamplerConfig else params)
 
     @classmethod
     def owner(cls) -> str:

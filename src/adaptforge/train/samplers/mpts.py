@@ -78,7 +78,6 @@ from adaptforge.train.samplers.base import (
     CandidateConfig,
     Evaluator,
     FloatArray,
-    SamplerConfig,
     TaskInfo,
     TaskSampler,
     chance_scale,
@@ -295,7 +294,7 @@ class LinearRiskLearner:
 
 
 @SAMPLERS.register
-class MPTSSampler(TaskSampler):
+class MPTSSampler(TaskSampler[MPTSConfig]):
     """Model Predictive Task Sampling: predict every candidate's risk, train the ``B`` of ``B-hat`` candidates
     with the highest ``gamma_mean * mean + gamma_std * std`` (see the module docstring).
 
@@ -306,7 +305,6 @@ class MPTSSampler(TaskSampler):
 
     name = "mpts"
     reference_url = "https://arxiv.org/abs/2501.11039"
-    params_type = MPTSConfig
     config: MPTSConfig
 
     @property
@@ -314,7 +312,7 @@ class MPTSSampler(TaskSampler):
         return self.config.risk_target == "post_update"  # pre_update learns from the step's own training losses
 
     def __init__(
-        self, config: SamplerConfig | Mapping[str, Any] | None = None, *, tasks: Sequence[TaskInfo], seed: int = 0
+        self, config: MPTSConfig | Mapping[str, Any] | None = None, *, tasks: Sequence[TaskInfo], seed: int = 0
     ) -> None:
         super().__init__(config, tasks=tasks, seed=seed)
         self._scale = chance_scale(self.tasks, self.config.risk_scale, self.owner())

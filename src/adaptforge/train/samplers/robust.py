@@ -58,7 +58,7 @@ class DRMConfig(CandidateConfig):
     risk); the cost per step is B-hat task evaluations."""
 
 
-class _AdaptiveSampler(TaskSampler):
+class _AdaptiveSampler(TaskSampler[GroupDROConfig]):
     """Shared bookkeeping of loss-driven samplers: a per-task loss estimate and a warm-up.
 
     Until every task has a loss estimate, draws are uniform over the tasks without one (each task
@@ -66,10 +66,8 @@ class _AdaptiveSampler(TaskSampler):
     its first training loss (:meth:`observe`) or dev loss (:meth:`observe_eval`).
     """
 
-    config: GroupDROConfig
-
     def __init__(
-        self, config: SamplerConfig | Mapping[str, Any] | None = None, *, tasks: Sequence[TaskInfo], seed: int = 0
+        self, config: GroupDROConfig | Mapping[str, Any] | None = None, *, tasks: Sequence[TaskInfo], seed: int = 0
     ) -> None:
         super().__init__(config, tasks=tasks, seed=seed)
         n = self.n_tasks
@@ -133,10 +131,9 @@ class GroupDROSampler(_AdaptiveSampler):
     name = "group_dro"
     reference_url = "https://arxiv.org/abs/1911.08731"
     params_type = GroupDROConfig
-    config: GroupDROConfig
 
     def __init__(
-        self, config: SamplerConfig | Mapping[str, Any] | None = None, *, tasks: Sequence[TaskInfo], seed: int = 0
+        self, config: GroupDROConfig | Mapping[str, Any] | None = None, *, tasks: Sequence[TaskInfo], seed: int = 0
     ) -> None:
         super().__init__(config, tasks=tasks, seed=seed)
         self._log_q = np.zeros(self.n_tasks)
@@ -167,7 +164,7 @@ class GroupDROSampler(_AdaptiveSampler):
 
 
 @SAMPLERS.register
-class DRMSampler(TaskSampler):
+class DRMSampler(TaskSampler[DRMConfig]):
     """Worst ``B`` of ``B-hat`` evaluated candidates (the reference's ``drm`` strategy, ``sinusoid/trainer_maml.py``).
 
     Each step draws ``candidates`` tasks uniformly (:func:`draw_candidates`), asks the trainer's
@@ -182,11 +179,10 @@ class DRMSampler(TaskSampler):
 
     name = "drm"
     reference_url = "https://arxiv.org/abs/2501.11039"
-    params_type = DRMConfig
     config: DRMConfig
 
     def __init__(
-        self, config: SamplerConfig | Mapping[str, Any] | None = None, *, tasks: Sequence[TaskInfo], seed: int = 0
+        self, config: DRMConfig | Mapping[str, Any] | None = None, *, tasks: Sequence[TaskInfo], seed: int = 0
     ) -> None:
         super().__init__(config, tasks=tasks, seed=seed)
         self._scale = chance_scale(self.tasks, self.config.risk_scale, self.owner())

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from adaptforge.params import param
-from adaptforge.train.samplers.base import SAMPLERS, FloatArray, SamplerConfig, TaskInfo, TaskSampler, softmax
+from adaptforge.train.samplers.base import SAMPLERS, SC, FloatArray, SamplerConfig, TaskInfo, TaskSampler, softmax
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,11 +39,11 @@ class TemperatureConfig(SamplerConfig):
     )
 
 
-class _StaticSampler(TaskSampler):
+class _StaticSampler(TaskSampler[SC]):
     """A fixed distribution computed once from the task sizes."""
 
     def __init__(
-        self, config: SamplerConfig | Mapping[str, Any] | None = None, *, tasks: Sequence[TaskInfo], seed: int = 0
+        self, config: SC | Mapping[str, Any] | None = None, *, tasks: Sequence[TaskInfo], seed: int = 0
     ) -> None:
         super().__init__(config, tasks=tasks, seed=seed)
         self._p = self._fixed_probabilities()
@@ -60,25 +60,22 @@ class _StaticSampler(TaskSampler):
 
 
 @SAMPLERS.register
-class UniformSampler(_StaticSampler):
+class UniformSampler(_StaticSampler[UniformConfig]):
     """``p_i = 1 / N``."""
 
     name = "uniform"
     reference_url = "https://arxiv.org/abs/1910.10683"
-    params_type = UniformConfig
 
     def _fixed_probabilities(self) -> FloatArray:
         return np.full(self.n_tasks, 1.0 / self.n_tasks)
 
 
 @SAMPLERS.register
-class ProportionalSampler(_StaticSampler):
+class ProportionalSampler(_StaticSampler[ProportionalConfig]):
     """``p_i = m_i / sum_j m_j`` with ``m_i = min(n_i, K)`` (Raffel et al. 2020, arXiv 1910.10683, Sec. 3.5.2)."""
 
     name = "proportional"
     reference_url = "https://arxiv.org/abs/1910.10683"
-    params_type = ProportionalConfig
-    config: ProportionalConfig
 
     def _fixed_probabilities(self) -> FloatArray:
         sizes = self._capped_sizes(self.config.size_cap)
@@ -86,7 +83,7 @@ class ProportionalSampler(_StaticSampler):
 
 
 @SAMPLERS.register
-class TemperatureSampler(_StaticSampler):
+class TemperatureSampler(_StaticSampler[TemperatureConfig]):
     """``p_i ~ m_i^(1/T)``, ``m_i = min(n_i, K)`` (Arivazhagan et al. 2019, arXiv 1907.05019).
 
     Computed as a softmax of ``log(m_i) / T`` so large sizes and small ``T`` do not overflow.
@@ -94,8 +91,6 @@ class TemperatureSampler(_StaticSampler):
 
     name = "temperature"
     reference_url = "https://arxiv.org/abs/1907.05019"
-    params_type = TemperatureConfig
-    config: TemperatureConfig
 
     def _fixed_probabilities(self) -> FloatArray:
         return softmax(np.log(self._capped_sizes(self.config.size_cap)) / self.config.temperature)

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-from rich.console import Console
-from rich.progress import Progress
-from rich.table import Table
+from typing import Any, Protocol
 
 from adaptforge.backbone import Backbone
 from adaptforge.core import AdaptforgeError, LoraDelta
@@ -41,18 +40,34 @@ DEMO_TASKS = ("sst2", "agnews", "trec_question_type", "tweet_emotion", "dbpedia"
 DEMO_NEW_TASK = "tweet_offensive"
 
 
+TrainProgress = Callable[[int, int, float, float], None]  # (done, total, loss, tokens per second)
+
+
+class DemoView(Protocol):
+    """What the demo shows while it runs: progress lines, each step's table data (``step`` is ``accuracy``,
+    ``merge``, ``sweep``, ``new_task``, ``prune`` or ``llm``; ``data`` what the table needs) and a training
+    progress callback per task (None: the trainer's own progress lines). ``adaptforge demo`` renders it
+    (:mod:`adaptforge.cli.demo`)."""
+
+    def say(self, text: str) -> None: ...
+
+    def show(self, step: str, data: Mapping[str, Any]) -> None: ...
+
+    def training(self, task: str) -> AbstractContextManager[TrainProgress | None]: ...
+
+
 def shipped_tasks_dir() -> Path:
-    return Path(__file__).resolve().parent / "data" / "tasks"
+    return Path(__file__).resolve().parent.parent / "data" / "tasks"
 
 
 def shipped_tasks(names: tuple[str, ...] = DEMO_TASKS) -> list[Task]:
     return [load_task(shipped_tasks_dir() / name) for name in names]
 
 
-def run_demo(
-    out_dir: Path, console: Console | None = None, max_train: int | None = None, epochs: int | None = None
-) -> Path:
-    console = console or Console()
+def run_demo(out_dir: Path, view: DemoView, max_train: int | None = None, epochs: int | None = None) -> Path:
+    """The encoder demo: zero-shot vs LoRA on :data:`DEMO_TASKS`, then merge, sweep, a new task (compose and
+    generate), prune and use (serve, test-time adaptation, the report); shown through ``view``, summarised in
+    ``out_dir/summary.json`` (its path is returned)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     tasks = shipped_tasks()
@@ -61,12 +76,12 @@ def run_demo(
     library = Library(out_dir / "library")
     drop_previous_run(library)
     cfg = TrainConfig(epochs=epochs or 3, max_train=max_train)
-    console.print(f"adaptforge demo: {len(tasks)} tasks on {backbone.name} ({backbone.fingerprint[:12]})")
-    console.print(demo_size_line(tasks, cfg))
+    view.say(f"adaptforge demo: {len(tasks)} tasks on {backbone.name} ({backbone.fingerprint[:12]})")
+    view.say(demo_size_line(tasks, cfg))
     rows = []
     for task in tasks:
         zero = evaluate(scorer, task, "test")
-        trained = train_with_bar(task, backbone, library, cfg, console)
+        trained = train_with_bar(task, backbone, library, cfg, view)
         delta, _ = library.load(trained.record.id, expected_fingerprint=backbone.fingerprint)  # the stored copy
         tuned = evaluate(scorer, task, "test", delta, adapter=trained.record.name)
         for res, adapter_id in ((zero, None), (tuned, trained.record.id)):
@@ -83,25 +98,13 @@ def run_demo(
                 "train_seconds": round(trained.result.seconds, 1),
             }
         )
-        console.print(
+        view.say(
             f"  {task.name}: zero-shot {zero.accuracy:.3f} -> LoRA {tuned.accuracy:.3f}"
             f"  ({trained.result.seconds:.0f}s training)"
         )
-    table = Table(title="test accuracy: zero-shot vs LoRA")
-    for col in ("task", "train n", "zero-shot", "LoRA", "gain"):
-        table.add_column(col, justify="right" if col != "task" else "left")
-    for r in rows:
-        table.add_row(
-            r["task"],
-            str(r["n_train"]),
-            f"{r['zero_shot_accuracy']:.3f}",
-            f"{r['lora_accuracy']:.3f}",
-            f"{r['lora_accuracy'] - r['zero_shot_accuracy']:+.3f}",
-        )
     mean_zero = sum(r["zero_shot_accuracy"] for r in rows) / len(rows)
     mean_lora = sum(r["lora_accuracy"] for r in rows) / len(rows)
-    table.add_row("average", "", f"{mean_zero:.3f}", f"{mean_lora:.3f}", f"{mean_lora - mean_zero:+.3f}")
-    console.print(table)
+    view.show("accuracy", {"rows": rows, "average": {"zero_shot_accuracy": mean_zero, "lora_accuracy": mean_lora}})
     summary = {
         "model": backbone.name,
         "fingerprint": backbone.fingerprint,
@@ -110,22 +113,22 @@ def run_demo(
         "average": {"zero_shot_accuracy": mean_zero, "lora_accuracy": mean_lora},
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    console.print("== merge: the adapters merged by task arithmetic and TIES, each merge scored on every test split")
-    summary["merge"] = demo_merge_step(tasks, backbone, library, console)
-    console.print("== sweep: task arithmetic's scaling chosen on dev")
-    summary["sweep"] = demo_sweep_step(tasks, library, out_dir, console)
-    console.print(
+    view.say("== merge: the adapters merged by task arithmetic and TIES, each merge scored on every test split")
+    summary["merge"] = demo_merge_step(tasks, backbone, library, view)
+    view.say("== sweep: task arithmetic's scaling chosen on dev")
+    summary["sweep"] = demo_sweep_step(tasks, library, out_dir, view)
+    view.say(
         f"== new task {DEMO_NEW_TASK}: from {DEMO_COMPOSE_SHOTS} shots (compose {DEMO_COMPOSE_METHOD}) and from its "
         "description (generate)"
     )
-    summary["new_task"] = demo_compose_step(backbone, library, console)
-    console.print(
+    summary["new_task"] = demo_compose_step(backbone, library, view)
+    view.say(
         f"== prune: the base for {DEMO_PRUNE[0]} ({DEMO_PRUNE[1]}, sparsity {DEMO_PRUNE[2]}), dense vs pruned "
         "zero-shot on every task"
     )
-    summary["prune"] = demo_prune_step(tasks, backbone, library, out_dir, console)
-    console.print("== use: one served request, test-time adaptation, the HTML report")
-    summary["use"] = demo_use_step(tasks, backbone, library, out_dir, console)
+    summary["prune"] = demo_prune_step(tasks, backbone, library, out_dir, view)
+    view.say("== use: one served request, test-time adaptation, the HTML report")
+    summary["use"] = demo_use_step(tasks, backbone, library, out_dir, view)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     path = out_dir / "summary.json"
     path.write_text(json.dumps(summary, indent=2))
@@ -148,18 +151,11 @@ DEFAULT_DEMO_PASSES = 400 * 3 * len(DEMO_TASKS)
 
 
 def train_with_bar(
-    task: Task, backbone: Backbone, library: Library, cfg: TrainConfig, console: Console
+    task: Task, backbone: Backbone, library: Library, cfg: TrainConfig, view: DemoView
 ) -> TrainedAdapter:
-    """Train ``<task>-lora`` into the library (replacing an earlier one) behind a transient progress bar (off a
-    terminal, where a live bar prints nothing, the trainer's progress lines instead)."""
-    if not console.is_terminal:
-        return train_into_library(task, backbone, library, f"{task.name}-lora", cfg, eval_splits=(), overwrite=True)
-    with Progress(*Progress.get_default_columns(), console=console, transient=True) as bar:
-        bar_id = bar.add_task(f"train {task.name}", total=None)
-
-        def step(done: int, total: int, loss: float, tokens_per_second: float) -> None:
-            bar.update(bar_id, completed=done, total=total)
-
+    """Train ``<task>-lora`` into the library (replacing an earlier one), reporting progress to the view's
+    training callback (None: the trainer's own progress lines)."""
+    with view.training(task.name) as step:
         return train_into_library(
             task, backbone, library, f"{task.name}-lora", cfg, eval_splits=(), overwrite=True, progress=step
         )
@@ -173,7 +169,7 @@ DEMO_MERGES: tuple[tuple[str, dict[str, float]], ...] = (
 
 
 def demo_merge_step(
-    tasks: list[Task], backbone: Backbone, library: Library, console: Console, adapters: list[str] | None = None
+    tasks: list[Task], backbone: Backbone, library: Library, view: DemoView, adapters: list[str] | None = None
 ) -> list[dict]:
     """Merge the per-task adapters (default ``<task>-lora``) into one with each of :data:`DEMO_MERGES`
     (lineage in the library), evaluate on every task's test split and print normalized accuracy (merged /
@@ -191,26 +187,11 @@ def demo_merge_step(
         assert outcome.report is not None
         report = outcome.report.to_json()
         rows.append({"method": method, "adapter": name, "id": outcome.record.id, "params": params, **report})
-        console.print(
+        view.say(
             f"  merged {len(adapters)} adapters with {method}: average normalized accuracy "
             f"{report['average_normalized_accuracy']:.3f} ({outcome.seconds:.0f}s with evaluation)"
         )
-    table = Table(title="merged adapter, test accuracy normalized by each task's own adapter")
-    table.add_column("method")
-    for task in tasks:
-        table.add_column(task.name, justify="right")
-    for col in ("avg acc", "avg norm", "worst"):
-        table.add_column(col, justify="right")
-    for row in rows:
-        norms = {r["task"]: r["normalized_accuracy"] for r in row["tasks"]}
-        table.add_row(
-            row["method"],
-            *[f"{norms[t.name]:.3f}" if norms.get(t.name) is not None else "-" for t in tasks],
-            f"{row['average_accuracy']:.3f}",
-            f"{row['average_normalized_accuracy']:.3f}",
-            f"{row['worst_task']} {row['worst_normalized_accuracy']:.3f}",
-        )
-    console.print(table)
+    view.show("merge", {"tasks": [t.name for t in tasks], "rows": rows})
     return rows
 
 
@@ -231,14 +212,13 @@ def drop_previous_run(library: Library) -> list[str]:
     return made
 
 
-def demo_sweep_step(tasks: list[Task], library: Library, out_dir: Path, console: Console) -> list[dict]:
+def demo_sweep_step(tasks: list[Task], library: Library, out_dir: Path, view: DemoView) -> list[dict]:
     """A sweep spec written to ``out_dir/sweep.yaml`` and run in this process: task arithmetic over the
     per-task adapters at each of :data:`DEMO_SWEEP_SCALINGS`, scored on every task's dev split, so the
     scaling is picked without looking at test."""
     import yaml
 
     from adaptforge.backends import BACKENDS
-    from adaptforge.cli.render import sweep_table
     from adaptforge.pipelines.sweep import SweepSpec, run_sweep
 
     spec = {
@@ -258,9 +238,11 @@ def demo_sweep_step(tasks: list[Task], library: Library, out_dir: Path, console:
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     outcome = run_sweep(SweepSpec.from_yaml(path), library, BACKENDS.get("local")({}))
     rows = outcome.to_json()["cells"]
-    console.print(sweep_table(rows, f"sweep {path.name}: mean dev accuracy over {len(tasks)} tasks per cell"))
+    view.show(
+        "sweep", {"rows": rows, "title": f"sweep {path.name}: mean dev accuracy over {len(tasks)} tasks per cell"}
+    )
     best = max((r for r in rows if r["accuracy"] is not None), key=lambda r: r["accuracy"])
-    console.print(f"  best cell on dev: {best['label'].split()[-1]} -> {best['adapter']}")
+    view.say(f"  best cell on dev: {best['label'].split()[-1]} -> {best['adapter']}")
     return rows
 
 
@@ -270,7 +252,7 @@ DEMO_COMPOSE_SHOTS = 16
 DEMO_COMPOSE_METHOD = "tuned"
 
 
-def demo_compose_step(backbone: Backbone, library: Library, console: Console) -> dict:
+def demo_compose_step(backbone: Backbone, library: Library, view: DemoView) -> dict:
     """A task the library has never seen (:data:`DEMO_NEW_TASK`): compose its adapter from
     :data:`DEMO_COMPOSE_SHOTS` labelled examples and the library (:data:`DEMO_COMPOSE_METHOD`), and
     generate one from its description alone; print zero-shot vs both on its test split."""
@@ -298,26 +280,31 @@ def demo_compose_step(backbone: Backbone, library: Library, console: Console) ->
         overwrite=True,
     )
     zero = composed.evals["zero_shot"]
-    table = Table(title=f"new task {task.name} (not in the library), test accuracy")
-    for col in ("adapter", "from", "accuracy", "macro-F1", "seconds"):
-        table.add_column(col, justify="left" if col in ("adapter", "from") else "right")
-    table.add_row("zero-shot", "-", f"{zero.accuracy:.3f}", f"{zero.macro_f1:.3f}", "-")
+    table = [
+        {"adapter": "zero-shot", "from": None, "accuracy": zero.accuracy, "macro_f1": zero.macro_f1, "seconds": None}
+    ]
     rows = {"task": task.name, "zero_shot_accuracy": zero.accuracy}
     for outcome, source in ((composed, f"{DEMO_COMPOSE_SHOTS} shots + library"), (generated, "description only")):
         res = outcome.evals["adapter"]
-        table.add_row(
-            outcome.record.name, source, f"{res.accuracy:.3f}", f"{res.macro_f1:.3f}", f"{outcome.seconds:.0f}"
+        table.append(
+            {
+                "adapter": outcome.record.name,
+                "from": source,
+                "accuracy": res.accuracy,
+                "macro_f1": res.macro_f1,
+                "seconds": outcome.seconds,
+            }
         )
         rows[f"{outcome.method}_accuracy"] = res.accuracy
         rows[f"{outcome.method}_adapter"] = outcome.record.name
-    console.print(table)
+    view.show("new_task", {"task": task.name, "rows": table})
     return rows
 
 
 DEMO_PRUNE = ("sst2", "wanda", 0.5)  # domain, method, sparsity
 
 
-def demo_prune_step(tasks: list[Task], backbone: Backbone, library: Library, out_dir: Path, console: Console) -> dict:
+def demo_prune_step(tasks: list[Task], backbone: Backbone, library: Library, out_dir: Path, view: DemoView) -> dict:
     """Prune the base for one domain (:data:`DEMO_PRUNE`): zero-shot accuracy dense vs pruned on every task
     (dev, the general ability kept), and the domain's own adapter applied to the pruned base (test)."""
     from adaptforge.pipelines.prune import prune_model
@@ -341,16 +328,17 @@ def demo_prune_step(tasks: list[Task], backbone: Backbone, library: Library, out
     delta, _ = library.load(f"{domain_name}-lora", expected_fingerprint=backbone.fingerprint)
     dense_acc = evaluate(make_scorer(backbone), domain, "test", delta).accuracy
     pruned_acc = evaluate(make_scorer(pruned), domain, "test", delta).accuracy
-    table = Table(title=f"{method} {sparsity:.0%} pruned for {domain_name}: zero-shot dev accuracy, dense vs pruned")
-    for col in ("task", "dense", "pruned", "kept"):
-        table.add_column(col, justify="left" if col == "task" else "right")
-    for name, pair in outcome.evals.items():
-        kept = outcome.retention(name)
-        table.add_row(
-            name, f"{pair['dense'].accuracy:.3f}", f"{pair['pruned'].accuracy:.3f}", f"{kept:.3f}" if kept else "-"
-        )
-    console.print(table)
-    console.print(
+    table = [
+        {
+            "task": name,
+            "dense": pair["dense"].accuracy,
+            "pruned": pair["pruned"].accuracy,
+            "kept": outcome.retention(name),
+        }
+        for name, pair in outcome.evals.items()
+    ]
+    view.show("prune", {"method": method, "sparsity": sparsity, "domain": domain_name, "rows": table})
+    view.say(
         f"  {domain_name}-lora on the pruned base: test accuracy {pruned_acc:.3f} (dense base {dense_acc:.3f}); "
         f"sparsity {outcome.report.sparsity:.3f}, pruned in {outcome.seconds:.0f}s -> {folder}"
     )
@@ -366,7 +354,7 @@ def demo_prune_step(tasks: list[Task], backbone: Backbone, library: Library, out
     }
 
 
-def demo_use_step(tasks: list[Task], backbone: Backbone, library: Library, out_dir: Path, console: Console) -> dict:
+def demo_use_step(tasks: list[Task], backbone: Backbone, library: Library, out_dir: Path, view: DemoView) -> dict:
     """Using the library: a server answering one request whose texts each name another adapter (one mixed
     forward pass), test-time adaptation of the sst2 adapter to word-dropped sst2 inputs, and the HTML report."""
     import random
@@ -387,7 +375,7 @@ def demo_use_step(tasks: list[Task], backbone: Backbone, library: Library, out_d
         answer = httpx.post(f"{server.url}/v1/classify", json=body, timeout=60).json()
     served = [(t.name, r["label"], t.split("test")[0].label) for t, r in zip(picks, answer["results"], strict=True)]
     for name, label, gold in served:
-        console.print(f"  served {name}-lora: {label!r} (gold {gold!r})")
+        view.say(f"  served {name}-lora: {label!r} (gold {gold!r})")
     sst2 = next(t for t in tasks if t.name == "sst2")
     dropped = sst2.with_splits(
         test=[
@@ -398,12 +386,12 @@ def demo_use_step(tasks: list[Task], backbone: Backbone, library: Library, out_d
         ]
     )
     tta = tta_on_task(dropped, library, "sst2-lora", method="tent", limit=100, backbone=backbone)
-    console.print(
+    view.say(
         f"  tent on sst2 with 30% of words dropped: {tta.before.accuracy:.3f} -> {tta.after.accuracy:.3f} "
         f"(n={tta.before.n})"
     )
     report = write_report(ReportConfig(library=library.root, out=out_dir / "report.html"))
-    console.print(f"  report of the library: {report.path} ({report.adapters} adapters, opens offline)")
+    view.say(f"  report of the library: {report.path} ({report.adapters} adapters, opens offline)")
     return {
         "served": [{"adapter": f"{n}-lora", "label": label, "gold": gold} for n, label, gold in served],
         "tta": {"method": "tent", "before": tta.before.accuracy, "after": tta.after.accuracy, "n": tta.before.n},
@@ -451,16 +439,13 @@ def estimated_seconds(tasks: list[Task], backbone: Backbone, sizes: LlmDemoSizes
     return LLM_FIXED_SECONDS + train_tokens / LLM_TRAIN_TOKENS_PER_SECOND + generated / LLM_GENERATED_TOKENS_PER_SECOND
 
 
-def run_llm_demo(
-    out_dir: Path, console: Console | None = None, model: str = "smollm2", sizes: LlmDemoSizes | None = None
-) -> Path:
+def run_llm_demo(out_dir: Path, view: DemoView, model: str = "smollm2", sizes: LlmDemoSizes | None = None) -> Path:
     """SFT of a causal LM (``model``, default the embedded SmolLM2) on :data:`LLM_DEMO_TASKS`: base vs adapter by
     exact match and ROUGE-L on a test sample, the two adapters merged (:data:`LLM_DEMO_MERGE`) and scored on both,
     and greedy answers to a few prompts; writes ``out_dir/summary.json`` and returns its path."""
     from adaptforge.generation import evaluate_generation
     from adaptforge.pipelines.merge import MergeRecipe, merge_into_library
 
-    console = console or Console()
     sizes = sizes or LlmDemoSizes()
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -470,7 +455,7 @@ def run_llm_demo(
         raise AdaptforgeError(f"the LLM demo needs a causal LM; {backbone.name} is an encoder")
     library = Library(out_dir / "library")
     drop_previous_run(library)  # the merge of an earlier run, made from the adapters this run replaces
-    console.print(
+    view.say(
         f"adaptforge LLM demo: SFT on {', '.join(LLM_DEMO_TASKS)} with {backbone.name} ({backbone.fingerprint[:12]}); "
         f"expected about {estimated_seconds(tasks, backbone, sizes) / 60:.1f} min on 2 idle CPU cores"
     )
@@ -494,7 +479,7 @@ def run_llm_demo(
     deltas: dict[str, LoraDelta] = {}
     for task in tasks:
         base = score(task, None, None, None)
-        trained = train_with_bar(task, backbone, library, cfg, console)
+        trained = train_with_bar(task, backbone, library, cfg, view)
         deltas[task.name], _ = library.load(trained.record.id, expected_fingerprint=backbone.fingerprint)
         tuned = score(task, deltas[task.name], trained.record.name, trained.record.id)
         rows[task.name] = {
@@ -504,7 +489,7 @@ def run_llm_demo(
             "base": base.to_json(),
             "adapter": tuned.to_json(),
         }
-        console.print(
+        view.say(
             f"  {task.name}: exact match {base.exact_match:.3f} -> {tuned.exact_match:.3f}, ROUGE-L "
             f"{base.rouge_l:.3f} -> {tuned.rouge_l:.3f} ({trained.result.seconds:.0f}s training)"
         )
@@ -517,8 +502,8 @@ def run_llm_demo(
     merged_delta, _ = library.load(merged.record.id, expected_fingerprint=backbone.fingerprint)
     for task in tasks:
         rows[task.name]["merged"] = score(task, merged_delta, merged.record.name, merged.record.id).to_json()
-    console.print(llm_table(rows, sizes.test_limit, method))
-    answers = {task.name: llm_answers(backbone, task, deltas[task.name], sizes, console) for task in tasks}
+    view.show("llm", {"rows": rows, "n": sizes.test_limit, "method": method})
+    answers = {task.name: llm_answers(backbone, task, deltas[task.name], sizes, view) for task in tasks}
     summary = {
         "model": backbone.name,
         "fingerprint": backbone.fingerprint,
@@ -534,18 +519,8 @@ def run_llm_demo(
     return path
 
 
-def llm_table(rows: dict[str, dict], n: int, method: str) -> Table:
-    table = Table(title=f"test exact match / ROUGE-L (n={n} per task): base vs adapter vs {method} merge")
-    for col in ("task", "base", "adapter", "merged"):
-        table.add_column(col, justify="left" if col == "task" else "right")
-    for name, row in rows.items():
-        cells = [f"{row[k]['exact_match']:.3f} / {row[k]['rouge_l']:.3f}" for k in ("base", "adapter", "merged")]
-        table.add_row(name, *cells)
-    return table
-
-
 def llm_answers(
-    backbone: Backbone, task: Task, delta: LoraDelta, sizes: LlmDemoSizes, console: Console
+    backbone: Backbone, task: Task, delta: LoraDelta, sizes: LlmDemoSizes, view: DemoView
 ) -> list[dict[str, str]]:
     """Greedy answers of the base and of the task's adapter to the first ``sizes.examples`` test prompts, printed."""
     from adaptforge.generation import context_length, encode_prompts, generate
@@ -566,7 +541,7 @@ def llm_answers(
             "base": answers["base"][i],
             "adapter": answers["adapter"][i],
         }
-        console.print(
+        view.say(
             f"  {task.name}-lora  {example.text!r} -> {row['adapter']!r} (gold {example.label!r}; base {row['base']!r})"
         )
         rows.append(row)
