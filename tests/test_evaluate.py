@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import MINILM_ATTENTION, random_delta, small_task
+from helpers import MINILM_ATTENTION, random_delta, small_task
 
 from adaptforge.core import AdaptforgeError
 from adaptforge.evaluate import (

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import refused, run_cli, snapshot, task_dir
+from helpers import refused, run_cli, snapshot, task_dir
 
 from adaptforge.library import Library
 
@@ -268,7 +268,7 @@ def test_a_full_disk_names_free_space_not_rebuild(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from conftest import random_delta
+    from helpers import random_delta
 
     lib = Library(tmp_path / "lib")
     lib.add(random_delta(["encoder.layer.0.attention.self.query"]), name="x", base_model="m", base_fingerprint="fp")

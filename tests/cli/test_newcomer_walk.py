@@ -7,7 +7,7 @@ import json
 import re
 
 import pytest
-from conftest import library_copy, refused, run_cli, small_task
+from helpers import library_copy, refused, run_cli, small_task
 
 from adaptforge.library import Library
 from adaptforge.tasks import write_task
@@ -262,7 +262,7 @@ def test_a_composed_adapter_below_zero_shot_is_flagged_and_the_generator_method_
     """The only candidate is a scrambling adapter (large random factors) stored as a task adapter: composing from it
     scores below zero-shot, and compose says so after its evaluation. A generated adapter records its generator's
     method (``span``) as its method, under the kind ``generate``."""
-    from conftest import MINILM_ATTENTION, random_delta
+    from helpers import MINILM_ATTENTION, random_delta
 
     from adaptforge.scorers import describe, make_scorer
 
@@ -289,7 +289,7 @@ def test_a_composed_adapter_below_zero_shot_is_flagged_and_the_generator_method_
 
 
 def test_the_report_names_a_model_folder_base_by_its_folder(minilm, tmp_path):
-    from conftest import minilm_delta
+    from helpers import minilm_delta
 
     lib = Library(tmp_path / "lib")
     folder = str((tmp_path / "models" / "pruned-sst2").resolve())

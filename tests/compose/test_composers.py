@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from conftest import small_task
+from helpers import small_task
 
 from adaptforge.adapters import read_adapter, write_adapter
 from adaptforge.compose import (

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli, small_task
+from helpers import run_cli, small_task
 
 from adaptforge.core import AdaptforgeError
 from adaptforge.generate.condition import demonstration_ids, task_vector

@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from conftest import small_task
+from helpers import small_task
 
 from adaptforge.core import AdaptforgeError, LoraDelta, LoraModule
 from adaptforge.evaluate import evaluate, logits_of, predict_logits

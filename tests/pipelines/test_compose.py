@@ -10,8 +10,8 @@ import json
 
 import pytest
 import torch
-from conftest import library_copy, small_task
-from conftest import run_cli as run
+from helpers import library_copy, small_task
+from helpers import run_cli as run
 
 from adaptforge.core import AdaptforgeError
 from adaptforge.evaluate import evaluate

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import reverse_task, run_cli, snapshot
+from helpers import reverse_task, run_cli, snapshot
 
 
 @pytest.fixture(scope="module")

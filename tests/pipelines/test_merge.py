@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import LIBRARY_TASKS, library_copy, small_task
-from conftest import run_cli as run
+from helpers import LIBRARY_TASKS, library_copy, small_task
+from helpers import run_cli as run
 
 from adaptforge.core import LoraDelta, LoraModule
 from adaptforge.library import Library
@@ -354,7 +354,7 @@ def test_a_lossy_refactoring_is_reported_with_its_unit_and_a_warning(lib):
 def test_dense_out_on_a_pruned_base_keeps_its_zeros_unless_asked(tiny_llama, tmp_path):
     """Folding an adapter into a Wanda/magnitude-pruned base: the zeros stay zero by default, and the report
     says how much sparsity a plain W + dW would have lost (a dense dW fills nearly every zero)."""
-    from conftest import random_delta
+    from helpers import random_delta
 
     from adaptforge.adapters import write_adapter
     from adaptforge.backbone import Backbone

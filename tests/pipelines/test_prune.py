@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli, small_task
+from helpers import run_cli, small_task
 
 from adaptforge.backbone import Backbone
 from adaptforge.core import AdaptforgeError
@@ -112,7 +112,7 @@ def test_an_existing_output_folder_is_never_overwritten(tiny_llama, tmp_path):
 
 def test_an_output_inside_a_library_is_refused_through_the_cli(tiny_llama_dir, tmp_path):
     """verify and gc never look at a model folder under LIB/adapters: prune refuses to write one there."""
-    from conftest import snapshot
+    from helpers import snapshot
 
     from adaptforge.library import Library
 

@@ -11,8 +11,8 @@ import json
 import re
 
 import pytest
-from conftest import library_copy, random_delta, small_task, snapshot
-from conftest import run_cli as run
+from helpers import library_copy, random_delta, small_task, snapshot
+from helpers import run_cli as run
 
 from adaptforge.library import Library
 from adaptforge.pipelines.tta import tta_on_task

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from conftest import library_copy, listening_url, random_delta, run_cli
+from helpers import library_copy, listening_url, random_delta, run_cli
 
 from adaptforge.core import AdaptforgeError
 from adaptforge.evaluate import logits_of

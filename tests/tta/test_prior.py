@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import small_task
+from helpers import small_task
 
 from adaptforge.core import AdaptforgeError
 from adaptforge.scorers import make_scorer
