@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import LIBRARY_TASKS, minilm_delta, small_task, tiny_tokenizer
+from helpers import LIBRARY_TASKS, library_copy, minilm_delta, small_task, tiny_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -117,7 +117,7 @@ def tiny_gpt2_dir(tmp_path_factory) -> Path:
 def trained_library(tmp_path_factory, minilm):
     """The one trained library the pipeline tests share: a small LoRA per task of :data:`LIBRARY_TASKS`
     (``<task>-a``) plus a second sst2 adapter of another seed (``sst2-b``), and the tasks as folders.
-    Read-only: tests that write take a copy (:func:`library_copy`)."""
+    Read-only: tests that write take a copy (:func:`trained_copy`, or :func:`helpers.library_copy`)."""
     from adaptforge.library import Library
     from adaptforge.pipelines.train import train_into_library
     from adaptforge.tasks import write_task
@@ -133,6 +133,31 @@ def trained_library(tmp_path_factory, minilm):
             cfg = TrainConfig(max_train=32, epochs=1, batch_size=16, rank=4, targets=("query", "value"), seed=seed)
             train_into_library(task, minilm, lib, f"{name}-{suffix}", cfg, eval_splits=())
     return lib, dirs
+
+
+@pytest.fixture()
+def trained_copy(trained_library, tmp_path: Path):
+    """A private, writable copy of :func:`trained_library` for one test."""
+    return library_copy(trained_library, tmp_path / "lib")
+
+
+@pytest.fixture(scope="module")
+def minilm_scorer(minilm):
+    """The encoder scorer over the shared MiniLM, one per module."""
+    from adaptforge.scorers import make_scorer
+
+    return make_scorer(minilm)
+
+
+@pytest.fixture()
+def no_model_load(monkeypatch):
+    """Loading a base model fails the test: what it checks is refused from the library and the files alone."""
+    from adaptforge.backbone import Backbone
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the base model was loaded before the refusal")
+
+    monkeypatch.setattr(Backbone, "load", classmethod(refuse))
 
 
 @pytest.fixture(scope="session")

