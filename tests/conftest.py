@@ -1,5 +1,6 @@
 """Fixtures and hooks only (the builders the modules share are in ``helpers.py``): the real embedded backbone, a
-tiny random LLaMA and GPT-2 saved as HF folders, libraries to work on, a Ray cluster and one torch thread."""
+tiny random LLaMA and GPT-2 saved as HF folders, libraries to work on, a Ray cluster, one torch thread, and the
+guards that fail a test or module leaving a forward hook on a shared model."""
 
 from __future__ import annotations
 
@@ -7,13 +8,40 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import LIBRARY_TASKS, library_copy, minilm_delta, small_task, tiny_tokenizer
+from helpers import (
+    LIBRARY_TASKS,
+    SERVE_HOOKS,
+    assert_no_hook_left,
+    forward_hooks,
+    library_copy,
+    minilm_delta,
+    small_task,
+    tiny_tokenizer,
+    watched,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if os.environ.get("PYTEST_XDIST_WORKER"):  # execnet gives its workers COLUMNS=80; the CLI tests read a pipe's width
     for name in ("COLUMNS", "LINES"):
         os.environ.pop(name, None)
+
+
+@pytest.fixture(autouse=True)
+def no_hook_left_by_a_test(request):
+    """A forward hook left on a shared model changes every later test's numbers: the test that left it fails.
+    A running server's own hooks are the module guard's to check (its worker may hold them between tests)."""
+    before = forward_hooks(request.config, ignore=(SERVE_HOOKS,))
+    yield
+    assert_no_hook_left(request.config, before, request.node.nodeid, ignore=(SERVE_HOOKS,))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_hook_left_by_a_module(request):
+    """The same over a whole module, after its module-scoped fixtures (servers included) are torn down."""
+    before = forward_hooks(request.config)
+    yield
+    assert_no_hook_left(request.config, before, f"{request.node.nodeid} (its module-scoped fixtures)")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -51,10 +79,10 @@ def library(minilm, tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def minilm():
+def minilm(request):
     from adaptforge.backbone import Backbone
 
-    return Backbone.load()
+    return watched(request.config, "minilm", Backbone.load())
 
 
 @pytest.fixture(scope="session")
@@ -84,10 +112,10 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_llama(tiny_llama_dir):
+def tiny_llama(request, tiny_llama_dir):
     from adaptforge.backbone import Backbone
 
-    return Backbone.load(str(tiny_llama_dir))
+    return watched(request.config, "tiny_llama", Backbone.load(str(tiny_llama_dir)))
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """Builders and checks shared by the test modules (fixtures and hooks live in ``conftest.py``): LoRA deltas of any
 shape, small real tasks, the in-process CLI, a snapshot of everything a command could change in a library, a tiny
-tokenizer for the random causal LMs and catalog records built by hand."""
+tokenizer for the random causal LMs, catalog records built by hand, and the forward hooks on the shared models."""
 
 from __future__ import annotations
 
@@ -190,6 +190,41 @@ def tiny_tokenizer(folder: Path):
     fast.chat_template = TINY_CHAT_TEMPLATE  # generation tasks build prompts with the model's chat template
     fast.save_pretrained(folder)
     return fast
+
+
+# Forward hooks left on the session's shared models (the guards are conftest's autouse fixtures).
+
+WATCHED_MODELS = pytest.StashKey[dict]()  # name -> a session-scoped backbone the hook guards watch
+TRANSFORMERS_RECORDERS = "transformers.utils.output_capturing"  # installed once, inert unless outputs are asked for
+SERVE_HOOKS = "adaptforge.serve"  # a server fixture's worker thread may hold them between two of its module's tests
+
+
+def watched(config: pytest.Config, name: str, backbone):
+    """Register a session backbone with the hook guards and return it."""
+    config.stash.setdefault(WATCHED_MODELS, {})[name] = backbone
+    return backbone
+
+
+def forward_hooks(config: pytest.Config, ignore: tuple[str, ...] = ()) -> dict[str, set[tuple[str, str, int]]]:
+    """(module, kind, handle id) of every forward (pre-)hook on each watched model, but transformers' own output
+    recorders and hooks whose function lives in a module of ``ignore``."""
+    skip = (TRANSFORMERS_RECORDERS, *ignore)
+    found: dict[str, set[tuple[str, str, int]]] = {}
+    for name, backbone in config.stash.get(WATCHED_MODELS, {}).items():
+        found[name] = {
+            (module_name, kind, key)
+            for module_name, module in backbone.model.named_modules()
+            for kind in ("_forward_hooks", "_forward_pre_hooks")
+            for key, hook in getattr(module, kind).items()
+            if not getattr(hook, "__module__", "").startswith(skip)
+        }
+    return found
+
+
+def assert_no_hook_left(config: pytest.Config, before: dict, who: str, ignore: tuple[str, ...] = ()) -> None:
+    for name, hooks in forward_hooks(config, ignore).items():
+        left = hooks - before.get(name, set())
+        assert not left, f"{who} left forward hooks on the shared {name}: {sorted(left)}"
 
 
 # Catalog records and metric rows built by hand, for report tests that need no model.
