@@ -185,7 +185,7 @@ def test_help_shows_examples_whose_flags_exist(verb):
             assert flag in options, f"{line}: {flag} is not an option of adaptforge {' '.join(command)}"
 
 
-def test_train_refuses_a_stopped_runs_checkpoint_before_loading_the_model(minilm, x, tmp_path):
+def test_train_refuses_a_stopped_runs_checkpoint_before_loading_the_model(minilm, no_model_load, tmp_path):
     from adaptforge.train.config import TrainConfig
     from adaptforge.train.trainer import train
 
@@ -201,7 +201,7 @@ def test_train_refuses_a_stopped_runs_checkpoint_before_loading_the_model(minilm
     refused("train", bad, "-l", lib.root, "--name", "t", contains=("column not found", "--text-col"))
 
 
-def test_icm_without_snapshots_is_refused_before_loading_the_model(trained_copy, x):
+def test_icm_without_snapshots_is_refused_before_loading_the_model(trained_copy, no_model_load):
     refused(
         "generate", "-l", trained_copy.root, "--method", "icm", "--out", "g", "--description", "Is it positive?",
         "--labels", "negative,positive", "--shots", 0,

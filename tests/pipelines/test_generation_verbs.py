@@ -79,7 +79,7 @@ REFUSALS = {
 
 
 @pytest.mark.parametrize("verb", sorted(REFUSALS))
-def test_label_scoring_on_generation_task_is_refused_before_loading(trained, tmp_path, x, verb):
+def test_label_scoring_on_generation_task_is_refused_before_loading(trained, tmp_path, no_model_load, verb):
     folder, lib, model = trained
     args = [str(a).format(task=folder, tmp=tmp_path, lib=lib) for a in REFUSALS[verb]]
     before = snapshot(lib)
@@ -170,7 +170,7 @@ SWEEP_REFUSALS = {
 
 
 @pytest.mark.parametrize("key", sorted(SWEEP_REFUSALS))
-def test_sweep_refuses_generation_tasks_where_it_scores_labels(trained, tmp_path, x, key):
+def test_sweep_refuses_generation_tasks_where_it_scores_labels(trained, tmp_path, no_model_load, key):
     """A sweep stage that scores label sets is refused at planning, naming the key, its line and the task, before
     any model loads or any cell runs."""
     folder, lib, model = trained
