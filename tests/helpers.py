@@ -195,7 +195,6 @@ def tiny_tokenizer(folder: Path):
 # Forward hooks left on the session's shared models (the guards are conftest's autouse fixtures).
 
 WATCHED_MODELS = pytest.StashKey[dict]()  # name -> a session-scoped backbone the hook guards watch
-TRANSFORMERS_RECORDERS = "transformers.utils.output_capturing"  # installed once, inert unless outputs are asked for
 SERVE_HOOKS = "adaptforge.serve"  # a server fixture's worker thread may hold them between two of its module's tests
 
 
@@ -206,9 +205,9 @@ def watched(config: pytest.Config, name: str, backbone):
 
 
 def forward_hooks(config: pytest.Config, ignore: tuple[str, ...] = ()) -> dict[str, set[tuple[str, str, int]]]:
-    """(module, kind, handle id) of every forward (pre-)hook on each watched model, but transformers' own output
-    recorders and hooks whose function lives in a module of ``ignore``."""
-    skip = (TRANSFORMERS_RECORDERS, *ignore)
+    """(module, kind, handle id) of every forward (pre-)hook on each watched model but those whose function lives
+    in a module of ``ignore``. transformers' output recorders count: asking a model for ``output_hidden_states``
+    installs them on every layer for good."""
     found: dict[str, set[tuple[str, str, int]]] = {}
     for name, backbone in config.stash.get(WATCHED_MODELS, {}).items():
         found[name] = {
@@ -216,7 +215,7 @@ def forward_hooks(config: pytest.Config, ignore: tuple[str, ...] = ()) -> dict[s
             for module_name, module in backbone.model.named_modules()
             for kind in ("_forward_hooks", "_forward_pre_hooks")
             for key, hook in getattr(module, kind).items()
-            if not getattr(hook, "__module__", "").startswith(skip)
+            if not (ignore and getattr(hook, "__module__", "").startswith(ignore))
         }
     return found
 
