@@ -1,21 +1,27 @@
-"""Shared fixtures and builders: the real embedded backbone, a tiny random LLaMA saved as an HF folder, small
-tasks, LoRA deltas of any shape, and a snapshot of everything a command could change in a library."""
+"""Fixtures and hooks only (the builders the modules share are in ``helpers.py``): the real embedded backbone, a
+tiny random LLaMA and GPT-2 saved as HF folders, libraries to work on, a Ray cluster, one torch thread, and the
+guards that fail a test or module leaving a forward hook on a shared model."""
 
 from __future__ import annotations
 
 import os
-import sqlite3
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
+from helpers import (
+    LIBRARY_TASKS,
+    SERVE_HOOKS,
+    assert_no_hook_left,
+    forward_hooks,
+    library_copy,
+    minilm_delta,
+    small_task,
+    tiny_tokenizer,
+    watched,
+)
 
 from adaptforge.library import TaskEntry
 from adaptforge.provenance import read as made_by
-
-if TYPE_CHECKING:
-    from adaptforge.core import LoraDelta
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -23,94 +29,22 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # execnet gives its workers COLUMNS=8
     for name in ("COLUMNS", "LINES"):
         os.environ.pop(name, None)
 
-SHARED_TASKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tasks"
-SHIPPED_TASKS = Path(__file__).resolve().parents[1] / "src" / "adaptforge" / "data" / "tasks"
-MINILM_ATTENTION = [f"encoder.layer.{i}.attention.self.{m}" for i in range(6) for m in ("query", "value")]
+
+@pytest.fixture(autouse=True)
+def no_hook_left_by_a_test(request):
+    """A forward hook left on a shared model changes every later test's numbers: the test that left it fails.
+    A running server's own hooks are the module guard's to check (its worker may hold them between tests)."""
+    before = forward_hooks(request.config, ignore=(SERVE_HOOKS,))
+    yield
+    assert_no_hook_left(request.config, before, request.node.nodeid, ignore=(SERVE_HOOKS,))
 
 
-def random_delta(
-    shapes: Mapping[str, tuple[int, int]] | Sequence[str],
-    rank: int | Mapping[str, int] = 4,
-    scale: float | Mapping[str, float] = 2.0,
-    seed: int = 0,
-    std: float = 1.0,
-):
-    """The one test delta builder: module name -> (out, in) (a list of names means MiniLM's 384 x 384
-    projections), per-module or shared rank and scale, Gaussian factors times ``std`` from one seeded generator."""
-    import torch
-
-    from adaptforge.core import LoraDelta, LoraModule
-
-    if not isinstance(shapes, Mapping):
-        shapes = {name: (384, 384) for name in shapes}
-    gen = torch.Generator().manual_seed(seed)
-    modules = {}
-    for name, (out_dim, in_dim) in shapes.items():
-        r = rank[name] if isinstance(rank, Mapping) else rank
-        s = scale[name] if isinstance(scale, Mapping) else scale
-        A = torch.randn(r, in_dim, generator=gen) * std
-        B = torch.randn(out_dim, r, generator=gen) * std
-        modules[name] = LoraModule(A=A, B=B, scale=s)
-    return LoraDelta(modules)
-
-
-def snapshot(root: Path) -> tuple:
-    """Everything a command could have changed in a library: the catalog's rows and every file under it."""
-    rows: tuple = ()
-    catalog = root / "catalog.sqlite"
-    if catalog.is_file() and catalog.stat().st_size:
-        conn = sqlite3.connect(catalog)
-        try:
-            rows = tuple(
-                tuple(conn.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall())
-                for t in ("adapters", "lineage", "metrics")
-            )
-        finally:
-            conn.close()
-    files = tuple(
-        sorted(
-            str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and not p.name.startswith("catalog.sqlite")
-        )
-    )
-    return rows, files
-
-
-def task_dir(name: str) -> Path:
-    """A real task folder: the package's shipped copy, else the shared data."""
-    for root in (SHIPPED_TASKS, SHARED_TASKS):
-        if (root / name / "task.json").is_file():
-            return root / name
-    pytest.skip(f"task {name} not available")
-
-
-def small_task(name: str, n_train: int = 64, n_test: int = 64, seed: int = 0):
-    from adaptforge.tasks import load_task
-
-    task = load_task(task_dir(name))
-    return task.with_splits(
-        train=task.sample("train", n_train, seed=seed),
-        dev=task.sample("dev" if "dev" in task.splits else "test", n_test, seed=seed),
-        test=task.sample("test", n_test, seed=seed),
-    )
-
-
-WORDS = ["good", "bad", "film", "movie", "great", "story", "the", "a", "actors", "plot", "fun", "long"]
-
-
-def reverse_task(n_train: int = 24, n_test: int = 6):
-    """Say the two words in reverse order: a generation task the tiny model can learn a little of."""
-    import torch
-
-    from adaptforge.tasks import Example, Task
-
-    gen = torch.Generator().manual_seed(0)
-
-    def example() -> Example:
-        i, j = torch.randint(len(WORDS), (2,), generator=gen).tolist()
-        return Example(f"{WORDS[i]} {WORDS[j]}", f"{WORDS[j]} {WORDS[i]}")
-
-    splits = {"train": [example() for _ in range(n_train)], "test": [example() for _ in range(n_test)]}
-    return Task("reverse2", "Reverse the two words.", (), splits, task_type="generation")
+@pytest.fixture(scope="module", autouse=True)
+def no_hook_left_by_a_module(request):
+    """The same over a whole module, after its module-scoped fixtures (servers included) are torn down."""
+    before = forward_hooks(request.config)
+    yield
+    assert_no_hook_left(request.config, before, f"{request.node.nodeid} (its module-scoped fixtures)")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -124,34 +58,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def listening_url(proc) -> str:
-    """The ``http://127.0.0.1:PORT`` a started ``adaptforge serve`` process says it listens on (stderr)."""
-    import re
-
-    for line in proc.stderr:
-        found = re.search(r"(http://127\.0\.0\.1:\d+)", line)
-        if found:
-            return found.group(1)
-    raise AssertionError("the server never said where it listens")
-
-
-def run_cli(*args: object, ok: bool = True):
-    """Invoke the real ``adaptforge`` CLI in-process (arguments stringified); ``ok`` asserts exit code 0."""
-    from typer.testing import CliRunner
-
-    from adaptforge.cli import app
-
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, result.output + repr(result.exception)
-    return result
-
-
-def minilm_delta(seed: int, rank: int = 8, modules: Sequence[str] = MINILM_ATTENTION) -> LoraDelta:
-    """A LoRA delta that fits the embedded MiniLM (384 x 384 attention projections), small but not zero."""
-    return random_delta(modules, rank=rank, scale=2.0, seed=seed, std=0.01)
 
 
 @pytest.fixture()
@@ -174,57 +80,11 @@ def library(minilm, tmp_path: Path) -> Path:
     return root
 
 
-def refused(*args: object, contains: str | tuple[str, ...] = ()) -> str:
-    """Run the CLI; it must refuse with exit 2 and a one-line error (no traceback) holding ``contains`` (matched
-    with runs of whitespace as one space: the console wraps long lines)."""
-    result = run_cli(*args, ok=False)
-    assert result.exit_code == 2, result.output + repr(result.exception)
-    assert "Traceback" not in result.output
-    flat = " ".join(result.output.split())
-    for text in (contains,) if isinstance(contains, str) else contains:
-        assert " ".join(text.split()) in flat, result.output
-    return result.output
-
-
 @pytest.fixture(scope="session")
-def minilm():
+def minilm(request):
     from adaptforge.backbone import Backbone
 
-    return Backbone.load()
-
-
-TINY_CHAT_TEMPLATE = (
-    "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
-    "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
-)
-
-
-def _tiny_tokenizer(folder: Path):
-    """A byte-level BPE trained in memory on real task text: no download, a real HF fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from adaptforge.tasks import load_task
-
-    texts = []
-    for name in ("sst2", "agnews", "trec_question_type"):
-        task = load_task(task_dir(name))
-        texts += [e.text for e in task.split("train")[:300]] + [task.description, " ".join(task.labels)]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600,
-        special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(texts, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
-    )
-    fast.chat_template = TINY_CHAT_TEMPLATE  # generation tasks build prompts with the model's chat template
-    fast.save_pretrained(folder)
-    return fast
+    return watched(request.config, "minilm", Backbone.load())
 
 
 @pytest.fixture(scope="session")
@@ -234,7 +94,7 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     folder = tmp_path_factory.mktemp("tiny-llama")
-    tok = _tiny_tokenizer(folder)
+    tok = tiny_tokenizer(folder)
     config = LlamaConfig(
         vocab_size=len(tok),
         hidden_size=64,
@@ -254,10 +114,10 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_llama(tiny_llama_dir):
+def tiny_llama(request, tiny_llama_dir):
     from adaptforge.backbone import Backbone
 
-    return Backbone.load(str(tiny_llama_dir))
+    return watched(request.config, "tiny_llama", Backbone.load(str(tiny_llama_dir)))
 
 
 @pytest.fixture(scope="session")
@@ -267,7 +127,7 @@ def tiny_gpt2_dir(tmp_path_factory) -> Path:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     folder = tmp_path_factory.mktemp("tiny-gpt2")
-    tok = _tiny_tokenizer(folder)
+    tok = tiny_tokenizer(folder)
     config = GPT2Config(
         vocab_size=len(tok),
         n_embd=64,
@@ -283,14 +143,11 @@ def tiny_gpt2_dir(tmp_path_factory) -> Path:
     return folder
 
 
-LIBRARY_TASKS = ("sst2", "subjectivity", "agnews")
-
-
 @pytest.fixture(scope="session")
 def trained_library(tmp_path_factory, minilm):
     """The one trained library the pipeline tests share: a small LoRA per task of :data:`LIBRARY_TASKS`
     (``<task>-a``) plus a second sst2 adapter of another seed (``sst2-b``), and the tasks as folders.
-    Read-only: tests that write take a copy (:func:`library_copy`)."""
+    Read-only: tests that write take a copy (:func:`trained_copy`, or :func:`helpers.library_copy`)."""
     from adaptforge.library import Library
     from adaptforge.pipelines.train import train_into_library
     from adaptforge.tasks import write_task
@@ -308,14 +165,29 @@ def trained_library(tmp_path_factory, minilm):
     return lib, dirs
 
 
-def library_copy(trained, dest: Path):
-    """A private, writable copy of the shared trained library."""
-    import shutil
+@pytest.fixture()
+def trained_copy(trained_library, tmp_path: Path):
+    """A private, writable copy of :func:`trained_library` for one test."""
+    return library_copy(trained_library, tmp_path / "lib")
 
-    from adaptforge.library import Library
 
-    shutil.copytree(trained[0].root, dest)
-    return Library(dest)
+@pytest.fixture(scope="module")
+def minilm_scorer(minilm):
+    """The encoder scorer over the shared MiniLM, one per module."""
+    from adaptforge.scorers import make_scorer
+
+    return make_scorer(minilm)
+
+
+@pytest.fixture()
+def no_model_load(monkeypatch):
+    """Loading a base model fails the test: what it checks is refused from the library and the files alone."""
+    from adaptforge.backbone import Backbone
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the base model was loaded before the refusal")
+
+    monkeypatch.setattr(Backbone, "load", classmethod(refuse))
 
 
 @pytest.fixture(scope="session")

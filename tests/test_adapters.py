@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import random_delta, small_task
+from helpers import random_delta, small_task
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from adaptforge.adapters import AdapterFormatError, IncompatibleAdapterError, read_adapter, write_adapter

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from conftest import random_delta, task_dir
-from conftest import run_cli as run
+from helpers import random_delta, task_dir
+from helpers import run_cli as run
 
 from adaptforge.adapters import matches_target, write_adapter
 

@@ -6,7 +6,7 @@ import io
 import json
 
 import pytest
-from conftest import random_delta
+from helpers import random_delta
 from rich.console import Console
 
 from adaptforge.cli.demo import RichView
@@ -64,7 +64,7 @@ def test_llm_demo_on_a_tiny_llama_through_the_cli(tmp_path, tiny_llama_dir, one_
     """``adaptforge demo --model <causal LM>``: SFT on the two shipped generation tasks, base vs adapter vs merge
     by exact match and ROUGE-L, greedy answers, the summary; every number traced to the library's catalog. A second
     run replaces the first's adapters and merge (the real run is ``make demo-llm``)."""
-    from conftest import run_cli
+    from helpers import run_cli
 
     from adaptforge.pipelines.demo import LLM_DEMO_TASKS
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import random_delta
+from helpers import random_delta
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import MINILM_ATTENTION, random_delta, small_task
+from helpers import MINILM_ATTENTION, random_delta, small_task
 
 from adaptforge.core import AdaptforgeError
 from adaptforge.evaluate import (
@@ -184,7 +184,7 @@ def test_check_request_refuses_a_limit_that_is_not_a_positive_int(limit: object)
 
 
 @pytest.fixture(scope="module")
-def sst2() -> Task:
+def tiny_sst2() -> Task:
     return small_task("sst2", n_train=8, n_test=12)
 
 
@@ -195,52 +195,52 @@ def scorer(minilm):
     minilm.model.eval()
 
 
-def test_predict_logits_returns_the_split_in_order_with_gold_from_labels(scorer, sst2: Task) -> None:
-    logits, gold = predict_logits(scorer, sst2, "test", batch_size=5)
-    examples = sst2.split("test")
-    assert logits.shape == (len(examples), len(sst2.labels))
-    assert gold.dtype == torch.long and gold.tolist() == sst2.label_ids("test")
+def test_predict_logits_returns_the_split_in_order_with_gold_from_labels(scorer, tiny_sst2: Task) -> None:
+    logits, gold = predict_logits(scorer, tiny_sst2, "test", batch_size=5)
+    examples = tiny_sst2.split("test")
+    assert logits.shape == (len(examples), len(tiny_sst2.labels))
+    assert gold.dtype == torch.long and gold.tolist() == tiny_sst2.label_ids("test")
     # batches are sorted by length, yet row i is example i: compare with each example scored alone
-    alone = torch.cat([logits_of(scorer, sst2, [ex]) for ex in examples])
+    alone = torch.cat([logits_of(scorer, tiny_sst2, [ex]) for ex in examples])
     torch.testing.assert_close(logits, alone, rtol=1e-4, atol=1e-3)
     assert len({tuple(row.tolist()) for row in logits}) == len(examples)
 
 
-def test_predict_logits_with_limit_scores_the_seeded_stratified_sample(scorer, sst2: Task) -> None:
-    full, _ = predict_logits(scorer, sst2, "test")
-    logits, gold = predict_logits(scorer, sst2, "test", limit=6)
-    sample = sst2.sample("test", 6, seed=0)
-    assert len(sample) == 6 and set(e.label for e in sample) == set(sst2.labels)
-    assert gold.tolist() == [sst2.labels.index(e.label) for e in sample]
-    positions = [sst2.split("test").index(e) for e in sample]
+def test_predict_logits_with_limit_scores_the_seeded_stratified_sample(scorer, tiny_sst2: Task) -> None:
+    full, _ = predict_logits(scorer, tiny_sst2, "test")
+    logits, gold = predict_logits(scorer, tiny_sst2, "test", limit=6)
+    sample = tiny_sst2.sample("test", 6, seed=0)
+    assert len(sample) == 6 and set(e.label for e in sample) == set(tiny_sst2.labels)
+    assert gold.tolist() == [tiny_sst2.labels.index(e.label) for e in sample]
+    positions = [tiny_sst2.split("test").index(e) for e in sample]
     torch.testing.assert_close(logits, full[positions], rtol=1e-4, atol=1e-3)
 
 
-def test_predict_logits_reports_every_batch(scorer, sst2: Task) -> None:
+def test_predict_logits_reports_every_batch(scorer, tiny_sst2: Task) -> None:
     sizes: list[int] = []
-    predict_logits(scorer, sst2, "test", batch_size=5, on_batch=sizes.append)
-    assert sizes and sum(sizes) == len(sst2.split("test")) and max(sizes) <= 5
+    predict_logits(scorer, tiny_sst2, "test", batch_size=5, on_batch=sizes.append)
+    assert sizes and sum(sizes) == len(tiny_sst2.split("test")) and max(sizes) <= 5
 
 
-def test_scoring_runs_in_eval_mode_and_restores_the_training_flag(scorer, minilm, sst2: Task) -> None:
+def test_scoring_runs_in_eval_mode_and_restores_the_training_flag(scorer, minilm, tiny_sst2: Task) -> None:
     """With the model in training mode (dropout on), two scorings still agree exactly, and it stays in training."""
     minilm.model.train()
-    first, _ = predict_logits(scorer, sst2, "test")
+    first, _ = predict_logits(scorer, tiny_sst2, "test")
     assert minilm.model.training
-    second, _ = predict_logits(scorer, sst2, "test")
+    second, _ = predict_logits(scorer, tiny_sst2, "test")
     assert minilm.model.training
     torch.testing.assert_close(first, second, rtol=0, atol=0)
 
 
-def test_the_training_flag_is_restored_when_the_scorer_raises(scorer, minilm, sst2: Task) -> None:
+def test_the_training_flag_is_restored_when_the_scorer_raises(scorer, minilm, tiny_sst2: Task) -> None:
     """An example whose label the task does not have cannot be encoded: the error leaves the mode as it was."""
     minilm.model.train()
     with pytest.raises((KeyError, AdaptforgeError)):
-        logits_of(scorer, sst2, [Example("a fine film", "not-a-label")])
+        logits_of(scorer, tiny_sst2, [Example("a fine film", "not-a-label")])
     assert minilm.model.training
     minilm.model.eval()
     with pytest.raises((KeyError, AdaptforgeError)):
-        logits_of(scorer, sst2, [Example("a fine film", "not-a-label")])
+        logits_of(scorer, tiny_sst2, [Example("a fine film", "not-a-label")])
     assert not minilm.model.training
 
 
@@ -248,25 +248,27 @@ def weights_of(model: torch.nn.Module) -> Iterator[torch.Tensor]:
     return (p.detach().clone() for p in model.parameters())
 
 
-def test_evaluate_without_delta_is_zero_shot(scorer, minilm, sst2: Task) -> None:
-    logits, gold = predict_logits(scorer, sst2, "test", model=minilm.model)
-    zero_shot = result_from_logits(sst2, "test", None, logits, gold)
-    result = evaluate(scorer, sst2, "test", delta=None)
+def test_evaluate_without_delta_is_zero_shot(scorer, minilm, tiny_sst2: Task) -> None:
+    logits, gold = predict_logits(scorer, tiny_sst2, "test", model=minilm.model)
+    zero_shot = result_from_logits(tiny_sst2, "test", None, logits, gold)
+    result = evaluate(scorer, tiny_sst2, "test", delta=None)
     assert result == zero_shot
-    assert result.n == len(sst2.split("test")) and result.adapter is None and result.task == "sst2"
+    assert result.n == len(tiny_sst2.split("test")) and result.adapter is None and result.task == "sst2"
 
 
-def test_evaluate_with_a_delta_scores_the_changed_model_and_restores_the_weights(scorer, minilm, sst2: Task) -> None:
+def test_evaluate_with_a_delta_scores_the_changed_model_and_restores_the_weights(
+    scorer, minilm, tiny_sst2: Task
+) -> None:
     before = list(weights_of(minilm.model))
-    zero_shot = evaluate(scorer, sst2, "test", limit=8)
+    zero_shot = evaluate(scorer, tiny_sst2, "test", limit=8)
     adapted = evaluate(
-        scorer, sst2, "test", delta=random_delta(MINILM_ATTENTION, rank=8, std=0.1), adapter="random", limit=8
+        scorer, tiny_sst2, "test", delta=random_delta(MINILM_ATTENTION, rank=8, std=0.1), adapter="random", limit=8
     )
     assert adapted.adapter == "random" and adapted.n == 8
     assert adapted.loss != pytest.approx(zero_shot.loss, rel=1e-4)
     for old, new in zip(before, weights_of(minilm.model), strict=True):
         assert torch.equal(old, new)
-    assert evaluate(scorer, sst2, "test", limit=8) == zero_shot
+    assert evaluate(scorer, tiny_sst2, "test", limit=8) == zero_shot
 
 
 def test_perplexity_is_exp_of_the_token_mean_nll_whatever_the_batching(tiny_llama):

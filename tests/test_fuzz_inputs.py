@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from conftest import MINILM_ATTENTION, random_delta, snapshot, task_dir
+from helpers import MINILM_ATTENTION, random_delta, snapshot, task_dir
 from safetensors.torch import load_file, save_file
 
 from adaptforge.adapters import CONFIG_FILE, WEIGHTS_FILE, write_adapter

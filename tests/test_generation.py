@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import WORDS, reverse_task
+from helpers import WORDS, reverse_task
 
 from adaptforge.core import AdaptforgeError
 from adaptforge.generation import (

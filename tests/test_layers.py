@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-from conftest import random_delta, small_task, task_dir
-from conftest import run_cli as run
+from helpers import random_delta, small_task, task_dir
+from helpers import run_cli as run
 
 from adaptforge.adapters import IncompatibleAdapterError, check_compatible, read_adapter
 from adaptforge.backbone import Backbone

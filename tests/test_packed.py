@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import run_cli, small_task
+from helpers import run_cli, small_task
 
 from adaptforge.backbone import Backbone
 from adaptforge.core import AdaptforgeError

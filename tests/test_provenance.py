@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import random_delta
+from helpers import random_delta
 
 from adaptforge.library import KINDS, BaseRef, Library, TaskEntry
 from adaptforge.provenance import (

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import MINILM_ATTENTION, minilm_delta, refused, run_cli, small_task, snapshot, task_dir
+from helpers import MINILM_ATTENTION, minilm_delta, refused, run_cli, small_task, snapshot, task_dir
 from safetensors.torch import load_file, save_file
 
 from adaptforge.adapters import CONFIG_FILE, WEIGHTS_FILE, write_adapter

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import refused, run_cli, snapshot, task_dir
+from helpers import refused, run_cli, snapshot, task_dir
 
 from adaptforge.library import BaseRef, Library
 
@@ -63,7 +63,7 @@ def test_a_diverged_test_time_adaptation_is_an_error(library: Path) -> None:
 
 
 @pytest.fixture()
-def server(library: Path, minilm):
+def library_server(library: Path, minilm):
     from adaptforge.pipelines.serve import build_service, start_in_thread
     from adaptforge.serve import ServeConfig
 
@@ -93,8 +93,8 @@ def post(c: httpx.Client, path: str, body: dict) -> httpx.Response:
     return c.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
 
 
-def test_non_finite_results_and_surrogates_are_422_naming_the_field(server, caplog) -> None:
-    with httpx.Client(base_url=server.url, timeout=120) as c:
+def test_non_finite_results_and_surrogates_are_422_naming_the_field(library_server, caplog) -> None:
+    with httpx.Client(base_url=library_server.url, timeout=120) as c:
         for body, field in NON_FINITE + SURROGATES:
             response = post(c, "/v1/classify", body)
             assert response.status_code == 422, (body, response.text)
@@ -268,7 +268,7 @@ def test_a_full_disk_names_free_space_not_rebuild(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from conftest import random_delta
+    from helpers import random_delta
 
     lib = Library(tmp_path / "lib")
     lib.add(random_delta(["encoder.layer.0.attention.self.query"]), name="x", base=BaseRef("m", "fp"))

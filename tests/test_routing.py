@@ -11,8 +11,7 @@ import sqlite3
 
 import pytest
 import torch
-from conftest import small_task
-from test_reliability import minilm_delta
+from helpers import minilm_delta, small_task
 
 from adaptforge.library import Library
 from adaptforge.lora.factors import fold

@@ -192,8 +192,10 @@ class CausalLMScorer(Scorer):
         ids = [tuple(x) for x in self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]]
         for i in range(0, len(ids), batch_size):
             input_ids, mask = pad(ids[i : i + batch_size], self.tokenizer.pad_token_id)
-            hidden = self.backbone.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True)
-            parts.append(F.normalize(_mean_pool(hidden.hidden_states[-1], mask), dim=-1))
+            # the base model's last hidden state is the LM's hidden_states[-1]; output_hidden_states would make
+            # transformers hook every layer of the shared model for the rest of the process
+            hidden = self.backbone.model.base_model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+            parts.append(F.normalize(_mean_pool(hidden, mask), dim=-1))
         return torch.cat(parts) if parts else torch.empty(0)
 
 

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 
 import pytest
-from conftest import library_copy, run_cli
+from helpers import library_copy, run_cli
 
 from adaptforge.backends import BACKENDS, Worker, WorkerSetup
 from adaptforge.core import AdaptforgeError

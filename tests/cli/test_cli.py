@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import library_copy, task_dir
-from conftest import run_cli as run
+from helpers import library_copy, task_dir
+from helpers import run_cli as run
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,7 @@ def test_help_is_fast_to_load_and_shows_flags_as_flags():
 def test_eval_all_adapters_runs_each_on_its_own_base_and_skips_what_does_not_fit(minilm, tiny_llama, tmp_path):
     """A library holding adapters of two bases: each is evaluated on its own base, and with --model only the
     matching ones are, the others skipped with one line each; the grid never aborts."""
-    from conftest import MINILM_ATTENTION, random_delta
+    from helpers import MINILM_ATTENTION, random_delta
 
     from adaptforge.library import Library
     from adaptforge.pipelines.train import train_into_library

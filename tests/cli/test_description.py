@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_cli as run
-from conftest import small_task, task_dir
+from helpers import run_cli as run
+from helpers import small_task, task_dir
 
 FLAG = "Decide whether the movie review is positive or negative."
 SIDE = "Is the sentiment of this sentence negative or positive?"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import library_copy, listening_url
+from helpers import library_copy, listening_url
 
 SCRIPT = Path(sys.executable).with_name("adaptforge")
 

@@ -7,7 +7,7 @@ import json
 import re
 
 import pytest
-from conftest import library_copy, refused, run_cli, small_task
+from helpers import refused, run_cli, small_task
 
 from adaptforge.library import BaseRef, Library, TaskEntry
 from adaptforge.tasks import write_task
@@ -16,15 +16,10 @@ PROGRESS = re.compile(r"^(?P<what>[^:\n]+: [^:\n]+): (?P<done>\d+)/(?P<total>\d+
 
 
 @pytest.fixture(scope="module")
-def setup(trained_library, tmp_path_factory):
+def walk_setup(trained_library, tmp_path_factory):
     """The shared trained library and movie_review, a task it lacks."""
     new_task = write_task(small_task("movie_review", n_train=24, n_test=16), tmp_path_factory.mktemp("new") / "mr")
     return trained_library, new_task
-
-
-@pytest.fixture
-def lib(setup, tmp_path) -> Library:
-    return library_copy(setup[0], tmp_path / "lib")
 
 
 def progress_lines(stderr: str, what: str) -> list[tuple[int, int]]:
@@ -32,19 +27,19 @@ def progress_lines(stderr: str, what: str) -> list[tuple[int, int]]:
     return [(int(m["done"]), int(m["total"])) for m in PROGRESS.finditer(stderr) if m["what"] == what]
 
 
-def test_long_steps_print_progress_with_rate_and_eta_off_a_terminal(lib, setup, tmp_path):
+def test_long_steps_print_progress_with_rate_and_eta_off_a_terminal(trained_copy, walk_setup, tmp_path):
     """compose (the LoraHub search), generate (the generator's fit) and prune (its layers, its evaluations) print
     done/total, rate and ETA lines on a pipe; ``--progress-every 0`` prints one per step."""
-    task = setup[1]
+    task = walk_setup[1]
     composed = run_cli(
-        "--progress-every", 0, "compose", task, "-l", lib.root, "--shots", 8, "--method", "lorahub",
+        "--progress-every", 0, "compose", task, "-l", trained_copy.root, "--shots", 8, "--method", "lorahub",
         "--candidates", 3, "--param", "budget=5", "--out", "mr", "--limit", 16,
     )  # fmt: skip
     assert progress_lines(composed.stderr, "lorahub search: evaluations") == [(i, 5) for i in range(1, 6)]
     assert progress_lines(composed.stderr, "scoring movie_review: examples")[-1] == (16, 16)
 
     generated = run_cli(
-        "--progress-every", 0, "generate", "-l", lib.root, "--description", "Is this movie review positive?",
+        "--progress-every", 0, "generate", "-l", trained_copy.root, "--description", "Is this movie review positive?",
         "--labels", "negative,positive", "--out", "gen", "--param", "steps=30",
     )  # fmt: skip
     fit = progress_lines(generated.stderr, "generator fit: steps")
@@ -58,23 +53,27 @@ def test_long_steps_print_progress_with_rate_and_eta_off_a_terminal(lib, setup, 
     assert layers == [(i, 36) for i in range(1, 37)]  # MiniLM: 6 blocks x 6 linear layers
 
     # the default throttle (a line per 5 s) keeps a short step quiet: no line at all, not even a final one
-    quiet = run_cli("compose", task, "-l", lib.root, "--shots", 8, "--method", "lorahub", "--candidates", 2,
+    quiet = run_cli("compose", task, "-l", trained_copy.root, "--shots", 8, "--method", "lorahub", "--candidates", 2,
                     "--param", "budget=2", "--out", "mr2", "--no-eval")  # fmt: skip
     assert not PROGRESS.search(quiet.stderr)
 
 
-def test_eval_on_another_model_keeps_the_zero_shot_row_and_fails_when_nothing_could_run(lib, setup, tiny_llama_dir):
+def test_eval_on_another_model_keeps_the_zero_shot_row_and_fails_when_nothing_could_run(
+    trained_copy, walk_setup, tiny_llama_dir
+):
     """An adapter made on MiniLM is skipped on ``--model OTHER``; the zero-shot row asked for still runs there, and
     a request of which nothing could run exits non-zero instead of printing an empty table."""
-    task = setup[1]
-    both = run_cli("eval", task, "-l", lib.root, "-a", "sst2-a", "--zero-shot", "--model", tiny_llama_dir,
+    task = walk_setup[1]
+    both = run_cli("eval", task, "-l", trained_copy.root, "-a", "sst2-a", "--zero-shot", "--model", tiny_llama_dir,
                    "--limit", 8, "--json")  # fmt: skip
     rows = json.loads(both.stdout)
     assert [(r["adapter"], r["n"]) for r in rows["results"]] == [(None, 8)]
     assert len(rows["skipped"]) == 1 and rows["skipped"][0].startswith("sst2-a: made on base")
-    table = run_cli("eval", task, "-l", lib.root, "-a", "sst2-a", "--zero-shot", "--limit", 8).stdout
+    table = run_cli("eval", task, "-l", trained_copy.root, "-a", "sst2-a", "--zero-shot", "--limit", 8).stdout
     assert "movie_review (n=8)" in table  # the examples behind every cell of the column
-    alone = run_cli("eval", task, "-l", lib.root, "-a", "sst2-a", "--model", tiny_llama_dir, "--limit", 8, ok=False)
+    alone = run_cli(
+        "eval", task, "-l", trained_copy.root, "-a", "sst2-a", "--model", tiny_llama_dir, "--limit", 8, ok=False
+    )
     assert alone.exit_code == 2 and "Traceback" not in alone.output
     flat = " ".join(alone.output.split())
     assert "skipped: sst2-a" in flat and "nothing was evaluated" in flat and "--zero-shot" in flat
@@ -104,7 +103,7 @@ def python_blocks(card: str) -> list[str]:
 
 
 def test_an_export_names_the_hub_id_its_card_scores_like_adaptforge_and_import_restores_the_record(
-    lib, setup, minilm, tmp_path, caplog
+    trained_copy, walk_setup, minilm, tmp_path, caplog
 ):
     """The export's config names ``sentence-transformers/all-MiniLM-L6-v2``; the card's two recipes (plain PEFT and
     sentence-transformers' ``load_adapter``), run offline on the local copy, give adaptforge's logits; importing
@@ -116,10 +115,10 @@ def test_an_export_names_the_hub_id_its_card_scores_like_adaptforge_and_import_r
     from adaptforge.scorers import make_scorer
     from adaptforge.tasks import Example, load_task
 
-    sst2 = setup[0][1]["sst2"]
-    run_cli("eval", sst2, "-l", lib.root, "-a", "sst2-a", "--limit", 8)
-    run_cli("merge", "sst2-a", "agnews-a", "-l", lib.root, "--method", "task_arithmetic", "--out", "both")
-    run_cli("library", "export", "sst2-a", "-l", lib.root, "--out", tmp_path / "exported")
+    sst2 = walk_setup[0][1]["sst2"]
+    run_cli("eval", sst2, "-l", trained_copy.root, "-a", "sst2-a", "--limit", 8)
+    run_cli("merge", "sst2-a", "agnews-a", "-l", trained_copy.root, "--method", "task_arithmetic", "--out", "both")
+    run_cli("library", "export", "sst2-a", "-l", trained_copy.root, "--out", tmp_path / "exported")
     folder = tmp_path / "exported"
     config = json.loads((folder / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
@@ -131,7 +130,7 @@ def test_an_export_names_the_hub_id_its_card_scores_like_adaptforge_and_import_r
          namespace)  # fmt: skip
     task = load_task(sst2)
     assert namespace["labels"] == list(task.labels)
-    delta, _ = lib.load("sst2-a")
+    delta, _ = trained_copy.load("sst2-a")
     with minilm.applied(delta) as model:
         ours = logits_of(make_scorer(minilm), task, [Example("an example input", task.labels[0])], model)
     assert torch.allclose(namespace["logits"], ours, atol=1e-4)
@@ -145,18 +144,18 @@ def test_an_export_names_the_hub_id_its_card_scores_like_adaptforge_and_import_r
     again = json.loads(run_cli("library", "show", "again", "-l", other, "--json").stdout)
     assert (again["task"], again["description"]) == ("sst2", task.description)
     assert again["params"]["labels"] == {"sst2": list(task.labels)}
-    original = {(m.task, m.split, m.metric, m.value, m.n) for m in lib.metrics("sst2-a")}
+    original = {(m.task, m.split, m.metric, m.value, m.n) for m in trained_copy.metrics("sst2-a")}
     restored = {(m["task"], m["split"], m["metric"], m["value"], m["n"]) for m in again["metrics"]}
     assert restored == original and ("sst2", "test", "accuracy") in {r[:3] for r in restored}
     assert again["recipe"]["origin"]["method"] == "train" and again["recipe"]["origin"]["name"] == "sst2-a"
-    run_cli("library", "export", "both", "-l", lib.root, "--out", tmp_path / "merged")
+    run_cli("library", "export", "both", "-l", trained_copy.root, "--out", tmp_path / "merged")
     run_cli("library", "import", tmp_path / "merged", "-l", other, "--name", "both")
     both = json.loads(run_cli("library", "show", "both", "-l", other, "--json").stdout)
     assert [p["name"] for p in both["recipe"]["origin"]["lineage"]] == ["sst2-a", "agnews-a"]
     assert "imported from both (merge, task_arithmetic), made from sst2-a, agnews-a" in " ".join(
         run_cli("library", "show", "both", "-l", other).stdout.split()
     )
-    message = refused("library", "rm", "sst2-a", "-l", lib.root, contains=("parent of 'both'", "pass --force"))
+    message = refused("library", "rm", "sst2-a", "-l", trained_copy.root, contains=("parent of 'both'", "pass --force"))
     assert "force=True" not in message
 
 
@@ -186,17 +185,6 @@ def test_help_shows_examples_whose_flags_exist(verb):
             assert flag in options, f"{line}: {flag} is not an option of adaptforge {' '.join(command)}"
 
 
-@pytest.fixture
-def no_model_load(monkeypatch):
-    """Loading a base model fails the test: what is refused here is refused from the library and the files alone."""
-    from adaptforge.backbone import Backbone
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the base model was loaded before the refusal")
-
-    monkeypatch.setattr(Backbone, "load", refuse)
-
-
 def test_train_refuses_a_stopped_runs_checkpoint_before_loading_the_model(minilm, no_model_load, tmp_path):
     from adaptforge.train.config import TrainConfig
     from adaptforge.train.trainer import train
@@ -213,9 +201,9 @@ def test_train_refuses_a_stopped_runs_checkpoint_before_loading_the_model(minilm
     refused("train", bad, "-l", lib.root, "--name", "t", contains=("column not found", "--text-col"))
 
 
-def test_icm_without_snapshots_is_refused_before_loading_the_model(lib, no_model_load):
+def test_icm_without_snapshots_is_refused_before_loading_the_model(trained_copy, no_model_load):
     refused(
-        "generate", "-l", lib.root, "--method", "icm", "--out", "g", "--description", "Is it positive?",
+        "generate", "-l", trained_copy.root, "--method", "icm", "--out", "g", "--description", "Is it positive?",
         "--labels", "negative,positive", "--shots", 0,
         contains=("no task adapter has training snapshots", "--snapshots"),
     )  # fmt: skip
@@ -262,7 +250,7 @@ def test_a_composed_adapter_below_zero_shot_is_flagged_and_the_generator_method_
     """The only candidate is a scrambling adapter (large random factors) stored as a task adapter: composing from it
     scores below zero-shot, and compose says so after its evaluation. A generated adapter records its generator's
     method (``span``) as its method, under the kind ``generate``."""
-    from conftest import MINILM_ATTENTION, random_delta
+    from helpers import MINILM_ATTENTION, random_delta
 
     from adaptforge.scorers import describe, make_scorer
 
@@ -288,7 +276,7 @@ def test_a_composed_adapter_below_zero_shot_is_flagged_and_the_generator_method_
 
 
 def test_the_report_names_a_model_folder_base_by_its_folder(minilm, tmp_path):
-    from conftest import minilm_delta
+    from helpers import minilm_delta
 
     lib = Library(tmp_path / "lib")
     folder = str((tmp_path / "models" / "pruned-sst2").resolve())

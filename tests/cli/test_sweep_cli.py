@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MINILM_ATTENTION, library_copy, random_delta, run_cli
+from helpers import MINILM_ATTENTION, library_copy, random_delta, run_cli
 
 from adaptforge.library import BaseRef, Library
 

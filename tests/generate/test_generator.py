@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import small_task
+from helpers import small_task
 
 from adaptforge.core import AdaptforgeError, LoraDelta, LoraModule
 from adaptforge.evaluate import evaluate

@@ -9,8 +9,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli, small_task
+from helpers import run_cli, small_task
 
+from adaptforge.backbone import Backbone
 from adaptforge.core import AdaptforgeError
 from adaptforge.generate.condition import demonstration_ids, task_vector
 from adaptforge.generate.icm import (
@@ -193,13 +194,14 @@ def test_no_snapshots_in_the_library_is_a_clear_error(trained_library, tmp_path)
     assert "`adaptforge train --snapshots 20` (or use --method span)" in flat(r)
 
 
-def test_causal_path_last_token_task_vector_and_generation(tmp_path, tiny_llama) -> None:
+def test_causal_path_last_token_task_vector_and_generation(tmp_path, tiny_llama, tiny_llama_dir) -> None:
     scorer = make_scorer(tiny_llama)
     task = small_task("sst2", n_train=8, n_test=8)
     demos = task.splits["train"][:2]
     ids = demonstration_ids(scorer, task, demos)
+    reference = Backbone.load(str(tiny_llama_dir)).model  # output_hidden_states hooks a model's layers for good
     with torch.no_grad():
-        out = tiny_llama.model(input_ids=torch.tensor([ids[0]]), output_hidden_states=True)
+        out = reference(input_ids=torch.tensor([ids[0]]), output_hidden_states=True)
     assert np.allclose(task_vector(scorer, task, demos[:1]), out.hidden_states[-1][0, -1].numpy(), atol=1e-4)
     lib = snapshot_library(tmp_path / "lib", tiny_llama, ("q_proj", "v_proj"))
     write_task(task, tmp_path / "task")

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import torch
-from conftest import random_delta
+from helpers import random_delta
 
 from adaptforge.generate.storage import TENSORS_FILE, read_generator_files, write_generator_files
 from adaptforge.library import BaseRef, Library

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import random_delta
+from helpers import random_delta
 
 from adaptforge.library import AdapterRecord, BaseRef, Library, TaskEntry, rebuild_catalog
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import minilm_delta, random_delta, small_task
+from helpers import minilm_delta, random_delta, small_task
 
 from adaptforge.batching import make_batch
 from adaptforge.compose.arrow import ArrowRouter

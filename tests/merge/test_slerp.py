@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import random_delta, run_cli
+from helpers import random_delta, run_cli
 
 from adaptforge.core import AdaptforgeError, LoraDelta, LoraModule
 from adaptforge.layers import base_weights

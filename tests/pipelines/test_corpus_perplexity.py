@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from conftest import run_cli
+from helpers import run_cli
 
 from adaptforge.backbone import Backbone
 from adaptforge.core import AdaptforgeError

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import reverse_task, run_cli, snapshot
+from helpers import reverse_task, run_cli, snapshot
 
 from adaptforge.library import BaseRef
 
@@ -65,17 +65,6 @@ def test_classification_only_method_on_generation_task_writes_nothing(trained):
     result = run_cli("tta", folder, "--library", lib, "-a", "rev", "--method", "tent", ok=False)
     assert result.exit_code != 0 and "generation task" in result.output
     assert snapshot(lib) == before
-
-
-@pytest.fixture
-def no_model_load(monkeypatch):
-    """Any attempt to load a base model fails the test: the refusals must come first."""
-    from adaptforge.backbone import Backbone
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the base model was loaded before the request was refused")
-
-    monkeypatch.setattr(Backbone, "load", classmethod(refuse))
 
 
 REFUSALS = {

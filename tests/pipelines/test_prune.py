@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli, small_task
+from helpers import run_cli, small_task
 
 from adaptforge.backbone import Backbone
 from adaptforge.core import AdaptforgeError
@@ -17,14 +17,24 @@ from adaptforge.tasks import write_task
 
 
 @pytest.fixture(scope="module")
-def tasks(tmp_path_factory):
+def task_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("prune-tasks")
     return {name: write_task(small_task(name, n_train=32, n_test=24), root / name) for name in ("sst2", "agnews")}
 
 
-def test_wanda_through_the_cli_writes_a_loadable_sparse_model_with_its_record(minilm, tasks, tmp_path):
+def test_wanda_through_the_cli_writes_a_loadable_sparse_model_with_its_record(minilm, task_dirs, tmp_path):
     out = tmp_path / "pruned"
-    args = ["prune", "--method", "wanda", "--sparsity", "0.5", "--domain", tasks["sst2"], "--eval", tasks["agnews"]]
+    args = [
+        "prune",
+        "--method",
+        "wanda",
+        "--sparsity",
+        "0.5",
+        "--domain",
+        task_dirs["sst2"],
+        "--eval",
+        task_dirs["agnews"],
+    ]
     got = json.loads(run_cli(*args, "--calibration-size", "16", "--limit", "16", "--out", out, "--json").stdout)
     assert got["sparsity"] == pytest.approx(0.5, abs=0.01)
     assert set(got["eval"]) == {"sst2", "agnews"} and all(v["retention"] is not None for v in got["eval"].values())
@@ -112,7 +122,7 @@ def test_an_existing_output_folder_is_never_overwritten(tiny_llama, tmp_path):
 
 def test_an_output_inside_a_library_is_refused_through_the_cli(tiny_llama_dir, tmp_path):
     """verify and gc never look at a model folder under LIB/adapters: prune refuses to write one there."""
-    from conftest import snapshot
+    from helpers import snapshot
 
     from adaptforge.library import Library
 
@@ -126,14 +136,14 @@ def test_an_output_inside_a_library_is_refused_through_the_cli(tiny_llama_dir, t
     assert snapshot(lib.root) == before and not (lib.root / "adapters" / "pruned").exists()
 
 
-def test_a_causal_lm_reports_held_out_perplexity_before_and_after(tiny_llama, tiny_llama_dir, tasks, tmp_path):
+def test_a_causal_lm_reports_held_out_perplexity_before_and_after(tiny_llama, tiny_llama_dir, task_dirs, tmp_path):
     """General = the shipped open-domain texts calibration did not read; domain = the evaluated split."""
     from adaptforge.evaluate import perplexity
     from adaptforge.prune.calibration import CalibrationText, shipped_general_path
     from adaptforge.tasks import load_task, read_texts
 
     out = tmp_path / "pruned"
-    args = ["prune", "--method", "wanda", "--sparsity", "0.5", "--domain", tasks["sst2"], "--model", tiny_llama_dir]
+    args = ["prune", "--method", "wanda", "--sparsity", "0.5", "--domain", task_dirs["sst2"], "--model", tiny_llama_dir]
     got = json.loads(run_cli(*args, "--calibration-size", "16", "--limit", "8", "--out", out, "--json").stdout)
     ppl = got["perplexity"]
     assert set(ppl) == {"general", "domain"}
@@ -141,7 +151,7 @@ def test_a_causal_lm_reports_held_out_perplexity_before_and_after(tiny_llama, ti
     pruned = Backbone.load(str(out))
     general = read_texts(shipped_general_path())[:: 256 // 8][:8]  # wanda calibrates on domain text only
     assert ppl["general"]["sha256"] == CalibrationText(tuple(general), "").sha256
-    domain = [e.text for e in load_task(tasks["sst2"]).sample("dev", 8, seed=0)]
+    domain = [e.text for e in load_task(task_dirs["sst2"]).sample("dev", 8, seed=0)]
     for key, texts in (("general", general), ("domain", domain)):
         dense_value = perplexity(tiny_llama.model, tiny_llama.tokenizer, texts).value
         pruned_value = perplexity(pruned.model, pruned.tokenizer, texts).value
@@ -157,7 +167,7 @@ def test_a_causal_lm_reports_held_out_perplexity_before_and_after(tiny_llama, ti
     )
 
 
-def test_an_encoder_prune_reports_no_perplexity(minilm, tasks, tmp_path):
+def test_an_encoder_prune_reports_no_perplexity(minilm, task_dirs, tmp_path):
     outcome = prune_model(
         "magnitude", small_task("sst2", n_train=8, n_test=8), tmp_path / "p", backbone=minilm, limit=4
     )

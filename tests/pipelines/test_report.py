@@ -18,8 +18,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest import library_copy, small_task, snapshot
-from conftest import run_cli as run
+from helpers import library_copy, small_task, snapshot
+from helpers import run_cli as run
 
 from adaptforge.evaluate import cvar
 from adaptforge.library import Library

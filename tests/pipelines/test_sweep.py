@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import MINILM_ATTENTION, library_copy, random_delta, task_dir
+from helpers import MINILM_ATTENTION, library_copy, random_delta, task_dir
 
 from adaptforge.backends import BACKENDS
 from adaptforge.library import BaseRef

@@ -11,8 +11,8 @@ import json
 import re
 
 import pytest
-from conftest import library_copy, random_delta, small_task, snapshot
-from conftest import run_cli as run
+from helpers import library_copy, random_delta, small_task, snapshot
+from helpers import run_cli as run
 
 from adaptforge.library import BaseRef, Library, TaskEntry
 from adaptforge.pipelines.tta import tta_on_task
@@ -32,22 +32,17 @@ QUICK: dict[str, dict] = {
 
 
 @pytest.fixture(scope="module")
-def setup(trained_library, tmp_path_factory):
+def tta_setup(trained_library, tmp_path_factory):
     """A module-private copy of the shared library (tests here that write take their own) and movie_review."""
     root = tmp_path_factory.mktemp("tta")
     task = small_task("movie_review", n_train=8, n_test=8)
     return library_copy(trained_library, root / "lib"), task, write_task(task, root / "mr"), trained_library[1]
 
 
-@pytest.fixture
-def lib(setup, tmp_path) -> Library:
-    return library_copy((setup[0], None), tmp_path / "lib")
-
-
-def test_cli_reports_before_and_after_on_the_same_inputs_with_cost_and_resets(lib, setup):
-    mr = setup[2]
-    before = snapshot(lib.root)
-    args = ["tta", mr, "--library", lib.root, "--adapter", "sst2-a", "--method", "tent"]
+def test_cli_reports_before_and_after_on_the_same_inputs_with_cost_and_resets(trained_copy, tta_setup):
+    mr = tta_setup[2]
+    before = snapshot(trained_copy.root)
+    args = ["tta", mr, "--library", trained_copy.root, "--adapter", "sst2-a", "--method", "tent"]
     got = json.loads(run(*args, "--limit", "6", "--batch-size", "3", "--json").stdout)
     assert got["method"] == "tent" and got["granularity"] == "batch" and got["n"] == 6
     assert got["before"]["n"] == got["after"]["n"] == 6 and got["after"]["adapter"] == "sst2-a+tent"
@@ -55,9 +50,11 @@ def test_cli_reports_before_and_after_on_the_same_inputs_with_cost_and_resets(li
     assert got["resets"] == 0 and got["saved"] is None and got["params"]["steps"] == 1
     table = run(*args, "--limit", "2", "--granularity", "input", "--steps", "2", "--lr", "0.01").stdout
     assert "before" in table and "after" in table and "resets: 0" in table and "input)" in table
-    assert snapshot(lib.root) == before  # without --save nothing is written
+    assert snapshot(trained_copy.root) == before  # without --save nothing is written
     # "before" is the adapter as `adaptforge eval` scores it on the same examples
-    evaluated = json.loads(run("eval", mr, "--library", lib.root, "-a", "sst2-a", "--limit", "6", "--json").stdout)
+    evaluated = json.loads(
+        run("eval", mr, "--library", trained_copy.root, "-a", "sst2-a", "--limit", "6", "--json").stdout
+    )
     assert evaluated["results"][0]["accuracy"] == pytest.approx(got["before"]["accuracy"])
 
 
@@ -69,10 +66,10 @@ GUARDED = {"lr": 0.5, "anchor_agreement": 1.0, "last_blocks": 0}  # a stream tha
     ("method", "extra", "granularity", "batch_size"),
     [(m, {}, None, 4) for m in TTA_METHODS.names()] + [(m, GUARDED, "stream", 2) for m in ("tent", "eata", "sar")],
 )
-def test_the_labels_of_the_adapted_split_are_never_read(setup, minilm, method, extra, granularity, batch_size):
+def test_the_labels_of_the_adapted_split_are_never_read(tta_setup, minilm, method, extra, granularity, batch_size):
     """Same texts with every label flipped, or all replaced by one label: identical adapted predictions (the
     scores differ, so the labels were read, by the scoring only); also with the anchor guard on and firing."""
-    lib, task, _, _ = setup
+    lib, task, _, _ = tta_setup
     examples = sorted(task.split("test"), key=lambda e: len(e.text))[:4]  # the 4 shortest, both labels
     flipped = {label: other for label, other in zip(task.labels, reversed(task.labels), strict=True)}
     variants = [
@@ -101,67 +98,67 @@ def test_the_labels_of_the_adapted_split_are_never_read(setup, minilm, method, e
     assert outcomes[0].before.loss != pytest.approx(outcomes[1].before.loss)
 
 
-def test_save_stores_the_stream_adapter_with_lineage(lib, setup):
-    mr = setup[2]
-    args = ["tta", mr, "--library", lib.root, "--adapter", "sst2-a", "--method", "tent", "--batch-size", "4"]
+def test_save_stores_the_stream_adapter_with_lineage(trained_copy, tta_setup):
+    mr = tta_setup[2]
+    args = ["tta", mr, "--library", trained_copy.root, "--adapter", "sst2-a", "--method", "tent", "--batch-size", "4"]
     got = json.loads(
         run(*args, "--granularity", "stream", "--param", "update=lora", "--save", "mr-tent", "--json").stdout
     )
-    record = lib.get("mr-tent")
+    record = trained_copy.get("mr-tent")
     assert got["saved"] == {"name": "mr-tent", "id": record.id}
     assert record.kind == "tta" and record.method == "tent" and record.task == "movie_review"
     assert not record.is_task_adapter and record.embedding is not None
-    assert [p.name for p in lib.lineage("mr-tent")] == ["sst2-a"]
+    assert [p.name for p in trained_copy.lineage("mr-tent")] == ["sst2-a"]
     recipe = record.recipe
     assert recipe["granularity"] == "stream" and recipe["parent"]["name"] == "sst2-a" and recipe["n"] == 8
     assert recipe["params"]["update"] == "lora" and recipe["metrics"]["after"]["accuracy"] == got["after"]["accuracy"]
     assert record.params["labels"] == {"movie_review": ["negative", "positive"]}
-    parent, _ = lib.load("sst2-a")
-    saved, _ = lib.load("mr-tent")
+    parent, _ = trained_copy.load("sst2-a")
+    saved, _ = trained_copy.load("mr-tent")
     assert saved.targets == parent.targets and saved.ranks == parent.ranks
     # the stored adapter evaluates like any other
-    run("eval", mr, "--library", lib.root, "-a", "mr-tent", "--json")
+    run("eval", mr, "--library", trained_copy.root, "-a", "mr-tent", "--json")
 
 
-def test_atlas_unsup_saves_its_fold_with_the_candidates_as_parents(lib, setup, minilm):
+def test_atlas_unsup_saves_its_fold_with_the_candidates_as_parents(trained_copy, tta_setup, minilm):
     outcome = tta_on_task(
-        setup[1], lib, "sst2-a", method="atlas-unsup", params={"steps": 1, "candidates": 2},
+        tta_setup[1], trained_copy, "sst2-a", method="atlas-unsup", params={"steps": 1, "candidates": 2},
         granularity="stream", batch_size=4, save="mr-atlas", backbone=minilm,
     )  # fmt: skip
     assert len(outcome.candidates) == 2 and "sst2-a" not in outcome.candidates
-    parents = [p.name for p in lib.lineage("mr-atlas")]
+    parents = [p.name for p in trained_copy.lineage("mr-atlas")]
     assert parents == ["sst2-a", *outcome.candidates]
-    assert lib.get("mr-atlas").rank == 12  # three rank-4 adapters, concatenated exactly
+    assert trained_copy.get("mr-atlas").rank == 12  # three rank-4 adapters, concatenated exactly
 
 
-def test_ttt_nn_defaults_to_the_library_tasks_training_pools(setup, minilm):
+def test_ttt_nn_defaults_to_the_library_tasks_training_pools(tta_setup, minilm):
     outcome = tta_on_task(
-        setup[1], setup[0], "sst2-a", method="ttt-nn", params=QUICK["ttt-nn"], limit=2, backbone=minilm
+        tta_setup[1], tta_setup[0], "sst2-a", method="ttt-nn", params=QUICK["ttt-nn"], limit=2, backbone=minilm
     )
     assert outcome.pool == ["agnews", "sst2", "subjectivity"]  # the library's tasks, shipped with the package
     assert outcome.granularity == "input" and outcome.run.units == 2
 
 
-def test_em_prior_takes_the_source_prior_from_the_adapters_own_task(setup, minilm, tmp_path):
+def test_em_prior_takes_the_source_prior_from_the_adapters_own_task(tta_setup, minilm, tmp_path):
     """agnews-a on agnews inputs: its train split's prior comes from the package's agnews (or a --pool task of
     that name); sst2-a on movie_review: label names differ, refused unless the prior is uniform."""
-    lib = setup[0]
+    lib = tta_setup[0]
     agnews = small_task("agnews", n_train=8, n_test=8)
     args = ["tta", write_task(agnews, tmp_path / "agnews"), "--library", lib.root, "--adapter", "agnews-a"]
     got = json.loads(run(*args, "--method", "em-prior", "--json").stdout)
     assert got["granularity"] == "batch" and got["n"] == 8 and got["params"]["source_prior"] == "train"
     pooled = tta_on_task(agnews, lib, "agnews-a", method="em-prior", pool=[agnews], backbone=minilm)
     assert pooled.n == 8 and pooled.run.updated + 8 * pooled.run.resets >= 8
-    mr = ["tta", setup[2], "--library", lib.root, "--adapter", "sst2-a", "--method", "em-prior"]
+    mr = ["tta", tta_setup[2], "--library", lib.root, "--adapter", "sst2-a", "--method", "em-prior"]
     refused = run(*mr, ok=False)
     assert refused.exit_code == 2 and "adapter's task 'sst2' has labels ['Good', 'Bad']" in refused.output
     run(*mr, "--param", "source_prior=uniform")
 
 
-def test_everything_is_checked_before_any_work(lib, setup, tiny_llama_dir):
-    mr = setup[2]
-    before = snapshot(lib.root)
-    base = ["tta", mr, "--library", lib.root, "--adapter", "sst2-a"]
+def test_everything_is_checked_before_any_work(trained_copy, tta_setup, tiny_llama_dir):
+    mr = tta_setup[2]
+    before = snapshot(trained_copy.root)
+    base = ["tta", mr, "--library", trained_copy.root, "--adapter", "sst2-a"]
     cases = [
         (["--method", "tnet"], "unknown tta method 'tnet'.*Did you mean 'tent'"),
         (["--method", "tent", "--steps", "0"], "--steps: tta method 'tent': 'steps' must be >= 1, got 0"),
@@ -190,9 +187,9 @@ def test_everything_is_checked_before_any_work(lib, setup, tiny_llama_dir):
         result = run(*base, *extra, ok=False)
         assert result.exit_code == 2, (extra, result.output)
         assert re.search(message, " ".join(result.output.split())), (extra, result.output)
-    result = run("tta", mr, "--library", lib.root, "--adapter", "sst2-x", "--method", "tent", ok=False)
+    result = run("tta", mr, "--library", trained_copy.root, "--adapter", "sst2-x", "--method", "tent", ok=False)
     assert result.exit_code == 2 and "sst2-a" in result.output  # the unknown name gets close names
-    assert snapshot(lib.root) == before
+    assert snapshot(trained_copy.root) == before
 
 
 def test_tiny_llama_stream_adapts_and_saves(tmp_path, tiny_llama, tiny_llama_dir):

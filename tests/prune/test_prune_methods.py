@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import small_task
+from helpers import small_task
 
 from adaptforge.batching import batch_order, make_batch
 from adaptforge.core import AdaptforgeError

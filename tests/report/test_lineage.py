@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from report_rows import record
+from helpers import record
 
 from adaptforge.report.lineage import layout, lineage_svg
 

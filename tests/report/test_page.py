@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from report_rows import metric, record
+from helpers import metric, record
 
 from adaptforge.evaluate import cvar
 from adaptforge.report import ReportInput, render

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import small_task
+from helpers import small_task
 from typer.testing import CliRunner
 
 from adaptforge.cli import app

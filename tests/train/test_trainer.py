@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import small_task, task_dir
+from helpers import small_task, task_dir
 
 from adaptforge.core import AdaptforgeError
 from adaptforge.evaluate import evaluate
@@ -155,7 +155,7 @@ def test_precision_defaults_by_kind_and_old_checkpoints_resume_as_fp32():
 
 
 def test_bf16_training_keeps_float32_lora_weights_and_learns(tiny_llama):
-    from conftest import reverse_task
+    from helpers import reverse_task
 
     from adaptforge.train.trainer import forward_precision
 

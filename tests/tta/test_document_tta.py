@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli
+from helpers import run_cli
 
 from adaptforge.core import AdaptforgeError
 from adaptforge.pipelines.tta_documents import check_cut, cut_document, read_documents, tta_on_documents

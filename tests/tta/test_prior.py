@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import small_task
+from helpers import small_task
 
 from adaptforge.core import AdaptforgeError
 from adaptforge.scorers import make_scorer
@@ -43,7 +43,7 @@ def test_em_recovers_a_shifted_prior_and_leaves_an_unshifted_one():
 
 
 @pytest.fixture(scope="module")
-def encoder(minilm, trained_library):
+def prior_encoder(minilm, trained_library):
     lib, _ = trained_library
     adapter, _ = lib.load("sst2-a")
     task = small_task("movie_review", n_train=8, n_test=16)
@@ -52,8 +52,8 @@ def encoder(minilm, trained_library):
     return TtaSetup(make_scorer(minilm), task, adapter, source=source), texts
 
 
-def test_the_stream_estimates_over_all_inputs_seen_and_a_batch_over_itself(encoder):
-    setup, texts = encoder
+def test_the_stream_estimates_over_all_inputs_seen_and_a_batch_over_itself(prior_encoder):
+    setup, texts = prior_encoder
     method = TTA_METHODS.get("em-prior")()
     params = {"source_prior": "uniform", "reset_window": 0, "collapse_fraction": 1.0}  # no guard
     stream = run_tta(method, setup, texts, params, granularity="stream", batch_size=4)
@@ -75,10 +75,10 @@ def test_the_stream_estimates_over_all_inputs_seen_and_a_batch_over_itself(encod
     assert stream.delta is None  # nothing trainable, nothing to store
 
 
-def test_a_runaway_prior_is_refused_and_counted_as_a_reset(encoder):
+def test_a_runaway_prior_is_refused_and_counted_as_a_reset(prior_encoder):
     """With the guard at 0.5 every estimate of two classes is a collapse: the source posteriors come back and each
     batch counts a reset; with the guard at 1.0 none does."""
-    setup, texts = encoder
+    setup, texts = prior_encoder
     method = TTA_METHODS.get("em-prior")()
     guarded = run_tta(method, setup, texts, {"collapse_fraction": 0.5}, granularity="stream", batch_size=4)
     free = run_tta(method, setup, texts, {"collapse_fraction": 1.0, "reset_window": 0}, granularity="stream")
@@ -91,8 +91,8 @@ def test_a_runaway_prior_is_refused_and_counted_as_a_reset(encoder):
     assert torch.allclose(guarded.logits, log_p, atol=1e-4)
 
 
-def test_the_source_prior_is_the_adapter_tasks_train_frequencies(encoder):
-    setup, _ = encoder
+def test_the_source_prior_is_the_adapter_tasks_train_frequencies(prior_encoder):
+    setup, _ = prior_encoder
     skewed = setup.source.with_splits(
         train=[Example("a", "positive")] * 3 + [Example("b", "negative")], test=[Example("c", "negative")]
     )
@@ -102,8 +102,8 @@ def test_the_source_prior_is_the_adapter_tasks_train_frequencies(encoder):
     assert train_prior(TtaSetup(setup.scorer, setup.task, setup.adapter, source=none_seen)).tolist() == [0.5, 0.5]
 
 
-def test_bad_setups_are_refused_naming_what_is_missing(encoder):
-    setup, texts = encoder
+def test_bad_setups_are_refused_naming_what_is_missing(prior_encoder):
+    setup, texts = prior_encoder
     method = TTA_METHODS.get("em-prior")()
     bare = TtaSetup(setup.scorer, setup.task, setup.adapter)
     with pytest.raises(AdaptforgeError, match=r"source_prior 'train' needs the train split .* --pool TASK_DIR"):

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from conftest import random_delta, small_task
+from helpers import random_delta, small_task
 
 from adaptforge.core import AdaptforgeError, LoraDelta
 from adaptforge.scorers import make_scorer

@@ -51,8 +51,9 @@ def read_vectors(scorer: Scorer, ids: Sequence[Sequence[int]]) -> torch.Tensor:
         if isinstance(scorer, CausalLMScorer):
             input_ids, mask = pad(chunk, scorer.tokenizer.pad_token_id, left=True)
             position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-            out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, output_hidden_states=True)
-            parts.append(out.hidden_states[-1][:, -1].float())
+            # the base model's last hidden state, not output_hidden_states (see CausalLMScorer.embed_texts)
+            out = model.base_model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids)
+            parts.append(out.last_hidden_state[:, -1].float())
         else:
             input_ids, mask = pad(chunk, scorer.tokenizer.pad_token_id)
             hidden = model(input_ids=input_ids, attention_mask=mask).last_hidden_state

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import random_delta
+from helpers import random_delta
 
 from adaptforge.adapters import CONFIG_FILE, WEIGHTS_FILE, read_adapter
 from adaptforge.core import LoraDelta

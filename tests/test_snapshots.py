@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli, small_task
+from helpers import run_cli, small_task
 
 from adaptforge.library import CorruptAdapterError, Library
 from adaptforge.pipelines.train import train_into_library

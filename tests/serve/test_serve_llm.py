@@ -15,7 +15,7 @@ import time
 
 import httpx
 import pytest
-from conftest import random_delta
+from helpers import random_delta
 
 from adaptforge.backbone import Backbone
 from adaptforge.library import Library, TaskEntry

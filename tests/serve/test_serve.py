@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from conftest import library_copy, listening_url, random_delta, run_cli
+from helpers import library_copy, listening_url, random_delta, run_cli
 
 from adaptforge.core import AdaptforgeError
 from adaptforge.evaluate import logits_of
@@ -60,26 +60,26 @@ def classify(client: httpx.Client, body: dict, status: int = 200) -> dict:
 
 
 @pytest.fixture(scope="module")
-def lib(trained_library, tmp_path_factory) -> Library:
+def serve_lib(trained_library, tmp_path_factory) -> Library:
     return library_copy(trained_library, tmp_path_factory.mktemp("serve") / "lib")
 
 
 @pytest.fixture(scope="module")
-def tasks(trained_library):
+def trained_tasks(trained_library):
     return {name: load_task(folder) for name, folder in trained_library[1].items()}
 
 
 @pytest.fixture(scope="module")
-def server(lib, minilm):
-    running = start(lib, minilm, max_loaded=8, max_batch=32)
+def encoder_server(serve_lib, minilm):
+    running = start(serve_lib, minilm, max_loaded=8, max_batch=32)
     yield running
     running.stop()
     assert no_hooks_left(minilm.model) and not running.thread.is_alive()
 
 
 @pytest.fixture(scope="module")
-def client(server):
-    with httpx.Client(base_url=server.url, timeout=120) as c:
+def encoder_client(encoder_server):
+    with httpx.Client(base_url=encoder_server.url, timeout=120) as c:
         yield c
 
 
@@ -91,52 +91,57 @@ def accuracy(results: list[dict], task) -> float:
 # ---------------------------------------------------------------------------------------------- predictions
 
 
-def test_served_predictions_equal_eval(client, lib, tasks, minilm):
-    task = tasks["sst2"]
+def test_served_predictions_equal_eval(encoder_client, serve_lib, trained_tasks, minilm):
+    task = trained_tasks["sst2"]
     texts = [e.text for e in task.split("test")]
-    served = classify(client, {"texts": texts, "adapter": "sst2-a"})["results"]
-    (evaluated,) = evaluate_grid([task], minilm, lib, ["sst2-a"], zero_shot=False, record=False)
+    served = classify(encoder_client, {"texts": texts, "adapter": "sst2-a"})["results"]
+    (evaluated,) = evaluate_grid([task], minilm, serve_lib, ["sst2-a"], zero_shot=False, record=False)
     assert accuracy(served, task) == evaluated.accuracy
     assert served[0]["adapter"] == "sst2-a" and list(served[0]["scores"]) == list(task.labels)
-    delta, _ = lib.load("sst2-a")
+    delta, _ = serve_lib.load("sst2-a")
     with minilm.applied(delta) as model:  # eval merges dW into the weights; serving adds B(Ax): same numbers
         expected = logits_of(make_scorer(minilm), task, list(task.split("test")), model)
     assert torch.allclose(torch.stack([logits(r) for r in served]), expected.double(), atol=1e-3)
     # zero-shot: the base model on the task the catalog knows, as `adaptforge eval --zero-shot`
-    base = classify(client, {"texts": texts, "task": "sst2"})["results"]
-    (zero,) = evaluate_grid([task], minilm, lib, [], zero_shot=True, record=False)
+    base = classify(encoder_client, {"texts": texts, "task": "sst2"})["results"]
+    (zero,) = evaluate_grid([task], minilm, serve_lib, [], zero_shot=True, record=False)
     assert accuracy(base, task) == zero.accuracy and base[0]["adapter"] == minilm.name
 
 
-def test_mixed_batch_equals_one_at_a_time(client, server, tasks):
-    texts = [tasks[t].split("test")[i].text for t, i in (("sst2", 0), ("subjectivity", 1), ("agnews", 2), ("sst2", 3))]
+def test_mixed_batch_equals_one_at_a_time(encoder_client, encoder_server, trained_tasks):
+    texts = [
+        trained_tasks[t].split("test")[i].text
+        for t, i in (("sst2", 0), ("subjectivity", 1), ("agnews", 2), ("sst2", 3))
+    ]
     adapters = ["sst2-a", "subjectivity-a", "agnews-a", "sst2-b"]
-    metrics = server.service.metrics
+    metrics = encoder_server.service.metrics
     batches = metrics.value("adaptforge_batch_rows")
-    mixed = classify(client, {"texts": texts, "adapters": adapters})["results"]
+    mixed = classify(encoder_client, {"texts": texts, "adapters": adapters})["results"]
     assert metrics.value("adaptforge_batch_rows") == batches + 1  # one batch, one forward of the texts
     for text, adapter, got in zip(texts, adapters, mixed, strict=True):
-        alone = classify(client, {"texts": [text], "adapter": adapter})["results"][0]
+        alone = classify(encoder_client, {"texts": [text], "adapter": adapter})["results"][0]
         assert got["adapter"] == adapter and got["label"] == alone["label"]
         assert torch.allclose(logits(got), logits(alone), atol=1e-5)
-    assert [list(r["scores"]) for r in mixed][2] == list(tasks["agnews"].labels)  # each row its own task
+    assert [list(r["scores"]) for r in mixed][2] == list(trained_tasks["agnews"].labels)  # each row its own task
     # base rows mix with adapter rows when a task gives every row its labels
-    rows = classify(client, {"texts": texts, "adapters": [None, "sst2-a", None, "agnews-a"], "task": "sst2"})
+    rows = classify(encoder_client, {"texts": texts, "adapters": [None, "sst2-a", None, "agnews-a"], "task": "sst2"})
     for text, adapter, got in zip(texts, [None, "sst2-a", None, "agnews-a"], rows["results"], strict=True):
         body = {"texts": [text], "task": "sst2", **({"adapter": adapter} if adapter else {})}
-        assert torch.allclose(logits(got), logits(classify(client, body)["results"][0]), atol=1e-5)
+        assert torch.allclose(logits(got), logits(classify(encoder_client, body)["results"][0]), atol=1e-5)
 
 
-def test_concurrent_clients_get_their_own_answers(client, server, tasks):
-    texts = [e.text for e in tasks["sst2"].split("test")[:6]]
+def test_concurrent_clients_get_their_own_answers(encoder_client, encoder_server, trained_tasks):
+    texts = [e.text for e in trained_tasks["sst2"].split("test")[:6]]
     jobs = [(texts[i % 6], TASK_ADAPTERS[i % 4]) for i in range(24)]
-    expected = {job: classify(client, {"texts": [job[0]], "adapter": job[1]})["results"][0] for job in set(jobs)}
-    metrics = server.service.metrics
+    expected = {
+        job: classify(encoder_client, {"texts": [job[0]], "adapter": job[1]})["results"][0] for job in set(jobs)
+    }
+    metrics = encoder_server.service.metrics
     batches = metrics.value("adaptforge_batch_rows")
     answers: dict[int, dict] = {}
 
     def worker(k: int) -> None:
-        with httpx.Client(base_url=server.url, timeout=120) as own:
+        with httpx.Client(base_url=encoder_server.url, timeout=120) as own:
             for i in range(k, len(jobs), 8):
                 text, adapter = jobs[i]
                 answers[i] = own.post("/v1/classify", json={"texts": [text], "adapter": adapter}).json()
@@ -152,27 +157,27 @@ def test_concurrent_clients_get_their_own_answers(client, server, tasks):
     assert metrics.value("adaptforge_batch_rows") - batches < len(jobs)  # requests shared forward passes
 
 
-def test_free_labels_description_and_task(client, tasks):
-    text = tasks["sst2"].split("test")[0].text
-    free = classify(client, {"texts": [text], "adapter": "sst2-a", "labels": ["great", "awful", "meh"]})
+def test_free_labels_description_and_task(encoder_client, trained_tasks):
+    text = trained_tasks["sst2"].split("test")[0].text
+    free = classify(encoder_client, {"texts": [text], "adapter": "sst2-a", "labels": ["great", "awful", "meh"]})
     assert list(free["results"][0]["scores"]) == ["great", "awful", "meh"]
     assert abs(sum(free["results"][0]["scores"].values()) - 1) < 1e-9
-    own = classify(client, {"texts": [text], "adapter": "sst2-a"})["results"][0]
-    by_task = classify(client, {"texts": [text], "adapter": "sst2-a", "task": "sst2"})["results"][0]
+    own = classify(encoder_client, {"texts": [text], "adapter": "sst2-a"})["results"][0]
+    by_task = classify(encoder_client, {"texts": [text], "adapter": "sst2-a", "task": "sst2"})["results"][0]
     assert own["logits"] == by_task["logits"]  # the adapter's own task is the task the catalog knows
-    other = classify(client, {"texts": [text], "adapter": "sst2-a", "description": "Is this about sports?"})
-    assert list(other["results"][0]["scores"]) == list(tasks["sst2"].labels) and other["results"][0] != own
+    other = classify(encoder_client, {"texts": [text], "adapter": "sst2-a", "description": "Is this about sports?"})
+    assert list(other["results"][0]["scores"]) == list(trained_tasks["sst2"].labels) and other["results"][0] != own
 
 
 # ---------------------------------------------------------------------------------------------- library
 
 
-def test_hot_load_and_overwrite_while_serving(client, lib, minilm, tasks):
-    text = [tasks["sst2"].split("test")[1].text]
-    sst2 = tasks["sst2"]
+def test_hot_load_and_overwrite_while_serving(encoder_client, serve_lib, minilm, trained_tasks):
+    text = [trained_tasks["sst2"].split("test")[1].text]
+    sst2 = trained_tasks["sst2"]
     for source in ("sst2-a", "sst2-b"):  # add, then overwrite under the same name: the new tensors are used
-        delta, _ = lib.load(source)
-        lib.add(
+        delta, _ = serve_lib.load(source)
+        serve_lib.add(
             delta,
             name="hot",
             base=minilm,
@@ -180,15 +185,15 @@ def test_hot_load_and_overwrite_while_serving(client, lib, minilm, tasks):
             provenance=made_by("train", {"tasks": [{"name": "sst2"}]}, {"labels": {"sst2": list(sst2.labels)}}),
             overwrite=source == "sst2-b",
         )
-        got = classify(client, {"texts": text, "adapter": "hot"})["results"][0]
-        want = classify(client, {"texts": text, "adapter": source})["results"][0]
+        got = classify(encoder_client, {"texts": text, "adapter": "hot"})["results"][0]
+        want = classify(encoder_client, {"texts": text, "adapter": source})["results"][0]
         assert torch.allclose(logits(got), logits(want), atol=1e-6)
-    assert "hot" in [m["id"] for m in client.get("/v1/models").json()["data"]]
+    assert "hot" in [m["id"] for m in encoder_client.get("/v1/models").json()["data"]]
 
 
-def test_lru_eviction_keeps_pins(lib, minilm, tasks):
-    text = [tasks["sst2"].split("test")[0].text]
-    with start(lib, minilm, max_loaded=2, pins=("sst2-a",)) as running, httpx.Client(base_url=running.url) as c:
+def test_lru_eviction_keeps_pins(serve_lib, minilm, trained_tasks):
+    text = [trained_tasks["sst2"].split("test")[0].text]
+    with start(serve_lib, minilm, max_loaded=2, pins=("sst2-a",)) as running, httpx.Client(base_url=running.url) as c:
         cache, metrics = running.service.cache, running.service.metrics
         assert cache.loaded() == ["sst2-a"] and cache.pinned() == ["sst2-a"]
         for name in ("subjectivity-a", "agnews-a", "sst2-b", "sst2-a"):
@@ -202,37 +207,39 @@ def test_lru_eviction_keeps_pins(lib, minilm, tasks):
         assert models["sst2-a"]["pinned"] and models["sst2-a"]["loaded"] and not models["agnews-a"]["loaded"]
 
 
-def test_request_merge_equals_adaptforge_merge(client, server, lib, tasks, minilm):
-    texts = [e.text for e in tasks["sst2"].split("test")]
+def test_request_merge_equals_adaptforge_merge(encoder_client, encoder_server, serve_lib, trained_tasks, minilm):
+    texts = [e.text for e in trained_tasks["sst2"].split("test")]
     recipes = {
         "ta": (["--method", "task_arithmetic", "--weights", "0.7,0.3"], {"weights": [0.7, 0.3]}),
         "ties": (["--method", "ties", "--density", "0.5"], {"method": "ties", "params": {"density": 0.5}}),
     }
-    metrics = server.service.metrics
+    metrics = encoder_server.service.metrics
     for out, (flags, spec) in recipes.items():
-        run_cli("merge", "sst2-a", "sst2-b", *flags, "--library", lib.root, "--out", out)
-        stored = classify(client, {"texts": texts, "adapter": out})["results"]
+        run_cli("merge", "sst2-a", "sst2-b", *flags, "--library", serve_lib.root, "--out", out)
+        stored = classify(encoder_client, {"texts": texts, "adapter": out})["results"]
         hits = metrics.value("adaptforge_merge_cache_hits_total")
         for _ in range(2):  # the second request finds the merge ready
-            merged = classify(client, {"texts": texts, "merge": {"adapters": ["sst2-a", "sst2-b"], **spec}})
+            merged = classify(encoder_client, {"texts": texts, "merge": {"adapters": ["sst2-a", "sst2-b"], **spec}})
         assert metrics.value("adaptforge_merge_cache_hits_total") == hits + 1
         for a, b in zip(stored, merged["results"], strict=True):
             assert a["label"] == b["label"] and torch.allclose(logits(a), logits(b), atol=1e-5)
         if out == "ta":  # and scores what eval scores for the stored merge
-            (evaluated,) = evaluate_grid([tasks["sst2"]], minilm, lib, [out], zero_shot=False, record=False)
-            assert accuracy(merged["results"], tasks["sst2"]) == evaluated.accuracy
-    names = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+            (evaluated,) = evaluate_grid(
+                [trained_tasks["sst2"]], minilm, serve_lib, [out], zero_shot=False, record=False
+            )
+            assert accuracy(merged["results"], trained_tasks["sst2"]) == evaluated.accuracy
+    names = {m["id"]: m for m in encoder_client.get("/v1/models").json()["data"]}
     assert names["ta"]["parents"] == ["sst2-a", "sst2-b"] and names["ta"]["kind"] == "merge"
 
 
-def test_routed_adapters_agree_with_eval(client, lib, tasks, trained_library, minilm):
+def test_routed_adapters_agree_with_eval(encoder_client, serve_lib, trained_tasks, trained_library, minilm):
     from adaptforge.pipelines.compose import compose_into_library
     from adaptforge.pipelines.merge import MergeRecipe, merge_into_library
 
-    task = tasks["sst2"]
+    task = trained_tasks["sst2"]
     sample = task.sample("test", 12)  # the examples eval scores with limit=12
     texts = [e.text for e in sample]
-    compose_into_library(task, lib, "arrow-c", method="arrow", shots=0, backbone=minilm, eval_split=None)
+    compose_into_library(task, serve_lib, "arrow-c", method="arrow", shots=0, backbone=minilm, eval_split=None)
     recipe = MergeRecipe.from_flags(
         adapters=["sst2-a", "subjectivity-a"],
         out="dawin-m",
@@ -240,58 +247,62 @@ def test_routed_adapters_agree_with_eval(client, lib, tasks, trained_library, mi
         data=[trained_library[1]["sst2"]],
         params={"examples_per_task": 8},
     )
-    merge_into_library(recipe, lib, backbone=minilm)
+    merge_into_library(recipe, serve_lib, backbone=minilm)
     for name in ("arrow-c", "dawin-m"):
-        served = classify(client, {"texts": texts, "adapter": name, "task": "sst2"})["results"]
-        (evaluated,) = evaluate_grid([task], minilm, lib, [name], zero_shot=False, limit=12, record=False)
+        served = classify(encoder_client, {"texts": texts, "adapter": name, "task": "sst2"})["results"]
+        (evaluated,) = evaluate_grid([task], minilm, serve_lib, [name], zero_shot=False, limit=12, record=False)
         assert accuracy(served, task.with_splits(test=sample)) == evaluated.accuracy and served[0]["adapter"] == name
-        assert next(m for m in client.get("/v1/models").json()["data"] if m["id"] == name)["routed"]
+        assert next(m for m in encoder_client.get("/v1/models").json()["data"] if m["id"] == name)["routed"]
     # the same router asked for at request time gives the stored composition's numbers
-    ids = lib.get("arrow-c").recipe["router"]["adapter_ids"]
-    names = [lib.get(i).name for i in ids]
-    stored = classify(client, {"texts": texts[:6], "adapter": "arrow-c"})["results"]
-    asked = classify(client, {"texts": texts[:6], "route": {"method": "arrow", "adapters": names}, "task": "sst2"})
+    ids = serve_lib.get("arrow-c").recipe["router"]["adapter_ids"]
+    names = [serve_lib.get(i).name for i in ids]
+    stored = classify(encoder_client, {"texts": texts[:6], "adapter": "arrow-c"})["results"]
+    asked = classify(
+        encoder_client, {"texts": texts[:6], "route": {"method": "arrow", "adapters": names}, "task": "sst2"}
+    )
     for a, b in zip(stored, asked["results"], strict=True):
         assert torch.allclose(logits(a), logits(b), atol=1e-6) and b["adapter"] == "route:arrow"
-    dawin = classify(client, {"texts": texts[:3], "route": {"method": "dawin", "adapters": ["sst2-a", "sst2-b"]}})
+    dawin = classify(
+        encoder_client, {"texts": texts[:3], "route": {"method": "dawin", "adapters": ["sst2-a", "sst2-b"]}}
+    )
     assert len(dawin["results"]) == 3
     mixed_tasks = {"texts": texts[:3], "route": {"method": "dawin", "adapters": ["sst2-a", "agnews-a"]}}
-    assert "labels" in classify(client, mixed_tasks, 422)["error"]["field"]
+    assert "labels" in classify(encoder_client, mixed_tasks, 422)["error"]["field"]
 
 
-def test_retrieval_route_picks_an_adapter_per_text(client, tasks):
-    texts = [tasks["sst2"].split("test")[0].text, tasks["agnews"].split("test")[0].text]
-    results = classify(client, {"texts": texts, "route": "retrieval"})["results"]
+def test_retrieval_route_picks_an_adapter_per_text(encoder_client, trained_tasks):
+    texts = [trained_tasks["sst2"].split("test")[0].text, trained_tasks["agnews"].split("test")[0].text]
+    results = classify(encoder_client, {"texts": texts, "route": "retrieval"})["results"]
     for r in results:  # candidates are the tasks' own adapters with a description embedding; each its own labels
         assert r["adapter"] in TASK_ADAPTERS
-        assert list(r["scores"]) == list(tasks[r["adapter"].rsplit("-", 1)[0]].labels)
+        assert list(r["scores"]) == list(trained_tasks[r["adapter"].rsplit("-", 1)[0]].labels)
 
 
-def test_embeddings_are_openai_shaped_and_match_the_model(client, lib, minilm):
+def test_embeddings_are_openai_shaped_and_match_the_model(encoder_client, serve_lib, minilm):
     texts = ["a quiet, moving film", "shares of the bank fell"]
-    base = client.post("/v1/embeddings", json={"model": "base", "input": texts}).json()
+    base = encoder_client.post("/v1/embeddings", json={"model": "base", "input": texts}).json()
     assert (
         base["object"] == "list" and [d["index"] for d in base["data"]] == [0, 1] and base["usage"]["total_tokens"] > 0
     )
     scorer = make_scorer(minilm)
     assert torch.allclose(torch.tensor([d["embedding"] for d in base["data"]]), scorer.embed_texts(texts), atol=1e-5)
-    one = client.post("/v1/embeddings", json={"model": "sst2-a", "input": texts[0]}).json()
-    delta, _ = lib.load("sst2-a")
+    one = encoder_client.post("/v1/embeddings", json={"model": "sst2-a", "input": texts[0]}).json()
+    delta, _ = serve_lib.load("sst2-a")
     with minilm.applied(delta):
         expected = scorer.embed_texts(texts[:1])[0]
     assert one["model"] == "sst2-a" and torch.allclose(torch.tensor(one["data"][0]["embedding"]), expected, atol=1e-4)
-    assert client.post("/v1/embeddings", json={"model": "nope", "input": "x"}).status_code == 404
-    bad = client.post("/v1/embeddings", json={"model": "base", "input": "x", "dimensions": 3})
+    assert encoder_client.post("/v1/embeddings", json={"model": "nope", "input": "x"}).status_code == 404
+    bad = encoder_client.post("/v1/embeddings", json={"model": "base", "input": "x", "dimensions": 3})
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "dimensions"
 
 
-def test_models_health_and_metrics(client, minilm):
-    models = client.get("/v1/models").json()["data"]
+def test_models_health_and_metrics(encoder_client, minilm):
+    models = encoder_client.get("/v1/models").json()["data"]
     assert models[0] == {**models[0], "id": minilm.name, "kind": "base"}
     sst2 = next(m for m in models if m["id"] == "sst2-a")
     assert sst2["base"] == minilm.name and sst2["kind"] == "train" and sst2["parents"] == [] and not sst2["routed"]
-    assert client.get("/health").json()["status"] == "ok"
-    text = client.get("/metrics").text
+    assert encoder_client.get("/health").json()["status"] == "ok"
+    text = encoder_client.get("/metrics").text
     for family in ("requests_total", "request_seconds_bucket", "batch_rows_count", "cache_hits_total", "adapter_load"):
         assert f"adaptforge_{family}" in text
     assert re.search(r'adaptforge_requests_total\{route="/v1/classify",status="200"\} [1-9]', text)
@@ -475,8 +486,8 @@ def test_thousands_of_bad_requests_leave_the_server_answering(limited):
         assert c.post("/v1/classify", json={"texts": ["fine"], "adapter": "sst2-a"}).status_code == 200
 
 
-def test_api_key_is_required_on_every_call(lib, minilm):
-    with start(lib, minilm, api_key="s3cret") as running, httpx.Client(base_url=running.url) as c:
+def test_api_key_is_required_on_every_call(serve_lib, minilm):
+    with start(serve_lib, minilm, api_key="s3cret") as running, httpx.Client(base_url=running.url) as c:
         body = {"texts": ["x"], "adapter": "sst2-a"}
         for path in ("/health", "/metrics", "/v1/models"):
             assert c.get(path).status_code == 401
@@ -488,7 +499,7 @@ def test_api_key_is_required_on_every_call(lib, minilm):
         assert running.service.metrics.value("adaptforge_requests_total", {"route": "/health", "status": "401"}) == 1
 
 
-def test_config_is_checked_before_anything_runs(lib):
+def test_config_is_checked_before_anything_runs(serve_lib):
     with pytest.raises(AdaptforgeError, match="'pins'"):
         ServeConfig(max_loaded=1, pins=("sst2-a", "sst2-b"))
     with pytest.raises(AdaptforgeError, match="'port'"):
@@ -496,13 +507,15 @@ def test_config_is_checked_before_anything_runs(lib):
     with pytest.raises(AdaptforgeError, match="'max_queue'"):
         ServeLimits(max_texts=10, max_queue=5)
     assert "api_key" not in repr(ServeConfig(api_key="s3cret"))
-    result = run_cli("serve", "--library", lib.root, "--pin", "sst2-x", ok=False)  # refused before the model loads
+    result = run_cli(
+        "serve", "--library", serve_lib.root, "--pin", "sst2-x", ok=False
+    )  # refused before the model loads
     assert result.exit_code == 2 and "Did you mean" in result.output
     assert "max_wait_ms" in run_cli("serve", "--list").output
     with socket.socket() as taken:  # a port in use is refused at once, before the model loads
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        result = run_cli("serve", "--library", lib.root, "--port", taken.getsockname()[1], ok=False)
+        result = run_cli("serve", "--library", serve_lib.root, "--port", taken.getsockname()[1], ok=False)
     assert result.exit_code == 2 and "cannot listen on 127.0.0.1" in result.output
 
 
@@ -558,8 +571,8 @@ def test_causal_lm_mixed_batch_equals_one_at_a_time_and_eval(tiny_llama, tmp_pat
 # ---------------------------------------------------------------------------------------------- shutdown
 
 
-def test_stopping_answers_the_request_in_flight_then_releases_everything(lib, minilm):
-    running = start(lib, minilm, max_wait_ms=800.0)
+def test_stopping_answers_the_request_in_flight_then_releases_everything(serve_lib, minilm):
+    running = start(serve_lib, minilm, max_wait_ms=800.0)
     answer: dict = {}
     with httpx.Client(base_url=running.url, timeout=60) as c:
         body = {"texts": ["a fine film"], "adapter": "sst2-b"}
