@@ -51,6 +51,7 @@ def run(backbone: Any, split: str, method: str, params: dict[str, Any]) -> dict[
         backbone=backbone,
     )  # fmt: skip
     row = outcome.to_json()
+    row["corpus"] = (DATA / f"{split}.jsonl").relative_to(ROOT.parent).as_posix()  # no machine path in results
     row["split"], row["wall_seconds"] = split, round(time.perf_counter() - t0, 1)
     change, cost = row["mean_change"], row["mean_cost_ratio"]
     print(f"{split} {method} {params}: change {change:+.2%}, cost x{cost:.1f}", flush=True)
