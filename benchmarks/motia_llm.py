@@ -112,9 +112,12 @@ def main() -> None:
 
 
 def summary() -> None:
-    runs = [load(f"test-seed{s}")["rows"] for s in (0, 1, 2) if (OUT / f"test-seed{s}.json").exists()]
-    print(f"{len(runs)} seed(s)")
-    print("| method | strength | mean suffix ppl (plain -> adapted) | mean change (seeds) | cost x plain pass |")
+    """Mean and spread over the test seeds per method, decay minus constant per seed, and the mean per kind."""
+    seeds = [s for s in (0, 1, 2) if (OUT / f"test-seed{s}.json").exists()]
+    runs = [load(f"test-seed{s}")["rows"] for s in seeds]
+    kinds = [json.loads(line)["kind"] for line in (DATA / "test.jsonl").read_text().splitlines() if line.strip()]
+    print(f"seeds {seeds}")
+    print("| method | strength | suffix ppl (plain -> adapted) | change: mean (sd) [per seed] | cost x plain pass |")
     print("|---|---|---|---|---|")
     for i in range(len(runs[0])):
         rows = [r[i] for r in runs]
@@ -122,11 +125,22 @@ def summary() -> None:
         label = rows[0]["method"] + (f" ({p.get('update')})" if "update" in p else "")
         strength = p.get("strength", "-") + (f" k={p['decay_k']:g}" if p.get("strength") == "decay" else "")
         changes = [r["mean_change"] for r in rows]
+        sd = statistics.stdev(changes) if len(changes) > 1 else 0.0
         print(
             f"| {label} | {strength} | {rows[0]['mean_plain_perplexity']:.2f} -> "
-            f"{statistics.mean(r['mean_perplexity'] for r in rows):.2f} | {statistics.mean(changes):+.1%} "
-            f"({', '.join(f'{c:+.1%}' for c in changes)}) | {statistics.mean(r['mean_cost_ratio'] for r in rows):.1f} |"
+            f"{statistics.mean(r['mean_perplexity'] for r in rows):.2f} | {statistics.mean(changes):+.2%} "
+            f"({sd:.2%}) [{', '.join(f'{c:+.2%}' for c in changes)}] | "
+            f"{statistics.mean(r['mean_cost_ratio'] for r in rows):.1f} |"
         )
+    gaps = [r[1]["mean_change"] - r[0]["mean_change"] for r in runs]
+    print(f"decay minus constant, per seed: {', '.join(f'{g:+.2%}' for g in gaps)}")
+    for i in range(len(runs[0])):
+        per_kind = {}
+        for rows in runs:
+            for doc in rows[i]["documents"]:
+                per_kind.setdefault(kinds[doc["line"] - 1], []).append(doc["change"])
+        cells = ", ".join(f"{k} {statistics.mean(v):+.1%}" for k, v in per_kind.items())
+        print(f"{runs[0][i]['method']} {runs[0][i]['params'].get('strength', '')}: {cells}")
 
 
 if __name__ == "__main__":
