@@ -9,6 +9,7 @@ writing ``benchmarks/results/motia_llm/<phase>.json``:
     python benchmarks/motia_llm.py dev-dynamic   # dynamic-evaluation grid on dev, seed 0
     python benchmarks/motia_llm.py test --seed S # the chosen settings on test (S = 0, 1, 2)
     python benchmarks/motia_llm.py summary       # the table of BENCHMARKS.md from the test files
+    python benchmarks/motia_llm.py dev-lora --save-as recheck-dev-lora   # a dev re-run the test phase never reads
 
 Selection rule (fixed before any run; docs/experiments/motia_llm.md): for each method, among the dev settings whose
 mean cost is at most 10 plain passes, the one with the lowest mean relative change of suffix perplexity (ties: the
@@ -83,6 +84,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("phase", choices=["dev-lora", "dev-dynamic", "test", "summary"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--save-as", help="write a dev phase to this name instead (a re-check that the test never reads)")
     args = ap.parse_args()
     if args.phase == "summary":
         summary()
@@ -94,9 +96,10 @@ def main() -> None:
         rows = [run(backbone, "dev", "input-lora", p) for p in LORA_GRID]
         best = strip(choose(rows)["params"])
         rows += [run(backbone, "dev", "input-lora", {**best, **s}) for s in STRENGTHS]
-        save("dev-lora", {"rows": rows})
+        save(args.save_as or "dev-lora", {"rows": rows})
     elif args.phase == "dev-dynamic":
-        save("dev-dynamic", {"rows": [run(backbone, "dev", "dynamic-eval", p) for p in DYNAMIC_GRID]})
+        rows = [run(backbone, "dev", "dynamic-eval", p) for p in DYNAMIC_GRID]
+        save(args.save_as or "dev-dynamic", {"rows": rows})
     else:
         lora_rows = load("dev-lora")["rows"]
         lora = strip(choose(lora_rows[: len(LORA_GRID)])["params"])
