@@ -9,6 +9,7 @@ writing ``benchmarks/results/motia_llm/<phase>.json``:
     python benchmarks/motia_llm.py dev-dynamic   # dynamic-evaluation grid on dev, seed 0
     python benchmarks/motia_llm.py test --seed S # the chosen settings on test (S = 0, 1, 2)
     python benchmarks/motia_llm.py summary       # the table of BENCHMARKS.md from the test files
+    python benchmarks/motia_llm.py dev-lora --save-as recheck-dev-lora   # a dev re-run the test phase never reads
 
 Selection rule (fixed before any run; docs/experiments/motia_llm.md): for each method, among the dev settings whose
 mean cost is at most 10 plain passes, the one with the lowest mean relative change of suffix perplexity (ties: the
@@ -51,6 +52,7 @@ def run(backbone: Any, split: str, method: str, params: dict[str, Any]) -> dict[
         backbone=backbone,
     )  # fmt: skip
     row = outcome.to_json()
+    row["corpus"] = (DATA / f"{split}.jsonl").relative_to(ROOT.parent).as_posix()  # no machine path in results
     row["split"], row["wall_seconds"] = split, round(time.perf_counter() - t0, 1)
     change, cost = row["mean_change"], row["mean_cost_ratio"]
     print(f"{split} {method} {params}: change {change:+.2%}, cost x{cost:.1f}", flush=True)
@@ -82,6 +84,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("phase", choices=["dev-lora", "dev-dynamic", "test", "summary"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--save-as", help="write a dev phase to this name instead (a re-check that the test never reads)")
     args = ap.parse_args()
     if args.phase == "summary":
         summary()
@@ -93,9 +96,10 @@ def main() -> None:
         rows = [run(backbone, "dev", "input-lora", p) for p in LORA_GRID]
         best = strip(choose(rows)["params"])
         rows += [run(backbone, "dev", "input-lora", {**best, **s}) for s in STRENGTHS]
-        save("dev-lora", {"rows": rows})
+        save(args.save_as or "dev-lora", {"rows": rows})
     elif args.phase == "dev-dynamic":
-        save("dev-dynamic", {"rows": [run(backbone, "dev", "dynamic-eval", p) for p in DYNAMIC_GRID]})
+        rows = [run(backbone, "dev", "dynamic-eval", p) for p in DYNAMIC_GRID]
+        save(args.save_as or "dev-dynamic", {"rows": rows})
     else:
         lora_rows = load("dev-lora")["rows"]
         lora = strip(choose(lora_rows[: len(LORA_GRID)])["params"])
@@ -111,9 +115,12 @@ def main() -> None:
 
 
 def summary() -> None:
-    runs = [load(f"test-seed{s}")["rows"] for s in (0, 1, 2) if (OUT / f"test-seed{s}.json").exists()]
-    print(f"{len(runs)} seed(s)")
-    print("| method | strength | mean suffix ppl (plain -> adapted) | mean change (seeds) | cost x plain pass |")
+    """Mean and spread over the test seeds per method, decay minus constant per seed, and the mean per kind."""
+    seeds = [s for s in (0, 1, 2) if (OUT / f"test-seed{s}.json").exists()]
+    runs = [load(f"test-seed{s}")["rows"] for s in seeds]
+    kinds = [json.loads(line)["kind"] for line in (DATA / "test.jsonl").read_text().splitlines() if line.strip()]
+    print(f"seeds {seeds}")
+    print("| method | strength | suffix ppl (plain -> adapted) | change: mean (sd) [per seed] | cost x plain pass |")
     print("|---|---|---|---|---|")
     for i in range(len(runs[0])):
         rows = [r[i] for r in runs]
@@ -121,11 +128,22 @@ def summary() -> None:
         label = rows[0]["method"] + (f" ({p.get('update')})" if "update" in p else "")
         strength = p.get("strength", "-") + (f" k={p['decay_k']:g}" if p.get("strength") == "decay" else "")
         changes = [r["mean_change"] for r in rows]
+        sd = statistics.stdev(changes) if len(changes) > 1 else 0.0
         print(
             f"| {label} | {strength} | {rows[0]['mean_plain_perplexity']:.2f} -> "
-            f"{statistics.mean(r['mean_perplexity'] for r in rows):.2f} | {statistics.mean(changes):+.1%} "
-            f"({', '.join(f'{c:+.1%}' for c in changes)}) | {statistics.mean(r['mean_cost_ratio'] for r in rows):.1f} |"
+            f"{statistics.mean(r['mean_perplexity'] for r in rows):.2f} | {statistics.mean(changes):+.2%} "
+            f"({sd:.2%}) [{', '.join(f'{c:+.2%}' for c in changes)}] | "
+            f"{statistics.mean(r['mean_cost_ratio'] for r in rows):.1f} |"
         )
+    gaps = [r[1]["mean_change"] - r[0]["mean_change"] for r in runs]
+    print(f"decay minus constant, per seed: {', '.join(f'{g:+.2%}' for g in gaps)}")
+    for i in range(len(runs[0])):
+        per_kind = {}
+        for rows in runs:
+            for doc in rows[i]["documents"]:
+                per_kind.setdefault(kinds[doc["line"] - 1], []).append(doc["change"])
+        cells = ", ".join(f"{k} {statistics.mean(v):+.1%}" for k, v in per_kind.items())
+        print(f"{runs[0][i]['method']} {runs[0][i]['params'].get('strength', '')}: {cells}")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """Build the structured documents of ``benchmarks/motia_llm.py`` (dev and test, never overlapping) from local
-copies of three public repositories; see ``benchmarks/data/motia/README.md`` for sources and licences.
+copies of five openly licensed public repositories; see ``benchmarks/data/motia/README.md`` for sources, commits
+and licences.
 
-    python scripts/make_motia_documents.py --click CLICK_CHECKOUT --loghub LOGHUB_CHECKOUT --out benchmarks/data/motia
+    python scripts/make_motia_documents.py --checkouts DIR --out benchmarks/data/motia
 
-Four kinds of document, each a contiguous piece of one file of about ``CHARS`` characters cut at a line end:
-source code (click's modules), system logs (loghub's 2k samples), tables (loghub's structured CSVs of other
-systems than the logs, header kept) and templated records (click's changelog, whole release sections). Dev
-and test take different files (or different changelog sections), so no line is in both.
+``DIR`` holds one checkout per repository, named ``click`` (pallets/click), ``lnav`` (tstack/lnav), ``co2-ppm``,
+``gdp`` and ``population`` (datasets/...). Four kinds of document, each a contiguous piece of one file of about
+``CHARS`` characters cut at a line end: source code (click's modules), logs (lnav's test log files), tables
+(CSV/TSV, header kept) and templated records (click's changelog, whole release sections). Dev and test take
+different files (or different changelog sections), so no line is in both.
 """
 
 from __future__ import annotations
@@ -19,8 +21,18 @@ from pathlib import Path
 CHARS = 3000  # about 700-1,000 SmolLM2 tokens: the benchmark keeps the first 512
 
 CODE = {"dev": ["formatting.py", "exceptions.py"], "test": ["parser.py", "termui.py", "types.py"]}
-LOGS = {"dev": ["Apache", "HDFS"], "test": ["OpenSSH", "Zookeeper", "Linux"]}
-TABLES = {"dev": ["HealthApp", "Proxifier"], "test": ["Mac", "Thunderbird", "Windows"]}
+LOGS = {  # (repository, path)
+    "dev": [("lnav", "test/logfile_haproxy.0"), ("lnav", "test/logfile_uwsgi.0")],
+    "test": [
+        ("lnav", "test/logfile_partitions.0"),
+        ("lnav", "test/logfile_strace_log.2"),
+        ("lnav", "test/logfile_caddy_log.0"),
+    ],
+}
+TABLES = {
+    "dev": [("population", "data/population.csv"), ("co2-ppm", "data/co2-mm-gl.csv")],
+    "test": [("gdp", "data/gdp.csv"), ("co2-ppm", "data/co2-mm-mlo.csv"), ("lnav", "test/logfile_bro_conn.log.0")],
+}
 
 
 def head(text: str, chars: int = CHARS, keep: int = 0) -> str:
@@ -48,23 +60,21 @@ def changelog_sections(text: str) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--click", type=Path, required=True, help="a checkout of pallets/click")
-    ap.add_argument("--loghub", type=Path, required=True, help="a checkout of logpai/loghub")
+    ap.add_argument("--checkouts", type=Path, required=True, help="a folder of checkouts named as above")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    records = changelog_sections((args.click / "CHANGES.md").read_text())
+    click = args.checkouts / "click"
+    records = changelog_sections((click / "CHANGES.md").read_text())
     split_records = {"dev": records[3:5], "test": records[0:3]}
     args.out.mkdir(parents=True, exist_ok=True)
     for split in ("dev", "test"):
         docs = []
         for name in CODE[split]:
-            docs.append(("code", f"click/src/click/{name}", head((args.click / "src/click" / name).read_text())))
-        for name in LOGS[split]:
-            path = args.loghub / name / f"{name}_2k.log"
-            docs.append(("log", f"loghub/{name}/{name}_2k.log", head(path.read_text())))
-        for name in TABLES[split]:
-            path = args.loghub / name / f"{name}_2k.log_structured.csv"
-            docs.append(("table", f"loghub/{name}/{name}_2k.log_structured.csv", head(path.read_text(), keep=1)))
+            docs.append(("code", f"click/src/click/{name}", head((click / "src/click" / name).read_text())))
+        for repo, path in LOGS[split]:
+            docs.append(("log", f"{repo}/{path}", head((args.checkouts / repo / path).read_text())))
+        for repo, path in TABLES[split]:
+            docs.append(("table", f"{repo}/{path}", head((args.checkouts / repo / path).read_text(), keep=1)))
         for i, text in enumerate(split_records[split]):
             docs.append(("records", f"click/CHANGES.md#{split}-{i}", text))
         with open(args.out / f"{split}.jsonl", "w") as f:
