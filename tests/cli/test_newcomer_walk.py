@@ -286,28 +286,30 @@ def test_the_report_names_a_model_folder_base_by_its_folder(minilm, tmp_path):
     assert "base pruned-sst2 ·" in page and f"base {folder} ·" not in page
 
 
-def test_a_side_effect_limit_evaluation_never_hides_an_explicit_one_and_odd_n_cells_are_marked(lib, setup, tmp_path):
+def test_a_side_effect_limit_evaluation_never_hides_an_explicit_one_and_odd_n_cells_are_marked(
+    trained_copy, trained_library, tmp_path
+):
     """``eval`` on the whole test split, then ``merge --eval --limit 8`` (which scores the merge's own adapters on
     8 examples as a side effect, recorded later): the report's grid and the sweep's recorded accuracy still show
     the explicit evaluation, and the merge's cell, on 8 examples, is marked as not comparable with its column."""
     from adaptforge.pipelines.sweep import recorded_accuracy
 
-    sst2 = setup[0][1]["sst2"]
-    run_cli("eval", sst2, "-l", lib.root, "-a", "sst2-a", "--zero-shot")  # the whole test split: 24 examples
-    (explicit,) = [m for m in lib.metrics("sst2-a") if m.metric == "accuracy"]
+    sst2 = trained_library[0][1]["sst2"]
+    run_cli("eval", sst2, "-l", trained_copy.root, "-a", "sst2-a", "--zero-shot")  # the whole test split: 24 examples
+    (explicit,) = [m for m in trained_copy.metrics("sst2-a") if m.metric == "accuracy"]
     assert explicit.n == 24
-    run_cli("merge", "sst2-a", "agnews-a", "-l", lib.root, "--method", "task_arithmetic", "--out", "m",
+    run_cli("merge", "sst2-a", "agnews-a", "-l", trained_copy.root, "--method", "task_arithmetic", "--out", "m",
             "--eval", sst2, "--limit", 8)  # fmt: skip
-    rows = [m for m in lib.metrics("sst2-a") if m.metric == "accuracy"]
+    rows = [m for m in trained_copy.metrics("sst2-a") if m.metric == "accuracy"]
     assert [m.n for m in rows] == [24, 8]  # the side effect is recorded, and newer
-    assert recorded_accuracy(lib, "sst2-a", "test") == explicit.value
+    assert recorded_accuracy(trained_copy, "sst2-a", "test") == explicit.value
 
-    run_cli("report", "-l", lib.root, "--out", tmp_path / "r.html")
+    run_cli("report", "-l", trained_copy.root, "--out", tmp_path / "r.html")
     text = (tmp_path / "r.html").read_text()
     heat = text[text.index('id="heatmap-test"') : text.index("</table>", text.index('id="heatmap-test"'))]
 
     def cell(adapter: str) -> str:
-        ident = lib.get(adapter).id
+        ident = trained_copy.get(adapter).id
         (tag,) = re.findall(rf'<td[^>]*data-adapter-id="{ident}"[^>]*data-task="sst2"[^>]*>', heat)
         return tag
 
@@ -318,7 +320,7 @@ def test_a_side_effect_limit_evaluation_never_hides_an_explicit_one_and_odd_n_ce
     assert "Examples per cell (n): sst2 24" in text and "&#8224; a cell scored on another number" in text
 
 
-def test_merge_eval_gives_each_csv_task_its_own_columns(lib, tmp_path):
+def test_merge_eval_gives_each_csv_task_its_own_columns(trained_copy, tmp_path):
     """Two CSV tasks with different column names in one ``merge --eval``: ``TASK:TEXT_COL:LABEL_COL`` per task;
     ``--text-col`` alone would fit only one of them, and a wrong column still names the file and the column."""
     reviews, news = tmp_path / "reviews.csv", tmp_path / "news.csv"
@@ -328,11 +330,11 @@ def test_merge_eval_gives_each_csv_task_its_own_columns(lib, tmp_path):
     news.write_text("body,topic\n" + "".join(f"{w} today,{w}\n" for w in ["sports", "business"] * 6))
     for csv in (reviews, news):
         csv.with_suffix(".description.txt").write_text("Classify the text.\n")
-    args = ("merge", "sst2-a", "agnews-a", "-l", lib.root, "--method", "task_arithmetic", "--split", "train")
+    args = ("merge", "sst2-a", "agnews-a", "-l", trained_copy.root, "--method", "task_arithmetic", "--split", "train")
     merged = run_cli(*args, "--out", "m", "--eval", f"{reviews}:review:stars", "--eval", f"{news}:body:topic",
                      "--limit", 6, "--json")  # fmt: skip
     rows = json.loads(merged.stdout)["eval"]["tasks"]
     assert sorted((r["task"], r["n"]) for r in rows) == [("news", 6), ("reviews", 6)]
     refused(*args, "--out", "m2", "--eval", f"{reviews}:review:stars", "--eval", news, "--text-col", "review",
             contains=("news.csv", "column not found", "--text-col"))  # fmt: skip
-    assert not lib.exists("m2")
+    assert not trained_copy.exists("m2")
