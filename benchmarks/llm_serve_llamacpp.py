@@ -128,7 +128,7 @@ def main() -> None:
     stories = [ids_of(p) for p in STORIES]
     checks = [ids_of(user_turn(task.description, e.text)) for e in tests]
     n = args.tokens
-    out: dict = {"setup": {**vars(args), "json": None, "gguf": gguf_path().name}}
+    out: dict = {"setup": {**vars(args), "json": None, "llamacpp_python": "(its own venv)", "gguf": gguf_path().name}}
     with tempfile.TemporaryDirectory() as tmp:
         lib = Library(Path(tmp) / "lib")
         cfg = TrainConfig(

@@ -303,9 +303,13 @@ def test_an_adapter_added_while_serving_is_listed_and_answers(client, lib, tiny_
 def test_request_time_merge_answers_as_the_stored_merge(client, server, lib, tiny_llama):
     from adaptforge.pipelines.merge import MergeRecipe, merge_into_library
 
-    recipe = MergeRecipe("task_arithmetic", ("g0", "g1"), "m01", {"weights": [0.7, 0.6]})
+    named = dict(tiny_llama.model.named_modules())
+    shapes = {n: tuple(m.weight.shape) for n, m in named.items() if n.endswith(ATTENTION)}
+    delta = random_delta(shapes, rank=2, scale=1.0, seed=9, std=0.3)  # g0's modules: a merge needs the same ones
+    lib.add(delta, name="ma", base_model=tiny_llama.name, base_fingerprint=tiny_llama.fingerprint, task="t")
+    recipe = MergeRecipe("task_arithmetic", ("g0", "ma"), "m01", {"weights": [0.7, 0.6]})
     merge_into_library(recipe, lib, backbone=tiny_llama)
-    spec = {"adapters": ["g0", "g1"], "weights": [0.7, 0.6]}
+    spec = {"adapters": ["g0", "ma"], "weights": [0.7, 0.6]}
     metrics = server.service.metrics
     hits = metrics.value("adaptforge_merge_cache_hits_total")
     for path, body in (
@@ -315,13 +319,13 @@ def test_request_time_merge_answers_as_the_stored_merge(client, server, lib, tin
         body = {"max_tokens": 12, "temperature": 0, **body}
         stored = client.post(path, json={"model": "m01", **body}).json()
         merged = client.post(path, json={"model": "base", "merge": spec, **body}).json()
-        assert text_of(merged) == text_of(stored) and merged["model"] == "task_arithmetic(g0,g1)"
+        assert text_of(merged) == text_of(stored) and merged["model"] == "task_arithmetic(g0,ma)"
         streamed = events(client, path, {"model": tiny_llama.name, "merge": spec, **body})
         pieces = [
             c["choices"][0].get("delta", {}).get("content") or c["choices"][0].get("text", "") for c in streamed[:-1]
         ]
         assert "".join(pieces) == text_of(stored)
-        alone = {text_of(client.post(path, json={"model": m, **body}).json()) for m in ("g0", "g1")}
+        alone = {text_of(client.post(path, json={"model": m, **body}).json()) for m in ("g0", "ma")}
         assert text_of(stored) not in alone  # the merge is neither of its parts
     assert metrics.value("adaptforge_merge_cache_hits_total") == hits + 3  # computed once, then found ready
 
