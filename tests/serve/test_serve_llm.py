@@ -4,7 +4,9 @@ random LLaMA and two tiny adapters (one on the attention projections, one on att
 Checked: greedy served answers equal ``adaptforge predict``'s; requests for different adapters decoding in one
 batch (also joining a running batch) equal each alone; streamed chunks concatenate to the whole answer; stop
 strings, seeds and usage; every bad input is a 422/404 naming its field and the server stays up; a client that
-leaves mid-stream frees its slot; ``/metrics`` counts tokens and time to first token.
+leaves (mid-stream, or waiting for a whole answer) frees its slot; ``/metrics`` counts tokens and time to first
+token; an adapter added while serving is listed and answers; request-time merges answer as the stored merge;
+Arrow routing (request-time and stored) generates what the base with Arrow's hooks generates.
 """
 
 from __future__ import annotations
@@ -259,3 +261,142 @@ def test_models_and_metrics(client, tiny_llama):
         'adaptforge_requests_total{route="/v1/chat/completions",status="200"}',
     ):
         assert family in text
+
+
+def test_a_client_leaving_before_a_whole_answer_frees_its_slot(client, server):
+    """A non-streamed request: the server polls for the disconnect while it waits, and the sequence leaves."""
+    metrics = server.service.metrics
+    gone, cancelled = (metrics.value("adaptforge_rejected_total", {"reason": r}) for r in ("client_gone", "cancelled"))
+    tokens = metrics.value("adaptforge_generated_tokens_total")
+    body = {"model": "g1", "prompt": PROMPTS[0], "max_tokens": 480, "min_tokens": 480, "temperature": 0}
+    with httpx.Client(base_url=server.url, timeout=0.3) as own, pytest.raises(httpx.ReadTimeout):
+        own.post("/v1/completions", json=body)  # gives up and closes the connection long before 480 tokens
+    deadline = time.monotonic() + 30
+    while (
+        metrics.value("adaptforge_rejected_total", {"reason": "cancelled"}) == cancelled and time.monotonic() < deadline
+    ):
+        time.sleep(0.02)
+    assert metrics.value("adaptforge_rejected_total", {"reason": "client_gone"}) == gone + 1
+    assert metrics.value("adaptforge_rejected_total", {"reason": "cancelled"}) == cancelled + 1
+    assert metrics.value("adaptforge_generated_tokens_total") == tokens  # the sequence never finished
+    assert chat(client, "g1", "hi", max_tokens=3)["usage"]["completion_tokens"] == 3
+
+
+def test_an_adapter_added_while_serving_is_listed_and_answers(client, lib, tiny_llama):
+    named = dict(tiny_llama.model.named_modules())
+    shapes = {n: tuple(m.weight.shape) for n, m in named.items() if n.endswith(ATTENTION)}
+    assert "late" not in {m["id"] for m in client.get("/v1/models").json()["data"]}
+    lib.add(
+        random_delta(shapes, rank=3, scale=1.0, seed=7, std=0.3),
+        name="late",
+        base_model=tiny_llama.name,
+        base_fingerprint=tiny_llama.fingerprint,
+        task="t",
+    )
+    models = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+    assert models["late"]["base"] == tiny_llama.name and models["late"]["rank"] == 3
+    answer = chat(client, "late", PROMPTS[1], max_tokens=10)
+    assert answer["model"] == "late" and answer["usage"]["completion_tokens"] > 0
+    assert text_of(answer) != text_of(chat(client, "base", PROMPTS[1], max_tokens=10))
+
+
+def test_request_time_merge_answers_as_the_stored_merge(client, server, lib, tiny_llama):
+    from adaptforge.pipelines.merge import MergeRecipe, merge_into_library
+
+    named = dict(tiny_llama.model.named_modules())
+    shapes = {n: tuple(m.weight.shape) for n, m in named.items() if n.endswith(ATTENTION)}
+    delta = random_delta(shapes, rank=2, scale=1.0, seed=9, std=0.3)  # g0's modules: a merge needs the same ones
+    lib.add(delta, name="ma", base_model=tiny_llama.name, base_fingerprint=tiny_llama.fingerprint, task="t")
+    recipe = MergeRecipe("task_arithmetic", ("g0", "ma"), "m01", {"weights": [0.7, 0.6]})
+    merge_into_library(recipe, lib, backbone=tiny_llama)
+    spec = {"adapters": ["g0", "ma"], "weights": [0.7, 0.6]}
+    metrics = server.service.metrics
+    hits = metrics.value("adaptforge_merge_cache_hits_total")
+    for path, body in (
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": PROMPTS[3]}]}),
+        ("/v1/completions", {"prompt": PROMPTS[3]}),
+    ):
+        body = {"max_tokens": 12, "temperature": 0, **body}
+        stored = client.post(path, json={"model": "m01", **body}).json()
+        merged = client.post(path, json={"model": "base", "merge": spec, **body}).json()
+        assert text_of(merged) == text_of(stored) and merged["model"] == "task_arithmetic(g0,ma)"
+        streamed = events(client, path, {"model": tiny_llama.name, "merge": spec, **body})
+        pieces = [
+            c["choices"][0].get("delta", {}).get("content") or c["choices"][0].get("text", "") for c in streamed[:-1]
+        ]
+        assert "".join(pieces) == text_of(stored)
+        alone = {text_of(client.post(path, json={"model": m, **body}).json()) for m in ("g0", "ma")}
+        assert text_of(stored) not in alone  # the merge is neither of its parts
+    assert metrics.value("adaptforge_merge_cache_hits_total") == hits + 3  # computed once, then found ready
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({"model": "g0", "merge": {"adapters": ["g0", "g1"]}}, 422, "model"),
+        ({"merge": {"adapters": ["g0", "nope"]}}, 404, "merge.adapters[1]"),
+        ({"merge": {"adapters": ["g0", "g0"]}}, 422, "merge.adapters"),
+        ({"merge": {"adapters": ["g0", "g1"], "weights": [1.0]}}, 422, "merge.weights"),
+        ({"merge": {"method": "atlas", "adapters": ["g0", "g1"]}}, 422, "merge.method"),
+        ({"merge": {"method": "tiez", "adapters": ["g0", "g1"]}}, 422, "merge.method"),
+        ({"merge": {"adapters": ["g0", "g1"], "params": {"densty": 0.5}}}, 422, "merge.params"),
+        ({"merge": {"adapters": []}}, 422, "merge.adapters"),
+        ({"merge": {"adapters": ["g0", "g1"]}, "route": "arrow"}, 422, "route"),
+        ({"model": "g0", "route": "arrow"}, 422, "model"),
+        ({"route": {"method": "arrow", "adapters": ["g0", "g1"]}}, 422, "route.adapters"),
+    ],
+)
+def test_bad_request_time_merges_and_routes_name_the_field(client, body, status, field):
+    request = {"model": "base", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **body}
+    response = client.post("/v1/chat/completions", json=request)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["field"] == field and field.split("[")[0] in error["message"]
+    assert chat(client, "g0", "hi", max_tokens=2)["usage"]["completion_tokens"] == 2
+
+
+def test_arrow_routes_every_generated_token(client, lib, tiny_llama, tiny_llama_dir):
+    """A request-time Arrow router and a stored Arrow composition generate what the base model with Arrow's
+    per-token hooks generates (``generate``, on a copy of the model), and differ from either adapter alone."""
+    from adaptforge.compose.arrow import ArrowRouter
+    from adaptforge.generation import generate, prompt_text
+    from adaptforge.routing import routed_settings
+
+    named = dict(tiny_llama.model.named_modules())
+    shapes = {n: tuple(m.weight.shape) for n, m in named.items() if n.endswith(ATTENTION)}
+    deltas = [random_delta(shapes, rank=2, scale=1.0, seed=20 + i, std=0.4) for i in range(2)]
+    ids = []
+    for i, delta in enumerate(deltas):
+        record = lib.add(
+            delta, name=f"r{i}", base_model=tiny_llama.name, base_fingerprint=tiny_llama.fingerprint, task=f"t{i}"
+        )
+        ids.append(record.id)
+    router = ArrowRouter(deltas, top_k=1)
+    lib.add(
+        deltas[0],  # the static fallback; serving must route instead
+        name="arrow-r",
+        base_model=tiny_llama.name,
+        base_fingerprint=tiny_llama.fingerprint,
+        kind="compose",
+        parents=ids,
+        recipe={"router": routed_settings(router, ids)},
+    )
+    copy = Backbone.load(str(tiny_llama_dir))
+    tok = copy.tokenizer
+    prompt = [
+        tok(prompt_text(tok, [{"role": "user", "content": p}]), add_special_tokens=False).input_ids for p in PROMPTS
+    ]
+    with router.applied(copy.model):
+        expected = generate(copy.model, tok, prompt, max_new_tokens=10, batch_size=1)
+    route = {"method": "arrow", "adapters": ["r0", "r1"], "params": {"top_k": 1}}
+    served = [chat(client, "base", p, max_tokens=10, route=route) for p in PROMPTS]
+    assert [text_of(s).strip() for s in served] == expected
+    assert served[0]["model"] == "route:arrow(r0,r1)"
+    assert [text_of(chat(client, "arrow-r", p, max_tokens=10)).strip() for p in PROMPTS] == expected
+    alone = [[text_of(chat(client, f"r{i}", p, max_tokens=10)).strip() for p in PROMPTS] for i in range(2)]
+    assert expected not in alone
+    response = client.post(
+        "/v1/chat/completions",
+        json={"model": "base", "messages": [{"role": "user", "content": "hi"}], "route": "dawin"},
+    )
+    assert response.status_code == 422 and response.json()["error"]["field"] == "route"

@@ -2,9 +2,17 @@
 shaped as OpenAI's objects (whole, or as server-sent event chunks ending with ``data: [DONE]``).
 
 ``model`` names an adapter of the library (vLLM's ``--lora-modules`` name, LoRAX's ``adapter_id``), or the base
-model (its name or ``base``). A chat prompt is the model's chat template over the messages with the generation
-prompt, tokenized exactly as ``adaptforge predict`` does (:func:`~adaptforge.generation.prompt_text`), so greedy
-answers (``temperature`` 0) are ``predict``'s; a completion prompt is tokenized as given, with the tokenizer's
+model (its name or ``base``). ``merge`` (as in ``/v1/classify``, LoRAX's ``merged_adapters``) asks for a merge made
+for the request, computed once per (method, adapters, weights, params) and cached, on the base that ``model``
+names; the answer's ``model`` shows the merge (``task_arithmetic(a,b)``). ``route`` (``"arrow"`` or ``{"method":
+"arrow", "adapters", "params"}``, as in ``/v1/classify``) and a stored Arrow composition named as ``model`` route
+every token over their adapters (Arrow's per-token gates, the hooks ``adaptforge eval`` scores it with); such a
+sequence decodes alone, not in the mixed batch (one adapter per row there). DaWin routes on label scores, so its
+merges classify only.
+
+A chat prompt is the model's chat template over the messages with the generation prompt, tokenized exactly as
+``adaptforge predict`` does (:func:`~adaptforge.generation.prompt_text`), so greedy answers (``temperature`` 0)
+are ``predict``'s; a completion prompt is tokenized as given, with the tokenizer's
 special tokens (vLLM's default). Nothing is cut: a prompt that does not fit in the context, or leaves no room
 for ``max_tokens``, is refused naming the field.
 """
@@ -20,13 +28,13 @@ from typing import Any
 from adaptforge.backbone import Backbone
 from adaptforge.generation import context_length, prompt_text
 from adaptforge.params import is_finite_number
-from adaptforge.routing import stored_settings
+from adaptforge.routing import Router
 from adaptforge.serve.cache import AdapterRef
 from adaptforge.serve.config import ServeLimits
 from adaptforge.serve.decode import Finished, Sampling
 from adaptforge.serve.errors import InvalidRequest, TooLarge
 from adaptforge.serve.resolve import Resolver
-from adaptforge.serve.schema import ChatRequest, CompletionRequest
+from adaptforge.serve.schema import ChatRequest, CompletionRequest, RouteSpec
 
 BASE_NAMES = ("base",)
 MAX_STOPS = 4  # OpenAI's limit on stop sequences
@@ -43,6 +51,7 @@ class Prompt:
     chat: bool
     stream: bool
     include_usage: bool
+    router: Router | None = None  # a per-token router (Arrow) instead of ``ref``
 
 
 class ChatPlanner:
@@ -65,7 +74,29 @@ class ChatPlanner:
             )
         if req.n != 1:
             raise InvalidRequest(f"n: only 1 choice per request is supported, got {req.n}", "n")
-        ref, name = self._model(req.model)
+        ref, name, router = self._model(req.model)
+        merge = None
+        if req.merge is not None and req.route is not None:
+            raise InvalidRequest("route: give one of merge or route, not both", "route")
+        asked = "merge" if req.merge is not None else "route" if req.route is not None else None
+        if asked is not None and (ref is not None or router is not None):
+            raise InvalidRequest(
+                f"model: with {asked}, model names the base ('base' or {self.backbone.name!r}), not the adapter "
+                f"{name!r}; list the adapters in {asked}.adapters",
+                "model",
+            )
+        if req.merge is not None:
+            merge = self.resolver.merge_inputs(req.merge)
+        elif req.route is not None:
+            spec = req.route if isinstance(req.route, RouteSpec) else RouteSpec(method=req.route)
+            if spec.method != "arrow":
+                raise InvalidRequest(
+                    f"route: {spec.method!r} picks adapters by label scores or by the task description "
+                    "(classification); generation routes with 'arrow' (per token)",
+                    "route",
+                )
+            router, candidates = self.resolver.route(spec, 1)
+            name = f"route:arrow({','.join(r.name for r in candidates)})"
         if chat:
             ids = self._chat_ids(req)  # type: ignore[arg-type]
         else:
@@ -82,18 +113,25 @@ class ChatPlanner:
         include = bool(req.stream_options and req.stream_options.include_usage)
         if req.stream_options is not None and not req.stream:
             raise InvalidRequest("stream_options: only with stream: true", "stream_options")
-        return Prompt(ids, ref, sampling, name, chat, req.stream, include)
+        if merge is not None:
+            ref = self.resolver.merge(merge)  # computed (or found ready) only once the request is known to be valid
+            name = ref.name
+        return Prompt(ids, ref, sampling, name, chat, req.stream, include, router)
 
-    def _model(self, model: str) -> tuple[AdapterRef | None, str]:
+    def _model(self, model: str) -> tuple[AdapterRef | None, str, Router | None]:
         if model in (*BASE_NAMES, self.backbone.name):
-            return None, self.backbone.name
+            return None, self.backbone.name, None
         record = self.resolver.record(model, "model")  # 404 with the closest name when unknown
-        if stored_settings(record.recipe) is not None:
+        router = self.resolver.stored_router(record)
+        if router is None:
+            return self.resolver.ref(record, "model"), record.name, None
+        if not hasattr(router, "applied"):
             raise InvalidRequest(
-                f"model: {record.name!r} is routed over label scores (classification only); it cannot generate",
+                f"model: {record.name!r} is routed by {router.name!r} over label scores (classification only); "
+                "it cannot generate",
                 "model",
             )
-        return self.resolver.ref(record, "model"), record.name
+        return None, record.name, router
 
     def _chat_ids(self, req: ChatRequest) -> tuple[int, ...]:
         if len(req.messages) > self.limits.max_texts:

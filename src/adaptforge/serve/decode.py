@@ -72,13 +72,15 @@ Event = tuple[str, Any]  # ("text", str) | ("done", Finished) | ("error", BaseEx
 class GenerateWork:
     """One sequence to generate: prompt ids, its adapter (None: the base), sampling, and where its events go.
     ``emit`` is called from the model's worker thread and must be thread-safe; ``cancelled`` set by the request
-    side (a client that went away) ends the sequence at the next step."""
+    side (a client that went away) ends the sequence at the next step. ``router`` (a per-token router such as
+    Arrow, with ``applied(model)``) instead of ``ref``: the sequence decodes alone with the router's hooks."""
 
     ids: tuple[int, ...]
     ref: AdapterRef | None
     sampling: Sampling
     emit: Callable[[Event], None] = field(repr=False)
     cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
+    router: Any = field(default=None, repr=False)
 
 
 @dataclass(eq=False)

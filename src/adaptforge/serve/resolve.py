@@ -232,6 +232,13 @@ class Resolver:
             return router, records
         self.metrics.inc("adaptforge_merge_cache_misses_total")
         deltas = [self.library.load(r.id, expected_fingerprint=self.fingerprint)[0] for r in records]
+        for i, delta in enumerate(deltas[1:], 1):
+            if list(delta) != list(deltas[0]):
+                raise InvalidRequest(
+                    f"route.adapters: {records[i].name!r} adapts other modules than {records[0].name!r}; a router "
+                    "mixes adapters of one kind (the same target modules)",
+                    "route.adapters",
+                )
         try:
             router = rebuild({"router": name, **settings}, deltas)
         except (AdaptforgeError, TypeError, ValueError) as err:

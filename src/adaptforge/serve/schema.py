@@ -105,6 +105,8 @@ class _Generation(_Body):
     n: StrictInt = 1
     user: Text | None = None
     min_tokens: StrictInt = 0  # vLLM's extra parameter
+    merge: MergeSpec | None = None  # a request-time merge (as /v1/classify's); ``model`` then names the base
+    route: RouteName | RouteSpec | None = None  # a request-time router (Arrow only: it routes per token)
 
 
 class ChatRequest(_Generation):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -123,17 +124,22 @@ class Service:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
         work = GenerateWork(
-            prompt.ids, prompt.ref, prompt.sampling, lambda e: loop.call_soon_threadsafe(events.put_nowait, e)
+            prompt.ids,
+            prompt.ref,
+            prompt.sampling,
+            lambda e: loop.call_soon_threadsafe(events.put_nowait, e),
+            router=prompt.router,
         )
-        self._submit(work, 1)
+        self._submit(work, 1, batchable=prompt.router is None)  # a routed sequence decodes alone
         route = "/v1/chat/completions" if prompt.chat else "/v1/completions"
         self.metrics.inc("adaptforge_texts_total", 1, {"route": route})
         if prompt.stream:
             return self._stream(prompt, work, events)
+        watch = _Watch(disconnected)
         try:
             started = False
             while True:
-                kind, value = await self._next_event(events, started, disconnected)
+                kind, value = await self._next_event(events, started, watch)
                 started = True
                 if kind == "done":
                     return Reply(prompt).whole(value)
@@ -142,20 +148,22 @@ class Service:
         finally:
             work.cancelled.set()  # a client gone (or a failure here) frees the sequence's slot
 
-    async def _next_event(
-        self, events: asyncio.Queue[Event], started: bool, disconnected: Callable[[], Awaitable[bool]] | None = None
-    ) -> Event:
+    async def _next_event(self, events: asyncio.Queue[Event], started: bool, watch: _Watch | None = None) -> Event:
         """The sequence's next event; 503 when its first one takes longer than the request timeout (the queue is
-        too long), :class:`ClientGone` when the client went away."""
+        too long), :class:`ClientGone` when the client went away (asked every :data:`POLL_S` seconds, whether
+        or not events arrive: a whole answer's text events come at every step)."""
         waited = 0.0
         while True:
             try:
-                return await asyncio.wait_for(events.get(), 0.25)
+                got = await asyncio.wait_for(events.get(), POLL_S)
             except TimeoutError:
-                waited += 0.25
-            if disconnected is not None and await disconnected():
+                got = None
+                waited += POLL_S
+            if watch is not None and await watch.gone():
                 self.metrics.inc("adaptforge_rejected_total", labels={"reason": "client_gone"})
                 raise ClientGone("the client closed the connection before the answer was ready")
+            if got is not None:
+                return got
             if not started and waited >= self.limits.request_timeout_s:
                 self.metrics.inc("adaptforge_rejected_total", labels={"reason": "timeout"})
                 raise Unavailable(f"the model did not answer within {self.limits.request_timeout_s:g} s; retry later")
@@ -266,6 +274,10 @@ class Service:
         self.metrics.observe("adaptforge_batch_rows", sum(j.rows for j in jobs))
 
     def _execute(self, jobs: list[Job]) -> None:
+        if len(jobs) == 1 and isinstance(jobs[0].payload, GenerateWork) and jobs[0].payload.router is not None:
+            with jobs[0].payload.router.applied(self.backbone.model):  # per-token routing hooks, this sequence only
+                self.decoder.run(jobs, lambda n: [])
+            return
         generation = [j for j in jobs if isinstance(j.payload, GenerateWork)]
         if generation:
             others = [j for j in jobs if not isinstance(j.payload, GenerateWork)]
@@ -340,8 +352,27 @@ class Service:
         return list(work.router.logits(self.scorer, task, examples))  # exactly what eval and predict score
 
 
+POLL_S = 0.25  # how often a request waiting for its whole answer asks whether its client is still there
+
+
+class _Watch:
+    """Whether a request's client went away, asked of the server at most every :data:`POLL_S` seconds."""
+
+    def __init__(self, disconnected: Callable[[], Awaitable[bool]]) -> None:
+        self.disconnected = disconnected
+        self.next = 0.0
+
+    async def gone(self) -> bool:
+        now = time.monotonic()
+        if now < self.next:
+            return False
+        self.next = now + POLL_S
+        return await self.disconnected()
+
+
 def _is_generation(job: Job) -> bool:
-    return isinstance(job.payload, GenerateWork)
+    """A sequence that may join a running batch (a routed one decodes alone)."""
+    return isinstance(job.payload, GenerateWork) and job.payload.router is None
 
 
 def _error_event(err: BaseException) -> dict[str, Any]:
