@@ -108,7 +108,7 @@ def main() -> None:
     from adaptforge.backbone import Backbone
     from adaptforge.embedded import gguf_path
     from adaptforge.generation import exact_match, prompt_text, user_turn
-    from adaptforge.library import Library
+    from adaptforge.library import Library, TaskEntry
     from adaptforge.pipelines.exporting import export_gguf
     from adaptforge.pipelines.serve import build_service, start_in_thread
     from adaptforge.serve import ServeConfig
@@ -138,10 +138,8 @@ def main() -> None:
         lib.add(
             result.delta,
             name=ADAPTER,
-            base_model=backbone.name,
-            base_fingerprint=backbone.fingerprint,
-            task=task.name,
-            description=task.description,
+            base=backbone,
+            task=TaskEntry(task.name, description=task.description),
         )
         targets = sorted({m.rsplit(".", 1)[-1] for m in result.delta.modules})
         out["adapter_targets"] = targets

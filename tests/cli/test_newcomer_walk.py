@@ -294,7 +294,7 @@ def test_a_side_effect_limit_evaluation_never_hides_an_explicit_one_and_odd_n_ce
     the explicit evaluation, and the merge's cell, on 8 examples, is marked as not comparable with its column."""
     from adaptforge.pipelines.sweep import recorded_accuracy
 
-    sst2 = trained_library[0][1]["sst2"]
+    sst2 = trained_library[1]["sst2"]
     run_cli("eval", sst2, "-l", trained_copy.root, "-a", "sst2-a", "--zero-shot")  # the whole test split: 24 examples
     (explicit,) = [m for m in trained_copy.metrics("sst2-a") if m.metric == "accuracy"]
     assert explicit.n == 24

@@ -23,6 +23,7 @@ from adaptforge.backbone import Backbone
 from adaptforge.library import Library, TaskEntry
 from adaptforge.pipelines.predict import predict
 from adaptforge.pipelines.serve import build_service, start_in_thread
+from adaptforge.provenance import read as made_by
 from adaptforge.serve import ServeConfig
 from adaptforge.serve.batcher import Job
 from adaptforge.serve.cache import AdapterCache
@@ -289,9 +290,8 @@ def test_an_adapter_added_while_serving_is_listed_and_answers(client, lib, tiny_
     lib.add(
         random_delta(shapes, rank=3, scale=1.0, seed=7, std=0.3),
         name="late",
-        base_model=tiny_llama.name,
-        base_fingerprint=tiny_llama.fingerprint,
-        task="t",
+        base=tiny_llama,
+        task=TaskEntry("t"),
     )
     models = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
     assert models["late"]["base"] == tiny_llama.name and models["late"]["rank"] == 3
@@ -306,7 +306,7 @@ def test_request_time_merge_answers_as_the_stored_merge(client, server, lib, tin
     named = dict(tiny_llama.model.named_modules())
     shapes = {n: tuple(m.weight.shape) for n, m in named.items() if n.endswith(ATTENTION)}
     delta = random_delta(shapes, rank=2, scale=1.0, seed=9, std=0.3)  # g0's modules: a merge needs the same ones
-    lib.add(delta, name="ma", base_model=tiny_llama.name, base_fingerprint=tiny_llama.fingerprint, task="t")
+    lib.add(delta, name="ma", base=tiny_llama, task=TaskEntry("t"))
     recipe = MergeRecipe("task_arithmetic", ("g0", "ma"), "m01", {"weights": [0.7, 0.6]})
     merge_into_library(recipe, lib, backbone=tiny_llama)
     spec = {"adapters": ["g0", "ma"], "weights": [0.7, 0.6]}
@@ -367,19 +367,24 @@ def test_arrow_routes_every_generated_token(client, lib, tiny_llama, tiny_llama_
     deltas = [random_delta(shapes, rank=2, scale=1.0, seed=20 + i, std=0.4) for i in range(2)]
     ids = []
     for i, delta in enumerate(deltas):
-        record = lib.add(
-            delta, name=f"r{i}", base_model=tiny_llama.name, base_fingerprint=tiny_llama.fingerprint, task=f"t{i}"
-        )
+        record = lib.add(delta, name=f"r{i}", base=tiny_llama, task=TaskEntry(f"t{i}"))
         ids.append(record.id)
     router = ArrowRouter(deltas, top_k=1)
     lib.add(
         deltas[0],  # the static fallback; serving must route instead
         name="arrow-r",
-        base_model=tiny_llama.name,
-        base_fingerprint=tiny_llama.fingerprint,
-        kind="compose",
+        base=tiny_llama,
+        provenance=made_by(
+            "compose",
+            {
+                "method": "arrow",
+                "task": {"name": "t"},
+                "shots": {"k": 0, "seed": 0},
+                "router": routed_settings(router, ids),
+            },
+            {},
+        ),
         parents=ids,
-        recipe={"router": routed_settings(router, ids)},
     )
     copy = Backbone.load(str(tiny_llama_dir))
     tok = copy.tokenizer
