@@ -92,6 +92,14 @@ def test_constant_schedule_through_the_position_path_is_constant_strength(tiny_l
     torch.testing.assert_close(off, plain_score(tiny_llama, doc).nll, rtol=1e-5, atol=1e-6)
 
 
+def test_the_fresh_lora_sits_on_attention_unless_mlp_is_asked(tiny_llama):
+    """The dev-chosen settings were measured with attention-only LoRAs; the MLP projections are opt-in."""
+    attention = new_lora(tiny_llama, InputLoraParams(rank=2)).modules
+    both = new_lora(tiny_llama, InputLoraParams(rank=2, mlp=True)).modules
+    assert attention and all(".self_attn." in name for name in attention)
+    assert set(attention) < set(both) and any(".mlp." in name for name in both)
+
+
 def test_decay_schedule_is_motias_insertion_weight():
     w = strength_schedule("decay", n=10, cut=6, k=2.0)
     assert torch.equal(w[:6], torch.ones(6))  # the prefix and the position predicting the first suffix token

@@ -89,6 +89,9 @@ class LoraParams(DocumentParams):
     rank: int = param(8, ge=1, help="rank of the fresh LoRA")
     alpha: float = param(16.0, gt=0, help="its scale is alpha / rank")
     blocks: int = param(0, ge=0, help="LoRA only on the last this many transformer blocks (0: every block)")
+    mlp: bool = param(
+        False, help="also on the MLP projections of the base's default targets (settings were chosen on attention)"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -144,11 +147,15 @@ class ScheduledLora(LiveLora):
 
 
 def new_lora(backbone: Backbone, p: LoraParams) -> ScheduledLora:
-    """A fresh LoRA (``B = 0``: it adds nothing yet) on the base's default targets in its last ``p.blocks``
-    blocks."""
+    """A fresh LoRA (``B = 0``: it adds nothing yet) on the attention layers among the base's default targets
+    (and its MLP ones with ``p.mlp``) in its last ``p.blocks`` blocks."""
     model = backbone.model
     within = last_blocks(model, p.blocks, backbone.name)
-    shapes = {name: shape for name, shape in backbone.target_shapes().items() if within(name)}
+    shapes = {
+        name: shape
+        for name, shape in backbone.target_shapes().items()
+        if within(name) and (p.mlp or "attn" in name.split(".")[-2])
+    }
     if not shapes:
         raise AdaptforgeError(f"{backbone.name}: no linear {list(backbone.default_targets())} layer to put a LoRA on")
     return ScheduledLora(model, fresh_lora_on(shapes, p.rank, p.alpha, torch.Generator().manual_seed(p.seed)))
