@@ -31,8 +31,10 @@ TASKS = (
     "task1146_country_capital",
     "task1147_country_currency",
     "task1156_bard_analogical_reasoning_tools",
+    "task1159_bard_analogical_reasoning_containers",
     "task1447_drug_extraction_ade",
     "task1509_evalution_antonyms",
+    "task1585_root09_hypernym_generation",
 )
 
 
