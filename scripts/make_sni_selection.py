@@ -30,6 +30,8 @@ SEED = 0
 TASKS = (
     "task1146_country_capital",
     "task1147_country_currency",
+    "task1152_bard_analogical_reasoning_causation",
+    "task1154_bard_analogical_reasoning_travel",
     "task1156_bard_analogical_reasoning_tools",
     "task1159_bard_analogical_reasoning_containers",
     "task1447_drug_extraction_ade",
