@@ -34,8 +34,10 @@ TASKS = (
     "task1154_bard_analogical_reasoning_travel",
     "task1156_bard_analogical_reasoning_tools",
     "task1159_bard_analogical_reasoning_containers",
+    "task1320_country_domain_tld",
     "task1447_drug_extraction_ade",
     "task1448_disease_entity_extraction_ncbi_dataset",
+    "task1483_chemical_extraction_chemprot_dataset",
     "task1509_evalution_antonyms",
     "task1585_root09_hypernym_generation",
 )
