@@ -34,6 +34,7 @@ TASKS = (
     "task1153_bard_analogical_reasoning_affordance",
     "task1154_bard_analogical_reasoning_travel",
     "task1156_bard_analogical_reasoning_tools",
+    "task1158_bard_analogical_reasoning_manipulating_items",
     "task1159_bard_analogical_reasoning_containers",
     "task1317_country_calling_code",
     "task1320_country_domain_tld",
