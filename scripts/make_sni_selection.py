@@ -41,6 +41,7 @@ TASKS = (
     "task1447_drug_extraction_ade",
     "task1448_disease_entity_extraction_ncbi_dataset",
     "task1483_chemical_extraction_chemprot_dataset",
+    "task1506_celebrity_minimal_dob_span",
     "task1509_evalution_antonyms",
     "task1585_root09_hypernym_generation",
 )
