@@ -43,6 +43,7 @@ TASKS = (
     "task1483_chemical_extraction_chemprot_dataset",
     "task1506_celebrity_minimal_dob_span",
     "task1509_evalution_antonyms",
+    "task1510_evalution_relation_extraction",
     "task1585_root09_hypernym_generation",
 )
 
