@@ -2,7 +2,7 @@
 
 python benchmarks/llm_sft.py [--tasks arith_add,country_capital,word_reverse,sni_emotion,sni_sst2_polarity]
     [--max-train 300] [--epochs 2] [--test 100] [--split test|dev] [--precision fp32|bf16]
-    [--targets q_proj,k_proj,...] [--threads 2] [--json FILE]
+    [--targets q_proj,k_proj,...] [--threads 2] [--json FILE] [--tasks-dir DIR]
 
 Per task: the base model's greedy answers on the first ``--test`` test examples (sampled with seed 0), then
 an SFT adapter (``--max-train`` training examples, ``--epochs`` epochs, the trainer's LoRA defaults for the
@@ -16,6 +16,9 @@ tasks, as SNI states them: the definition is the instruction, the input the prom
 the response (``sni_*``; their answers are short label words, so they test format and skill, not long-form
 writing). The settings are fixed before the run (lr 1e-3, batch 8, max length 256, 16 new tokens); nothing
 is chosen on the test examples.
+
+``--tasks-dir DIR`` also resolves task names under DIR (e.g. ``benchmarks/data/sni``, the capped
+Super-NaturalInstructions generation tasks; ``--tasks-dir sni`` is short for it), after the two roots above.
 
 ``--split dev`` scores the dev split instead (what choices of settings are made on); ``--precision`` and
 ``--targets`` set the trainer's (defaults: the trainer's own).
@@ -45,6 +48,7 @@ from adaptforge.train.trainer import train  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "src" / "adaptforge" / "data" / "tasks"
 SHARED = ROOT.parent / "shared" / "data" / "tasks"
+SNI = ROOT / "benchmarks" / "data" / "sni"
 DEFAULT_TASKS = "arith_add,country_capital,word_reverse,sni_emotion,sni_sst2_polarity"
 SETTINGS = {"lr": 1e-3, "batch_size": 8, "max_length": 256, "max_new_tokens": 16}
 
@@ -64,11 +68,13 @@ def as_generation(task: Task) -> Task:
     )
 
 
-def load(name: str) -> Task:
-    for root in (SHIPPED, SHARED):
+def load(name: str, extra: Path | None = None) -> Task:
+    roots = (SHIPPED, SHARED) + ((extra,) if extra else ())
+    for root in roots:
         if (root / name / "task.json").is_file():
             return as_generation(load_task(root / name))
-    raise SystemExit(f"error: task {name!r} is in neither {SHIPPED.name}/ nor shared/data/tasks/")
+    where = f"{SHIPPED.name}/, shared/data/tasks/" + (f" or {extra}" if extra else "")
+    raise SystemExit(f"error: task {name!r} is in none of {where}")
 
 
 def run_task(backbone: Backbone, task: Task, args: argparse.Namespace) -> dict:
@@ -137,12 +143,14 @@ def main() -> None:
     parser.add_argument("--targets", help="comma-separated LoRA targets; default: the trainer's for the model")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--tasks-dir", type=Path, help="another folder of task folders ('sni': benchmarks/data/sni)")
     args = parser.parse_args()
     if args.table:
         print_table([row for path in args.table for row in json.loads(path.read_text())["rows"]])
         return
     torch.set_num_threads(args.threads)
-    tasks = [load(name) for name in args.tasks.split(",")]
+    extra = SNI if args.tasks_dir == Path("sni") else args.tasks_dir
+    tasks = [load(name, extra) for name in args.tasks.split(",")]
     backbone = Backbone.load(args.model)
     rows = []
     for task in tasks:
