@@ -298,18 +298,21 @@ def test_lorahub_composes_llm_adapters_by_response_nll(trained, tmp_path):
 
     folder, lib, model = trained
     copy = write_task(copy_task(), tmp_path / "copy2")
-    common = ("--model", model, "--max-length", "64", "--batch-size", "8", "--rank", "4")
-    run_cli("train", copy, "--library", lib, "--name", "copy", "--epochs", "1", "--overwrite", *common)
-    shots = ("--shots", "8", "--candidates", "3", "--limit", "4")
+    lib = tmp_path / "lib"  # two adapters trained long enough to differ clearly on the shots
+    common = ("--library", lib, "--model", model, "--max-length", "64", "--batch-size", "8", "--rank", "4")
+    run_cli("train", folder, "--name", "rev", "--epochs", "4", "--lr", "0.01", *common)
+    run_cli("train", copy, "--name", "copy", "--epochs", "4", "--lr", "0.01", *common)
+    shots = ("--shots", "8", "--candidates", "2", "--limit", "4", "--param", "budget=30", "--param", "alpha=0.01")
     result = run_cli(
-        "compose", folder, "--library", lib, "--method", "lorahub", *shots, "--out", "hub", "--overwrite",
-        "--param", "budget=20", "--json", "--model", model,
-    )  # fmt: skip
+        "compose", folder, "--library", lib, "--method", "lorahub", *shots, "--out", "hub", "--json", "--model", model
+    )
     got = json.loads(result.stdout)
     record = Library(lib).get("hub")
-    weights = record.recipe["weights"]
-    assert record.method == "lorahub" and set(weights) >= {"copy"}
-    print(weights, record.recipe["info"])
+    weights, info = record.recipe["weights"], record.recipe["info"]
+    assert record.method == "lorahub" and set(weights) == {"rev", "copy"}
+    print(weights, info["shot_loss"], info["initial_objective"])
+    assert weights["rev"] > weights["copy"] and weights["rev"] > 0
+    assert info["shot_loss"] < info["initial_objective"]  # the search improved on the bare base's response NLL
     assert got["eval"]["adapter"]["n"] == 4 and "exact_match" in got["eval"]["adapter"]
 
 
