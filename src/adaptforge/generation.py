@@ -113,6 +113,10 @@ class SFTScorer(CausalLMScorer):
         total, count = response_nll(model, batch, self.tokenizer.pad_token_id)
         return total / count.clamp(min=1)
 
+    def summed_loss(self, model: torch.nn.Module, batch: Batch, context: object) -> tuple[torch.Tensor, int]:
+        total, count = response_nll(model, batch, self.tokenizer.pad_token_id)
+        return total, int(count)
+
 
 def sft_labels(input_ids: torch.Tensor, mask: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
     """Labels for right-padded ``input_ids``: the token itself on response positions, :data:`IGNORE` on the prompt

@@ -65,6 +65,13 @@ class Scorer(ABC):
     def loss(self, model: torch.nn.Module, batch: Batch, labels: LabelInputs) -> torch.Tensor:
         return F.cross_entropy(self.logits(model, batch, self.label_context(model, labels)), batch.targets)
 
+    def summed_loss(self, model: torch.nn.Module, batch: Batch, context: Any) -> tuple[torch.Tensor, int]:
+        """The loss of a batch summed over what it averages (examples here), and how many: what
+        :func:`~adaptforge.lora.objective.mean_loss` adds up over a split."""
+        return F.cross_entropy(self.logits(model, batch, context).float(), batch.targets, reduction="sum"), len(
+            batch.ids
+        )
+
 
 def needs_causal(backbone: Backbone) -> str:
     """Why a generation task cannot run on an encoder, and what to pass instead."""

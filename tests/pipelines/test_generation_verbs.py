@@ -279,3 +279,49 @@ def test_gguf_tensors_fold_mixed_scales_and_refuse_other_architectures():
     )
     with pytest.raises(AdaptforgeError, match="LLaMA-family bases.*'gpt2'.*PEFT folder"):
         gguf_tensors(LoraDelta({"h.0.attn.c_attn": up}), GPT2Config())
+
+
+def copy_task(n_train: int = 16, n_test: int = 4):
+    """Say the two words again, in the same order: the other generation task, whose adapter misleads on reverse2."""
+    from adaptforge.tasks import Example, Task
+
+    task = reverse_task(n_train, n_test)
+    splits = {s: [Example(e.text, e.text) for e in task.split(s)] for s in ("train", "test")}
+    return Task("copy2", "Repeat the two words.", (), splits, task_type="generation")
+
+
+def test_lorahub_composes_llm_adapters_by_response_nll(trained, tmp_path):
+    """LoraHub on a generation task (its original setting): the weights favour the adapter of the shots' task,
+    the stored composition is evaluated by generation and the weighted shot NLL beats the bare base's."""
+    from adaptforge.library import Library
+    from adaptforge.tasks import write_task
+
+    folder, lib, model = trained
+    copy = write_task(copy_task(), tmp_path / "copy2")
+    lib = tmp_path / "lib"  # two adapters trained long enough to differ clearly on the shots
+    common = ("--library", lib, "--model", model, "--max-length", "64", "--batch-size", "8", "--rank", "4")
+    run_cli("train", folder, "--name", "rev", "--epochs", "4", "--lr", "0.01", *common)
+    run_cli("train", copy, "--name", "copy", "--epochs", "4", "--lr", "0.01", *common)
+    shots = ("--shots", "8", "--candidates", "2", "--limit", "4", "--param", "budget=30", "--param", "alpha=0.01")
+    result = run_cli(
+        "compose", folder, "--library", lib, "--method", "lorahub", *shots, "--out", "hub", "--json", "--model", model
+    )
+    got = json.loads(result.stdout)
+    record = Library(lib).get("hub")
+    weights, info = record.recipe["weights"], record.recipe["info"]
+    assert record.method == "lorahub" and set(weights) == {"rev", "copy"}
+    print(weights, info["shot_loss"], info["initial_objective"])
+    assert weights["rev"] > weights["copy"] and weights["rev"] > 0
+    assert info["shot_loss"] < info["initial_objective"]  # the search improved on the bare base's response NLL
+    assert got["eval"]["adapter"]["n"] == 4 and "exact_match" in got["eval"]["adapter"]
+
+
+@pytest.mark.parametrize("method", ["atlas", "arrow"])
+def test_compose_methods_without_a_generative_objective_refuse(trained, no_model_load, method):
+    folder, lib, model = trained
+    before = snapshot(lib)
+    result = run_cli("compose", folder, "--library", lib, "--method", method, "--out", "c", "--model", model, ok=False)
+    message = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(message) == 1, result.output
+    assert f"compose {method!r}" in message[0] and "generation task" in message[0]
+    assert snapshot(lib) == before

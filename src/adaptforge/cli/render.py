@@ -212,9 +212,15 @@ def print_new_task(outcome: NewTaskOutcome, as_json: bool) -> None:
         out.print(table)
     if outcome.evals:
         zero, new = outcome.evals["zero_shot"], outcome.evals["adapter"]
+        metric = new.primary_metric.replace("_", " ")  # accuracy, or exact match on a generation task
+        second = (
+            f"macro-F1 {zero.macro_f1:.3f} -> {new.macro_f1:.3f}"
+            if new.primary_metric == "accuracy"
+            else f"ROUGE-L {zero.rouge_l:.3f} -> {new.rouge_l:.3f}"
+        )
         out.print(
-            f"{new.task} ({new.split}, n={new.n}): zero-shot {zero.accuracy:.3f} -> {record.name} {new.accuracy:.3f} "
-            f"({new.accuracy - zero.accuracy:+.3f}); macro-F1 {zero.macro_f1:.3f} -> {new.macro_f1:.3f}"
+            f"{new.task} ({new.split}, n={new.n}): zero-shot {metric} {zero.primary:.3f} -> {record.name} "
+            f"{new.primary:.3f} ({new.primary - zero.primary:+.3f}); {second}"
         )
 
 

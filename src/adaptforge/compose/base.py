@@ -24,7 +24,7 @@ import torch
 
 from adaptforge.adapters import check_compatible
 from adaptforge.core import AdaptforgeError, LoraDelta, Registry
-from adaptforge.evaluate import EvalResult, evaluate
+from adaptforge.evaluate import EvalResult, evaluate_task
 from adaptforge.lora.objective import encode_examples, mean_loss, mixture
 from adaptforge.methods import Method
 from adaptforge.params import Params, param
@@ -82,10 +82,13 @@ class Composer(Method[CP]):
     params_base = ComposeParams
     params_type: ClassVar[type[Params]] = ComposeParams
     needs_shots: ClassVar[bool] = False
+    generative: ClassVar[bool] = False  # defined for generation tasks too (a loss on the shots' responses)
 
     @classmethod
     def notes(cls) -> tuple[str, ...]:
-        return ("needs --shots K > 0",) if cls.needs_shots else ()
+        return (("needs --shots K > 0",) if cls.needs_shots else ()) + (
+            ("also generation tasks (response NLL)",) if cls.generative else ()
+        )
 
     def compose(
         self,
@@ -201,5 +204,5 @@ def evaluate_composed(
     """Evaluate a composition on one split: through its routing (per-token hooks) when it has one, else its
     delta added to the base weights (same examples as :func:`~adaptforge.evaluate.evaluate` with ``limit``)."""
     if result.router is None:
-        return evaluate(scorer, task, split, result.delta, adapter=adapter, limit=limit)
+        return evaluate_task(scorer, task, split, result.delta, adapter, limit)
     return result.router.evaluate(scorer, task, split, limit, adapter)

@@ -71,7 +71,8 @@ class LoraHubParams(ComposeParams):
 
 class LoraHubObjective:
     """LoraHub's objective as a function of the weights: ``shot_loss(w) + alpha * ||w||_1``, where
-    ``shot_loss`` is the mean cross-entropy of all shots under ``W + sum_i w_i dW_i`` (low-rank hooks,
+    ``shot_loss`` is the mean loss of all shots (cross-entropy; on a generation task the NLL per response
+    token, LoraHub's original setting) under ``W + sum_i w_i dW_i`` (low-rank hooks,
     no grad). Use inside ``with``: entering installs the hooks on the scorer's model, leaving removes them."""
 
     def __init__(
@@ -121,6 +122,7 @@ class LoraHub(Composer[LoraHubParams]):
     name = "lorahub"
     reference_url = LORAHUB_URL
     needs_shots = True
+    generative = True
 
     def _compose(
         self, candidates: list[Candidate], scorer: Scorer, shots: Shots, params: LoraHubParams

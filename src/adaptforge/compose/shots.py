@@ -36,8 +36,9 @@ class Shots:
 
 
 def draw_shots(task: Task, k: int, seed: int = 0, split: str = "train", holdout_fraction: float = 0.25) -> Shots:
-    """``k`` label-stratified examples of ``task``'s ``split``; ``round(k * holdout_fraction)`` of them are
-    held out (stratified, seeded) when ``k >= 4``. The same (task, k, seed) always gives the same shots."""
+    """``k`` label-stratified examples of ``task``'s ``split`` (seeded, unstratified on a generation task);
+    ``round(k * holdout_fraction)`` of them are held out (stratified, seeded) when ``k >= 4``. The same
+    (task, k, seed) always gives the same shots."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
         raise AdaptforgeError(f"task {task.name!r}: k (the number of shots) must be a non-negative integer, got {k!r}")
     if not isinstance(holdout_fraction, (int, float)) or not 0.0 <= holdout_fraction < 1.0:
@@ -54,15 +55,18 @@ def draw_shots(task: Task, k: int, seed: int = 0, split: str = "train", holdout_
         raise AdaptforgeError(
             f"task {task.name!r} has only {len(pool)} examples in its {split!r} split; cannot draw k={k} shots"
         )
-    present = sorted({e.label for e in pool}, key=task.labels.index)
-    if len(present) < 2:
+    present = [] if task.generative else sorted({e.label for e in pool}, key=task.labels.index)
+    if not task.generative and len(present) < 2:
         raise AdaptforgeError(
             f"task {task.name!r}: its {split!r} split has examples of {len(present)} label(s) {present}; "
             "few-shot composition needs examples of at least 2 labels"
         )
     examples = task.sample(split, k, seed=seed)
     n_holdout = round(k * holdout_fraction) if k >= MIN_SHOTS_FOR_HOLDOUT else 0
-    held = set(_holdout_indices([e.label for e in examples], n_holdout, seed))
+    if task.generative:  # free-text responses: no labels to stratify by
+        held = set(random.Random(seed).sample(range(k), n_holdout))
+    else:
+        held = set(_holdout_indices([e.label for e in examples], n_holdout, seed))
     fit = tuple(e for i, e in enumerate(examples) if i not in held)
     holdout = tuple(e for i, e in enumerate(examples) if i in held)
     return Shots(task, fit, holdout, seed)

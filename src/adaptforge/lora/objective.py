@@ -10,7 +10,6 @@ import contextlib
 from collections.abc import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from adaptforge.batching import EncodedSplit, batch_order, make_batch
 from adaptforge.core import LoraDelta
@@ -40,14 +39,15 @@ def mixture(scorer: Scorer, deltas: Sequence[LoraDelta], coefficients: torch.Ten
 def mean_loss(
     scorer: Scorer, model: torch.nn.Module, encoded: EncodedSplit, labels: LabelInputs, batch_size: int = 8
 ) -> torch.Tensor:
-    """Mean cross-entropy over all ``encoded`` examples under ``model`` as it is (hooks included); label
-    context computed once. Differentiable when gradients are enabled."""
+    """Mean loss over all ``encoded`` examples under ``model`` as it is (hooks included): cross-entropy per
+    example, or for a generation scorer the NLL per response token (the SFT loss); label context computed
+    once. Differentiable when gradients are enabled."""
     context = scorer.label_context(model, labels)
-    total = torch.zeros(())
+    total, count = torch.zeros(()), 0
     for index in batch_order(encoded.lengths(), batch_size, shuffle=False):
-        batch = make_batch(encoded, index)
-        total = total + F.cross_entropy(scorer.logits(model, batch, context).float(), batch.targets, reduction="sum")
-    return total / len(encoded)
+        batch_total, n = scorer.summed_loss(model, make_batch(encoded, index), context)
+        total, count = total + batch_total, count + n
+    return total / max(count, 1)
 
 
 def accumulate_step(

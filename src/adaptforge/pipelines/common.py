@@ -10,7 +10,7 @@ from typing import Any
 
 from adaptforge.backbone import Backbone
 from adaptforge.core import AdaptforgeError
-from adaptforge.evaluate import EvalResult, evaluate
+from adaptforge.evaluate import EvalResult, evaluate_task
 from adaptforge.library import AdapterRecord, Library, TaskEntry
 from adaptforge.scorers import Scorer, describe
 from adaptforge.tasks import Task
@@ -99,7 +99,7 @@ def zero_shot_vs(
     adapter_eval: Callable[[], EvalResult],
 ) -> dict[str, EvalResult]:
     """Zero-shot and the new adapter on ``split`` (same examples); both recorded in the catalog."""
-    zero = evaluate(scorer, task, split, None, limit=limit)
+    zero = evaluate_task(scorer, task, split, None, limit=limit)
     tuned = adapter_eval()
     fp = scorer.backbone.fingerprint
     for res, adapter_id in ((zero, None), (tuned, record.id)):

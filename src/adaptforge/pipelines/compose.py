@@ -57,13 +57,14 @@ def compose_into_library(
     ``method``; the result is stored as ``out`` with the candidates as parents and the shots, weights and
     method info in its recipe. ``eval_split`` (``None``: skip) reports zero-shot vs the new adapter.
     """
-    classification_only(task, f"compose {method!r}")
+    composer = COMPOSERS.get(method)
+    if not composer.generative:
+        classification_only(task, f"compose {method!r}")
     say = reporter(notify)
     start = time.perf_counter()
     library.check_free(out, overwrite)
     if eval_split is not None:
         check_request([task], eval_split, limit)
-    composer = COMPOSERS.get(method)
     drawn: Shots = draw_shots(task, shots, seed=seed)
     if composer.needs_shots and drawn.k == 0:
         raise AdaptforgeError(
@@ -72,7 +73,7 @@ def compose_into_library(
         )
     check_has_adapters(library, "compose")
     backbone = load_base(model, library=library, backbone=backbone, notify=say)
-    scorer = make_scorer(backbone)
+    scorer = make_scorer(backbone, generative=task.generative)
     say(f"ranking library adapters for {task.name} ({drawn.k} shots)")
     found = rank_candidates(
         library, scorer, task, n=candidates, shots=drawn if drawn.k else None, exclude_tasks=exclude_tasks
