@@ -89,9 +89,3 @@ def test_llm_demo_on_a_tiny_llama_through_the_cli(tmp_path, tiny_llama_dir, one_
         answers = summary["answers"][name]
         assert len(answers) == 3 and all(set(a) == {"prompt", "gold", "base", "adapter"} for a in answers)
         assert all(f"{a['prompt']!r}" in result.output for a in answers)
-    served = {row["adapter"]: row for row in summary["served"]}
-    assert sorted(served) == sorted(f"{t}-lora" for t in LLM_DEMO_TASKS)
-    for name in LLM_DEMO_TASKS:  # greedy over HTTP, two adapters in one batch == the in-process answer
-        row = served[f"{name}-lora"]
-        assert row["same_as_in_process"] and row["output"].strip() == summary["answers"][name][0]["adapter"].strip()
-    assert "/v1/chat/completions" in result.output

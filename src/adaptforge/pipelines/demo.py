@@ -504,7 +504,6 @@ def run_llm_demo(out_dir: Path, view: DemoView, model: str = "smollm2", sizes: L
         rows[task.name]["merged"] = score(task, merged_delta, merged.record.name, merged.record.id).to_json()
     view.show("llm", {"rows": rows, "n": sizes.test_limit, "method": method})
     answers = {task.name: llm_answers(backbone, task, deltas[task.name], sizes, view) for task in tasks}
-    served = llm_served_step(tasks, backbone, library, sizes, view, answers)
     summary = {
         "model": backbone.name,
         "fingerprint": backbone.fingerprint,
@@ -513,7 +512,6 @@ def run_llm_demo(out_dir: Path, view: DemoView, model: str = "smollm2", sizes: L
         "tasks": rows,
         "merge": {"method": method, "params": params, "adapter": merged.record.name, "id": merged.record.id},
         "answers": answers,
-        "served": served,
         "seconds": round(time.perf_counter() - t0, 1),
     }
     path = out_dir / "summary.json"
@@ -547,45 +545,4 @@ def llm_answers(
             f"  {task.name}-lora  {example.text!r} -> {row['adapter']!r} (gold {example.label!r}; base {row['base']!r})"
         )
         rows.append(row)
-    return rows
-
-
-def llm_served_step(
-    tasks: list[Task], backbone: Backbone, library: Library, sizes: LlmDemoSizes, view: DemoView, answers: dict
-) -> list[dict[str, object]]:
-    """The adapters through the OpenAI-compatible server: one greedy chat request per task's adapter on its first
-    test prompt, all in flight at once (decoded in one batch, each row with its own LoRA), each answer printed
-    beside the one generated in-process above."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import httpx
-
-    from adaptforge.generation import user_turn
-    from adaptforge.pipelines.serve import build_service, start_in_thread
-    from adaptforge.serve.config import ServeConfig
-
-    bodies = [
-        {
-            "model": f"{task.name}-lora",
-            "messages": [{"role": "user", "content": user_turn(task.description, task.split("test")[0].text)}],
-            "max_tokens": sizes.max_new_tokens,
-            "temperature": 0,
-        }
-        for task in tasks
-    ]
-    service = build_service(library, ServeConfig(port=0), backbone=backbone)
-    with start_in_thread(service) as server, ThreadPoolExecutor(len(bodies)) as pool:
-
-        def ask(body: dict) -> dict:
-            response = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=600)
-            response.raise_for_status()
-            return response.json()
-
-        replies = list(pool.map(ask, bodies))
-    rows: list[dict[str, object]] = []
-    for task, reply in zip(tasks, replies, strict=True):
-        text = reply["choices"][0]["message"]["content"]
-        same = text.strip() == str(answers[task.name][0]["adapter"]).strip()
-        view.say(f"  served {task.name}-lora over /v1/chat/completions: {text!r} (same as in-process: {same})")
-        rows.append({"adapter": f"{task.name}-lora", "output": text, "same_as_in_process": same})
     return rows
