@@ -29,10 +29,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from adaptforge.pipelines.demo import shipped_tasks_dir  # noqa: E402
 
 from adaptforge.backbone import Backbone  # noqa: E402
 from adaptforge.evaluate import EvalResult, evaluate, macro_f1  # noqa: E402
+from adaptforge.pipelines.demo import shipped_tasks_dir  # noqa: E402
 from adaptforge.scorers import Scorer, make_scorer  # noqa: E402
 from adaptforge.tasks import Task, load_task  # noqa: E402
 from adaptforge.train.config import TrainConfig  # noqa: E402
