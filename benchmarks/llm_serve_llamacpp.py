@@ -37,16 +37,6 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TASKS = ROOT / "src" / "adaptforge" / "data" / "tasks"
 ADAPTER = "country_capital"
-STORIES = [
-    "Write a short story about a lighthouse keeper.",
-    "Write a short story about a lost dog.",
-    "Describe a walk through a forest in autumn.",
-    "Write a short story about a robot learning to paint.",
-    "Describe a busy market in the morning.",
-    "Write a short story about two friends on a boat.",
-    "Describe a city at night in the rain.",
-    "Write a short story about a baker and a dragon.",
-]
 CHECK_TOKENS = 16
 
 
@@ -104,6 +94,7 @@ def main() -> None:
 
     import httpx
     import torch
+    from llm_serve import STORIES  # the same prompts as the serving benchmark's speed runs
 
     from adaptforge.backbone import Backbone
     from adaptforge.embedded import gguf_path
